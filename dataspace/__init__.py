@@ -1,0 +1,1 @@
+"""dataspace: a trusted data space for robot training data."""

@@ -1,0 +1,5 @@
+import sys
+
+from dataspace.cli import main
+
+sys.exit(main())

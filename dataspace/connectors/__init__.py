@@ -1,0 +1,1 @@
+"""Format readers, the site store, enrollment, the catalog entry and the connector service."""

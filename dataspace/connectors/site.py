@@ -1,0 +1,200 @@
+"""A connector's site folder: the holder's key, store, database, log and config.
+
+Layout (DESIGN.md, "The site folder")::
+
+    SITE/
+      site.toml        config: org, created, settings (TOML)
+      site.key         Ed25519 private key, PKCS#8 PEM, mode 0600
+      site.key.pub     the site's public identity (JSON, see policy.identity)
+      public.vkey      the site log's verifier key, C2SP signed-note vkey text
+      site.duckdb      datasets, episodes, policies, contracts, ledger, flags
+      store/datasets/<fingerprint-hex>/   canonical frames, Parquet (content-addressed)
+      store/staging/   enrollments in progress (removed on failure and at open)
+      log/             the site's transparency log (dataspace.audit)
+
+DuckDB allows one writing process at a time, and a site is used by several
+(the CLI, the connector service, the SuperNode's ClientApp). So nobody holds a
+connection open: every unit of work opens one with :meth:`Site.db`, which
+retries while another process holds the lock, and closes it at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+
+import duckdb
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dataspace.errors import DataspaceError, NotFoundError
+from dataspace.policy.identity import Identity, load_identity, load_private_key, new_identity
+
+CONFIG = "site.toml"
+KEY = "site.key"
+DB = "site.duckdb"
+VKEY = "public.vkey"
+
+
+class SiteError(DataspaceError):
+    """A site folder that cannot be created or opened."""
+
+
+class SiteBusyError(SiteError):
+    """Another process kept the site's database locked for too long."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """An opened site folder. Cheap to create; holds no open handles."""
+
+    root: Path
+
+    # --- paths -------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def key_path(self) -> Path:
+        return self.root / KEY
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / DB
+
+    @property
+    def vkey_path(self) -> Path:
+        return self.root / VKEY
+
+    @property
+    def store_dir(self) -> Path:
+        return self.root / "store" / "datasets"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.root / "store" / "staging"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "log"
+
+    def dataset_dir(self, fingerprint_hex: str) -> Path:
+        return self.store_dir / fingerprint_hex
+
+    # --- identity and config -----------------------------------------------
+    @cached_property
+    def config(self) -> dict:
+        return tomllib.loads(self.config_path.read_text())
+
+    @property
+    def org(self) -> str:
+        return str(self.config["site"]["org"])
+
+    @property
+    def name(self) -> str:
+        """The site's name: its key name in signed notes and its log's origin."""
+        return str(self.config["site"]["name"])
+
+    @cached_property
+    def key(self) -> Ed25519PrivateKey:
+        return load_private_key(self.key_path)
+
+    @cached_property
+    def identity(self) -> Identity:
+        return load_identity(self.key_path)
+
+    # --- database -----------------------------------------------------------
+    @contextlib.contextmanager
+    def db(self, read_only: bool = False, timeout_s: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived DuckDB connection; retries while another process holds the lock."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.01
+        while True:
+            try:
+                con = duckdb.connect(str(self.db_path), read_only=read_only)
+                break
+            except duckdb.IOException as e:
+                if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                    raise SiteBusyError(f"{self.db_path}: {e}") from e
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 0.25)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    # --- lifecycle ------------------------------------------------------------
+    @classmethod
+    def open(cls, root: Path | str) -> Site:
+        root = Path(root)
+        if not (root / CONFIG).is_file() or not (root / KEY).is_file():
+            raise NotFoundError(f"{root} is not a site folder (run `dataspace connector init`)")
+        return cls(root.resolve())
+
+    @classmethod
+    def init(cls, root: Path | str, org: str, name: str | None = None) -> Site:
+        """Create a site folder; refuses to touch an existing one.
+
+        Everything is built in a temporary sibling folder and renamed into
+        place, so an interrupted init leaves no half site.
+        """
+        root = Path(root)
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise SiteError(f"{root} already exists and is not empty; refusing to overwrite")
+        name = name or _default_name(org, root)
+        if any(c.isspace() or c == "+" for c in name):
+            raise SiteError(f"site name {name!r} may not contain spaces or '+' (it is a key name)")
+        tmp = root.with_name(f".{root.name}.init-{random.getrandbits(32):08x}")
+        tmp.mkdir(parents=True)
+        try:
+            new_identity(tmp / KEY, name=name, role="holder")
+            created = datetime.now(UTC).isoformat(timespec="seconds")
+            (tmp / CONFIG).write_text(
+                "[site]\n"
+                f"org = {_toml_str(org)}\n"
+                f"name = {_toml_str(name)}\n"
+                f'created = "{created}"\n'
+            )
+            (tmp / "store" / "datasets").mkdir(parents=True)
+            (tmp / "store" / "staging").mkdir(parents=True)
+            site = cls(tmp)
+            from dataspace.connectors.schema_sql import create_tables
+
+            with site.db() as con:
+                create_tables(con)
+            if root.exists():
+                root.rmdir()
+            tmp.rename(root)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        site = cls(root.resolve())
+        _after_init(site)
+        return site
+
+
+def _after_init(site: Site) -> None:
+    """Hooks of other areas that a new site needs (its log, its vkey)."""
+    try:
+        from dataspace.audit.sitelog import init_site_log
+    except ModuleNotFoundError:
+        return
+    init_site_log(site)
+
+
+def _default_name(org: str, root: Path) -> str:
+    base = "".join(c if c.isalnum() or c in "-._" else "-" for c in f"{org}-{root.name}".lower())
+    return base.strip("-") or "site"
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,1 @@
+"""Federated training: Flower ServerApp/ClientApp, Opacus DP-SGD, model templates."""

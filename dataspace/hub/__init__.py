@@ -1,0 +1,1 @@
+"""The hub service: catalog, contract registry, run registry, audit log server."""

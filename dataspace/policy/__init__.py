@@ -1,0 +1,1 @@
+"""Control: ODRL usage policies, identities and keys, contracts, the privacy-budget ledger."""

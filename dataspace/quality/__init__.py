@@ -1,0 +1,1 @@
+"""Quality: expectation suites, dimension scores, value and contribution, reports."""

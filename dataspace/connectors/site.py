@@ -112,7 +112,9 @@ class Site:
 
     # --- database -----------------------------------------------------------
     @contextlib.contextmanager
-    def db(self, read_only: bool = False, timeout_s: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    def db(
+        self, read_only: bool = False, timeout_s: float = 30.0
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         """A short-lived DuckDB connection; retries while another process holds the lock."""
         deadline = time.monotonic() + timeout_s
         delay = 0.01
@@ -157,10 +159,7 @@ class Site:
             new_identity(tmp / KEY, name=name, role="holder")
             created = datetime.now(UTC).isoformat(timespec="seconds")
             (tmp / CONFIG).write_text(
-                "[site]\n"
-                f"org = {_toml_str(org)}\n"
-                f"name = {_toml_str(name)}\n"
-                f'created = "{created}"\n'
+                f'[site]\norg = {_toml_str(org)}\nname = {_toml_str(name)}\ncreated = "{created}"\n'
             )
             (tmp / "store" / "datasets").mkdir(parents=True)
             (tmp / "store" / "staging").mkdir(parents=True)
@@ -185,7 +184,7 @@ class Site:
 def _after_init(site: Site) -> None:
     """Hooks of other areas that a new site needs (its log, its vkey)."""
     try:
-        from dataspace.audit.sitelog import init_site_log
+        from dataspace.connectors.sitelog import init_site_log
     except ModuleNotFoundError:
         return
     init_site_log(site)

@@ -14,13 +14,19 @@ Canonical bytes of an episode with N frames, S state and A action dimensions
     b"dataspace/episode/v1\\n"
     || uint32(S) || uint32(A) || uint64(N)
     || int64[N]     timestamps, microseconds since the episode's first frame
-                    (round half to even of seconds * 1e6, or of ns / 1000)
+                    (see :func:`timestamps_to_us`)
     || float32[N*S] observation.state, frame-major
     || float32[N*A] action, frame-major
 
 Float32, float64 and integer nanosecond clocks give the same microseconds for
 the same moment, so the same recording yields the same hash whatever format it
-came in. Rewards, done flags and task labels are metadata, not content: many
+came in. A float32 clock holds about seven significant digits (its step is
+0.95 us between 8 s and 16 s, 61 us at 1000 s), so a float64 or nanosecond
+clock cannot be matched to it by rounding to microseconds alone: the seconds
+since the first frame are first rounded to the nearest float32, then to whole
+microseconds (half to even). The store keeps those microseconds (as seconds,
+us / 1e6, which float64 holds exactly), so :func:`stored_timestamps_to_us`
+recovers them without going through float32 again. Rewards, done flags and task labels are metadata, not content: many
 formats cannot carry them, and the fingerprint must survive a format change.
 """
 
@@ -87,25 +93,32 @@ class Episode:
 
 
 def timestamps_to_us(values: np.ndarray, unit: str = "s") -> np.ndarray:
-    """Microseconds since the first value, as int64.
+    """Canonical microseconds since the first value, as int64.
 
     ``unit`` is ``"s"`` for float seconds (float32 or float64) or ``"ns"`` for
-    integer nanoseconds. Seconds are widened to float64 before subtracting, so
-    a float32 clock and a float64 clock that hold the same moment agree.
+    integer nanoseconds. The offset from the first value is taken exactly
+    (float64, or int64 for nanoseconds), rounded to the nearest float32 so that
+    every clock lands on the same value a float32 clock would hold, then
+    rounded half to even to whole microseconds.
     """
     if values.size == 0:
         return np.zeros(0, dtype=np.int64)
     if unit == "ns":
         ns = values.astype(np.int64)
-        rel = ns - ns[0]
-        # round half to even, like np.rint on seconds
-        q, r = np.divmod(rel, 1000)
-        up = (r > 500) | ((r == 500) & (q % 2 == 1))
-        return (q + up).astype(np.int64)
-    if unit != "s":
+        rel = (ns - ns[0]).astype(np.float64) / 1e9
+    elif unit == "s":
+        sec = values.astype(np.float64)
+        rel = sec - sec[0]
+    else:
         raise SchemaError(f"unknown timestamp unit {unit!r} (expected 's' or 'ns')")
-    sec = values.astype(np.float64)
-    return np.rint((sec - sec[0]) * 1e6).astype(np.int64)
+    if not np.all(np.isfinite(rel)):
+        raise SchemaError("timestamps contain NaN or infinity")
+    return np.rint(rel.astype(np.float32).astype(np.float64) * 1e6).astype(np.int64)
+
+
+def stored_timestamps_to_us(seconds: np.ndarray) -> np.ndarray:
+    """Microseconds from the store's ``timestamp`` column (already canonical: us / 1e6)."""
+    return np.rint(np.asarray(seconds, dtype=np.float64) * 1e6).astype(np.int64)
 
 
 def canonical_bytes(ep: Episode) -> bytes:

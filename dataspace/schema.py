@@ -26,8 +26,10 @@ clock cannot be matched to it by rounding to microseconds alone: the seconds
 since the first frame are first rounded to the nearest float32, then to whole
 microseconds (half to even). The store keeps those microseconds (as seconds,
 us / 1e6, which float64 holds exactly), so :func:`stored_timestamps_to_us`
-recovers them without going through float32 again. Rewards, done flags and task labels are metadata, not content: many
-formats cannot carry them, and the fingerprint must survive a format change.
+recovers them without going through float32 again.
+
+Rewards, done flags and task labels are metadata, not content: many formats
+cannot carry them, and the fingerprint must survive a format change.
 """
 
 from __future__ import annotations

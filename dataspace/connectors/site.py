@@ -164,10 +164,10 @@ class Site:
             (tmp / "store" / "datasets").mkdir(parents=True)
             (tmp / "store" / "staging").mkdir(parents=True)
             site = cls(tmp)
-            from dataspace.connectors.schema_sql import create_tables
+            from dataspace.connectors.store import ensure_tables
 
             with site.db() as con:
-                create_tables(con)
+                ensure_tables(con)
             if root.exists():
                 root.rmdir()
             tmp.rename(root)

@@ -1,0 +1,328 @@
+"""Audit events: the entries of every log, RFC 8785 canonical JSON signed by their actor.
+
+An entry is one JSON object, serialized with RFC 8785 (JSON Canonicalization
+Scheme), that always carries these members::
+
+    v            1 (the event format version)
+    kind         one of KINDS
+    actor        {"name": NAME, "key": BASE64(raw Ed25519 public key, 32 bytes)}
+    time         RFC 3339 UTC, "Z" suffix (e.g. "2026-11-25T14:51:35Z")
+    dataset_id   str or null
+    fingerprint  hex dataset fingerprint, or null
+    contract_id  str or null
+    purpose      str or null
+    sig          BASE64(Ed25519 signature, 64 bytes)
+
+plus the kind's *details*, as further top-level members (names: lower-case
+ASCII letters, digits and ``_``). What each kind carries (the contract between
+the areas that write events and :mod:`dataspace.audit.verify`, which checks them):
+
+=================  ================================================================
+dataset.enrolled   dataset_id, fingerprint; episodes, frames, format, license
+policy.published   dataset_id, fingerprint; epsilon, delta (the dataset's total
+                   privacy budget), purposes (list), policy (ODRL JSON-LD or its hash)
+contract.agreed    contract_id, dataset_id, fingerprint, purpose; consumer (BASE64
+                   public key, or {"name", "key"}), template, epsilon, delta, rounds,
+                   until (RFC 3339)
+round.started      contract_id, dataset_id, fingerprint, purpose; run_id, round,
+                   epsilon (charged against the budget by this round); consumer optional
+round.finished     contract_id, dataset_id, fingerprint, purpose; run_id, round,
+                   model_sha256, epsilon (spent, as accounted)
+quality.reported   dataset_id, fingerprint; score, report_sha256
+access.refused     contract_id and dataset_id when known; reason, consumer
+key.rotated        new_key (BASE64), new_name
+catalog.published  (hub) dataset_id, fingerprint; holder (BASE64), quality_score
+contract.registered (hub) contract_id, dataset_id, fingerprint, purpose; holder, consumer,
+                   epsilon, state (a copy of what the holder's connector agreed)
+run.registered     (hub) run_id, consumer, contracts (list of contract ids)
+round.registered   (hub) run_id, round, loss, epsilon_per_dataset (as the trainer reports)
+=================  ================================================================
+
+What is signed: the RFC 8785 canonical JSON of the event object *without* its
+``sig`` member, i.e. exactly the entry's bytes with the ``,"sig":"..."`` member
+removed. The signing key must be the one named in ``actor.key``. The same
+Ed25519 key also signs checkpoint notes (text ending in a newline) and
+cosignatures (starting ``cosignature/v1``); a canonical JSON object starts with
+``{`` and ends with ``}``, so none of the three messages can be taken for another.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from dataspace.errors import DataspaceError
+
+VERSION = 1
+KINDS = (
+    "dataset.enrolled",
+    "policy.published",
+    "contract.agreed",
+    "round.started",
+    "round.finished",
+    "quality.reported",
+    "access.refused",
+    "key.rotated",
+    # the hub's own log (dataspace.hub.app; added by the services helper)
+    "catalog.published",
+    "contract.registered",
+    "run.registered",
+    "round.registered",
+)
+#: members every event has (besides the kind's details)
+STANDARD = ("v", "kind", "actor", "time", "dataset_id", "fingerprint", "contract_id", "purpose")
+RESERVED = frozenset((*STANDARD, "sig"))
+_DETAIL_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_MAX_SAFE_INT = 2**53
+
+
+class EventError(DataspaceError):
+    """An entry that is not a well-formed event."""
+
+
+class EventSignatureError(EventError):
+    """An event whose signature does not verify under its actor's key."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A parsed event. ``fields`` holds every member (details included) but ``sig``."""
+
+    kind: str
+    actor_name: str
+    actor_key: bytes
+    time: datetime
+    dataset_id: str | None
+    fingerprint: str | None
+    contract_id: str | None
+    purpose: str | None
+    sig: bytes
+    fields: dict[str, Any] = field(repr=False)
+
+    @property
+    def actor_key_b64(self) -> str:
+        return base64.b64encode(self.actor_key).decode()
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {k: v for k, v in self.fields.items() if k not in RESERVED}
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.fields.get(name, default)
+
+
+def format_time(t: datetime | str | None = None) -> str:
+    """RFC 3339 in UTC with a ``Z``; microseconds only when present."""
+    if t is None:
+        t = datetime.now(UTC)
+    if isinstance(t, str):
+        t = parse_time(t)
+    if t.tzinfo is None:
+        raise EventError(f"time {t!r} has no timezone; events need UTC")
+    t = t.astimezone(UTC)
+    spec = "microseconds" if t.microsecond else "seconds"
+    return t.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+def parse_time(s: str) -> datetime:
+    """Parse RFC 3339 (``Z`` or an offset); the result is timezone-aware."""
+    try:
+        t = datetime.fromisoformat(s.replace("z", "Z"))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise EventError(f"time {s!r} is not RFC 3339: {e}") from e
+    if t.tzinfo is None:
+        raise EventError(f"time {s!r} has no timezone offset")
+    return t
+
+
+def _raw_public(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _actor_name(actor: Any) -> str:
+    name = actor if isinstance(actor, str) else getattr(actor, "name", None)
+    if not isinstance(name, str) or not name:
+        raise EventError(f"actor {actor!r} has no name")
+    return name
+
+
+def make_event(
+    kind: str,
+    key: Ed25519PrivateKey,
+    actor: Any,
+    *,
+    dataset_id: str | None = None,
+    fingerprint: str | None = None,
+    contract_id: str | None = None,
+    purpose: str | None = None,
+    time: datetime | str | None = None,
+    **details: Any,
+) -> bytes:
+    """Build and sign an event; returns the entry bytes (RFC 8785 canonical JSON).
+
+    ``actor`` is the actor's name or anything with a ``name`` (an Identity); the
+    key in the event is always ``key``'s public key, so it cannot disagree.
+    """
+    if kind not in KINDS:
+        raise EventError(f"unknown event kind {kind!r} (expected one of {', '.join(KINDS)})")
+    for name in details:
+        if name in RESERVED or not _DETAIL_NAME.fullmatch(name):
+            raise EventError(f"event detail name {name!r} is reserved or not [a-z][a-z0-9_]*")
+    pub = _raw_public(key)
+    if not isinstance(actor, str) and getattr(actor, "public_key", pub) != pub:
+        raise EventError(f"actor {_actor_name(actor)}'s public key is not the signing key")
+    obj: dict[str, Any] = {
+        "v": VERSION,
+        "kind": kind,
+        "actor": {"name": _actor_name(actor), "key": base64.b64encode(pub).decode()},
+        "time": format_time(time),
+        "dataset_id": dataset_id,
+        "fingerprint": fingerprint,
+        "contract_id": contract_id,
+        "purpose": purpose,
+        **details,
+    }
+    try:
+        message = rfc8785.dumps(obj)
+    except Exception as e:  # rfc8785 raises its own error types for NaN, big ints, ...
+        raise EventError(f"event {kind} cannot be canonicalized: {e}") from e
+    sig = base64.b64encode(key.sign(message)).decode()
+    return _with_sig(message, sorted(obj), sig)
+
+
+def _with_sig(message: bytes, keys: list[str], sig_b64: str) -> bytes:
+    """Insert the ``sig`` member at its RFC 8785 place (keys sorted) in the canonical bytes."""
+    after = next((k for k in keys if k > "sig"), None)
+    member = b'"sig":"' + sig_b64.encode() + b'"'
+    if after is None:
+        return message[:-1] + b"," + member + b"}"
+    marker = b',"' + after.encode() + b'":'
+    i = message.find(marker)
+    if i < 0:
+        raise EventError("cannot place the signature member")  # not reached for our events
+    return message[:i] + b"," + member + message[i:]
+
+
+def _plain(o: Any) -> bool:
+    """True when Python's json.dumps writes ``o`` exactly as RFC 8785 does."""
+    if isinstance(o, bool) or o is None or isinstance(o, str):
+        return True
+    if isinstance(o, int):
+        return -_MAX_SAFE_INT <= o <= _MAX_SAFE_INT
+    if isinstance(o, float):
+        r = repr(o)
+        return "e" not in r and not r.endswith(".0") and o != 0.0
+    if isinstance(o, list):
+        return all(_plain(x) for x in o)
+    if isinstance(o, dict):
+        return all(k.isascii() and _plain(v) for k, v in o.items())
+    return False
+
+
+def is_canonical(entry: bytes, obj: Any) -> bool:
+    """RFC 8785: ``entry`` is the canonical serialization of ``obj``.
+
+    Fast path: for objects without exponent floats, big integers or non-ASCII
+    keys, Python's json.dumps with sorted keys is byte-identical to RFC 8785.
+    """
+    if _plain(obj):
+        fast = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return fast.encode() == entry
+    try:
+        return rfc8785.dumps(obj) == entry
+    except Exception:
+        return False
+
+
+def _loads(entry: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(entry)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EventError(f"entry is not JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise EventError("entry is not a JSON object")
+    return obj
+
+
+def parse_event(entry: bytes) -> Event:
+    """Parse an entry into an :class:`Event`; checks the structure, not the signature."""
+    return _event(_loads(entry))
+
+
+def _event(obj: dict[str, Any]) -> Event:
+    try:
+        if obj.get("v") != VERSION:
+            raise EventError(f"event version {obj.get('v')!r} is not {VERSION}")
+        kind = obj["kind"]
+        if kind not in KINDS:
+            raise EventError(f"unknown event kind {kind!r}")
+        actor = obj["actor"]
+        name, key = actor["name"], base64.b64decode(actor["key"], validate=True)
+        sig = base64.b64decode(obj["sig"], validate=True)
+        if not isinstance(name, str) or len(key) != 32 or len(sig) != 64:
+            raise EventError("actor name, key (32 bytes) or sig (64 bytes) malformed")
+        for f in ("dataset_id", "fingerprint", "contract_id", "purpose"):
+            if obj.get(f) is not None and not isinstance(obj[f], str):
+                raise EventError(f"{f} must be a string or null")
+            if f not in obj:
+                raise EventError(f"event lacks member {f!r}")
+        fields = {k: v for k, v in obj.items() if k != "sig"}
+        return Event(
+            kind=kind,
+            actor_name=name,
+            actor_key=key,
+            time=parse_time(obj["time"]),
+            dataset_id=obj["dataset_id"],
+            fingerprint=obj["fingerprint"],
+            contract_id=obj["contract_id"],
+            purpose=obj["purpose"],
+            sig=sig,
+            fields=fields,
+        )
+    except (KeyError, TypeError, binascii.Error, ValueError) as e:
+        if isinstance(e, EventError):
+            raise
+        raise EventError(f"malformed event: {type(e).__name__}: {e}") from e
+
+
+def signed_message(entry: bytes, sig_b64: str) -> bytes:
+    """The bytes the actor signed: the entry without its ``,"sig":"..."`` member."""
+    member = b',"sig":"' + sig_b64.encode() + b'"'
+    i = entry.rfind(member)
+    if i < 0 or entry.count(member) != 1:
+        raise EventError("entry's sig member is missing or ambiguous")
+    return entry[:i] + entry[i + len(member) :]
+
+
+def verify_event(entry: bytes, trusted_keys: frozenset[bytes] | set[bytes] | None = None) -> Event:
+    """Parse ``entry`` and check that it is canonical and signed by its actor's key.
+
+    With ``trusted_keys`` (raw public keys) the actor must be one of them.
+    Raises :class:`EventError` / :class:`EventSignatureError`.
+    """
+    obj = _loads(entry)
+    if not is_canonical(entry, obj):
+        raise EventError("entry is not RFC 8785 canonical JSON")
+    ev = _event(obj)
+    if trusted_keys is not None and ev.actor_key not in trusted_keys:
+        raise EventSignatureError(
+            f"actor {ev.actor_name} ({ev.actor_key_b64}) is not a trusted key"
+        )
+    message = signed_message(entry, obj["sig"])
+    try:
+        Ed25519PublicKey.from_public_bytes(ev.actor_key).verify(ev.sig, message)
+    except InvalidSignature as e:
+        raise EventSignatureError(
+            f"{ev.kind} by {ev.actor_name}: signature does not verify under the actor's key"
+        ) from e
+    return ev

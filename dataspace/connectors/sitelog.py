@@ -1,0 +1,56 @@
+"""Site glue for the audit log: SITE/log, SITE/public.vkey, and ``record`` (issue 3).
+
+Every connector keeps the log of everything done with its data at ``SITE/log``
+(a :class:`dataspace.audit.log.TransparencyLog` whose origin and key name are
+the site's name, signed with the site's key). ``SITE/public.vkey`` holds the
+log's verifier key in the C2SP signed-note vkey text form, one line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dataspace.audit.events import make_event
+from dataspace.audit.log import TransparencyLog
+from dataspace.audit.note import raw_public, vkey_text
+from dataspace.audit.storage import META, atomic_write
+from dataspace.connectors.site import Site
+
+
+def site_vkey(site: Site) -> str:
+    """The site log's verifier key text: NAME+HEX(keyID)+BASE64(0x01 || pub32)."""
+    return vkey_text(site.name, raw_public(site.key))
+
+
+def init_site_log(site: Site) -> TransparencyLog:
+    """Create SITE/log (origin = site name, key = site key) and write SITE/public.vkey.
+
+    Idempotent: an existing log is opened, and the vkey file rewritten if missing.
+    """
+    if (site.log_dir / META).exists():
+        log = TransparencyLog.open(site.log_dir, key=site.key)
+    else:
+        log = TransparencyLog.create(site.log_dir, site.name, site.key)
+    if not site.vkey_path.exists():
+        atomic_write(site.vkey_path, (site_vkey(site) + "\n").encode())
+    return log
+
+
+def open_site_log(site: Site, writable: bool = True) -> TransparencyLog:
+    """Open SITE/log (creating it for a site made before the audit area existed)."""
+    if not (site.log_dir / META).exists():
+        return init_site_log(site)
+    return TransparencyLog.open(site.log_dir, key=site.key if writable else None)
+
+
+def record(site: Site, kind: str, **fields: Any) -> int:
+    """Sign an event with the site's key (actor = the site's identity) and append it to
+    SITE/log; durable, and covered by a newly signed checkpoint, when this returns.
+
+    ``fields`` are :func:`dataspace.audit.events.make_event`'s keyword arguments
+    (dataset_id, fingerprint, contract_id, purpose, time, and the kind's details).
+    Returns the entry's index in the log.
+    """
+    entry = make_event(kind, site.key, site.identity, **fields)
+    with open_site_log(site) as log:
+        return log.append(entry)

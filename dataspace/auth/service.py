@@ -274,8 +274,12 @@ def install_error_handlers(app: FastAPI, on_refused: RefusalHook | None = None) 
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
+        errors = e.errors()
+        if any(err.get("type") == "json_invalid" for err in errors):
+            msg = next(err.get("ctx", {}).get("error", "") for err in errors)
+            return error_response(400, "malformed_json", f"request body is not JSON: {msg}")
         parts = []
-        for err in e.errors()[:5]:
+        for err in errors[:5]:
             where = ".".join(str(x) for x in err.get("loc", ()))
             parts.append(f"{where}: {err.get('msg', 'invalid')}")
         return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")

@@ -1,0 +1,122 @@
+"""``dataspace serve``: run the hub or a connector as a plain process (uvicorn).
+
+The listening socket is bound here, before the app starts, so a port in use is
+a clear error and a non-zero exit, not a traceback from inside uvicorn.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import click
+
+from dataspace.errors import DataspaceError
+
+
+class ServeError(DataspaceError):
+    """A service that cannot start (port in use, bad address)."""
+
+    exit_code = 2
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e} (port in use?)") from e
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(app, sock: socket.socket, log_level: str) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_keep_alive=30)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _trusted(paths: tuple[Path, ...]):
+    from dataspace.policy.identity import load_identity
+
+    return [load_identity(p) for p in paths]
+
+
+@click.group(name="serve")
+def group() -> None:
+    """Run a service (hub or connector) in the foreground."""
+
+
+@group.command("hub")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="hub state folder (created on first start)",
+)
+@click.option("--port", type=int, required=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--name", default="dataspace-hub", show_default=True, help="the hub's key name and log origin"
+)
+@click.option(
+    "--trust",
+    "trust",
+    type=click.Path(exists=True, path_type=Path),
+    multiple=True,
+    help="identity file (X.pub) to register with its role (holder, auditor, ...)",
+)
+@click.option("--log-level", default="warning", show_default=True)
+def hub(
+    data_dir: Path, port: int, host: str, name: str, trust: tuple[Path, ...], log_level: str
+) -> None:
+    """The hub: catalog, contract and run registries, audit log."""
+    sock = bind(host, port)
+    from dataspace.hub.app import create_app
+
+    app = create_app(data_dir, name=name, trust=_trusted(trust))
+    click.echo(f"hub {name} listening on http://{host}:{port} (data {data_dir})", err=True)
+    run(app, sock, log_level)
+
+
+@group.command("connector")
+@click.argument("site", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--hub", "hub_url", required=True, help="the hub's URL, e.g. http://127.0.0.1:8000")
+@click.option("--port", type=int, required=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--public-url",
+    default=None,
+    help="URL consumers reach this connector at (default http://HOST:PORT)",
+)
+@click.option(
+    "--trust",
+    "trust",
+    type=click.Path(exists=True, path_type=Path),
+    multiple=True,
+    help="identity file (X.pub) to give its role here (auditor, operator, holder)",
+)
+@click.option("--log-level", default="warning", show_default=True)
+def connector(
+    site: Path,
+    hub_url: str,
+    port: int,
+    host: str,
+    public_url: str | None,
+    trust: tuple[Path, ...],
+    log_level: str,
+) -> None:
+    """A site's connector: publishes its catalog, negotiates contracts, admin API."""
+    sock = bind(host, port)
+    from dataspace.connectors.service import create_app
+
+    url = public_url or f"http://{host}:{port}"
+    app = create_app(site, hub_url, public_url=url, trust=_trusted(trust))
+    click.echo(f"connector {site} listening on {url} (hub {hub_url})", err=True)
+    run(app, sock, log_level)

@@ -1,0 +1,439 @@
+"""The hub service: catalog, contract registry, run registry and the hub's audit log.
+
+``create_app(data_dir)`` builds the FastAPI app; ``dataspace serve hub --data DIR
+--port N`` runs it with uvicorn. Everything under ``DATA``::
+
+    DATA/hub.key, hub.key.pub   the hub's Ed25519 identity (role operator), made on first start
+    DATA/hub.duckdb             participants, catalog, contracts, runs (dataspace.hub.store)
+    DATA/log/                   the hub's transparency log (dataspace.audit), origin = hub name
+    DATA/nonces                 nonces of signed requests seen within the window (replay guard)
+    DATA/refusals.jsonl         requests refused before a caller was authenticated
+
+Who may call what (roles from ``dataspace.policy.identity``; a key the hub
+does not know is a consumer):
+
+========================  =========================================================
+route                     roles
+========================  =========================================================
+GET  /v1/hub, /v1/whoami  any signed caller
+GET  /v1/catalog          any signed caller (metadata only)
+POST/DELETE /v1/catalog   holder (its own entries)
+POST /v1/contracts        holder (contracts its connector agreed)
+GET  /v1/contracts        consumer: its own; holder: its datasets'; auditor, operator: all
+POST /v1/runs, rounds     consumer (runs over its own contracts), operator
+GET  /v1/runs             consumer: its own; holder: over its contracts; auditor, operator: all
+/v1/participants          operator (register holders, auditors, operators)
+/v1/log/...               holder, auditor, operator (the log names consumers and contracts)
+========================  =========================================================
+
+The hub appends its own events to its log: catalog.published, contract.registered,
+run.registered, round.registered, access.refused. It never holds or serves data
+rows, frames or per-episode values: only what connectors chose to publish.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query
+from fastapi.responses import JSONResponse
+from starlette.types import Scope
+
+from dataspace.audit.events import make_event
+from dataspace.audit.log import TransparencyLog
+from dataspace.auth.httpsig import WINDOW_S
+from dataspace.auth.nonces import FileNonceStore
+from dataspace.auth.service import (
+    ERROR_RESPONSES,
+    SIGNATURE_DOC,
+    Caller,
+    SignedRequests,
+    caller_of,
+    error_code,
+    install_error_handlers,
+    require,
+)
+from dataspace.errors import DataspaceError, NotFoundError, RefusedError
+from dataspace.hub import models as m
+from dataspace.hub.store import HubStore, now_iso
+from dataspace.policy.identity import Identity, load_private_key, new_identity
+
+log = logging.getLogger("dataspace.hub")
+
+DEFAULT_NAME = "dataspace-hub"
+KEY = "hub.key"
+
+
+AnyCaller = Annotated[Caller, Depends(caller_of)]
+
+
+class MalformedJsonLdError(DataspaceError):
+    code = "malformed_jsonld"
+
+
+def hub_key(data_dir: Path, name: str):
+    """The hub's private key, made (role operator) on first start."""
+    path = data_dir / KEY
+    if not path.exists():
+        new_identity(path, name=name, role="operator")
+    return load_private_key(path)
+
+
+def check_dcat(doc: dict[str, Any], dataset_id: str) -> None:
+    """A DCAT entry must be JSON-LD: an @context and an @type naming dcat:Dataset."""
+    if "@context" not in doc:
+        raise MalformedJsonLdError(f"catalog entry for {dataset_id!r} has no @context")
+    types = doc.get("@type")
+    types = types if isinstance(types, list) else [types]
+    if not any(isinstance(t, str) and t.split(":")[-1].split("#")[-1] == "Dataset" for t in types):
+        raise MalformedJsonLdError(
+            f"catalog entry for {dataset_id!r} has @type {doc.get('@type')!r}; "
+            "expected dcat:Dataset"
+        )
+
+
+class HubLog:
+    """The hub's transparency log and the events it appends (dataspace.audit)."""
+
+    def __init__(self, directory: Path, origin: str, key) -> None:
+        self.key = key
+        self.origin = origin
+        self._lock = threading.Lock()
+        if (directory).exists() and any(directory.iterdir()):
+            self.log = TransparencyLog.open(directory, key=key)
+        else:
+            self.log = TransparencyLog.create(directory, origin, key)
+
+    def record(self, kind: str, **fields: Any) -> int:
+        entry = make_event(kind, self.key, self.origin, **fields)
+        with self._lock:
+            return self.log.append(entry)
+
+
+def create_app(
+    data_dir: Path | str,
+    *,
+    name: str = DEFAULT_NAME,
+    trust: list[Identity] | tuple[Identity, ...] = (),
+    window_s: int = WINDOW_S,
+) -> FastAPI:
+    """The hub app over ``data_dir`` (created if missing). ``trust``: identities to register."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = hub_key(data_dir, name)
+    key_id = base64.b64encode(key.public_key().public_bytes_raw()).decode()
+    store = HubStore(data_dir)
+    if store.lookup(key_id) != (name, "operator"):
+        store.register(key_id, name, "operator")
+    for ident in trust:
+        if store.lookup(ident.key_b64) != (ident.name, ident.role):
+            store.register(ident.key_b64, ident.name, ident.role)
+    hub_log = HubLog(data_dir / "log", name, key)
+    refusals_path = data_dir / "refusals.jsonl"
+
+    def on_refused(scope: Scope, e: DataspaceError, caller: Caller | None) -> None:
+        what = {
+            "reason": error_code(e),
+            "detail": str(e)[:500],
+            "method": scope.get("method"),
+            "path": scope.get("path"),
+        }
+        if caller is None:  # not authenticated: a local file, not the signed log (no log spam)
+            fd = os.open(refusals_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, (json.dumps({"time": now_iso(), **what}) + "\n").encode())
+            finally:
+                os.close(fd)
+        else:
+            hub_log.record("access.refused", caller=caller.key_id, **what)
+
+    app = FastAPI(
+        title="dataspace hub",
+        version="1",
+        summary="Catalog, contract registry, run registry and audit log of the data space.",
+        description=(__doc__ or "").split("\n\n", 1)[0] + "\n" + SIGNATURE_DOC,
+        responses=ERROR_RESPONSES,
+    )
+    app.state.store = store
+    app.state.log = hub_log
+    app.state.key_id = key_id
+    app.add_middleware(
+        SignedRequests,
+        nonces=FileNonceStore(data_dir / "nonces"),
+        directory=store.lookup,
+        on_refused=on_refused,
+        window_s=window_s,
+    )
+    install_error_handlers(app, on_refused)
+    _mount_log(app, hub_log)
+
+    @app.get("/healthz", response_model=m.Health, summary="Liveness (no signature needed)")
+    def healthz() -> m.Health:
+        return m.Health(service="hub", name=name)
+
+    @app.get("/v1/hub", response_model=m.HubInfo, summary="The hub's identity and log")
+    def hub_info(caller: AnyCaller) -> m.HubInfo:
+        return m.HubInfo(name=name, public_key=key_id, vkey=_vkey(hub_log), log_size=_size(hub_log))
+
+    @app.get("/v1/whoami", response_model=m.WhoAmI, summary="The caller as the hub sees it")
+    def whoami(caller: AnyCaller) -> m.WhoAmI:
+        return m.WhoAmI(
+            key_id=caller.key_id, name=caller.name, role=caller.role, known=caller.known
+        )
+
+    # --- participants ---------------------------------------------------------
+    @app.post("/v1/participants", response_model=m.Ack, summary="Register a participant's role")
+    def register(
+        body: m.Participant, caller: Annotated[Caller, Depends(require("operator"))]
+    ) -> m.Ack:
+        try:
+            raw = base64.b64decode(body.public_key, validate=True)
+        except ValueError as e:
+            raise DataspaceError(f"public_key is not base64: {e}") from e
+        if len(raw) != 32:
+            raise DataspaceError(f"public_key has {len(raw)} bytes; Ed25519 needs 32")
+        store.register(body.public_key, body.name, body.role)
+        return m.Ack()
+
+    @app.get(
+        "/v1/participants", response_model=list[m.Participant], summary="Registered participants"
+    )
+    def participants(
+        caller: Annotated[Caller, Depends(require("operator", "auditor"))],
+    ) -> list[m.Participant]:
+        return [
+            m.Participant(name=p["name"], role=p["role"], public_key=k)
+            for k, p in sorted(store.participants.items())
+        ]
+
+    # --- catalog ----------------------------------------------------------------
+    @app.post("/v1/catalog", response_model=m.Ack, summary="Publish a dataset's catalog entry")
+    def publish(
+        body: m.PublishRequest, caller: Annotated[Caller, Depends(require("holder"))]
+    ) -> m.Ack:
+        check_dcat(body.dcat, body.dataset_id)
+        entry = body.model_dump(mode="json")
+        entry.update(holder=caller.key_id, holder_name=caller.name, published_at=now_iso())
+        store.publish(caller.key_id, entry)
+        idx = hub_log.record(
+            "catalog.published",
+            dataset_id=body.dataset_id,
+            fingerprint=body.fingerprint,
+            holder=caller.key_id,
+            quality_score=body.quality_score,
+        )
+        return m.Ack(log_index=idx)
+
+    @app.delete(
+        "/v1/catalog/{dataset_id}", response_model=m.Ack, summary="Withdraw a catalog entry"
+    )
+    def unpublish(dataset_id: str, caller: Annotated[Caller, Depends(require("holder"))]) -> m.Ack:
+        store.unpublish(caller.key_id, dataset_id)
+        idx = hub_log.record("catalog.withdrawn", dataset_id=dataset_id, holder=caller.key_id)
+        return m.Ack(log_index=idx)
+
+    @app.get("/v1/catalog", response_model=m.CatalogPage, summary="Search the catalog")
+    def catalog(
+        caller: AnyCaller,
+        q: Annotated[
+            str | None, Query(max_length=200, description="text in id, title, tasks")
+        ] = None,
+        robot_type: Annotated[str | None, Query(max_length=200)] = None,
+        task: Annotated[str | None, Query(max_length=200, description="text in a task")] = None,
+        fps: Annotated[float | None, Query(ge=0, le=100_000)] = None,
+        min_quality: Annotated[float | None, Query(ge=0, le=1)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    ) -> JSONResponse:
+        hits = search(list(store.catalog.values()), q, robot_type, task, fps, min_quality)
+        # returned as prepared JSON: entries are validated when published
+        return JSONResponse({"total": len(hits), "entries": hits[offset : offset + limit]})
+
+    # --- contracts ---------------------------------------------------------------
+    @app.post("/v1/contracts", response_model=m.Ack, summary="Register an agreed contract")
+    def register_contract(
+        body: m.ContractRecord, caller: Annotated[Caller, Depends(require("holder"))]
+    ) -> m.Ack:
+        record = body.model_dump(mode="json")
+        record.update(holder=caller.key_id, registered_at=now_iso())
+        old = store.contracts.get(body.contract_id)
+        if old is not None:
+            record["registered_at"] = old.get("registered_at", record["registered_at"])
+        if not store.add_contract(record):
+            return m.Ack()
+        idx = hub_log.record(
+            "contract.registered",
+            contract_id=body.contract_id,
+            dataset_id=body.dataset_id,
+            fingerprint=body.fingerprint,
+            purpose=body.purpose,
+            holder=caller.key_id,
+            consumer=body.consumer,
+            epsilon=body.epsilon,
+            state=body.state,
+        )
+        return m.Ack(log_index=idx)
+
+    @app.get("/v1/contracts", response_model=m.ContractList, summary="Contracts the caller may see")
+    def contracts(
+        caller: AnyCaller,
+        dataset_id: Annotated[str | None, Query(max_length=200)] = None,
+        state: Annotated[str | None, Query(max_length=40)] = None,
+    ) -> JSONResponse:
+        rows = [
+            c
+            for c in store.contracts.values()
+            if _may_see_contract(caller, c)
+            and (dataset_id is None or c["dataset_id"] == dataset_id)
+            and (state is None or c["state"] == state)
+        ]
+        rows.sort(key=lambda c: (c["registered_at"], c["contract_id"]))
+        return JSONResponse({"contracts": rows})
+
+    @app.get(
+        "/v1/contracts/{contract_id}",
+        response_model=m.RegisteredContract,
+        summary="One contract (404 unless it is the caller's to see)",
+    )
+    def contract(contract_id: str, caller: AnyCaller) -> JSONResponse:
+        c = store.contracts.get(contract_id)
+        if c is None or not _may_see_contract(caller, c):
+            raise NotFoundError(f"contract {contract_id!r} does not exist")
+        return JSONResponse(c)
+
+    # --- runs ---------------------------------------------------------------------
+    @app.post("/v1/runs", response_model=m.Ack, summary="Register a training run")
+    def register_run(
+        body: m.RunRequest,
+        caller: Annotated[Caller, Depends(require("consumer", "operator"))],
+    ) -> m.Ack:
+        for cid in body.contract_ids:
+            c = store.contracts.get(cid)
+            if c is None or not _may_see_contract(caller, c):
+                raise NotFoundError(f"contract {cid!r} does not exist")
+        consumer = caller.key_id
+        if caller.role == "operator":  # an operator runs on behalf of the contracts' consumer
+            consumers = {store.contracts[cid]["consumer"] for cid in body.contract_ids}
+            if len(consumers) != 1:
+                raise RefusedError("a run's contracts must all belong to one consumer")
+            consumer = consumers.pop()
+        record = {**body.model_dump(mode="json"), "consumer": consumer, "created_at": now_iso()}
+        store.add_run(record)
+        idx = hub_log.record(
+            "run.registered", run_id=body.run_id, consumer=consumer, contracts=body.contract_ids
+        )
+        return m.Ack(log_index=idx)
+
+    @app.post("/v1/runs/{run_id}/rounds", response_model=m.Ack, summary="Record one finished round")
+    def register_round(
+        run_id: str,
+        body: m.RoundRequest,
+        caller: Annotated[Caller, Depends(require("consumer", "operator"))],
+    ) -> m.Ack:
+        owner = None if caller.role == "operator" else caller.key_id
+        store.add_round(run_id, owner, body.model_dump(mode="json"))
+        idx = hub_log.record(
+            "round.registered",
+            run_id=run_id,
+            round=body.round,
+            loss=body.loss,
+            epsilon_per_dataset=body.epsilon,
+        )
+        return m.Ack(log_index=idx)
+
+    @app.get("/v1/runs", response_model=m.RunList, summary="Runs the caller may see")
+    def runs(caller: AnyCaller) -> JSONResponse:
+        visible = [r for r in store.runs.values() if _may_see_run(caller, r, store)]
+        visible.sort(key=lambda r: (r["created_at"], r["run_id"]))
+        return JSONResponse({"runs": visible})
+
+    @app.get("/v1/runs/{run_id}", response_model=m.Run, summary="One run with its rounds")
+    def run(run_id: str, caller: AnyCaller) -> JSONResponse:
+        r = store.runs.get(run_id)
+        if r is None or not _may_see_run(caller, r, store):
+            raise NotFoundError(f"run {run_id!r} does not exist")
+        return JSONResponse(r)
+
+    return app
+
+
+def search(
+    entries: list[dict[str, Any]],
+    q: str | None,
+    robot_type: str | None,
+    task: str | None,
+    fps: float | None,
+    min_quality: float | None,
+) -> list[dict[str, Any]]:
+    """Filter catalog entries; every given criterion must hold (case-insensitive text)."""
+    out = []
+    ql = q.lower() if q else None
+    tl = task.lower() if task else None
+    rl = robot_type.lower() if robot_type else None
+    for e in entries:
+        if rl is not None and (e.get("robot_type") or "").lower() != rl:
+            continue
+        if fps is not None and (e.get("fps") is None or abs(e["fps"] - fps) > 1e-6):
+            continue
+        if min_quality is not None and (
+            e.get("quality_score") is None or e["quality_score"] < min_quality
+        ):
+            continue
+        tasks = [t.lower() for t in e.get("tasks") or []]
+        if tl is not None and not any(tl in t for t in tasks):
+            continue
+        if ql is not None:
+            hay = " ".join(
+                [e["dataset_id"], e.get("title") or "", e.get("robot_type") or "", *tasks]
+            ).lower()
+            if ql not in hay:
+                continue
+        out.append(e)
+    out.sort(key=lambda e: (-(e.get("quality_score") or 0.0), e["dataset_id"], e["holder"]))
+    return out
+
+
+def _may_see_contract(caller: Caller, c: dict[str, Any]) -> bool:
+    if caller.role in ("auditor", "operator"):
+        return True
+    return caller.key_id in (c["consumer"], c["holder"])
+
+
+def _may_see_run(caller: Caller, r: dict[str, Any], store: HubStore) -> bool:
+    if caller.role in ("auditor", "operator") or r["consumer"] == caller.key_id:
+        return True
+    return any(
+        store.contracts.get(cid, {}).get("holder") == caller.key_id for cid in r["contract_ids"]
+    )
+
+
+def _vkey(hub_log: HubLog) -> str | None:
+    v = getattr(hub_log.log, "vkey", None)
+    return v() if callable(v) else v
+
+
+def _size(hub_log: HubLog) -> int | None:
+    return getattr(hub_log.log, "size", None)
+
+
+def _mount_log(app: FastAPI, hub_log: HubLog) -> None:
+    """The audit helper's log endpoints, for holders, auditors and the operator."""
+    try:
+        from dataspace.audit.api import log_router
+    except ModuleNotFoundError as e:  # TEMPORARY until the audit area lands its API
+        if e.name != "dataspace.audit.api":
+            raise
+        log.warning("dataspace.audit.api not available; hub log endpoints not mounted")
+        return
+
+    app.include_router(
+        log_router(hub_log.log),
+        prefix="/v1/log",
+        dependencies=[Depends(require("holder", "auditor", "operator"))],
+    )

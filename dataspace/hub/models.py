@@ -1,0 +1,146 @@
+"""Request and response bodies of the hub's API (pydantic; they are its OpenAPI schema).
+
+Limits are part of the schema (lengths, ranges, list sizes) so a hostile or
+absurd request is refused with a 422 naming the field, before any work.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Id = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/+=-]+$")
+KeyB64 = Field(min_length=44, max_length=44, description="Ed25519 public key, standard base64")
+Hex = Field(min_length=1, max_length=128, pattern=r"^[0-9a-f]+$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HubInfo(BaseModel):
+    name: str = Field(description="the hub's key name and its log's origin")
+    public_key: str = Field(description="the hub's Ed25519 key (base64): its operator identity")
+    vkey: str | None = Field(None, description="the hub log's verifier key (C2SP vkey text)")
+    log_size: int | None = None
+
+
+class Participant(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    role: Literal["holder", "consumer", "auditor", "operator"]
+    public_key: str = KeyB64
+
+
+class WhoAmI(BaseModel):
+    key_id: str
+    name: str
+    role: str
+    known: bool
+
+
+class PublishRequest(Strict):
+    """One catalog entry, as a connector publishes it. Metadata only, never rows."""
+
+    dataset_id: str = Id
+    fingerprint: str = Hex
+    dcat: dict[str, Any] = Field(description="the DCAT-AP JSON-LD entry (@context, @type)")
+    title: str = Field("", max_length=500)
+    robot_type: str | None = Field(None, max_length=200)
+    fps: float | None = Field(None, ge=0, le=100_000)
+    tasks: list[str] = Field(default_factory=list, max_length=1000)
+    episodes: int | None = Field(None, ge=0)
+    frames: int | None = Field(None, ge=0)
+    state_dim: int | None = Field(None, ge=0, le=1_000_000)
+    action_dim: int | None = Field(None, ge=0, le=1_000_000)
+    license: str | None = Field(None, max_length=200)
+    format: str | None = Field(None, max_length=100)
+    quality_score: float | None = Field(None, ge=0, le=1)
+    connector_url: str | None = Field(None, max_length=500)
+
+
+class CatalogEntry(PublishRequest):
+    model_config = ConfigDict(extra="ignore")
+    holder: str = Field(description="the publishing connector's key (base64)")
+    holder_name: str = ""
+    published_at: str
+
+
+class CatalogPage(BaseModel):
+    total: int
+    entries: list[CatalogEntry]
+
+
+class ContractRecord(Strict):
+    """A contract as a connector registers it at the hub (terms, parties, signatures)."""
+
+    contract_id: str = Id
+    dataset_id: str = Id
+    fingerprint: str = Hex
+    consumer: str = KeyB64
+    purpose: str = Field(min_length=1, max_length=200)
+    template: str | None = Field(None, max_length=200)
+    epsilon: float = Field(ge=0, le=1e6)
+    delta: float | None = Field(None, ge=0, le=1)
+    rounds: int | None = Field(None, ge=0, le=10_000_000)
+    until: str | None = Field(None, max_length=64)
+    state: str = Field(min_length=1, max_length=40)
+    connector_url: str | None = Field(None, max_length=500)
+    agreement: dict[str, Any] | None = Field(
+        None, description="the agreement as signed by holder and consumer"
+    )
+
+
+class RegisteredContract(ContractRecord):
+    model_config = ConfigDict(extra="ignore")
+    holder: str
+    registered_at: str
+
+
+class ContractList(BaseModel):
+    contracts: list[RegisteredContract]
+
+
+class RunRequest(Strict):
+    run_id: str = Id
+    contract_ids: list[str] = Field(min_length=1, max_length=1000)
+    template: str | None = Field(None, max_length=200)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class RoundRequest(Strict):
+    """One finished round: aggregates only (a loss, epsilons, per-site contributions)."""
+
+    round: int = Field(ge=0, le=10_000_000)
+    loss: float | None = None
+    epsilon: dict[str, float] = Field(
+        default_factory=dict, description="epsilon charged this round, per dataset or site"
+    )
+    contributions: dict[str, float] = Field(
+        default_factory=dict, description="per-site contribution scores"
+    )
+
+
+class Run(BaseModel):
+    run_id: str
+    consumer: str
+    contract_ids: list[str]
+    template: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+    created_at: str
+    rounds: list[RoundRequest] = Field(default_factory=list)
+
+
+class RunList(BaseModel):
+    runs: list[Run]
+
+
+class Ack(BaseModel):
+    ok: bool = True
+    log_index: int | None = Field(None, description="index of the hub log entry recording this")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    service: str
+    name: str

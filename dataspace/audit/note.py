@@ -153,7 +153,7 @@ class Signer:
 def parse_vkey(text: str) -> Verifier:
     """Parse verifier key text NAME+HEX(keyID)+BASE64(type || key); checks the key ID."""
     text = text.strip()
-    parts = text.split("+")
+    parts = text.split("+", 2)  # base64 may contain "+"
     if len(parts) != 3:
         raise NoteError(f"malformed verifier key {text!r}: want NAME+KEYID+KEY")
     name, kid_hex, key_b64 = parts

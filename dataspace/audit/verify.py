@@ -1,0 +1,609 @@
+"""The auditor: check a log with nothing but public keys.
+
+:func:`audit` streams the entries once and checks, in this order:
+
+1. the checkpoint is signed by a trusted log key named after its origin
+   (rule ``checkpoint-signature``);
+2. every entry is a canonical, well-formed event (``entry-malformed``) signed by
+   the key its actor names (``entry-signature``), and that actor is trusted when
+   the trusted-keys file lists actors (``actor-untrusted``);
+3. the business rules, over the events in log order (:class:`RuleChecker`):
+   every ``round.started`` cites an earlier ``contract.agreed`` (``contract-unknown``)
+   that is live at the round's time (``contract-expired``) and covers its dataset,
+   fingerprint, purpose and consumer (``contract-dataset``, ``contract-fingerprint``,
+   ``contract-purpose``, ``contract-consumer``), within the contract's rounds
+   (``contract-rounds``) and epsilon (``contract-epsilon``); cumulative epsilon per
+   dataset never exceeds the budget of its latest ``policy.published``
+   (``budget-epsilon``); no event but ``access.refused`` cites a contract after
+   its ``until`` (``after-expiry``);
+4. the Merkle tree of the entries has the checkpoint's size and root
+   (``tree-size``, ``tree-root``);
+5. at least ``quorum`` distinct trusted witnesses cosigned the checkpoint
+   (``witness-signature``, ``witness-quorum``);
+6. the checkpoint the auditor kept from last time is signed by the same log and
+   is a prefix of this tree (``previous-checkpoint``, ``rollback``, ``fork``).
+
+The report lists every violation in the order found; the first names the entry
+index, the rule and the values at fault.
+
+Trusted-keys file (``--trusted-keys``), one item per line, ``#`` comments::
+
+    NAME+HEX+BASE64             a vkey: type 0x01 is a log key, type 0x04 a witness key
+    log NAME+HEX+BASE64|PATH    a log key (PATH: an identity .pub file, or a .vkey file)
+    witness NAME+HEX+BASE64|PATH  a witness key (an identity .pub gives its 0x04 key)
+    actor PATH | PATH.pub       an identity file {"name","role","public_key"} of an actor
+    {"name":..,"public_key":..}  an inline identity (an actor)
+
+Relative paths are relative to the file. A log's key is also trusted as an
+actor (a site signs its own events). When no actor is listed, any actor whose
+signature verifies is accepted (the actors are then reported, not judged).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dataspace.audit.checkpoint import Checkpoint, parse_checkpoint
+from dataspace.audit.events import Event, EventError, EventSignatureError, parse_time, verify_event
+from dataspace.audit.merkle import RootAccumulator, leaf_hash
+from dataspace.audit.note import (
+    ALG_COSIGNATURE_V1,
+    ALG_ED25519,
+    NoteError,
+    Verifier,
+    parse_note,
+    parse_signature_lines,
+    parse_vkey,
+    verify_signatures,
+)
+from dataspace.errors import DataspaceError
+
+#: NAME+HEX(keyID)+BASE64(type || key): a vkey, as opposed to a path
+VKEY_RE = re.compile(r"[^+\s]+\+[0-9a-fA-F]{8}\+[A-Za-z0-9+/]+=*")
+#: float slack when summing epsilons
+EPS_TOL = 1e-9
+
+
+class TrustedKeysError(DataspaceError):
+    """A trusted-keys file that cannot be read."""
+
+
+@dataclass
+class TrustedKeys:
+    logs: list[Verifier] = field(default_factory=list)
+    witnesses: list[Verifier] = field(default_factory=list)
+    actors: dict[bytes, str] = field(default_factory=dict)
+
+    def actor_keys(self) -> frozenset[bytes] | None:
+        if not self.actors:
+            return None
+        return frozenset(self.actors) | {v.public_key for v in self.logs}
+
+
+def _identity(obj: dict, where: str) -> tuple[str, bytes]:
+    try:
+        raw = base64.b64decode(obj["public_key"], validate=True)
+        if len(raw) != 32:
+            raise ValueError(f"{len(raw)}-byte key")
+        return str(obj["name"]), raw
+    except (KeyError, ValueError, TypeError) as e:
+        raise TrustedKeysError(f"{where}: not an identity {{name, public_key}}: {e}") from e
+
+
+def _read_identity(path: Path) -> tuple[str, bytes]:
+    try:
+        return _identity(json.loads(path.read_text()), str(path))
+    except (OSError, json.JSONDecodeError) as e:
+        raise TrustedKeysError(f"cannot read identity {path}: {e}") from e
+
+
+def _key_item(item: str, alg: int, base: Path, where: str) -> Verifier:
+    if VKEY_RE.fullmatch(item):
+        try:
+            v = parse_vkey(item)
+        except NoteError as e:
+            raise TrustedKeysError(f"{where}: {e}") from e
+        if v.alg != alg:
+            raise TrustedKeysError(f"{where}: key type {v.alg:#04x}, expected {alg:#04x}")
+        return v
+    path = Path(base, item)
+    if path.suffix == ".vkey":
+        try:
+            return _key_item(path.read_text().strip(), alg, base, where)
+        except OSError as e:
+            raise TrustedKeysError(f"{where}: cannot read {path}: {e}") from e
+    name, raw = _read_identity(path)
+    return Verifier(name, raw, alg)
+
+
+def parse_trusted_keys(text: str, base: Path = Path()) -> TrustedKeys:
+    tk = TrustedKeys()
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("{") else line
+        line = line.strip()
+        if not line:
+            continue
+        where = f"trusted keys line {n}"
+        word, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if line.startswith("{"):
+            name, raw = _identity(json.loads(line), where)
+            tk.actors[raw] = name
+        elif word == "log":
+            tk.logs.append(_key_item(rest, ALG_ED25519, base, where))
+        elif word == "witness":
+            tk.witnesses.append(_key_item(rest, ALG_COSIGNATURE_V1, base, where))
+        elif word == "actor":
+            name, raw = _read_identity(Path(base, rest))
+            tk.actors[raw] = name
+        elif VKEY_RE.fullmatch(line):
+            try:
+                v = parse_vkey(line)
+            except NoteError as e:
+                raise TrustedKeysError(f"{where}: {e}") from e
+            (tk.logs if v.alg == ALG_ED25519 else tk.witnesses).append(v)
+        else:
+            path = Path(base, line)
+            if path.suffix == ".vkey":
+                sub = parse_trusted_keys(path.read_text(), path.parent)
+                tk.logs += sub.logs
+                tk.witnesses += sub.witnesses
+            else:
+                name, raw = _read_identity(path)
+                tk.actors[raw] = name
+    return tk
+
+
+def load_trusted_keys(path: Path | str) -> TrustedKeys:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise TrustedKeysError(f"cannot read trusted keys {path}: {e}") from e
+    return parse_trusted_keys(text, path.parent)
+
+
+@dataclass
+class Violation:
+    rule: str
+    message: str
+    index: int | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        where = f"entry {self.index}" if self.index is not None else "log"
+        vals = ", ".join(f"{k}={v!r}" for k, v in self.values.items())
+        return f"{where}: {self.rule}: {self.message}" + (f" ({vals})" if vals else "")
+
+
+@dataclass
+class RoundRecord:
+    """One training round as the auditor sees it (for ``dataspace audit show``)."""
+
+    index: int
+    time: str
+    contract_id: str | None
+    dataset_id: str | None
+    fingerprint: str | None
+    consumer: str | None
+    purpose: str | None
+    run_id: Any
+    round: Any
+    epsilon: float
+    model_sha256: str | None = None
+    finished_index: int | None = None
+    ok: bool = True
+
+
+@dataclass
+class AuditReport:
+    origin: str | None = None
+    size: int = 0
+    root: str | None = None
+    entries_checked: int = 0
+    witnesses: list[str] = field(default_factory=list)
+    quorum: int = 0
+    previous_size: int | None = None
+    violations: list[Violation] = field(default_factory=list)
+    rounds: list[RoundRecord] = field(default_factory=list)
+    contracts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    epsilon_by_dataset: dict[str, float] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    @property
+    def first(self) -> Violation | None:
+        return self.violations[0] if self.violations else None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        d["first_violation"] = str(self.first) if self.first else None
+        return d
+
+
+def consumer_key(c: Any) -> str | None:
+    """A consumer as its base64 public key, from a key string or an identity-like object."""
+    if c is None:
+        return None
+    if isinstance(c, dict):
+        return c.get("key") or c.get("public_key")
+    return str(c)
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+class RuleChecker:
+    """The data-space rules over events in log order (module docstring, step 3)."""
+
+    def __init__(self, report: AuditReport) -> None:
+        self.r = report
+        self.contracts: dict[str, tuple[Event, datetime | None]] = {}
+        self.budget: dict[str, float] = {}
+        self.spent: dict[str, float] = {}
+        self.contract_spent: dict[str, float] = {}
+        self.contract_rounds: dict[str, set] = {}
+        self.open_rounds: dict[tuple, RoundRecord] = {}
+
+    def _flag(self, index: int, rule: str, msg: str, **values: Any) -> None:
+        self.r.violations.append(Violation(rule, msg, index, values))
+
+    @staticmethod
+    def dataset_key(ev: Event) -> str | None:
+        return ev.dataset_id or ev.fingerprint
+
+    def feed(self, i: int, ev: Event) -> None:
+        kind = ev.kind
+        if kind == "policy.published":
+            eps = _num(ev.get("epsilon"))
+            key = self.dataset_key(ev)
+            if key is not None and eps is not None:
+                self.budget[key] = eps
+            return
+        if kind == "contract.agreed":
+            self._contract(i, ev)
+            return
+        cid = ev.contract_id
+        if cid is not None and kind != "access.refused" and cid in self.contracts:
+            until = self.contracts[cid][1]
+            if until is not None and ev.time > until:
+                rule = "contract-expired" if kind == "round.started" else "after-expiry"
+                self._flag(
+                    i,
+                    rule,
+                    f"{kind} at {ev.get('time')} after contract {cid} expired",
+                    contract_id=cid,
+                    time=ev.get("time"),
+                    until=self.contracts[cid][0].get("until"),
+                )
+                if kind == "round.started":
+                    self._round(i, ev, ok=False)
+                return
+        if kind == "round.started":
+            self._round(i, ev)
+        elif kind == "round.finished":
+            self._finished(i, ev)
+
+    def _contract(self, i: int, ev: Event) -> None:
+        cid = ev.contract_id
+        if cid is None:
+            self._flag(i, "contract-malformed", "contract.agreed without contract_id")
+            return
+        if cid in self.contracts:
+            self._flag(i, "contract-duplicate", f"contract {cid} agreed twice", contract_id=cid)
+            return
+        until = ev.get("until")
+        try:
+            t = parse_time(until) if until is not None else None
+        except EventError:
+            self._flag(i, "contract-malformed", f"contract {cid} until {until!r} is not RFC 3339")
+            t = None
+        self.contracts[cid] = (ev, t)
+        self.r.contracts[cid] = {
+            "index": i,
+            "dataset_id": ev.dataset_id,
+            "fingerprint": ev.fingerprint,
+            "purpose": ev.purpose,
+            "consumer": consumer_key(ev.get("consumer")),
+            "template": ev.get("template"),
+            "epsilon": ev.get("epsilon"),
+            "delta": ev.get("delta"),
+            "rounds": ev.get("rounds"),
+            "until": until,
+            "time": ev.get("time"),
+        }
+
+    def _round(self, i: int, ev: Event, ok: bool = True) -> None:
+        cid = ev.contract_id
+        eps = _num(ev.get("epsilon"))
+        rec = RoundRecord(
+            i,
+            ev.get("time"),
+            cid,
+            ev.dataset_id,
+            ev.fingerprint,
+            consumer_key(ev.get("consumer")),
+            ev.purpose,
+            ev.get("run_id"),
+            ev.get("round"),
+            eps or 0.0,
+            ok=ok,
+        )
+        self.r.rounds.append(rec)
+        self.open_rounds[(cid, ev.get("run_id"), ev.get("round"))] = rec
+        n_before = len(self.r.violations)
+        if eps is None or eps < 0:
+            self._flag(
+                i,
+                "round-malformed",
+                "round.started without a non-negative epsilon",
+                epsilon=ev.get("epsilon"),
+            )
+        if cid is None or cid not in self.contracts:
+            self._flag(
+                i,
+                "contract-unknown",
+                f"round.started cites contract {cid!r}, which no earlier contract.agreed agreed",
+                contract_id=cid,
+            )
+            rec.ok = False
+            return
+        c, _ = self.contracts[cid]
+        rec.consumer = rec.consumer or consumer_key(c.get("consumer"))
+        for name, got, want in (
+            ("dataset", ev.dataset_id, c.dataset_id),
+            ("fingerprint", ev.fingerprint, c.fingerprint),
+            ("purpose", ev.purpose, c.purpose),
+            ("consumer", consumer_key(ev.get("consumer")), consumer_key(c.get("consumer"))),
+        ):
+            if got is not None and got != want:
+                self._flag(
+                    i,
+                    f"contract-{name}",
+                    f"round {name} {got!r} is not contract {cid}'s {want!r}",
+                    contract_id=cid,
+                    round=got,
+                    contract=want,
+                )
+        if ev.purpose is None and c.purpose is not None:
+            self._flag(
+                i,
+                "contract-purpose",
+                "round.started names no purpose",
+                contract_id=cid,
+                contract=c.purpose,
+            )
+        rounds = self.contract_rounds.setdefault(cid, set())
+        rounds.add((ev.get("run_id"), ev.get("round")))
+        max_rounds = _num(c.get("rounds"))
+        if max_rounds is not None and len(rounds) > max_rounds:
+            self._flag(
+                i,
+                "contract-rounds",
+                f"round {len(rounds)} of contract {cid} exceeds its {int(max_rounds)} rounds",
+                contract_id=cid,
+                rounds=len(rounds),
+                limit=int(max_rounds),
+            )
+        eps = eps or 0.0
+        spent = self.contract_spent.get(cid, 0.0) + eps
+        self.contract_spent[cid] = spent
+        limit = _num(c.get("epsilon"))
+        if limit is not None and spent > limit + EPS_TOL:
+            self._flag(
+                i,
+                "contract-epsilon",
+                f"cumulative epsilon {spent:g} exceeds contract {cid}'s {limit:g}",
+                contract_id=cid,
+                spent=spent,
+                limit=limit,
+            )
+        key = ev.dataset_id or ev.fingerprint or c.dataset_id or c.fingerprint
+        if key is not None:
+            total = self.spent.get(key, 0.0) + eps
+            self.spent[key] = total
+            self.r.epsilon_by_dataset[key] = total
+            budget = self.budget.get(key)
+            if budget is not None and total > budget + EPS_TOL:
+                self._flag(
+                    i,
+                    "budget-epsilon",
+                    f"cumulative epsilon {total:g} on dataset {key} "
+                    f"exceeds the policy budget {budget:g}",
+                    dataset=key,
+                    spent=total,
+                    budget=budget,
+                )
+        if len(self.r.violations) > n_before:
+            rec.ok = False
+
+    def _finished(self, i: int, ev: Event) -> None:
+        cid = ev.contract_id
+        if cid is not None and cid not in self.contracts:
+            self._flag(
+                i,
+                "contract-unknown",
+                f"round.finished cites unknown contract {cid!r}",
+                contract_id=cid,
+            )
+        rec = self.open_rounds.get((cid, ev.get("run_id"), ev.get("round")))
+        if rec is not None:
+            rec.model_sha256 = ev.get("model_sha256")
+            rec.finished_index = i
+
+
+def audit(
+    entries: Iterable[bytes],
+    note: bytes,
+    trusted: TrustedKeys,
+    cosignatures: bytes = b"",
+    previous: bytes | None = None,
+    quorum: int = 0,
+    max_violations: int = 1000,
+) -> AuditReport:
+    """Check a log from its entries, its signed checkpoint and cosignatures (module docstring)."""
+    report = AuditReport(quorum=quorum)
+    vio = report.violations
+    # 1. the checkpoint
+    try:
+        parsed = parse_note(note)
+        cp = parse_checkpoint(parsed.text)
+    except NoteError as e:
+        vio.append(Violation("checkpoint-malformed", str(e)))
+        return report
+    report.origin, report.size, report.root = cp.origin, cp.size, cp.root.hex()
+    logs = [v for v in trusted.logs if v.name == cp.origin]
+    try:
+        good = verify_signatures(parsed.text, parsed.signatures, logs)
+    except NoteError as e:
+        good = []
+        vio.append(Violation("checkpoint-signature", str(e), values={"origin": cp.origin}))
+    if not good and not vio:
+        vio.append(
+            Violation(
+                "checkpoint-signature",
+                f"no trusted log key of {cp.origin} signed the checkpoint",
+                values={"origin": cp.origin},
+            )
+        )
+    prev_cp = _previous(previous, cp, logs, vio)
+    # 2-4. the entries, streamed once
+    acc = RootAccumulator()
+    prev_root = None
+    if prev_cp is not None and prev_cp.size == 0:
+        prev_root = acc.root()
+    rules = RuleChecker(report)
+    actors = trusted.actor_keys()
+    kinds = report.kinds
+    for i, entry in enumerate(entries):
+        if i >= cp.size:
+            vio.append(
+                Violation(
+                    "tree-size",
+                    f"more entries than the checkpoint's {cp.size}",
+                    i,
+                    {"checkpoint_size": cp.size},
+                )
+            )
+            break
+        acc.add_leaf_hash(leaf_hash(entry))
+        if prev_cp is not None and acc.size == prev_cp.size:
+            prev_root = acc.root()
+        try:
+            ev = verify_event(entry, actors)
+        except EventSignatureError as e:
+            rule = "actor-untrusted" if "not a trusted key" in str(e) else "entry-signature"
+            vio.append(Violation(rule, str(e), i))
+            continue
+        except EventError as e:
+            vio.append(Violation("entry-malformed", str(e), i))
+            continue
+        kinds[ev.kind] = kinds.get(ev.kind, 0) + 1
+        rules.feed(i, ev)
+        if len(vio) >= max_violations:
+            break
+    report.entries_checked = acc.size
+    if acc.size < cp.size and len(vio) < max_violations:
+        vio.append(
+            Violation(
+                "tree-size",
+                f"the checkpoint covers {cp.size} entries but there are {acc.size}",
+                acc.size,
+                {"checkpoint_size": cp.size, "entries": acc.size},
+            )
+        )
+    elif acc.size == cp.size and acc.root() != cp.root:
+        vio.append(
+            Violation(
+                "tree-root",
+                "the entries' Merkle root differs from the signed checkpoint's",
+                None,
+                {"computed": acc.root().hex(), "checkpoint": cp.root.hex()},
+            )
+        )
+    # 5. witnesses
+    _witnesses(report, cp, parsed, cosignatures, trusted, quorum)
+    # 6. the previous checkpoint
+    if prev_cp is not None and prev_root is not None and prev_root != prev_cp.root:
+        vio.append(
+            Violation(
+                "fork",
+                f"the tree at size {prev_cp.size} differs from the checkpoint kept from last time",
+                None,
+                {"size": prev_cp.size, "kept": prev_cp.root.hex(), "now": prev_root.hex()},
+            )
+        )
+    return report
+
+
+def _previous(
+    previous: bytes | None, cp: Checkpoint, logs: list[Verifier], vio: list[Violation]
+) -> Checkpoint | None:
+    if previous is None:
+        return None
+    try:
+        pnote = parse_note(previous)
+        prev = parse_checkpoint(pnote.text)
+        if not verify_signatures(pnote.text, pnote.signatures, logs) or prev.origin != cp.origin:
+            raise NoteError(f"not signed by a trusted key of {cp.origin}")
+    except NoteError as e:
+        vio.append(Violation("previous-checkpoint", f"previous checkpoint: {e}"))
+        return None
+    if prev.size > cp.size:
+        vio.append(
+            Violation(
+                "rollback",
+                f"the log shrank from {prev.size} to {cp.size} entries",
+                None,
+                {"previous": prev.size, "now": cp.size},
+            )
+        )
+        return None
+    if prev.size == cp.size and prev.root != cp.root:
+        vio.append(
+            Violation(
+                "fork",
+                f"two checkpoints of size {cp.size} with different roots",
+                None,
+                {"kept": prev.root.hex(), "now": cp.root.hex()},
+            )
+        )
+        return None
+    return prev
+
+
+def _witnesses(report, cp, parsed, cosignatures, trusted, quorum) -> None:
+    try:
+        extra = parse_signature_lines(cosignatures) if cosignatures else []
+    except NoteError as e:
+        report.violations.append(Violation("witness-signature", f"cosignatures: {e}"))
+        extra = []
+    sigs = [s for s in parsed.signatures if s.name != cp.origin] + extra
+    try:
+        good = verify_signatures(parsed.text, sigs, trusted.witnesses)
+    except NoteError as e:
+        report.violations.append(Violation("witness-signature", str(e)))
+        good = []
+    report.witnesses = sorted({s.name for s in good})
+    if len(report.witnesses) < quorum:
+        report.violations.append(
+            Violation(
+                "witness-quorum",
+                f"{len(report.witnesses)} trusted witnesses cosigned the "
+                f"checkpoint, {quorum} needed",
+                None,
+                {"witnesses": report.witnesses, "quorum": quorum},
+            )
+        )

@@ -1,0 +1,200 @@
+"""A C2SP tlog-witness v1 (https://c2sp.org/tlog-witness) that cosigns checkpoints.
+
+Connectors witness the hub's log and each other's: a witness keeps, per origin,
+the latest checkpoint it has cosigned; it cosigns a new one only after checking
+the log's signature and an RFC 9162 consistency proof from that latest one, and
+it persists the new checkpoint (atomically, under a lock: check-and-update is one
+step, otherwise a race could roll a witness back) before it answers. So a log
+cannot show two histories to parties that consult the same witnesses.
+
+Request body of ``POST /add-checkpoint``: ``old SIZE\\n``, up to 63 base64
+consistency-proof lines, an empty line, then the signed checkpoint. Answers
+(:class:`WitnessError.status`): 404 unknown origin; 403 no trusted log
+signature; 400 malformed or old size larger than the checkpoint's; 409 old size
+is not the witness's latest (body: that size, ``text/x.tlog.size``); 422 bad
+consistency proof, or the same size with a different root (a fork).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import time as _time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dataspace.audit import merkle
+from dataspace.audit.checkpoint import Checkpoint, parse_checkpoint
+from dataspace.audit.cosignature import cosign, cosigner, witness_vkey
+from dataspace.audit.merkle import ProofError
+from dataspace.audit.note import NoteError, Verifier, open_note, parse_note
+from dataspace.audit.storage import atomic_write, locked
+from dataspace.errors import DataspaceError
+
+MAX_PROOF_LINES = 63
+SIZE_CONTENT_TYPE = "text/x.tlog.size"
+
+
+class WitnessError(DataspaceError):
+    """A checkpoint the witness refuses; ``status`` is the tlog-witness HTTP status."""
+
+    def __init__(self, status: int, message: str, body: bytes | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.http_status = status
+        self.body = body
+
+
+def request_body(old_size: int, proof: Iterable[bytes], note: bytes) -> bytes:
+    """tlog-witness: the add-checkpoint request body."""
+    lines = [b"old %d\n" % old_size, *(base64.b64encode(p) + b"\n" for p in proof)]
+    return b"".join(lines) + b"\n" + note
+
+
+def parse_request(body: bytes) -> tuple[int, list[bytes], bytes]:
+    """Split an add-checkpoint request into (old size, proof hashes, checkpoint note)."""
+    head, sep, note = body.partition(b"\n\n")
+    if not sep:
+        raise WitnessError(400, "add-checkpoint: no empty line before the checkpoint")
+    lines = head.split(b"\n")
+    first = lines[0]
+    if not first.startswith(b"old ") or not first[4:].isdigit():
+        raise WitnessError(400, f"add-checkpoint: first line {first[:40]!r} is not 'old SIZE'")
+    if first[4:] != b"0" and first[4:5] == b"0":
+        raise WitnessError(400, "add-checkpoint: old size has leading zeros")
+    if len(lines) - 1 > MAX_PROOF_LINES:
+        raise WitnessError(400, f"add-checkpoint: more than {MAX_PROOF_LINES} proof lines")
+    try:
+        proof = [base64.b64decode(ln, validate=True) for ln in lines[1:]]
+    except binascii.Error as e:
+        raise WitnessError(400, f"add-checkpoint: proof line is not base64: {e}") from e
+    return int(first[4:]), proof, note
+
+
+class Witness:
+    """A witness keeping its state in a folder (e.g. SITE/witness).
+
+    ``logs`` are the trusted log keys (type 0x01); a log's key name is its origin.
+    """
+
+    def __init__(
+        self,
+        directory: Path | str,
+        name: str,
+        key: Ed25519PrivateKey,
+        logs: Iterable[Verifier],
+        clock: Callable[[], float] = _time.time,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.signer = cosigner(name, key)
+        self.logs = {v.name: v for v in logs}
+        self.clock = clock
+
+    @property
+    def name(self) -> str:
+        return self.signer.name
+
+    def vkey(self) -> str:
+        return witness_vkey(self.name, self.signer.public_key)
+
+    def trust(self, log: Verifier) -> None:
+        self.logs[log.name] = log
+
+    def _state_path(self, origin: str) -> Path:
+        return self.directory / (hashlib.sha256(origin.encode()).hexdigest()[:32] + ".checkpoint")
+
+    def latest(self, origin: str) -> Checkpoint | None:
+        """The latest checkpoint of ``origin`` this witness has cosigned, if any."""
+        try:
+            return parse_checkpoint(parse_note(self._state_path(origin).read_bytes()).text)
+        except FileNotFoundError:
+            return None
+
+    def add_checkpoint(self, body: bytes) -> bytes:
+        """Answer a tlog-witness add-checkpoint request body; returns the cosignature line."""
+        old, proof, note = parse_request(body)
+        return self.cosign_checkpoint(note, old, proof)
+
+    def cosign_checkpoint(self, note: bytes, old_size: int, proof: list[bytes]) -> bytes:
+        """Check ``note`` against the latest checkpoint seen, persist it, cosign it."""
+        try:
+            parsed = parse_note(note)
+            cp = parse_checkpoint(parsed.text)
+        except NoteError as e:
+            raise WitnessError(400, f"add-checkpoint: malformed checkpoint: {e}") from e
+        log = self.logs.get(cp.origin)
+        if log is None:
+            raise WitnessError(404, f"unknown log origin {cp.origin!r}")
+        try:
+            open_note(note, [log])
+        except NoteError as e:
+            raise WitnessError(403, f"checkpoint of {cp.origin}: {e}") from e
+        if old_size > cp.size:
+            raise WitnessError(
+                400, f"old size {old_size} is larger than the checkpoint's {cp.size}"
+            )
+        with locked(self.directory):
+            latest = self.latest(cp.origin)
+            have = latest.size if latest else 0
+            if old_size != have:
+                raise WitnessError(
+                    409,
+                    f"old size {old_size} is not this witness's latest size {have} of {cp.origin}",
+                    body=b"%d\n" % have,
+                )
+            old_root = latest.root if latest else merkle.EMPTY_ROOT
+            if latest is not None and cp.size == latest.size:
+                if cp.root != latest.root:
+                    raise WitnessError(422, f"fork: {cp.origin} has two roots for size {cp.size}")
+            else:
+                try:
+                    merkle.verify_consistency(have, cp.size, proof, old_root, cp.root)
+                except ProofError as e:
+                    raise WitnessError(422, f"{cp.origin}: bad consistency proof: {e}") from e
+            own = [s for s in parsed.signatures if (s.name, s.key_id) == (log.name, log.key_id)]
+            stored = parsed.text + b"\n" + b"".join(s.line() for s in own)
+            atomic_write(self._state_path(cp.origin), stored)  # persist before answering
+        return cosign(parsed.text, self.signer, int(self.clock())).line()
+
+
+PostFn = Callable[[bytes], tuple[int, bytes]]
+
+
+def witness_log(log, post: PostFn, known_size: int = 0) -> bytes:
+    """Have a witness cosign ``log``'s current checkpoint, and store the cosignature.
+
+    ``post(body) -> (status, response body)`` delivers an add-checkpoint request
+    (over HTTP, or ``local_post(witness)`` in process). A 409 tells the witness's
+    size; the request is retried once from there. Returns the cosignature line.
+    """
+    note = log.checkpoint()
+    parsed = parse_note(note)
+    cp = parse_checkpoint(parsed.text)
+    size = known_size
+    for _ in range(2):
+        proof = log.consistency_proof(size, cp.size) if size < cp.size else []
+        status, resp = post(request_body(size, proof, note))
+        if status == 200:
+            log.add_cosignature(parsed.text, resp)
+            return resp
+        if status == 409:
+            size = int(resp.strip() or b"0")
+            continue
+        raise WitnessError(status, f"witness refused {cp.origin} size {cp.size}: {resp[:200]!r}")
+    raise WitnessError(409, f"witness kept answering 409 for {cp.origin}")
+
+
+def local_post(witness: Witness) -> PostFn:
+    """A ``post`` function that calls a :class:`Witness` in this process."""
+
+    def post(body: bytes) -> tuple[int, bytes]:
+        try:
+            return 200, witness.add_checkpoint(body)
+        except WitnessError as e:
+            return e.status, e.body or str(e).encode()
+
+    return post

@@ -14,11 +14,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from dataspace.errors import DataspaceError, NotFoundError
+
+if TYPE_CHECKING:
+    from dataspace.connectors.site import Site
 
 ROLES = ("holder", "consumer", "auditor", "operator")
 
@@ -124,3 +128,180 @@ def load_identity(path: Path) -> Identity:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise KeyError_(f"{path} is not an identity JSON file: {e}") from e
     return Identity.from_json(obj)
+
+
+# --- key rotation ---------------------------------------------------------------
+
+ROTATION_TYPE = "dataspace/key-rotation/v1"
+
+
+@dataclass(frozen=True)
+class KeyRotation:
+    """A statement that ``old_key`` hands over to ``new_key``, signed by both.
+
+    The old key's signature says who authorised the change; the new key's
+    proves its holder has it. Both sign the RFC 8785 canonical JSON of
+    :meth:`statement`. Kept as one JSON line per rotation in ``FILE.rotations``.
+    """
+
+    name: str
+    role: str
+    old_key: str  # base64
+    new_key: str  # base64
+    time: str  # RFC 3339 UTC
+    old_signature: str = ""
+    new_signature: str = ""
+
+    def statement(self) -> dict[str, str]:
+        return {
+            "type": ROTATION_TYPE,
+            "name": self.name,
+            "role": self.role,
+            "old_key": self.old_key,
+            "new_key": self.new_key,
+            "time": self.time,
+        }
+
+    def message(self) -> bytes:
+        import rfc8785
+
+        return rfc8785.dumps(self.statement())
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            **self.statement(),
+            "old_signature": self.old_signature,
+            "new_signature": self.new_signature,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, str]) -> KeyRotation:
+        try:
+            if obj["type"] != ROTATION_TYPE:
+                raise KeyError_(f"not a key rotation: type {obj['type']!r}")
+            return cls(**{k: str(obj[k]) for k in cls.__dataclass_fields__})
+        except (KeyError, TypeError) as e:
+            raise KeyError_(f"malformed key rotation {obj!r}: {e}") from e
+
+    def verify(self) -> None:
+        """Both signatures verify over the statement; raises :class:`KeyError_` if not."""
+        from cryptography.exceptions import InvalidSignature
+
+        for who, key, sig in (
+            ("old", self.old_key, self.old_signature),
+            ("new", self.new_key, self.new_signature),
+        ):
+            try:
+                pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(key, validate=True))
+                pub.verify(base64.b64decode(sig, validate=True), self.message())
+            except (InvalidSignature, ValueError) as e:
+                raise KeyError_(
+                    f"key rotation of {self.name}: the {who} key's signature does not verify"
+                ) from e
+
+
+def rotations_path(private_path: Path) -> Path:
+    return Path(str(private_path) + ".rotations")
+
+
+def sign_rotation(
+    old: Ed25519PrivateKey, new: Ed25519PrivateKey, ident: Identity, time: str
+) -> KeyRotation:
+    r = KeyRotation(
+        name=ident.name,
+        role=ident.role,
+        old_key=base64.b64encode(public_bytes(old)).decode(),
+        new_key=base64.b64encode(public_bytes(new)).decode(),
+        time=time,
+    )
+    from dataclasses import replace
+
+    msg = r.message()
+    return replace(
+        r,
+        old_signature=base64.b64encode(old.sign(msg)).decode(),
+        new_signature=base64.b64encode(new.sign(msg)).decode(),
+    )
+
+
+def rotate_identity(
+    path: Path, new_key: Ed25519PrivateKey | None = None, time: str | None = None
+) -> KeyRotation:
+    """Replace the key at ``path`` by a new one, keeping name and role.
+
+    Order matters for a crash at any point: the rotation statement and a copy
+    of the old private key (``FILE.old-<hex of old key[:8]>``, 0600) are
+    written first, then the new private key replaces the old by an atomic
+    rename, then the public file. The statement is appended to ``FILE.rotations``.
+    """
+    from datetime import UTC, datetime
+
+    path = Path(path)
+    old = load_private_key(path)
+    ident = load_identity(path)
+    new = new_key or Ed25519PrivateKey.generate()
+    if public_bytes(new) == public_bytes(old):
+        raise KeyError_(f"{path}: the new key is the old key")
+    time = time or datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    rotation = sign_rotation(old, new, ident, time)
+    archive = Path(f"{path}.old-{public_bytes(old)[:4].hex()}")
+    if not archive.exists():
+        write_private_key(archive, old)
+    with open(rotations_path(path), "a") as f:
+        f.write(json.dumps(rotation.to_json(), sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp = Path(f"{path}.new")
+    if tmp.exists():
+        tmp.unlink()
+    write_private_key(tmp, new)
+    os.replace(tmp, path)
+    new_ident = Identity(name=ident.name, role=ident.role, public_key=public_bytes(new))
+    pub_tmp = Path(f"{public_path(path)}.new")
+    pub_tmp.write_text(json.dumps(new_ident.to_json(), indent=2) + "\n")
+    os.replace(pub_tmp, public_path(path))
+    return rotation
+
+
+def load_rotations(path: Path) -> list[KeyRotation]:
+    """The rotations recorded beside a key file, oldest first (each verified)."""
+    p = rotations_path(Path(path))
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        if line.strip():
+            r = KeyRotation.from_json(json.loads(line))
+            r.verify()
+            out.append(r)
+    return out
+
+
+def rotate_site_key(site: Site, new_key: Ed25519PrivateKey | None = None) -> KeyRotation:
+    """Rotate a site's identity key; logs ``key.rotated`` (signed by the old key) first.
+
+    The site's transparency log keeps its own key: witnesses and auditors pin
+    a log's verifier key (``SITE/public.vkey``), so it must not change with
+    the identity. Before the first rotation the current key is copied to
+    ``SITE/log.key`` (0600) for the log to keep signing with.
+    """
+    from dataspace.policy import events
+
+    log_key = site.root / "log.key"
+    if not log_key.exists():
+        write_private_key(log_key, site.key)
+    old_ident = site.identity
+    new = new_key or Ed25519PrivateKey.generate()
+    events.record(
+        site,
+        "key.rotated",
+        new_key=base64.b64encode(public_bytes(new)).decode(),
+        new_name=old_ident.name,
+        old_key=old_ident.key_b64,
+        role=old_ident.role,
+    )
+    rotation = rotate_identity(site.key_path, new_key=new)
+    # Site caches its key and identity; drop them so this object sees the new key.
+    for attr in ("key", "identity"):
+        site.__dict__.pop(attr, None)
+    return rotation

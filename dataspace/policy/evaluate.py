@@ -1,0 +1,260 @@
+"""Policy evaluation: one pure function, :func:`evaluate`.
+
+ODRL 2.2 leaves evaluation to profiles; ours is fixed here and written out in
+docs/odrl-profile.md ("Evaluation"). In short:
+
+1. A malformed request (unknown action, epsilon <= 0, rounds < 1, an end in
+   the past, ...) is denied.
+2. A request for another dataset, or for other data (fingerprint), is denied.
+3. Any prohibition for the requested action whose constraints all hold at
+   *some* instant of the requested period denies (``conflict: prohibit``).
+4. Otherwise the request is permitted by the first permission for the action
+   whose constraints *all* hold for the *whole* period [now, until) (AND).
+   The budget constraints hold when what the dataset has already committed
+   (reserved by live contracts plus spent) plus what is asked stays within
+   the permission's epsilon and delta.
+5. No such permission: denied, with every candidate permission's reasons.
+
+Nothing here touches a site or a clock: callers pass ``now`` and the usage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from dataspace.policy.odrl import ACTIONS, Constraint, Rule, UsagePolicy, format_datetime
+
+#: relative slack for float sums of epsilons (8 contracts of 1.0 fill a budget of 8.0)
+_REL_TOL = 1e-9
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a consumer asks of a dataset (the terms it wants)."""
+
+    dataset_id: str
+    consumer: str  # base64 Ed25519 public key (Identity.key_b64)
+    purpose: str
+    epsilon: float
+    until: datetime
+    action: str = "train"
+    template: str | None = None
+    rounds: int = 1
+    delta: float | None = None  # None: a share of delta proportional to epsilon
+    fingerprint: str | None = None  # None: whatever the policy targets
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a dataset has already committed: reserved by live contracts plus spent."""
+
+    epsilon: float = 0.0
+    delta: float = 0.0
+
+
+NO_USAGE = Usage()
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The terms a permission grants (what a contract will say)."""
+
+    permission: int
+    action: str
+    purpose: str
+    template: str | None
+    epsilon: float
+    delta: float
+    rounds: int
+    until: datetime
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+    granted: Grant | None = None
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+
+def evaluate(
+    policy: UsagePolicy,
+    request: Request,
+    now: datetime,
+    used: Usage = NO_USAGE,
+    check_budget: bool = True,
+) -> Decision:
+    """Decide ``request`` against ``policy`` at ``now`` (semantics: module docstring).
+
+    ``check_budget=False`` skips the two budget constraints; the ledger uses
+    it to re-check a running contract against the current policy, because
+    that contract's own reservation is already part of ``used``.
+    """
+    bad = _malformed(request, now)
+    if bad:
+        return Decision(False, tuple(bad))
+    if request.dataset_id != policy.dataset_id:
+        return Decision(
+            False,
+            (f"policy {policy.uid} is for dataset {policy.dataset_id}, not {request.dataset_id}",),
+        )
+    if request.fingerprint is not None and request.fingerprint != policy.fingerprint:
+        return Decision(
+            False,
+            (
+                f"policy {policy.uid} covers fingerprint {policy.fingerprint}, "
+                f"not {request.fingerprint}",
+            ),
+        )
+    for i, rule in enumerate(policy.prohibitions):
+        if rule.action == request.action and all(
+            _prohibition_holds(c, request, now) for c in rule.constraints
+        ):
+            what = ", ".join(_describe(c) for c in rule.constraints) or "always"
+            return Decision(False, (f"prohibition[{i}] forbids {rule.action} ({what})",))
+    reasons: list[str] = []
+    candidates = [(i, r) for i, r in enumerate(policy.permissions) if r.action == request.action]
+    if not candidates:
+        return Decision(False, (f"the policy permits no {request.action!r} action",))
+    for i, rule in candidates:
+        failures, delta = _permission_failures(rule, request, now, used, check_budget)
+        if not failures:
+            grant = Grant(
+                permission=i,
+                action=request.action,
+                purpose=request.purpose,
+                template=request.template,
+                epsilon=float(request.epsilon),
+                delta=delta,
+                rounds=request.rounds,
+                until=request.until,
+            )
+            return Decision(True, (f"permission[{i}] permits {request.action}",), grant)
+        reasons.extend(f"permission[{i}]: {f}" for f in failures)
+    return Decision(False, tuple(reasons))
+
+
+def _malformed(r: Request, now: datetime) -> list[str]:
+    bad = []
+    if r.action not in ACTIONS:
+        bad.append(f"unknown action {r.action!r} (known: {', '.join(ACTIONS)})")
+    if isinstance(r.epsilon, bool) or not (math.isfinite(r.epsilon) and r.epsilon > 0):
+        bad.append(f"epsilon must be a finite number > 0, got {r.epsilon!r}")
+    if r.delta is not None and not (math.isfinite(r.delta) and 0 <= r.delta < 1):
+        bad.append(f"delta must be in [0, 1), got {r.delta!r}")
+    if isinstance(r.rounds, bool) or not isinstance(r.rounds, int) or r.rounds < 1:
+        bad.append(f"rounds must be a whole number >= 1, got {r.rounds!r}")
+    if not r.purpose:
+        bad.append("no purpose given")
+    if r.until.tzinfo is None:
+        bad.append(f"until {r.until.isoformat()} has no time zone")
+    elif r.until <= now:
+        bad.append(f"until {format_datetime(r.until)} is not after now ({format_datetime(now)})")
+    return bad
+
+
+def _le(a: float, b: float) -> bool:
+    return a <= b + _REL_TOL * max(1.0, abs(b))
+
+
+def _permission_failures(
+    rule: Rule, r: Request, now: datetime, used: Usage, check_budget: bool
+) -> tuple[list[str], float]:
+    """Reasons each constraint fails (empty: all hold) and the delta that would be granted."""
+    eps_cap = float(rule.value("epsilon"))  # type: ignore[arg-type]
+    delta_cap = float(rule.value("delta"))  # type: ignore[arg-type]
+    # A request that names no delta gets the share of delta its epsilon is of the
+    # budget: then reserving epsilon within budget also keeps delta within budget.
+    if r.delta is not None:
+        delta = r.delta
+    else:  # 12 significant digits: 1e-5 * 3/8 is 3.75e-06, not 3.7500000000000005e-06
+        delta = float(f"{delta_cap * min(1.0, r.epsilon / eps_cap):.12g}")
+    failures = []
+    for c in rule.constraints:
+        if c.left == "epsilon":
+            if not _le(r.epsilon, eps_cap):
+                failures.append(f"epsilon {r.epsilon:g} exceeds the budget {eps_cap:g}")
+            elif check_budget and not _le(used.epsilon + r.epsilon, eps_cap):
+                left = max(0.0, eps_cap - used.epsilon)
+                failures.append(
+                    f"epsilon {r.epsilon:g} wanted but only {left:g} of the dataset's budget "
+                    f"{eps_cap:g} is unreserved"
+                )
+        elif c.left == "delta":
+            if not _le(delta, delta_cap):
+                failures.append(f"delta {delta:g} exceeds the budget {delta_cap:g}")
+            elif check_budget and not _le(used.delta + delta, delta_cap):
+                left = max(0.0, delta_cap - used.delta)
+                failures.append(
+                    f"delta {delta:g} wanted but only {left:g} of the dataset's delta "
+                    f"{delta_cap:g} is unreserved"
+                )
+        elif not _permission_holds(c, r, now):
+            failures.append(_failure(c, r, now))
+    return failures, float(delta)
+
+
+def _in(c: Constraint, value: str | None) -> bool:
+    allowed = (c.right,) if isinstance(c.right, str) else c.right
+    return value is not None and value in allowed  # type: ignore[operator]
+
+
+def _permission_holds(c: Constraint, r: Request, now: datetime) -> bool:
+    """Does ``c`` hold at every instant of [now, until)?"""
+    if c.left == "purpose":
+        return _in(c, r.purpose)
+    if c.left == "assignee":
+        return _in(c, r.consumer)
+    if c.left == "modelTemplate":
+        return _in(c, r.template)
+    if c.left == "maxRounds":
+        return r.rounds <= c.right  # type: ignore[operator]
+    if c.left == "dateTime":
+        x: datetime = c.right  # type: ignore[assignment]
+        if c.operator in ("lt", "lteq"):  # an expiry: the contract must end by then
+            return r.until <= x and (now < x if c.operator == "lt" else now <= x)
+        return now > x if c.operator == "gt" else now >= x  # not before
+    raise AssertionError(f"unhandled left operand {c.left!r}")  # parse_policy forbids it
+
+
+def _prohibition_holds(c: Constraint, r: Request, now: datetime) -> bool:
+    """Does ``c`` hold at some instant of [now, until)?"""
+    if c.left == "dateTime":
+        x: datetime = c.right  # type: ignore[assignment]
+        if c.operator == "lt":
+            return now < x
+        if c.operator == "lteq":
+            return now <= x
+        return r.until > x  # gt / gteq: some instant before `until` is after x
+    return _permission_holds(c, r, now)
+
+
+def _describe(c: Constraint) -> str:
+    right = c.right
+    if isinstance(right, tuple):
+        right = "[" + ", ".join(right) + "]"
+    elif isinstance(right, datetime):
+        right = format_datetime(right)
+    return f"{c.left} {c.operator} {right}"
+
+
+def _failure(c: Constraint, r: Request, now: datetime) -> str:
+    if c.left == "purpose":
+        return f"purpose {r.purpose!r} is not permitted ({_describe(c)})"
+    if c.left == "assignee":
+        return f"consumer {r.consumer} is not an assignee of this policy"
+    if c.left == "modelTemplate":
+        return f"model template {r.template!r} is not permitted ({_describe(c)})"
+    if c.left == "maxRounds":
+        return f"{r.rounds} rounds asked, at most {c.right} permitted"
+    x = format_datetime(c.right)  # type: ignore[arg-type]
+    if c.operator in ("lt", "lteq"):
+        if not (now < c.right if c.operator == "lt" else now <= c.right):  # type: ignore[operator]
+            return f"the policy expired at {x}"
+        return f"until {format_datetime(r.until)} is after the policy's expiry {x}"
+    return f"the policy is not valid before {x} (now {format_datetime(now)})"

@@ -1,0 +1,36 @@
+"""Writing the policy area's events to the site's transparency log.
+
+Every event goes through ``dataspace.connectors.sitelog.record(site, kind,
+**fields)`` (signed with the site's key, durable on return). Values are made
+JSON-friendly here (times as RFC 3339 UTC strings) so callers pass what they have.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from dataspace.policy.odrl import format_datetime
+
+if TYPE_CHECKING:
+    from dataspace.connectors.site import Site
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return format_datetime(v)
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    return v
+
+
+def record(site: Site, kind: str, **fields: Any) -> int:
+    """Append one event of ``kind`` to ``SITE/log``; returns its index."""
+    from dataspace.connectors.sitelog import record as sitelog_record
+
+    return sitelog_record(site, kind, **{k: _plain(v) for k, v in fields.items()})
+
+
+def refused(site: Site, reason: str, **request: Any) -> int:
+    """Log an ``access.refused`` event: the reason and the request's fields."""
+    return record(site, "access.refused", reason=reason, **request)

@@ -1,6 +1,6 @@
 """``--format auto``: tell which reader a path needs, and build that reader.
 
-Rules, in order: a folder with ``meta/info.json`` is LeRobot; otherwise the
+Rules, in order: a folder with a ``meta/`` folder is LeRobot; otherwise the
 path (a file, or a folder's files) is classified by magic bytes, falling back
 to the extension: HDF5 (``\\x89HDF``, .h5/.hdf5), MCAP (``\\x89MCAP``, .mcap),
 Parquet (``PAR1``, .parquet) or CSV (.csv) -- the last two both read by the
@@ -45,7 +45,7 @@ def file_kind(path: Path) -> str | None:
 def detect(path: Path) -> str:
     """The format name of ``path`` (see module docstring)."""
     if path.is_dir():
-        if (path / "meta" / "info.json").is_file():
+        if (path / "meta").is_dir():  # LeRobot, even with info.json missing (reported then)
             return "lerobot"
         files = [p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")]
         kinds = {k for k in map(file_kind, files) if k is not None}

@@ -1,0 +1,293 @@
+"""``dataspace audit``: verify, checkpoint, proof, entries, export, show (issue 3).
+
+SOURCE is a site folder (its SITE/log), a log folder, an exported bundle, or the
+base URL of a log served by :func:`dataspace.audit.api.log_router` (http...).
+The ``--trusted-keys`` file format is documented in :mod:`dataspace.audit.verify`.
+``verify`` exits 0 only when every check holds; otherwise it exits 4 and names
+the first violation (entry index, rule, values). Other errors exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dataspace.audit.bundle import write_bundle
+from dataspace.audit.checkpoint import checkpoint_of_note
+from dataspace.audit.merkle import ProofError
+from dataspace.audit.note import Note, parse_note, parse_signature_lines
+from dataspace.audit.source import LogSource, open_source
+from dataspace.audit.verify import AuditReport, TrustedKeys, audit, load_trusted_keys
+from dataspace.errors import DataspaceError
+
+err = Console(stderr=True)
+
+
+class AuditFailed(DataspaceError):
+    """The log does not verify; the message names the first violation."""
+
+    exit_code = 4
+
+
+def _out(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def _line(obj: dict) -> None:
+    click.echo(json.dumps(obj, separators=(",", ":")))
+
+
+def _progress(it: Iterator[bytes], total: int, label: str) -> Iterator[bytes]:
+    if total < 2000:
+        yield from it
+        return
+    cols = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*cols, console=err, transient=True) as p:
+        task = p.add_task(label, total=total)
+        for i, e in enumerate(it, 1):
+            yield e
+            if i % 1000 == 0:
+                p.update(task, completed=i)
+
+
+def _full_note(src: LogSource) -> bytes:
+    """The checkpoint with every cosignature the source has, as one note."""
+    note = src.checkpoint()
+    extra = src.cosignatures()
+    if not extra:
+        return note
+    parsed = parse_note(note)
+    return Note(parsed.text, parsed.signatures + tuple(parse_signature_lines(extra))).to_bytes()
+
+
+def _run_audit(
+    src: LogSource, trusted: TrustedKeys, previous: bytes | None, quorum: int
+) -> AuditReport:
+    note = src.checkpoint()
+    size = checkpoint_of_note(note).size
+    entries = _progress(src.iter_entries(0, size), size, "verifying")
+    return audit(entries, note, trusted, src.cosignatures(), previous=previous, quorum=quorum)
+
+
+@click.group("audit")
+def group() -> None:
+    """The transparency log: verify it, read it, prove things from it, export it."""
+
+
+@group.command("verify")
+@click.argument("source")
+@click.option(
+    "--trusted-keys",
+    "trusted_keys",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Log, witness and actor keys (format: dataspace.audit.verify).",
+)
+@click.option(
+    "--previous-checkpoint",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The checkpoint kept from the last audit.",
+)
+@click.option(
+    "--witness-quorum",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Distinct trusted witnesses that must cosign.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def verify_cmd(
+    source: str,
+    trusted_keys: Path,
+    previous_checkpoint: Path | None,
+    witness_quorum: int,
+    as_json: bool,
+) -> None:
+    """Check signatures, tree, witnesses, consistency and the contract/budget rules."""
+    trusted = load_trusted_keys(trusted_keys)
+    previous = previous_checkpoint.read_bytes() if previous_checkpoint else None
+    report = _run_audit(open_source(source), trusted, previous, witness_quorum)
+    if as_json:
+        _line(report.to_json())
+    else:
+        status = "[green]verified[/green]" if report.ok else "[red]FAILED[/red]"
+        err.print(
+            f"{status} {report.origin} size {report.size} root {report.root}; "
+            f"{report.entries_checked} entries; witnesses: {', '.join(report.witnesses) or 'none'}"
+            f" (quorum {witness_quorum}); {len(report.rounds)} rounds",
+            highlight=False,
+        )
+        for v in report.violations[:20]:
+            err.print(f"  {v}", highlight=False, markup=False)
+    if not report.ok:
+        raise AuditFailed(
+            f"verification failed: {report.first} ({len(report.violations)} violations)"
+        )
+
+
+@group.command("checkpoint")
+@click.argument("source")
+def checkpoint_cmd(source: str) -> None:
+    """Print the latest signed checkpoint (C2SP signed note), byte for byte."""
+    _out(_full_note(open_source(source)))
+
+
+@group.command("proof")
+@click.argument("source")
+@click.option("--index", type=click.IntRange(min=0), help="Inclusion proof of this entry.")
+@click.option("--from", "old", type=click.IntRange(min=0), help="Consistency proof from this size.")
+@click.option("--size", type=click.IntRange(min=0), help="Tree size (default: the checkpoint's).")
+def proof_cmd(source: str, index: int | None, old: int | None, size: int | None) -> None:
+    """An RFC 9162 inclusion (--index) or consistency (--from) proof, one JSON line, hex."""
+    if (index is None) == (old is None):
+        raise click.UsageError("give exactly one of --index I or --from M")
+    src = open_source(source)
+    if size is None:
+        size = checkpoint_of_note(src.checkpoint()).size
+    if index is not None:
+        if index >= size:
+            raise ProofError(f"index {index} is beyond the tree of size {size}")
+        leaf, hashes = src.inclusion_proof(index, size)
+        _line(
+            {
+                "index": index,
+                "size": size,
+                "leaf_hash": leaf.hex(),
+                "hashes": [h.hex() for h in hashes],
+            }
+        )
+    else:
+        hashes = src.consistency_proof(old, size)
+        _line({"from": old, "size": size, "hashes": [h.hex() for h in hashes]})
+
+
+@group.command("entries")
+@click.argument("source")
+@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--end", type=click.IntRange(min=0), help="Exclusive (default: the log's size).")
+def entries_cmd(source: str, start: int, end: int | None) -> None:
+    """Print entries as JSON lines: exactly the bytes that were hashed."""
+    src = open_source(source)
+    for e in src.iter_entries(start, end):
+        sys.stdout.buffer.write(e + b"\n")
+    sys.stdout.buffer.flush()
+
+
+@group.command("export")
+@click.argument("source")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def export_cmd(source: str, directory: Path) -> None:
+    """Write a portable bundle: entries.jsonl, checkpoint, cosignatures."""
+    src = open_source(source)
+    note = _full_note(src)
+    size = checkpoint_of_note(note).size
+    n = write_bundle(directory, note, _progress(src.iter_entries(0, size), size, "exporting"))
+    err.print(f"exported {n} entries to {directory}", highlight=False)
+
+
+@group.command("show")
+@click.argument("source")
+@click.option("--dataset", help="Dataset id or fingerprint.")
+@click.option("--consumer", help="Consumer public key (base64) or name.")
+@click.option("--contract", help="Contract id.")
+@click.option(
+    "--trusted-keys",
+    "trusted_keys",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Check the checkpoint signature and witnesses too.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def show_cmd(
+    source: str,
+    dataset: str | None,
+    consumer: str | None,
+    contract: str | None,
+    trusted_keys: Path | None,
+    as_json: bool,
+) -> None:
+    """Who trained on what, for which purpose, how much epsilon, which model; does it verify."""
+    if sum(x is not None for x in (dataset, consumer, contract)) != 1:
+        raise click.UsageError("give exactly one of --dataset, --consumer, --contract")
+    trusted = load_trusted_keys(trusted_keys) if trusted_keys else TrustedKeys()
+    report = _run_audit(open_source(source), trusted, None, 0)
+    if trusted_keys is None:  # only the log's own consistency can be judged
+        report.violations = [v for v in report.violations if v.rule != "checkpoint-signature"]
+    names = {c: (info.get("consumer")) for c, info in report.contracts.items()}
+
+    def keep(r) -> bool:
+        if dataset is not None:
+            return dataset in (r.dataset_id, r.fingerprint)
+        if contract is not None:
+            return r.contract_id == contract
+        return consumer in (r.consumer, names.get(r.contract_id))
+
+    rows = [r for r in report.rounds if keep(r)]
+    bad = {v.index for v in report.violations}
+    out = [
+        {
+            "index": r.index,
+            "time": r.time,
+            "contract_id": r.contract_id,
+            "dataset_id": r.dataset_id,
+            "fingerprint": r.fingerprint,
+            "consumer": r.consumer,
+            "purpose": r.purpose,
+            "run_id": r.run_id,
+            "round": r.round,
+            "epsilon": r.epsilon,
+            "model_sha256": r.model_sha256,
+            "verifies": r.ok and r.index not in bad and report.ok,
+        }
+        for r in rows
+    ]
+    total = sum(r["epsilon"] for r in out)
+    if as_json:
+        _line(
+            {
+                "log_verifies": report.ok,
+                "first_violation": str(report.first) if report.first else None,
+                "checkpoint_checked": trusted_keys is not None,
+                "epsilon_total": total,
+                "rounds": out,
+            }
+        )
+        return
+    t = Table(title=f"{report.origin} — {len(out)} rounds, epsilon {total:g}")
+    for col in (
+        "entry",
+        "time",
+        "contract",
+        "dataset",
+        "consumer",
+        "purpose",
+        "run/round",
+        "ε",
+        "model",
+        "ok",
+    ):
+        t.add_column(col)
+    for r in out:
+        t.add_row(
+            str(r["index"]),
+            str(r["time"]),
+            str(r["contract_id"]),
+            str(r["dataset_id"]),
+            (r["consumer"] or "")[:12],
+            str(r["purpose"]),
+            f"{r['run_id']}/{r['round']}",
+            f"{r['epsilon']:g}",
+            (r["model_sha256"] or "")[:12],
+            "yes" if r["verifies"] else "NO",
+        )
+    Console().print(t)
+    state = "verifies" if report.ok else f"does NOT verify: {report.first}"
+    checked = "" if trusted_keys else " (checkpoint signature not checked: no --trusted-keys)"
+    click.echo(f"log {state}{checked}")

@@ -1,0 +1,209 @@
+"""``dataspace contract``: ask for, list, approve and reject contracts.
+
+``--site SITE`` runs both sides on this machine (the holder's site folder and
+the consumer's key). ``--connector URL`` talks to a holder's connector service
+(:func:`_request_via_connector`, provided with the services).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dataspace.connectors.site import Site
+from dataspace.policy.contracts import (
+    Contract,
+    OfferRefusedError,
+    OfferRequest,
+    approve,
+    list_contracts,
+    load_contract,
+    negotiate,
+    reject,
+    revoke,
+)
+from dataspace.policy.identity import load_identity, load_private_key
+from dataspace.policy.odrl import ACTIONS
+
+
+@click.group(name="contract")
+def group() -> None:
+    """Contracts between a dataset's holder and a consumer."""
+
+
+def _request_via_connector(
+    connector: str, request: OfferRequest, key_file: Path, as_json: bool
+) -> dict[str, Any]:
+    """Ask a holder's connector service (implemented with the services)."""
+    raise click.UsageError("--connector is not available in this build; use --site SITE")
+
+
+@group.command(name="request")
+@click.option(
+    "--site", type=click.Path(path_type=Path), default=None, help="The holder's site folder."
+)
+@click.option("--connector", default=None, help="The holder's connector service URL.")
+@click.option("--dataset", required=True, help="Dataset id (or name).")
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The consumer's private key file.",
+)
+@click.option("--purpose", required=True)
+@click.option("--epsilon", type=float, required=True, help="Epsilon wanted for the contract.")
+@click.option("--rounds", type=int, required=True, help="Training rounds wanted.")
+@click.option("--template", default=None, help="Model template (e.g. mlp).")
+@click.option("--until", required=True, help="Contract end (ISO 8601; a date is midnight UTC).")
+@click.option(
+    "--delta",
+    type=float,
+    default=None,
+    help="Delta wanted (default: the share of delta the epsilon is of the budget).",
+)
+@click.option("--action", default="train", type=click.Choice(ACTIONS), show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def request_cmd(
+    site: Path | None,
+    connector: str | None,
+    dataset: str,
+    key_file: Path,
+    purpose: str,
+    epsilon: float,
+    rounds: int,
+    template: str | None,
+    until: str,
+    delta: float | None,
+    action: str,
+    as_json: bool,
+) -> None:
+    """Ask for a contract; prints the countersigned agreement or exits non-zero with the reason."""
+    from dataspace.cli.policy_cmds import parse_until
+
+    if (site is None) == (connector is None):
+        raise click.UsageError("give either --site SITE or --connector URL")
+    req = OfferRequest(
+        dataset_id=dataset,
+        purpose=purpose,
+        epsilon=epsilon,
+        rounds=rounds,
+        until=parse_until(until),
+        consumer=load_identity(key_file),
+        template=template,
+        action=action,
+        delta=delta,
+    )
+    if connector is not None:
+        out = _request_via_connector(connector, req, key_file, as_json)
+    else:
+        assert site is not None
+        try:
+            contract = negotiate(Site.open(site), req, load_private_key(key_file))
+        except OfferRefusedError as e:
+            if as_json:
+                click.echo(json.dumps({"allowed": False, "reasons": list(e.reasons)}))
+            raise
+        out = contract.to_json()
+    _emit(out, as_json)
+    if out.get("state") == "pending":
+        click.echo("pending: the holder must approve this contract", err=True)
+
+
+def _emit(obj: dict[str, Any], as_json: bool) -> None:
+    click.echo(json.dumps(obj) if as_json else json.dumps(obj, indent=2))
+
+
+def _summary(c: Contract) -> tuple[str, ...]:
+    return (
+        c.contract_id,
+        c.state,
+        c.dataset_id,
+        c.consumer.name,
+        c.purpose,
+        c.template or "-",
+        f"{c.epsilon:g}",
+        str(c.rounds),
+        c.until.date().isoformat(),
+    )
+
+
+@group.command(name="list")
+@click.option("--site", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--consumer",
+    "consumer_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Only this consumer's contracts (its identity file).",
+)
+@click.option("--dataset", default=None, help="Only this dataset's contracts.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def list_cmd(site: Path, consumer_file: Path | None, dataset: str | None, as_json: bool) -> None:
+    """The site's contracts, newest first."""
+    consumer = load_identity(consumer_file).key_b64 if consumer_file else None
+    cs = list_contracts(Site.open(site), consumer=consumer, dataset_id=dataset)
+    if as_json:
+        click.echo(json.dumps({"contracts": [c.to_json() for c in cs]}))
+        return
+    if not cs:
+        click.echo("no contracts")
+        return
+    rows = [
+        (
+            "contract",
+            "state",
+            "dataset",
+            "consumer",
+            "purpose",
+            "template",
+            "eps",
+            "rounds",
+            "until",
+        )
+    ]
+    rows += [_summary(c) for c in cs]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+@group.command(name="show")
+@click.option("--site", type=click.Path(path_type=Path), required=True)
+@click.argument("contract_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def show_cmd(site: Path, contract_id: str, as_json: bool) -> None:
+    """One contract: terms, signatures and state."""
+    _emit(load_contract(Site.open(site), contract_id).to_json(), as_json)
+
+
+@group.command(name="approve")
+@click.option("--site", type=click.Path(path_type=Path), required=True)
+@click.argument("contract_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def approve_cmd(site: Path, contract_id: str, as_json: bool) -> None:
+    """Approve a pending contract (the holder signs; its epsilon is reserved)."""
+    _emit(approve(Site.open(site), contract_id).to_json(), as_json)
+
+
+@group.command(name="reject")
+@click.option("--site", type=click.Path(path_type=Path), required=True)
+@click.argument("contract_id")
+@click.option("--reason", default="rejected by the holder", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def reject_cmd(site: Path, contract_id: str, reason: str, as_json: bool) -> None:
+    """Reject a pending contract (logged as access.refused)."""
+    _emit(reject(Site.open(site), contract_id, reason).to_json(), as_json)
+
+
+@group.command(name="revoke")
+@click.option("--site", type=click.Path(path_type=Path), required=True)
+@click.argument("contract_id")
+@click.option("--reason", default="revoked by the holder", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def revoke_cmd(site: Path, contract_id: str, reason: str, as_json: bool) -> None:
+    """End an agreed contract: no more rounds; its unspent epsilon is released."""
+    _emit(revoke(Site.open(site), contract_id, reason).to_json(), as_json)

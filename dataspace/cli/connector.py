@@ -177,4 +177,5 @@ def show_cmd(site: Path, dataset: str, as_json: bool) -> None:
     click.echo(f"{'state_names':13} {', '.join(r.state_names)}")
     click.echo(f"{'action_names':13} {', '.join(r.action_names)}")
 
+
 __import__("dataspace.cli.policy_cmds", fromlist=["register"]).register(group)  # policy area

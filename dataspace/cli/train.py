@@ -1,0 +1,115 @@
+"""``dataspace train``: a consumer's federated DP training run (issue 5).
+
+    dataspace train --contract ID[,ID...] --template bc-mlp --rounds N
+                    [--simulate SITE...] [--hub URL] [--out DIR] [--seed S] [--json]
+
+``--simulate SITE...`` runs the ServerApp and each site's ClientApp in this
+process (the connector's code, reading each site's own store and ledger).
+``--hub URL`` would submit the run to the hub's SuperLink; the hub service does
+not run a SuperLink yet, so it says so and exits. Writes into OUT the model
+(``model.pt``, its SHA-256 in ``report.json``), ``report.json`` and
+``report.png``; each site's ledger logs round.started / round.finished.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dataspace.errors import DataspaceError
+
+err = Console(stderr=True)
+
+
+class HubNotAvailableError(DataspaceError):
+    """Training through a hub's SuperLink is not there yet."""
+
+
+@click.command(name="train")
+@click.option("--contract", "contracts", required=True, help="Contract id(s), comma-separated.")
+@click.option("--template", default="bc-mlp", show_default=True, help="Model template name.")
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
+@click.option(
+    "--simulate",
+    "sites",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Site folder to train on in this process (repeat per site).",
+)
+@click.option("--hub", default=None, help="Hub URL (its SuperLink runs the ServerApp).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--lr", type=float, default=0.5, show_default=True)
+@click.option("--run-id", default=None, help="Resume this run (its OUT must exist).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def command(
+    contracts: str,
+    template: str,
+    rounds: int,
+    sites: tuple[Path, ...],
+    hub: str | None,
+    out_dir: Path | None,
+    seed: int,
+    lr: float,
+    run_id: str | None,
+    as_json: bool,
+) -> None:
+    """Train a policy across the contracts' sites with DP-SGD and FedAvg."""
+    from dataspace.federated.report import write_report
+    from dataspace.federated.run import run_simulation
+    from dataspace.federated.templates import get_template
+
+    get_template(template)  # unknown names fail before anything starts
+    ids = [c.strip() for c in contracts.split(",") if c.strip()]
+    if hub:
+        raise HubNotAvailableError(
+            f"training through the hub at {hub} is not available yet: the hub service does "
+            "not run a Flower SuperLink. Use --simulate SITE... (or dataspace.federated.deploy)."
+        )
+    if not sites:
+        raise click.UsageError("give --simulate SITE... (one per site) or --hub URL")
+    run_id = run_id or f"run-{uuid.uuid4().hex[:12]}"
+    out = out_dir or Path("runs") / run_id
+    with Progress(
+        TextColumn("[bold]round"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=as_json and not err.is_terminal,
+    ) as progress:
+        task = progress.add_task("statistics", total=rounds)
+
+        def on_round(r: dict) -> None:
+            eps = max(r["epsilon"].values(), default=0.0)
+            progress.update(
+                task,
+                advance=1,
+                description=(
+                    f"loss {r['train_loss']:.4f} held-out {r['eval_mse']:.4f} eps {eps:.2f}"
+                ),
+            )
+
+        try:
+            run_simulation(
+                ids, list(sites), template, rounds, out, seed=seed, run_id=run_id, lr=lr,
+                on_round=on_round,
+            )  # fmt: skip
+        finally:
+            if (out / "history.json").exists():
+                report = write_report(out)
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+        return
+    click.echo(f"run {report['run_id']}: {report['status']}, {len(report['rounds'])} rounds")
+    click.echo(f"model: {out / 'model.pt'} sha256 {report['model']['sha256']}")
+    click.echo(f"held-out MSE: {report['heldout_mse']:.5f}")
+    for d, e in sorted(report["epsilon"].items()):
+        click.echo(f"epsilon {d}: {e:.3f}")
+    click.echo(f"report: {out / 'report.json'}, plot: {out / 'report.png'}")

@@ -1,0 +1,302 @@
+"""The connector's ClientApp: the only code that touches a site's frames in a run.
+
+It is the holder's own code, installed with the connector; the consumer's run
+only sends it a configuration. Per message (Flower 1.42 Message API):
+
+* ``query.stats`` (before round 1, charged as round 1): DP normalisation sums
+  (:mod:`.normalize`);
+* ``train``: DP-SGD on the train episodes (:mod:`.dp`), replying with the
+  updated weights (ArrayRecord), the number of examples rounded to tens, the
+  loss and the epsilon spent (MetricRecord);
+* ``evaluate``: held-out MSE, clipped and noised (charged with its round).
+
+Every number that leaves is a DP release: weights (DP-SGD), statistics and
+losses (Gaussian mechanism, :func:`.dp.noisy_mean_loss`); the example count is
+catalog metadata rounded to tens.
+
+Before reading anything it finds the contract among the run's contract ids
+that belongs to this site, checks the template, computes the privacy plan from
+the contract, the site's settings and metadata only, and charges the round via
+:func:`.guard.authorize_round`. Which site: ``context.node_config["site"]``
+(a SuperNode's ``--node-config 'site="/abs/path"'``, or the simulation's node
+mapping).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from dataspace.connectors.site import Site
+from dataspace.errors import NotFoundError, RefusedError
+from dataspace.federated import data as fdata
+from dataspace.federated import dp, guard, normalize
+from dataspace.federated.templates import Policy, Template, get_template
+
+app = ClientApp()
+
+#: frames kept in a warm process between rounds (keyed by site, dataset, split)
+_FRAMES: dict[tuple[str, str, tuple[int, ...]], fdata.Frames] = {}
+_PLANS: dict[tuple, dp.PrivacyPlan] = {}
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one message asks of this site, resolved against the site's own rules."""
+
+    site: Site
+    run_id: str
+    round_no: int
+    contract: Any
+    template: Template
+    ref: fdata.DatasetRef
+    split: fdata.Split
+    settings: dp.TrainingSettings
+    plan: dp.PrivacyPlan
+    seed: int
+
+
+def _site(context: Context) -> Site:
+    root = context.node_config.get("site")
+    if not root:
+        raise NotFoundError("this SuperNode has no node config 'site' (its site folder)")
+    return Site.open(Path(str(root)))
+
+
+def _find_contract(site: Site, ids: list[str]) -> Any:
+    for cid in ids:
+        try:
+            return guard.load_contract(site, cid)
+        except NotFoundError:
+            continue
+    raise RefusedError(f"none of contracts {', '.join(ids)} is held by site {site.root}")
+
+
+def _plan(contract: Any, rounds: int, frames: int, s: dp.TrainingSettings) -> dp.PrivacyPlan:
+    key = (
+        float(contract.epsilon), float(contract.delta), rounds, frames,
+        s.clip_norm, s.batch_size, s.max_epochs, s.stats_share, s.eval_noise,
+    )  # fmt: skip
+    if key not in _PLANS:
+        _PLANS[key] = dp.make_plan(
+            float(contract.epsilon), float(contract.delta), rounds, frames, s
+        )
+    return _PLANS[key]
+
+
+def resolve(message: Message, context: Context) -> Job:
+    """Everything decided before the charge: contract, template, plan (no data read)."""
+    cfg = message.content["config"]
+    site = _site(context)
+    contract = _find_contract(site, str(cfg["contracts"]).split(","))
+    template = get_template(str(cfg["template"]))
+    if contract.template is not None and contract.template != template.name:
+        raise RefusedError(
+            f"contract {contract.contract_id} is for model template {contract.template!r}, "
+            f"not {template.name!r}"
+        )
+    settings = dp.TrainingSettings.from_config(site.config).lowered_by(
+        epochs=int(cfg.get("local-epochs", 0)) or None,
+        clip_norm=float(cfg.get("clip-norm", 0.0)) or None,
+    )
+    rounds = min(int(cfg["num-rounds"]), int(contract.rounds))
+    exclude = fdata.flagged_episodes if settings.exclude_flagged else None
+    ref = fdata.dataset_ref(site, contract.dataset_id)
+    split = fdata.split_episodes(site, ref.dataset_id, settings.heldout_fraction, exclude)
+    return Job(
+        site=site,
+        run_id=str(cfg["run-id"]),
+        round_no=int(cfg["server-round"]),
+        contract=contract,
+        template=template,
+        ref=ref,
+        split=split,
+        settings=settings,
+        plan=_plan(contract, rounds, split.train_frames, settings),
+        seed=int(cfg.get("seed", 0)),
+    )
+
+
+def _frames(job: Job, episodes: tuple[int, ...]) -> fdata.Frames:
+    key = (str(job.site.root), job.ref.dataset_id, episodes)
+    if key not in _FRAMES:
+        _FRAMES[key] = fdata.load_frames(job.site, job.ref, episodes)
+    return _FRAMES[key]
+
+
+def _generator(job: Job, purpose: str) -> torch.Generator:
+    h = hashlib.sha256(f"{job.seed}/{job.ref.dataset_id}/{job.round_no}/{purpose}".encode())
+    return torch.Generator().manual_seed(int.from_bytes(h.digest()[:8], "big") >> 1)
+
+
+def _policy_from(arrays: ArrayRecord, job: Job) -> Policy:
+    policy = job.template.build(job.ref.state_dim, job.ref.action_dim)
+    policy.load_state_dict(arrays.to_torch_state_dict())
+    return policy
+
+
+def _charged(context: Context, job: Job) -> bool:
+    rec = context.state.get("charged")
+    return isinstance(rec, ConfigRecord) and f"{job.run_id}/{job.round_no}" in rec
+
+
+def _mark_charged(context: Context, job: Job) -> None:
+    rec = context.state.get("charged")
+    if not isinstance(rec, ConfigRecord):
+        rec = ConfigRecord()
+    rec[f"{job.run_id}/{job.round_no}"] = True
+    context.state["charged"] = rec
+
+
+def _info(job: Job) -> ConfigRecord:
+    return ConfigRecord(
+        {
+            "site": job.site.name,
+            "dataset-id": job.ref.dataset_id,
+            "contract-id": job.contract.contract_id,
+            "fingerprint": job.ref.fingerprint,
+        }
+    )
+
+
+def _log_finished(job: Job, epsilon: float, update_sha256: str, loss: float) -> None:
+    """round.finished in the site's ledger and log (the policy area's recorder)."""
+    from dataspace.policy.ledger import record_round_finished
+
+    record_round_finished(
+        job.site,
+        job.contract.contract_id,
+        job.run_id,
+        job.round_no,
+        epsilon_spent=epsilon,
+        model_sha256=update_sha256,
+        train_loss=loss,
+        template=job.template.name,
+    )
+
+
+def arrays_sha256(arrays: ArrayRecord) -> str:
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        h.update(k.encode() + b"\0")
+        h.update(np.ascontiguousarray(arrays[k].numpy()).tobytes())
+    return h.hexdigest()
+
+
+@app.query("stats")
+def stats(message: Message, context: Context) -> Message:
+    """Before round 1: the site's DP sums for normalisation, charged as part of round 1."""
+    job = resolve(message, context)
+    charge = job.plan.charge(1)
+    guard.authorize_round(job.site, job.contract.contract_id, job.run_id, 1, charge)
+    fr = _frames(job, job.split.train)  # read only after the charge
+    sums = normalize.dp_sums(
+        fr.state,
+        fr.action,
+        job.settings.stats_bound,
+        job.plan.stats_noise,
+        _generator(job, "stats"),
+    )
+    lists = sums.to_lists()
+    content = RecordDict(
+        {
+            "sums": ConfigRecord(
+                {
+                    "sum": lists["sum"],
+                    "sumsq": lists["sumsq"],
+                    "count": lists["count"],
+                    "bound": lists["bound"],
+                    "noise": lists["noise"],
+                    "state-dim": job.ref.state_dim,
+                    "action-dim": job.ref.action_dim,
+                }
+            ),
+            "metrics": MetricRecord(
+                {"epsilon-round": charge, "epsilon-spent": job.plan.epsilon_after(0)}
+            ),
+            "info": _info(job),
+        }
+    )
+    return Message(content, reply_to=message)
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    """One round of DP-SGD from the global weights; replies with the update only."""
+    t0 = time.perf_counter()
+    job = resolve(message, context)
+    charge = job.plan.charge(job.round_no)
+    guard.authorize_round(job.site, job.contract.contract_id, job.run_id, job.round_no, charge)
+    _mark_charged(context, job)
+    cfg = message.content["config"]
+    policy = _policy_from(message.content["arrays"], job)
+    fr = _frames(job, job.split.train)
+    xs, ys = normalize.normalised(policy, fr.state, fr.action)
+    x, y = job.template.pairs(xs, ys, fr.episode)
+    res = dp.train_dp(
+        policy.net,
+        x,
+        y,
+        job.plan,
+        lr=float(cfg.get("lr", 0.5)),
+        generator=_generator(job, "train"),
+        mode=job.settings.grad_sample_mode,
+    )
+    # the loss reported is a DP release too (the step losses would leak)
+    loss = dp.noisy_mean_loss(
+        policy,
+        x,
+        y,
+        job.split.train_frames,
+        job.settings.eval_clip,
+        job.plan.eval_noise,
+        _generator(job, "train-loss"),
+    )
+    arrays = ArrayRecord(policy.state_dict())
+    eps_spent = job.plan.epsilon_after(job.round_no)
+    _log_finished(job, charge, arrays_sha256(arrays), loss)
+    metrics = MetricRecord(
+        {
+            # frame counts are catalog metadata; rounded so a round reveals no exact size
+            "num-examples": int(max(10, round(job.split.train_frames, -1))),
+            "train-loss": float(loss) if math.isfinite(loss) else 1e9,
+            "epsilon-round": float(charge),
+            "epsilon-spent": float(eps_spent),
+            "noise-multiplier": float(job.plan.noise_multiplier),
+            "steps": int(res.steps),
+            "train-seconds": float(time.perf_counter() - t0),
+        }
+    )
+    return Message(
+        RecordDict({"arrays": arrays, "metrics": metrics, "info": _info(job)}), reply_to=message
+    )
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    """Held-out MSE of the global model, clipped per frame and noised (charged in train)."""
+    job = resolve(message, context)
+    if job.round_no < 1 or not _charged(context, job):
+        raise RefusedError(
+            f"evaluate for round {job.round_no} of run {job.run_id}: that round was not "
+            "trained (and charged) here"
+        )
+    policy = _policy_from(message.content["arrays"], job)
+    fr = _frames(job, job.split.heldout)
+    xs, ys = normalize.normalised(policy, fr.state, fr.action)
+    x, y = job.template.pairs(xs, ys, fr.episode)
+    n = max(1, job.split.heldout_frames)
+    mse = dp.noisy_mean_loss(
+        policy, x, y, n, job.settings.eval_clip, job.plan.eval_noise, _generator(job, "eval")
+    )
+    metrics = MetricRecord({"num-examples": int(max(10, round(n, -1))), "eval-mse": float(mse)})
+    return Message(RecordDict({"metrics": metrics, "info": _info(job)}), reply_to=message)

@@ -1,0 +1,138 @@
+"""Normalisation statistics with differential privacy (issue 5: "never exact").
+
+A model needs each state and action dimension's mean and scale. Computed
+exactly they would leak (a mean over few frames reveals them), so each site
+releases only noisy sums, with the Gaussian mechanism:
+
+* every coordinate of a frame's ``[state, action]`` vector is clipped to
+  ``[-B, B]`` (``B`` = ``stats_bound`` in ``site.toml [training]``);
+* released: ``sum x + N(0, (z B sqrt(D))^2)``, ``sum x^2 + N(0, (z B^2 sqrt(D))^2)``
+  and ``count + N(0, z^2)``, i.e. three Gaussian mechanisms of noise multiplier
+  ``z``, each with its own L2 sensitivity (one frame added or removed).
+
+The privacy unit is one frame, as in DP-SGD (:mod:`.dp`). The three releases
+are entered in the run's accountant history as ``(z, 1.0, 3)`` (sample rate 1,
+three steps) and charged with round 1, inside the contract's budget; ``z`` is set
+so that they cost about ``stats_share`` (5 %) of the run's epsilon. The server
+adds the sites' noisy sums; nobody sees a site's exact statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: floor for a scale, in units of the clip bound (a constant feature stays finite)
+MIN_STD_FRACTION = 1e-3
+
+
+@dataclass(frozen=True)
+class NoisySums:
+    """One site's released statistics over D = S + A coordinates."""
+
+    count: float
+    sum: np.ndarray  # [D]
+    sumsq: np.ndarray  # [D]
+    bound: float
+    noise_multiplier: float
+
+    def to_lists(self) -> dict[str, list[float] | float]:
+        return {
+            "count": float(self.count),
+            "sum": [float(v) for v in self.sum],
+            "sumsq": [float(v) for v in self.sumsq],
+            "bound": float(self.bound),
+            "noise": float(self.noise_multiplier),
+        }
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Means and scales of state and action (what a :class:`Policy`'s buffers hold)."""
+
+    state_mean: np.ndarray
+    state_std: np.ndarray
+    action_mean: np.ndarray
+    action_std: np.ndarray
+
+
+def dp_sums(
+    state: torch.Tensor,
+    action: torch.Tensor,
+    bound: float,
+    noise_multiplier: float,
+    generator: torch.Generator,
+) -> NoisySums:
+    """The Gaussian-mechanism release of clipped sums (module docstring)."""
+    v = torch.cat([state, action], dim=1).double().clamp(-bound, bound)
+    d = v.shape[1]
+    sd_sum = noise_multiplier * bound * math.sqrt(d)
+    sd_sq = noise_multiplier * bound * bound * math.sqrt(d)
+    noise = torch.randn(2 * d + 1, generator=generator, dtype=torch.float64)
+    return NoisySums(
+        count=float(v.shape[0] + noise_multiplier * noise[0]),
+        sum=(v.sum(0) + sd_sum * noise[1 : d + 1]).numpy(),
+        sumsq=((v * v).sum(0) + sd_sq * noise[d + 1 :]).numpy(),
+        bound=bound,
+        noise_multiplier=noise_multiplier,
+    )
+
+
+def combine(parts: list[NoisySums], state_dim: int) -> Stats:
+    """Pool the sites' noisy sums into means and scales.
+
+    A variance the noise drove below its own noise level is raised to that
+    level: with few frames the scale is then too large, never zero or negative.
+    """
+    count = max(sum(p.count for p in parts), 1.0)
+    s = sum(p.sum for p in parts)
+    sq = sum(p.sumsq for p in parts)
+    mean = s / count
+    var = sq / count - mean**2
+    d = mean.shape[0]
+    noise_level = (
+        math.sqrt(sum((p.noise_multiplier * p.bound**2 * math.sqrt(d)) ** 2 for p in parts)) / count
+    )
+    bound = max(p.bound for p in parts)
+    var = np.maximum(var, max(noise_level, (MIN_STD_FRACTION * bound) ** 2))
+    std = np.sqrt(var)
+    return Stats(
+        state_mean=mean[:state_dim].astype(np.float32),
+        state_std=std[:state_dim].astype(np.float32),
+        action_mean=mean[state_dim:].astype(np.float32),
+        action_std=std[state_dim:].astype(np.float32),
+    )
+
+
+def exact_stats(state: torch.Tensor, action: torch.Tensor) -> Stats:
+    """Exact statistics: ONLY for non-private baselines in benchmarks, never at a site."""
+    s = state.double()
+    a = action.double()
+    return Stats(
+        state_mean=s.mean(0).float().numpy(),
+        state_std=s.std(0).clamp_min(1e-3).float().numpy(),
+        action_mean=a.mean(0).float().numpy(),
+        action_std=a.std(0).clamp_min(1e-3).float().numpy(),
+    )
+
+
+def apply_stats(policy: torch.nn.Module, stats: Stats) -> None:
+    """Write ``stats`` into a policy's normalisation buffers."""
+    with torch.no_grad():
+        policy.state_mean.copy_(torch.from_numpy(stats.state_mean))
+        policy.state_std.copy_(torch.from_numpy(stats.state_std))
+        policy.action_mean.copy_(torch.from_numpy(stats.action_mean))
+        policy.action_std.copy_(torch.from_numpy(stats.action_std))
+
+
+def normalised(
+    policy: torch.nn.Module, state: torch.Tensor, action: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames in the policy's normalised units."""
+    return (
+        (state - policy.state_mean) / policy.state_std,
+        (action - policy.action_mean) / policy.action_std,
+    )

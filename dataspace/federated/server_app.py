@@ -1,0 +1,320 @@
+"""The ServerApp: weighted FedAvg over the contracts' sites, with DP normalisation.
+
+One run (Flower 1.42 ``@app.main()`` with a ``Grid``):
+
+0. ``query.stats`` to every site: DP sums, pooled into the model's
+   normalisation buffers (:mod:`.normalize`);
+1. each round: ``train`` to every connected site, weighted FedAvg of the
+   replies (``flwr.serverapp.strategy.FedAvg.aggregate_train``, weights =
+   ``num-examples``), then ``evaluate`` on every site's held-out episodes.
+
+Everything is written to the run directory as it happens, so a run that stops
+(a site refused, too few sites replied, a crash) can be resumed from its last
+completed round::
+
+    OUT/stats.json                       pooled statistics and round-0 epsilon
+    OUT/rounds/NNN/global.npz            global model after round NNN
+    OUT/rounds/NNN/updates/<site>.npz    each site's reply (for GTG-Shapley / LOO)
+    OUT/rounds/NNN/round.json            loss, held-out MSE, epsilon per dataset
+    OUT/history.json                     all of it, plus the run's spec and outcome
+
+A site that dies mid-round does not hang the run: replies are awaited at most
+``round-timeout`` seconds; the round completes with the sites that answered if
+they are at least ``min-nodes``, otherwise the run stops with a clear message.
+Epsilon is charged at the sites for every round they started.
+
+Secure aggregation: Flower 1.42 offers SecAgg+ only in its legacy API
+(``SecAggPlusWorkflow`` with ``secaggplus_mod`` and a NumPyClient), which does
+not compose with ``@app.train`` replies; this app does not use it (see the
+federated notes in the report). Updates are DP at the sample level already,
+so the server learns only differentially private quantities.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from dataspace.errors import DataspaceError
+from dataspace.federated.normalize import NoisySums, apply_stats, combine
+from dataspace.federated.templates import get_template
+
+app = ServerApp()
+
+
+class RunError(DataspaceError):
+    """A run that cannot go on (too few sites, every site refused)."""
+
+
+@dataclass
+class RunSpec:
+    """A run's configuration (Flower run config keys in parentheses)."""
+
+    run_id: str  # run-id
+    contracts: list[str]  # contracts (comma-separated)
+    template: str  # template
+    rounds: int  # num-rounds
+    out_dir: str  # out-dir
+    seed: int = 0  # seed
+    lr: float = 0.5  # lr
+    local_epochs: int = 1  # local-epochs
+    min_nodes: int = 1  # min-nodes
+    expected_nodes: int = 0  # expected-nodes (wait for these before round 0)
+    round_timeout: float = 600.0  # round-timeout
+    connect_timeout: float = 120.0  # connect-timeout
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, c: dict[str, Any]) -> RunSpec:
+        return cls(
+            run_id=str(c["run-id"]),
+            contracts=[x for x in str(c["contracts"]).split(",") if x],
+            template=str(c.get("template", "bc-mlp")),
+            rounds=int(c.get("num-rounds", 3)),
+            out_dir=str(c["out-dir"]),
+            seed=int(c.get("seed", 0)),
+            lr=float(c.get("lr", 0.5)),
+            local_epochs=int(c.get("local-epochs", 1)),
+            min_nodes=int(c.get("min-nodes", 1)),
+            expected_nodes=int(c.get("expected-nodes", 0)),
+            round_timeout=float(c.get("round-timeout", 600.0)),
+            connect_timeout=float(c.get("connect-timeout", 120.0)),
+        )
+
+    def config(self, server_round: int) -> ConfigRecord:
+        return ConfigRecord(
+            {
+                "run-id": self.run_id,
+                "contracts": ",".join(self.contracts),
+                "template": self.template,
+                "num-rounds": self.rounds,
+                "server-round": server_round,
+                "seed": self.seed,
+                "lr": self.lr,
+                "local-epochs": self.local_epochs,
+            }
+        )
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_training(grid, RunSpec.from_config(dict(context.run_config)))
+
+
+def _wait_nodes(grid: Grid, spec: RunSpec, rnd: int) -> list[int]:
+    # every expected site before statistics; afterwards the run goes on with min-nodes
+    want = max(spec.min_nodes, spec.expected_nodes) if rnd == 0 else spec.min_nodes
+    deadline = time.monotonic() + spec.connect_timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= want:
+            return nodes
+        if time.monotonic() > deadline:
+            raise RunError(
+                f"only {len(nodes)} of {want} sites connected in {spec.connect_timeout}s"
+            )
+        time.sleep(0.2)
+
+
+def _exchange(
+    grid: Grid, spec: RunSpec, kind: str, content: RecordDict, rnd: int
+) -> tuple[list[Message], list[dict]]:
+    """Send ``content`` to every connected site; (replies ok, failures), by node id."""
+    nodes = _wait_nodes(grid, spec, rnd)
+    msgs = [Message(content, dst_node_id=n, message_type=kind, group_id=str(rnd)) for n in nodes]
+    replies = sorted(
+        grid.send_and_receive(msgs, timeout=spec.round_timeout),
+        key=lambda m: m.metadata.src_node_id,
+    )
+    ok = [m for m in replies if not m.has_error()]
+    answered = {m.metadata.src_node_id for m in replies}
+    failed = [
+        {"node": m.metadata.src_node_id, "reason": m.error.reason} for m in replies if m.has_error()
+    ] + [
+        {"node": n, "reason": f"no reply in {spec.round_timeout}s"}
+        for n in nodes
+        if n not in answered
+    ]
+    if len(ok) < spec.min_nodes:
+        why = "; ".join(f"node {f['node']}: {f['reason']}" for f in failed)
+        raise RunError(
+            f"{kind} round {rnd}: {len(ok)} of {len(nodes)} sites replied, "
+            f"{spec.min_nodes} needed ({why})"
+        )
+    return ok, failed
+
+
+def _site_of(m: Message) -> dict[str, str]:
+    info = m.content["info"]
+    return {k: str(info[k]) for k in ("site", "dataset-id", "contract-id", "fingerprint")}
+
+
+def _save_arrays(path: Path, arrays: ArrayRecord) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **{k: arrays[k].numpy() for k in arrays})
+    tmp.replace(path)
+
+
+def load_arrays(path: Path) -> ArrayRecord:
+    with np.load(path) as z:
+        import torch
+
+        return ArrayRecord({k: torch.from_numpy(z[k].copy()) for k in z.files})
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def last_completed_round(out: Path) -> int:
+    done = [int(p.parent.name) for p in (out / "rounds").glob("*/round.json")]
+    return max(done, default=0)
+
+
+def run_training(
+    grid: Grid, spec: RunSpec, on_round: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Run (or resume) the whole training; returns the history written to OUT.
+
+    ``on_round`` is called with each completed round's record (progress display).
+    """
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    template = get_template(spec.template)
+    history: dict[str, Any] = {"spec": asdict(spec), "rounds": [], "status": "running"}
+    if (out / "history.json").exists():
+        prev = json.loads((out / "history.json").read_text())
+        history["rounds"] = [r for r in prev.get("rounds", []) if r.get("round", 0) >= 1]
+        history["stats"] = prev.get("stats")
+    start = last_completed_round(out)
+    history["rounds"] = [r for r in history["rounds"] if r["round"] <= start]
+    try:
+        if start == 0 or not (out / "stats.json").exists():
+            arrays = _stats_round(grid, spec, template, out, history)
+            start = 0
+        else:
+            arrays = load_arrays(out / "rounds" / f"{start:03d}" / "global.npz")
+            history["resumed_from"] = start
+        strategy = FedAvg(min_train_nodes=spec.min_nodes, min_evaluate_nodes=spec.min_nodes)
+        for rnd in range(start + 1, spec.rounds + 1):
+            arrays = _train_round(grid, spec, strategy, arrays, rnd, out, history)
+            if on_round:
+                on_round(history["rounds"][-1])
+        history["status"] = "finished"
+        _save_arrays(out / "final.npz", arrays)
+    except DataspaceError as e:
+        history["status"] = "stopped"
+        history["error"] = str(e)
+        raise
+    finally:
+        _write_json(out / "history.json", history)
+    return history
+
+
+def _stats_round(grid, spec, template, out, history) -> ArrayRecord:
+    content = RecordDict({"config": spec.config(0)})
+    ok, failed = _exchange(grid, spec, "query.stats", content, 0)
+    parts, sites, dims = [], [], set()
+    for m in ok:
+        s = m.content["sums"]
+        dims.add((int(s["state-dim"]), int(s["action-dim"])))
+        parts.append(
+            NoisySums(
+                count=float(s["count"]),
+                sum=np.asarray(s["sum"], dtype=np.float64),
+                sumsq=np.asarray(s["sumsq"], dtype=np.float64),
+                bound=float(s["bound"]),
+                noise_multiplier=float(s["noise"]),
+            )
+        )
+        site = _site_of(m) | {"epsilon": float(m.content["metrics"]["epsilon-spent"])}
+        sites.append(site)
+    if len(dims) != 1:
+        raise RunError(f"sites disagree on state/action dimensions: {sorted(dims)}")
+    (s_dim, a_dim) = dims.pop()
+    stats = combine(parts, s_dim)
+    policy = template.build(s_dim, a_dim, seed=spec.seed)
+    apply_stats(policy, stats)
+    arrays = ArrayRecord(policy.state_dict())
+    history["stats"] = {
+        "state_dim": s_dim,
+        "action_dim": a_dim,
+        "sites": sites,
+        "failed": failed,
+        "epsilon": {s["dataset-id"]: s["epsilon"] for s in sites},
+    }
+    _write_json(out / "stats.json", history["stats"])
+    _save_arrays(out / "rounds" / "000" / "global.npz", arrays)
+    return arrays
+
+
+def _weighted(ok: list[Message], key: str) -> float:
+    w = [float(m.content["metrics"]["num-examples"]) for m in ok]
+    v = [float(m.content["metrics"][key]) for m in ok]
+    return float(np.dot(w, v) / max(sum(w), 1e-12))
+
+
+def _train_round(grid, spec, strategy, arrays, rnd, out, history) -> ArrayRecord:
+    t0 = time.perf_counter()
+    content = RecordDict({"arrays": arrays, "config": spec.config(rnd)})
+    ok, failed = _exchange(grid, spec, "train", content, rnd)
+    rdir = out / "rounds" / f"{rnd:03d}"
+    sites = []
+    for m in ok:
+        site = _site_of(m)
+        met = m.content["metrics"]
+        _save_arrays(rdir / "updates" / f"{site['dataset-id']}.npz", m.content["arrays"])
+        sites.append(
+            site
+            | {
+                "num_examples": int(met["num-examples"]),
+                "train_loss": float(met["train-loss"]),
+                "epsilon_round": float(met["epsilon-round"]),
+                "epsilon": float(met["epsilon-spent"]),
+                "train_seconds": float(met["train-seconds"]),
+            }
+        )
+    new_arrays, _ = strategy.aggregate_train(rnd, ok)
+    if new_arrays is None:
+        raise RunError(f"train round {rnd}: replies could not be aggregated")
+    t_train = time.perf_counter() - t0
+    eval_content = RecordDict({"arrays": new_arrays, "config": spec.config(rnd)})
+    try:
+        ev_ok, ev_failed = _exchange(grid, spec, "evaluate", eval_content, rnd)
+        eval_mse = _weighted(ev_ok, "eval-mse")
+        per_site_mse = {
+            _site_of(m)["dataset-id"]: float(m.content["metrics"]["eval-mse"]) for m in ev_ok
+        }
+    except RunError as e:
+        eval_mse, per_site_mse, ev_failed = float("nan"), {}, [{"reason": str(e)}]
+    record = {
+        "round": rnd,
+        "train_loss": _weighted(ok, "train-loss"),
+        "eval_mse": eval_mse,
+        "eval_mse_per_dataset": per_site_mse,
+        "epsilon": {s["dataset-id"]: s["epsilon"] for s in sites},
+        "epsilon_round": {s["dataset-id"]: s["epsilon_round"] for s in sites},
+        "sites": sites,
+        "failed": failed,
+        "eval_failed": ev_failed,
+        "seconds": time.perf_counter() - t0,
+        "train_seconds": t_train,
+    }
+    _save_arrays(rdir / "global.npz", new_arrays)
+    _write_json(rdir / "round.json", record)  # written last: marks the round completed
+    history["rounds"].append(record)
+    _write_json(out / "history.json", history)
+    return new_arrays

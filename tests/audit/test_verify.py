@@ -1,0 +1,286 @@
+"""The auditor: tampering of every kind is detected and named; the rules hold."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dataspace.audit.bundle import Bundle, write_bundle
+from dataspace.audit.events import make_event
+from dataspace.audit.log import TransparencyLog
+from dataspace.audit.note import raw_public, vkey_text
+from dataspace.audit.verify import AuditReport, TrustedKeysError, audit, load_trusted_keys
+
+from .conftest import FP, ORIGIN, Scenario, events
+
+
+def _bundle(s: Scenario, tmp_path: Path) -> Path:
+    out = tmp_path / "bundle"
+    write_bundle(out, s.log.checkpoint(), s.log.iter_entries())
+    return out
+
+
+def _audit_bundle(b: Path, s: Scenario, **kw) -> AuditReport:
+    bundle = Bundle.open(b)
+    return audit(
+        bundle.iter_entries(),
+        bundle.checkpoint(),
+        load_trusted_keys(s.trusted),
+        bundle.cosignatures(),
+        **kw,
+    )
+
+
+def _lines(b: Path) -> list[bytes]:
+    return (b / "entries.jsonl").read_bytes().splitlines()
+
+
+def _write(b: Path, lines: list[bytes]) -> None:
+    (b / "entries.jsonl").write_bytes(b"".join(ln + b"\n" for ln in lines))
+
+
+def test_clean_log_verifies_with_quorum(scenario: Scenario, tmp_path: Path) -> None:
+    b = _bundle(scenario, tmp_path)
+    r = _audit_bundle(b, scenario, quorum=2)
+    assert r.ok, r.violations
+    assert r.witnesses == ["w1.example", "w2.example"] and r.size == 7
+    assert [x.model_sha256 for x in r.rounds] == ["11" * 32, "22" * 32]
+    assert r.epsilon_by_dataset == {"ds1": 1.0}
+    assert not _audit_bundle(b, scenario, quorum=3).ok
+
+
+def test_one_changed_byte(scenario: Scenario, tmp_path: Path) -> None:
+    b = _bundle(scenario, tmp_path)
+    lines = _lines(b)
+    lines[3] = lines[3].replace(b'"epsilon":0.5', b'"epsilon":0.1')
+    _write(b, lines)
+    r = _audit_bundle(b, scenario)
+    assert r.first.index == 3 and r.first.rule == "entry-signature"
+    assert "tree-root" in {v.rule for v in r.violations}
+
+
+def test_deleted_entry(scenario: Scenario, tmp_path: Path) -> None:
+    b = _bundle(scenario, tmp_path)
+    lines = _lines(b)
+    del lines[5]
+    _write(b, lines)
+    r = _audit_bundle(b, scenario)
+    assert not r.ok and r.first.rule == "tree-size" and r.first.values["entries"] == 6
+
+
+def test_reordered_entries(scenario: Scenario, tmp_path: Path) -> None:
+    b = _bundle(scenario, tmp_path)
+    lines = _lines(b)
+    lines[3], lines[5] = lines[5], lines[3]
+    _write(b, lines)
+    r = _audit_bundle(b, scenario)
+    assert not r.ok and "tree-root" in {v.rule for v in r.violations}
+
+
+def test_inserted_entry(scenario: Scenario, tmp_path: Path) -> None:
+    b = _bundle(scenario, tmp_path)
+    lines = _lines(b)
+    extra = make_event(
+        "round.started",
+        scenario.key,
+        ORIGIN,
+        contract_id="c1",
+        purpose="research",
+        dataset_id="ds1",
+        fingerprint=FP,
+        time="2026-11-03T09:30:00Z",
+        run_id="r9",
+        round=1,
+        epsilon=0.1,
+    )
+    lines.insert(4, extra)
+    _write(b, lines)
+    r = _audit_bundle(b, scenario)
+    assert not r.ok and r.first.rule == "tree-size" and r.first.index == 7
+
+
+def test_replaced_signature(scenario: Scenario, tmp_path: Path) -> None:
+    b = _bundle(scenario, tmp_path)
+    lines = _lines(b)
+    sig = json.loads(lines[2])["sig"]
+    forged = base64.b64encode(Ed25519PrivateKey.generate().sign(b"x")).decode()
+    lines[2] = lines[2].replace(sig.encode(), forged.encode())
+    _write(b, lines)
+    r = _audit_bundle(b, scenario)
+    assert r.first.index == 2 and r.first.rule == "entry-signature"
+
+
+def test_forked_checkpoint_of_same_size(scenario: Scenario, tmp_path: Path) -> None:
+    """The log key signs a second history of the same size: the kept checkpoint exposes it."""
+    kept = scenario.log.checkpoint()
+    fork = TransparencyLog.create(tmp_path / "fork", ORIGIN, scenario.key)
+    es = list(scenario.entries)
+    es[6] = make_event(
+        "round.finished",
+        scenario.key,
+        ORIGIN,
+        contract_id="c1",
+        purpose="research",
+        dataset_id="ds1",
+        fingerprint=FP,
+        time="2026-11-03T10:05:00Z",
+        run_id="r1",
+        round=2,
+        epsilon=0.5,
+        model_sha256="33" * 32,
+    )
+    fork.append_many(es)
+    b = tmp_path / "forkbundle"
+    write_bundle(b, fork.checkpoint(), fork.iter_entries())
+    r = _audit_bundle(b, scenario, previous=kept)
+    assert not r.ok and r.first.rule == "fork"
+    # and a witness that saw the first history would not cosign it
+    assert not _audit_bundle(b, scenario, previous=kept, quorum=1).witnesses
+
+
+def test_rollback_and_consistent_growth(scenario: Scenario, tmp_path: Path) -> None:
+    kept = scenario.log.checkpoint()
+    scenario.log.append(
+        make_event(
+            "quality.reported", scenario.key, ORIGIN, dataset_id="ds1", fingerprint=FP, score=0.9
+        )
+    )
+    b = tmp_path / "b2"
+    write_bundle(b, scenario.log.checkpoint(), scenario.log.iter_entries())
+    assert _audit_bundle(b, scenario, previous=kept).ok  # grew consistently
+    newer = scenario.log.checkpoint()
+    old_bundle = tmp_path / "b1"
+    write_bundle(old_bundle, kept, scenario.log.iter_entries())
+    r = _audit_bundle(old_bundle, scenario, previous=newer)
+    assert r.first.rule == "rollback"
+
+
+def test_untrusted_or_malformed_checkpoint(scenario: Scenario, tmp_path: Path) -> None:
+    b = _bundle(scenario, tmp_path)
+    other = tmp_path / "other.keys"
+    other.write_text(vkey_text(ORIGIN, raw_public(Ed25519PrivateKey.generate())) + "\n")
+    bundle = Bundle.open(b)
+    r = audit(bundle.iter_entries(), bundle.checkpoint(), load_trusted_keys(other))
+    assert r.first.rule == "checkpoint-signature"
+    (b / "checkpoint").write_bytes(b"site-a.example/log\n7\nnot-base64\n\n")
+    r = _audit_bundle(b, scenario)
+    assert not r.ok and r.first.rule == "checkpoint-malformed"
+    bad = tmp_path / "bad.keys"
+    bad.write_text("log nowhere.pub\n")
+    with pytest.raises(TrustedKeysError):
+        load_trusted_keys(bad)
+
+
+def _history(tmp_path: Path, tail: list[tuple[str, dict]], **contract) -> AuditReport:
+    key, consumer = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    es = events(key, consumer)[:3]
+    if contract:
+        es[2] = make_event(
+            "contract.agreed",
+            key,
+            ORIGIN,
+            **{
+                "contract_id": "c1",
+                "purpose": "research",
+                "time": "2026-11-02T09:00:00Z",
+                "dataset_id": "ds1",
+                "fingerprint": FP,
+                "template": "mlp",
+                "epsilon": 2.0,
+                "delta": 1e-5,
+                "rounds": 3,
+                "until": "2026-12-01T00:00:00Z",
+                **contract,
+            },
+        )
+    base = {
+        "contract_id": "c1",
+        "purpose": "research",
+        "dataset_id": "ds1",
+        "fingerprint": FP,
+        "time": "2026-11-03T09:00:00Z",
+        "run_id": "r1",
+        "epsilon": 0.5,
+    }
+    for i, (kind, fields) in enumerate(tail):
+        es.append(make_event(kind, key, ORIGIN, **{**base, "round": i + 1, **fields}))
+    log = TransparencyLog.create(tmp_path / "h", ORIGIN, key)
+    log.append_many(es)
+    trusted = tmp_path / "t.keys"
+    trusted.write_text(vkey_text(ORIGIN, raw_public(key)) + "\n")
+    return audit(log.iter_entries(), log.checkpoint(), load_trusted_keys(trusted))
+
+
+@pytest.mark.parametrize(
+    ("tail", "contract", "rule", "index"),
+    [
+        ([("round.started", {"contract_id": "c404"})], {}, "contract-unknown", 3),
+        ([("round.started", {"time": "2026-12-02T00:00:00Z"})], {}, "contract-expired", 3),
+        ([("round.started", {"purpose": "marketing"})], {}, "contract-purpose", 3),
+        ([("round.started", {"dataset_id": "ds2"})], {}, "contract-dataset", 3),
+        ([("round.started", {"fingerprint": "cd" * 32})], {}, "contract-fingerprint", 3),
+        (
+            [("round.started", {"consumer": "someone-else"})],
+            {"consumer": "robotco"},
+            "contract-consumer",
+            3,
+        ),
+        ([("round.started", {"epsilon": 1.5})] * 2, {}, "contract-epsilon", 4),
+        ([("round.started", {"epsilon": 0.1})] * 4, {}, "contract-rounds", 6),
+        (
+            [("round.started", {"epsilon": 1.5})] * 3,
+            {"epsilon": 10.0, "rounds": 9},
+            "budget-epsilon",
+            5,
+        ),
+        (
+            [("round.finished", {"time": "2026-12-05T00:00:00Z", "model_sha256": "00"})],
+            {},
+            "after-expiry",
+            3,
+        ),
+    ],
+)
+def test_rules(tmp_path: Path, tail, contract, rule, index) -> None:
+    r = _history(tmp_path, tail, **contract)
+    assert not r.ok and r.first.rule == rule and r.first.index == index, r.violations
+    assert str(r.first).startswith(f"entry {index}: {rule}")
+
+
+def test_rules_hold_for_a_good_history(tmp_path: Path) -> None:
+    r = _history(
+        tmp_path,
+        [
+            ("round.started", {}),
+            ("round.started", {}),
+            ("access.refused", {"time": "2026-12-05T00:00:00Z", "reason": "x"}),
+        ],
+    )
+    assert r.ok, r.violations
+    assert r.epsilon_by_dataset == {"ds1": 1.0}
+
+
+def test_untrusted_actor(scenario: Scenario, tmp_path: Path) -> None:
+    """When actors are listed, events by anyone else are named."""
+    stranger = Ed25519PrivateKey.generate()
+    scenario.log.append(make_event("quality.reported", stranger, "mallory", dataset_id="ds1"))
+    pub = tmp_path / "robotco.pub"
+    pub.write_text(
+        json.dumps(
+            {
+                "name": "robotco",
+                "role": "consumer",
+                "public_key": base64.b64encode(raw_public(scenario.consumer)).decode(),
+            }
+        )
+    )
+    with open(scenario.trusted, "a") as f:
+        f.write("actor robotco.pub\n")
+    r = audit(
+        scenario.log.iter_entries(), scenario.log.checkpoint(), load_trusted_keys(scenario.trusted)
+    )
+    assert r.first.rule == "actor-untrusted" and r.first.index == 7

@@ -18,6 +18,8 @@ one process (a service's threads) :data:`LOCK` serialises read-decide-write.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -95,9 +97,25 @@ _DDL = (
 )
 
 
+#: databases (path, inode) whose tables this process has already made
+_READY: set[tuple[str, int]] = set()
+
+
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the policy area's tables if missing (once per database per process)."""
+    row = con.execute(
+        "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchone()
+    ident = None
+    if row and row[0]:
+        with contextlib.suppress(OSError):
+            ident = (row[0], os.stat(row[0]).st_ino)
+    if ident is not None and ident in _READY:
+        return
     for ddl in _DDL:
         con.execute(ddl)
+    if ident is not None:
+        _READY.add(ident)
 
 
 def to_db(dt: datetime) -> datetime:

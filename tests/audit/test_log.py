@@ -197,10 +197,12 @@ def test_kill_9_loses_no_acknowledged_entry(tmp_path: Path) -> None:
     kf = _key_file(tmp_path, key)
     for round_no in range(3):
         p = _appender(tmp_path, kf, f"r{round_no}", 13, -1)
-        time.sleep(0.8 + 0.3 * round_no)
+        first = p.stdout.readline()  # it is appending now
+        time.sleep(0.2 + 0.3 * round_no)
         p.send_signal(signal.SIGKILL)
         out, _ = p.communicate()
-        acked = [(int(i), e.encode()) for i, e in (ln.split(" ", 1) for ln in out.splitlines())]
+        lines = (first + out).splitlines()
+        acked = [(int(i), e.encode()) for i, e in (ln.split(" ", 1) for ln in lines)]
         assert acked, "the appender acknowledged nothing before the kill"
         reopened = TransparencyLog.open(tmp_path / "log", key=key)
         assert reopened.fsck().ok

@@ -19,7 +19,17 @@ from dataspace.connectors.site import Site
 
 def site_vkey(site: Site) -> str:
     """The site log's verifier key text: NAME+HEX(keyID)+BASE64(0x01 || pub32)."""
-    return vkey_text(site.name, raw_public(site.key))
+    return vkey_text(site.name, raw_public(log_key(site)))
+
+
+def log_key(site: Site):
+    """The key that signs the site log's checkpoints: the site key, or, once the site's
+    identity key has been rotated (policy.identity.rotate_site_key), the original one
+    kept in SITE/log.key, because witnesses pin a log's verifier key."""
+    from dataspace.policy.identity import load_private_key
+
+    path = site.root / "log.key"
+    return load_private_key(path) if path.exists() else site.key
 
 
 def init_site_log(site: Site) -> TransparencyLog:
@@ -28,9 +38,9 @@ def init_site_log(site: Site) -> TransparencyLog:
     Idempotent: an existing log is opened, and the vkey file rewritten if missing.
     """
     if (site.log_dir / META).exists():
-        log = TransparencyLog.open(site.log_dir, key=site.key)
+        log = TransparencyLog.open(site.log_dir, key=log_key(site))
     else:
-        log = TransparencyLog.create(site.log_dir, site.name, site.key)
+        log = TransparencyLog.create(site.log_dir, site.name, log_key(site))
     if not site.vkey_path.exists():
         atomic_write(site.vkey_path, (site_vkey(site) + "\n").encode())
     return log
@@ -40,7 +50,7 @@ def open_site_log(site: Site, writable: bool = True) -> TransparencyLog:
     """Open SITE/log (creating it for a site made before the audit area existed)."""
     if not (site.log_dir / META).exists():
         return init_site_log(site)
-    return TransparencyLog.open(site.log_dir, key=site.key if writable else None)
+    return TransparencyLog.open(site.log_dir, key=log_key(site) if writable else None)
 
 
 def record(site: Site, kind: str, **fields: Any) -> int:

@@ -47,6 +47,9 @@ MAX_BODY = 256 * 1024
 
 #: paths that need no signature (health, the API description)
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"})
+#: log routes anyone may call: the checkpoint is a size and a root, and a C2SP
+#: witness request is authenticated by the log signature it carries
+PUBLIC_LOG = frozenset({"/v1/log/checkpoint", "/v1/log/add-checkpoint"})
 
 SIGNATURE_DOC = f"""
 **Authentication.** Every request except `/healthz` and the API description is
@@ -256,6 +259,18 @@ def require(*roles: str) -> Callable[[Request], Awaitable[Caller]]:
                 f"{request.method} {request.url.path}; it needs {' or '.join(roles)}"
             )
         return caller
+
+    return dependency
+
+
+def require_unless_public(public: frozenset[str], *roles: str):
+    """Like :func:`require`, but paths in ``public`` (also public in the middleware) pass."""
+    inner = require(*roles)
+
+    async def dependency(request: Request) -> Caller | None:
+        if request.url.path in public:
+            return None
+        return await inner(request)
 
     return dependency
 

@@ -17,7 +17,10 @@ KEY_HELP = "identity key that signs the request (default: $DATASPACE_KEY)"
 @click.option("--task", default=None, help="text in one of the dataset's tasks")
 @click.option("--fps", type=float, default=None)
 @click.option(
-    "--min-quality", type=click.FloatRange(0, 1), default=None, help="lowest quality score (0..1)"
+    "--min-quality",
+    type=click.FloatRange(0, 100),
+    default=None,
+    help="lowest quality score (0..100)",
 )
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.option(
@@ -72,7 +75,7 @@ def command(
             f"{e.get('fps') or ''}",
             f"{e.get('episodes') or ''}",
             f"{e.get('frames') or ''}",
-            "" if q is None else f"{q:.2f}",
+            "" if q is None else f"{q:.1f}",
             e.get("holder_name") or e["holder"][:12],
             e.get("connector_url") or "",
         )

@@ -30,6 +30,7 @@ requests refused before the caller is known go to ``SITE/service/refusals.jsonl`
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -38,8 +39,9 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import duckdb
 import httpx
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from starlette.types import Scope
 
 from dataspace.auth.client import call, signed_client
@@ -47,6 +49,8 @@ from dataspace.auth.httpsig import WINDOW_S
 from dataspace.auth.nonces import FileNonceStore
 from dataspace.auth.service import (
     ERROR_RESPONSES,
+    PUBLIC_LOG,
+    PUBLIC_PATHS,
     SIGNATURE_DOC,
     Caller,
     SignedRequests,
@@ -54,6 +58,7 @@ from dataspace.auth.service import (
     error_code,
     install_error_handlers,
     require,
+    require_unless_public,
 )
 from dataspace.connectors import models as m
 from dataspace.connectors.site import Site
@@ -66,7 +71,6 @@ log = logging.getLogger("dataspace.connector")
 
 AnyCaller = Annotated[Caller, Depends(caller_of)]
 Holder = Annotated[Caller, Depends(require("holder"))]
-LogReader = Depends(require("holder", "auditor", "operator"))
 
 #: seconds between attempts to publish to an unreachable hub (doubling up to the last)
 RETRY_S = (0.5, 1, 2, 5, 10, 30)
@@ -94,16 +98,22 @@ def publish_request(site: Site, rec: DatasetRecord, public_url: str | None) -> d
 
 
 def quality_score(site: Site, dataset_id: str) -> float | None:
-    """The latest quality score of a dataset (0..1), if the quality area has reported one."""
-    try:
-        from dataspace.quality.report import latest_score  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    try:
-        score = latest_score(site, dataset_id)
-    except DataspaceError:
-        return None
-    return None if score is None else float(score)
+    """The latest overall quality score (0..100) of a dataset, None if never checked.
+
+    Read straight from the quality area's ``quality_reports`` table (the query of
+    ``dataspace.quality.report.latest_score``): importing the quality package
+    pulls in Great Expectations, which takes seconds a service start need not pay.
+    """
+    with site.db(read_only=True) as con:
+        try:
+            row = con.execute(
+                "SELECT score FROM quality_reports WHERE dataset_id = ? "
+                "ORDER BY created_at DESC LIMIT 1",
+                [dataset_id],
+            ).fetchone()
+        except duckdb.CatalogException:  # no quality report ever made at this site
+            return None
+    return None if row is None or row[0] is None else float(row[0])
 
 
 def dataset_view(site: Site, rec: DatasetRecord) -> dict[str, Any]:
@@ -121,12 +131,14 @@ class Publisher:
         self.error: str | None = None
         self.done = threading.Event()
         self.hub_key: str | None = None
+        self.hub_name: str | None = None
         self._stop = threading.Event()
 
     def publish_once(self) -> int:
         with signed_client(self.hub_url, self.site.key) as hub:
             info = call(hub, "GET", "/v1/hub")
             self.hub_key = info["public_key"]
+            self.hub_name = info["name"]
             n = 0
             for rec in list_datasets(self.site):
                 call(
@@ -240,6 +252,7 @@ def create_app(
         directory=directory,
         on_refused=on_refused,
         window_s=window_s,
+        public_paths=PUBLIC_PATHS | PUBLIC_LOG,
     )
     install_error_handlers(app, on_refused)
 
@@ -268,7 +281,7 @@ def create_app(
         return m.Published(published=publisher.publish_once())
 
     _mount_contracts(app, site, publisher)
-    _mount_log(app, site)
+    _mount_log(app, site, publisher)
     return app
 
 
@@ -278,18 +291,41 @@ def _mount_contracts(app: FastAPI, site: Site, publisher: Publisher | None) -> N
     contracts_api.mount(app, site, publisher)
 
 
-def _mount_log(app: FastAPI, site: Site) -> None:
-    """The audit helper's log endpoints over SITE/log, and the site's witness endpoint."""
-    try:
-        from dataspace.audit.api import log_router
-    except ModuleNotFoundError as e:  # the audit area's API not built yet
-        if e.name != "dataspace.audit.api":
-            raise
-        log.warning("dataspace.audit.api not available; site log endpoints not mounted")
-        return
+def _mount_log(app: FastAPI, site: Site, publisher: Publisher | None) -> None:
+    """The audit area's log endpoints over SITE/log under /v1/log, and the site's witness.
+
+    The witness (C2SP tlog-witness, state in SITE/witness) cosigns the hub's
+    checkpoints; it trusts the hub log key learned when publishing to the hub.
+    The checkpoint and add-checkpoint are public (see dataspace.hub.app).
+    """
+    from dataspace.audit.api import log_router
+    from dataspace.audit.note import Verifier
+    from dataspace.audit.witness import Witness
     from dataspace.connectors.sitelog import open_site_log
 
-    app.include_router(log_router(open_site_log(site)), prefix="/v1/log", dependencies=[LogReader])
+    def witness() -> Witness | None:
+        if publisher is None or publisher.hub_key is None or publisher.hub_name is None:
+            return None
+        hub = Verifier(publisher.hub_name, base64.b64decode(publisher.hub_key))
+        return Witness(site.root / "witness", site.name, site.key, [hub])
+
+    app.include_router(
+        log_router(open_site_log(site), witness),
+        prefix="/v1/log",
+        dependencies=[Depends(_log_access)],
+    )
+
+
+_read_log = require_unless_public(PUBLIC_LOG, "holder", "auditor", "operator")
+_append_log = require("holder")
+
+
+async def _log_access(request: Request) -> None:
+    """Log routes: appends by the holder only; reads as PUBLIC_LOG and _read_log say."""
+    if request.url.path.endswith("/append"):
+        await _append_log(request)
+    else:
+        await _read_log(request)
 
 
 __all__ = ["Publisher", "create_app", "publish_request"]

@@ -41,7 +41,7 @@ import threading
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.types import Scope
 
@@ -51,6 +51,8 @@ from dataspace.auth.httpsig import WINDOW_S
 from dataspace.auth.nonces import FileNonceStore
 from dataspace.auth.service import (
     ERROR_RESPONSES,
+    PUBLIC_LOG,
+    PUBLIC_PATHS,
     SIGNATURE_DOC,
     Caller,
     SignedRequests,
@@ -58,6 +60,7 @@ from dataspace.auth.service import (
     error_code,
     install_error_handlers,
     require,
+    require_unless_public,
 )
 from dataspace.errors import DataspaceError, NotFoundError, RefusedError
 from dataspace.hub import models as m
@@ -168,10 +171,11 @@ def create_app(
         nonces=FileNonceStore(data_dir / "nonces"),
         directory=store.lookup,
         on_refused=on_refused,
+        public_paths=PUBLIC_PATHS | PUBLIC_LOG,
         window_s=window_s,
     )
     install_error_handlers(app, on_refused)
-    _mount_log(app, hub_log)
+    _mount_log(app, hub_log, data_dir, store)
 
     @app.get("/healthz", response_model=m.Health, summary="Liveness (no signature needed)")
     def healthz() -> m.Health:
@@ -247,7 +251,7 @@ def create_app(
         robot_type: Annotated[str | None, Query(max_length=200)] = None,
         task: Annotated[str | None, Query(max_length=200, description="text in a task")] = None,
         fps: Annotated[float | None, Query(ge=0, le=100_000)] = None,
-        min_quality: Annotated[float | None, Query(ge=0, le=1)] = None,
+        min_quality: Annotated[float | None, Query(ge=0, le=100)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     ) -> JSONResponse:
@@ -422,18 +426,40 @@ def _size(hub_log: HubLog) -> int | None:
     return getattr(hub_log.log, "size", None)
 
 
-def _mount_log(app: FastAPI, hub_log: HubLog) -> None:
-    """The audit helper's log endpoints, for holders, auditors and the operator."""
-    try:
-        from dataspace.audit.api import log_router
-    except ModuleNotFoundError as e:  # TEMPORARY until the audit area lands its API
-        if e.name != "dataspace.audit.api":
-            raise
-        log.warning("dataspace.audit.api not available; hub log endpoints not mounted")
-        return
+_read_log = require_unless_public(PUBLIC_LOG, "holder", "auditor", "operator")
+_append_log = require("operator")
+
+
+async def _log_access(request: Request) -> None:
+    """Log routes: appends by the operator only; reads as PUBLIC_LOG and _read_log say."""
+    if request.url.path.endswith("/append"):
+        await _append_log(request)
+    else:
+        await _read_log(request)
+
+
+def _mount_log(app: FastAPI, hub_log: HubLog, data_dir: Path, store: HubStore) -> None:
+    """The audit area's log endpoints under /v1/log, and the hub's witness for site logs.
+
+    The checkpoint and the C2SP witness endpoint are public (the checkpoint is
+    a size and a root; a witness request is authenticated by the log signature
+    it carries); entries and proofs name consumers and contracts, so they need
+    a holder, auditor or operator key.
+    """
+    from dataspace.audit.api import log_router
+    from dataspace.audit.note import Verifier
+    from dataspace.audit.witness import Witness
+
+    def witness() -> Witness:
+        holders = [
+            Verifier(p["name"], base64.b64decode(k))
+            for k, p in store.participants.items()
+            if p["role"] == "holder"
+        ]
+        return Witness(data_dir / "witness", hub_log.origin, hub_log.key, holders)
 
     app.include_router(
-        log_router(hub_log.log),
+        log_router(hub_log.log, witness),
         prefix="/v1/log",
-        dependencies=[Depends(require("holder", "auditor", "operator"))],
+        dependencies=[Depends(_log_access)],
     )

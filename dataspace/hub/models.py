@@ -55,7 +55,9 @@ class PublishRequest(Strict):
     action_dim: int | None = Field(None, ge=0, le=1_000_000)
     license: str | None = Field(None, max_length=200)
     format: str | None = Field(None, max_length=100)
-    quality_score: float | None = Field(None, ge=0, le=1)
+    quality_score: float | None = Field(
+        None, ge=0, le=100, description="latest quality score, 0..100"
+    )
     connector_url: str | None = Field(None, max_length=500)
 
 

@@ -232,7 +232,14 @@ class FrameWriter:
         while pos < full:
             if self._writer is None:
                 path = self.directory / f"part-{self._files:05d}.parquet"
-                self._writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+                # dictionary-encode only the low-cardinality columns: attempting it on
+                # float vectors in 64k-row groups costs over twice the write time
+                self._writer = pq.ParquetWriter(
+                    path,
+                    self.schema,
+                    compression="zstd",
+                    use_dictionary=["episode_index", "task_index"],
+                )
                 self._files += 1
                 self._file_rows = 0
             take = min(full - pos, FILE_FRAMES - self._file_rows)

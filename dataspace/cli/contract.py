@@ -37,8 +37,21 @@ def group() -> None:
 def _request_via_connector(
     connector: str, request: OfferRequest, key_file: Path, as_json: bool
 ) -> dict[str, Any]:
-    """Ask a holder's connector service (implemented with the services)."""
-    raise click.UsageError("--connector is not available in this build; use --site SITE")
+    """Ask a holder's connector service (dataspace.connectors.client, signed requests)."""
+    from dataspace.connectors.client import request_via_connector
+
+    return request_via_connector(
+        connector,
+        load_private_key(key_file),
+        dataset=request.dataset_id,
+        purpose=request.purpose,
+        epsilon=request.epsilon,
+        rounds=request.rounds,
+        until=request.until,
+        template=request.template,
+        delta=request.delta,
+        action=request.action,
+    )
 
 
 @group.command(name="request")
@@ -98,7 +111,14 @@ def request_cmd(
         delta=delta,
     )
     if connector is not None:
-        out = _request_via_connector(connector, req, key_file, as_json)
+        from dataspace.auth.client import ServiceRefusedError
+
+        try:
+            out = _request_via_connector(connector, req, key_file, as_json)
+        except ServiceRefusedError as e:
+            if as_json:
+                click.echo(json.dumps({"allowed": False, "reasons": [e.detail]}))
+            raise
     else:
         assert site is not None
         try:
@@ -132,7 +152,16 @@ def _summary(c: Contract) -> tuple[str, ...]:
 
 
 @group.command(name="list")
-@click.option("--site", type=click.Path(path_type=Path), required=True)
+@click.option("--site", type=click.Path(path_type=Path), default=None)
+@click.option("--hub", "hub_url", default=None, help="List at the hub instead (needs --key).")
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(path_type=Path),
+    envvar="DATASPACE_KEY",
+    default=None,
+    help="Key that signs the hub request (default: $DATASPACE_KEY).",
+)
 @click.option(
     "--consumer",
     "consumer_file",
@@ -142,8 +171,34 @@ def _summary(c: Contract) -> tuple[str, ...]:
 )
 @click.option("--dataset", default=None, help="Only this dataset's contracts.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def list_cmd(site: Path, consumer_file: Path | None, dataset: str | None, as_json: bool) -> None:
-    """The site's contracts, newest first."""
+def list_cmd(
+    site: Path | None,
+    hub_url: str | None,
+    key_file: Path | None,
+    consumer_file: Path | None,
+    dataset: str | None,
+    as_json: bool,
+) -> None:
+    """The site's contracts, newest first (or, with --hub, those the hub shows --key)."""
+    if (site is None) == (hub_url is None):
+        raise click.UsageError("give either --site SITE or --hub URL")
+    if hub_url is not None:
+        if key_file is None:
+            raise click.UsageError("--hub needs --key (or $DATASPACE_KEY)")
+        from dataspace.connectors.client import contracts_via_hub
+
+        rows = contracts_via_hub(hub_url, load_private_key(key_file), dataset)
+        if as_json:
+            click.echo(json.dumps({"contracts": rows}))
+            return
+        for c in rows:
+            click.echo(
+                f"{c['contract_id']}  {c['state']}  {c['dataset_id']}  {c['purpose']}  "
+                f"eps {c['epsilon']:g}  until {c['until']}"
+            )
+        if not rows:
+            click.echo("no contracts")
+        return
     consumer = load_identity(consumer_file).key_b64 if consumer_file else None
     cs = list_contracts(Site.open(site), consumer=consumer, dataset_id=dataset)
     if as_json:

@@ -171,6 +171,47 @@ def test_purpose_not_permitted_is_refused_with_reason(deploy):
     assert e.value.status == 403
 
 
+def test_contract_cli_over_the_connector_and_list_at_the_hub(deploy):
+    p, hub, conn, site = deploy["p"], deploy["hub"], deploy["conn"], deploy["site"]
+    base = [PYTHON, "-m", "dataspace", "contract"]
+    req = [
+        "request",
+        "--connector",
+        conn.url,
+        "--dataset",
+        dataset_id(site),
+        "--key",
+        str(p["bob"].key_path),
+        "--epsilon",
+        "0.5",
+        "--rounds",
+        "1",
+        "--template",
+        "mlp",
+        "--until",
+        until(),
+        "--json",
+    ]
+    out = subprocess.run([*base, *req, "--purpose", "research"], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr.decode()
+    RESPONSES.append(("contract request cli", out.stdout))
+    agreed = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    assert agreed["state"] == "agreed" and agreed["contract_id"]
+    out = subprocess.run([*base, *req, "--purpose", "marketing"], capture_output=True, timeout=60)
+    assert out.returncode == 3 and "purpose" in out.stderr.decode()
+    assert json.loads(out.stdout.decode().splitlines()[-1])["allowed"] is False
+    lst = [*base, "list", "--hub", hub.url, "--key", str(p["bob"].key_path), "--json"]
+    deadline = time.monotonic() + 10
+    while True:
+        out = subprocess.run(lst, capture_output=True, timeout=60, check=True)
+        ids = [c["contract_id"] for c in json.loads(out.stdout)["contracts"]]
+        if ids or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    RESPONSES.append(("contract list cli", out.stdout))
+    assert ids == [agreed["contract_id"]]
+
+
 def _raw(method: str, url: str, key, body: bytes = b"", headers: dict | None = None):
     h = sign_url_request(key, method, url, body)
     h.update(headers or {})

@@ -1,0 +1,119 @@
+"""``dataspace quality``: check an enrolled dataset on site (issue 6).
+
+``dataspace quality check SITE DATASET [--html FILE] [--json] [--exclude CHECK ...]``
+runs the expectation suites, replaces the dataset's episode flags, signs and
+stores the publishable report and logs ``quality.reported``. ``--json`` prints
+one object: the publishable report plus ``report_sha256``, ``flags`` (count)
+and ``log_index``; ``--html`` writes the full on-site page.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dataspace.connectors.site import Site
+from dataspace.quality.suite import CHECKS, FRAME_CHECKS
+
+err = Console(stderr=True)
+
+
+@click.group(name="quality")
+def group() -> None:
+    """Data quality and value, computed on site; only aggregates leave."""
+
+
+@group.command(name="check")
+@click.argument("site", type=click.Path(path_type=Path))
+@click.argument("dataset")
+@click.option(
+    "--html",
+    "html",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the full (on-site) HTML report here.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--exclude",
+    multiple=True,
+    type=click.Choice(sorted({*CHECKS, *FRAME_CHECKS})),
+    help="Skip a check (repeatable).",
+)
+def check_cmd(
+    site: Path, dataset: str, html: Path | None, as_json: bool, exclude: tuple[str, ...]
+) -> None:
+    """Run the quality checks of DATASET at SITE; store flags and the signed report."""
+    from dataspace.quality.check import STEPS, run_checks
+    from dataspace.quality.report import write_html
+
+    s = Site.open(site)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=as_json,
+    ) as bar:
+        task = bar.add_task("quality check", total=STEPS)
+
+        def progress(done: int, total: int, msg: str) -> None:
+            bar.update(task, completed=done, total=total, description=msg)
+
+        out = run_checks(s, dataset, exclude=exclude, progress=progress)
+        bar.update(task, completed=STEPS, description="done")
+    if html is not None:
+        write_html(out.full, html)
+    if as_json:
+        click.echo(
+            json.dumps(
+                out.public
+                | {
+                    "report_sha256": out.report_sha256,
+                    "flags": out.flags,
+                    "log_index": out.log_index,
+                }
+            )
+        )
+        return
+    click.echo(
+        f"dataset {out.dataset_id}: score {out.score} / 100, "
+        f"{out.full['episodes_flagged']} of {out.full['episodes']} episodes flagged"
+    )
+    for d in out.full["dimensions"]:
+        click.echo(f"  {d['name']:<13} {d['gbt_36344']:<5} {d['score']}")
+    for c in out.full["checks"]:
+        mark = "ok  " if c["success"] else "FAIL"
+        click.echo(f"  {mark} {c['check']:<22} flagged {c['flagged']}")
+    click.echo(f"report sha256 {out.report_sha256}" + (f", html {html}" if html else ""))
+
+
+@group.command(name="flags")
+@click.argument("site", type=click.Path(path_type=Path))
+@click.argument("dataset")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def flags_cmd(site: Path, dataset: str, as_json: bool) -> None:
+    """List the episode flags of DATASET (on-site only)."""
+    from dataspace.quality.check import _dataset
+    from dataspace.quality.flags import list_flags
+
+    s = Site.open(site)
+    ds, _ = _dataset(s, dataset)
+    rows = list_flags(s, ds["dataset_id"])
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "dataset_id": ds["dataset_id"],
+                    "flags": [{"episode_index": e, "check": c, "detail": d} for e, c, d in rows],
+                }
+            )
+        )
+        return
+    for e, c, d in rows:
+        click.echo(f"{e}\t{c}\t{d}")

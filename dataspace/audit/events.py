@@ -214,19 +214,37 @@ def _with_sig(message: bytes, keys: list[str], sig_b64: str) -> bytes:
 
 
 def _plain(o: Any) -> bool:
-    """True when Python's json.dumps writes ``o`` exactly as RFC 8785 does."""
-    if isinstance(o, bool) or o is None or isinstance(o, str):
+    """True when Python's json.dumps writes ``o`` exactly as RFC 8785 does (no exponent
+    floats, no integral floats, no integers beyond 2**53, ASCII keys only)."""
+    t = type(o)
+    if t is str or t is bool or o is None:
         return True
-    if isinstance(o, int):
+    if t is int:
         return -_MAX_SAFE_INT <= o <= _MAX_SAFE_INT
-    if isinstance(o, float):
+    if t is float:
         r = repr(o)
         return "e" not in r and not r.endswith(".0") and o != 0.0
-    if isinstance(o, list):
+    if t is dict:
+        for k, v in o.items():
+            if not k.isascii():
+                return False
+            tv = type(v)
+            if tv is str or v is None:  # the common cases, inline
+                continue
+            if tv is int:
+                if -_MAX_SAFE_INT <= v <= _MAX_SAFE_INT:
+                    continue
+                return False
+            if not _plain(v):
+                return False
+        return True
+    if t is list:
         return all(_plain(x) for x in o)
-    if isinstance(o, dict):
-        return all(k.isascii() and _plain(v) for k, v in o.items())
     return False
+
+
+#: json.dumps with these options builds a new encoder per call; keep one
+_FAST = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def is_canonical(entry: bytes, obj: Any) -> bool:
@@ -236,8 +254,7 @@ def is_canonical(entry: bytes, obj: Any) -> bool:
     keys, Python's json.dumps with sorted keys is byte-identical to RFC 8785.
     """
     if _plain(obj):
-        fast = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return fast.encode() == entry
+        return _FAST.encode(obj).encode() == entry
     try:
         return rfc8785.dumps(obj) == entry
     except Exception:
@@ -304,6 +321,19 @@ def signed_message(entry: bytes, sig_b64: str) -> bytes:
     return entry[:i] + entry[i + len(member) :]
 
 
+_KEYS: dict[bytes, Ed25519PublicKey] = {}
+
+
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    """Parsed public keys, cached: a log has few actors and many entries."""
+    k = _KEYS.get(raw)
+    if k is None:
+        if len(_KEYS) > 4096:
+            _KEYS.clear()
+        k = _KEYS[raw] = Ed25519PublicKey.from_public_bytes(raw)
+    return k
+
+
 def verify_event(entry: bytes, trusted_keys: frozenset[bytes] | set[bytes] | None = None) -> Event:
     """Parse ``entry`` and check that it is canonical and signed by its actor's key.
 
@@ -320,7 +350,7 @@ def verify_event(entry: bytes, trusted_keys: frozenset[bytes] | set[bytes] | Non
         )
     message = signed_message(entry, obj["sig"])
     try:
-        Ed25519PublicKey.from_public_bytes(ev.actor_key).verify(ev.sig, message)
+        _public_key(ev.actor_key).verify(ev.sig, message)
     except InvalidSignature as e:
         raise EventSignatureError(
             f"{ev.kind} by {ev.actor_name}: signature does not verify under the actor's key"

@@ -183,7 +183,7 @@ class Violation:
         return f"{where}: {self.rule}: {self.message}" + (f" ({vals})" if vals else "")
 
 
-@dataclass
+@dataclass(slots=True)
 class RoundRecord:
     """One training round as the auditor sees it (for ``dataspace audit show``)."""
 
@@ -326,30 +326,32 @@ class RuleChecker:
         }
 
     def _round(self, i: int, ev: Event, ok: bool = True) -> None:
+        f = ev.fields
         cid = ev.contract_id
-        eps = _num(ev.get("epsilon"))
+        eps = _num(f.get("epsilon"))
+        run_round = (f.get("run_id"), f.get("round"))
         rec = RoundRecord(
             i,
-            ev.get("time"),
+            f["time"],
             cid,
             ev.dataset_id,
             ev.fingerprint,
-            consumer_key(ev.get("consumer")),
+            consumer_key(f.get("consumer")),
             ev.purpose,
-            ev.get("run_id"),
-            ev.get("round"),
+            run_round[0],
+            run_round[1],
             eps or 0.0,
             ok=ok,
         )
         self.r.rounds.append(rec)
-        self.open_rounds[(cid, ev.get("run_id"), ev.get("round"))] = rec
+        self.open_rounds[(cid, *run_round)] = rec
         n_before = len(self.r.violations)
         if eps is None or eps < 0:
             self._flag(
                 i,
                 "round-malformed",
                 "round.started without a non-negative epsilon",
-                epsilon=ev.get("epsilon"),
+                epsilon=f.get("epsilon"),
             )
         if cid is None or cid not in self.contracts:
             self._flag(
@@ -361,12 +363,14 @@ class RuleChecker:
             rec.ok = False
             return
         c, _ = self.contracts[cid]
-        rec.consumer = rec.consumer or consumer_key(c.get("consumer"))
+        cf = c.fields
+        c_consumer = consumer_key(cf.get("consumer"))
+        rec.consumer = rec.consumer or c_consumer
         for name, got, want in (
             ("dataset", ev.dataset_id, c.dataset_id),
             ("fingerprint", ev.fingerprint, c.fingerprint),
             ("purpose", ev.purpose, c.purpose),
-            ("consumer", consumer_key(ev.get("consumer")), consumer_key(c.get("consumer"))),
+            ("consumer", consumer_key(f.get("consumer")), c_consumer),
         ):
             if got is not None and got != want:
                 self._flag(
@@ -386,8 +390,8 @@ class RuleChecker:
                 contract=c.purpose,
             )
         rounds = self.contract_rounds.setdefault(cid, set())
-        rounds.add((ev.get("run_id"), ev.get("round")))
-        max_rounds = _num(c.get("rounds"))
+        rounds.add(run_round)
+        max_rounds = _num(cf.get("rounds"))
         if max_rounds is not None and len(rounds) > max_rounds:
             self._flag(
                 i,
@@ -400,7 +404,7 @@ class RuleChecker:
         eps = eps or 0.0
         spent = self.contract_spent.get(cid, 0.0) + eps
         self.contract_spent[cid] = spent
-        limit = _num(c.get("epsilon"))
+        limit = _num(cf.get("epsilon"))
         if limit is not None and spent > limit + EPS_TOL:
             self._flag(
                 i,

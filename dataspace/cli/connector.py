@@ -109,8 +109,11 @@ def enroll_cmd(
     if as_json:
         out = {k: getattr(result, k) for k in ENROLL_FIELDS}
         out["created"] = result.created
+        out["notes"] = list(result.notes)
         click.echo(json.dumps(out))
         return
+    for note in result.notes:
+        err.print(f"note: {note}", highlight=False, markup=False)
     verb = "enrolled" if result.created else "already enrolled (same content)"
     click.echo(
         f"{verb}: {result.dataset_id} {result.name!r} ({result.format}) "

@@ -51,6 +51,8 @@ class EnrollResult:
     fps: float | None
     fingerprint: str
     created: bool
+    #: what the reader noticed but did not refuse (renamed columns, dropped frames, ...)
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,6 +174,7 @@ def enroll(
         fps=record.fps,
         fingerprint=record.fingerprint,
         created=created,
+        notes=tuple(info.notes),
     )
 
 

@@ -146,6 +146,7 @@ def test_mcap_aligns_latest_action_and_drops_frames_before_first(
     r = enroll(site, path)
     # frames 0..2 have no action at or before them (the first comes 30 ms after frame 2)
     assert r.frames == 7 and r.fps == 10.0
+    assert any("3 frames before the first action dropped" in n for n in r.notes)
     rec = store.get_dataset(site, r.dataset_id)
     assert rec.state_names == ["a", "b"]
     import pyarrow.parquet as pq

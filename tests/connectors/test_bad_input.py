@@ -16,6 +16,7 @@ import pytest
 
 from dataspace.connectors.enroll import enroll
 from dataspace.connectors.reader import (
+    ColumnError,
     CorruptFileError,
     DimensionError,
     EnrollError,
@@ -260,4 +261,65 @@ def test_option_that_does_not_apply(busy_site: Site) -> None:
         EnrollError,
         "--state-topic",
         "lerobot",
+    )
+
+
+def test_tabular_episode_rows_not_contiguous(busy_site: Site, tmp_path: Path) -> None:
+    eps = writers.read_lerobot(SO101, "observation.state", "action", [0, 1])
+    t = writers.flat_table(eps, list_columns=True)
+    n0 = len(eps[0].timestamps)
+    shuffled = pa.concat_tables([t.slice(0, 100), t.slice(n0), t.slice(100, n0 - 100)])
+    path = tmp_path / "x.parquet"
+    pq.write_table(shuffled, path, row_group_size=50)
+    refused(busy_site, lambda: enroll(busy_site, path), EnrollError, str(path), "contiguous")
+
+
+def test_csv_frames_out_of_order(busy_site: Site, tmp_path: Path) -> None:
+    eps = writers.read_lerobot(SO101, "observation.state", "action", [0])
+    t = writers.flat_table(eps, list_columns=False)
+    import pyarrow.csv as pacsv
+
+    path = tmp_path / "x.csv"
+    pacsv.write_csv(pa.concat_tables([t.slice(1, 5), t.slice(0, 1), t.slice(6)]), path)
+    refused(busy_site, lambda: enroll(busy_site, path), TimestampError, str(path), "frame_index")
+
+
+def test_mcap_ambiguous_action_topic(busy_site: Site, tmp_path: Path) -> None:
+    from mcap_ros2.writer import Writer
+
+    path = tmp_path / "x.mcap"
+    with path.open("wb") as f:
+        w = Writer(f)
+        js = w.register_msgdef("sensor_msgs/msg/JointState", writers.JOINT_STATE_MSGDEF)
+        fa = w.register_msgdef("std_msgs/msg/Float64MultiArray", writers.FLOAT64_ARRAY_MSGDEF)
+        head = {"stamp": {"sec": 1, "nanosec": 0}, "frame_id": ""}
+        w.write_message(
+            "/joint_states",
+            js,
+            {"header": head, "name": [], "position": [0.0], "velocity": [], "effort": []},
+            log_time=10**9,
+        )
+        for topic in ("/cmd_a", "/cmd_b"):
+            w.write_message(topic, fa, {"layout": {"dim": [], "data_offset": 0}, "data": [1.0]})
+        w.finish()
+    refused(
+        busy_site,
+        lambda: enroll(busy_site, path),
+        ColumnError,
+        str(path),
+        "['/cmd_a', '/cmd_b']",
+        "--action-topic",
+    )
+
+
+def test_hdf5_unknown_state_key(busy_site: Site, tmp_path: Path) -> None:
+    eps = writers.read_lerobot(SO101, "observation.state", "action", [0])
+    path = tmp_path / "x.h5"
+    writers.write_hdf5(path, eps, fps=30.0)
+    refused(
+        busy_site,
+        lambda: enroll(busy_site, path, state_keys="joint_pos,gripper"),
+        ColumnError,
+        "demo_0",
+        "'gripper'",
     )

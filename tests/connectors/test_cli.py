@@ -183,3 +183,22 @@ def test_live_staging_is_not_swept(site: Site) -> None:
         assert store.sweep(site) == []
         assert st.directory.exists()
     assert not st.directory.exists()
+
+
+@pytest.mark.slow
+def test_concurrent_enrollments_of_the_same_content(tmp_path: Path) -> None:
+    """Two processes enrolling the same data at once: one dataset, created once."""
+    site = Site.init(tmp_path / "s", org="H")
+    cmd = [sys.executable, "-m", "dataspace", "connector", "enroll", str(site.root), str(SO101)]
+    procs = [
+        subprocess.Popen([*cmd, "--json"], stdout=subprocess.PIPE, text=True, env=ENV)
+        for _ in range(2)
+    ]
+    outs = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0]["dataset_id"] == outs[1]["dataset_id"]
+    assert sorted(o["created"] for o in outs) == [False, True]
+    assert len(store.list_datasets(site)) == 1
+    assert len(store.episode_rows(site, outs[0]["dataset_id"])) == 4
+    assert len(list(site.store_dir.iterdir())) == 1
+    assert not any(site.staging_dir.iterdir())

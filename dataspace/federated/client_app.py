@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +45,12 @@ from dataspace.federated.templates import Policy, Template, get_template
 
 app = ClientApp()
 
+# Small MLPs on CPU: one intra-op thread is fastest, and several sites (or
+# SuperNodes) share the machine; more threads thrash (10x slower measured here).
+torch.set_num_threads(int(os.environ.get("DATASPACE_TORCH_THREADS", "1")))
+
 #: frames kept in a warm process between rounds (keyed by site, dataset, split)
 _FRAMES: dict[tuple[str, str, tuple[int, ...]], fdata.Frames] = {}
-_PLANS: dict[tuple, dp.PrivacyPlan] = {}
 
 
 @dataclass(frozen=True)
@@ -72,25 +76,27 @@ def _site(context: Context) -> Site:
     return Site.open(Path(str(root)))
 
 
+#: contract id -> site root where it was found (a contract never moves between sites)
+_WHERE: dict[str, str] = {}
+#: dataset metadata and split: immutable for a dataset id (derived from its fingerprint)
+_META: dict[tuple, tuple[fdata.DatasetRef, fdata.Split]] = {}
+
+
 def _find_contract(site: Site, ids: list[str]) -> Any:
-    for cid in ids:
+    mine = [c for c in ids if _WHERE.get(c) == str(site.root)]
+    for cid in mine + [c for c in ids if c not in _WHERE]:
         try:
-            return guard.load_contract(site, cid)
+            contract = guard.load_contract(site, cid)
         except NotFoundError:
+            _WHERE[cid] = ""  # not this site's (a process serves one site)
             continue
+        _WHERE[cid] = str(site.root)
+        return contract
     raise RefusedError(f"none of contracts {', '.join(ids)} is held by site {site.root}")
 
 
 def _plan(contract: Any, rounds: int, frames: int, s: dp.TrainingSettings) -> dp.PrivacyPlan:
-    key = (
-        float(contract.epsilon), float(contract.delta), rounds, frames,
-        s.clip_norm, s.batch_size, s.max_epochs, s.stats_share, s.eval_noise,
-    )  # fmt: skip
-    if key not in _PLANS:
-        _PLANS[key] = dp.make_plan(
-            float(contract.epsilon), float(contract.delta), rounds, frames, s
-        )
-    return _PLANS[key]
+    return dp.make_plan(float(contract.epsilon), float(contract.delta), rounds, frames, s)
 
 
 def resolve(message: Message, context: Context) -> Job:
@@ -110,8 +116,12 @@ def resolve(message: Message, context: Context) -> Job:
     )
     rounds = min(int(cfg["num-rounds"]), int(contract.rounds))
     exclude = fdata.flagged_episodes if settings.exclude_flagged else None
-    ref = fdata.dataset_ref(site, contract.dataset_id)
-    split = fdata.split_episodes(site, ref.dataset_id, settings.heldout_fraction, exclude)
+    key = (str(site.root), contract.dataset_id, settings.heldout_fraction, bool(exclude))
+    if key not in _META or exclude:  # flags can change between rounds: re-read them
+        ref = fdata.dataset_ref(site, contract.dataset_id)
+        split = fdata.split_episodes(site, ref.dataset_id, settings.heldout_fraction, exclude)
+        _META[key] = (ref, split)
+    ref, split = _META[key]
     return Job(
         site=site,
         run_id=str(cfg["run-id"]),

@@ -1,0 +1,83 @@
+"""DP-SGD really adds the planned noise; the accountant's epsilon is the contract's."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+
+from dataspace.federated import dp, normalize
+from dataspace.federated.templates import get_template
+
+
+def _data(n=2000, s=8, a=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, s, generator=g)
+    y = torch.tanh(x[:, :a] * 2) + 0.1 * torch.randn(n, a, generator=g)
+    return x, y
+
+
+@pytest.mark.parametrize("eps", [8.0, 1.0])
+def test_plan_epsilon_matches_contract_and_opacus(eps):
+    plan = dp.make_plan(eps, 1e-5, 4, 5000, dp.TrainingSettings())
+    total = plan.epsilon_after(4)
+    assert eps * 0.99 <= total <= eps
+    charges = [plan.charge(r) for r in range(1, 5)]
+    assert all(c > 0 for c in charges)
+    assert math.isclose(sum(charges), total, rel_tol=1e-9)
+    # the same history in Opacus's own RDP accountant gives the same epsilon
+    acc = RDPAccountant()
+    acc.history = plan.history(4)
+    assert math.isclose(acc.get_epsilon(1e-5, alphas=list(dp.ALPHAS)), total, rel_tol=1e-9)
+    # and its default orders give a (slightly tighter) bound within the contract
+    assert acc.get_epsilon(1e-5) <= eps
+
+
+def test_server_can_only_lower_settings():
+    s = dp.TrainingSettings(max_epochs=2, clip_norm=1.0)
+    assert s.lowered_by(epochs=5, clip_norm=3.0) == s
+    low = s.lowered_by(epochs=1, clip_norm=0.5)
+    assert (low.max_epochs, low.clip_norm) == (1, 0.5)
+
+
+def _one_step(mode, sigma, seed=7):
+    x, y = _data()
+    net = get_template("bc-mlp").build(8, 4, seed=1).net
+    plan = dp.make_plan(8.0, 1e-5, 1, x.shape[0], dp.TrainingSettings(batch_size=200))
+    gen = torch.Generator().manual_seed(seed)
+    dp.train_dp(net, x, y, plan, lr=0.1, generator=gen, mode=mode, noise_multiplier=sigma, steps=1)
+    return torch.cat([p.detach().flatten() for p in net.parameters()]), plan
+
+
+def test_dp_update_differs_by_the_expected_noise_scale():
+    """Same seed, same Poisson batch: DP minus non-private update ~ N(0, (lr sigma C / B)^2)."""
+    sigma = 1.3
+    private, plan = _one_step("bk", sigma)
+    clean, _ = _one_step("bk", 0.0)
+    diff = private - clean
+    expected = 0.1 * sigma * plan.clip_norm / (plan.sample_rate * 2000)
+    assert diff.abs().max() > 0
+    assert abs(diff.std().item() / expected - 1) < 0.05
+    assert abs(diff.mean().item()) < 4 * expected / math.sqrt(diff.numel())
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_bookkeeping_clipping_equals_opacus(mode):
+    """Without noise our book-keeping clipping gives Opacus's clipped update exactly."""
+    bk, _ = _one_step("bk", 0.0)
+    op, _ = _one_step(mode, 0.0)
+    assert torch.allclose(bk, op, atol=1e-5), (bk - op).abs().max()
+
+
+def test_dp_normalisation_is_noised_but_close():
+    x, y = _data(n=20000)
+    gen = torch.Generator().manual_seed(0)
+    a = normalize.dp_sums(x, y, bound=10.0, noise_multiplier=5.0, generator=gen)
+    b = normalize.dp_sums(x, y, bound=10.0, noise_multiplier=5.0, generator=gen)
+    assert a.count != 20000 and a.count != b.count  # never exact
+    stats = normalize.combine([a], 8)
+    exact = normalize.exact_stats(x, y)
+    assert abs(stats.state_mean - exact.state_mean).max() < 0.05
+    assert abs(stats.state_std / exact.state_std - 1).max() < 0.3

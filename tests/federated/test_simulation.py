@@ -1,0 +1,101 @@
+"""The apps in the one-process engine, on real Unitree G1 episodes split over 3 sites."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dataspace.errors import RefusedError
+from dataspace.federated import data as fdata
+from dataspace.federated.client_app import app as client_app
+from dataspace.federated.run import LocalGrid, run_simulation
+from dataspace.federated.server_app import RunError
+
+pytestmark = pytest.mark.slow
+
+
+def _ledger(site):
+    with site.db(read_only=True) as con:
+        return con.execute(
+            "SELECT run_id, round_no, epsilon FROM ledger ORDER BY run_id, round_no"
+        ).fetchall()
+
+
+def test_same_seed_same_model_and_budget_charged(federation, tmp_path):
+    a, b = federation(epsilon=4.0, rounds=2), federation(epsilon=4.0, rounds=2)
+    ha = run_simulation(a.contract_ids, a.sites, "bc-mlp", 2, tmp_path / "ra", seed=5)
+    hb = run_simulation(b.contract_ids, b.sites, "bc-mlp", 2, tmp_path / "rb", seed=5)
+    assert ha["status"] == hb["status"] == "finished"
+    with np.load(tmp_path / "ra" / "final.npz") as za, np.load(tmp_path / "rb" / "final.npz") as zb:
+        assert za.files == zb.files
+        for k in za.files:
+            assert np.array_equal(za[k], zb[k]), k
+    # every site charged both rounds, summing to the accountant's epsilon <= contract
+    for site, dsid in zip(a.sites, a.dataset_ids, strict=True):
+        rows = _ledger(site)
+        assert [r[1] for r in rows] == [1, 2]
+        assert sum(r[2] for r in rows) == pytest.approx(ha["rounds"][-1]["epsilon"][dsid])
+        assert sum(r[2] for r in rows) <= 4.0
+    # per-site updates kept per round for contribution estimates
+    assert len(list((tmp_path / "ra" / "rounds" / "002" / "updates").glob("*.npz"))) == 3
+    # the loss went down on held-out episodes of every site
+    assert ha["rounds"][-1]["train_loss"] < 1.0
+
+
+def test_budget_exhausted_refused_before_any_data_is_read(federation, tmp_path, monkeypatch):
+    fed = federation(epsilon=4.0, rounds=2)
+    run_simulation(fed.contract_ids, fed.sites, "bc-mlp", 2, tmp_path / "r1", seed=1)
+    reads = []
+    monkeypatch.setattr(fdata, "load_frames", lambda *a, **k: reads.append(a) or 1 / 0)
+    monkeypatch.setattr(
+        "dataspace.federated.client_app._FRAMES", {}
+    )  # a warm cache must not hide a read
+    with pytest.raises(RunError, match=r"BudgetExceededError|ContractError"):
+        run_simulation(fed.contract_ids, fed.sites, "bc-mlp", 2, tmp_path / "r2", seed=1)
+    assert reads == []
+    hist = json.loads((tmp_path / "r2" / "history.json").read_text())
+    assert hist["status"] == "stopped"
+
+
+def test_wrong_template_refused(federation, tmp_path):
+    fed = federation(epsilon=2.0, rounds=1)
+    with pytest.raises(RunError, match="template"):
+        run_simulation(fed.contract_ids, fed.sites, "bc-chunk", 1, tmp_path / "r", seed=1)
+    assert all(_ledger(s) == [] for s in fed.sites)
+
+
+def test_dead_site_does_not_hang_and_run_resumes(federation, tmp_path):
+    fed = federation(epsilon=4.0, rounds=3)
+    grid = LocalGrid(client_app, [s.root for s in fed.sites])
+    out = tmp_path / "r"
+
+    # site 3 dies after round 1: with min-nodes 3 the run stops with a clear message
+    def stop_after_first(record):
+        grid.dead.add(3)
+
+    with pytest.raises(RunError, match="1 of|2 of|sites replied|only"):
+        run_simulation(
+            fed.contract_ids, fed.sites, "bc-mlp", 3, out, seed=2, run_id="r-1",
+            grid=grid, on_round=stop_after_first,
+        )  # fmt: skip
+    assert json.loads((out / "history.json").read_text())["status"] == "stopped"
+    # resume with min-nodes 2: rounds 2..3 run on the two live sites
+    h = run_simulation(
+        fed.contract_ids, fed.sites, "bc-mlp", 3, out, seed=2, run_id="r-1", grid=grid,
+        min_nodes=2,
+    )  # fmt: skip
+    assert h["status"] == "finished" and h["resumed_from"] == 1
+    assert [r["round"] for r in h["rounds"]] == [1, 2, 3]
+    assert len(h["rounds"][1]["sites"]) == 2
+    assert [r[1] for r in _ledger(fed.sites[2])] == [1]  # the dead site paid only round 1
+    assert [r[1] for r in _ledger(fed.sites[0])] == [1, 2, 3]
+
+
+def test_guard_refuses_unknown_contract(federation):
+    from dataspace.federated.guard import authorize_round
+
+    fed = federation(epsilon=2.0, rounds=1)
+    with pytest.raises((RefusedError, Exception)):
+        authorize_round(fed.sites[0], "no-such-contract", "run", 1, 0.1)

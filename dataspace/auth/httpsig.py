@@ -37,6 +37,7 @@ done strictly for exactly the forms this profile produces.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import secrets
@@ -249,6 +250,11 @@ def _header(headers: Mapping[str, str], name: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
 def verify_request(
     method: str,
     path: str,
@@ -309,7 +315,7 @@ def verify_request(
             f"({len(body)} bytes, {expected})"
         )
     try:
-        Ed25519PublicKey.from_public_bytes(raw_key).verify(
+        _public_key(raw_key).verify(
             sig,
             signature_base(
                 method, path, query, digest.strip(), signature_params(created, nonce, key_id)

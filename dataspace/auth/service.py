@@ -238,7 +238,7 @@ async def _send_error(scope: Scope, receive: Receive, send: Send, e: DataspaceEr
     await error_response(e.http_status, error_code(e), str(e))(scope, receive, send)
 
 
-def caller_of(request: Request) -> Caller:
+async def caller_of(request: Request) -> Caller:
     caller = getattr(request.state, "caller", None)
     if caller is None:  # a route outside the middleware's reach: refuse, never guess
         raise SignatureError("this route needs a signed request")
@@ -252,7 +252,7 @@ def require(*roles: str) -> Callable[[Request], Awaitable[Caller]]:
             raise ValueError(f"unknown role {r!r}")
 
     async def dependency(request: Request) -> Caller:
-        caller = caller_of(request)
+        caller = await caller_of(request)
         if caller.role not in roles:
             raise RoleError(
                 f"role {caller.role!r} (key {caller.key_id}) may not call "

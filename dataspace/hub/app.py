@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse
-from starlette.types import Scope
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dataspace.audit.events import make_event
 from dataspace.audit.log import TransparencyLog
@@ -71,6 +71,8 @@ log = logging.getLogger("dataspace.hub")
 
 DEFAULT_NAME = "dataspace-hub"
 KEY = "hub.key"
+#: catalog pages kept encoded (cleared when full or when the catalog changes)
+PAGE_CACHE = 4096
 
 
 AnyCaller = Annotated[Caller, Depends(caller_of)]
@@ -117,6 +119,33 @@ class HubLog:
         entry = make_event(kind, self.key, self.origin, **fields)
         with self._lock:
             return self.log.append(entry)
+
+
+class CatalogCache:
+    """ASGI middleware, inside the signature check: repeated catalog queries from the cache.
+
+    A catalog page is the same for every caller and changes only when an entry
+    is published or withdrawn (``HubStore.generation``), so the route stores the
+    encoded page of each valid query under (generation, raw query string), and
+    this answers the next identical query without routing, validation or
+    encoding. Queries that fail validation are never cached.
+    """
+
+    def __init__(self, app: ASGIApp, *, store: HubStore, cache: dict) -> None:
+        self.app, self.store, self.cache = app, store, cache
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == "/v1/catalog":
+            body = self.cache.get((self.store.generation, scope.get("query_string", b"")))
+            if body is not None:
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(
@@ -166,6 +195,9 @@ def create_app(
     app.state.store = store
     app.state.log = hub_log
     app.state.key_id = key_id
+    page_cache: dict[tuple[int, bytes], bytes] = {}
+    # inner (runs after the signature check): answers repeated catalog queries
+    app.add_middleware(CatalogCache, store=store, cache=page_cache)
     app.add_middleware(
         SignedRequests,
         nonces=FileNonceStore(data_dir / "nonces"),
@@ -182,11 +214,11 @@ def create_app(
         return m.Health(service="hub", name=name)
 
     @app.get("/v1/hub", response_model=m.HubInfo, summary="The hub's identity and log")
-    def hub_info(caller: AnyCaller) -> m.HubInfo:
+    async def hub_info(caller: AnyCaller) -> m.HubInfo:
         return m.HubInfo(name=name, public_key=key_id, vkey=_vkey(hub_log), log_size=_size(hub_log))
 
     @app.get("/v1/whoami", response_model=m.WhoAmI, summary="The caller as the hub sees it")
-    def whoami(caller: AnyCaller) -> m.WhoAmI:
+    async def whoami(caller: AnyCaller) -> m.WhoAmI:
         return m.WhoAmI(
             key_id=caller.key_id, name=caller.name, role=caller.role, known=caller.known
         )
@@ -243,8 +275,9 @@ def create_app(
         return m.Ack(log_index=idx)
 
     @app.get("/v1/catalog", response_model=m.CatalogPage, summary="Search the catalog")
-    def catalog(
+    async def catalog(
         caller: AnyCaller,
+        request: Request,
         q: Annotated[
             str | None, Query(max_length=200, description="text in id, title, tasks")
         ] = None,
@@ -255,9 +288,15 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     ) -> JSONResponse:
+        # A valid query's page goes to the cache that CatalogCache answers from.
+        generation = store.generation
         hits = search(list(store.catalog.values()), q, robot_type, task, fps, min_quality)
-        # returned as prepared JSON: entries are validated when published
-        return JSONResponse({"total": len(hits), "entries": hits[offset : offset + limit]})
+        page = {"total": len(hits), "entries": hits[offset : offset + limit]}
+        body = json.dumps(page, separators=(",", ":")).encode()
+        if len(page_cache) >= PAGE_CACHE:
+            page_cache.clear()
+        page_cache[(generation, request.scope.get("query_string", b""))] = body
+        return Response(body, media_type="application/json")
 
     # --- contracts ---------------------------------------------------------------
     @app.post("/v1/contracts", response_model=m.Ack, summary="Register an agreed contract")
@@ -285,7 +324,7 @@ def create_app(
         return m.Ack(log_index=idx)
 
     @app.get("/v1/contracts", response_model=m.ContractList, summary="Contracts the caller may see")
-    def contracts(
+    async def contracts(
         caller: AnyCaller,
         dataset_id: Annotated[str | None, Query(max_length=200)] = None,
         state: Annotated[str | None, Query(max_length=40)] = None,
@@ -305,7 +344,7 @@ def create_app(
         response_model=m.RegisteredContract,
         summary="One contract (404 unless it is the caller's to see)",
     )
-    def contract(contract_id: str, caller: AnyCaller) -> JSONResponse:
+    async def contract(contract_id: str, caller: AnyCaller) -> JSONResponse:
         c = store.contracts.get(contract_id)
         if c is None or not _may_see_contract(caller, c):
             raise NotFoundError(f"contract {contract_id!r} does not exist")
@@ -352,13 +391,13 @@ def create_app(
         return m.Ack(log_index=idx)
 
     @app.get("/v1/runs", response_model=m.RunList, summary="Runs the caller may see")
-    def runs(caller: AnyCaller) -> JSONResponse:
+    async def runs(caller: AnyCaller) -> JSONResponse:
         visible = [r for r in store.runs.values() if _may_see_run(caller, r, store)]
         visible.sort(key=lambda r: (r["created_at"], r["run_id"]))
         return JSONResponse({"runs": visible})
 
     @app.get("/v1/runs/{run_id}", response_model=m.Run, summary="One run with its rounds")
-    def run(run_id: str, caller: AnyCaller) -> JSONResponse:
+    async def run(run_id: str, caller: AnyCaller) -> JSONResponse:
         r = store.runs.get(run_id)
         if r is None or not _may_see_run(caller, r, store):
             raise NotFoundError(f"run {run_id!r} does not exist")

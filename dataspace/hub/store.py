@@ -66,6 +66,8 @@ class HubStore:
     def __init__(self, data_dir: Path) -> None:
         self.path = Path(data_dir) / DB
         self._lock = threading.Lock()
+        #: bumped on every catalog change (keys the hub's page cache)
+        self.generation = 0
         with self.db() as con:
             ensure_tables(con)
             self.participants: dict[str, dict[str, str]] = {
@@ -121,6 +123,7 @@ class HubStore:
                 [holder, entry["dataset_id"], json.dumps(entry), datetime.now(UTC)],
             )
             self.catalog[(holder, entry["dataset_id"])] = entry
+            self.generation += 1
 
     def unpublish(self, holder: str, dataset_id: str) -> None:
         with self._lock:
@@ -131,6 +134,7 @@ class HubStore:
                     "DELETE FROM catalog WHERE holder = ? AND dataset_id = ?", [holder, dataset_id]
                 )
             del self.catalog[(holder, dataset_id)]
+            self.generation += 1
 
     # --- contracts ----------------------------------------------------------
     def add_contract(self, record: dict[str, Any]) -> bool:

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from dataspace.errors import NotFoundError, RefusedError
 from dataspace.policy import events, store
 from dataspace.policy.evaluate import Decision, Request, evaluate
-from dataspace.policy.identity import Identity, public_bytes
+from dataspace.policy.identity import Identity, KeyError_, public_bytes
 from dataspace.policy.odrl import UsagePolicy, format_datetime, parse_policy
 
 if TYPE_CHECKING:
@@ -85,6 +85,45 @@ class OfferRequest:
     template: str | None = None
     action: str = "train"
     delta: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The request as sent to a connector service."""
+        return {
+            "dataset_id": self.dataset_id,
+            "purpose": self.purpose,
+            "epsilon": self.epsilon,
+            "rounds": self.rounds,
+            "until": format_datetime(self.until),
+            "consumer": self.consumer.to_json(),
+            "template": self.template,
+            "action": self.action,
+            "delta": self.delta,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> OfferRequest:
+        """Parse a request body; :class:`ContractError` names the field at fault."""
+        if not isinstance(obj, dict):
+            raise ContractError("offer request: expected a JSON object")
+        want = {"dataset_id", "purpose", "epsilon", "rounds", "until", "consumer"}
+        allowed = want | {"template", "action", "delta"}
+        missing, extra = sorted(want - set(obj)), sorted(set(obj) - allowed)
+        if missing or extra:
+            raise ContractError(f"offer request: missing fields {missing}, unknown fields {extra}")
+        try:
+            return cls(
+                dataset_id=_str(obj["dataset_id"]),
+                purpose=_str(obj["purpose"]),
+                epsilon=_num(obj["epsilon"]),
+                rounds=_int(obj["rounds"]),
+                until=_time(obj["until"]),
+                consumer=Identity.from_json(obj["consumer"]),
+                template=None if obj.get("template") is None else _str(obj["template"]),
+                action=_str(obj.get("action", "train")),
+                delta=None if obj.get("delta") is None else _num(obj["delta"]),
+            )
+        except (TypeError, ValueError, KeyError_) as e:
+            raise ContractError(f"offer request: {e}") from e
 
     def fields(self) -> dict[str, Any]:
         """The request as log fields (for access.refused)."""

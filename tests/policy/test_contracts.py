@@ -285,3 +285,14 @@ def test_reservations_never_exceed_the_budget(world: World) -> None:
         live = [c for c in list_contracts(world.site, now=now) if c.state == "agreed"]
         assert sum(c.epsilon for c in live) <= 6.0 + 1e-9
     assert len(agreed) >= 3  # the walk did exercise agreements
+
+
+def test_offer_request_json_round_trip(world: World) -> None:
+    r = req(world, delta=1e-6)
+    assert OfferRequest.from_json(json.loads(json.dumps(r.to_json()))) == r
+    with pytest.raises(ContractError, match=r"missing fields \['epsilon'\]"):
+        OfferRequest.from_json({k: v for k, v in r.to_json().items() if k != "epsilon"})
+    with pytest.raises(ContractError, match=r"offer request: .*no time zone"):
+        OfferRequest.from_json({**r.to_json(), "until": "2027-01-01T00:00:00"})
+    with pytest.raises(ContractError, match="unknown role"):
+        OfferRequest.from_json({**r.to_json(), "consumer": {**world.alice.to_json(), "role": "x"}})

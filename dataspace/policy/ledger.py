@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from dataspace.errors import NotFoundError, RefusedError
+from dataspace.errors import DataspaceError, NotFoundError, RefusedError
 from dataspace.policy import events, store
 from dataspace.policy.contracts import ContractError, _from_row, _row, _terms_request
 from dataspace.policy.evaluate import evaluate
@@ -229,6 +229,9 @@ def record_round_finished(
     larger (the budget report is never optimistic).
     """
     now = (now or datetime.now(UTC)).astimezone(UTC)
+    taken = {"run_id", "round", "epsilon", "model_sha256", "dataset_id", "fingerprint", "purpose"}
+    if clash := sorted(taken.intersection(metrics)):
+        raise DataspaceError(f"round.finished metrics may not be named {clash} (event fields)")
     with store.LOCK, site.db() as con:
         store.ensure_tables(con)
         contract = _contract(con, contract_id)

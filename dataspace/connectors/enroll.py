@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +25,11 @@ import pyarrow as pa
 from dataspace.connectors import store
 from dataspace.connectors.catalog import catalog_entry
 from dataspace.connectors.detect import open_reader
-from dataspace.connectors.reader import DimensionError, EnrollError, FpsError
+from dataspace.connectors.reader import DimensionError, EnrollError, FpsError, Reader
 from dataspace.connectors.site import Site
 from dataspace.connectors.validate import Validator
 from dataspace.errors import NotFoundError
-from dataspace.schema import dataset_id_for, episode_hash, fingerprint
+from dataspace.schema import DatasetInfo, Episode, dataset_id_for, episode_hash, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,50 @@ def enroll(
     if not path.exists():
         raise NotFoundError(f"{path}: no such file or folder")
     reader = open_reader(path, format, **reader_options)
+    return enroll_reader(site, reader, str(path.resolve()), name=name, progress=progress)
+
+
+@dataclass
+class _Episodes:
+    """A reader over episodes already in canonical form."""
+
+    format: str
+    info: DatasetInfo
+    items: Iterable[Episode]
+
+    def episodes(self) -> Iterator[Episode]:
+        yield from self.items
+
+
+def enroll_episodes(
+    site: Site,
+    episodes: Iterable[Episode],
+    info: DatasetInfo,
+    *,
+    name: str | None = None,
+    source: str = "",
+    progress: Progress | None = None,
+) -> EnrollResult:
+    """Enroll episodes that are already canonical (shards of a dataset, generated data)
+    through the same validation, staging, atomic commit and log entry as :func:`enroll`.
+
+    ``info`` gives the metadata (name, fps, robot type, names, tasks, licence);
+    ``info.source_format`` becomes the dataset's ``format``.
+    """
+    reader = _Episodes(info.source_format, info, episodes)
+    return enroll_reader(site, reader, source, name=name, progress=progress)
+
+
+def enroll_reader(
+    site: Site,
+    reader: Reader,
+    source: str,
+    *,
+    name: str | None = None,
+    progress: Progress | None = None,
+) -> EnrollResult:
+    """The enrollment pipeline over any :class:`Reader` (module docstring)."""
+    path = source or reader.info.name
     info = reader.info
     store.sweep(site)
 
@@ -145,7 +189,7 @@ def enroll(
             "action_names": _names(info.action_names, a_dim),
             "tasks": info.tasks,
             "license": info.license,
-            "source_path": str(path.resolve()),
+            "source_path": source,
             "catalog": catalog,
             "attachments": info.attachments,
         }
@@ -179,7 +223,7 @@ def enroll(
 
 
 def _check_declared(
-    path: Path, episodes: int | None, frames: int | None, got_episodes: int, got_frames: int
+    path: str, episodes: int | None, frames: int | None, got_episodes: int, got_frames: int
 ) -> None:
     if episodes is not None and episodes != got_episodes:
         raise DimensionError(f"declares {episodes} episodes, the data has {got_episodes}", path)
@@ -219,4 +263,4 @@ def _log_enrolled(site: Site, record: store.DatasetRecord) -> None:
     )
 
 
-__all__ = ["EnrollError", "EnrollResult", "enroll"]
+__all__ = ["EnrollError", "EnrollResult", "enroll", "enroll_episodes", "enroll_reader"]

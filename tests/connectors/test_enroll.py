@@ -158,3 +158,30 @@ def test_ambiguous_columns_list_candidates(site: Site, tmp_path: Path) -> None:
     assert "info.json" in str(e.value) and "--state-column" in str(e.value)
     r = enroll(site, root, state_column="state")
     assert r.episodes == 50
+
+
+def test_enroll_episodes_in_canonical_form(site: Site) -> None:
+    from dataspace.connectors.enroll import enroll_episodes
+    from dataspace.connectors.reader import NonFiniteError
+    from dataspace.schema import DatasetInfo, Episode, episode_hash, timestamps_to_us
+
+    rng = np.random.default_rng(1)
+
+    def ep(n: int) -> Episode:
+        return Episode(
+            timestamps_us=timestamps_to_us(np.arange(n) / 10.0),
+            state=rng.normal(size=(n, 4)).astype(np.float32),
+            action=rng.normal(size=(n, 2)).astype(np.float32),
+        )
+
+    eps = [ep(20), ep(35)]
+    info = DatasetInfo(name="shard", source_format="shard", fps=10.0, robot_type="arm")
+    r = enroll_episodes(site, eps, info, source="unit test")
+    assert r.fingerprint == fingerprint([episode_hash(e) for e in eps]).hex()
+    assert (r.format, r.episodes, r.frames, r.fps) == ("shard", 2, 55, 10.0)
+    bad = ep(5)
+    bad.state[2, 1] = np.nan
+    before = snapshot(site)
+    with pytest.raises(NonFiniteError, match="episode 1"):
+        enroll_episodes(site, [ep(5), bad], info)
+    assert snapshot(site) == before

@@ -1,17 +1,162 @@
-"""``dataspace demo``: the one-command tour (issue: product). Not yet built."""
+"""``dataspace demo``: the whole data space on one machine, on real robot data (issue 7).
+
+    dataspace demo [--workdir DIR] [--sites 3] [--rounds N] [--epsilon E] [--simulate]
+                   [--services] [--hub URL] [--port N] [--json]
+
+The work is :func:`dataspace.demo.run_demo`; this module shows its progress on
+stderr, then a summary table and the path of the HTML report (or, with
+``--json``, one JSON object on stdout).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+err = Console(stderr=True)
+
+
+def _f(v: float | None, digits: int) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def summary_table(result) -> Table:
+    t = Table(title=f"dataspace demo — run {result.run_id} ({result.engine})")
+    for col in ("site", "episodes", "quality", "ε run", "ε spent", "ε left", "held-out (DP)"):
+        t.add_column(col, justify="left" if col == "site" else "right")
+    t.add_column("contribution (share)", justify="right")
+    t.add_column("log", justify="left")
+    for s in result.sites:
+        t.add_row(
+            f"{s.site} [dim]ep {s.episode_range}[/dim]",
+            f"{s.episodes} [dim]({s.frames} fr)[/dim]",
+            _f(s.quality, 0),
+            _f(s.epsilon_run, 2),
+            _f(s.epsilon_spent, 2),
+            f"{_f(s.epsilon_left, 2)} / {_f(s.epsilon_budget, 0)}",
+            _f(s.heldout_mse, 4),
+            f"{_f(s.contribution, 4)} ({_f((s.share or 0) * 100, 0)}%)",
+            f"[green]verified[/green] ({s.log_size})"
+            if s.log_verified
+            else f"[red]FAILED[/red] {s.log_problem}",
+        )
+    return t
 
 
 @click.command(name="demo")
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path("demo-work"))
-@click.option("--sites", type=int, default=3, show_default=True)
-@click.option("--rounds", type=int, default=3, show_default=True)
-@click.option("--epsilon", type=float, default=8.0, show_default=True)
-def command(workdir: Path, sites: int, rounds: int, epsilon: float) -> None:
-    """Run the whole data space on bundled real robot data (not yet)."""
-    click.echo("dataspace demo: not yet (the demo lands with the product issue)")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("demo-work"),
+    show_default=True,
+    help="Where the hub, the sites, the runs and the report go (reused when rerun).",
+)
+@click.option("--sites", type=int, default=3, show_default=True, help="Number of holder sites.")
+@click.option("--rounds", type=int, default=3, show_default=True, help="Federated rounds.")
+@click.option(
+    "--epsilon", type=float, default=8.0, show_default=True, help="Epsilon of each contract."
+)
+@click.option(
+    "--simulate",
+    is_flag=True,
+    help="Train in one process (Flower simulation) instead of on the deployment engine.",
+)
+@click.option(
+    "--services",
+    is_flag=True,
+    help="Also run the hub and the connectors as services on 127.0.0.1 (contracts over HTTP).",
+)
+@click.option("--hub", "hub_url", default=None, help="Use this running hub instead of a new one.")
+@click.option("--port", type=int, default=0, help="Port of the demo's hub (default: a free one).")
+@click.option(
+    "--episodes-per-site", type=click.IntRange(1), default=None, help="Cap each site's episodes."
+)
+@click.option(
+    "--data",
+    "source",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="LeRobot v2.1 recording to split (default: ../shared/data, else the bundled sample).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def command(
+    workdir: Path,
+    sites: int,
+    rounds: int,
+    epsilon: float,
+    simulate: bool,
+    services: bool,
+    hub_url: str | None,
+    port: int,
+    episodes_per_site: int | None,
+    source: Path | None,
+    as_json: bool,
+) -> None:
+    """Run the whole data space on bundled real robot data, end to end.
+
+    Creates a hub and SITES connector sites from a real robot recording, enrolls
+    and quality-checks their datasets, publishes usage policies, agrees contracts,
+    trains a DP federated policy, verifies every audit log as an auditor would,
+    and writes WORKDIR/report.html.
+    """
+    from dataspace.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(
+        workdir=workdir,
+        sites=sites,
+        rounds=rounds,
+        epsilon=epsilon,
+        simulate=simulate,
+        services=services,
+        hub_url=hub_url,
+        port=port,
+        episodes_per_site=episodes_per_site,
+        source=source,
+    )
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("starting", total=None)
+
+        def step(msg: str) -> None:
+            progress.update(task, description=msg)
+            if not err.is_terminal:
+                err.print(f"· {msg}", highlight=False, markup=False)
+
+        result = run_demo(opts, step)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), sort_keys=True))
+    else:
+        out = Console() if Console().is_terminal else Console(width=140)
+        out.print(summary_table(result))
+        if result.engine_note:
+            out.print(f"[yellow]note:[/yellow] {result.engine_note}")
+        out.print(
+            f"global model: held-out MSE {_f(result.heldout_mse, 4)}; consumer's validation "
+            f"MSE {_f(result.validation_mse['initial'], 4)} -> "
+            f"{_f(result.validation_mse['final'], 4)}; sha256 {result.model_sha256}",
+            highlight=False,
+        )
+        out.print(
+            "data: one real recording (Unitree G1) split by episode ranges, i.e. recording "
+            f"sessions, over {len(result.sites)} sites (one embodiment for one model): "
+            f"{result.source}" + (" (bundled sample)" if result.bundled_sample else ""),
+            highlight=False,
+        )
+        out.print(
+            f"audit: {sum(a['ok'] for a in result.audit)}/{len(result.audit)} logs verified "
+            f"with public keys only; took {result.seconds} s",
+            highlight=False,
+        )
+        out.print(f"report: {result.report_html}", highlight=False)
+    if not result.verified:
+        raise SystemExit(1)

@@ -1,0 +1,461 @@
+"""``dataspace demo``: the whole data space on one machine, on real robot data.
+
+One call of :func:`run_demo` plays every part, in order, through the other
+areas' public functions, never around them:
+
+1. data: one real recording split into ``sites`` episode ranges (different
+   recording sessions, :mod:`.sources`), plus a few episodes the consumer keeps
+   as its own validation set;
+2. holders: a connector site each (``Site.init``), enrollment of its range
+   with the connector's LeRobot reader, the quality suite (signed report in
+   the site's log), an ODRL usage policy with a lifetime privacy budget;
+3. consumer: a contract per dataset (offer, holder's signature, countersign,
+   epsilon reserved from the budget), through the connector services when
+   they run (:mod:`.services`), on the site folders otherwise;
+4. training: Flower ServerApp + the connectors' ClientApps with DP-SGD, in
+   simulation or on the deployment engine when it is available;
+5. value: held-out loss on the consumer's validation episodes and GTG-Shapley
+   contributions (:mod:`.value`);
+6. auditor: every log verified with only public keys
+   (``dataspace.audit.verify.audit``, the code of ``dataspace audit verify``);
+7. report: ``WORKDIR/summary.json`` and ``WORKDIR/report.html`` (:mod:`.report`).
+
+Rerunning in the same workdir reuses the sites, their datasets, quality
+reports and policies, and makes a new contract and a new run: each run spends
+from each dataset's lifetime budget, which the holder's connector enforces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from dataspace.connectors.site import Site
+from dataspace.demo.sources import Source, episode_ranges, export_range, find_source
+from dataspace.errors import DataspaceError, NotFoundError, RefusedError
+
+PURPOSE = "robot-policy-training"
+TEMPLATE = "bc-mlp"
+#: site names: one holder per recording session
+ORGS = ("Plant North", "Plant East", "Plant South", "Plant West", "Plant Centre", "Lab 6")
+
+Step = Callable[[str], None]
+
+
+class DemoError(DataspaceError):
+    """The demo cannot go on (bad options, a site it was told to use is missing)."""
+
+    exit_code = 2
+
+
+@dataclass
+class DemoOptions:
+    workdir: Path
+    sites: int = 3
+    rounds: int = 3
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    simulate: bool = True
+    #: lifetime budget of each dataset, in runs of ``epsilon``
+    budget_runs: int = 10
+    episodes_per_site: int | None = None
+    validation_episodes: int = 4
+    source: Path | None = None
+    seed: int = 0
+    services: bool = False
+    hub_url: str | None = None
+    port: int = 0
+    lr: float = 0.5
+
+
+@dataclass
+class SiteSummary:
+    site: str
+    org: str
+    dataset_id: str
+    name: str
+    episodes: int
+    frames: int
+    episode_range: str
+    fingerprint: str
+    quality: float | None
+    contract_id: str
+    epsilon_budget: float
+    epsilon_spent: float
+    epsilon_left: float
+    epsilon_run: float
+    heldout_mse: float | None
+    contribution: float | None
+    share: float | None
+    log_size: int = 0
+    log_verified: bool = False
+    log_problem: str | None = None
+
+
+@dataclass
+class DemoResult:
+    workdir: str
+    run_id: str
+    engine: str
+    engine_note: str | None
+    source: str
+    bundled_sample: bool
+    rounds: list[dict[str, Any]]
+    sites: list[SiteSummary]
+    heldout_mse: float | None
+    validation_mse: dict[str, float]
+    model_sha256: str | None
+    audit: list[dict[str, Any]]
+    report_html: str
+    seconds: float
+    hub_url: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verified(self) -> bool:
+        return all(a["ok"] for a in self.audit)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["verified"] = self.verified
+        return d
+
+
+# -- 1. data ----------------------------------------------------------------------------
+
+
+def prepare_sources(opts: DemoOptions, source: Source, step: Step) -> tuple[list[Path], Path]:
+    """Export each site's episode range and the consumer's validation range."""
+    n_val = min(opts.validation_episodes, max(1, source.episodes // 10))
+    usable = source.episodes - n_val
+    if usable < opts.sites:
+        raise DemoError(
+            f"{source.path} has {source.episodes} episodes: too few for {opts.sites} sites"
+        )
+    ranges = episode_ranges(usable, opts.sites, opts.episodes_per_site)
+    out = opts.workdir / "sources"
+    paths = []
+    for i, r in enumerate(ranges):
+        step(f"exporting episodes {r.start}-{r.stop - 1} for site {i}")
+        dst = out / f"site-{i}-episodes-{r.start:03d}-{r.stop - 1:03d}"
+        paths.append(export_range(source.path, dst, r))
+    val = range(source.episodes - n_val, source.episodes)
+    vdir = export_range(source.path, opts.workdir / "consumer" / "validation", val)
+    return paths, vdir
+
+
+# -- 2. holders ---------------------------------------------------------------------------
+
+
+def open_or_init_site(root: Path, org: str) -> Site:
+    if (root / "site.toml").exists():
+        return Site.open(root)
+    return Site.init(root, org, name=org.lower().replace(" ", "-"))
+
+
+def enroll_site(site: Site, path: Path, step: Step) -> dict[str, Any]:
+    """Enroll (idempotent on content) and quality-check once; the dataset's row."""
+    from dataspace.connectors.enroll import enroll
+
+    step(f"{site.name}: enrolling {path.name}")
+    res = enroll(site, path, name=f"G1 pick-bottle, {path.name.split('-episodes-')[-1]}")
+    score = _quality_score(site, res.dataset_id)
+    if score is None:
+        from dataspace.quality.check import run_checks
+
+        step(f"{site.name}: quality suite on {res.episodes} episodes")
+        score = run_checks(site, res.dataset_id).score
+    return {**res.to_json(), "quality": score}
+
+
+def _quality_score(site: Site, dataset_id: str) -> float | None:
+    from dataspace.connectors.service import quality_score
+
+    return quality_score(site, dataset_id)
+
+
+def ensure_policy(site: Site, ds: dict[str, Any], opts: DemoOptions, consumer_b64: str) -> None:
+    """Publish the dataset's usage policy unless one is in force already."""
+    from dataspace.policy.odrl import build_policy
+    from dataspace.policy.policies import current_policy, publish_policy
+
+    try:
+        current_policy(site, ds["dataset_id"])
+        return
+    except NotFoundError:
+        pass
+    publish_policy(
+        site,
+        build_policy(
+            dataset_id=ds["dataset_id"],
+            fingerprint=ds["fingerprint"],
+            assigner=site.identity.key_b64,
+            epsilon=opts.epsilon * opts.budget_runs,
+            delta=opts.delta * opts.budget_runs,
+            purposes=[PURPOSE],
+            consumers=[consumer_b64],
+            until=datetime.now(UTC) + timedelta(days=365),
+            max_rounds=max(50, opts.rounds),
+            templates=[TEMPLATE, "bc-chunk"],
+        ),
+    )
+
+
+# -- 3. consumer --------------------------------------------------------------------------
+
+
+def consumer_identity(workdir: Path):
+    from dataspace.policy.identity import load_identity, load_private_key, new_identity
+
+    path = workdir / "consumer" / "consumer.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new_identity(path, name="robotco", role="consumer")
+    return load_identity(Path(str(path) + ".pub")), load_private_key(path), path
+
+
+def contract_locally(site: Site, dataset_id: str, opts: DemoOptions, consumer, key) -> str:
+    from dataspace.policy.contracts import OfferRequest, negotiate
+
+    c = negotiate(
+        site,
+        OfferRequest(
+            dataset_id=dataset_id,
+            purpose=PURPOSE,
+            epsilon=opts.epsilon,
+            rounds=opts.rounds,
+            until=datetime.now(UTC) + timedelta(days=30),
+            consumer=consumer,
+            template=TEMPLATE,
+            delta=opts.delta,
+        ),
+        key,
+    )
+    return c.contract_id
+
+
+# -- 4. training --------------------------------------------------------------------------
+
+
+def deployment_engine() -> Callable[..., dict[str, Any]] | None:
+    """The federated area's deployment-engine runner, when it exists."""
+    try:
+        from dataspace.federated import deploy  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return getattr(deploy, "run_deployment", None)
+
+
+def train(
+    opts: DemoOptions, contract_ids: list[str], sites: list[Site], out: Path, run_id: str,
+    step: Step,
+) -> tuple[dict[str, Any], str, str | None]:  # fmt: skip
+    from dataspace.federated.run import run_simulation
+
+    # Flower logs every aggregation at INFO; the demo shows rounds in its own progress
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+
+    def on_round(r: dict[str, Any]) -> None:
+        step(f"round {r['round']}/{opts.rounds}: held-out MSE {r['eval_mse']:.4f}")
+
+    note = None
+    if not opts.simulate:
+        runner = deployment_engine()
+        if runner is not None:
+            step("training on Flower's deployment engine (SuperLink + SuperNodes on 127.0.0.1)")
+            h = runner(
+                contract_ids, sites, TEMPLATE, opts.rounds, out, seed=opts.seed, run_id=run_id,
+                lr=opts.lr, on_round=on_round,
+            )  # fmt: skip
+            return h, "deployment", None
+        note = (
+            "Flower's deployment engine runner (dataspace.federated.deploy.run_deployment) "
+            "is not available in this build; trained in simulation instead (same ServerApp "
+            "and ClientApps, one process)"
+        )
+    step("training in simulation (Flower ServerApp + the connectors' ClientApps)")
+    h = run_simulation(
+        contract_ids, sites, TEMPLATE, opts.rounds, out, seed=opts.seed, run_id=run_id,
+        lr=opts.lr, on_round=on_round,
+    )  # fmt: skip
+    return h, "simulation", note
+
+
+# -- 6. auditor ---------------------------------------------------------------------------
+
+
+def trusted_keys_file(workdir: Path, sites: list[Site], extra: list[Path]) -> Path:
+    """The auditor's trusted keys: each log's vkey and every actor's public key."""
+    path = workdir / "auditor" / "trusted-keys"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["# written by dataspace demo: log keys (vkey) and actor keys (X.pub)"]
+    for s in sites:
+        lines += [str(s.vkey_path.resolve()), f"actor {(s.root / 'site.key.pub').resolve()}"]
+    for p in extra:
+        lines.append(f"actor {p.resolve()}" if p.suffix == ".pub" else str(p.resolve()))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def verify_log(source: str, trusted: Path) -> dict[str, Any]:
+    """What ``dataspace audit verify SOURCE --trusted-keys FILE`` checks, as a dict."""
+    from dataspace.audit.checkpoint import checkpoint_of_note
+    from dataspace.audit.source import open_source
+    from dataspace.audit.verify import audit, load_trusted_keys
+
+    src = open_source(source)
+    note = src.checkpoint()
+    size = checkpoint_of_note(note).size
+    rep = audit(src.iter_entries(0, size), note, load_trusted_keys(trusted), src.cosignatures())
+    return {
+        "source": source,
+        "origin": rep.origin,
+        "size": rep.size,
+        "root": rep.root,
+        "ok": rep.ok,
+        "rounds": len(rep.rounds),
+        "witnesses": rep.witnesses,
+        "kinds": rep.kinds,
+        "epsilon_by_dataset": rep.epsilon_by_dataset,
+        "first_violation": str(rep.first) if rep.first else None,
+    }
+
+
+# -- the whole demo -----------------------------------------------------------------------
+
+
+def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
+    """Run the demo (module docstring); raises DataspaceError subclasses on bad input."""
+    from dataspace.federated.report import write_report
+    from dataspace.federated.shards import read_lerobot_episodes
+    from dataspace.policy.ledger import budget_report
+
+    t0 = time.monotonic()
+    if opts.sites < 1 or opts.sites > len(ORGS):
+        raise DemoError(f"--sites must be between 1 and {len(ORGS)}, not {opts.sites}")
+    if opts.rounds < 1:
+        raise DemoError(f"--rounds must be at least 1, not {opts.rounds}")
+    if not opts.epsilon > 0:
+        raise DemoError(f"--epsilon must be positive, not {opts.epsilon}")
+    wd = opts.workdir = Path(opts.workdir).resolve()
+    wd.mkdir(parents=True, exist_ok=True)
+    source = find_source(opts.source)
+    step(f"data: {source.path} ({source.episodes} episodes)")
+    paths, vdir = prepare_sources(opts, source, step)
+
+    consumer, ckey, ckey_path = consumer_identity(wd)
+    sites: list[Site] = []
+    datasets: list[dict[str, Any]] = []
+    for i, p in enumerate(paths):
+        site = open_or_init_site(wd / "sites" / f"site-{i}", ORGS[i])
+        ds = enroll_site(site, p, step)
+        ds["range"] = p.name.split("-episodes-")[-1]
+        ensure_policy(site, ds, opts, consumer.key_b64)
+        sites.append(site)
+        datasets.append(ds)
+
+    services = None
+    if opts.services or opts.hub_url:
+        from dataspace.demo.services import Services
+
+        services = Services.start(wd, sites, opts, step)
+    try:
+        contract_ids = []
+        for site, ds in zip(sites, datasets, strict=True):
+            step(f"{site.name}: contract for {ds['dataset_id']} (epsilon {opts.epsilon})")
+            try:
+                if services is not None:
+                    cid = services.request_contract(site, ds["dataset_id"], ckey)
+                else:
+                    cid = contract_locally(site, ds["dataset_id"], opts, consumer, ckey)
+            except RefusedError as e:
+                raise RefusedError(
+                    f"{site.name} ({site.root}) refused the contract for {ds['dataset_id']}: {e}"
+                ) from e
+            contract_ids.append(cid)
+
+        run_id = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+        out = wd / "runs" / run_id
+        history, engine, note = train(opts, contract_ids, sites, out, run_id, step)
+        if services is not None:
+            services.register_run(run_id, contract_ids, history, ckey)
+    finally:
+        if services is not None:
+            services.stop()
+
+    step("value: held-out loss on the consumer's episodes, GTG-Shapley contributions")
+    val_eps, _ = read_lerobot_episodes(vdir)
+    from dataspace.demo.value import run_contributions
+
+    value = run_contributions(out, TEMPLATE, val_eps)
+    report = write_report(out)
+
+    step("auditor: verifying every log with public keys only")
+    extra = [Path(str(ckey_path) + ".pub")]
+    if services is not None:
+        extra += services.trusted_extra()
+    trusted = trusted_keys_file(wd, sites, extra)
+    audits = [verify_log(str(s.root), trusted) for s in sites]
+    if services is not None:
+        audits.append(services.verify_hub(trusted))
+
+    last = history["rounds"][-1] if history.get("rounds") else {}
+    per_ds_mse = last.get("eval_mse_per_dataset", {})
+    summaries = []
+    for site, ds, cid, a in zip(sites, datasets, contract_ids, audits, strict=False):
+        (b,) = budget_report(site, ds["dataset_id"])
+        summaries.append(
+            SiteSummary(
+                site=site.name,
+                org=site.org,
+                dataset_id=ds["dataset_id"],
+                name=ds["name"],
+                episodes=int(ds["episodes"]),
+                frames=int(ds["frames"]),
+                episode_range=ds["range"],
+                fingerprint=ds["fingerprint"],
+                quality=ds["quality"],
+                contract_id=cid,
+                epsilon_budget=b.budget,
+                epsilon_spent=b.spent,
+                epsilon_left=b.remaining,
+                epsilon_run=float(report["epsilon"].get(ds["dataset_id"], 0.0)),
+                heldout_mse=per_ds_mse.get(ds["dataset_id"]),
+                contribution=value["contribution"].get(ds["dataset_id"]),
+                share=value["split"].get(ds["dataset_id"]),
+                log_size=a["size"],
+                log_verified=a["ok"],
+                log_problem=a["first_violation"],
+            )
+        )
+    result = DemoResult(
+        workdir=str(wd),
+        run_id=run_id,
+        engine=engine,
+        engine_note=note,
+        source=str(source.path),
+        bundled_sample=source.bundled,
+        rounds=report["rounds"],
+        sites=summaries,
+        heldout_mse=report["heldout_mse"],
+        validation_mse=value["validation_mse"],
+        model_sha256=report["model"]["sha256"],
+        audit=audits,
+        report_html=str(wd / "report.html"),
+        seconds=0.0,
+        hub_url=services.hub_url if services is not None else None,
+    )
+    from dataspace.demo.report import write_html
+
+    result.seconds = round(time.monotonic() - t0, 1)
+    write_html(result, out, wd / "report.html")
+    (wd / "summary.json").write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    (out / "demo.json").write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    return result

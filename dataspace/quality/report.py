@@ -146,6 +146,8 @@ def full_report(
 def publishable_report(full: dict[str, Any]) -> dict[str, Any]:
     """Only counts, rates, scores and coarse labelled histograms (module docstring)."""
     value = json.loads(json.dumps(full["value"]))
+    # the noisy histogram is DP, but only the coverage share is needed off site
+    value.get("coverage", {}).pop("noisy_histogram", None)
     return {
         "report_version": REPORT_VERSION,
         "form": "publishable",

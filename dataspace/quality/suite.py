@@ -208,7 +208,7 @@ def live_joints(profile: Mapping[str, np.ndarray], cols: Sequence[str]) -> list[
 def length_bounds(n_frames: np.ndarray) -> tuple[float, float]:
     """Far-out fences on log length (spread at least 0.1, i.e. ~10 %); never below 2."""
     if n_frames.size == 0:
-        return 2.0, math.inf
+        return 2.0, float(2**62)
     lg = np.log(np.maximum(n_frames.astype(float), 1.0))
     q1, q3, s = _fence(lg, 0.1)
     return max(2.0, math.floor(math.exp(q1 - FENCE_K * s))), math.ceil(math.exp(q3 + FENCE_K * s))
@@ -258,7 +258,7 @@ def _quiet_ge() -> Iterator[None]:
 def _read_profile(path: Path) -> dict[str, np.ndarray]:
     con = duckdb.connect(str(path), read_only=True)
     try:
-        tbl = con.execute("SELECT * FROM episode_profile ORDER BY episode_index").to_arrow_table()
+        tbl = con.sql("SELECT * FROM episode_profile ORDER BY episode_index").to_arrow_table()
     finally:
         con.close()
     out = {}

@@ -1,0 +1,258 @@
+"""Known corruptions of canonical episodes, for tests and bench/quality_detect.py.
+
+Each function returns a corrupted copy of an :class:`Episode` (never changes
+its input). :func:`write_dataset` stores a list of episodes as a new dataset in
+a site (canonical Parquet + ``datasets``/``episodes`` rows), bypassing the
+enrollment validator on purpose: the point is to store data that is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from dataspace.connectors import store
+from dataspace.connectors.site import Site
+from dataspace.schema import Episode, dataset_id_for, episode_hash, fingerprint
+
+KINDS = (
+    "nan",
+    "time_reversal",
+    "dropped_frames",
+    "frozen_joint",
+    "action_jump",
+    "duplicate",
+    "near_duplicate",
+    "out_of_range",
+    "missing_task",
+)
+#: the check that should flag each kind
+CHECK_FOR = {
+    "nan": "nonfinite",
+    "time_reversal": "timestamps_increasing",
+    "dropped_frames": "frame_interval",
+    "frozen_joint": "frozen_joint",
+    "action_jump": "action_jump",
+    "duplicate": "duplicate",
+    "near_duplicate": "near_duplicate",
+    "out_of_range": "out_of_range",
+    "missing_task": "missing_task",
+}
+
+
+def read_episodes(site: Site, dataset_id: str) -> Iterator[Episode]:
+    """The canonical episodes of an enrolled dataset, one at a time."""
+    folder = store.frames_dir(site, dataset_id)
+    ds = pads.dataset(str(folder), format="parquet")
+    eps = sorted(set(ds.to_table(columns=["episode_index"])["episode_index"].to_pylist()))
+    for e in eps:
+        t = ds.to_table(filter=pads.field("episode_index") == e).sort_by("frame_index")
+        yield _episode(t)
+
+
+def _episode(t: pa.Table) -> Episode:
+    ts = t["timestamp"].to_numpy()
+    s = t["observation.state"].combine_chunks()
+    a = t["action"].combine_chunks()
+    n = t.num_rows
+    return Episode(
+        timestamps_us=np.rint((ts - ts[0]) * 1e6).astype(np.int64),
+        state=s.values.to_numpy().reshape(n, -1).copy(),
+        action=a.values.to_numpy().reshape(n, -1).copy(),
+        task_index=int(t["task_index"][0].as_py()),
+    )
+
+
+def _copy(ep: Episode, **kw: Any) -> Episode:
+    return dataclasses.replace(
+        ep,
+        **{
+            "timestamps_us": ep.timestamps_us.copy(),
+            "state": ep.state.copy(),
+            "action": ep.action.copy(),
+        }
+        | kw,
+    )
+
+
+def nan(ep: Episode, rng: np.random.Generator) -> Episode:
+    out = _copy(ep)
+    t = int(rng.integers(ep.frames))
+    out.state[t, int(rng.integers(ep.state.shape[1]))] = np.nan
+    return out
+
+
+def time_reversal(ep: Episode, rng: np.random.Generator) -> Episode:
+    """The clock resets to 0 at a random frame (a real LeRobot failure)."""
+    out = _copy(ep)
+    t = int(rng.integers(ep.frames // 4, 3 * ep.frames // 4))
+    out.timestamps_us[t:] -= out.timestamps_us[t]
+    return out
+
+
+def dropped_frames(ep: Episode, rng: np.random.Generator) -> Episode:
+    """1 to 3 consecutive frames vanish (timestamps keep their gap)."""
+    k = int(rng.integers(1, 4))
+    t = int(rng.integers(ep.frames // 4, 3 * ep.frames // 4))
+    keep = np.r_[0:t, t + k : ep.frames]
+    return _copy(
+        ep,
+        timestamps_us=ep.timestamps_us[keep],
+        state=ep.state[keep],
+        action=ep.action[keep],
+    )
+
+
+def frozen_joint(ep: Episode, rng: np.random.Generator, joints: Sequence[int]) -> Episode:
+    """A live state joint sticks at its value from 15 % of the episode to its end."""
+    out = _copy(ep)
+    j = int(rng.choice(list(joints)))
+    t = int(0.15 * ep.frames)
+    out.state[t:, j] = out.state[t, j]
+    return out
+
+
+def action_jump(ep: Episode, rng: np.random.Generator, joint: int, lo: float, hi: float) -> Episode:
+    """One frame's action on ``joint`` jumps to the far end of its usual range and back."""
+    out = _copy(ep)
+    t = int(rng.integers(1, ep.frames - 1))
+    v = float(out.action[t, joint])
+    out.action[t, joint] = lo if abs(v - lo) > abs(v - hi) else hi
+    return out
+
+
+def out_of_range(ep: Episode, rng: np.random.Generator, lo: float, hi: float, j: int) -> Episode:
+    """A short stretch of one state joint far beyond the data's range."""
+    out = _copy(ep)
+    t = int(rng.integers(0, ep.frames - 5))
+    out.state[t : t + 5, j] = hi + 4.0 * (hi - lo) + 1.0
+    return out
+
+
+def missing_task(ep: Episode, rng: np.random.Generator) -> Episode:
+    return _copy(ep, task_index=-1)
+
+
+def near_duplicate(ep: Episode, rng: np.random.Generator) -> Episode:
+    """A copy with tiny noise: a different hash, the same demonstration."""
+    out = _copy(ep)
+    scale = 1e-5 * (np.nanstd(ep.state, axis=0) + 1e-6)
+    out.state[:] = ep.state + rng.normal(0, 1, ep.state.shape).astype(np.float32) * scale
+    return out
+
+
+def write_dataset(
+    site: Site,
+    name: str,
+    episodes: Sequence[Episode],
+    *,
+    fps: float,
+    tasks: Sequence[str] = ("task",),
+    state_names: Sequence[str] | None = None,
+    action_names: Sequence[str] | None = None,
+    license: str | None = None,
+) -> str:
+    """Store ``episodes`` as a new dataset (no validation); returns its dataset_id."""
+    hashes = [episode_hash(ep) for ep in episodes]
+    fp = fingerprint(hashes).hex() if hashes else "00" * 32
+    dataset_id = dataset_id_for(bytes.fromhex(fp)) if hashes else f"ds-empty-{name}"
+    s_dim = episodes[0].state.shape[1] if episodes else 6
+    a_dim = episodes[0].action.shape[1] if episodes else 6
+    with store.staging(site) as st:
+        if episodes:
+            w = store.FrameWriter(st.directory, s_dim, a_dim)
+            for i, ep in enumerate(episodes):
+                w.add(i, ep)
+            w.close()
+        row = {
+            "dataset_id": dataset_id,
+            "name": name,
+            "fingerprint": fp,
+            "format": "synthetic",
+            "robot_type": "test",
+            "fps": fps,
+            "state_dim": s_dim,
+            "action_dim": a_dim,
+            "episodes": len(episodes),
+            "frames": sum(ep.frames for ep in episodes),
+            "state_names": list(state_names or [str(i) for i in range(s_dim)]),
+            "action_names": list(action_names or [str(i) for i in range(a_dim)]),
+            "tasks": list(tasks),
+            "license": license,
+            "source_path": None,
+            "catalog": {},
+            "attachments": [],
+        }
+        table = pa.table(
+            {
+                "dataset_id": pa.array([dataset_id] * len(episodes), pa.string()),
+                "episode_index": pa.array(range(len(episodes)), pa.int64()),
+                "hash": pa.array([h.hex() for h in hashes], pa.string()),
+                "frames": pa.array([ep.frames for ep in episodes], pa.int64()),
+                "task_index": pa.array([ep.task_index for ep in episodes], pa.int64()),
+                "duration_s": pa.array(
+                    [float(ep.timestamps_us[-1]) / 1e6 if ep.frames else 0.0 for ep in episodes],
+                    pa.float64(),
+                ),
+            }
+        )
+        store.commit(site, st, row, table)
+    return dataset_id
+
+
+def corrupt_dataset(
+    episodes: Sequence[Episode], plan: dict[int, str], seed: int = 0
+) -> tuple[list[Episode], dict[int, str]]:
+    """Apply ``plan`` {episode_index: kind} to clean episodes.
+
+    ``duplicate`` and ``near_duplicate`` *append* a copy of the planned episode
+    (the copy is the corrupted one); the returned mapping gives the final index
+    of every corrupted episode.
+    """
+    rng = np.random.default_rng(seed)
+    eps = list(episodes)
+    st = np.concatenate([e.state for e in episodes])
+    ac = np.concatenate([e.action for e in episodes])
+    s_lo, s_hi = np.nanquantile(st, 0.01, axis=0), np.nanquantile(st, 0.99, axis=0)
+    a_lo, a_hi = np.nanquantile(ac, 0.01, axis=0), np.nanquantile(ac, 0.99, axis=0)
+    # the smoothest action joint: largest usual range relative to its frame-to-frame change
+    da = np.concatenate([np.abs(np.diff(e.action, axis=0)) for e in episodes if e.frames > 1])
+    rough = np.nanquantile(da, 0.999, axis=0) / np.maximum(a_hi - a_lo, 1e-9)
+    rough[(a_hi - a_lo) <= 1e-6] = np.inf
+    jump_joint = int(np.argmin(rough))
+    # live joints: change in most frames
+    ds = np.concatenate([np.diff(e.state, axis=0) != 0 for e in episodes if e.frames > 1])
+    live = [j for j in range(st.shape[1]) if ds[:, j].mean() > 0.5] or [0]
+    # out-of-range joint: the one with the widest usual range
+    oor_joint = int(np.argmax(s_hi - s_lo))
+    truth: dict[int, str] = {}
+    for idx, kind in sorted(plan.items()):
+        ep = episodes[idx]
+        if kind in ("duplicate", "near_duplicate"):
+            eps.append(_copy(ep) if kind == "duplicate" else near_duplicate(ep, rng))
+            truth[len(eps) - 1] = kind
+            continue
+        if kind == "nan":
+            new = nan(ep, rng)
+        elif kind == "time_reversal":
+            new = time_reversal(ep, rng)
+        elif kind == "dropped_frames":
+            new = dropped_frames(ep, rng)
+        elif kind == "frozen_joint":
+            new = frozen_joint(ep, rng, live)
+        elif kind == "action_jump":
+            new = action_jump(ep, rng, jump_joint, float(a_lo[jump_joint]), float(a_hi[jump_joint]))
+        elif kind == "out_of_range":
+            new = out_of_range(ep, rng, float(s_lo[oor_joint]), float(s_hi[oor_joint]), oor_joint)
+        elif kind == "missing_task":
+            new = missing_task(ep, rng)
+        else:
+            raise ValueError(f"unknown corruption {kind!r}")
+        eps[idx] = new
+        truth[idx] = kind
+    return eps, truth

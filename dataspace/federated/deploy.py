@@ -1,0 +1,322 @@
+"""Flower's deployment engine on one machine: a SuperLink and one SuperNode per site,
+as separate processes on 127.0.0.1, with TLS and SuperNode authentication.
+
+Everything a run needs is made here, per run, under ``OUT/deploy``: a CA and
+server certificate (:mod:`.pki`), one ECDSA node key per site (registered with
+``flwr supernode register``), ``FLWR_HOME`` with the connection in
+``config.toml``, the app directory whose ``pyproject.toml`` names the
+connector's apps (:mod:`.server_app`, :mod:`.client_app`), and the logs of
+every process. Environment for all of them: ``FLWR_HOME`` per run,
+``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` (the apps run in this
+virtual environment; uv would fetch other wheels), ``FLWR_TELEMETRY_ENABLED=0``,
+``FLWR_DISABLE_UPDATE_CHECK=1``.
+
+Each SuperNode is given its site folder as node config (``site="/abs/path"``);
+its ClientApp reads only that site. ``flwr run --stream`` may exit 0 when the
+run failed, so the outcome is read from the run directory's ``history.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from dataspace.errors import DataspaceError
+from dataspace.federated.pki import TlsFiles, make_node_key, make_tls
+
+BIN = Path(sys.executable).parent
+CONNECTION = "dataspace"
+
+
+class DeploymentError(DataspaceError):
+    """A SuperLink or SuperNode that would not start, or a run that did not finish."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DeploymentError(f"process exited ({proc.returncode}); see {log}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.2)
+    raise DeploymentError(f"port {port} did not open in {timeout}s; see {log}")
+
+
+def app_pyproject(name: str = "dataspace-train") -> str:
+    """The app's pyproject: components are the connector's installed modules."""
+    return f"""[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "{name}"
+version = "1.0.0"
+description = "dataspace federated DP training (connector apps)"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "dataspace"
+
+[tool.flwr.app.components]
+serverapp = "dataspace.federated.server_app:app"
+clientapp = "dataspace.federated.client_app:app"
+
+[tool.flwr.app.config]
+run-id = ""
+contracts = ""
+template = "bc-mlp"
+num-rounds = 1
+out-dir = ""
+seed = 0
+lr = 0.5
+local-epochs = 1
+min-nodes = 1
+expected-nodes = 0
+round-timeout = 600.0
+connect-timeout = 120.0
+"""
+
+
+def write_app(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "pyproject.toml").write_text(app_pyproject())
+    (directory / "README.md").write_text(
+        "Connector apps of dataspace: the code is dataspace.federated, installed at each site.\n"
+    )
+    return directory
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return json.dumps(str(v))
+
+
+@dataclass
+class Deployment:
+    """A running SuperLink + SuperNodes; use as a context manager (stops them all)."""
+
+    root: Path
+    sites: Sequence[Path]
+    trusted_entities: Path | None = None
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    tls: TlsFiles | None = None
+    control_port: int = 0
+    node_keys: list[Path] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            FLWR_HOME=str(self.root / "flwr-home"),
+            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+            FLWR_TELEMETRY_ENABLED="0",
+            FLWR_DISABLE_UPDATE_CHECK="1",
+            PYTHONUNBUFFERED="1",
+            # Flower starts its helpers (flower-superexec, flwr-serverapp, ...) by name
+            PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        )
+        return env
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = self.root / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
+        proc = subprocess.Popen(
+            args, env=self.env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> Deployment:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> Deployment:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tls = make_tls(self.root / "tls")
+        # one HTTPS port serves the Control, Fleet and Runtime APIs (Flower 1.42)
+        self.control_port = free_port()
+        home = self.root / "flwr-home"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.control_port}"\n'
+            f'root-certificates = "{self.tls.ca_cert}"\n'
+        )
+        link = self._spawn(
+            "superlink",
+            [
+                str(BIN / "flower-superlink"),
+                "--ssl-ca-certfile", str(self.tls.ca_cert),
+                "--ssl-certfile", str(self.tls.server_cert),
+                "--ssl-keyfile", str(self.tls.server_key),
+                "--enable-supernode-auth",
+                "--host", "127.0.0.1",
+                "--port", str(self.control_port),
+                "--database", str(self.root / "superlink.db"),
+            ],
+        )  # fmt: skip
+        _wait_port(self.control_port, link, self.root / "logs" / "superlink.log")
+        for i, site in enumerate(self.sites):
+            key, pub = make_node_key(self.root / "keys" / f"node-{i}.key")
+            self.node_keys.append(key)
+            self.register(pub)
+            self.start_supernode(i, Path(site), key)
+        return self
+
+    def register(self, pub: Path) -> None:
+        r = subprocess.run(
+            [str(BIN / "flwr"), "supernode", "register", str(pub), CONNECTION],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if r.returncode != 0:
+            raise DeploymentError(f"flwr supernode register {pub}: {r.stdout}{r.stderr}")
+
+    def start_supernode(self, i: int, site: Path, key: Path) -> subprocess.Popen:
+        args = [
+            str(BIN / "flower-supernode"),
+            "--superlink", f"127.0.0.1:{self.control_port}",
+            "--root-certificates", str(self.tls.ca_cert),  # type: ignore[union-attr]
+            "--auth-supernode-private-key", str(key),
+            "--node-config", f"site={_toml(str(site.resolve()))}",
+            "--port", str(free_port()),
+        ]  # fmt: skip
+        if self.trusted_entities is not None:
+            args += ["--trusted-entities", str(self.trusted_entities)]
+        return self._spawn(f"supernode-{i}", args)
+
+    def _tree(self, name: str) -> list[psutil.Process]:
+        """The process and every descendant (Flower detaches some helpers)."""
+        try:
+            p = psutil.Process(self.procs[name].pid)
+            return [p, *p.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self, name: str) -> None:
+        """Kill one process and its descendants hard (fault injection)."""
+        for p in self._tree(name):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        self.procs[name].wait(10)
+
+    def stop(self) -> None:
+        tree = [p for name in reversed(list(self.procs)) for p in self._tree(name)]
+        for p in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.terminate()
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(alive, timeout=5)
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(1)
+
+    def __enter__(self) -> Deployment:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def run(self, app_dir: Path, config: dict[str, Any], timeout: float = 900) -> str:
+        """``flwr run APP CONNECTION --stream --run-config ...``; returns its output."""
+        cfg = " ".join(f"{k}={_toml(v)}" for k, v in config.items())
+        r = subprocess.run(
+            [str(BIN / "flwr"), "run", str(app_dir), CONNECTION, "--stream", "--run-config", cfg],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        out = r.stdout + r.stderr
+        (self.root / "logs" / "flwr-run.log").write_text(out)
+        return out
+
+
+def run_deployment(
+    contracts: Sequence[str],
+    sites: Sequence[Path | str],
+    template: str,
+    rounds: int,
+    out_dir: Path | str,
+    seed: int = 0,
+    run_id: str | None = None,
+    lr: float = 0.5,
+    min_nodes: int | None = None,
+    round_timeout: float = 300.0,
+    timeout: float = 900.0,
+    trusted_entities: Path | None = None,
+) -> dict[str, Any]:
+    """Train on the deployment engine; returns the run's history (see :mod:`.server_app`)."""
+    out = Path(out_dir).resolve()
+    roots = [Path(s).resolve() for s in sites]
+    app_dir = write_app(out / "deploy" / "app")
+    with Deployment(out / "deploy", roots, trusted_entities) as d:
+        d.run(
+            app_dir,
+            {
+                "run-id": run_id or f"run-{uuid.uuid4().hex[:12]}",
+                "contracts": ",".join(contracts),
+                "template": template,
+                "num-rounds": rounds,
+                "out-dir": str(out),
+                "seed": seed,
+                "lr": lr,
+                "min-nodes": min_nodes if min_nodes is not None else len(roots),
+                "expected-nodes": len(roots),
+                "round-timeout": round_timeout,
+            },
+            timeout=timeout,
+        )
+    hist = out / "history.json"
+    if not hist.exists():
+        raise DeploymentError(f"the run wrote no history; see {out / 'deploy' / 'logs'}")
+    return json.loads(hist.read_text())
+
+
+def cleanup(out_dir: Path) -> None:
+    shutil.rmtree(Path(out_dir) / "deploy" / "flwr-home", ignore_errors=True)
+
+
+@contextlib.contextmanager
+def deployment(root: Path, sites: Sequence[Path], **kw: Any) -> Iterator[Deployment]:
+    d = Deployment(root, sites, **kw).start()
+    try:
+        yield d
+    finally:
+        d.stop()

@@ -11,6 +11,7 @@ stderr, then a summary table and the path of the HTML report (or, with
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import click
@@ -46,6 +47,10 @@ def summary_table(result) -> Table:
             else f"[red]FAILED[/red] {s.log_problem}",
         )
     return t
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @click.command(name="demo")
@@ -105,6 +110,9 @@ def command(
     and writes WORKDIR/report.html.
     """
     from dataspace.demo import DemoOptions, run_demo
+
+    # a SIGTERM unwinds like Ctrl-C, so the services and Flower processes are stopped
+    signal.signal(signal.SIGTERM, _interrupt)
 
     opts = DemoOptions(
         workdir=workdir,

@@ -27,8 +27,10 @@ from each dataset's lifetime budget, which the holder's connector enforces.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -73,6 +75,8 @@ class DemoOptions:
     hub_url: str | None = None
     port: int = 0
     lr: float = 0.5
+    #: seconds the deployment-engine run may take before the demo gives up
+    deploy_timeout: float = 240.0
 
 
 @dataclass
@@ -270,10 +274,26 @@ def train(
         runner = deployment_engine()
         if runner is not None:
             step("training on Flower's deployment engine (SuperLink + SuperNodes on 127.0.0.1)")
-            h = runner(
-                contract_ids, sites, TEMPLATE, opts.rounds, out, seed=opts.seed, run_id=run_id,
-                lr=opts.lr, on_round=on_round,
-            )  # fmt: skip
+            kw: dict[str, Any] = {"seed": opts.seed, "run_id": run_id, "lr": opts.lr}
+            if "timeout" in inspect.signature(runner).parameters:
+                kw["timeout"] = opts.deploy_timeout
+            if "on_round" in inspect.signature(runner).parameters:
+                kw["on_round"] = on_round
+            try:
+                h = runner(contract_ids, [s.root for s in sites], TEMPLATE, opts.rounds, out, **kw)
+            except (DataspaceError, subprocess.TimeoutExpired) as e:
+                raise DemoError(
+                    f"the deployment engine did not finish run {run_id}: {e} (logs in "
+                    f"{out / 'deploy' / 'logs'}); `dataspace demo --simulate` runs the same "
+                    "apps in one process"
+                ) from e
+            if h.get("status") != "finished":
+                raise DemoError(
+                    f"the deployment-engine run {run_id} {h.get('status')}: {h.get('error')} "
+                    f"(logs in {out / 'deploy' / 'logs'})"
+                )
+            for r in h.get("rounds", []):
+                on_round(r)
             return h, "deployment", None
         note = (
             "Flower's deployment engine runner (dataspace.federated.deploy.run_deployment) "
@@ -333,6 +353,7 @@ def verify_log(source: str, trusted: Path) -> dict[str, Any]:
 
 def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
     """Run the demo (module docstring); raises DataspaceError subclasses on bad input."""
+    from dataspace.demo.value import run_contributions
     from dataspace.federated.report import write_report
     from dataspace.federated.shards import read_lerobot_episodes
     from dataspace.policy.ledger import budget_report
@@ -384,18 +405,17 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
         run_id = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         out = wd / "runs" / run_id
         history, engine, note = train(opts, contract_ids, sites, out, run_id, step)
+
+        step("value: held-out loss on the consumer's episodes, GTG-Shapley contributions")
+        val_eps, _ = read_lerobot_episodes(vdir)
+        value = run_contributions(out, TEMPLATE, val_eps)
+        report = write_report(out)
         if services is not None:
+            step("hub: registering the run and its rounds")
             services.register_run(run_id, contract_ids, history, ckey)
     finally:
         if services is not None:
             services.stop()
-
-    step("value: held-out loss on the consumer's episodes, GTG-Shapley contributions")
-    val_eps, _ = read_lerobot_episodes(vdir)
-    from dataspace.demo.value import run_contributions
-
-    value = run_contributions(out, TEMPLATE, val_eps)
-    report = write_report(out)
 
     step("auditor: verifying every log with public keys only")
     extra = [Path(str(ckey_path) + ".pub")]

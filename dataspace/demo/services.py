@@ -1,0 +1,267 @@
+"""The demo's services: the hub and one connector per site, as plain processes.
+
+Each is exactly the command a deployment runs (``dataspace serve hub --data DIR
+--port N`` and ``dataspace serve connector SITE --hub URL --port N``, the
+commands of docker-compose.yml) on 127.0.0.1. Contracts then go over HTTP with
+signed requests (``dataspace.connectors.client.request_via_connector``), the
+connectors register them with the hub, and the consumer registers its run and
+rounds there, so the hub's dashboard shows the whole story.
+
+``--hub URL`` uses a hub that is already running instead of starting one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dataspace.connectors.site import Site
+from dataspace.errors import DataspaceError, NotFoundError
+
+PYTHON = sys.executable
+
+
+class ServiceError(DataspaceError):
+    """A service that would not start or cannot be reached."""
+
+    exit_code = 2
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def check_port(port: int) -> None:
+    """Fail clearly, before anything starts, when ``port`` is taken."""
+    from dataspace.cli.serve import bind
+
+    bind("127.0.0.1", port).close()
+
+
+def reachable(url: str, timeout: float = 3.0) -> dict[str, Any]:
+    """The ``/healthz`` answer of a service, or a ServiceError naming the URL."""
+    try:
+        r = httpx.get(url.rstrip("/") + "/healthz", timeout=timeout)
+    except (httpx.HTTPError, ValueError) as e:
+        raise ServiceError(f"cannot reach the hub at {url}: {e}") from e
+    if r.status_code != 200:
+        raise ServiceError(f"{url}/healthz answered HTTP {r.status_code}: not a dataspace hub")
+    try:
+        return r.json()
+    except ValueError as e:
+        raise ServiceError(f"{url}/healthz did not answer JSON: not a dataspace hub") from e
+
+
+@dataclass
+class Process:
+    name: str
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    @classmethod
+    def spawn(cls, name: str, args: list[str], port: int, logs: Path) -> Process:
+        logs.mkdir(parents=True, exist_ok=True)
+        log = logs / f"{name}.log"
+        f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "dataspace", "serve", *args, "--port", str(port)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        return cls(name, f"http://127.0.0.1:{port}", proc, log)
+
+    def wait_ready(self, timeout: float = 120.0, until: Callable[[dict], bool] = bool) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
+                raise ServiceError(
+                    f"{self.name} exited with {self.proc.returncode}: {' / '.join(tail)} "
+                    f"(log {self.log})"
+                )
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                r = httpx.get(self.url + "/healthz", timeout=2)
+                if r.status_code == 200 and until(r.json() or {"ok": True}):
+                    return
+            time.sleep(0.2)
+        raise ServiceError(
+            f"{self.name} at {self.url} not ready in {timeout:.0f}s (log {self.log})"
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Services:
+    workdir: Path
+    hub_url: str
+    hub: Process | None
+    connectors: dict[str, Process] = field(default_factory=dict)
+    opts: Any = None
+    hub_info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, workdir: Path, sites: list[Site], opts: Any, step: Callable[[str], None]):
+        """Start (or reach) the hub, then one connector per site; wait until all answer."""
+        logs = workdir / "logs"
+        hub = None
+        if opts.hub_url:
+            step(f"hub: {opts.hub_url}")
+            reachable(opts.hub_url)
+            hub_url = opts.hub_url.rstrip("/")
+        else:
+            port = opts.port or free_port()
+            check_port(port)
+            args = ["hub", "--data", str(workdir / "hub")]
+            for s in sites:
+                args += ["--trust", str(s.root / "site.key.pub")]
+            auditor = auditor_identity(workdir)
+            args += ["--trust", str(auditor) + ".pub"]
+            step(f"hub: dataspace serve hub on 127.0.0.1:{port}")
+            hub = Process.spawn("hub", args, port, logs)
+            hub_url = hub.url
+        self = cls(workdir, hub_url, hub, opts=opts)
+        try:
+            if hub is not None:
+                hub.wait_ready()
+            for s in sites:
+                step(f"{s.name}: dataspace serve connector")
+                self.connectors[s.name] = Process.spawn(
+                    f"connector-{s.name}",
+                    ["connector", str(s.root), "--hub", hub_url],
+                    free_port(),
+                    logs,
+                )
+            for p in self.connectors.values():
+                p.wait_ready()
+            if hub is not None:
+                self.fetch_hub_keys()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for p in self.connectors.values():
+            p.stop()
+        if self.hub is not None:
+            self.hub.stop()
+
+    def request_contract(self, site: Site, dataset_id: str, key) -> str:
+        from dataspace.connectors.client import request_via_connector
+
+        p = self.connectors[site.name]
+        c = request_via_connector(
+            p.url,
+            key,
+            dataset=dataset_id,
+            purpose="robot-policy-training",
+            epsilon=self.opts.epsilon,
+            rounds=self.opts.rounds,
+            until=datetime.now(UTC) + timedelta(days=30),
+            template="bc-mlp",
+            delta=self.opts.delta,
+            expected_holder=site.identity.key_b64,
+        )
+        if c.get("state") not in (None, "agreed", "active"):
+            raise ServiceError(
+                f"contract {c.get('contract_id')} for {dataset_id} is {c.get('state')}: "
+                "the holder must approve it first (dashboard or `dataspace contract approve`)"
+            )
+        return str(c["contract_id"])
+
+    def register_run(self, run_id: str, contract_ids: list[str], history: dict, key) -> None:
+        """Register the run and its rounds with the hub (aggregates only)."""
+        from dataspace.auth.client import call, signed_client
+
+        with signed_client(self.hub_url, key) as c:
+            # the connectors register contracts with the hub in the background
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    call(
+                        c,
+                        "POST",
+                        "/v1/runs",
+                        json={"run_id": run_id, "contract_ids": contract_ids, "template": "bc-mlp",
+                              "meta": {"engine": "demo"}},
+                    )  # fmt: skip
+                    break
+                except NotFoundError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+            value = _contribution(Path(history["spec"]["out_dir"]))
+            for r in history.get("rounds", []):
+                call(
+                    c,
+                    "POST",
+                    f"/v1/runs/{run_id}/rounds",
+                    json={
+                        "round": r["round"],
+                        "loss": r["eval_mse"],
+                        "epsilon": r["epsilon_round"],
+                        "contributions": value if r is history["rounds"][-1] else {},
+                    },
+                )
+
+    def fetch_hub_keys(self) -> None:
+        """The hub log's vkey and identity, as an auditor gets them: ``GET /v1/hub``."""
+        from dataspace.auth.client import call, signed_client
+        from dataspace.policy.identity import load_private_key
+
+        key = load_private_key(auditor_identity(self.workdir))
+        with signed_client(self.hub_url, key) as c:
+            info = call(c, "GET", "/v1/hub")
+        d = self.workdir / "auditor"
+        (d / "hub.vkey").write_text(info["vkey"].strip() + "\n")
+        self.hub_info = info
+
+    def trusted_extra(self) -> list[Path]:
+        """The hub log's vkey, for the auditor's trusted keys (the hub signs its events)."""
+        vk = self.workdir / "auditor" / "hub.vkey"
+        return [vk] if vk.exists() else []
+
+    def verify_hub(self, trusted: Path) -> dict[str, Any]:
+        from dataspace.demo.orchestrate import verify_log
+
+        return verify_log(str(self.workdir / "hub" / "log"), trusted)
+
+
+def _contribution(out: Path) -> dict[str, float]:
+    p = out / "contribution.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def auditor_identity(workdir: Path) -> Path:
+    from dataspace.policy.identity import new_identity
+
+    path = workdir / "auditor" / "auditor.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new_identity(path, name="auditor", role="auditor")
+    return path

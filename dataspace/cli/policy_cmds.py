@@ -6,15 +6,17 @@ They live here, not in ``connector.py``, because the policy area owns them;
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
 from dataspace.connectors.site import Site
 from dataspace.policy.identity import load_identity
-from dataspace.policy.odrl import ACTIONS, build_policy, parse_policy
+from dataspace.policy.odrl import ACTIONS, build_policy
 
 
 def parse_until(value: str) -> datetime:
@@ -88,21 +90,18 @@ def policy(
     if file is not None:
         if any(f is not None for f in flags):
             raise click.UsageError("give --file or the policy flags, not both")
-        try:
-            doc = json.loads(file.read_bytes())
-        except json.JSONDecodeError as e:
-            from dataspace.policy.odrl import PolicyError
-
-            raise PolicyError(
-                f"{file}: not JSON (line {e.lineno}, column {e.colno}: {e.msg})"
-            ) from e
-        if manual_approval and isinstance(doc, dict):
-            doc["approval"] = "manual"
-        parsed = parse_policy(doc)
+        # the raw document goes to publish_policy, which reports and logs what is wrong
+        doc: Any = file.read_bytes()
+        if manual_approval:
+            with contextlib.suppress(ValueError):
+                doc = json.loads(doc)
+                if isinstance(doc, dict):
+                    doc["approval"] = "manual"
+        pub = publish_policy(s, doc, dataset_id=ds.dataset_id)
     else:
         if epsilon is None or delta is None:
             raise click.UsageError("--epsilon and --delta are required (the privacy budget)")
-        parsed = build_policy(
+        built = build_policy(
             dataset_id=ds.dataset_id,
             fingerprint=ds.fingerprint,
             assigner=s.identity.key_b64,
@@ -116,7 +115,8 @@ def policy(
             actions=_csv(actions),
             manual_approval=manual_approval,
         )
-    pub = publish_policy(s, parsed)
+        pub = publish_policy(s, built)
+    parsed = pub.policy
     out = {
         "dataset_id": parsed.dataset_id,
         "fingerprint": parsed.fingerprint,

@@ -34,9 +34,35 @@ def publish_policy(
     site: Site,
     policy: UsagePolicy | dict[str, Any] | str | bytes,
     now: datetime | None = None,
+    dataset_id: str | None = None,
 ) -> PublishedPolicy:
-    """Set the usage policy of the dataset ``policy`` targets; logs policy.published."""
+    """Set the usage policy of the dataset ``policy`` targets; logs policy.published.
+
+    A policy that is malformed, outside the profile, for another dataset or
+    fingerprint, or promising less than is committed raises :class:`PolicyError`
+    (or NotFoundError for an unknown dataset), changes nothing, and is logged as
+    ``access.refused``. With ``dataset_id`` (an id or name), the policy must target
+    that dataset.
+    """
     now = now or datetime.now(UTC)
+    try:
+        return _publish(site, policy, now, dataset_id)
+    except (PolicyError, NotFoundError) as e:
+        dataset_id = policy.dataset_id if isinstance(policy, UsagePolicy) else None
+        if dataset_id is None and isinstance(policy, dict):
+            target = policy.get("target")
+            uid = target.get("uid") if isinstance(target, dict) else None
+            dataset_id = uid.rsplit(":", 1)[-1] if isinstance(uid, str) else None
+        events.refused(site, str(e), time=now, operation="policy.publish", dataset_id=dataset_id)
+        raise
+
+
+def _publish(
+    site: Site,
+    policy: UsagePolicy | dict[str, Any] | str | bytes,
+    now: datetime,
+    expected: str | None,
+) -> PublishedPolicy:
     if not isinstance(policy, UsagePolicy):
         policy = parse_policy(policy)
     holder = site.identity.key_b64
@@ -49,6 +75,10 @@ def publish_policy(
     with store.LOCK, site.db() as con:
         store.ensure_tables(con)
         ds = store.dataset_ref(con, policy.dataset_id)
+        if expected is not None and store.dataset_ref(con, expected).dataset_id != ds.dataset_id:
+            raise PolicyError(
+                f"$.target.uid: the policy is for dataset {policy.dataset_id}, not {expected}"
+            )
         if ds.dataset_id != policy.dataset_id:
             raise PolicyError(
                 f"$.target.uid: name the dataset by its id {ds.dataset_id}, "

@@ -296,3 +296,22 @@ def test_offer_request_json_round_trip(world: World) -> None:
         OfferRequest.from_json({**r.to_json(), "until": "2027-01-01T00:00:00"})
     with pytest.raises(ContractError, match="unknown role"):
         OfferRequest.from_json({**r.to_json(), "consumer": {**world.alice.to_json(), "role": "x"}})
+
+
+def test_bad_policy_is_refused_logged_and_changes_nothing(world: World) -> None:
+    from dataspace.policy.policies import publish_policy
+
+    good = world.publish().policy.to_jsonld()
+    bad = json.loads(json.dumps(good))
+    bad["permission"][0]["constraint"][0]["leftOperand"] = "spatial"
+    with pytest.raises(PolicyError, match=r"\$\.permission\[0\]\.constraint\[0\]\.leftOperand"):
+        publish_policy(world.site, bad)
+    with pytest.raises(PolicyError, match="not JSON"):
+        publish_policy(world.site, b'{"@type": ')
+    with pytest.raises(NotFoundError, match="not enrolled"):
+        publish_policy(world.site, good, dataset_id="no-such-dataset")
+    refused = world.events("access.refused")
+    assert len(refused) == 3
+    assert refused[0].dataset_id == world.dataset_id and "spatial" in refused[0].fields["reason"]
+    assert refused[1].fields["operation"] == "policy.publish"
+    assert len(world.events("policy.published")) == 1

@@ -83,6 +83,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (401, "missing, malformed, stale, replayed or wrong signature"),
         (403, "refused by role or policy"),
         (404, "not found"),
+        (409, "conflicts with what is recorded"),
         (413, "request body too large"),
         (422, "request does not match the schema"),
     )

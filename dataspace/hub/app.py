@@ -121,22 +121,51 @@ class HubLog:
             return self.log.append(entry)
 
 
-class CatalogCache:
-    """ASGI middleware, inside the signature check: repeated catalog queries from the cache.
+class ReadCache:
+    """Encoded answers of the hub's reads, valid while the hub's state is unchanged.
 
-    A catalog page is the same for every caller and changes only when an entry
-    is published or withdrawn (``HubStore.generation``), so the route stores the
-    encoded page of each valid query under (generation, raw query string), and
-    this answers the next identical query without routing, validation or
-    encoding. Queries that fail validation are never cached.
+    Answers to reads change only when the state does (``HubStore.generation``
+    is bumped by every write). A read route stores its encoded answer with
+    :meth:`remember` under (generation, the caller's key, path, raw query
+    string); the catalog, whose pages are the same for every caller, under an
+    empty key. :class:`ReadCacheMiddleware` answers the next identical read
+    without routing, validation or encoding. Failed requests are never stored.
     """
 
-    def __init__(self, app: ASGIApp, *, store: HubStore, cache: dict) -> None:
-        self.app, self.store, self.cache = app, store, cache
+    PATHS = ("/v1/catalog", "/v1/contracts", "/v1/runs")
+
+    def __init__(self, store: HubStore, size: int = PAGE_CACHE) -> None:
+        self.store, self.size = store, size
+        self.entries: dict[tuple[int, str, str, bytes], bytes] = {}
+
+    def key(self, scope: Scope) -> tuple[int, str, str, bytes]:
+        path = scope["path"]
+        who = "" if path == "/v1/catalog" else scope["state"]["caller"].key_id
+        return (self.store.generation, who, path, scope.get("query_string", b""))
+
+    def remember(self, request: Request, body: bytes, generation: int) -> Response:
+        key = self.key(request.scope)
+        if key[0] == generation:  # nothing changed while the answer was computed
+            if len(self.entries) >= self.size:
+                self.entries.clear()
+            self.entries[key] = body
+        return Response(body, media_type="application/json")
+
+
+class ReadCacheMiddleware:
+    """ASGI middleware inside the signature check: answers cached reads (see ReadCache)."""
+
+    def __init__(self, app: ASGIApp, *, cache: ReadCache) -> None:
+        self.app, self.cache = app, cache
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == "/v1/catalog":
-            body = self.cache.get((self.store.generation, scope.get("query_string", b"")))
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and scope["path"].startswith(ReadCache.PATHS)
+            and "caller" in scope.get("state", {})
+        ):
+            body = self.cache.entries.get(self.cache.key(scope))
             if body is not None:
                 headers = [
                     (b"content-type", b"application/json"),
@@ -146,6 +175,10 @@ class CatalogCache:
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def create_app(
@@ -195,9 +228,9 @@ def create_app(
     app.state.store = store
     app.state.log = hub_log
     app.state.key_id = key_id
-    page_cache: dict[tuple[int, bytes], bytes] = {}
-    # inner (runs after the signature check): answers repeated catalog queries
-    app.add_middleware(CatalogCache, store=store, cache=page_cache)
+    # inner (runs after the signature check): answers repeated reads
+    read_cache = ReadCache(store)
+    app.add_middleware(ReadCacheMiddleware, cache=read_cache)
     app.add_middleware(
         SignedRequests,
         nonces=FileNonceStore(data_dir / "nonces"),
@@ -288,15 +321,10 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     ) -> JSONResponse:
-        # A valid query's page goes to the cache that CatalogCache answers from.
         generation = store.generation
         hits = search(list(store.catalog.values()), q, robot_type, task, fps, min_quality)
         page = {"total": len(hits), "entries": hits[offset : offset + limit]}
-        body = json.dumps(page, separators=(",", ":")).encode()
-        if len(page_cache) >= PAGE_CACHE:
-            page_cache.clear()
-        page_cache[(generation, request.scope.get("query_string", b""))] = body
-        return Response(body, media_type="application/json")
+        return read_cache.remember(request, _dumps(page), generation)
 
     # --- contracts ---------------------------------------------------------------
     @app.post("/v1/contracts", response_model=m.Ack, summary="Register an agreed contract")
@@ -326,9 +354,11 @@ def create_app(
     @app.get("/v1/contracts", response_model=m.ContractList, summary="Contracts the caller may see")
     async def contracts(
         caller: AnyCaller,
+        request: Request,
         dataset_id: Annotated[str | None, Query(max_length=200)] = None,
         state: Annotated[str | None, Query(max_length=40)] = None,
-    ) -> JSONResponse:
+    ) -> Response:
+        generation = store.generation
         rows = [
             c
             for c in store.contracts.values()
@@ -337,18 +367,19 @@ def create_app(
             and (state is None or c["state"] == state)
         ]
         rows.sort(key=lambda c: (c["registered_at"], c["contract_id"]))
-        return JSONResponse({"contracts": rows})
+        return read_cache.remember(request, _dumps({"contracts": rows}), generation)
 
     @app.get(
         "/v1/contracts/{contract_id}",
         response_model=m.RegisteredContract,
         summary="One contract (404 unless it is the caller's to see)",
     )
-    async def contract(contract_id: str, caller: AnyCaller) -> JSONResponse:
+    async def contract(contract_id: str, caller: AnyCaller, request: Request) -> Response:
+        generation = store.generation
         c = store.contracts.get(contract_id)
         if c is None or not _may_see_contract(caller, c):
             raise NotFoundError(f"contract {contract_id!r} does not exist")
-        return JSONResponse(c)
+        return read_cache.remember(request, _dumps(c), generation)
 
     # --- runs ---------------------------------------------------------------------
     @app.post("/v1/runs", response_model=m.Ack, summary="Register a training run")
@@ -391,17 +422,19 @@ def create_app(
         return m.Ack(log_index=idx)
 
     @app.get("/v1/runs", response_model=m.RunList, summary="Runs the caller may see")
-    async def runs(caller: AnyCaller) -> JSONResponse:
+    async def runs(caller: AnyCaller, request: Request) -> Response:
+        generation = store.generation
         visible = [r for r in store.runs.values() if _may_see_run(caller, r, store)]
         visible.sort(key=lambda r: (r["created_at"], r["run_id"]))
-        return JSONResponse({"runs": visible})
+        return read_cache.remember(request, _dumps({"runs": visible}), generation)
 
     @app.get("/v1/runs/{run_id}", response_model=m.Run, summary="One run with its rounds")
-    async def run(run_id: str, caller: AnyCaller) -> JSONResponse:
+    async def run(run_id: str, caller: AnyCaller, request: Request) -> Response:
+        generation = store.generation
         r = store.runs.get(run_id)
         if r is None or not _may_see_run(caller, r, store):
             raise NotFoundError(f"run {run_id!r} does not exist")
-        return JSONResponse(r)
+        return read_cache.remember(request, _dumps(r), generation)
 
     return app
 
@@ -456,13 +489,15 @@ def _may_see_run(caller: Caller, r: dict[str, Any], store: HubStore) -> bool:
     )
 
 
-def _vkey(hub_log: HubLog) -> str | None:
-    v = getattr(hub_log.log, "vkey", None)
-    return v() if callable(v) else v
+def _vkey(hub_log: HubLog) -> str:
+    """The hub log's verifier key, C2SP vkey text (what witnesses and auditors trust)."""
+    from dataspace.audit.note import raw_public, vkey_text
+
+    return vkey_text(hub_log.origin, raw_public(hub_log.key))
 
 
-def _size(hub_log: HubLog) -> int | None:
-    return getattr(hub_log.log, "size", None)
+def _size(hub_log: HubLog) -> int:
+    return hub_log.log.size
 
 
 _read_log = require_unless_public(PUBLIC_LOG, "holder", "auditor", "operator")

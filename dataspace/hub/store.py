@@ -66,7 +66,7 @@ class HubStore:
     def __init__(self, data_dir: Path) -> None:
         self.path = Path(data_dir) / DB
         self._lock = threading.Lock()
-        #: bumped on every catalog change (keys the hub's page cache)
+        #: bumped on every write (keys the hub's read cache)
         self.generation = 0
         with self.db() as con:
             ensure_tables(con)
@@ -110,6 +110,7 @@ class HubStore:
                 [key_id, name, role, datetime.now(UTC)],
             )
             self.participants[key_id] = {"name": name, "role": role}
+            self.generation += 1
 
     def lookup(self, key_id: str) -> tuple[str, str] | None:
         p = self.participants.get(key_id)
@@ -160,6 +161,7 @@ class HubStore:
                     ],
                 )
             self.contracts[cid] = record
+            self.generation += 1
             return True
 
     # --- runs -----------------------------------------------------------------
@@ -175,6 +177,7 @@ class HubStore:
                     [run_id, record["consumer"], json.dumps(stored), datetime.now(UTC)],
                 )
             self.runs[run_id] = {**stored, "rounds": []}
+            self.generation += 1
 
     def add_round(self, run_id: str, consumer: str | None, rnd: dict[str, Any]) -> None:
         with self._lock:
@@ -190,6 +193,7 @@ class HubStore:
                 )
             run["rounds"].append(rnd)
             run["rounds"].sort(key=lambda r: r["round"])
+            self.generation += 1
 
 
 def owner_check(caller_key: str, owner_key: str, what: str) -> None:

@@ -169,7 +169,7 @@ class Service:
             env=env,
         )
 
-    def wait_ready(self, timeout: float = 30.0, until=lambda h: True) -> dict:
+    def wait_ready(self, timeout: float = 180.0, until=lambda h: True) -> dict:
         deadline = time.monotonic() + timeout
         last: object = None
         while time.monotonic() < deadline:

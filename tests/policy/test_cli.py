@@ -197,3 +197,30 @@ def test_manual_approval_and_bad_policy_files(_enrolled_template: Path, tmp_path
     assert rejected["state"] == "rejected"
     (row,) = json.loads(ds("connector", "budget", site, "--json").stdout)["datasets"]
     assert row["reserved"] == 1
+
+
+def test_keys_rotate_site_then_policy_still_publishes(
+    _enrolled_template: Path, tmp_path: Path, ds
+) -> None:
+    site = tmp_path / "site"
+    shutil.copytree(_enrolled_template, site)
+    before = json.loads((site / "site.key.pub").read_text())["public_key"]
+    rot = json.loads(ds("keys", "rotate", "--site", site).stdout)
+    assert rot["old_key"] == before and rot["new_key"] != before
+    assert json.loads(ds("keys", "show", site / "site.key").stdout)["public_key"] == rot["new_key"]
+    pub = json.loads(
+        ds(
+            "connector",
+            "policy",
+            site,
+            "so101-record-test-lerobot-v3",
+            "--epsilon",
+            "1",
+            "--delta",
+            "1e-6",
+            "--json",
+        ).stdout
+    )
+    assert pub["policy"]["assigner"].endswith(rot["new_key"])
+    usage = ds("keys", "rotate", ok=False)
+    assert usage.returncode == 2 and "give either FILE or --site SITE" in usage.stderr

@@ -108,33 +108,41 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _start_and_wait_for_staging(site: Site, path: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dataspace", "connector", "enroll", str(site.root), str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if any(site.staging_dir.glob("*/part-*.parquet")):
-            return proc
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.01)
-    proc.kill()
-    raise AssertionError("enrollment never started writing")
+def _interrupted_enrollment(tmp_path: Path, big: Path, sig: int) -> tuple[Site, tuple, str, int]:
+    """Start `dataspace connector enroll` on ``big``, send ``sig`` once it is writing
+    frames into staging; returns the site, its snapshot from before, stderr and the
+    exit status.
+
+    On a loaded machine the poll can miss the window (the enrollment finishes
+    first); then it tries again on a fresh site, at most three times.
+    """
+    for attempt in range(3):
+        site = Site.init(tmp_path / f"s{attempt}", org="H")
+        enroll(site, SO101)
+        before = snapshot(site)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dataspace", "connector", "enroll", str(site.root), str(big)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any(site.staging_dir.glob("*/part-*.parquet")):
+                proc.send_signal(sig)
+                _, err = proc.communicate(timeout=600)
+                return site, before, err, proc.returncode
+            time.sleep(0.005)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err  # it finished (or failed) before we saw it write
+    raise AssertionError("never caught the enrollment while it was writing")
 
 
 @pytest.mark.slow
 def test_kill_9_leaves_no_half_dataset(tmp_path: Path, big: Path) -> None:
-    site = Site.init(tmp_path / "s", org="H")
-    enroll(site, SO101)
-    files_before, ds_before, eps_before = snapshot(site)
-    proc = _start_and_wait_for_staging(site, big)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    site, (_, ds_before, eps_before), _, rc = _interrupted_enrollment(tmp_path, big, signal.SIGKILL)
+    assert rc == -signal.SIGKILL
     # nothing visible: same rows, no new store folder, nothing listed
     _, ds_after, eps_after = snapshot(site)
     assert (ds_after, eps_after) == (ds_before, eps_before)
@@ -148,21 +156,17 @@ def test_kill_9_leaves_no_half_dataset(tmp_path: Path, big: Path) -> None:
     assert sorted(p.name for p in site.store_dir.iterdir()) == sorted(
         [ds_before[0][2], r.fingerprint]
     )
-    assert len(files_before) > 0
 
 
 @pytest.mark.slow
 def test_sigint_cleans_up_at_once(tmp_path: Path, big: Path) -> None:
-    site = Site.init(tmp_path / "s", org="H")
-    before = snapshot(site)
-    proc = _start_and_wait_for_staging(site, big)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    site, before, err, rc = _interrupted_enrollment(tmp_path, big, signal.SIGINT)
+    assert rc == 130, err
     assert "interrupted" in err or "aborted" in err
     assert not any(site.staging_dir.iterdir())
-    assert snapshot(site)[1:] == before[1:]
-    assert not any(site.store_dir.iterdir())
+    assert snapshot(site) == before
+    assert [d.name for d in store.list_datasets(site)] == [SO101.name]
+    assert len(list(site.store_dir.iterdir())) == 1
 
 
 def test_orphan_store_folder_is_invisible_and_swept(site: Site) -> None:
@@ -196,7 +200,7 @@ def test_concurrent_enrollments_of_the_same_content(tmp_path: Path) -> None:
         subprocess.Popen([*cmd, "--json"], stdout=subprocess.PIPE, text=True, env=ENV)
         for _ in range(2)
     ]
-    outs = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs]
+    outs = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert outs[0]["dataset_id"] == outs[1]["dataset_id"]
     assert sorted(o["created"] for o in outs) == [False, True]

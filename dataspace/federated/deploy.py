@@ -25,6 +25,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -83,7 +84,7 @@ publisher = "dataspace"
 
 [tool.flwr.app.components]
 serverapp = "dataspace.federated.server_app:app"
-clientapp = "dataspace.federated.client_app:app"
+clientapp = "dataspace.federated.site_worker:app"
 
 [tool.flwr.app.config]
 run-id = ""
@@ -129,6 +130,13 @@ class Deployment:
     tls: TlsFiles | None = None
     control_port: int = 0
     node_keys: list[Path] = field(default_factory=list)
+    #: run a warm site worker per SuperNode (see :mod:`.site_worker`)
+    warm: bool = True
+    sockets: list[Path] = field(default_factory=list)
+    #: extra SuperNodes started with ``--trusted-entities guard_trust`` (they must refuse FABs
+    #: that carry no signature by a trusted key)
+    guarded_sites: Sequence[Path] = ()
+    guard_trust: Path | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -187,11 +195,13 @@ class Deployment:
             ],
         )  # fmt: skip
         _wait_port(self.control_port, link, self.root / "logs" / "superlink.log")
-        for i, site in enumerate(self.sites):
+        nodes = [(Path(s), self.trusted_entities) for s in self.sites]
+        nodes += [(Path(s), self.guard_trust) for s in self.guarded_sites]
+        for i, (site, trust) in enumerate(nodes):
             key, pub = make_node_key(self.root / "keys" / f"node-{i}.key")
             self.node_keys.append(key)
             self.register(pub)
-            self.start_supernode(i, Path(site), key)
+            self.start_supernode(i, site, key, trust)
         return self
 
     def register(self, pub: Path) -> None:
@@ -205,17 +215,37 @@ class Deployment:
         if r.returncode != 0:
             raise DeploymentError(f"flwr supernode register {pub}: {r.stdout}{r.stderr}")
 
-    def start_supernode(self, i: int, site: Path, key: Path) -> subprocess.Popen:
+    def start_worker(self, i: int) -> Path:
+        """The site's warm worker (see :mod:`.site_worker`); returns its socket path."""
+        sock = Path(tempfile.gettempdir()) / f"dsw-{uuid.uuid4().hex[:12]}.sock"
+        proc = self._spawn(
+            f"worker-{i}",
+            [sys.executable, "-m", "dataspace.federated.site_worker", "--socket", str(sock)],
+        )
+        self.sockets.append(sock)
+        deadline = time.monotonic() + 180
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise DeploymentError(f"site worker {i} did not start; see logs/worker-{i}.log")
+            time.sleep(0.1)
+        return sock
+
+    def start_supernode(
+        self, i: int, site: Path, key: Path, trusted_entities: Path | None = None
+    ) -> subprocess.Popen:
+        node_config = f"site={_toml(str(site.resolve()))}"
+        if self.warm:
+            node_config += f" worker={_toml(str(self.start_worker(i)))}"
         args = [
             str(BIN / "flower-supernode"),
             "--superlink", f"127.0.0.1:{self.control_port}",
             "--root-certificates", str(self.tls.ca_cert),  # type: ignore[union-attr]
             "--auth-supernode-private-key", str(key),
-            "--node-config", f"site={_toml(str(site.resolve()))}",
+            "--node-config", node_config,
             "--port", str(free_port()),
         ]  # fmt: skip
-        if self.trusted_entities is not None:
-            args += ["--trusted-entities", str(self.trusted_entities)]
+        if trusted_entities is not None:
+            args += ["--trusted-entities", str(trusted_entities)]
         return self._spawn(f"supernode-{i}", args)
 
     def _tree(self, name: str) -> list[psutil.Process]:
@@ -246,6 +276,8 @@ class Deployment:
         for proc in self.procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(1)
+        for sock in self.sockets:
+            sock.unlink(missing_ok=True)
 
     def __enter__(self) -> Deployment:
         return self.start()
@@ -281,12 +313,23 @@ def run_deployment(
     round_timeout: float = 300.0,
     timeout: float = 900.0,
     trusted_entities: Path | None = None,
+    warm: bool = True,
+    guarded_sites: Sequence[Path] = (),
+    guard_trust: Path | None = None,
 ) -> dict[str, Any]:
     """Train on the deployment engine; returns the run's history (see :mod:`.server_app`)."""
     out = Path(out_dir).resolve()
     roots = [Path(s).resolve() for s in sites]
     app_dir = write_app(out / "deploy" / "app")
-    with Deployment(out / "deploy", roots, trusted_entities) as d:
+    dep = Deployment(
+        out / "deploy",
+        roots,
+        trusted_entities,
+        warm=warm,
+        guarded_sites=guarded_sites,
+        guard_trust=guard_trust,
+    )
+    with dep as d:
         d.run(
             app_dir,
             {
@@ -298,7 +341,7 @@ def run_deployment(
                 "seed": seed,
                 "lr": lr,
                 "min-nodes": min_nodes if min_nodes is not None else len(roots),
-                "expected-nodes": len(roots),
+                "expected-nodes": len(roots) + len(guarded_sites),
                 "round-timeout": round_timeout,
             },
             timeout=timeout,

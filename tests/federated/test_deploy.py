@@ -1,0 +1,55 @@
+"""The deployment engine: SuperLink + SuperNodes as processes, TLS, node auth, FAB trust."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dataspace.federated.deploy import run_deployment, write_app
+from dataspace.federated.fab import (
+    build_fab,
+    openssh_public,
+    sign_fab,
+    verify_fab,
+    write_trusted_entities,
+)
+
+
+def test_fab_signature_in_flower_format(tmp_path):
+    fab = build_fab(write_app(tmp_path / "app"))
+    holder = Ed25519PrivateKey.generate()
+    trusted = {"holder-0": openssh_public(holder)}
+    sig = sign_fab(fab, holder, "holder-0")
+    assert verify_fab(fab, [sig], trusted)
+    altered = fab[:-1] + bytes([fab[-1] ^ 1])
+    assert not verify_fab(altered, [sig], trusted)  # altered bundle
+    assert not verify_fab(fab, [], trusted)  # unsigned bundle
+    stranger = sign_fab(fab, Ed25519PrivateKey.generate(), "holder-0")
+    assert not verify_fab(fab, [stranger], trusted)  # signed by a key the holder never accepted
+
+
+@pytest.mark.slow
+def test_three_supernodes_tls_auth_real_data_and_untrusted_fab_refused(federation, tmp_path):
+    fed = federation(epsilon=4.0, rounds=1)
+    trust = write_trusted_entities(
+        tmp_path / "trusted.yaml", {"holder-0": openssh_public(Ed25519PrivateKey.generate())}
+    )
+    # a 4th SuperNode names its trusted keys: it must refuse the (unsigned) bundle
+    h = run_deployment(
+        fed.contract_ids,
+        [s.root for s in fed.sites],
+        "bc-mlp",
+        1,
+        tmp_path / "run",
+        seed=3,
+        min_nodes=3,
+        timeout=480,
+        guarded_sites=[fed.sites[0].root],
+        guard_trust=trust,
+    )
+    assert h["status"] == "finished", h.get("error")
+    assert len(h["rounds"]) == 1 and len(h["rounds"][0]["sites"]) == 3
+    assert set(h["rounds"][0]["epsilon"]) == set(fed.dataset_ids)
+    refusals = [f["reason"] for f in h["stats"]["failed"]]
+    assert len(refusals) == 1 and "FAB could not be verified" in refusals[0], refusals
+    assert (tmp_path / "run" / "final.npz").exists()

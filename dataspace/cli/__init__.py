@@ -30,6 +30,7 @@ _AREAS = (
     "dataspace.cli.serve",
     "dataspace.cli.demo",
     "dataspace.cli.privacy",
+    "dataspace.cli.deploy",
 )
 
 

@@ -1,0 +1,122 @@
+"""docker-compose.yml: every service runs a command that exists, with valid options.
+
+``dataspace ...`` commands are resolved through the click tree and their options
+checked against the command's parameters (and run with ``--help``); Flower's
+``flower-superlink`` / ``flower-supernode`` must be in this venv and accept each
+option given, and must be started with the options the deployment engine uses
+when the tests start it as plain processes (dataspace.federated.deploy).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+
+from dataspace.cli import cli
+from tests.product.conftest import ROOT
+
+BIN = Path(sys.executable).parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def resolve(args: list[str]) -> tuple[click.Command, list[str]]:
+    """The click command ``dataspace ARGS`` names, and the rest of the arguments."""
+    cmd: click.Command = cli
+    rest = list(args)
+    while isinstance(cmd, click.Group) and rest and not rest[0].startswith("-"):
+        sub = cmd.get_command(click.Context(cmd), rest[0])
+        assert sub is not None, f"dataspace has no command {rest[0]!r} (in {args})"
+        cmd, rest = sub, rest[1:]
+    return cmd, rest
+
+
+def options(cmd: click.Command) -> set[str]:
+    return {o for p in cmd.params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")}
+
+
+@cache
+def flower_options(exe: str) -> set[str]:
+    out = subprocess.run([str(BIN / exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return set(re.findall(r"(--[a-z][a-z0-9-]*)", out.stdout))
+
+
+def given_options(args: list[str]) -> set[str]:
+    return {a.split("=", 1)[0] for a in args if a.startswith("--")}
+
+
+def test_the_compose_file_has_a_hub_and_three_connectors():
+    cmds = {name: s["command"] for name, s in SERVICES.items()}
+    assert sum(c[:3] == ["dataspace", "serve", "hub"] for c in cmds.values()) == 1
+    assert sum(c[:3] == ["dataspace", "serve", "connector"] for c in cmds.values()) == 3
+    assert sum(c[0] == "flower-superlink" for c in cmds.values()) == 1
+    assert sum(c[0] == "flower-supernode" for c in cmds.values()) == 3
+    assert any(c[:3] == ["dataspace", "deploy", "tls"] for c in cmds.values())
+    for name, s in SERVICES.items():
+        assert s.get("build") == "." or s.get("image"), name
+    assert (ROOT / "Dockerfile").exists()
+    for v in ("certs", "hub", "site-0", "site-1", "site-2"):
+        assert v in COMPOSE["volumes"]
+
+
+DATASPACE = sorted(n for n, s in SERVICES.items() if s["command"][0] == "dataspace")
+FLOWER = sorted(n for n, s in SERVICES.items() if s["command"][0] != "dataspace")
+
+
+@pytest.mark.parametrize("name", DATASPACE)
+def test_dataspace_commands_resolve_with_valid_options(name):
+    args = SERVICES[name]["command"]
+    cmd, rest = resolve(args[1:])
+    assert not isinstance(cmd, click.Group), f"{name}: {args} names a group, not a command"
+    unknown = given_options(rest) - options(cmd)
+    assert not unknown, f"{name}: {unknown} are not options of dataspace {args[1:3]}"
+    # click accepts the arguments (paths that must exist are checked at run time in the image)
+    ctx = cmd.make_context("dataspace", list(rest), resilient_parsing=True)
+    assert ctx.command is cmd
+
+
+@pytest.mark.parametrize("name", FLOWER)
+def test_flower_commands_exist_with_valid_options(name):
+    args = SERVICES[name]["command"]
+    exe = args[0]
+    assert exe in ("flower-superlink", "flower-supernode"), f"{name}: unexpected entry point {exe}"
+    assert (BIN / exe).exists(), f"{exe} is not installed in the venv"
+    unknown = given_options(args[1:]) - flower_options(exe)
+    assert not unknown, f"{name}: {exe} has no options {unknown}"
+
+
+def test_flower_commands_match_what_the_deployment_engine_starts():
+    from dataspace.federated import deploy
+
+    src = inspect.getsource(deploy)
+    for name, s in SERVICES.items():
+        args = s["command"]
+        if args[0] in ("flower-superlink", "flower-supernode"):
+            for opt in given_options(args[1:]):
+                assert f'"{opt}"' in src, f"{name}: {opt} is not used by dataspace.federated.deploy"
+
+
+def test_one_shot_commands_are_idempotent(tmp_path):
+    """tls and site run twice give the same files (compose reruns them on every up)."""
+    from click.testing import CliRunner
+
+    run = CliRunner().invoke
+    tls = ["deploy", "tls", str(tmp_path / "certs"), "--nodes", "2"]
+    assert run(cli, tls).exit_code == 0
+    ca = (tmp_path / "certs" / "ca.crt").read_bytes()
+    assert run(cli, tls).exit_code == 0
+    assert (tmp_path / "certs" / "ca.crt").read_bytes() == ca
+    assert (tmp_path / "certs" / "node-1.key.pub").exists()
+    site = ["deploy", "site", str(tmp_path / "s"), "--org", "Plant North"]
+    a, b = run(cli, site), run(cli, site)
+    assert a.exit_code == b.exit_code == 0, a.output + b.output
+    assert a.output == b.output

@@ -1,0 +1,7 @@
+"""Assurance: evidence a data holder can rerun (issue 8).
+
+* :mod:`.privacy_audit` / :mod:`.mia`: an empirical privacy audit of the DP
+  training (canaries, a membership-inference attack, an epsilon lower bound);
+* :mod:`.egress`: what a connector sends per round, checked and recorded;
+* :mod:`.canary`: canary values planted in raw data, searched for in captured bytes.
+"""

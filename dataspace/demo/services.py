@@ -80,14 +80,14 @@ class Process:
         log = logs / f"{name}.log"
         f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
         proc = subprocess.Popen(
-            [PYTHON, "-m", "dataspace", "serve", *args, "--port", str(port)],
+            [PYTHON, "-m", "dataspace.demo.serve_main", *args, "--port", str(port)],
             stdout=f,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         return cls(name, f"http://127.0.0.1:{port}", proc, log)
 
-    def wait_ready(self, timeout: float = 120.0, until: Callable[[dict], bool] = bool) -> None:
+    def wait_ready(self, timeout: float = 300.0, until: Callable[[dict], bool] = bool) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -64,6 +64,7 @@ from dataspace.auth.service import (
 )
 from dataspace.errors import DataspaceError, NotFoundError, RefusedError
 from dataspace.hub import models as m
+from dataspace.hub.dashboard import Dashboard
 from dataspace.hub.store import HubStore, now_iso
 from dataspace.policy.identity import Identity, load_private_key, new_identity
 
@@ -239,6 +240,7 @@ def create_app(
         public_paths=PUBLIC_PATHS | PUBLIC_LOG,
         window_s=window_s,
     )
+    app.add_middleware(Dashboard, store=store, hub_log=hub_log)  # /dashboard, unsigned, local
     install_error_handlers(app, on_refused)
     _mount_log(app, hub_log, data_dir, store)
 

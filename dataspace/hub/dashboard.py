@@ -1,0 +1,408 @@
+"""The hub's dashboard: one page over the hub's own state, for people (issue 7).
+
+Views: the catalog with quality scores; contracts and their state (pending
+requests from the holders' connectors, with approve / reject); the privacy
+budget spent, reserved and left per dataset (inline SVG chart); runs with loss
+curves and contributions; the hub log's size, latest checkpoint, witnesses and
+whether it verifies. Server-rendered HTML (jinja2) with inline SVG and a few
+lines of vanilla JS: no CDN, no build step, works offline.
+
+Mounted by ``create_app`` as an outer ASGI middleware (one line), so that
+``/dashboard`` is served without HTTP message signatures, which a browser
+cannot make; everything else goes on to the signed API untouched. The page
+shows metadata and aggregates only (what the signed API shows an operator),
+and by default only to clients on the loopback interface
+(``DATASPACE_DASHBOARD=open`` serves it to every client, ``off`` to none).
+
+Approve / reject goes to the holder's connector admin API
+(``POST /v1/admin/contracts/{id}/approve|reject``), signed with a holder key
+the dashboard was given: ``DATASPACE_DASHBOARD_HOLDER_KEYS`` lists key files
+(``os.pathsep``-separated) of the holders who use this dashboard on their own
+machine. Without a holder key the dashboard shows hub-registered contracts only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jinja2
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+PREFIX = "/dashboard"
+_LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,
+)
+
+
+def _holder_keys() -> dict[str, Any]:
+    """Holder keys this dashboard may sign admin calls with, by key id (base64)."""
+    from dataspace.policy.identity import load_private_key
+
+    out = {}
+    for p in filter(None, os.environ.get("DATASPACE_DASHBOARD_HOLDER_KEYS", "").split(os.pathsep)):
+        key = load_private_key(Path(p))
+        out[base64.b64encode(key.public_key().public_bytes_raw()).decode()] = key
+    return out
+
+
+class Views:
+    """Everything the page shows, computed from the hub's store and log."""
+
+    def __init__(self, store: Any, hub_log: Any) -> None:
+        self.store, self.hub_log = store, hub_log
+        self._verified: tuple[int, dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+
+    # -- catalog, contracts, budget, runs ------------------------------------------------
+    def catalog(self) -> list[dict[str, Any]]:
+        rows = sorted(
+            self.store.catalog.values(), key=lambda e: (e.get("holder_name", ""), e["dataset_id"])
+        )
+        return [
+            {
+                "dataset_id": e["dataset_id"],
+                "title": e.get("title") or e["dataset_id"],
+                "holder": e.get("holder_name") or e.get("holder", "")[:8],
+                "holder_key": e.get("holder"),
+                "robot_type": e.get("robot_type"),
+                "episodes": e.get("episodes"),
+                "frames": e.get("frames"),
+                "fps": e.get("fps"),
+                "hours": round(e["frames"] / e["fps"] / 3600, 2)
+                if e.get("frames") and e.get("fps")
+                else None,
+                "quality": e.get("quality_score"),
+                "connector_url": e.get("connector_url"),
+            }
+            for e in rows
+        ]
+
+    def connector_contracts(self, catalog: list[dict[str, Any]]) -> tuple[list[dict], list[str]]:
+        """Contracts (pending ones included) from the connectors of holders we have keys for."""
+        keys = _holder_keys()
+        seen, out, errors = set(), [], []
+        for e in catalog:
+            url, holder = e.get("connector_url"), e.get("holder_key")
+            if not url or holder not in keys or (url, holder) in seen:
+                continue
+            seen.add((url, holder))
+            try:
+                from dataspace.auth.client import call, signed_client
+
+                with signed_client(url, keys[holder], timeout=3) as c:
+                    body = call(c, "GET", "/v1/admin/contracts")
+                for k in body.get("contracts", []):
+                    flat = {**k.get("terms", {}), **{a: b for a, b in k.items() if a != "terms"}}
+                    out.append({**flat, "connector_url": url, "holder_name": e["holder"]})
+            except Exception as ex:  # a connector that is down must not break the page
+                errors.append(f"{e['holder']} ({url}): {ex}")
+        return out, errors
+
+    def contracts(self, catalog: list[dict[str, Any]]) -> tuple[list[dict], list[str]]:
+        names = {e["dataset_id"]: e["holder"] for e in catalog}
+        consumers = {k: p["name"] for k, p in self.store.participants.items()}
+        merged: dict[str, dict[str, Any]] = {}
+        for c in self.store.contracts.values():
+            merged[c["contract_id"]] = dict(c)
+        remote, errors = self.connector_contracts(catalog)
+        for c in remote:
+            cid = c.get("contract_id")
+            if cid:
+                merged[cid] = {**merged.get(cid, {}), **c}
+        rows = []
+        for c in merged.values():
+            consumer = c.get("consumer")
+            if isinstance(consumer, dict):
+                consumer = consumer.get("key") or consumer.get("public_key")
+            rows.append(
+                {
+                    "contract_id": c["contract_id"],
+                    "dataset_id": c.get("dataset_id"),
+                    "holder": names.get(c.get("dataset_id"), c.get("holder_name", "")),
+                    "consumer": consumers.get(
+                        consumer, c.get("consumer_name") or (consumer or "")[:10]
+                    ),
+                    "purpose": c.get("purpose"),
+                    "epsilon": c.get("epsilon"),
+                    "rounds": c.get("rounds"),
+                    "until": (c.get("until") or "")[:10],
+                    "state": c.get("state", "?"),
+                    "connector_url": c.get("connector_url"),
+                }
+            )
+        order = {"pending": 0, "agreed": 1, "active": 1}
+        rows.sort(key=lambda r: (order.get(r["state"], 2), r["holder"] or "", r["contract_id"]))
+        return rows, errors
+
+    def budgets(self, catalog: list[dict], contracts: list[dict]) -> list[dict[str, Any]]:
+        """Per dataset: epsilon granted by live contracts, spent by registered rounds, left."""
+        spent: dict[str, float] = {}
+        for run in self.store.runs.values():
+            for r in run.get("rounds", []):
+                for d, e in (r.get("epsilon") or {}).items():
+                    spent[d] = spent.get(d, 0.0) + float(e)
+        out = []
+        for e in catalog:
+            d = e["dataset_id"]
+            granted = sum(
+                float(c["epsilon"] or 0)
+                for c in contracts
+                if c["dataset_id"] == d and c["state"] in ("agreed", "active", "finished")
+            )
+            s = spent.get(d, 0.0)
+            out.append(
+                {
+                    "dataset_id": d,
+                    "holder": e["holder"],
+                    "granted": granted,
+                    "spent": s,
+                    "left": max(0.0, granted - s),
+                }
+            )
+        return out
+
+    def runs(self) -> list[dict[str, Any]]:
+        out = []
+        for run in sorted(
+            self.store.runs.values(), key=lambda r: r.get("created_at", ""), reverse=True
+        ):
+            rounds = run.get("rounds", [])
+            contrib: dict[str, float] = {}
+            for r in rounds:
+                for d, v in (r.get("contributions") or {}).items():
+                    contrib[d] = contrib.get(d, 0.0) + float(v)
+            total = sum(max(0.0, v) for v in contrib.values())
+            out.append(
+                {
+                    "run_id": run["run_id"],
+                    "created_at": (run.get("created_at") or "")[:19].replace("T", " "),
+                    "template": run.get("template"),
+                    "contracts": len(run.get("contract_ids", [])),
+                    "rounds": [{"round": r["round"], "loss": r.get("loss")} for r in rounds],
+                    "last_loss": rounds[-1].get("loss") if rounds else None,
+                    "contributions": [
+                        {
+                            "dataset_id": d,
+                            "value": v,
+                            "share": (max(0.0, v) / total) if total > 0 else None,
+                        }
+                        for d, v in sorted(contrib.items())
+                    ],
+                    "svg": loss_svg([r.get("loss") for r in rounds]),
+                }
+            )
+        return out
+
+    # -- the hub's log --------------------------------------------------------------------
+    def log(self) -> dict[str, Any]:
+        from dataspace.audit.note import parse_note
+
+        log = self.hub_log.log
+        size = int(log.size)
+        note = log.checkpoint() if size else b""
+        witnesses = []
+        if note:
+            parsed = parse_note(note)
+            witnesses = sorted({s.name for s in parsed.signatures} - {self.hub_log.origin})
+        return {
+            "origin": self.hub_log.origin,
+            "size": size,
+            "checkpoint": note.decode("utf-8", "replace"),
+            "witnesses": witnesses,
+            "verification": self.verify(size, note),
+        }
+
+    def verify(self, size: int, note: bytes) -> dict[str, Any]:
+        """The log checked against its own verifier key (signatures, tree), cached by size."""
+        with self._lock:
+            if self._verified and self._verified[0] == size:
+                return self._verified[1]
+            from dataspace.audit.note import Verifier, raw_public
+            from dataspace.audit.verify import TrustedKeys, audit
+
+            if not size:
+                result = {"ok": True, "detail": "empty log", "entries": 0}
+            else:
+                trusted = TrustedKeys(
+                    logs=[Verifier(self.hub_log.origin, raw_public(self.hub_log.key))]
+                )
+                rep = audit(self.hub_log.log.entries(0, size), note, trusted)
+                result = {
+                    "ok": rep.ok,
+                    "detail": str(rep.first) if rep.first else "all entries and the tree verify",
+                    "entries": rep.entries_checked,
+                }
+            self._verified = (size, result)
+            return result
+
+    def page(self) -> dict[str, Any]:
+        catalog = self.catalog()
+        contracts, errors = self.contracts(catalog)
+        budgets = self.budgets(catalog, contracts)
+        return {
+            "catalog": catalog,
+            "contracts": contracts,
+            "pending": sum(c["state"] == "pending" for c in contracts),
+            "budgets": budgets,
+            "budget_svg": budget_svg(budgets),
+            "runs": self.runs(),
+            "log": self.log(),
+            "errors": errors,
+            "can_approve": bool(_holder_keys()),
+        }
+
+
+def loss_svg(losses: list[float | None], w: int = 320, h: int = 120) -> str:
+    """An inline SVG line chart of loss per round (markup built from numbers only)."""
+    pts = [(i + 1, float(v)) for i, v in enumerate(losses) if v is not None and v == v]
+    if not pts:
+        return ""
+    pad = 28
+    xs = [p[0] for p in pts]
+    ys = [p[1] for p in pts]
+    x0, x1 = min(xs), max(max(xs), min(xs) + 1)
+    y0, y1 = min(0.0, min(ys)), max(ys) * 1.1 or 1.0
+
+    def sx(x: float) -> float:
+        return pad + (x - x0) / (x1 - x0) * (w - pad - 8)
+
+    def sy(y: float) -> float:
+        return h - pad + 8 - (y - y0) / (y1 - y0) * (h - pad - 8)
+
+    line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+    dots = "".join(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3"/>' for x, y in pts)
+    return (
+        f'<svg class="chart" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" '
+        f'aria-label="loss per round">'
+        f'<line x1="{pad}" y1="{h - pad + 8}" x2="{w - 8}" y2="{h - pad + 8}" class="axis"/>'
+        f'<line x1="{pad}" y1="8" x2="{pad}" y2="{h - pad + 8}" class="axis"/>'
+        f'<text x="{pad - 4}" y="14" text-anchor="end">{y1:.3g}</text>'
+        f'<text x="{pad - 4}" y="{h - pad + 8}" text-anchor="end">{y0:.3g}</text>'
+        f'<text x="{w / 2:.0f}" y="{h - 4}" text-anchor="middle">round {x0}–{xs[-1]}</text>'
+        f'<polyline points="{line}" class="loss"/><g class="dots">{dots}</g></svg>'
+    )
+
+
+def budget_svg(rows: list[dict[str, Any]], w: int = 640) -> str:
+    """Horizontal stacked bars per dataset: spent, left of what contracts granted."""
+    if not rows:
+        return ""
+    bar, gap, label = 22, 14, 190
+    h = len(rows) * (bar + gap) + 24
+    top = max(max(r["granted"], r["spent"]) for r in rows) or 1.0
+    scale = (w - label - 90) / top
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" '
+        'aria-label="privacy budget per dataset">'
+    ]
+    for i, r in enumerate(rows):
+        y = 8 + i * (bar + gap)
+        sw, lw = r["spent"] * scale, r["left"] * scale
+        name = jinja2.utils.markupsafe.escape(f"{r['holder']} · {r['dataset_id']}")
+        parts.append(f'<text x="0" y="{y + 15}" class="lbl">{name}</text>')
+        parts.append(f'<rect x="{label}" y="{y}" width="{sw:.1f}" height="{bar}" class="spent"/>')
+        parts.append(
+            f'<rect x="{label + sw:.1f}" y="{y}" width="{lw:.1f}" height="{bar}" class="left"/>'
+        )
+        parts.append(
+            f'<text x="{label + sw + lw + 6:.1f}" y="{y + 15}">ε {r["spent"]:.2f} spent · '
+            f"{r['left']:.2f} left</text>"
+        )
+    ly = h - 10
+    parts.append(
+        f'<rect x="{label}" y="{ly - 9}" width="10" height="10" class="spent"/>'
+        f'<text x="{label + 14}" y="{ly}">spent</text>'
+        f'<rect x="{label + 70}" y="{ly - 9}" width="10" height="10" class="left"/>'
+        f'<text x="{label + 84}" y="{ly}">granted by contracts, not yet spent</text></svg>'
+    )
+    return "".join(parts)
+
+
+def dashboard_app(store: Any, hub_log: Any) -> FastAPI:
+    views = Views(store, hub_log)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get(PREFIX, response_class=HTMLResponse)
+    @app.get(PREFIX + "/", response_class=HTMLResponse)
+    def page() -> HTMLResponse:
+        ctx = views.page()
+        return HTMLResponse(_ENV.get_template("dashboard.html").render(**ctx))
+
+    @app.get(PREFIX + "/api/state")
+    def state() -> JSONResponse:
+        ctx = views.page()
+        ctx.pop("budget_svg")
+        for r in ctx["runs"]:
+            r.pop("svg")
+        return JSONResponse(ctx)
+
+    @app.post(PREFIX + "/api/contracts/{contract_id}/{decision}")
+    async def decide(contract_id: str, decision: str, request: Request) -> JSONResponse:
+        if decision not in ("approve", "reject"):
+            return JSONResponse({"error": f"unknown decision {decision!r}"}, status_code=404)
+        if request.headers.get("x-dashboard") != "1":  # set by the page's JS: no cross-site forms
+            return JSONResponse({"error": "missing X-Dashboard header"}, status_code=403)
+        catalog = views.catalog()
+        contracts, _ = views.contracts(catalog)
+        c = next((c for c in contracts if c["contract_id"] == contract_id), None)
+        if c is None or not c.get("connector_url"):
+            return JSONResponse({"error": f"no pending contract {contract_id}"}, status_code=404)
+        holder = next(
+            (e["holder_key"] for e in catalog if e["dataset_id"] == c["dataset_id"]), None
+        )
+        key = _holder_keys().get(holder)
+        if key is None:
+            return JSONResponse(
+                {"error": "this dashboard holds no key of that dataset's holder"}, status_code=403
+            )
+        from dataspace.auth.client import ServiceRefusedError, call, signed_client
+
+        body = {} if decision == "approve" else {"reason": "rejected on the hub dashboard"}
+        try:
+            with signed_client(c["connector_url"], key, timeout=10) as cl:
+                out = call(cl, "POST", f"/v1/admin/contracts/{contract_id}/{decision}", json=body)
+        except ServiceRefusedError as e:
+            return JSONResponse({"error": str(e)}, status_code=409)
+        except httpx.HTTPError as e:
+            return JSONResponse({"error": f"connector unreachable: {e}"}, status_code=502)
+        return JSONResponse({"ok": True, "contract": out})
+
+    return app
+
+
+class Dashboard:
+    """Outer ASGI middleware: ``/dashboard*`` to the dashboard app, the rest to the hub."""
+
+    def __init__(self, app: ASGIApp, *, store: Any, hub_log: Any) -> None:
+        self.app = app
+        self.dashboard = dashboard_app(store, hub_log)
+        self.mode = os.environ.get("DATASPACE_DASHBOARD", "local")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path == PREFIX or path.startswith(PREFIX + "/"):
+            client = (scope.get("client") or ("",))[0]
+            if self.mode == "open" or (self.mode == "local" and client in _LOOPBACK):
+                await self.dashboard(scope, receive, send)
+                return
+            body = json.dumps({"error": "the dashboard is served to local clients only"}).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 403,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)

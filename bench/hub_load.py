@@ -14,7 +14,9 @@ Usage: ``.venv/bin/python bench/hub_load.py [--clients 50] [--duration 20]``
    settings, separate process) whose routes return the very JSON the hub
    answered for each of those requests (captured in step 1).
 
-Each target is measured twice: closed loop (every client sends its next
+Hub and bare are measured in alternating slices (``--slices``, default 4, of
+``--duration / slices`` seconds each) so both see the same machine load. Each
+target is measured twice: closed loop (every client sends its next
 request when the last is answered: the saturation throughput, where latency
 is only queueing, about clients / rps) and paced (the 50 clients together
 offer ``--paced-rps`` requests per second on a fixed schedule: the latency a
@@ -212,12 +214,17 @@ async def drive(
     wall = time.monotonic() - t0
     for c in clients:
         c.close()
-    lat.sort()
+    return {"lat": lat, "errors": errors, "wall": wall}
+
+
+def summary(runs: list[dict]) -> dict:
+    """Several slices of one workload as one: requests, errors, rps, p50, p99."""
+    lat = sorted(x for r in runs for x in r["lat"])
     n = len(lat)
     return {
         "requests": n,
-        "errors": errors,
-        "rps": round(n / wall, 1),
+        "errors": sum(r["errors"] for r in runs),
+        "rps": round(n / sum(r["wall"] for r in runs), 1),
         "p50_ms": round(lat[n // 2], 2),
         "p99_ms": round(lat[min(n - 1, int(n * 0.99))], 2),
     }
@@ -228,6 +235,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--entries", type=int, default=40)
+    ap.add_argument("--slices", type=int, default=4, help="alternating slices per phase")
     ap.add_argument(
         "--paced-rps", type=float, default=100.0, help="offered load of the latency phase"
     )
@@ -306,12 +314,6 @@ def main() -> None:
 
         keys = [k for k, _ in consumers]
         rate = args.paced_rps / args.clients
-        log(f"hub: {args.clients} signed clients, closed loop, {args.duration:.0f} s")
-        hub_sat = asyncio.run(drive(hub_url, keys, contract_ids, args.duration))
-        log(f"hub saturated: {hub_sat}")
-        log(f"hub: {args.clients} signed clients at {args.paced_rps:g} req/s in all")
-        hub_paced = asyncio.run(drive(hub_url, keys, contract_ids, args.duration, rate))
-        log(f"hub paced: {hub_paced}")
 
         (tmp / "answers.json").write_text(json.dumps(answers | {"/healthz": "{}"}))
         (tmp / "bare.py").write_text(BARE_APP)
@@ -340,11 +342,28 @@ def main() -> None:
         wait_ready(bare_url, bare)
         nobody = [None] * args.clients
         bare_ids = [["contract-000"]] * args.clients
-        log(f"bare: {args.clients} unsigned clients, closed loop, {args.duration:.0f} s")
-        bare_sat = asyncio.run(drive(bare_url, nobody, bare_ids, args.duration))
-        log(f"bare saturated: {bare_sat}")
-        bare_paced = asyncio.run(drive(bare_url, nobody, bare_ids, args.duration, rate))
-        log(f"bare paced: {bare_paced}")
+
+        # Alternate slices of hub and bare, so that both see the same machine load
+        # (this machine is shared; its load changes within a minute).
+        slice_s = args.duration / args.slices
+        runs: dict[str, list[dict]] = {k: [] for k in ("hub", "bare", "hub_p", "bare_p")}
+        for k in range(args.slices):
+            log(f"slice {k + 1}/{args.slices}: closed loop, {slice_s:.1f} s each")
+            runs["hub"].append(asyncio.run(drive(hub_url, keys, contract_ids, slice_s)))
+            runs["bare"].append(asyncio.run(drive(bare_url, nobody, bare_ids, slice_s)))
+        for k in range(args.slices):
+            log(f"slice {k + 1}/{args.slices}: paced at {args.paced_rps:g} req/s")
+            runs["hub_p"].append(asyncio.run(drive(hub_url, keys, contract_ids, slice_s, rate)))
+            runs["bare_p"].append(asyncio.run(drive(bare_url, nobody, bare_ids, slice_s, rate)))
+        hub_sat, bare_sat = summary(runs["hub"]), summary(runs["bare"])
+        hub_paced, bare_paced = summary(runs["hub_p"]), summary(runs["bare_p"])
+        for name, r in (
+            ("hub", hub_sat),
+            ("bare", bare_sat),
+            ("hub paced", hub_paced),
+            ("bare paced", bare_paced),
+        ):
+            log(f"{name}: {r}")
     finally:
         for p in (hub, bare):
             if p is not None:

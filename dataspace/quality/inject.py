@@ -207,12 +207,14 @@ def write_dataset(
 
 def corrupt_dataset(
     episodes: Sequence[Episode], plan: dict[int, str], seed: int = 0
-) -> tuple[list[Episode], dict[int, str]]:
+) -> tuple[list[Episode], dict[int, str], dict[int, int]]:
     """Apply ``plan`` {episode_index: kind} to clean episodes.
 
     ``duplicate`` and ``near_duplicate`` *append* a copy of the planned episode
-    (the copy is the corrupted one); the returned mapping gives the final index
-    of every corrupted episode.
+    (the copy is the corrupted one). Returns the episodes, ``truth`` (final
+    index of every corrupted episode -> kind) and ``sources`` (index of each
+    appended copy -> the episode it copies: a copy of an episode that was
+    already an outlier is one too).
     """
     rng = np.random.default_rng(seed)
     eps = list(episodes)
@@ -231,11 +233,13 @@ def corrupt_dataset(
     # out-of-range joint: the one with the widest usual range
     oor_joint = int(np.argmax(s_hi - s_lo))
     truth: dict[int, str] = {}
+    sources: dict[int, int] = {}
     for idx, kind in sorted(plan.items()):
         ep = episodes[idx]
         if kind in ("duplicate", "near_duplicate"):
             eps.append(_copy(ep) if kind == "duplicate" else near_duplicate(ep, rng))
             truth[len(eps) - 1] = kind
+            sources[len(eps) - 1] = idx
             continue
         if kind == "nan":
             new = nan(ep, rng)
@@ -255,4 +259,4 @@ def corrupt_dataset(
             raise ValueError(f"unknown corruption {kind!r}")
         eps[idx] = new
         truth[idx] = kind
-    return eps, truth
+    return eps, truth, sources

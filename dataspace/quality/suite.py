@@ -47,6 +47,9 @@ from dataspace.quality.profile import Layout, build_workspace
 JITTER_TOLERANCE_S = 1e-4
 #: Tukey far-out fence multiplier for robust limits
 FENCE_K = 3.0
+#: fence multiplier for joint limits: wider than Tukey's 3, since a joint's physical
+#: range exceeds what any one dataset visits; only gross violations should fail
+RANGE_K = 5.0
 #: a joint is "live" when its frozen fraction has a median below this
 LIVE_MEDIAN = 0.2
 #: an episode fails frozen_joint when one live joint is constant this share of its motion
@@ -147,8 +150,8 @@ def robust_limits(
 ) -> dict[str, tuple[float, float]]:
     """Joint limits from quantiles of the per-episode minima and maxima.
 
-    hi = Q3(max) + k * s, lo = Q1(min) - k * s with s = max(IQR(max), IQR(min),
-    25 % of the joint's typical span): a single episode reaching far beyond
+    hi = Q3(max) + 5 s, lo = Q1(min) - 5 s with s = max(IQR(max), IQR(min),
+    half the joint's usual range Q3(max) - Q1(min)): a single episode reaching far beyond
     where the others end is out of range, ordinary variation is not.
     """
     out: dict[str, tuple[float, float]] = {}
@@ -157,12 +160,13 @@ def robust_limits(
         mn = _finite(profile.get(f"min_{c}"))
         if mx.size == 0 or mn.size == 0:
             continue
-        span = float(np.median(mx) - np.median(mn))
-        floor = max(0.25 * span, 1e-6 * max(1.0, float(np.max(np.abs(mx)))), 1e-9)
+        # the joint's usual range over the dataset (Q1 of minima to Q3 of maxima)
+        span = float(np.quantile(mx, 0.75) - np.quantile(mn, 0.25))
+        floor = max(0.5 * span, 1e-6 * max(1.0, float(np.max(np.abs(mx)))), 1e-9)
         _, q3, s_hi = _fence(mx, floor)
         q1, _, s_lo = _fence(mn, floor)
         s = max(s_hi, s_lo)
-        out[c] = (q1 - FENCE_K * s, q3 + FENCE_K * s)
+        out[c] = (q1 - RANGE_K * s, q3 + RANGE_K * s)
     return out
 
 

@@ -71,7 +71,10 @@ class DemoOptions:
     validation_episodes: int = 4
     source: Path | None = None
     seed: int = 0
-    services: bool = False
+    #: also run the hub and connectors: False, True (processes) or "threads" (in this process)
+    services: bool | str = False
+    #: leave the services running after the demo (result.extra["services"]; caller stops them)
+    keep_services: bool = False
     hub_url: str | None = None
     port: int = 0
     lr: float = 0.5
@@ -128,6 +131,7 @@ class DemoResult:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        d["extra"] = {k: v for k, v in self.extra.items() if k != "services"}
         d["verified"] = self.verified
         return d
 
@@ -413,9 +417,12 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
         if services is not None:
             step("hub: registering the run and its rounds")
             services.register_run(run_id, contract_ids, history, ckey)
-    finally:
+    except BaseException:
         if services is not None:
             services.stop()
+        raise
+    if services is not None and not opts.keep_services:
+        services.stop()
 
     step("auditor: verifying every log with public keys only")
     extra = [Path(str(ckey_path) + ".pub")]
@@ -472,6 +479,8 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
         seconds=0.0,
         hub_url=services.hub_url if services is not None else None,
     )
+    if services is not None and opts.keep_services:
+        result.extra["services"] = services
     from dataspace.demo.report import write_html
 
     result.seconds = round(time.monotonic() - t0, 1)

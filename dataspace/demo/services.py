@@ -75,7 +75,9 @@ class Process:
     log: Path
 
     @classmethod
-    def spawn(cls, name: str, args: list[str], port: int, logs: Path) -> Process:
+    def spawn(
+        cls, name: str, args: list[str], port: int, logs: Path, env: dict | None = None
+    ) -> Process:
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"{name}.log"
         f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
@@ -83,7 +85,7 @@ class Process:
             [PYTHON, "-m", "dataspace.demo.serve_main", *args, "--port", str(port)],
             stdout=f,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         )
         return cls(name, f"http://127.0.0.1:{port}", proc, log)
 
@@ -115,12 +117,71 @@ class Process:
                 self.proc.wait()
 
 
+class Threaded:
+    """The same service app run by uvicorn in a thread of this process (tests, dashboard)."""
+
+    def __init__(self, name: str, args: list[str], port: int) -> None:
+        import threading
+
+        import uvicorn
+
+        from dataspace.cli.serve import bind
+        from dataspace.policy.identity import load_identity
+
+        self.name, self.url = name, f"http://127.0.0.1:{port}"
+        opts = _parse(args)
+        trust = [load_identity(Path(p)) for p in opts.get("--trust", [])]
+        if args[0] == "hub":
+            from dataspace.hub.app import create_app as hub_app
+
+            app = hub_app(Path(opts["--data"][0]), trust=trust)
+        else:
+            from dataspace.connectors.service import create_app as connector_app
+
+            app = connector_app(Path(args[1]), opts["--hub"][0], public_url=self.url, trust=trust)
+        sock = bind("127.0.0.1", port)
+        config = uvicorn.Config(app, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self.thread.start()
+
+    def wait_ready(self, timeout: float = 60.0, until: Callable[[dict], bool] = bool) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                r = httpx.get(self.url + "/healthz", timeout=2)
+                if r.status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise ServiceError(f"{self.name} at {self.url} not ready in {timeout:.0f}s")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def _parse(args: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for i, a in enumerate(args):
+        if a.startswith("--") and i + 1 < len(args):
+            out.setdefault(a, []).append(args[i + 1])
+    return out
+
+
+def _spawn(name: str, args: list[str], port: int, logs: Path, threads: bool, env=None):
+    if threads:
+        return Threaded(name, args, port)
+    return Process.spawn(name, args, port, logs, env)
+
+
 @dataclass
 class Services:
     workdir: Path
     hub_url: str
-    hub: Process | None
-    connectors: dict[str, Process] = field(default_factory=dict)
+    hub: Process | Threaded | None
+    connectors: dict[str, Process | Threaded] = field(default_factory=dict)
     opts: Any = None
     hub_info: dict[str, Any] = field(default_factory=dict)
 
@@ -142,7 +203,10 @@ class Services:
             auditor = auditor_identity(workdir)
             args += ["--trust", str(auditor) + ".pub"]
             step(f"hub: dataspace serve hub on 127.0.0.1:{port}")
-            hub = Process.spawn("hub", args, port, logs)
+            # the holders of this one-machine demo use the hub's dashboard to approve requests
+            holder_keys = os.pathsep.join(str(s.key_path) for s in sites)
+            env = {"DATASPACE_DASHBOARD_HOLDER_KEYS": holder_keys}
+            hub = _spawn("hub", args, port, logs, opts.services == "threads", env)
             hub_url = hub.url
         self = cls(workdir, hub_url, hub, opts=opts)
         try:
@@ -150,11 +214,12 @@ class Services:
                 hub.wait_ready()
             for s in sites:
                 step(f"{s.name}: dataspace serve connector")
-                self.connectors[s.name] = Process.spawn(
+                self.connectors[s.name] = _spawn(
                     f"connector-{s.name}",
                     ["connector", str(s.root), "--hub", hub_url],
                     free_port(),
                     logs,
+                    opts.services == "threads",
                 )
             for p in self.connectors.values():
                 p.wait_ready()

@@ -16,7 +16,8 @@ from rich.console import Console
 
 from dataspace.errors import DataspaceError
 
-err_console = Console(stderr=True)
+# soft_wrap: an error names long file paths; rich must not break them across lines
+err_console = Console(stderr=True, soft_wrap=True)
 
 #: modules that each define ``group`` or ``command`` (a click command) to register
 _AREAS = (

@@ -331,6 +331,9 @@ def test_no_response_leaks_raw_values(deploy):
     for key in (p["alice"].key, p["auditor"].key, site.key):
         _walk(hub.url, key, ids)
         _walk(conn.url, key, ids)
+    for path in ("/dashboard", "/dashboard/api/state"):  # the hub's page for people
+        r = httpx.get(hub.url + path, timeout=60)
+        _record(r)
     assert len(RESPONSES) > 40
     needles = canary_texts() + _per_episode_values(site)
     for where, body in RESPONSES:

@@ -329,7 +329,9 @@ def run_deployment(
         guarded_sites=guarded_sites,
         guard_trust=guard_trust,
     )
+    t0 = time.perf_counter()
     with dep as d:
+        t1 = time.perf_counter()
         d.run(
             app_dir,
             {
@@ -346,10 +348,14 @@ def run_deployment(
             },
             timeout=timeout,
         )
+        t2 = time.perf_counter()
     hist = out / "history.json"
     if not hist.exists():
         raise DeploymentError(f"the run wrote no history; see {out / 'deploy' / 'logs'}")
-    return json.loads(hist.read_text())
+    history = json.loads(hist.read_text())
+    # not written to history.json: engine timings for benchmarks
+    history["timing"] = {"start_s": t1 - t0, "run_s": t2 - t1, "total_s": time.perf_counter() - t0}
+    return history
 
 
 def cleanup(out_dir: Path) -> None:

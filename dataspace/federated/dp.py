@@ -320,46 +320,71 @@ def train_dp(
     raise PrivacyPlanError(f"unknown grad_sample_mode {mode!r}")
 
 
-def _train_bk(net, x, y, plan, sigma, lr, generator, steps) -> StepResult:
+def bk_step(
+    net: nn.Sequential,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    clip_norm: float,
+    sigma: float,
+    lr: float,
+    expected_batch: float,
+    generator: torch.Generator,
+) -> float:
+    """One DP-SGD step with book-keeping clipping (Bu et al. 2023) on a Linear MLP.
+
+    For a Linear layer on non-sequence inputs the per-sample gradient of the
+    weight is the outer product ``g_i a_i^T`` of the output gradient and the
+    input, so its squared norm is ``|g_i|^2 |a_i|^2`` (plus ``|g_i|^2`` for the
+    bias): per-sample norms need no per-sample gradients. The backward pass
+    goes only to the layer outputs (no weight gradients), then the clipped sum
+    is one matrix product per layer: ``(c * G)^T A``. Gaussian noise
+    ``N(0, (sigma C)^2)`` is added to the sum, divided by the expected batch
+    size, as in Opacus. Returns the batch's mean loss (not released).
+    """
     linears = [m for m in net if isinstance(m, nn.Linear)]
+    sums = [(torch.zeros_like(m.weight), torch.zeros_like(m.bias)) for m in linears]
+    loss = float("nan")
+    if xb.shape[0]:
+        acts, outs = [], []
+        h = xb
+        for m in net:
+            if isinstance(m, nn.Linear):
+                acts.append(h.detach())
+                h = m(h)
+                outs.append(h)
+            else:
+                h = m(h)
+        per = ((h - yb) ** 2).mean(dim=1)
+        grads = torch.autograd.grad(per.sum(), outs)
+        with torch.no_grad():
+            norm2 = sum(
+                (g * g).sum(1) * ((a * a).sum(1) + 1.0) for a, g in zip(acts, grads, strict=True)
+            )
+            scale = (clip_norm / (norm2.sqrt() + 1e-6)).clamp(max=1.0)
+            for (sw, sb), a, g in zip(sums, acts, grads, strict=True):
+                gs = g * scale[:, None]
+                sw += gs.T @ a
+                sb += gs.sum(0)
+        loss = float(per.detach().mean())
+    with torch.no_grad():
+        for m, (sw, sb) in zip(linears, sums, strict=True):
+            for p, s in ((m.weight, sw), (m.bias, sb)):
+                if sigma > 0:
+                    s += torch.randn(s.shape, generator=generator) * (sigma * clip_norm)
+                p -= lr * s / expected_batch
+    return loss
+
+
+def _train_bk(net, x, y, plan, sigma, lr, generator, steps) -> StepResult:
     if any(not isinstance(m, nn.Linear | nn.ReLU | nn.Tanh | nn.GELU) for m in net):
         raise PrivacyPlanError("book-keeping clipping supports Linear + activation MLPs only")
     expected = plan.sample_rate * x.shape[0]
-    c_norm = plan.clip_norm
     total, count, losses = 0, 0, []
     for idx in poisson_batches(x.shape[0], plan.sample_rate, steps, generator):
-        sums = [(torch.zeros_like(m.weight), torch.zeros_like(m.bias)) for m in linears]
+        loss = bk_step(net, x[idx], y[idx], plan.clip_norm, sigma, lr, expected, generator)
         if idx.numel():
-            xb, yb = x[idx], y[idx]
-            acts, outs = [], []
-            h = xb
-            for m in net:
-                if isinstance(m, nn.Linear):
-                    acts.append(h.detach())
-                    h = m(h)
-                    outs.append(h)
-                else:
-                    h = m(h)
-            per = ((h - yb) ** 2).mean(dim=1)
-            grads = torch.autograd.grad(per.sum(), outs)
-            with torch.no_grad():
-                norm2 = sum(
-                    (g * g).sum(1) * ((a * a).sum(1) + 1.0)
-                    for a, g in zip(acts, grads, strict=True)
-                )
-                scale = (c_norm / (norm2.sqrt() + 1e-6)).clamp(max=1.0)
-                for (sw, sb), a, g in zip(sums, acts, grads, strict=True):
-                    gs = g * scale[:, None]
-                    sw += gs.T @ a
-                    sb += gs.sum(0)
-            losses.append(float(per.detach().mean()))
+            losses.append(loss)
             total += int(idx.numel())
-        with torch.no_grad():
-            for m, (sw, sb) in zip(linears, sums, strict=True):
-                for p, s in ((m.weight, sw), (m.bias, sb)):
-                    if sigma > 0:
-                        s += torch.randn(s.shape, generator=generator) * (sigma * c_norm)
-                    p -= lr * s / expected
         count += 1
     return StepResult(loss=sum(losses) / max(len(losses), 1), steps=count, samples=total)
 

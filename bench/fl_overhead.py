@@ -1,0 +1,62 @@
+"""Deployment engine wall time / the same computation in one process (issue 5).
+
+5 rounds of bc-mlp DP training, 3 sites holding thirds of the Unitree G1
+recording. Denominator: the one-process engine (run_simulation) running the
+same apps, data and seed. Numerator: ``flwr run`` on a SuperLink with 3
+SuperNodes (TLS, node authentication, warm site workers) already started, as
+they are in a long-lived deployment; the start-up time of the processes is
+reported separately (``start_s``) and in ``ratio_with_startup``.
+Last stdout line: ``{"ratio": run_s / local_s, ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dataspace.federated.deploy import run_deployment
+from dataspace.federated.federation import make_federation
+from dataspace.federated.run import run_simulation
+
+UNITREE = Path(__file__).resolve().parents[2] / "shared" / "data" / "unitree-g1-lerobot-v2.1"
+ROUNDS = 5
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        a = make_federation(tmp / "a", UNITREE, epsilon=8.0, rounds=ROUNDS)
+        b = make_federation(tmp / "b", UNITREE, epsilon=8.0, rounds=ROUNDS)
+        t = time.perf_counter()
+        ha = run_simulation(a.contract_ids, a.sites, "bc-mlp", ROUNDS, tmp / "ra", seed=0)
+        local = time.perf_counter() - t
+        print(f"one process: {local:.1f}s", file=sys.stderr)
+        hb = run_deployment(
+            b.contract_ids, [s.root for s in b.sites], "bc-mlp", ROUNDS, tmp / "rb", seed=0,
+            timeout=1500,
+        )  # fmt: skip
+        tm = hb["timing"]
+        print(f"deployment: {tm}", file=sys.stderr)
+        assert ha["status"] == hb["status"] == "finished", hb.get("error")
+        same = ha["rounds"][-1]["train_loss"] == hb["rounds"][-1]["train_loss"]
+        print(
+            json.dumps(
+                {
+                    "ratio": round(tm["run_s"] / local, 3),
+                    "ratio_with_startup": round(tm["total_s"] / local, 3),
+                    "local_s": round(local, 2),
+                    "deploy_run_s": round(tm["run_s"], 2),
+                    "deploy_start_s": round(tm["start_s"], 2),
+                    "rounds": ROUNDS,
+                    "supernodes": 3,
+                    "same_result_as_local": same,
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Held-out action MSE: federated DP policy / central non-private policy (issue 5).
+
+Three sites hold contiguous thirds of the Unitree G1 recording (100 episodes:
+different sessions and operators, non-IID). Each site's held-out episodes are
+chosen by episode hash (dataspace.federated.data.split_episodes). Models:
+
+* central: pooled train episodes of all sites, exact normalisation, no DP
+  (Adam, 20 epochs) -- the baseline;
+* federated: the real apps in the one-process engine, DP-SGD per site with
+  epsilon 8 (also 2 and 1), delta 1e-5, FedAvg over ROUNDS rounds;
+* alone: each site trains by itself with the same DP budget.
+
+MSE is over all sites' held-out frames, in raw action units. Last stdout line:
+``{"ratio": fed(eps=8) / central, ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dataspace.federated import data as fdata
+from dataspace.federated import normalize
+from dataspace.federated.federation import make_federation
+from dataspace.federated.report import load_policy
+from dataspace.federated.run import run_simulation
+from dataspace.federated.templates import Policy, get_template
+
+torch.set_num_threads(1)
+UNITREE = Path(__file__).resolve().parents[2] / "shared" / "data" / "unitree-g1-lerobot-v2.1"
+ROUNDS = 8
+LR = 1.0
+
+
+def log(*a) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def frames(fed, which: str) -> fdata.Frames:
+    parts = []
+    for site, dsid in zip(fed.sites, fed.dataset_ids, strict=True):
+        ref = fdata.dataset_ref(site, dsid)
+        split = fdata.split_episodes(site, dsid)
+        fr = fdata.load_frames(site, ref, getattr(split, which))
+        # keep episodes distinct across sites
+        parts.append((fr, len(parts) * 10_000))
+    return fdata.Frames(
+        state=torch.cat([p.state for p, _ in parts]),
+        action=torch.cat([p.action for p, _ in parts]),
+        episode=torch.cat([p.episode + off for p, off in parts]),
+    )
+
+
+def mse(policy: Policy, fr: fdata.Frames) -> float:
+    tmpl = get_template("bc-mlp")
+    xs, ys = normalize.normalised(policy, fr.state, fr.action)
+    x, _ = tmpl.pairs(xs, ys, fr.episode)
+    with torch.no_grad():
+        pred = policy(x) * policy.action_std + policy.action_mean
+    return float(((pred - fr.action) ** 2).mean())
+
+
+def central(train: fdata.Frames, epochs: int = 20) -> Policy:
+    tmpl = get_template("bc-mlp")
+    policy = tmpl.build(train.state.shape[1], train.action.shape[1], seed=0)
+    normalize.apply_stats(policy, normalize.exact_stats(train.state, train.action))
+    xs, ys = normalize.normalised(policy, train.state, train.action)
+    x, y = tmpl.pairs(xs, ys, train.episode)
+    opt = torch.optim.Adam(policy.net.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for idx in torch.randperm(x.shape[0], generator=g).split(256):
+            opt.zero_grad()
+            ((policy(x[idx]) - y[idx]) ** 2).mean().backward()
+            opt.step()
+    return policy
+
+
+def federated(root: Path, eps: float, sites: list[int] | None = None) -> tuple[Policy, float]:
+    fed = make_federation(root, UNITREE, epsilon=eps, rounds=ROUNDS)
+    idx = sites if sites is not None else [0, 1, 2]
+    t = time.perf_counter()
+    run_simulation(
+        [fed.contract_ids[i] for i in idx], [fed.sites[i] for i in idx], "bc-mlp", ROUNDS,
+        root / "run", seed=0, lr=LR, min_nodes=1,
+    )  # fmt: skip
+    return load_policy(root / "run"), time.perf_counter() - t
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ref = make_federation(tmp / "ref", UNITREE, epsilon=1.0, rounds=1)
+        train, held = frames(ref, "train"), frames(ref, "heldout")
+        log(f"train frames {len(train)}, held-out frames {len(held)}")
+        base = mse(central(train), held)
+        log(f"central non-private: {base:.5f}")
+        out: dict = {"central_mse": base, "federated_mse": {}, "alone_mse": {}}
+        for eps in (8.0, 2.0, 1.0):
+            pol, secs = federated(tmp / f"fed{eps}", eps)
+            out["federated_mse"][str(eps)] = mse(pol, held)
+            log(f"federated eps {eps}: {out['federated_mse'][str(eps)]:.5f} ({secs:.0f}s)")
+        for i in range(3):
+            pol, _ = federated(tmp / f"alone{i}", 8.0, [i])
+            out["alone_mse"][f"site-{i}"] = mse(pol, held)
+            log(f"site {i} alone eps 8: {out['alone_mse'][f'site-{i}']:.5f}")
+        out["ratio"] = round(out["federated_mse"]["8.0"] / base, 3)
+        out["ratio_eps2"] = round(out["federated_mse"]["2.0"] / base, 3)
+        out["ratio_eps1"] = round(out["federated_mse"]["1.0"] / base, 3)
+        out["ratio_alone"] = {k: round(v / base, 3) for k, v in out["alone_mse"].items()}
+        out.update(
+            rounds=ROUNDS, lr=LR, delta=1e-5, sites=3, dataset="unitree-g1 (100 ep, 3 ranges)"
+        )
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

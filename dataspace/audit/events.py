@@ -52,6 +52,7 @@ import base64
 import binascii
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -83,7 +84,6 @@ KINDS = (
 STANDARD = ("v", "kind", "actor", "time", "dataset_id", "fingerprint", "contract_id", "purpose")
 RESERVED = frozenset((*STANDARD, "sig"))
 _DETAIL_NAME = re.compile(r"[a-z][a-z0-9_]*")
-_MAX_SAFE_INT = 2**53
 
 
 class EventError(DataspaceError):
@@ -94,7 +94,7 @@ class EventSignatureError(EventError):
     """An event whose signature does not verify under its actor's key."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Event:
     """A parsed event. ``fields`` holds every member (details included) but ``sig``."""
 
@@ -137,7 +137,7 @@ def format_time(t: datetime | str | None = None) -> str:
 def parse_time(s: str) -> datetime:
     """Parse RFC 3339 (``Z`` or an offset); the result is timezone-aware."""
     try:
-        t = datetime.fromisoformat(s.replace("z", "Z"))
+        t = datetime.fromisoformat(s)
     except (ValueError, TypeError, AttributeError) as e:
         raise EventError(f"time {s!r} is not RFC 3339: {e}") from e
     if t.tzinfo is None:
@@ -213,48 +213,40 @@ def _with_sig(message: bytes, keys: list[str], sig_b64: str) -> bytes:
     return message[:i] + b"," + member + message[i:]
 
 
-def _plain(o: Any) -> bool:
-    """True when Python's json.dumps writes ``o`` exactly as RFC 8785 does (no exponent
-    floats, no integral floats, no integers beyond 2**53, ASCII keys only)."""
-    t = type(o)
-    if t is str or t is bool or o is None:
-        return True
-    if t is int:
-        return -_MAX_SAFE_INT <= o <= _MAX_SAFE_INT
-    if t is float:
-        r = repr(o)
-        return "e" not in r and not r.endswith(".0") and o != 0.0
-    if t is dict:
-        for k, v in o.items():
-            if not k.isascii():
-                return False
-            tv = type(v)
-            if tv is str or v is None:  # the common cases, inline
-                continue
-            if tv is int:
-                if -_MAX_SAFE_INT <= v <= _MAX_SAFE_INT:
-                    continue
-                return False
-            if not _plain(v):
-                return False
-        return True
-    if t is list:
-        return all(_plain(x) for x in o)
-    return False
-
-
 #: json.dumps with these options builds a new encoder per call; keep one
 _FAST = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def is_canonical(entry: bytes, obj: Any) -> bool:
+_tl = threading.local()
+
+
+def _note_float(text: str) -> float:
+    # Python writes exponents, integral floats and -0.0 unlike RFC 8785 (ES6 number form)
+    if "e" in text or "E" in text or text.endswith(".0") or text.startswith("-0"):
+        _tl.suspect = True
+    return float(text)
+
+
+def _note_int(text: str) -> int:
+    if len(text) > 15:  # beyond what an IEEE double holds exactly: RFC 8785 decides
+        _tl.suspect = True
+    return int(text)
+
+
+#: parses like json.loads, flagging the numbers whose Python form may differ from RFC 8785
+_DECODER = json.JSONDecoder(parse_float=_note_float, parse_int=_note_int)
+
+
+def is_canonical(entry: bytes, obj: Any, suspect: bool = True) -> bool:
     """RFC 8785: ``entry`` is the canonical serialization of ``obj``.
 
-    Fast path: for objects without exponent floats, big integers or non-ASCII
-    keys, Python's json.dumps with sorted keys is byte-identical to RFC 8785.
+    Fast path (``suspect`` false: :func:`_loads` saw no exponent, integral or
+    negative-zero float and no long integer, and the text is ASCII): Python's
+    json.dumps with sorted keys then writes exactly what RFC 8785 writes.
+    Otherwise the rfc8785 package decides.
     """
-    if _plain(obj):
-        return _FAST.encode(obj).encode() == entry
+    if not suspect and _FAST.encode(obj).encode() == entry:
+        return True
     try:
         return rfc8785.dumps(obj) == entry
     except Exception:
@@ -262,13 +254,20 @@ def is_canonical(entry: bytes, obj: Any) -> bool:
 
 
 def _loads(entry: bytes) -> dict[str, Any]:
+    obj, _ = _loads_flagged(entry)
+    return obj
+
+
+def _loads_flagged(entry: bytes) -> tuple[dict[str, Any], bool]:
+    """Parse an entry; also says whether the fast canonical check is unsafe for it."""
+    _tl.suspect = not entry.isascii()
     try:
-        obj = json.loads(entry)
+        obj = _DECODER.decode(entry.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EventError(f"entry is not JSON: {e}") from e
     if not isinstance(obj, dict):
         raise EventError("entry is not a JSON object")
-    return obj
+    return obj, _tl.suspect
 
 
 def parse_event(entry: bytes) -> Event:
@@ -276,7 +275,21 @@ def parse_event(entry: bytes) -> Event:
     return _event(_loads(entry))
 
 
+def _b64_key(s: str) -> bytes:
+    """Actor keys repeat across a log: decode each once."""
+    raw = _KEY_B64.get(s)
+    if raw is None:
+        raw = base64.b64decode(s, validate=True)
+        if len(_KEY_B64) < 4096:
+            _KEY_B64[s] = raw
+    return raw
+
+
+_KEY_B64: dict[str, bytes] = {}
+
+
 def _event(obj: dict[str, Any]) -> Event:
+    """An Event from a parsed entry (``sig`` is moved out of ``obj``, which becomes ``fields``)."""
     try:
         if obj.get("v") != VERSION:
             raise EventError(f"event version {obj.get('v')!r} is not {VERSION}")
@@ -284,28 +297,15 @@ def _event(obj: dict[str, Any]) -> Event:
         if kind not in KINDS:
             raise EventError(f"unknown event kind {kind!r}")
         actor = obj["actor"]
-        name, key = actor["name"], base64.b64decode(actor["key"], validate=True)
-        sig = base64.b64decode(obj["sig"], validate=True)
-        if not isinstance(name, str) or len(key) != 32 or len(sig) != 64:
+        name, key = actor["name"], _b64_key(actor["key"])
+        sig = base64.b64decode(obj.pop("sig"), validate=True)
+        if type(name) is not str or len(key) != 32 or len(sig) != 64:
             raise EventError("actor name, key (32 bytes) or sig (64 bytes) malformed")
-        for f in ("dataset_id", "fingerprint", "contract_id", "purpose"):
-            if obj.get(f) is not None and not isinstance(obj[f], str):
+        std = (obj["dataset_id"], obj["fingerprint"], obj["contract_id"], obj["purpose"])
+        for f, v in zip(STANDARD[4:], std, strict=True):
+            if v is not None and type(v) is not str:
                 raise EventError(f"{f} must be a string or null")
-            if f not in obj:
-                raise EventError(f"event lacks member {f!r}")
-        fields = {k: v for k, v in obj.items() if k != "sig"}
-        return Event(
-            kind=kind,
-            actor_name=name,
-            actor_key=key,
-            time=parse_time(obj["time"]),
-            dataset_id=obj["dataset_id"],
-            fingerprint=obj["fingerprint"],
-            contract_id=obj["contract_id"],
-            purpose=obj["purpose"],
-            sig=sig,
-            fields=fields,
-        )
+        return Event(kind, name, key, parse_time(obj["time"]), *std, sig, obj)
     except (KeyError, TypeError, binascii.Error, ValueError) as e:
         if isinstance(e, EventError):
             raise
@@ -340,15 +340,16 @@ def verify_event(entry: bytes, trusted_keys: frozenset[bytes] | set[bytes] | Non
     With ``trusted_keys`` (raw public keys) the actor must be one of them.
     Raises :class:`EventError` / :class:`EventSignatureError`.
     """
-    obj = _loads(entry)
-    if not is_canonical(entry, obj):
+    obj, suspect = _loads_flagged(entry)
+    if not is_canonical(entry, obj, suspect):
         raise EventError("entry is not RFC 8785 canonical JSON")
+    sig_b64 = obj.get("sig")
     ev = _event(obj)
     if trusted_keys is not None and ev.actor_key not in trusted_keys:
         raise EventSignatureError(
             f"actor {ev.actor_name} ({ev.actor_key_b64}) is not a trusted key"
         )
-    message = signed_message(entry, obj["sig"])
+    message = signed_message(entry, sig_b64)
     try:
         _public_key(ev.actor_key).verify(ev.sig, message)
     except InvalidSignature as e:

@@ -6,17 +6,38 @@ absurd request is refused with a 422 naming the field, before any work.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Id = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/+=-]+$")
 KeyB64 = Field(min_length=44, max_length=44, description="Ed25519 public key, standard base64")
 Hex = Field(min_length=1, max_length=128, pattern=r"^[0-9a-f]+$")
 
 
+def _finite(v: Any, where: str = "") -> None:
+    """JSON has no NaN or Infinity (RFC 8259); nested documents must not smuggle them in."""
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"{where or 'value'} is {v}; only finite numbers are allowed")
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _finite(x, f"{where}.{k}" if where else str(k))
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            _finite(x, f"{where}[{i}]")
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Request bodies: no unknown fields, no NaN or Infinity anywhere (even nested)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _all_finite(self) -> Strict:
+        for name in type(self).model_fields:
+            _finite(getattr(self, name), name)
+        return self
 
 
 class HubInfo(BaseModel):

@@ -118,6 +118,16 @@ def test_bad_input_is_a_precise_4xx(hub):
     assert r.status_code == 422 and "extra" in r.json()["detail"]
     r = c.post("/v1/catalog", content=b"x" * (MAX_BODY + 1), auth=auth["holder"])
     assert (r.status_code, r.json()["error"]) == (413, "body_too_large")
+    for bad in ("NaN", "[1, Infinity]"):  # JSON has neither (RFC 8259)
+        raw = json.dumps(entry(dcat={"@context": {}, "@type": "dcat:Dataset", "n": 1}))
+        raw = raw.replace('"n": 1', f'"n": {bad}').encode()
+        r = c.post(
+            "/v1/catalog",
+            content=raw,
+            auth=auth["holder"],
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 422 and "finite" in r.json()["detail"], r.text
     r = c.get("/v1/catalog", params={"limit": 10**9}, auth=auth["alice"])
     assert r.status_code == 422
     old = sign_url_request(hub[2]["alice"].key, "GET", "http://testserver/v1/catalog")

@@ -37,13 +37,15 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from dataspace.assurance import egress
 from dataspace.connectors.site import Site
 from dataspace.errors import NotFoundError, RefusedError
 from dataspace.federated import data as fdata
 from dataspace.federated import dp, guard, normalize
 from dataspace.federated.templates import Policy, Template, get_template
 
-app = ClientApp()
+# the egress guard checks and records every reply before it leaves (dataspace.assurance)
+app = ClientApp(mods=[egress.guard_mod])
 
 # Small MLPs on CPU: one intra-op thread is fastest, and several sites (or
 # SuperNodes) share the machine; more threads thrash (10x slower measured here).
@@ -178,7 +180,9 @@ def _info(job: Job) -> ConfigRecord:
     )
 
 
-def _log_finished(job: Job, epsilon: float, update_sha256: str, loss: float) -> None:
+def _log_finished(
+    job: Job, epsilon: float, update_sha256: str, loss: float, **extra: object
+) -> None:
     """round.finished in the site's ledger and log (the policy area's recorder)."""
     from dataspace.policy.ledger import record_round_finished
 
@@ -191,6 +195,7 @@ def _log_finished(job: Job, epsilon: float, update_sha256: str, loss: float) -> 
         model_sha256=update_sha256,
         train_loss=loss,
         template=job.template.name,
+        **extra,
     )
 
 
@@ -273,7 +278,7 @@ def train(message: Message, context: Context) -> Message:
     )
     arrays = ArrayRecord(policy.state_dict())
     eps_spent = job.plan.epsilon_after(job.round_no)
-    _log_finished(job, charge, arrays_sha256(arrays), loss)
+    _log_finished(job, charge, arrays_sha256(arrays), loss, **egress.round_details(arrays))
     metrics = MetricRecord(
         {
             # frame counts are catalog metadata; rounded so a round reveals no exact size

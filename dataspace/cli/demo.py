@@ -77,7 +77,9 @@ def _interrupt(signum: int, frame: object) -> None:
     help="Also run the hub and the connectors as services on 127.0.0.1 (contracts over HTTP).",
 )
 @click.option("--hub", "hub_url", default=None, help="Use this running hub instead of a new one.")
-@click.option("--port", type=int, default=0, help="Port of the demo's hub (default: a free one).")
+@click.option(
+    "--port", type=int, default=0, help="Port of the demo hub (implies --services; default: free)."
+)
 @click.option(
     "--episodes-per-site", type=click.IntRange(1), default=None, help="Cap each site's episodes."
 )
@@ -120,7 +122,7 @@ def command(
         rounds=rounds,
         epsilon=epsilon,
         simulate=simulate,
-        services=services,
+        services=services or bool(port),
         hub_url=hub_url,
         port=port,
         episodes_per_site=episodes_per_site,

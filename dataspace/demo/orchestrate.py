@@ -73,7 +73,7 @@ class DemoOptions:
     seed: int = 0
     #: also run the hub and connectors: False, True (processes) or "threads" (in this process)
     services: bool | str = False
-    #: leave the services running after the demo (result.extra["services"]; caller stops them)
+    #: leave the services running after the demo (``result.services``; the caller stops them)
     keep_services: bool = False
     hub_url: str | None = None
     port: int = 0
@@ -131,7 +131,6 @@ class DemoResult:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d["extra"] = {k: v for k, v in self.extra.items() if k != "services"}
         d["verified"] = self.verified
         return d
 
@@ -369,6 +368,14 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
         raise DemoError(f"--rounds must be at least 1, not {opts.rounds}")
     if not opts.epsilon > 0:
         raise DemoError(f"--epsilon must be positive, not {opts.epsilon}")
+    if opts.hub_url or (opts.services and opts.port):
+        from dataspace.demo.services import check_port, reachable
+
+        # fail before any work: a hub that is not there, a port that is taken
+        if opts.hub_url:
+            reachable(opts.hub_url)
+        else:
+            check_port(opts.port)
     wd = opts.workdir = Path(opts.workdir).resolve()
     wd.mkdir(parents=True, exist_ok=True)
     source = find_source(opts.source)
@@ -480,7 +487,7 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
         hub_url=services.hub_url if services is not None else None,
     )
     if services is not None and opts.keep_services:
-        result.extra["services"] = services
+        result.services = services  # type: ignore[attr-defined]  # not a field: not in JSON
     from dataspace.demo.report import write_html
 
     result.seconds = round(time.monotonic() - t0, 1)

@@ -57,7 +57,7 @@ def find_source(explicit: Path | None = None) -> Source:
         info = path / "meta" / "info.json"
         if info.exists():
             n = int(json.loads(info.read_text())["total_episodes"])
-            return Source(path, n, bundled)
+            return Source(path, n, bundled or path.resolve() == SAMPLE)
     raise NotFoundError(
         "no robot recording found: looked in "
         + ", ".join(str(p) for p, _ in candidates)

@@ -1,0 +1,94 @@
+"""``dataspace demo`` end to end (simulation) on the bundled sample, reruns, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+
+import pytest
+
+from dataspace.cli import main
+from dataspace.demo import DemoOptions, run_demo
+from dataspace.demo.sources import SAMPLE, find_source
+
+pytestmark = pytest.mark.slow
+
+
+def test_bundled_sample_is_small_and_complete():
+    size = sum(p.stat().st_size for p in SAMPLE.rglob("*") if p.is_file())
+    assert size < 2_000_000
+    src = find_source(SAMPLE)
+    assert src.bundled and src.episodes == 16
+    info = json.loads((SAMPLE / "meta" / "info.json").read_text())
+    assert info["total_episodes"] == len(list((SAMPLE / "data").rglob("*.parquet")))
+
+
+def test_demo_end_to_end_then_rerun(tmp_path, capsys):
+    wd = tmp_path / "demo"
+    args = ["demo", "--workdir", str(wd), "--simulate", "--rounds", "2", "--data", str(SAMPLE)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((wd / "summary.json").read_text())
+    assert summary["engine"] == "simulation" and summary["verified"]
+    assert len(summary["sites"]) == 3
+    for s in summary["sites"]:
+        assert s["episodes"] == 5 and s["log_verified"] and s["quality"] > 0
+        assert 0 < s["epsilon_spent"] <= 8.0 + 1e-9
+        assert s["epsilon_left"] == pytest.approx(s["epsilon_budget"] - s["epsilon_spent"])
+        assert s["contribution"] is not None and s["site"] in out
+    html = (wd / "report.html").read_text()
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == 4
+    assert "report: " + str(wd / "report.html") in out
+    assert summary["validation_mse"]["final"] < summary["validation_mse"]["initial"]
+
+    # rerun in the same workdir: same sites and datasets, a new run, more epsilon spent
+    assert main([*args, "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["run_id"] != summary["run_id"]
+    assert [s["dataset_id"] for s in again["sites"]] == [s["dataset_id"] for s in summary["sites"]]
+    for a, b in zip(again["sites"], summary["sites"], strict=True):
+        assert a["epsilon_spent"] > b["epsilon_spent"]
+        assert a["contract_id"] != b["contract_id"]
+    assert len(list((wd / "runs").iterdir())) == 2
+
+
+def test_contract_refused_when_the_budget_is_spent(tmp_path):
+    from dataspace.errors import RefusedError
+
+    opts = dict(workdir=tmp_path / "d", sites=2, rounds=1, source=SAMPLE, budget_runs=1)
+    run_demo(DemoOptions(**opts))
+    with pytest.raises(RefusedError, match="refused the contract"):
+        run_demo(DemoOptions(**opts))
+
+
+def _busy_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    return s
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--data", "/nonexistent/recording"], "no robot recording found"),
+        (["--sites", "0"], "--sites must be between"),
+        (["--hub", "http://127.0.0.1:9"], "cannot reach the hub at http://127.0.0.1:9"),
+        (["--services", "--port", "PORT"], "cannot listen on 127.0.0.1"),
+    ],
+)
+def test_bad_input_is_a_message_and_an_exit_code(tmp_path, capsys, extra, message):
+    busy = _busy_port()
+    try:
+        extra = [str(busy.getsockname()[1]) if a == "PORT" else a for a in extra]
+        args = ["demo", "--workdir", str(tmp_path / "d"), "--simulate", "--rounds", "1"]
+        if "--data" not in extra:
+            args += ["--data", str(SAMPLE), "--episodes-per-site", "2"]
+        code = main([*args, *extra])
+    finally:
+        busy.close()
+    err = capsys.readouterr().err
+    assert code != 0
+    assert message in err
+    assert "Traceback" not in err

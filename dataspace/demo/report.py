@@ -104,6 +104,7 @@ def plots(result: Any, run_dir: Path) -> dict[str, str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = {s.dataset_id: s.site for s in result.sites}
     rounds = result.rounds
@@ -113,6 +114,7 @@ def plots(result: Any, run_dir: Path) -> dict[str, str]:
     ax.plot(xs, [r["train_loss"] for r in rounds], "o-", label="train loss (DP-SGD)")
     ax.plot(xs, [r["eval_mse"] for r in rounds], "s-", label="held-out MSE")
     ax.set(xlabel="round", ylabel="MSE (normalised actions)", title="Loss per round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     out["loss"] = _png(fig)
 
@@ -124,6 +126,7 @@ def plots(result: Any, run_dir: Path) -> dict[str, str]:
         ax.plot([0, *xs], ys, "o-", label=name)
     contract = max((s.epsilon_run for s in result.sites), default=0)
     ax.set(xlabel="round (0 = DP statistics)", ylabel="epsilon spent in this run")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"Privacy spent per site (contract ε ≈ {contract:.1f})")
     ax.legend()
     out["epsilon"] = _png(fig)

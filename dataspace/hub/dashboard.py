@@ -99,7 +99,7 @@ class Views:
             try:
                 from dataspace.auth.client import call, signed_client
 
-                with signed_client(url, keys[holder], timeout=3) as c:
+                with signed_client(url, keys[holder]) as c:
                     body = call(c, "GET", "/v1/admin/contracts")
                 for k in body.get("contracts", []):
                     flat = {**k.get("terms", {}), **{a: b for a, b in k.items() if a != "terms"}}
@@ -369,7 +369,7 @@ def dashboard_app(store: Any, hub_log: Any) -> FastAPI:
 
         body = {} if decision == "approve" else {"reason": "rejected on the hub dashboard"}
         try:
-            with signed_client(c["connector_url"], key, timeout=10) as cl:
+            with signed_client(c["connector_url"], key) as cl:
                 out = call(cl, "POST", f"/v1/admin/contracts/{contract_id}/{decision}", json=body)
         except ServiceRefusedError as e:
             return JSONResponse({"error": str(e)}, status_code=409)

@@ -262,12 +262,12 @@ class Views:
         }
 
 
-def loss_svg(losses: list[float | None], w: int = 320, h: int = 120) -> str:
+def loss_svg(losses: list[float | None], w: int = 340, h: int = 130) -> str:
     """An inline SVG line chart of loss per round (markup built from numbers only)."""
     pts = [(i + 1, float(v)) for i, v in enumerate(losses) if v is not None and v == v]
     if not pts:
         return ""
-    pad = 28
+    pad = 56
     xs = [p[0] for p in pts]
     ys = [p[1] for p in pts]
     x0, x1 = min(xs), max(max(xs), min(xs) + 1)
@@ -276,33 +276,36 @@ def loss_svg(losses: list[float | None], w: int = 320, h: int = 120) -> str:
     def sx(x: float) -> float:
         return pad + (x - x0) / (x1 - x0) * (w - pad - 8)
 
+    bottom = h - 24
+
     def sy(y: float) -> float:
-        return h - pad + 8 - (y - y0) / (y1 - y0) * (h - pad - 8)
+        return bottom - (y - y0) / (y1 - y0) * (bottom - 10)
 
     line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
     dots = "".join(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3"/>' for x, y in pts)
     return (
         f'<svg class="chart" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" '
         f'aria-label="loss per round">'
-        f'<line x1="{pad}" y1="{h - pad + 8}" x2="{w - 8}" y2="{h - pad + 8}" class="axis"/>'
-        f'<line x1="{pad}" y1="8" x2="{pad}" y2="{h - pad + 8}" class="axis"/>'
-        f'<text x="{pad - 4}" y="14" text-anchor="end">{y1:.3g}</text>'
-        f'<text x="{pad - 4}" y="{h - pad + 8}" text-anchor="end">{y0:.3g}</text>'
+        f'<line x1="{pad}" y1="{bottom}" x2="{w - 8}" y2="{bottom}" class="axis"/>'
+        f'<line x1="{pad}" y1="8" x2="{pad}" y2="{bottom}" class="axis"/>'
+        f'<text x="{pad - 4}" y="16" text-anchor="end">{y1:.3g}</text>'
+        f'<text x="{pad - 4}" y="{bottom}" text-anchor="end">{y0:.3g}</text>'
+        f'<text x="6" y="{h / 2:.0f}">loss</text>'
         f'<text x="{w / 2:.0f}" y="{h - 4}" text-anchor="middle">round {x0}–{xs[-1]}</text>'
         f'<polyline points="{line}" class="loss"/><g class="dots">{dots}</g></svg>'
     )
 
 
-def budget_svg(rows: list[dict[str, Any]], w: int = 640) -> str:
+def budget_svg(rows: list[dict[str, Any]], w: int = 1000) -> str:
     """Horizontal stacked bars per dataset: spent, left of what contracts granted."""
     if not rows:
         return ""
-    bar, gap, label = 22, 14, 190
+    bar, gap, label = 22, 14, 280
     h = len(rows) * (bar + gap) + 24
     top = max(max(r["granted"], r["spent"]) for r in rows) or 1.0
-    scale = (w - label - 90) / top
+    scale = (w - label - 240) / top
     parts = [
-        f'<svg class="chart" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" '
+        f'<svg class="chart" viewBox="0 0 {w} {h}" width="100%" role="img" '
         'aria-label="privacy budget per dataset">'
     ]
     for i, r in enumerate(rows):

@@ -1,1 +1,18 @@
-"""Federated training: Flower ServerApp/ClientApp, Opacus DP-SGD, model templates."""
+"""Federated training: Flower ServerApp/ClientApp, Opacus-style DP-SGD, model templates.
+
+Apps (what runs) are kept apart from the engines (how they run):
+
+* apps: :mod:`.client_app` (the connector's own ClientApp: contract check and
+  budget charge via :mod:`.guard` before any read, DP statistics, DP-SGD,
+  DP losses), :mod:`.server_app` (weighted FedAvg, per-round evaluation, run
+  directory with per-round global models and per-site updates, resume);
+* building blocks: :mod:`.templates` (model registry: ``bc-mlp``,
+  ``bc-chunk``), :mod:`.data` (site store to tensors, hash-based held-out
+  split), :mod:`.normalize` (DP statistics), :mod:`.dp` (privacy plan with
+  Opacus's RDP accountant, book-keeping clipping and Opacus modes);
+* engines: :mod:`.run` (one process), :mod:`.deploy` (SuperLink + SuperNodes,
+  TLS, node auth; keys from :mod:`.pki`), :mod:`.site_worker` (warm per-site
+  worker behind a lean ClientApp), :mod:`.fab` (FAB signatures in Flower's format);
+* outputs: :mod:`.report`; helpers for demos and tests: :mod:`.shards`,
+  :mod:`.federation`.
+"""

@@ -135,7 +135,12 @@ def _exchange(
         grid.send_and_receive(msgs, timeout=spec.round_timeout),
         key=lambda m: m.metadata.src_node_id,
     )
-    ok = [m for m in replies if not m.has_error()]
+    # aggregate in dataset order, not node-id order: node ids differ between engines
+    # and float sums depend on order, so both engines give bit-identical models
+    ok = sorted(
+        (m for m in replies if not m.has_error()),
+        key=lambda m: str(m.content["info"]["dataset-id"]) if "info" in m.content else "",
+    )
     answered = {m.metadata.src_node_id for m in replies}
     failed = [
         {"node": m.metadata.src_node_id, "reason": m.error.reason} for m in replies if m.has_error()

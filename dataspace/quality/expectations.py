@@ -217,12 +217,11 @@ class ExpectEpisodeJointsWithinLimits(EpisodeRowsExpectation):
 class ExpectEpisodeNoFrozenJoint(EpisodeRowsExpectation):
     """No joint that normally moves stays constant for most of the moving frames.
 
-    ``frozen_s_j`` is the longest run of frames, counted among frames where
-    some joint moves, during which joint j keeps one value. An episode fails
-    when that run covers at least ``max_fraction`` of its moving frames for a
-    joint listed in ``live`` (joints that move in most episodes; a joint that
-    never moves, such as an unused hand, is a property of the dataset, not a
-    fault of one episode).
+    ``frozen_s_j`` counts the frames in which some state joint moves but joint
+    j keeps its value. An episode fails when that count reaches
+    ``max_fraction`` of its moving frames for a joint listed in ``live``
+    (joints that move in most episodes; a joint that never moves, such as an
+    unused hand, is a property of the dataset, not a fault of one episode).
     """
 
     check: ClassVar[str] = "frozen_joint"

@@ -11,7 +11,7 @@ own under ``SITE/quality/work/`` holding
   joint (``s_0 .. s_{S-1}``, ``a_0 .. a_{A-1}``), so GE sees plain columns;
 * ``episode_profile``: one row per episode, computed in **one** scan of the
   frames with window functions (interval, monotonicity, per-joint extremes,
-  frame-to-frame action change, frozen-joint runs, signatures);
+  frame-to-frame action change, frozen-joint counts, signatures);
 * ``episode_hashes``: the episode hashes copied from the site's ``episodes``
   table (a few bytes per episode);
 
@@ -90,32 +90,30 @@ def frames_view_sql(layout: Layout) -> str:
 
 
 def profile_select_sql(layout: Layout, source: str = "frames", streaming: bool = True) -> str:
-    """The per-episode profile as one SELECT over ``source`` (three window stages).
+    """The per-episode profile as one SELECT over ``source``: one window stage, one grouping.
 
-    Stage 1 (``d``): frame-to-frame differences with ``LAG``. Stage 2 (``m``):
-    ``mcum``, the running count of *moving* frames (any state joint changed).
-    Stage 3 (``r``): for each state joint, the moving frames since that joint
-    last changed, i.e. how long it has been constant while others move.
+    Stage ``d``: frame-to-frame differences with ``LAG`` (interval, frame_index
+    step, per-joint change flags, absolute action change), then one GROUP BY
+    episode_index with every aggregate the checks read. ``frozen_s_j`` counts
+    the *moving* frames (some state joint changed) in which joint j did not.
 
     ``streaming=True`` uses windows over the input order (``OVER ()``), which
     DuckDB evaluates in a streaming operator without sorting; that is valid
     because canonical Parquet is sorted by (episode_index, frame_index) (brief,
     DESIGN.md), and the profile counts rows that break that order
     (``n_unordered``) so the caller can recompute with ``streaming=False``
-    (``PARTITION BY episode_index ORDER BY frame_index``, about 10x slower).
+    (``PARTITION BY episode_index ORDER BY frame_index``, which sorts).
     """
     fps = layout.fps or 0.0
     period = 1.0 / fps if fps > 0 else None
     s, a = layout.state_cols, layout.action_cols
     joints = s + a
     if streaming:
-        w = w_run = "OVER ()"
-        w_run = "OVER (ROWS UNBOUNDED PRECEDING)"
+        w = "OVER ()"
         new_ep = "(episode_index IS DISTINCT FROM lag(episode_index) OVER ())"
         wdef = ""
     else:
         w = "OVER w"
-        w_run = "OVER (PARTITION BY episode_index ORDER BY frame_index ROWS UNBOUNDED PRECEDING)"
         new_ep = "(lag(episode_index) OVER w IS NULL)"
         wdef = " WINDOW w AS (PARTITION BY episode_index ORDER BY frame_index)"
 
@@ -136,13 +134,8 @@ def profile_select_sql(layout: Layout, source: str = "frames", streaming: bool =
     d_cols.append(f"({any_null}) AS has_null")
     d_cols.append(f"coalesce({any_bad}, false) AS has_nonfinite")
     moving = " OR ".join(f"c_{c}" for c in s) or "false"
+    d_cols.append(f"(dfi IS NOT NULL AND ({moving})) AS moving")
     stage_d = f"SELECT {', '.join(d_cols)} FROM {source}{wdef}"
-    stage_m = (
-        f"SELECT *, CAST(sum(CASE WHEN dfi IS NOT NULL AND ({moving}) THEN 1 ELSE 0 END) "
-        f"{w_run} AS BIGINT) AS mcum FROM d"
-    )
-    runs = [f"mcum - max(CASE WHEN c_{c} THEN mcum END) {w_run} AS r_{c}" for c in s]
-    stage_r = f"SELECT *{''.join(', ' + x for x in runs)} FROM m"
 
     valid = ", ".join(str(t) for t in layout.valid_tasks) or "NULL"
     agg = [
@@ -156,7 +149,7 @@ def profile_select_sql(layout: Layout, source: str = "frames", streaming: bool =
         f"{_count(f'task_index IS NULL OR task_index NOT IN ({valid})')} AS n_task_missing",
         "min(ts) AS ts_first",
         "max(ts) - min(ts) AS duration_s",
-        "max(mcum) - min(mcum) AS n_moving",
+        f"{_count('moving')} AS n_moving",
     ]
     if period is not None:
         drop = DROP_FACTOR * period
@@ -175,13 +168,10 @@ def profile_select_sql(layout: Layout, source: str = "frames", streaming: bool =
     for c in s:
         agg.append(f"avg({_finite(c)}) AS mean_{c}")
         agg.append(f"stddev_pop({_finite(c)}) AS std_{c}")
-        agg.append(f"max(r_{c}) AS frozen_{c}")
+        agg.append(f"{_count(f'moving AND NOT c_{c}')} AS frozen_{c}")
     for c in a:
         agg.append(f"max({_finite('d_' + c)}) AS jump_{c}")
-    return (
-        f"WITH d AS ({stage_d}), m AS ({stage_m}), r AS ({stage_r}) "
-        f"SELECT {', '.join(agg)} FROM r GROUP BY episode_index"
-    )
+    return f"WITH d AS ({stage_d}) SELECT {', '.join(agg)} FROM d GROUP BY episode_index"
 
 
 def build_workspace(

@@ -53,7 +53,7 @@ RANGE_K = 5.0
 #: a joint is "live" when its frozen fraction has a median below this
 LIVE_MEDIAN = 0.2
 #: an episode fails frozen_joint when one live joint is constant this share of its motion
-FROZEN_FRACTION = 0.7
+FROZEN_FRACTION = 0.6
 #: near-duplicate tolerance, in units of each signature component's spread
 NEAR_DUP_TOLERANCE = 1e-3
 

@@ -15,3 +15,20 @@ from tests.conftest import SO101
 def so101_site(tmp_path: Path) -> tuple[Site, str]:
     site = Site.init(tmp_path / "site", org="holder")
     return site, enroll(site, SO101).dataset_id
+
+
+def verify_site_log(site: Site) -> dict:
+    """``dataspace audit verify SITE`` with the site's own keys; returns the JSON report."""
+    import json
+
+    from click.testing import CliRunner
+
+    from dataspace.cli import cli
+
+    trusted = site.root.parent / f"{site.root.name}.trusted"
+    trusted.write_text(f"{site.vkey_path}\nactor {site.root / 'site.key.pub'}\n")
+    r = CliRunner().invoke(
+        cli, ["audit", "verify", str(site.root), "--trusted-keys", str(trusted), "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout.strip().splitlines()[-1])

@@ -1,0 +1,170 @@
+"""Canary test: no planted raw value, in any encoding, leaves a site in anything it sends.
+
+Canaries planted in a copy of the real SO-101 recording: three single values
+(rows), one episode whose joint 1 is a constant (an episode), and the exact
+per-dimension means of every episode, shard and the whole dataset (exact
+statistics). The site then goes through enrollment, a quality check, catalog
+publication to a real hub process, a contract negotiation over HTTP with a real
+connector process, and a 2-round federated DP training (simulation engine, the
+connector's own ClientApp). Captured: every byte through a recording TCP proxy
+in front of the hub (what the connector process sends it) and in front of the
+connector (what it answers), and the wire bytes of every Flower reply the
+ClientApp lets out (the egress guard's capture). None may contain a canary.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dataspace.assurance import egress
+from dataspace.assurance.canary import find, float_encodings, stat_encodings
+from dataspace.assurance.proxy import RecordingProxy
+from dataspace.audit.events import parse_event
+from dataspace.audit.log import TransparencyLog
+from dataspace.connectors.client import request_via_connector
+from dataspace.connectors.enroll import enroll
+from dataspace.connectors.site import Site
+from dataspace.federated.data import dataset_ref
+from dataspace.federated.federation import grant
+from dataspace.federated.run import run_simulation
+from dataspace.federated.shards import shard_to_sites
+from dataspace.policy.identity import load_private_key, new_identity
+from dataspace.policy.odrl import build_policy
+from dataspace.policy.policies import publish_policy
+from dataspace.quality.check import run_checks
+from tests.conftest import SO101
+from tests.services.conftest import Service, free_port
+
+pytestmark = pytest.mark.slow
+
+ROW_CANARIES = ((7, "observation.state", 0, 4321.98765), (400, "action", 3, -8765.4321),
+                (1100, "observation.state", 5, 2718.28182))  # fmt: skip
+EPISODE_CANARY = (2, "observation.state", 1, 777.7771)  # episode, column, joint, value
+SHARDS = [range(0, 4), range(2, 4)]
+
+
+def plant(src: Path, dst: Path) -> list[bytes]:
+    """Plant the canaries in ``dst`` (a copy of ``src``); returns every needle."""
+    shutil.copytree(src, dst)
+    path = dst / "data" / "chunk-000" / "file-000.parquet"
+    table = pq.read_table(path)
+    ep = table.column("episode_index").to_numpy()
+    cols = {}
+    for name in ("observation.state", "action"):
+        arr = table.column(name).combine_chunks()
+        cols[name] = arr.values.to_numpy(zero_copy_only=False).reshape(len(arr), -1).copy()
+    for row, name, j, v in ROW_CANARIES:
+        cols[name][row, j] = v
+    e, name, j, v = EPISODE_CANARY
+    cols[name][ep == e, j] = v
+    for name, a in cols.items():
+        flat = pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), pa.float32()), a.shape[1])
+        table = table.set_column(table.schema.get_field_index(name), name, flat)
+    pq.write_table(table, path)
+    needles = [n for *_, v in ROW_CANARIES for n in float_encodings(v)]
+    needles += float_encodings(EPISODE_CANARY[3])
+    groups = [ep == e for e in np.unique(ep)] + [np.isin(ep, list(r)) for r in SHARDS]
+    groups.append(np.ones_like(ep, dtype=bool))
+    for mask in groups:
+        for a in cols.values():
+            for mean in a[mask].astype(np.float64).mean(axis=0):
+                if mean != EPISODE_CANARY[3]:
+                    needles += stat_encodings(float(mean))
+    return sorted(set(needles))
+
+
+def test_no_canary_leaves_the_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = tmp_path / "raw"
+    needles = plant(SO101, raw)
+    sites = [Site.init(tmp_path / f"site-{i}", f"holder-{i}") for i in range(2)]
+    # enrollment: the connector's reader for site 0 (its catalog entry is published to the
+    # hub below), a shard of episodes 2-3 for site 1 (write_shard's catalog entries lack
+    # @context, so only site 0 publishes)
+    ids = [enroll(sites[0], raw).dataset_id, *shard_to_sites(raw, sites[1:], SHARDS[1:])]
+    # the needles are real: the canonical store holds the planted bytes
+    stored = b"".join(p.read_bytes() for p in sites[0].store_dir.rglob("*.parquet"))
+    assert find(float_encodings(ROW_CANARIES[0][3]), {"store": stored})
+    for site, ds in zip(sites, ids, strict=True):
+        run_checks(site, ds)  # quality
+    key_path = tmp_path / "robotco.key"
+    consumer = new_identity(key_path, name="robotco", role="consumer")
+    key = load_private_key(key_path)
+    publish_policy(  # site 0's contract is negotiated over HTTP below
+        sites[0],
+        build_policy(
+            dataset_id=ids[0], fingerprint=dataset_ref(sites[0], ids[0]).fingerprint,
+            assigner=sites[0].identity.key_b64, epsilon=8.0, delta=1e-5,
+            until=datetime.now(UTC) + timedelta(days=30), max_rounds=2, templates=["bc-mlp"],
+        ),
+    )  # fmt: skip
+    contracts = [grant(sites[1], ids[1], consumer, key, epsilon=4.0, rounds=2, budget=8.0)]
+    hub = conn = None
+    proxies: list[RecordingProxy] = []
+    try:
+        hub = Service(
+            [
+                "hub",
+                "--data",
+                str(tmp_path / "hub"),
+                "--trust",
+                str(sites[0].root / "site.key.pub"),
+            ],
+            free_port(),
+            tmp_path / "hub.log",
+        )
+        hub.wait_ready()
+        to_hub = RecordingProxy(hub.port)
+        proxies.append(to_hub)
+        conn = Service(["connector", str(sites[0].root), "--hub", to_hub.url], free_port(),
+                       tmp_path / "conn.log")  # fmt: skip
+        conn.wait_ready(240, until=lambda h: h["published"])  # catalog publication
+        to_conn = RecordingProxy(conn.port)
+        proxies.append(to_conn)
+        agreed = request_via_connector(  # contract negotiation over HTTP
+            to_conn.url, key, dataset=ids[0], purpose="robot-policy-training", epsilon=4.0,
+            rounds=2, until=datetime.now(UTC) + timedelta(days=2), template="bc-mlp",
+        )  # fmt: skip
+        contracts.insert(0, agreed["contract_id"])
+    finally:
+        for s in (conn, hub):
+            if s is not None:
+                s.stop()
+        for p in proxies:
+            p.close()
+    capture = tmp_path / "flower.bin"
+    monkeypatch.setenv("DATASPACE_EGRESS_CAPTURE", str(capture))
+    hist = run_simulation(contracts, sites, "bc-mlp", 2, tmp_path / "run", seed=0)
+    assert hist["status"] == "finished"
+
+    up_hub, down_hub = to_hub.capture.joined()
+    up_conn, down_conn = to_conn.capture.joined()
+    flower = capture.read_bytes()
+    assert len(up_hub) > 1000 and len(down_conn) > 500 and len(flower) > 100_000
+    haystacks = {
+        "connector->hub": up_hub,
+        "hub->connector": down_hub,
+        "consumer->connector": up_conn,
+        "connector->consumer": down_conn,
+        "clientapp replies": flower,
+    }
+    assert len(needles) > 200
+    assert find(needles, haystacks) == []
+
+    # each connector recorded what it sent per round, and the log carries the totals
+    for site in sites:
+        rows = egress.totals(site)
+        assert {(r["round_no"], r["message_type"]) for r in rows} >= {(1, "train"), (2, "train")}
+        assert all(r["all_sent"] for r in rows)
+        log = TransparencyLog.open(site.log_dir)
+        finished = [
+            e for e in map(parse_event, log.entries(0, log.size)) if e.kind == "round.finished"
+        ]
+        assert len(finished) == 2
+        assert all(e.fields["egress_update_bytes"] > 10_000 for e in finished)

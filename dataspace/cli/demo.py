@@ -81,7 +81,11 @@ def _interrupt(signum: int, frame: object) -> None:
     "--port", type=int, default=0, help="Port of the demo hub (implies --services; default: free)."
 )
 @click.option(
-    "--episodes-per-site", type=click.IntRange(1), default=None, help="Cap each site's episodes."
+    "--episodes-per-site",
+    type=click.IntRange(1),
+    default=12,
+    show_default=True,
+    help="Episodes of the recording each site holds (one contiguous session).",
 )
 @click.option(
     "--data",

@@ -35,7 +35,8 @@ def test_demo_end_to_end_then_rerun(tmp_path, capsys):
     for s in summary["sites"]:
         assert s["episodes"] == 5 and s["log_verified"] and s["quality"] > 0
         assert 0 < s["epsilon_spent"] <= 8.0 + 1e-9
-        assert s["epsilon_left"] == pytest.approx(s["epsilon_budget"] - s["epsilon_spent"])
+        # left = budget - spent - what live contracts still reserve
+        assert 0 < s["epsilon_left"] <= s["epsilon_budget"] - s["epsilon_spent"] + 1e-9
         assert s["contribution"] is not None and s["site"] in out
     html = (wd / "report.html").read_text()
     assert len(re.findall(r'src="data:image/png;base64,', html)) == 4

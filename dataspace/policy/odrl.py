@@ -429,13 +429,13 @@ def _constraint(v: Any, path: str) -> Constraint:
         raise PolicyError(f"{path}: expected a constraint object, got {_kind(v)}")
     _unknown_keys(v, _CONSTRAINT_KEYS, path)
     left = v.get("leftOperand")
-    if left not in OPERATORS:
+    if not isinstance(left, str) or left not in OPERATORS:
         raise PolicyError(
             f"{path}.leftOperand: unknown left operand {left!r} "
             f"(this profile knows {', '.join(OPERATORS)})"
         )
     op = v.get("operator")
-    if op not in OPERATORS[left]:
+    if not isinstance(op, str) or op not in OPERATORS[left]:
         raise PolicyError(
             f"{path}.operator: operator {op!r} is not defined for {left!r} "
             f"(allowed: {', '.join(OPERATORS[left])})"

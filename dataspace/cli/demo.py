@@ -76,6 +76,11 @@ def _interrupt(signum: int, frame: object) -> None:
     is_flag=True,
     help="Also run the hub and the connectors as services on 127.0.0.1 (contracts over HTTP).",
 )
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Keep the hub and connectors up afterwards (dashboard) until Ctrl-C; implies --services.",
+)
 @click.option("--hub", "hub_url", default=None, help="Use this running hub instead of a new one.")
 @click.option(
     "--port", type=int, default=0, help="Port of the demo hub (implies --services; default: free)."
@@ -102,6 +107,7 @@ def command(
     epsilon: float,
     simulate: bool,
     services: bool,
+    serve: bool,
     hub_url: str | None,
     port: int,
     episodes_per_site: int | None,
@@ -126,7 +132,8 @@ def command(
         rounds=rounds,
         epsilon=epsilon,
         simulate=simulate,
-        services=services or bool(port),
+        services=services or serve or bool(port),
+        keep_services=serve,
         hub_url=hub_url,
         port=port,
         episodes_per_site=episodes_per_site,
@@ -172,5 +179,16 @@ def command(
             highlight=False,
         )
         out.print(f"report: {result.report_html}", highlight=False)
+    svc = getattr(result, "services", None)
+    if svc is not None:
+        err.print(
+            f"dashboard: {svc.hub_url}/dashboard (Ctrl-C stops the services)", highlight=False
+        )
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            svc.stop()
     if not result.verified:
         raise SystemExit(1)

@@ -79,7 +79,7 @@ class DemoOptions:
     port: int = 0
     lr: float = 0.5
     #: seconds the deployment-engine run may take before the demo gives up
-    deploy_timeout: float = 240.0
+    deploy_timeout: float = 600.0
 
 
 @dataclass

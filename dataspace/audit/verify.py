@@ -213,6 +213,7 @@ class AuditReport:
     previous_size: int | None = None
     violations: list[Violation] = field(default_factory=list)
     rounds: list[RoundRecord] = field(default_factory=list)
+    round_count: int = 0
     contracts: dict[str, dict[str, Any]] = field(default_factory=dict)
     epsilon_by_dataset: dict[str, float] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)
@@ -248,8 +249,9 @@ def _num(v: Any) -> float | None:
 class RuleChecker:
     """The data-space rules over events in log order (module docstring, step 3)."""
 
-    def __init__(self, report: AuditReport) -> None:
+    def __init__(self, report: AuditReport, keep_rounds: bool = True) -> None:
         self.r = report
+        self.keep_rounds = keep_rounds
         self.contracts: dict[str, tuple[Event, datetime | None]] = {}
         self.budget: dict[str, float] = {}
         self.spent: dict[str, float] = {}
@@ -343,8 +345,10 @@ class RuleChecker:
             eps or 0.0,
             ok=ok,
         )
-        self.r.rounds.append(rec)
-        self.open_rounds[(cid, *run_round)] = rec
+        if self.keep_rounds:  # memory per round: only ``show`` needs the records
+            self.r.rounds.append(rec)
+            self.open_rounds[(cid, *run_round)] = rec
+        self.r.round_count += 1
         n_before = len(self.r.violations)
         if eps is None or eps < 0:
             self._flag(
@@ -390,7 +394,7 @@ class RuleChecker:
                 contract=c.purpose,
             )
         rounds = self.contract_rounds.setdefault(cid, set())
-        rounds.add(run_round)
+        rounds.add(hash(run_round))  # distinct rounds; a hash keeps 1M of them small
         max_rounds = _num(cf.get("rounds"))
         if max_rounds is not None and len(rounds) > max_rounds:
             self._flag(
@@ -456,8 +460,14 @@ def audit(
     previous: bytes | None = None,
     quorum: int = 0,
     max_violations: int = 1000,
+    keep_rounds: bool = True,
 ) -> AuditReport:
-    """Check a log from its entries, its signed checkpoint and cosignatures (module docstring)."""
+    """Check a log from its entries, its signed checkpoint and cosignatures (module docstring).
+
+    ``keep_rounds=False`` checks the same rules but keeps no per-round records in
+    the report (``rounds`` stays empty, ``round_count`` counts them): memory then
+    stays bounded by the number of contracts and datasets, not of rounds.
+    """
     report = AuditReport(quorum=quorum)
     vio = report.violations
     # 1. the checkpoint
@@ -488,7 +498,7 @@ def audit(
     prev_root = None
     if prev_cp is not None and prev_cp.size == 0:
         prev_root = acc.root()
-    rules = RuleChecker(report)
+    rules = RuleChecker(report, keep_rounds)
     actors = trusted.actor_keys()
     kinds = report.kinds
     for i, entry in enumerate(entries):

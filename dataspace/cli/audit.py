@@ -69,12 +69,24 @@ def _full_note(src: LogSource) -> bytes:
 
 
 def _run_audit(
-    src: LogSource, trusted: TrustedKeys, previous: bytes | None, quorum: int
+    src: LogSource,
+    trusted: TrustedKeys,
+    previous: bytes | None,
+    quorum: int,
+    keep_rounds: bool = True,
 ) -> AuditReport:
     note = src.checkpoint()
     size = checkpoint_of_note(note).size
     entries = _progress(src.iter_entries(0, size), size, "verifying")
-    return audit(entries, note, trusted, src.cosignatures(), previous=previous, quorum=quorum)
+    return audit(
+        entries,
+        note,
+        trusted,
+        src.cosignatures(),
+        previous=previous,
+        quorum=quorum,
+        keep_rounds=keep_rounds,
+    )
 
 
 @click.group("audit")
@@ -114,7 +126,8 @@ def verify_cmd(
     """Check signatures, tree, witnesses, consistency and the contract/budget rules."""
     trusted = load_trusted_keys(trusted_keys)
     previous = previous_checkpoint.read_bytes() if previous_checkpoint else None
-    report = _run_audit(open_source(source), trusted, previous, witness_quorum)
+    # per-round records only for --json (memory stays bounded for huge logs otherwise)
+    report = _run_audit(open_source(source), trusted, previous, witness_quorum, as_json)
     if as_json:
         _line(report.to_json())
     else:
@@ -122,7 +135,7 @@ def verify_cmd(
         err.print(
             f"{status} {report.origin} size {report.size} root {report.root}; "
             f"{report.entries_checked} entries; witnesses: {', '.join(report.witnesses) or 'none'}"
-            f" (quorum {witness_quorum}); {len(report.rounds)} rounds",
+            f" (quorum {witness_quorum}); {report.round_count} rounds",
             highlight=False,
         )
         for v in report.violations[:20]:

@@ -57,7 +57,9 @@ def test_demo_end_to_end_then_rerun(tmp_path, capsys):
 def test_contract_refused_when_the_budget_is_spent(tmp_path):
     from dataspace.errors import RefusedError
 
-    opts = dict(workdir=tmp_path / "d", sites=1, rounds=1, source=SAMPLE, budget_runs=1)
+    opts = dict(
+        workdir=tmp_path / "d", sites=1, rounds=1, source=SAMPLE, budget_runs=1, episodes_per_site=3
+    )
     run_demo(DemoOptions(**opts))
     with pytest.raises(RefusedError, match="refused the contract"):
         run_demo(DemoOptions(**opts))

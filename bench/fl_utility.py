@@ -33,8 +33,11 @@ from dataspace.federated.templates import Policy, get_template
 
 torch.set_num_threads(1)
 UNITREE = Path(__file__).resolve().parents[2] / "shared" / "data" / "unitree-g1-lerobot-v2.1"
-ROUNDS = 8
-LR = 1.0
+ROUNDS = 10
+LR = 2.0
+#: the holders' own settings (site.toml [training]): large Poisson batches, several
+#: local epochs a round; the noise multiplier follows from these and the contract
+TRAINING = {"batch_size": 1024, "max_epochs": 4}
 
 
 def log(*a) -> None:
@@ -83,11 +86,14 @@ def central(train: fdata.Frames, epochs: int = 20) -> Policy:
 
 def federated(root: Path, eps: float, sites: list[int] | None = None) -> tuple[Policy, float]:
     fed = make_federation(root, UNITREE, epsilon=eps, rounds=ROUNDS)
+    for site in fed.sites:
+        with open(site.config_path, "a") as f:
+            f.write("\n[training]\n" + "".join(f"{k} = {v}\n" for k, v in TRAINING.items()))
     idx = sites if sites is not None else [0, 1, 2]
     t = time.perf_counter()
     run_simulation(
         [fed.contract_ids[i] for i in idx], [fed.sites[i] for i in idx], "bc-mlp", ROUNDS,
-        root / "run", seed=0, lr=LR, min_nodes=1,
+        root / "run", seed=0, lr=LR, min_nodes=1, local_epochs=TRAINING["max_epochs"],
     )  # fmt: skip
     return load_policy(root / "run"), time.perf_counter() - t
 
@@ -114,7 +120,12 @@ def main() -> None:
         out["ratio_eps1"] = round(out["federated_mse"]["1.0"] / base, 3)
         out["ratio_alone"] = {k: round(v / base, 3) for k, v in out["alone_mse"].items()}
         out.update(
-            rounds=ROUNDS, lr=LR, delta=1e-5, sites=3, dataset="unitree-g1 (100 ep, 3 ranges)"
+            rounds=ROUNDS,
+            lr=LR,
+            delta=1e-5,
+            sites=3,
+            training=TRAINING,
+            dataset="unitree-g1 (100 episodes in 3 ranges)",
         )
         print(json.dumps(out))
 

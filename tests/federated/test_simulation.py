@@ -75,7 +75,7 @@ def test_dead_site_does_not_hang_and_run_resumes(federation, tmp_path):
     def stop_after_first(record):
         grid.dead.add(3)
 
-    with pytest.raises(RunError, match="sites (replied|connected)"):
+    with pytest.raises(RunError, match=r"sites (replied|connected)"):
         run_simulation(
             fed.contract_ids, fed.sites, "bc-mlp", 3, out, seed=2, run_id="r-1",
             grid=grid, on_round=stop_after_first,

@@ -20,7 +20,6 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from dataspace.assurance.privacy_audit import AuditConfig, audit_site
 from dataspace.connectors.site import Site
 
 err = Console(stderr=True)
@@ -86,6 +85,9 @@ def command(
         raise click.BadParameter(f"{hidden!r}: expected widths like 256,256") from None
     if not widths or any(not 1 <= w <= 4096 for w in widths):
         raise click.BadParameter(f"{hidden!r}: widths must be 1..4096", param_hint="--hidden")
+    # torch and Opacus load only when an audit really runs (not for `dataspace --help`)
+    from dataspace.assurance.privacy_audit import AuditConfig, audit_site
+
     cfg = AuditConfig(
         epsilon=None if no_dp else epsilon, delta=delta, canaries=canaries, rounds=rounds,
         epochs=epochs, hidden=widths, max_frames=max_frames, confidence=confidence, seed=seed,

@@ -19,6 +19,7 @@ are decoded one at a time, one episode held in memory.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,15 @@ from dataspace.connectors.reader import (
     walk_files,
 )
 from dataspace.schema import DatasetInfo, Episode
+
+try:  # the chunk decompressors the mcap library uses raise their own errors
+    from zstandard import ZstdError
+except ImportError:  # pragma: no cover
+    ZstdError = ValueError  # type: ignore[assignment,misc]
+
+#: what a malformed file makes the mcap library raise (found by tests/assurance fuzzing)
+_CORRUPT = (McapError, OSError, ValueError, EOFError, AssertionError, KeyError, struct.error,
+            ZstdError)  # fmt: skip
 
 FORMAT = "mcap"
 OPTIONS = ("state_topic", "action_topic", "episode_gap", "fps")
@@ -139,7 +149,7 @@ class McapReader:
                         else:
                             ac_t.append(int(message.log_time))
                             ac_v.append(msg.data)
-        except (McapError, OSError, ValueError, EOFError, AssertionError, KeyError) as e:
+        except _CORRUPT as e:
             raise CorruptFileError(
                 f"cannot read MCAP ({type(e).__name__}: {e})", f, self._index
             ) from e
@@ -208,7 +218,7 @@ def _topics(f: Path) -> dict[str, str]:
             }
     except FileNotFoundError as e:
         raise MissingFileError("missing", f) from e
-    except (McapError, OSError, ValueError, EOFError, AssertionError, KeyError) as e:
+    except _CORRUPT as e:
         raise CorruptFileError(f"not a readable MCAP file ({type(e).__name__}: {e})", f) from e
 
 

@@ -14,6 +14,7 @@ Last stdout line: {"last_in": how many seeds ranked the bad site last, "seeds": 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -32,7 +33,7 @@ from dataspace.quality import inject
 from dataspace.quality.contribution import contributions, revenue_split
 
 DATA = Path("/work/shared/data/unitree-g1-lerobot-v2.1")
-SEEDS = range(10)
+SEEDS = range(int(os.environ.get("SEEDS", "10")))
 SITES = 4
 PER_SITE = 8
 ROUNDS = 3

@@ -90,6 +90,10 @@ def new_identity(path: Path, name: str, role: str) -> Identity:
     for p in (path, pub_path):
         if p.exists():
             raise KeyError_(f"{p} already exists; refusing to overwrite a key")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise KeyError_(f"cannot create the folder for {path}: {e.strerror}") from e
     key = Ed25519PrivateKey.generate()
     write_private_key(path, key)
     ident = Identity(name=name, role=role, public_key=public_bytes(key))

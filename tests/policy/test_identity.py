@@ -99,3 +99,11 @@ def test_rotate_site_key_is_logged_and_the_log_keeps_working(world: World) -> No
         now=NOW,
     )
     assert c.terms.holder == r.new_key
+
+
+def test_new_identity_creates_missing_folders(tmp_path):
+    from dataspace.policy.identity import load_identity, new_identity
+
+    ident = new_identity(tmp_path / "keys" / "deep" / "bob.key", name="bob", role="consumer")
+    assert load_identity(tmp_path / "keys" / "deep" / "bob.key") == ident
+    assert (tmp_path / "keys" / "deep" / "bob.key").stat().st_mode & 0o777 == 0o600

@@ -36,7 +36,7 @@ DATA = Path("/work/shared/data/unitree-g1-lerobot-v2.1")
 SEEDS = range(int(os.environ.get("SEEDS", "10")))
 SITES = 4
 PER_SITE = 8
-ROUNDS = 3
+ROUNDS = int(os.environ.get("ROUNDS", "8"))
 
 
 def _flat(npz: Path, keys: list[str]) -> np.ndarray:

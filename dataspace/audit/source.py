@@ -12,7 +12,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -102,24 +102,45 @@ class BundleSource:
         return self.tree().consistency_proof(old, new)
 
 
-class RemoteSource:
-    """A log served over HTTP by :func:`dataspace.audit.api.log_router` (base URL of the log)."""
+#: signs one request: (method, full URL, body) -> headers to send. The audit
+#: package knows no identities of ours, so the caller (the CLI) supplies it.
+RequestSigner = Callable[[str, str, bytes], Mapping[str, str]]
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
-        self.base = url.rstrip("/")
+
+class RemoteSource:
+    """A log served over HTTP by :func:`dataspace.audit.api.log_router`.
+
+    ``url`` is the log's base URL, or a hub's or connector's root URL, whose
+    log lives under ``/v1/log``. The services serve entries and proofs only to
+    signed requests of holders, auditors and operators (the log names
+    consumers and contracts), so ``sign`` adds the caller's signature headers.
+    """
+
+    def __init__(self, url: str, timeout: float = 30.0, sign: RequestSigner | None = None) -> None:
+        base = url.rstrip("/")
+        if urllib.parse.urlsplit(base).path in ("", "/"):
+            base += "/v1/log"
+        self.base = base
         self.timeout = timeout
+        self.sign = sign
         self.description = f"log at {self.base}"
 
     def _get(self, path: str, **params: int) -> bytes:
         q = ("?" + urllib.parse.urlencode(params)) if params else ""
+        url = self.base + path + q
+        headers = dict(self.sign("GET", url, b"")) if self.sign else {}
         try:
-            with urllib.request.urlopen(self.base + path + q, timeout=self.timeout) as r:
+            req = urllib.request.Request(url, headers=headers)
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 return r.read()
         except urllib.error.HTTPError as e:
             detail = e.read()[:300].decode("utf-8", "replace")
             if e.code == 404:
                 raise LogError(f"{self.base}{path}: not found: {detail}") from e
-            raise ProofError(f"{self.base}{path}{q}: HTTP {e.code}: {detail}") from e
+            if e.code in (401, 403):
+                hint = "" if self.sign else " (sign the requests: --key or $DATASPACE_KEY)"
+                raise LogError(f"{url}: HTTP {e.code}: {detail}{hint}") from e
+            raise ProofError(f"{url}: HTTP {e.code}: {detail}") from e
         except (urllib.error.URLError, OSError) as e:
             raise LogError(f"cannot reach {self.base}: {e}") from e
 
@@ -152,11 +173,14 @@ class RemoteSource:
         return [bytes.fromhex(h) for h in obj["hashes"]]
 
 
-def open_source(spec: str | Path) -> LogSource:
-    """SOURCE: an http(s) URL, a site folder (uses SITE/log), a log folder, or a bundle."""
+def open_source(spec: str | Path, sign: RequestSigner | None = None) -> LogSource:
+    """SOURCE: an http(s) URL, a site folder (uses SITE/log), a log folder, or a bundle.
+
+    ``sign`` signs the requests to a URL (see :class:`RemoteSource`).
+    """
     s = str(spec)
     if s.startswith(("http://", "https://")):
-        return RemoteSource(s)
+        return RemoteSource(s, sign=sign)
     p = Path(s)
     if (p / META).is_file():
         return FolderSource(p)

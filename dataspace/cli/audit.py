@@ -30,6 +30,38 @@ from dataspace.errors import DataspaceError
 err = Console(stderr=True)
 
 
+def _remember_key(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    ctx.meta["audit_key"] = value
+
+
+#: every command that reads a SOURCE may sign its requests to a service's log
+key_option = click.option(
+    "--key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="DATASPACE_KEY",
+    expose_value=False,
+    callback=_remember_key,
+    help="Identity key that signs requests to a hub or connector URL "
+    "(holder, auditor or operator; default $DATASPACE_KEY).",
+)
+
+
+def _open(source: str) -> LogSource:
+    """open_source, signing requests with --key when SOURCE is a URL."""
+    key_path = click.get_current_context().meta.get("audit_key")
+    sign = None
+    if key_path is not None and source.startswith(("http://", "https://")):
+        from dataspace.auth.httpsig import sign_url_request
+        from dataspace.policy.identity import load_private_key
+
+        key = load_private_key(key_path)
+
+        def sign(method: str, url: str, body: bytes) -> dict[str, str]:
+            return sign_url_request(key, method, url, body)
+
+    return open_source(source, sign=sign)
+
+
 class AuditFailed(DataspaceError):
     """The log does not verify; the message names the first violation."""
 
@@ -96,6 +128,7 @@ def group() -> None:
 
 @group.command("verify")
 @click.argument("source")
+@key_option
 @click.option(
     "--trusted-keys",
     "trusted_keys",
@@ -127,7 +160,7 @@ def verify_cmd(
     trusted = load_trusted_keys(trusted_keys)
     previous = previous_checkpoint.read_bytes() if previous_checkpoint else None
     # per-round records only for --json (memory stays bounded for huge logs otherwise)
-    report = _run_audit(open_source(source), trusted, previous, witness_quorum, as_json)
+    report = _run_audit(_open(source), trusted, previous, witness_quorum, as_json)
     if as_json:
         _line(report.to_json())
     else:
@@ -148,13 +181,15 @@ def verify_cmd(
 
 @group.command("checkpoint")
 @click.argument("source")
+@key_option
 def checkpoint_cmd(source: str) -> None:
     """Print the latest signed checkpoint (C2SP signed note), byte for byte."""
-    _out(_full_note(open_source(source)))
+    _out(_full_note(_open(source)))
 
 
 @group.command("proof")
 @click.argument("source")
+@key_option
 @click.option("--index", type=click.IntRange(min=0), help="Inclusion proof of this entry.")
 @click.option("--from", "old", type=click.IntRange(min=0), help="Consistency proof from this size.")
 @click.option("--size", type=click.IntRange(min=0), help="Tree size (default: the checkpoint's).")
@@ -162,7 +197,7 @@ def proof_cmd(source: str, index: int | None, old: int | None, size: int | None)
     """An RFC 9162 inclusion (--index) or consistency (--from) proof, one JSON line, hex."""
     if (index is None) == (old is None):
         raise click.UsageError("give exactly one of --index I or --from M")
-    src = open_source(source)
+    src = _open(source)
     if size is None:
         size = checkpoint_of_note(src.checkpoint()).size
     if index is not None:
@@ -184,11 +219,12 @@ def proof_cmd(source: str, index: int | None, old: int | None, size: int | None)
 
 @group.command("entries")
 @click.argument("source")
+@key_option
 @click.option("--start", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--end", type=click.IntRange(min=0), help="Exclusive (default: the log's size).")
 def entries_cmd(source: str, start: int, end: int | None) -> None:
     """Print entries as JSON lines: exactly the bytes that were hashed."""
-    src = open_source(source)
+    src = _open(source)
     for e in src.iter_entries(start, end):
         sys.stdout.buffer.write(e + b"\n")
     sys.stdout.buffer.flush()
@@ -196,10 +232,11 @@ def entries_cmd(source: str, start: int, end: int | None) -> None:
 
 @group.command("export")
 @click.argument("source")
+@key_option
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def export_cmd(source: str, directory: Path) -> None:
     """Write a portable bundle: entries.jsonl, checkpoint, cosignatures."""
-    src = open_source(source)
+    src = _open(source)
     note = _full_note(src)
     size = checkpoint_of_note(note).size
     n = write_bundle(directory, note, _progress(src.iter_entries(0, size), size, "exporting"))
@@ -208,6 +245,7 @@ def export_cmd(source: str, directory: Path) -> None:
 
 @group.command("show")
 @click.argument("source")
+@key_option
 @click.option("--dataset", help="Dataset id or fingerprint.")
 @click.option("--consumer", help="Consumer public key (base64) or name.")
 @click.option("--contract", help="Contract id.")
@@ -230,7 +268,7 @@ def show_cmd(
     if sum(x is not None for x in (dataset, consumer, contract)) != 1:
         raise click.UsageError("give exactly one of --dataset, --consumer, --contract")
     trusted = load_trusted_keys(trusted_keys) if trusted_keys else TrustedKeys()
-    report = _run_audit(open_source(source), trusted, None, 0)
+    report = _run_audit(_open(source), trusted, None, 0)
     if trusted_keys is None:  # only the log's own consistency can be judged
         report.violations = [v for v in report.violations if v.rule != "checkpoint-signature"]
     names = {c: (info.get("consumer")) for c, info in report.contracts.items()}

@@ -69,6 +69,11 @@ def init_cmd(site: Path, org: str, name: str | None, as_json: bool) -> None:
 )
 @click.option("--name", default=None, help="Dataset name (default: the folder or file name).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--no-quality",
+    is_flag=True,
+    help="Skip the automatic quality check (run `dataspace quality check` later).",
+)
 @click.option("--state-column", default=None, help="LeRobot/Parquet: the state column.")
 @click.option("--action-column", default=None, help="LeRobot/Parquet: the action column.")
 @click.option("--state-keys", default=None, help="HDF5: obs keys forming the state, comma list.")
@@ -85,9 +90,14 @@ def enroll_cmd(
     fmt: str,
     name: str | None,
     as_json: bool,
+    no_quality: bool,
     **options: object,
 ) -> None:
-    """Read, validate, fingerprint and store the dataset at PATH in SITE."""
+    """Read, validate, fingerprint and store the dataset at PATH in SITE.
+
+    A newly enrolled dataset is quality-checked at once (issue: enrollment runs
+    the check automatically); the dataset stays enrolled if the check fails.
+    """
     from dataspace.connectors.enroll import enroll
 
     s = Site.open(site)
@@ -106,10 +116,16 @@ def enroll_cmd(
             bar.update(task, completed=done, total=total)
 
         result = enroll(s, path, format=fmt, name=name, progress=progress, **options)
+    quality, quality_error = None, None
+    if result.created and not no_quality:
+        quality, quality_error = _quality_after_enroll(s, result.dataset_id)
     if as_json:
         out = {k: getattr(result, k) for k in ENROLL_FIELDS}
         out["created"] = result.created
         out["notes"] = list(result.notes)
+        out["quality"] = quality
+        if quality_error:
+            out["quality_error"] = quality_error
         click.echo(json.dumps(out))
         return
     for note in result.notes:
@@ -121,6 +137,10 @@ def enroll_cmd(
         f"state {result.state_dim} / action {result.action_dim}, {result.fps:g} fps"
     )
     click.echo(f"fingerprint {result.fingerprint}")
+    if quality is not None:
+        click.echo(f"quality {quality} / 100 (details: dataspace quality check)")
+    elif quality_error:
+        err.print(f"quality check failed: {quality_error}", highlight=False, markup=False)
 
 
 @group.command(name="list")
@@ -179,6 +199,19 @@ def show_cmd(site: Path, dataset: str, as_json: bool) -> None:
     click.echo(f"{'attachments':13} {len(r.attachments)} referenced, {present} present")
     click.echo(f"{'state_names':13} {', '.join(r.state_names)}")
     click.echo(f"{'action_names':13} {', '.join(r.action_names)}")
+
+
+def _quality_after_enroll(site: Site, dataset_id: str) -> tuple[float | None, str | None]:
+    """Run the quality suite on a new dataset: (score, None) or (None, why it failed)."""
+    from dataspace.errors import DataspaceError
+
+    with err.status("quality check (Great Expectations on DuckDB)"):
+        from dataspace.quality.check import run_checks
+
+        try:
+            return run_checks(site, dataset_id).score, None
+        except DataspaceError as e:
+            return None, str(e)
 
 
 __import__("dataspace.cli.policy_cmds", fromlist=["register"]).register(group)  # policy area

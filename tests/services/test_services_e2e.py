@@ -142,8 +142,11 @@ def test_catalog_cli_finds_the_published_dataset(deploy):
         assert c.get("/v1/catalog", params={"robot_type": "unitree_g1"}).json()["total"] == 0
         assert c.get("/v1/catalog", params={"fps": 30}).json()["total"] == 1
         assert c.get("/v1/catalog", params={"fps": 50}).json()["total"] == 0
-        # no quality report yet: a minimum quality excludes it
-        assert c.get("/v1/catalog", params={"min_quality": 0.1}).json()["total"] == 0
+        # enrollment ran the quality check: the score travels with the entry and filters
+        q = e["quality_score"]
+        assert q is not None and 0 < q <= 100
+        assert c.get("/v1/catalog", params={"min_quality": q}).json()["total"] == 1
+        assert c.get("/v1/catalog", params={"min_quality": min(q + 0.1, 100)}).json()["total"] == 0
 
 
 def test_contract_over_http_accepted_registered_and_private(deploy):

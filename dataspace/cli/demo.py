@@ -181,9 +181,7 @@ def command(
         out.print(f"report: {result.report_html}", highlight=False)
     svc = getattr(result, "services", None)
     if svc is not None:
-        err.print(
-            f"dashboard: {svc.hub_url}/dashboard (Ctrl-C stops the services)", highlight=False
-        )
+        err.print(f"dashboard: {svc.dashboard_url} (Ctrl-C stops the services)", highlight=False)
         try:
             signal.pause()
         except KeyboardInterrupt:

@@ -185,6 +185,15 @@ class Services:
     opts: Any = None
     hub_info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard's address with the hub's token (only a hub we started has it here)."""
+        from dataspace.hub.dashboard import TOKEN_FILE
+
+        token = self.workdir / "hub" / TOKEN_FILE
+        query = f"?token={token.read_text().strip()}" if token.exists() else ""
+        return f"{self.hub_url}/dashboard{query}"
+
     @classmethod
     def start(cls, workdir: Path, sites: list[Site], opts: Any, step: Callable[[str], None]):
         """Start (or reach) the hub, then one connector per site; wait until all answer."""

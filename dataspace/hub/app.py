@@ -64,7 +64,7 @@ from dataspace.auth.service import (
 )
 from dataspace.errors import DataspaceError, NotFoundError, RefusedError
 from dataspace.hub import models as m
-from dataspace.hub.dashboard import Dashboard
+from dataspace.hub.dashboard import Dashboard, dashboard_token
 from dataspace.hub.store import HubStore, now_iso
 from dataspace.policy.identity import Identity, load_private_key, new_identity
 
@@ -240,7 +240,8 @@ def create_app(
         public_paths=PUBLIC_PATHS | PUBLIC_LOG,
         window_s=window_s,
     )
-    app.add_middleware(Dashboard, store=store, hub_log=hub_log)  # /dashboard, unsigned, local
+    # /dashboard: unsigned (a browser cannot sign), local clients holding the hub's token
+    app.add_middleware(Dashboard, store=store, hub_log=hub_log, token=dashboard_token(data_dir))
     install_error_handlers(app, on_refused)
     _mount_log(app, hub_log, data_dir, store)
 

@@ -14,6 +14,13 @@ shows metadata and aggregates only (what the signed API shows an operator),
 and by default only to clients on the loopback interface
 (``DATASPACE_DASHBOARD=open`` serves it to every client, ``off`` to none).
 
+Loopback alone is not enough on a shared machine: any local process, a
+consumer's included, could read every contract. So the page also needs the
+hub's dashboard token, a random secret the hub writes once to
+``DATA/dashboard.token`` (mode 0600: only the hub's operator can read it).
+Opening ``/dashboard?token=T`` once sets it as an HttpOnly, SameSite=Strict
+cookie and redirects to the bare URL; ``dataspace demo --serve`` prints that URL.
+
 Approve / reject goes to the holder's connector admin API
 (``POST /v1/admin/contracts/{id}/approve|reject``), signed with a holder key
 the dashboard was given: ``DATASPACE_DASHBOARD_HOLDER_KEYS`` lists key files
@@ -24,9 +31,12 @@ machine. Without a holder key the dashboard shows hub-registered contracts only.
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import os
+import secrets
 import threading
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +47,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 PREFIX = "/dashboard"
+TOKEN_FILE = "dashboard.token"
+COOKIE = "dataspace_dashboard"
 _LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -383,29 +395,73 @@ def dashboard_app(store: Any, hub_log: Any) -> FastAPI:
     return app
 
 
+def dashboard_token(data_dir: Path | str) -> str:
+    """The hub's dashboard secret, made once at ``DATA/dashboard.token`` (mode 0600)."""
+    path = Path(data_dir) / TOKEN_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
 class Dashboard:
     """Outer ASGI middleware: ``/dashboard*`` to the dashboard app, the rest to the hub."""
 
-    def __init__(self, app: ASGIApp, *, store: Any, hub_log: Any) -> None:
+    def __init__(self, app: ASGIApp, *, store: Any, hub_log: Any, token: str) -> None:
         self.app = app
         self.dashboard = dashboard_app(store, hub_log)
         self.mode = os.environ.get("DATASPACE_DASHBOARD", "local")
+        self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if path == PREFIX or path.startswith(PREFIX + "/"):
-            client = (scope.get("client") or ("",))[0]
-            if self.mode == "open" or (self.mode == "local" and client in _LOOPBACK):
-                await self.dashboard(scope, receive, send)
-                return
-            body = json.dumps({"error": "the dashboard is served to local clients only"}).encode()
+        if not (path == PREFIX or path.startswith(PREFIX + "/")):
+            await self.app(scope, receive, send)
+            return
+        client = (scope.get("client") or ("",))[0]
+        if not (self.mode == "open" or (self.mode == "local" and client in _LOOPBACK)):
+            await _json(send, 403, "the dashboard is served to local clients only")
+            return
+        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode())
+        given = query.get("token", [""])[0]
+        if given and hmac.compare_digest(given, self.token):
+            # trade the token in the URL for a cookie, and drop it from the address bar
+            cookie = f"{COOKIE}={self.token}; HttpOnly; SameSite=Strict; Path={PREFIX}"
             await send(
                 {
                     "type": "http.response.start",
-                    "status": 403,
-                    "headers": [(b"content-type", b"application/json")],
+                    "status": 303,
+                    "headers": [(b"location", path.encode()), (b"set-cookie", cookie.encode())],
                 }
             )
-            await send({"type": "http.response.body", "body": body})
+            await send({"type": "http.response.body", "body": b""})
             return
-        await self.app(scope, receive, send)
+        if not hmac.compare_digest(_cookie(scope, COOKIE), self.token):
+            await _json(send, 401, "open the dashboard with its token: /dashboard?token=...")
+            return
+        await self.dashboard(scope, receive, send)
+
+
+def _cookie(scope: Scope, name: str) -> str:
+    for k, v in scope.get("headers", []):
+        if k == b"cookie":
+            for part in v.decode("latin-1").split(";"):
+                key, _, value = part.strip().partition("=")
+                if key == name:
+                    return value
+    return ""
+
+
+async def _json(send: Send, status: int, error: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps({"error": error}).encode()})

@@ -107,7 +107,7 @@ def browser():
 def test_every_view_shows_the_run(world, browser):
     result, services, pending, _ = world
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(services.hub_url + "/dashboard")
+    page.goto(services.dashboard_url)
     # catalog: every site's dataset with its quality score
     for s in result.sites:
         row = page.locator(f'tr[data-dataset="{s.dataset_id}"]')
@@ -145,7 +145,7 @@ def test_holder_approves_and_rejects_in_the_browser(world, browser):
 
     _, services, pending, sites = world
     page = browser.new_page()
-    page.goto(services.hub_url + "/dashboard")
+    page.goto(services.dashboard_url)
     page.locator(f'button[data-id="{pending[0]}"][data-decision="approve"]').click()
     page.wait_for_selector(f'tr[data-contract="{pending[0]}"] .s-agreed', timeout=30_000)
     page.locator(f'button[data-id="{pending[1]}"][data-decision="reject"]').click()
@@ -157,7 +157,16 @@ def test_holder_approves_and_rejects_in_the_browser(world, browser):
 
 def test_dashboard_refuses_remote_clients_and_cross_site_posts(world):
     _, services, pending, _ = world
-    r = httpx.post(services.hub_url + f"/dashboard/api/contracts/{pending[0]}/approve")
+    # a local process without the hub's token (a consumer on the same machine) sees nothing
+    for path in ("/dashboard", "/dashboard/api/state"):
+        r = httpx.get(services.hub_url + path, cookies={"dataspace_dashboard": "guess"})
+        assert r.status_code == 401 and "token" in r.json()["error"]
+    r = httpx.get(services.dashboard_url)
+    assert r.status_code == 303 and "HttpOnly" in r.headers["set-cookie"]
+    cookies = {"dataspace_dashboard": services.dashboard_url.split("token=")[1]}
+    r = httpx.post(
+        services.hub_url + f"/dashboard/api/contracts/{pending[0]}/approve", cookies=cookies
+    )
     assert r.status_code == 403  # no X-Dashboard header: a form on another site cannot do this
     r = httpx.get(services.hub_url + "/v1/catalog")
     assert r.status_code == 401  # the signed API is untouched by the dashboard

@@ -366,8 +366,11 @@ def test_no_response_leaks_raw_values(deploy):
     for key in (p["alice"].key, p["auditor"].key, site.key):
         _walk(hub.url, key, ids)
         _walk(conn.url, key, ids)
-    for path in ("/dashboard", "/dashboard/api/state"):  # the hub's page for people
-        r = httpx.get(hub.url + path, timeout=180)
+    # the hub's page for people, as its operator sees it (with the dashboard token)
+    token = (deploy["tmp"] / "hub" / "dashboard.token").read_text().strip()
+    for path in ("/dashboard", "/dashboard/api/state"):
+        r = httpx.get(hub.url + path, cookies={"dataspace_dashboard": token}, timeout=180)
+        assert r.status_code == 200
         _record(r)
     assert len(RESPONSES) > 40
     needles = canary_texts() + _per_episode_values(site)

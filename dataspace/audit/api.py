@@ -75,7 +75,16 @@ def log_router(
             return JSONResponse({"index": indices[0]})
         return JSONResponse({"indices": indices})
 
-    @router.get("/entries")
+    @router.get(
+        "/entries",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "the entries, one per line: exactly the hashed bytes",
+                "content": {"application/jsonl": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     def entries(start: int = Query(0, ge=0), end: int | None = Query(None, ge=0)) -> Response:
         log = get_log()
         try:
@@ -85,7 +94,11 @@ def log_router(
             return _error(e)
         return Response(b"".join(e + b"\n" for e in es), media_type="application/jsonl")
 
-    @router.get("/checkpoint")
+    @router.get(
+        "/checkpoint",
+        response_class=PlainTextResponse,
+        responses={200: {"description": "the latest checkpoint, a C2SP signed note"}},
+    )
     def checkpoint() -> Response:
         try:
             note = get_log().checkpoint()

@@ -168,6 +168,11 @@ class Site:
 
             with site.db() as con:
                 ensure_tables(con)
+            # the log and its vkey are part of the site: made before the rename, so a
+            # crash never leaves a site without its log
+            from dataspace.connectors.sitelog import init_site_log
+
+            init_site_log(site)
             if root.exists():
                 root.rmdir()
             tmp.rename(root)
@@ -176,18 +181,7 @@ class Site:
 
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        site = cls(root.resolve())
-        _after_init(site)
-        return site
-
-
-def _after_init(site: Site) -> None:
-    """Hooks of other areas that a new site needs (its log, its vkey)."""
-    try:
-        from dataspace.connectors.sitelog import init_site_log
-    except ModuleNotFoundError:
-        return
-    init_site_log(site)
+        return cls(root.resolve())
 
 
 def _default_name(org: str, root: Path) -> str:

@@ -27,7 +27,7 @@ from dataspace.audit.source import LogSource, open_source
 from dataspace.audit.verify import AuditReport, TrustedKeys, audit, load_trusted_keys
 from dataspace.errors import DataspaceError
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: never split them
 
 
 def _remember_key(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:

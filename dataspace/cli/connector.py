@@ -29,7 +29,7 @@ ENROLL_FIELDS = (
     "fingerprint",
 )
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: never split them
 
 
 @click.group(name="connector")

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from dataspace.connectors.site import Site
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: never split them
 
 
 @click.command(name="privacy-audit")

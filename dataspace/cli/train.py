@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dataspace.errors import DataspaceError
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: never split them
 
 
 class HubNotAvailableError(DataspaceError):

@@ -43,6 +43,7 @@ from dataspace.errors import NotFoundError, RefusedError
 from dataspace.federated import data as fdata
 from dataspace.federated import dp, guard, normalize
 from dataspace.federated.templates import Policy, Template, get_template
+from dataspace.quality.flags import flagged_episodes
 
 # the egress guard checks and records every reply before it leaves (dataspace.assurance)
 app = ClientApp(mods=[egress.guard_mod])
@@ -117,7 +118,7 @@ def resolve(message: Message, context: Context) -> Job:
         clip_norm=float(cfg.get("clip-norm", 0.0)) or None,
     )
     rounds = min(int(cfg["num-rounds"]), int(contract.rounds))
-    exclude = fdata.flagged_episodes if settings.exclude_flagged else None
+    exclude = flagged_episodes if settings.exclude_flagged else None
     key = (str(site.root), contract.dataset_id, settings.heldout_fraction, bool(exclude))
     if key not in _META or exclude:  # flags can change between rounds: re-read them
         ref = fdata.dataset_ref(site, contract.dataset_id)

@@ -102,20 +102,6 @@ def _json_list(v: object) -> list[str]:
     return [str(x) for x in v]  # type: ignore[union-attr]
 
 
-def flagged_episodes(site: Site, dataset_id: str) -> set[int]:
-    """Episodes flagged by the quality area (``episode_flags`` table), if it exists."""
-    with site.db(read_only=True) as con:
-        has = con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'episode_flags'"
-        ).fetchone()
-        if not has or not has[0]:
-            return set()
-        rows = con.execute(
-            "SELECT DISTINCT episode_index FROM episode_flags WHERE dataset_id = ?", [dataset_id]
-        ).fetchall()
-    return {int(r[0]) for r in rows}
-
-
 def heldout_score(episode_hash_hex: str) -> float:
     """A uniform number in [0, 1) derived from the episode hash (stable split key)."""
     h = hashlib.sha256(b"dataspace/heldout/v1\n" + bytes.fromhex(episode_hash_hex)).digest()
@@ -131,8 +117,8 @@ def split_episodes(
     """Deterministic train / held-out split by episode hash, from the ``episodes`` table.
 
     At least one episode is held out and at least one trains (when there are
-    two or more). ``exclude`` (e.g. :func:`flagged_episodes`) removes episodes
-    from training only; held-out evaluation keeps them out too.
+    two or more). ``exclude`` (e.g. :func:`dataspace.quality.flags.flagged_episodes`)
+    removes episodes from training only; held-out evaluation keeps them out too.
     """
     with site.db(read_only=True) as con:
         rows = con.execute(

@@ -97,5 +97,5 @@ def test_guard_refuses_unknown_contract(federation):
     from dataspace.federated.guard import authorize_round
 
     fed = federation(epsilon=2.0, rounds=1)
-    with pytest.raises((RefusedError, Exception)):
+    with pytest.raises(RefusedError, match="no-such-contract"):
         authorize_round(fed.sites[0], "no-such-contract", "run", 1, 0.1)

@@ -201,6 +201,7 @@ def create_app(
         if store.lookup(ident.key_b64) != (ident.name, ident.role):
             store.register(ident.key_b64, ident.name, ident.role)
     hub_log = HubLog(data_dir / "log", name, key)
+    recover_contracts(store, hub_log)
     refusals_path = data_dir / "refusals.jsonl"
 
     def on_refused(scope: Scope, e: DataspaceError, caller: Caller | None) -> None:
@@ -341,18 +342,8 @@ def create_app(
             record["registered_at"] = old.get("registered_at", record["registered_at"])
         if not store.add_contract(record):
             return m.Ack()
-        idx = hub_log.record(
-            "contract.registered",
-            contract_id=body.contract_id,
-            dataset_id=body.dataset_id,
-            fingerprint=body.fingerprint,
-            purpose=body.purpose,
-            holder=caller.key_id,
-            consumer=body.consumer,
-            epsilon=body.epsilon,
-            state=body.state,
-        )
-        return m.Ack(log_index=idx)
+        _fault_pause(f"contract {body.contract_id} stored")
+        return m.Ack(log_index=log_contract(store, hub_log, record))
 
     @app.get("/v1/contracts", response_model=m.ContractList, summary="Contracts the caller may see")
     async def contracts(
@@ -476,6 +467,65 @@ def search(
         out.append(e)
     out.sort(key=lambda e: (-(e.get("quality_score") or 0.0), e["dataset_id"], e["holder"]))
     return out
+
+
+def log_contract(store: HubStore, hub_log: HubLog, record: dict[str, Any]) -> int:
+    """Append a stored contract's ``contract.registered`` event, then mark it logged."""
+    idx = hub_log.record(
+        "contract.registered",
+        contract_id=record["contract_id"],
+        dataset_id=record["dataset_id"],
+        fingerprint=record["fingerprint"],
+        purpose=record["purpose"],
+        holder=record["holder"],
+        consumer=record["consumer"],
+        epsilon=record["epsilon"],
+        state=record["state"],
+    )
+    store.mark_logged(record["contract_id"], idx)
+    return idx
+
+
+def recover_contracts(store: HubStore, hub_log: HubLog) -> None:
+    """Finish registrations the hub died in (stored, not marked logged): no half contract.
+
+    A registration is three writes: the row (log_index NULL), the log entry, the
+    mark. After a kill between the first two, the entry is appended now; between
+    the last two, it is found in the log and only the mark is written. Either
+    way the contract is served only with its log entry (tests/assurance/test_hub_faults.py).
+    """
+    pending = store.unlogged_contracts()
+    if not pending:
+        return
+    from dataspace.audit.events import parse_event
+
+    logged: dict[tuple[str, str], int] = {}
+    log_ = hub_log.log
+    for i, raw in enumerate(log_.entries(0, log_.size)):
+        ev = parse_event(raw)
+        if ev.kind == "contract.registered":
+            logged[(ev.fields.get("contract_id"), ev.fields.get("state"))] = i
+    for rec in pending:
+        idx = logged.get((rec["contract_id"], rec["state"]))
+        if idx is None:
+            log_contract(store, hub_log, rec)
+        else:
+            store.mark_logged(rec["contract_id"], idx)
+
+
+def _fault_pause(what: str) -> None:
+    """Tests only: ``DATASPACE_HUB_FAULT_PAUSE_S=N`` sleeps N s between two writes of a request.
+
+    Lets a fault test kill -9 the hub exactly between storing a contract and
+    logging it (it waits for the line printed here); unset in production.
+    """
+    pause = os.environ.get("DATASPACE_HUB_FAULT_PAUSE_S")
+    if pause:
+        import sys
+        import time
+
+        print(f"fault pause: {what}; pausing {pause} s", file=sys.stderr, flush=True)
+        time.sleep(float(pause))
 
 
 def _may_see_contract(caller: Caller, c: dict[str, Any]) -> bool:

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS catalog(
   PRIMARY KEY(holder, dataset_id));
 CREATE TABLE IF NOT EXISTS contracts(
   contract_id VARCHAR PRIMARY KEY, holder VARCHAR, consumer VARCHAR, dataset_id VARCHAR,
-  record JSON, registered_at TIMESTAMP);
+  record JSON, registered_at TIMESTAMP, log_index BIGINT);
+ALTER TABLE contracts ADD COLUMN IF NOT EXISTS log_index BIGINT;
 CREATE TABLE IF NOT EXISTS runs(
   run_id VARCHAR PRIMARY KEY, consumer VARCHAR, record JSON, created_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS run_rounds(
@@ -149,8 +150,10 @@ class HubStore:
                 if old == record:
                     return False
             with self.db() as con:
+                # log_index NULL until the registration's log entry is appended (mark_logged)
                 con.execute(
-                    "INSERT OR REPLACE INTO contracts VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO contracts (contract_id, holder, consumer, dataset_id, "
+                    "record, registered_at, log_index) VALUES (?, ?, ?, ?, ?, ?, NULL)",
                     [
                         cid,
                         record["holder"],
@@ -163,6 +166,21 @@ class HubStore:
             self.contracts[cid] = record
             self.generation += 1
             return True
+
+    def mark_logged(self, contract_id: str, log_index: int) -> None:
+        """The contract's ``contract.registered`` entry is in the hub log at ``log_index``."""
+        with self._lock, self.db() as con:
+            con.execute(
+                "UPDATE contracts SET log_index = ? WHERE contract_id = ?", [log_index, contract_id]
+            )
+
+    def unlogged_contracts(self) -> list[dict[str, Any]]:
+        """Contracts stored but never marked logged: the hub died between the two writes."""
+        with self.db() as con:
+            ids = [r[0] for r in con.execute(
+                "SELECT contract_id FROM contracts WHERE log_index IS NULL ORDER BY registered_at"
+            ).fetchall()]  # fmt: skip
+        return [self.contracts[c] for c in ids]
 
     # --- runs -----------------------------------------------------------------
     def add_run(self, record: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""Faults: kill -9 the hub while holders publish (each publication is a log append), restart.
+"""Faults: kill -9 the hub while holders publish (each publication is a log append), or in
+the middle of a contract negotiation (between storing the contract and logging it); restart.
 
 Afterwards every publication the hub acknowledged (HTTP 200) is in its log, the
 log's signed checkpoint covers all of its entries, the restarted hub serves the
@@ -23,8 +24,6 @@ from dataspace.audit.note import parse_note
 from dataspace.auth.httpsig import HttpSigAuth
 from tests.services.conftest import Service, free_port, make_party
 
-pytestmark = pytest.mark.slow
-
 
 def _entry(n: int) -> dict:
     return {
@@ -40,6 +39,7 @@ def _entry(n: int) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_kill_9_hub_during_log_appends(tmp_path: Path) -> None:
     holder = make_party(tmp_path, "site-a", "holder")
     port = free_port()
@@ -89,3 +89,172 @@ def test_kill_9_hub_during_log_appends(tmp_path: Path) -> None:
     finally:
         stop.set()
         hub.stop()
+
+
+# --- kill -9 the hub in the middle of a contract negotiation ------------------------------
+
+
+def _hub_trusted(tmp_path: Path) -> Path:
+    """A trusted-keys file for ``dataspace audit verify`` of the hub's log (its own key)."""
+    path = tmp_path / "hub.trusted"
+    path.write_text(f"log {tmp_path / 'hub' / 'hub.key.pub'}\n")
+    return path
+
+
+def _verify_hub_log(tmp_path: Path) -> dict:
+    """``dataspace audit verify HUB/log --trusted-keys ... --json``; the report."""
+    import json
+
+    from click.testing import CliRunner
+
+    from dataspace.cli import cli
+
+    args = ["audit", "verify", str(tmp_path / "hub" / "log"), "--json",
+            "--trusted-keys", str(_hub_trusted(tmp_path))]  # fmt: skip
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _registered(tmp_path: Path, contract_id: str) -> list[dict]:
+    """The hub log's ``contract.registered`` events for ``contract_id`` (read from disk)."""
+    with TransparencyLog.open(tmp_path / "hub" / "log") as log:
+        events = [parse_event(e) for e in log.entries(0, log.size)]
+    return [
+        e.fields
+        for e in events
+        if e.kind == "contract.registered" and e.fields["contract_id"] == contract_id
+    ]
+
+
+def _wait_for(pred, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+def _offer(url: str, key, dataset_id: str):
+    """Negotiation step 1 (POST /v1/offers) and the consumer's countersignature."""
+    from dataspace.auth.client import call, signed_client
+    from dataspace.policy import contracts as pc
+    from tests.services.conftest import until
+
+    body = {"dataset_id": dataset_id, "purpose": "research", "epsilon": 2.0, "rounds": 2,
+            "until": until(2), "template": "mlp"}  # fmt: skip
+    with signed_client(url, key) as c:
+        offer = pc.Agreement.from_json(call(c, "POST", "/v1/offers", json=body))
+    return pc.countersign(offer, key)
+
+
+def _countersign(url: str, key, signed) -> dict:
+    """Negotiation step 2: send the countersigned offer (idempotent at the site)."""
+    from dataspace.auth.client import call, signed_client
+
+    with signed_client(url, key) as c:
+        return call(
+            c, "POST", f"/v1/contracts/{signed.contract_id}/countersign", json=signed.to_json()
+        )
+
+
+@pytest.mark.slow
+def test_kill_9_hub_while_registering_a_contract(
+    so101_site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub dies between storing an agreed contract and logging it; restart; retry.
+
+    Window: the connector copies each agreed contract to the hub (POST
+    /v1/contracts); the hub stores the row, then appends ``contract.registered``.
+    ``DATASPACE_HUB_FAULT_PAUSE_S`` holds the hub between those two writes and
+    prints a line, so kill -9 lands in the window every time.
+    """
+    from dataspace.policy.contracts import load_contract
+    from dataspace.policy.ledger import budget_report
+    from tests.assurance.conftest import verify_site_log
+    from tests.services.conftest import set_policy
+
+    site, ds = so101_site
+    alice = make_party(tmp_path, "alice", "consumer")
+    set_policy(site, consumers=[alice.key_id])
+    port = free_port()
+    args = ["hub", "--data", str(tmp_path / "hub"), "--trust", str(site.root / "site.key.pub")]
+    monkeypatch.setenv("DATASPACE_HUB_FAULT_PAUSE_S", "120")
+    hub = Service(args, port, tmp_path / "hub.log")
+    monkeypatch.delenv("DATASPACE_HUB_FAULT_PAUSE_S")
+    conn = Service(["connector", str(site.root), "--hub", hub.url], free_port(),
+                   tmp_path / "conn.log")  # fmt: skip
+    try:
+        hub.wait_ready()
+        conn.wait_ready(until=lambda h: h["published"])
+        signed = _offer(conn.url, alice.key, ds)
+        agreed = _countersign(conn.url, alice.key, signed)  # the site agrees ...
+        cid = agreed["contract_id"]
+        assert agreed["state"] == "agreed"
+        # ... and copies it to the hub, which stores it and pauses before its log append
+        _wait_for(lambda: f"contract {cid} stored" in hub.log.read_text(), "hub never paused")
+        hub.proc.send_signal(signal.SIGKILL)
+        hub.proc.wait(30)
+        assert hub.proc.returncode == -signal.SIGKILL
+
+        # on disk after the kill: the log verifies and holds no entry for the contract
+        # (the stored row is the half the restart must finish or drop)
+        _verify_hub_log(tmp_path)
+        assert _registered(tmp_path, cid) == []
+        # the site is the truth: agreed, its epsilon reserved, contract.agreed in its log
+        assert load_contract(site, cid).state == "agreed"
+        (row,) = budget_report(site, ds)
+        assert row.reserved == pytest.approx(2.0) and row.live_contracts == 1
+        assert verify_site_log(site)["kinds"].get("contract.agreed", 0) == 1
+
+        # restart: the contract is served with exactly one log entry, never without
+        hub = Service(args, port, tmp_path / "hub2.log")
+        hub.wait_ready()
+        with httpx.Client(base_url=hub.url, auth=HttpSigAuth(alice.key), timeout=30) as c:
+            seen = {x["contract_id"]: x for x in c.get("/v1/contracts").json()["contracts"]}
+        assert cid in seen and seen[cid]["state"] == "agreed"
+        (ev,) = _registered(tmp_path, cid)
+        assert ev["epsilon"] == 2.0 and ev["consumer"] == alice.key_id
+        report = _verify_hub_log(tmp_path)
+        assert report["size"] >= 2
+
+        # the negotiation is retried to completion: the same countersignature again
+        # (idempotent at the site, re-registered at the hub without a second entry) ...
+        again = _countersign(conn.url, alice.key, signed)
+        assert again["contract_id"] == cid and again["state"] == "agreed"
+        # ... and a new negotiation with the restarted hub goes through end to end
+        cid2 = _countersign(conn.url, alice.key, _offer(conn.url, alice.key, ds))["contract_id"]
+        _wait_for(lambda: len(_registered(tmp_path, cid2)) == 1, "second contract not logged")
+        time.sleep(1.0)  # the retried registration of the first has had time to arrive
+        assert len(_registered(tmp_path, cid)) == 1
+        (row,) = budget_report(site, ds)
+        assert row.reserved == pytest.approx(4.0) and row.live_contracts == 2
+        _verify_hub_log(tmp_path)
+        assert verify_site_log(site)["kinds"].get("contract.agreed", 0) == 2
+    finally:
+        conn.stop()
+        hub.stop()
+
+
+def test_recovery_finishes_a_registration_cut_after_its_log_append(tmp_path: Path) -> None:
+    """Killed after the log append but before the row was marked: no second entry."""
+    from dataspace.hub.app import HubLog, hub_key, recover_contracts
+    from dataspace.hub.store import HubStore
+
+    key = hub_key(tmp_path, "hub")
+    store, hub_log = HubStore(tmp_path), HubLog(tmp_path / "log", "hub", key)
+    rec = {"contract_id": "c-1", "dataset_id": "ds", "fingerprint": "ab" * 32,
+           "purpose": "research", "holder": "h", "consumer": "k", "epsilon": 1.0,
+           "state": "agreed"}  # fmt: skip
+    store.add_contract(rec)
+    hub_log.record(
+        "contract.registered", **{k: rec[k] for k in rec if k != "dataset_id"}, dataset_id="ds"
+    )  # fmt: skip  (the append landed, the mark did not)
+    assert [r["contract_id"] for r in store.unlogged_contracts()] == ["c-1"]
+    size = hub_log.log.size
+    recover_contracts(HubStore(tmp_path), hub_log)
+    assert hub_log.log.size == size and HubStore(tmp_path).unlogged_contracts() == []
+    # a row stored without its entry gets the entry on recovery
+    store.add_contract({**rec, "contract_id": "c-2"})
+    recover_contracts(HubStore(tmp_path), hub_log)
+    assert hub_log.log.size == size + 1 and HubStore(tmp_path).unlogged_contracts() == []

@@ -8,7 +8,8 @@ POST /append                           body: one entry, or several, one per line
                                        (each a signed event); answers
                                        {"index": i} or {"indices": [...]}
 GET  /entries?start=I&end=J            the entries [I, J) as lines (at most 1000)
-GET  /checkpoint                       the latest signed checkpoint, text/plain
+GET  /checkpoint[?witnessed=true]      the latest signed checkpoint, text/plain (with
+                                       ``witnessed``: the latest fully cosigned one)
 GET  /proof/inclusion?index=I&size=N   {"index","size","leaf_hash","hashes"} (hex)
 GET  /proof/consistency?from=M&size=N  {"from","size","hashes"} (hex)
 POST /add-checkpoint                   C2SP tlog-witness (when a witness is given)
@@ -99,9 +100,14 @@ def log_router(
         response_class=PlainTextResponse,
         responses={200: {"description": "the latest checkpoint, a C2SP signed note"}},
     )
-    def checkpoint() -> Response:
+    def checkpoint(
+        witnessed: bool = Query(
+            False, description="the latest checkpoint cosigned by all its witnesses, instead"
+        ),
+    ) -> Response:
         try:
-            note = get_log().checkpoint()
+            log = get_log()
+            note = log.witnessed_checkpoint() if witnessed else log.checkpoint()
         except DataspaceError as e:
             return _error(e)
         return PlainTextResponse(note, media_type="text/plain; charset=utf-8")

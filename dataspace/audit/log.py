@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -48,16 +49,19 @@ from dataspace.audit.note import (
 )
 from dataspace.audit.storage import (
     CHECKPOINT,
+    COSIGNED,
     ENTRIES,
     FORMAT,
     HASH,
     HASHES,
     INDEX,
+    KEEP_COSIGNED,
     META,
     Files,
     LogCorruptError,
     LogError,
     atomic_write,
+    fsync_dir,
     locked,
     peaks_of,
     stored_nodes,
@@ -356,7 +360,8 @@ class TransparencyLog:
     def add_cosignature(self, body: bytes, line: bytes) -> bytes:
         """Attach a witness's cosignature line to the stored checkpoint with this ``body``.
 
-        Replaces an earlier line of the same witness (name and key ID). Raises
+        Replaces an earlier line of the same witness (name and key ID), and keeps
+        the line in ``cosigned/N`` too (:meth:`keep_cosignature`). Raises
         :class:`LogError` when the stored checkpoint moved on to another body.
         """
         sig = parse_signature_line(line.rstrip(b"\n"))
@@ -364,16 +369,122 @@ class TransparencyLog:
             note = self.stored_checkpoint()
             if note is None:
                 raise LogError(f"{self.directory} has no checkpoint to cosign")
-            parsed = parse_note(note)
-            if parsed.text != body:
+            if parse_note(note).text != body:
                 raise LogError(
                     f"{self.checkpoint_path} moved on; cosignature by {sig.name} is for another one"
                 )
-            sigs = [s for s in parsed.signatures if (s.name, s.key_id) != (sig.name, sig.key_id)]
-            sigs.append(sig)
-            new = parsed.text + b"\n" + b"".join(s.line() for s in sigs)
-            atomic_write(self.checkpoint_path, new)
-        return new
+            return self._keep(self._own_checkpoint(body), body, sig)
+
+    # --- cosigned checkpoints (kept per size: witnesses answer after the log moved on) ----
+    @property
+    def cosigned_dir(self) -> Path:
+        return self.directory / COSIGNED
+
+    def keep_cosignature(self, body: bytes, line: bytes) -> bytes:
+        """Keep a witness's cosignature of the checkpoint ``body`` (any size this log signed).
+
+        tlog-cosignature: a cosignature signs the checkpoint body, so it stays
+        valid after the log grows; it is kept in ``cosigned/N`` (N = the
+        checkpoint's size, written atomically) with the log's signature and
+        the other witnesses' lines, and attached to ``checkpoint`` as well while
+        that is still the same checkpoint. Returns the cosigned note.
+        Raises :class:`LogError` when ``body`` is not a checkpoint of this tree.
+        """
+        sig = parse_signature_line(line.rstrip(b"\n"))
+        cp = self._own_checkpoint(body)
+        with locked(self.directory):
+            return self._keep(cp, body, sig)
+
+    def _own_checkpoint(self, body: bytes) -> Checkpoint:
+        try:
+            cp = parse_checkpoint(body)
+        except NoteError as e:
+            raise LogError(f"{self.directory}: not a checkpoint body: {e}") from e
+        if cp.origin != self.origin or cp.size > self.size or self.root(cp.size) != cp.root:
+            raise LogError(
+                f"{self.directory}: checkpoint {cp.origin} size {cp.size} is not one of this "
+                f"log's trees ({self.origin}, size {self.size})"
+            )
+        return cp
+
+    def _keep(self, cp: Checkpoint, body: bytes, sig) -> bytes:
+        """Under the lock: merge ``sig`` into cosigned/N and, if it is that one, ``checkpoint``."""
+        path = self.cosigned_dir / str(cp.size)
+        current = self.stored_checkpoint()
+        parsed = [parse_note(n) for n in (_read(path), current) if n is not None]
+        sigs = [s for n in parsed if n.text == body for s in n.signatures]
+        own = [s for s in sigs if (s.name, s.key_id) == (self.origin, self.verifier.key_id)]
+        if not own:
+            if self.signer is None:
+                raise LogError(f"{self.directory}: no log signature for size {cp.size} to keep")
+            own = [self.signer.sign(body)]
+        merged: dict[tuple[str, bytes], Any] = {(own[0].name, own[0].key_id): own[0]}
+        for s in sigs:
+            merged.setdefault((s.name, s.key_id), s)
+        merged[(sig.name, sig.key_id)] = sig  # a newer cosignature of the same witness wins
+        note = body + b"\n" + b"".join(s.line() for s in merged.values())
+        if not self.cosigned_dir.is_dir():
+            self.cosigned_dir.mkdir(exist_ok=True)
+            fsync_dir(self.directory)
+        atomic_write(path, note)
+        if current is not None and parse_note(current).text == body:
+            atomic_write(self.checkpoint_path, note)
+        for old in self._cosigned_sizes()[:-KEEP_COSIGNED]:
+            (self.cosigned_dir / str(old)).unlink(missing_ok=True)
+        return note
+
+    def _cosigned_sizes(self) -> list[int]:
+        try:
+            names = os.listdir(self.cosigned_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(int(n) for n in names if n.isdigit())
+
+    def cosigned_checkpoints(self) -> list[bytes]:
+        """The kept cosigned checkpoints, smallest first: those whose log signature
+        verifies and whose root is the stored tree's (``fsck`` names the others)."""
+        out = []
+        for size in self._cosigned_sizes():
+            note = _read(self.cosigned_dir / str(size))
+            if note is not None and self._cosigned_problem(size, note) is None:
+                out.append(note)
+        return out
+
+    def _cosigned_problem(self, size: int, note: bytes) -> str | None:
+        try:
+            cp = open_checkpoint(_log_signed_part(note, self.verifier), self.verifier)
+        except NoteError as e:
+            return str(e)
+        if cp.size != size or cp.size > self.size or self.root(cp.size) != cp.root:
+            return f"checkpoint of size {cp.size} is not the stored tree's"
+        return None
+
+    def witnessed_checkpoint(self) -> bytes:
+        """The latest fully cosigned checkpoint, with its cosignatures.
+
+        "Fully" means cosigned by every witness that cosigned any checkpoint kept
+        in ``cosigned/`` (a witness that stopped answering drops out once its
+        checkpoints are pruned). The latest checkpoint is returned when it is
+        fully cosigned or when no cosigned checkpoint is kept; when none is
+        fully cosigned, the one with the most witnesses (then the largest).
+        """
+        latest = self.stored_checkpoint() if self.signer is None else self.checkpoint()
+        kept = self.cosigned_checkpoints()
+        if latest is None:
+            if not kept:
+                raise LogError(f"{self.directory} has no checkpoint yet")
+            latest = kept[-1]
+        cands = [latest, *reversed(kept)]
+        names = [self._witness_names(n) for n in cands]
+        everyone = set().union(*names)
+        for note, who in zip(cands, names, strict=True):
+            if who >= everyone:
+                return note
+        best = max(range(len(cands)), key=lambda i: (len(names[i]), _size_of(cands[i])))
+        return cands[best]
+
+    def _witness_names(self, note: bytes) -> set[str]:
+        return {s.name for s in parse_note(note).signatures} - {self.origin}
 
     # --- integrity --------------------------------------------------------------------
     def fsck(self) -> FsckReport:
@@ -417,6 +528,11 @@ class TransparencyLog:
             self._check_checkpoint()
         except LogCorruptError as e:
             report.problems.append(str(e))
+        for size in self._cosigned_sizes():
+            note = _read(self.cosigned_dir / str(size)) or b""
+            problem = self._cosigned_problem(size, note)
+            if problem is not None:
+                report.problems.append(f"{COSIGNED}/{size}: {problem}")
         return report
 
     # --- tiles (C2SP tlog-tiles static export) ---------------------------------------------
@@ -464,6 +580,13 @@ def _tile_path(n: int, partial: int | None) -> str:
     groups = [digits[i : i + 3] for i in range(0, len(digits), 3)]
     p = "/".join([*(f"x{g}" for g in groups[:-1]), groups[-1]])
     return p + (f".p/{partial}" if partial else "")
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _b64(b: bytes) -> str:

@@ -45,7 +45,8 @@ class FolderSource:
         self.description = f"log folder {directory}"
 
     def checkpoint(self) -> bytes:
-        return self.log.checkpoint()
+        # the latest fully cosigned checkpoint (the latest one when no witness answered yet)
+        return self.log.witnessed_checkpoint()
 
     def cosignatures(self) -> bytes:
         return b""  # they are signature lines of the checkpoint note itself
@@ -124,6 +125,7 @@ class RemoteSource:
         self.timeout = timeout
         self.sign = sign
         self.description = f"log at {self.base}"
+        self._note: bytes | None = None
 
     def _get(self, path: str, **params: int) -> bytes:
         q = ("?" + urllib.parse.urlencode(params)) if params else ""
@@ -145,7 +147,9 @@ class RemoteSource:
             raise LogError(f"cannot reach {self.base}: {e}") from e
 
     def checkpoint(self) -> bytes:
-        return self._get("/checkpoint")
+        if self._note is None:  # one checkpoint per source: every later read agrees with it
+            self._note = self._get("/checkpoint", witnessed=1)
+        return self._note
 
     def cosignatures(self) -> bytes:
         return b""

@@ -8,6 +8,8 @@
       index        8-byte big-endian end offset of each entry in ``entries``
       hashes       every node of every perfect subtree, 32 bytes each, in post-order
       checkpoint   latest signed checkpoint (C2SP signed note) + cosignature lines
+      cosigned/N   the checkpoint of size N with every witness cosignature it got
+                   (the latest KEEP_COSIGNED sizes are kept; see TransparencyLog.keep_cosignature)
       lock         fcntl.flock target: one appender at a time across processes
 
 ``hashes`` is a Merkle Mountain Range laid out in post-order: leaf i is written,
@@ -24,6 +26,8 @@ files are a torn tail that no append acknowledged, and opening the log
 truncates them. The checkpoint is replaced atomically (temp file, fsync,
 rename, directory fsync) only after the entries it covers are durable, so after
 a kill -9 at any moment the leaves, the tree and the latest checkpoint agree.
+Each ``cosigned/N`` file is replaced the same way, so a crash keeps either the
+cosignatures it had or the ones just added, never a torn note.
 """
 
 from __future__ import annotations
@@ -44,7 +48,10 @@ ENTRIES = "entries"
 INDEX = "index"
 HASHES = "hashes"
 CHECKPOINT = "checkpoint"
+COSIGNED = "cosigned"
 LOCK = "lock"
+#: cosigned checkpoints kept (older sizes are pruned: the latest ones carry the news)
+KEEP_COSIGNED = 64
 
 HASH = 32
 OFFSET = 8

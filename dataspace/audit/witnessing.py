@@ -1,0 +1,385 @@
+"""Driving witnesses: send a log's checkpoints to peer witnesses and keep their cosignatures.
+
+The client side of C2SP tlog-witness v1.0.0 (https://c2sp.org/tlog-witness),
+whose server side is :mod:`dataspace.audit.witness`. For each witness the
+driver sends ``POST <witness>/add-checkpoint`` with ``old SIZE``, an RFC 9162
+consistency proof from that size, and the log's latest signed checkpoint. The
+witness knows which size it cosigned last; the client need not: a ``409``
+answer carries it (``text/x.tlog.size``), and the request is rebuilt from there
+(spec, "Client behavior"). The cosignature line that comes back is checked
+against the witness's known key (C2SP tlog-cosignature: key type 0x04, the
+signed message ``cosignature/v1\\ntime T\\n`` + the checkpoint body) and kept
+next to the checkpoint it signs (:meth:`TransparencyLog.keep_cosignature`), so
+it survives the log signing newer checkpoints meanwhile.
+
+The hub pushes its log to every connector's witness and each connector pushes
+its site log to the hub's (DESIGN.md, "Audit log": the logs witness each
+other). Services run a :class:`WitnessPusher` thread that pushes whenever the
+log grew (debounced; failures are logged and retried, never raised to the
+request that appended); ``dataspace audit witness`` pushes once, for cron.
+
+Only the standard library is used here (``urllib``), like the rest of the package.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dataspace.audit.checkpoint import parse_checkpoint
+from dataspace.audit.cosignature import witness_verifier
+from dataspace.audit.log import TransparencyLog
+from dataspace.audit.note import (
+    ALG_COSIGNATURE_V1,
+    NoteError,
+    Signature,
+    Verifier,
+    parse_note,
+    parse_signature_line,
+    parse_vkey,
+)
+from dataspace.audit.storage import LogError
+from dataspace.audit.witness import SIZE_CONTENT_TYPE, request_body
+from dataspace.errors import DataspaceError
+
+logger = logging.getLogger("dataspace.audit.witnessing")
+
+#: where a dataspace service (hub or connector) serves its witness
+WITNESS_PATH = "/v1/log/add-checkpoint"
+#: 409 answers followed before giving up (each names a newer size the witness saw)
+MAX_409 = 3
+
+
+class WitnessingError(DataspaceError):
+    """A witness that did not cosign a checkpoint; ``status`` is its HTTP status, if any."""
+
+    def __init__(self, witness: str, message: str, status: int | None = None) -> None:
+        super().__init__(f"witness {witness}: {message}")
+        self.witness = witness
+        self.status = status
+
+
+class WitnessRefusedError(WitnessingError):
+    """The witness answered with a tlog-witness error status (400, 403, 404, 409, 422):
+    for 409 and 422, the checkpoint is not consistent with what it cosigned before."""
+
+
+class WitnessUnreachableError(WitnessingError):
+    """No answer (connection refused, timeout, a non-witness reply)."""
+
+
+class BadCosignatureError(WitnessingError):
+    """The witness answered 200 with something that is not its valid cosignature."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A witness to push to: its add-checkpoint URL and, when known, its 0x04 key."""
+
+    url: str
+    verifier: Verifier | None = None
+
+    @property
+    def name(self) -> str:
+        return self.verifier.name if self.verifier is not None else self.url
+
+
+@dataclass(frozen=True)
+class Cosigned:
+    """One cosignature got: which witness, of which checkpoint, the line as kept."""
+
+    witness: str
+    url: str
+    origin: str
+    size: int
+    timestamp: int
+    line: bytes
+    verified: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "witness": self.witness,
+            "url": self.url,
+            "origin": self.origin,
+            "size": self.size,
+            "timestamp": self.timestamp,
+            "cosignature": self.line.decode().rstrip("\n"),
+            "verified": self.verified,
+        }
+
+
+def add_checkpoint_url(url: str) -> str:
+    """A witness URL: a full ``.../add-checkpoint`` URL, a log URL (``.../v1/log``),
+    or a dataspace service's root URL (its witness is at ``/v1/log/add-checkpoint``)."""
+    u = url.rstrip("/")
+    if u.endswith("/add-checkpoint"):
+        return u
+    if urllib.parse.urlsplit(u).path in ("", "/"):
+        return u + WITNESS_PATH
+    return u + "/add-checkpoint"
+
+
+def read_witness_key(text: str) -> Verifier:
+    """A witness's verifier key (vkey text with key type 0x04)."""
+    try:
+        v = parse_vkey(text.strip().splitlines()[0] if text.strip() else "")
+    except NoteError as e:
+        raise WitnessingError("key", f"not a witness vkey: {e}") from e
+    if v.alg != ALG_COSIGNATURE_V1:
+        raise WitnessingError(v.name, f"vkey has key type {v.alg:#04x}; a witness key is 0x04")
+    return v
+
+
+def peer_for_identity(url: str, name: str, public_key: bytes) -> Peer:
+    """The witness of a dataspace service: its key name and identity key, type 0x04."""
+    return Peer(add_checkpoint_url(url), witness_verifier(name, public_key))
+
+
+def build_request(log: TransparencyLog, note: bytes, old_size: int) -> bytes:
+    """tlog-witness add-checkpoint body: ``old`` size, consistency proof, checkpoint."""
+    size = parse_checkpoint(parse_note(note).text).size
+    proof = log.consistency_proof(old_size, size) if 0 < old_size < size else []
+    return request_body(old_size, proof, note)
+
+
+def parse_size(body: bytes, witness: str) -> int:
+    """A 409 answer's body: the witness's latest size for the origin (``text/x.tlog.size``)."""
+    text = body.strip()
+    if not text.isdigit():
+        raise WitnessUnreachableError(witness, f"409 without a size ({body[:80]!r})", 409)
+    return int(text)
+
+
+def check_cosignature(line: bytes, body: bytes, peer: Peer) -> tuple[Signature, bool]:
+    """Parse the witness's answer; with a known key, its cosignature must verify.
+
+    Returns the signature and whether it was verified (no key known: not verified).
+    """
+    try:
+        sig = parse_signature_line(line.strip(b"\n").split(b"\n")[0])
+    except NoteError as e:
+        raise BadCosignatureError(peer.name, f"answer is not a signature line: {e}") from e
+    if len(sig.sig) != 72:
+        raise BadCosignatureError(peer.name, "not a cosignature/v1 (timestamp + Ed25519)")
+    v = peer.verifier
+    if v is None:
+        return sig, False
+    if (sig.name, sig.key_id) != (v.name, v.key_id):
+        raise BadCosignatureError(
+            peer.name, f"cosignature is by {sig.name}+{sig.key_id.hex()}, not {v.vkey()}"
+        )
+    if not v.verify(body, sig.sig):
+        raise BadCosignatureError(peer.name, "cosignature does not verify against its key")
+    return sig, True
+
+
+#: (url, body) -> (HTTP status, response body, content type)
+PostFn = Callable[[str, bytes], tuple[int, bytes, str]]
+
+
+def http_post(timeout: float = 10.0) -> PostFn:
+    """The real transport (stdlib urllib); unreachable witnesses raise."""
+
+    def post(url: str, body: bytes) -> tuple[int, bytes, str]:
+        req = urllib.request.Request(
+            url, data=body, method="POST", headers={"Content-Type": "text/plain"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read(), r.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), e.headers.get("Content-Type", "")
+        except (urllib.error.URLError, OSError) as e:
+            raise WitnessUnreachableError(url, f"cannot reach it: {e}") from e
+
+    return post
+
+
+def witness_once(
+    log: TransparencyLog,
+    peer: Peer,
+    *,
+    known_size: int | None = None,
+    post: PostFn | None = None,
+) -> Cosigned:
+    """Have ``peer`` cosign ``log``'s latest checkpoint; keep and return its cosignature.
+
+    ``known_size`` is the size this witness cosigned last, if remembered (0 for a
+    first contact); a wrong guess costs one 409 round trip.
+    """
+    post = post or http_post()
+    note = log.checkpoint()
+    old = known_size or 0
+    seen: set[int] = set()
+    for _ in range(MAX_409 + 1):
+        body = parse_note(note).text
+        cp = parse_checkpoint(body)
+        status, resp, ctype = post(peer.url, build_request(log, note, min(old, cp.size)))
+        if status == 200:
+            sig, verified = check_cosignature(resp, body, peer)
+            log.keep_cosignature(body, sig.line())
+            ts = int.from_bytes(sig.sig[:8], "big")
+            return Cosigned(sig.name, peer.url, cp.origin, cp.size, ts, sig.line(), verified)
+        text = resp[:300].decode("utf-8", "replace").strip()
+        if status == 409 and (SIZE_CONTENT_TYPE in ctype or resp.strip().isdigit()):
+            have = parse_size(resp, peer.name)
+            if have in seen:
+                break
+            seen.add(have)
+            if have > cp.size:  # it saw a newer checkpoint (another pusher): catch up
+                note = log.checkpoint()
+                if have > parse_checkpoint(parse_note(note).text).size:
+                    raise WitnessRefusedError(
+                        peer.name,
+                        f"it cosigned {cp.origin} at size {have}, larger than this log's "
+                        f"{cp.size}: a rollback or another history",
+                        409,
+                    )
+            old = have
+            continue
+        if status in (400, 403, 404, 409, 422):
+            raise WitnessRefusedError(
+                peer.name, f"refused {cp.origin} size {cp.size} (HTTP {status}): {text}", status
+            )
+        raise WitnessUnreachableError(peer.name, f"HTTP {status}: {text}", status)
+    raise WitnessRefusedError(peer.name, f"kept answering 409 for {log.origin}", 409)
+
+
+def witness_all(
+    log: TransparencyLog,
+    peers: Iterable[Peer],
+    known: dict[str, int] | None = None,
+    post: PostFn | None = None,
+) -> tuple[list[Cosigned], list[WitnessingError]]:
+    """Push to every peer; one failing witness never stops the others.
+
+    ``known`` (URL -> size last cosigned) is read and updated in place.
+    """
+    known = {} if known is None else known
+    got: list[Cosigned] = []
+    errors: list[WitnessingError] = []
+    for peer in peers:
+        try:
+            c = witness_once(log, peer, known_size=known.get(peer.url), post=post)
+        except WitnessingError as e:
+            errors.append(e)
+            continue
+        except (LogError, NoteError) as e:  # our own log cannot be read or kept
+            errors.append(WitnessingError(peer.name, str(e)))
+            continue
+        known[peer.url] = c.size
+        got.append(c)
+    return got, errors
+
+
+@dataclass
+class PeerState:
+    """What a pusher knows about one witness (for /healthz-like views and the dashboard)."""
+
+    witness: str
+    url: str
+    size: int | None = None
+    error: str | None = None
+    last_try: float | None = None
+    failures: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "witness": self.witness,
+            "url": self.url,
+            "size": self.size,
+            "error": self.error,
+            "failures": self.failures,
+        }
+
+
+@dataclass
+class WitnessPusher:
+    """A daemon thread that keeps ``log``'s latest checkpoint cosigned by ``peers()``.
+
+    It wakes on :meth:`notify` (after an append; debounced by ``debounce`` s) or
+    every ``interval`` s (appends by other processes, e.g. the ledger writing a
+    site log), and pushes to each witness whose cosigned size is behind the
+    log. A failing witness is retried with a growing back-off (up to ``max_backoff``
+    s), its error logged once per change; nothing is ever raised to the appender.
+    """
+
+    log: TransparencyLog
+    peers: Callable[[], list[Peer]]
+    interval: float = 2.0
+    debounce: float = 0.2
+    max_backoff: float = 30.0
+    post: PostFn | None = None
+    state: dict[str, PeerState] = field(default_factory=dict)
+    _wake: threading.Event = field(default_factory=threading.Event)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="witness-pusher", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._wake.wait(self.interval):
+                self._stop.wait(self.debounce)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.push()
+            except Exception:  # a bug here must never kill the service's witnessing for good
+                logger.exception("witnessing %s failed", self.log.origin)
+
+    def push(self, force: bool = False) -> list[Cosigned]:
+        """One pass: push to every witness behind the log (all of them with ``force``)."""
+        with self._lock:
+            size = self.log.size
+            now = time.monotonic()
+            due = []
+            for p in self.peers():
+                st = self.state.setdefault(p.url, PeerState(p.name, p.url))
+                st.witness = p.name
+                if not force and st.size == size and st.error is None:
+                    continue
+                if not force and st.error is not None and st.last_try is not None:
+                    wait = min(self.max_backoff, self.interval * 2 ** min(st.failures, 8))
+                    if now - st.last_try < wait:
+                        continue
+                due.append(p)
+            if not due:
+                return []
+            known = {p.url: self.state[p.url].size or 0 for p in due}
+            got, errors = witness_all(self.log, due, known, self.post)
+            for c in got:
+                st = self.state[c.url]
+                if st.error is not None:
+                    logger.info("witness %s cosigns %s again", c.witness, c.origin)
+                st.size, st.error, st.failures, st.last_try = c.size, None, 0, now
+            for e in errors:
+                url = next(p.url for p in due if p.name == e.witness or p.url == e.witness)
+                st = self.state[url]
+                if st.error != str(e):
+                    logger.warning("witnessing %s: %s", self.log.origin, e)
+                st.error, st.last_try = str(e), now
+                st.failures += 1
+            return got
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [s.to_json() for s in self.state.values()]

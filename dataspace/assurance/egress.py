@@ -264,5 +264,13 @@ def _capture(reply: Message) -> None:
         return
     from flwr.common.serde import recorddict_to_proto
 
-    with open(path, "ab") as f:
-        f.write(recorddict_to_proto(reply.content).SerializeToString())
+    # one write(2) on an O_APPEND descriptor: the site workers of a deployment share the
+    # file, and a reply split by another's write could hide a needle across the seam
+    data = recorddict_to_proto(reply.content).SerializeToString()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):  # a short write: say so rather than capture half a reply
+            raise OSError(f"egress capture {path}: wrote {written} of {len(data)} bytes")
+    finally:
+        os.close(fd)

@@ -5,11 +5,24 @@ Canaries planted in a copy of the real SO-101 recording: three single values
 per-dimension means of every episode, shard and the whole dataset (exact
 statistics). The site then goes through enrollment, a quality check, catalog
 publication to a real hub process, a contract negotiation over HTTP with a real
-connector process, and a 2-round federated DP training (simulation engine, the
-connector's own ClientApp). Captured: every byte through a recording TCP proxy
+connector process, and a 2-round federated DP training on the deployment engine
+(``run_deployment``: a SuperLink and one SuperNode per site as processes on
+127.0.0.1, TLS, node authentication, the sites' warm workers running the
+connector's ClientApp). Captured: every byte through a recording TCP proxy
 in front of the hub (what the connector process sends it) and in front of the
-connector (what it answers), and the wire bytes of every Flower reply the
-ClientApp lets out (the egress guard's capture). None may contain a canary.
+connector (what it answers); for the training, the wire bytes of every Flower
+reply each site's worker process lets out, recorded in plaintext by the egress
+guard (``DATASPACE_EGRESS_CAPTURE``), plus what the consumer ends up holding
+(the SuperLink's database, the run's outputs and logs). None may contain a canary.
+
+Why the egress guard and not the proxy for Flower's traffic: the deployment
+always runs TLS between SuperNodes and the SuperLink (it is part of what is
+under test, and ``run_deployment`` has no plaintext mode), so a proxy there would
+hold ciphertext, in which no needle can be searched. The guard sits at the last
+point where a reply is plaintext: it serialises the reply's content exactly as
+Flower does (``recorddict_to_proto``), and it is the only producer of content a
+SuperNode forwards; what the SuperNode adds is Flower's own metadata (run, node
+and message ids). The SuperLink's database, searched too, holds what arrived.
 """
 
 from __future__ import annotations
@@ -32,8 +45,8 @@ from dataspace.connectors.client import request_via_connector
 from dataspace.connectors.enroll import enroll
 from dataspace.connectors.site import Site
 from dataspace.federated.data import dataset_ref
+from dataspace.federated.deploy import run_deployment
 from dataspace.federated.federation import grant
-from dataspace.federated.run import run_simulation
 from dataspace.federated.shards import shard_to_sites
 from dataspace.policy.identity import load_private_key, new_identity
 from dataspace.policy.odrl import build_policy
@@ -140,8 +153,22 @@ def test_no_canary_leaves_the_site(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             p.close()
     capture = tmp_path / "flower.bin"
     monkeypatch.setenv("DATASPACE_EGRESS_CAPTURE", str(capture))
-    hist = run_simulation(contracts, sites, "bc-mlp", 2, tmp_path / "run", seed=0)
-    assert hist["status"] == "finished"
+    run = tmp_path / "run"
+    hist = run_deployment(contracts, [s.root for s in sites], "bc-mlp", 2, run, seed=0,
+                          min_nodes=2, timeout=600)  # fmt: skip
+    assert hist["status"] == "finished", hist.get("error")
+    assert len(hist["rounds"]) == 2 and all(len(r["sites"]) == 2 for r in hist["rounds"])
+    # the consumer's side: the SuperLink's state, the run's outputs and the server's logs
+    # (the site-side processes' own logs stay at the sites and are not searched)
+    site_side = ("supernode-", "worker-")
+    received = {
+        f"consumer:{f.relative_to(run)}": f.read_bytes()
+        for f in sorted(run.rglob("*"))
+        if f.is_file() and not f.name.startswith(site_side)
+    }
+    assert any("superlink.db" in k for k in received) and any(
+        k.endswith("final.npz") for k in received
+    )
 
     up_hub, down_hub = to_hub.capture.joined()
     up_conn, down_conn = to_conn.capture.joined()
@@ -153,6 +180,7 @@ def test_no_canary_leaves_the_site(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "consumer->connector": up_conn,
         "connector->consumer": down_conn,
         "clientapp replies": flower,
+        **received,
     }
     assert len(needles) > 200
     assert find(needles, haystacks) == []

@@ -1,4 +1,5 @@
-"""``dataspace audit``: verify, checkpoint, proof, entries, export, show (issue 3).
+"""``dataspace audit``: verify, checkpoint, proof, entries, export, show, witness,
+cross-check (issue 3).
 
 SOURCE is a site folder (its SITE/log), a log folder, an exported bundle, or the
 base URL of a log served by :func:`dataspace.audit.api.log_router` (http...).
@@ -9,6 +10,7 @@ the first violation (entry index, rule, values). Other errors exit 1.
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from collections.abc import Iterator
@@ -161,6 +163,7 @@ def verify_cmd(
     previous = previous_checkpoint.read_bytes() if previous_checkpoint else None
     # per-round records only for --json (memory stays bounded for huge logs otherwise)
     report = _run_audit(_open(source), trusted, previous, witness_quorum, as_json)
+    name_missing_witnesses(report, trusted)
     if as_json:
         _line(report.to_json())
     else:
@@ -177,6 +180,16 @@ def verify_cmd(
         raise AuditFailed(
             f"verification failed: {report.first} ({len(report.violations)} violations)"
         )
+
+
+def name_missing_witnesses(report: AuditReport, trusted: TrustedKeys) -> None:
+    """A ``witness-quorum`` violation names the trusted witnesses that did not cosign."""
+    missing = sorted({w.name for w in trusted.witnesses} - set(report.witnesses))
+    for v in report.violations:
+        if v.rule == "witness-quorum":
+            v.values["missing"] = missing
+            if missing:
+                v.message += f"; missing: {', '.join(missing)}"
 
 
 @group.command("checkpoint")
@@ -342,3 +355,154 @@ def show_cmd(
     state = "verifies" if report.ok else f"does NOT verify: {report.first}"
     checked = "" if trusted_keys else " (checkpoint signature not checked: no --trusted-keys)"
     click.echo(f"log {state}{checked}")
+
+
+class WitnessingFailed(DataspaceError):
+    """A witness did not cosign; the message names it and why."""
+
+    exit_code = 5
+
+
+def _witness_key(path: Path):
+    """A witness key file: vkey text (type 0x04), or an identity file (X.pub, JSON)."""
+    from dataspace.audit.cosignature import witness_verifier
+    from dataspace.audit.witnessing import read_witness_key
+
+    text = path.read_text()
+    if text.lstrip().startswith("{"):
+        obj = json.loads(text)
+        return witness_verifier(str(obj["name"]), base64.b64decode(obj["public_key"]))
+    return read_witness_key(text)
+
+
+@group.command("witness")
+@click.argument("source")
+@click.option(
+    "--witness",
+    "witnesses",
+    multiple=True,
+    required=True,
+    help="A witness: its add-checkpoint URL, or a hub's or connector's root URL (repeatable).",
+)
+@click.option(
+    "--witness-key",
+    "witness_keys",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The witness's key, in --witness order: a vkey file (type 0x04) or an identity "
+    ".pub. Without it the cosignature is kept unverified.",
+)
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per call.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def witness_cmd(
+    source: str,
+    witnesses: tuple[str, ...],
+    witness_keys: tuple[Path, ...],
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Have witnesses cosign the latest checkpoint of SOURCE (a site or log folder), once.
+
+    Sends a C2SP tlog-witness add-checkpoint request to each witness, checks the
+    cosignature against --witness-key, and keeps it next to the checkpoint it signs.
+    Exits 5 when a witness did not cosign (it refused: fork or rollback; or no answer).
+    """
+    from dataspace.audit.log import TransparencyLog
+    from dataspace.audit.storage import META, LogError
+    from dataspace.audit.witnessing import Peer, add_checkpoint_url, http_post, witness_all
+
+    if len(witness_keys) > len(witnesses):
+        raise click.UsageError("more --witness-key than --witness options")
+    p = Path(source)
+    folder = p if (p / META).is_file() else p / "log"
+    if not (folder / META).is_file():
+        raise LogError(f"{p} is not a site folder or a log folder")
+    keys = [_witness_key(k) for k in witness_keys]
+    peers = [
+        Peer(add_checkpoint_url(u), keys[i] if i < len(keys) else None)
+        for i, u in enumerate(witnesses)
+    ]
+    with TransparencyLog.open(folder) as log:
+        got, errors = witness_all(log, peers, post=http_post(timeout))
+        cp = checkpoint_of_note(log.checkpoint())
+    if as_json:
+        _line(
+            {
+                "origin": cp.origin,
+                "size": cp.size,
+                "cosignatures": [c.to_json() for c in got],
+                "errors": [
+                    {"witness": e.witness, "status": e.status, "error": str(e)} for e in errors
+                ],
+                "ok": not errors,
+            }
+        )
+    else:
+        for c in got:
+            how = "verified" if c.verified else "NOT verified (no --witness-key)"
+            click.echo(f"{c.witness} cosigned {c.origin} size {c.size} ({how})")
+            click.echo(c.line.decode().rstrip("\n"))
+        for e in errors:
+            err.print(f"[red]not cosigned[/red]: {e}", highlight=False)
+    if errors:
+        raise WitnessingFailed(
+            f"{len(errors)} of {len(peers)} witnesses did not cosign {cp.origin} size {cp.size}: "
+            + "; ".join(str(e) for e in errors)
+        )
+
+
+@group.command("cross-check")
+@click.argument("site_source")
+@click.argument("hub_source")
+@key_option
+@click.option(
+    "--trusted-keys",
+    "trusted_keys",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Also verify both logs (signatures, trees, rules) before comparing them.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def cross_check_cmd(
+    site_source: str, hub_source: str, trusted_keys: Path | None, as_json: bool
+) -> None:
+    """Compare a site's log with the hub's: every round of the site's in the hub's runs,
+    every round, contract and dataset the hub reports for the site in the site's log.
+
+    Exits 0 when they match, 4 naming the first mismatch otherwise (rules:
+    dataspace.audit.crosscheck).
+    """
+    from dataspace.audit.crosscheck import cross_check
+
+    site, hub = _open(site_source), _open(hub_source)
+    verified: dict[str, AuditReport] = {}
+    if trusted_keys is not None:
+        trusted = load_trusted_keys(trusted_keys)
+        verified = {"site": _run_audit(site, trusted, None, 0, False)}
+        verified["hub"] = _run_audit(hub, trusted, None, 0, False)
+
+    def entries(src: LogSource) -> Iterator[bytes]:
+        size = checkpoint_of_note(src.checkpoint()).size
+        return src.iter_entries(0, size)
+
+    report = cross_check(entries(site), entries(hub))
+    bad_logs = {k: str(r.first) for k, r in verified.items() if not r.ok}
+    if as_json:
+        _line(report.to_json() | {"verified": {k: r.ok for k, r in verified.items()}})
+    else:
+        state = "[green]match[/green]" if report.ok else "[red]MISMATCH[/red]"
+        err.print(
+            f"{state} site {report.site} ({report.site_entries} entries) and hub {report.hub} "
+            f"({report.hub_entries} entries); {report.rounds_matched} rounds matched",
+            highlight=False,
+        )
+        for m in report.mismatches[:20]:
+            err.print(f"  {m}", highlight=False, markup=False)
+        for k, v in bad_logs.items():
+            err.print(f"  {k} log does not verify: {v}", highlight=False, markup=False)
+    if bad_logs:
+        k, v = next(iter(bad_logs.items()))
+        raise AuditFailed(f"the {k} log does not verify: {v}")
+    if not report.ok:
+        raise AuditFailed(
+            f"cross-check failed: {report.first} ({len(report.mismatches)} mismatches)"
+        )

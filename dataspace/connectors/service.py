@@ -230,11 +230,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        witnessing = getattr(app.state, "witnessing", None)  # the hub cosigns SITE/log
         if publisher is not None and publish:
             publisher.start()
+            witnessing.start()
         yield
         if publisher is not None:
             publisher.stop()
+            witnessing.stop()
 
     app = FastAPI(
         title=f"dataspace connector ({site.name})",
@@ -309,8 +312,12 @@ def _mount_log(app: FastAPI, site: Site, publisher: Publisher | None) -> None:
         hub = Verifier(publisher.hub_name, base64.b64decode(publisher.hub_key))
         return Witness(site.root / "witness", site.name, site.key, [hub])
 
+    from dataspace.connectors.witnesses import site_pusher
+
+    site_log = open_site_log(site)
+    app.state.witnessing = site_pusher(site_log, publisher)
     app.include_router(
-        log_router(open_site_log(site), witness),
+        log_router(site_log, witness),
         prefix="/v1/log",
         dependencies=[Depends(_log_access)],
     )

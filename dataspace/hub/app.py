@@ -590,3 +590,6 @@ def _mount_log(app: FastAPI, hub_log: HubLog, data_dir: Path, store: HubStore) -
         prefix="/v1/log",
         dependencies=[Depends(_log_access)],
     )
+    from dataspace.hub.witnesses import start_witnessing
+
+    start_witnessing(app, hub_log.log, store)  # connectors cosign the hub's checkpoints

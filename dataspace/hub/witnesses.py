@@ -1,0 +1,52 @@
+"""The hub's log, witnessed by the connectors (DESIGN.md, "Audit log": the logs witness each other).
+
+Every registered holder whose catalog entries name a ``connector_url`` runs a
+C2SP tlog-witness at ``CONNECTOR/v1/log/add-checkpoint`` under its own key
+name (the site's name) and identity key, with key type 0x04. The hub pushes its
+latest checkpoint there from a background thread (:class:`WitnessPusher`),
+whenever its log grew; the cosignatures come back to ``DATA/log/cosigned/``.
+A connector that is down is retried with back-off; requests never wait for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from fastapi import FastAPI
+
+from dataspace.audit.log import TransparencyLog
+from dataspace.audit.witnessing import Peer, WitnessPusher, peer_for_identity
+from dataspace.hub.store import HubStore
+
+#: seconds between checks of the log's size (appends are noticed within this)
+INTERVAL_S = 1.0
+
+
+def holder_peers(store: HubStore) -> list[Peer]:
+    """The witnesses of the hub's log: each holder's connector, as its catalog entries name it."""
+    urls: dict[str, str] = {}
+    for entry in list(store.catalog.values()):  # a C-level copy: safe against concurrent writes
+        url, holder = entry.get("connector_url"), entry.get("holder")
+        if url and holder:
+            urls.setdefault(holder, url)
+    peers = []
+    participants = dict(store.participants)
+    for key_id, url in sorted(urls.items()):
+        p = participants.get(key_id)
+        if p is None or p["role"] != "holder":
+            continue
+        try:
+            peers.append(peer_for_identity(url, p["name"], base64.b64decode(key_id)))
+        except (binascii.Error, ValueError):
+            continue
+    return peers
+
+
+def start_witnessing(app: FastAPI, log: TransparencyLog, store: HubStore) -> WitnessPusher:
+    """Run a :class:`WitnessPusher` for the hub's log while the app runs (startup/shutdown)."""
+    pusher = WitnessPusher(log, lambda: holder_peers(store), interval=INTERVAL_S)
+    app.state.witnessing = pusher
+    app.router.add_event_handler("startup", pusher.start)
+    app.router.add_event_handler("shutdown", pusher.stop)
+    return pusher

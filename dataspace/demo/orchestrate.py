@@ -321,6 +321,7 @@ def trusted_keys_file(workdir: Path, sites: list[Site], extra: list[Path]) -> Pa
     lines = ["# written by dataspace demo: log keys (vkey) and actor keys (X.pub)"]
     for s in sites:
         lines += [str(s.vkey_path.resolve()), f"actor {(s.root / 'site.key.pub').resolve()}"]
+        lines.append(f"witness {(s.root / 'site.key.pub').resolve()}")  # it cosigns the hub's
     for p in extra:
         lines.append(f"actor {p.resolve()}" if p.suffix == ".pub" else str(p.resolve()))
     path.write_text("\n".join(lines) + "\n")
@@ -394,6 +395,7 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
         datasets.append(ds)
 
     services = None
+    witness_keys: list[Path] = []  # the hub's witness key, when it cosigned the sites' logs
     if opts.services or opts.hub_url:
         from dataspace.demo.services import Services
 
@@ -424,6 +426,9 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
         if services is not None:
             step("hub: registering the run and its rounds")
             services.register_run(run_id, contract_ids, history, ckey)
+            from dataspace.demo.witnessing import await_witnesses
+
+            witness_keys = await_witnesses(services, sites, step)
     except BaseException:
         if services is not None:
             services.stop()
@@ -434,7 +439,7 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
     step("auditor: verifying every log with public keys only")
     extra = [Path(str(ckey_path) + ".pub")]
     if services is not None:
-        extra += services.trusted_extra()
+        extra += services.trusted_extra() + witness_keys
     trusted = trusted_keys_file(wd, sites, extra)
     audits = [verify_log(str(s.root), trusted) for s in sites]
     if services is not None:

@@ -222,15 +222,17 @@ class Views:
         log = self.hub_log.log
         size = int(log.size)
         note = log.checkpoint() if size else b""
-        witnesses = []
-        if note:
-            parsed = parse_note(note)
-            witnesses = sorted({s.name for s in parsed.signatures} - {self.hub_log.origin})
+        witnesses, witnessed_size = [], None
+        if note:  # the latest checkpoint all its witnesses cosigned (it may trail the latest)
+            witnessed = parse_note(log.witnessed_checkpoint())
+            witnesses = sorted({s.name for s in witnessed.signatures} - {self.hub_log.origin})
+            witnessed_size = int(witnessed.text.split(b"\n")[1]) if witnesses else None
         return {
             "origin": self.hub_log.origin,
             "size": size,
             "checkpoint": note.decode("utf-8", "replace"),
             "witnesses": witnesses,
+            "witnessed_size": witnessed_size,
             "verification": self.verify(size, note),
         }
 

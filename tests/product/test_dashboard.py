@@ -135,6 +135,13 @@ def test_every_view_shows_the_run(world, browser):
     assert size > 0
     assert page.locator("#log-status").inner_text() == "verified"
     assert f"\n{size}\n" in page.locator("#checkpoint").inner_text()
+    # witnesses: every connector cosigned the hub's log (the demo waited for them)
+    names = sorted(s.site for s in result.sites)
+    assert page.locator("#log-witnesses").inner_text() == ", ".join(names)
+    # and the auditor saw them: the hub's log cosigned by the connectors, each site's by the hub
+    *site_audits, hub_audit = result.audit
+    assert hub_audit["witnesses"] == names
+    assert all(a["witnesses"] == [hub_audit["origin"]] for a in site_audits), site_audits
     shot = Path("/tmp/dataspace-dashboard.png")
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000

@@ -444,6 +444,10 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
     audits = [verify_log(str(s.root), trusted) for s in sites]
     if services is not None:
         audits.append(services.verify_hub(trusted))
+        if witness_keys:  # a hub this demo ran: a site's rounds must be the hub's run's
+            from dataspace.demo.witnessing import cross_check_sites
+
+            cross_check_sites(audits, sites, wd / "hub" / "log")
 
     last = history["rounds"][-1] if history.get("rounds") else {}
     per_ds_mse = last.get("eval_mse_per_dataset", {})

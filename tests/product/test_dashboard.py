@@ -142,6 +142,9 @@ def test_every_view_shows_the_run(world, browser):
     *site_audits, hub_audit = result.audit
     assert hub_audit["witnesses"] == names
     assert all(a["witnesses"] == [hub_audit["origin"]] for a in site_audits), site_audits
+    # and each site's rounds are the hub's run's (cross-check)
+    assert all(a["cross_check"]["ok"] for a in site_audits), site_audits
+    assert all(a["cross_check"]["rounds_matched"] == len(result.rounds) for a in site_audits)
     shot = Path("/tmp/dataspace-dashboard.png")
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000

@@ -6,6 +6,12 @@ base URL of a log served by :func:`dataspace.audit.api.log_router` (http...).
 The ``--trusted-keys`` file format is documented in :mod:`dataspace.audit.verify`.
 ``verify`` exits 0 only when every check holds; otherwise it exits 4 and names
 the first violation (entry index, rule, values). Other errors exit 1.
+
+Witnesses (DESIGN.md, "Audit log"): a source's checkpoint is the latest one all
+its witnesses cosigned (``TransparencyLog.witnessed_checkpoint``); ``witness``
+pushes a log's checkpoint to witnesses once (for cron; the services push on their
+own) and exits 5 when one did not cosign; ``cross-check SITE HUB`` compares a
+site's log with the hub's (``dataspace.audit.crosscheck``).
 """
 
 from __future__ import annotations
@@ -196,7 +202,11 @@ def name_missing_witnesses(report: AuditReport, trusted: TrustedKeys) -> None:
 @click.argument("source")
 @key_option
 def checkpoint_cmd(source: str) -> None:
-    """Print the latest signed checkpoint (C2SP signed note), byte for byte."""
+    """Print the latest signed checkpoint (C2SP signed note), byte for byte.
+
+    With its witness cosignatures: the latest checkpoint that all of the log's
+    witnesses cosigned (which may trail the newest one until they answer).
+    """
     _out(_full_note(_open(source)))
 
 

@@ -217,6 +217,54 @@ def _with_sig(message: bytes, keys: list[str], sig_b64: str) -> bytes:
 _FAST = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def _no_default(o: Any) -> Any:
+    raise TypeError(f"{type(o).__name__} is not JSON")  # not reached: values come from JSON
+
+
+#: the C encoder behind _FAST, called without json.encoder's Python wrappers (markers=None:
+#: parsed JSON has no cycles; allow_nan=False: RFC 8785 has no NaN or Infinity)
+_C_ENCODE = (
+    json.encoder.c_make_encoder(
+        None, _no_default, json.encoder.encode_basestring, None, ":", ",", True, False, False
+    )
+    if json.encoder.c_make_encoder is not None
+    else None
+)
+
+
+def _encode(obj: Any) -> str:
+    if _C_ENCODE is not None:
+        return "".join(_C_ENCODE(obj, 0))
+    return _FAST.encode(obj)
+
+
+#: RFC 8785 writes integers as IEEE doubles: beyond this, the rfc8785 package decides (and refuses)
+_SAFE_INT = 2**53
+
+
+def _plain_numbers(value: dict[str, Any] | list[Any]) -> bool:
+    """No number in ``value`` that Python and RFC 8785 (ES6 number form) may write differently.
+
+    Python writes floats in their shortest repr, as ES6 does, but with an exponent
+    from 1e16 and below 1e-4 (ES6: 1e21 and 1e-7), and integral floats as ``1.0``
+    (ES6: ``1``; ``-0.0``: ``0``). Integers are exact in both within 2**53.
+    """
+    for v in value.values() if type(value) is dict else value:
+        t = type(v)
+        if t is str or t is bool or v is None:
+            continue
+        if t is int:
+            if not -_SAFE_INT < v < _SAFE_INT:
+                return False
+        elif t is float:
+            r = repr(v)
+            if "e" in r or r.endswith(".0"):  # (inf and nan never get here: see _encode)
+                return False
+        elif not _plain_numbers(v):
+            return False
+    return True
+
+
 _tl = threading.local()
 
 
@@ -235,6 +283,8 @@ def _note_int(text: str) -> int:
 
 #: parses like json.loads, flagging the numbers whose Python form may differ from RFC 8785
 _DECODER = json.JSONDecoder(parse_float=_note_float, parse_int=_note_int)
+#: the plain C scanner (no Python hooks): json.loads without its wrappers
+_SCAN = json.JSONDecoder().scan_once
 
 
 def is_canonical(entry: bytes, obj: Any, suspect: bool = True) -> bool:
@@ -247,10 +297,34 @@ def is_canonical(entry: bytes, obj: Any, suspect: bool = True) -> bool:
     """
     if not suspect and _FAST.encode(obj).encode() == entry:
         return True
+    return _canonical_exact(entry, obj)
+
+
+def _canonical_exact(entry: bytes, obj: Any) -> bool:
     try:
         return rfc8785.dumps(obj) == entry
     except Exception:
         return False
+
+
+def _canonical_text(text: str, entry: bytes, obj: Any) -> bool:
+    """:func:`is_canonical` for an entry already decoded to ``text``, with one C encoder call.
+
+    The fast answer is exact: for ASCII text (no UTF-16 key-order or escaping question)
+    whose numbers are all plain (:func:`_plain_numbers`), RFC 8785 and Python's compact
+    sorted encoder write the same bytes (strings: both escape exactly ``"``, ``\\`` and
+    the controls, in the same forms; integers within 2**53; floats in Python's shortest
+    repr when it has no exponent and no ``.0``, which is ES6's form in that range).
+    Otherwise rfc8785 decides.
+    """
+    if text.isascii():
+        try:
+            same = _encode(obj) == text
+        except ValueError:  # NaN / Infinity (allow_nan=False): not JSON for RFC 8785
+            same = False
+        if same and _plain_numbers(obj):
+            return True
+    return _canonical_exact(entry, obj)
 
 
 def _loads(entry: bytes) -> dict[str, Any]:
@@ -275,6 +349,9 @@ def parse_event(entry: bytes) -> Event:
     return _event(_loads(entry))
 
 
+_KEY_B64: dict[str, bytes] = {}
+
+
 def _b64_key(s: str) -> bytes:
     """Actor keys repeat across a log: decode each once."""
     raw = _KEY_B64.get(s)
@@ -285,27 +362,48 @@ def _b64_key(s: str) -> bytes:
     return raw
 
 
-_KEY_B64: dict[str, bytes] = {}
-
-
 def _event(obj: dict[str, Any]) -> Event:
     """An Event from a parsed entry (``sig`` is moved out of ``obj``, which becomes ``fields``)."""
+    sig_b64 = obj.pop("sig", None)
+    name, key, sig, t = _checked(obj, sig_b64)
+    return Event(
+        obj["kind"],
+        name,
+        key,
+        t,
+        obj["dataset_id"],
+        obj["fingerprint"],
+        obj["contract_id"],
+        obj["purpose"],
+        sig,
+        obj,
+    )
+
+
+_KINDS = frozenset(KINDS)
+_OPTIONAL_STR = ("dataset_id", "fingerprint", "contract_id", "purpose")
+
+
+def _checked(obj: dict[str, Any], sig_b64: Any) -> tuple[str, bytes, bytes, datetime]:
+    """The structure every event has (module docstring): actor name, raw key, sig, time."""
     try:
-        if obj.get("v") != VERSION:
+        if obj.get("v") != VERSION or type(obj.get("v")) is not int:
             raise EventError(f"event version {obj.get('v')!r} is not {VERSION}")
         kind = obj["kind"]
-        if kind not in KINDS:
+        if type(kind) is not str or kind not in _KINDS:
             raise EventError(f"unknown event kind {kind!r}")
         actor = obj["actor"]
         name, key = actor["name"], _b64_key(actor["key"])
-        sig = base64.b64decode(obj.pop("sig"), validate=True)
+        if sig_b64 is None:
+            raise KeyError("sig")
+        sig = binascii.a2b_base64(sig_b64, strict_mode=True)
         if type(name) is not str or len(key) != 32 or len(sig) != 64:
             raise EventError("actor name, key (32 bytes) or sig (64 bytes) malformed")
-        std = (obj["dataset_id"], obj["fingerprint"], obj["contract_id"], obj["purpose"])
-        for f, v in zip(STANDARD[4:], std, strict=True):
+        for f in _OPTIONAL_STR:
+            v = obj[f]
             if v is not None and type(v) is not str:
                 raise EventError(f"{f} must be a string or null")
-        return Event(kind, name, key, parse_time(obj["time"]), *std, sig, obj)
+        return name, key, sig, parse_time(obj["time"])
     except (KeyError, TypeError, binascii.Error, ValueError) as e:
         if isinstance(e, EventError):
             raise
@@ -334,26 +432,63 @@ def _public_key(raw: bytes) -> Ed25519PublicKey:
     return k
 
 
+def check_entry(
+    entry: bytes, trusted_keys: frozenset[bytes] | set[bytes] | None = None
+) -> tuple[dict[str, Any], str, bytes, bytes, datetime]:
+    """Every check of :func:`verify_event`, without building an :class:`Event`.
+
+    One C parse of the entry drives both the canonical-form check (one C encoder
+    call compared with the text) and the fields. Returns ``(fields, actor name,
+    actor key, signature, time)``; ``fields`` is the parsed entry without ``sig``.
+    Raises :class:`EventError` / :class:`EventSignatureError`.
+    """
+    try:
+        text = entry.decode()
+    except UnicodeDecodeError as e:
+        raise EventError(f"entry is not JSON: {e}") from e
+    try:
+        obj, end = _SCAN(text, 0)
+    except (StopIteration, json.JSONDecodeError):
+        obj, end = None, -1
+    if end != len(text):  # not one JSON value: json.loads names the error (or the whitespace)
+        obj = _loads(entry)
+    if type(obj) is not dict:
+        raise EventError("entry is not a JSON object")
+    if not _canonical_text(text, entry, obj):
+        raise EventError("entry is not RFC 8785 canonical JSON")
+    sig_b64 = obj.pop("sig", None)
+    name, key, sig, t = _checked(obj, sig_b64)
+    if trusted_keys is not None and key not in trusted_keys:
+        raise EventSignatureError(
+            f"actor {name} ({base64.b64encode(key).decode()}) is not a trusted key"
+        )
+    message = signed_message(entry, sig_b64)
+    pk = _KEYS.get(key) or _public_key(key)
+    try:
+        pk.verify(sig, message)
+    except InvalidSignature as e:
+        raise EventSignatureError(
+            f"{obj['kind']} by {name}: signature does not verify under the actor's key"
+        ) from e
+    return obj, name, key, sig, t
+
+
 def verify_event(entry: bytes, trusted_keys: frozenset[bytes] | set[bytes] | None = None) -> Event:
     """Parse ``entry`` and check that it is canonical and signed by its actor's key.
 
     With ``trusted_keys`` (raw public keys) the actor must be one of them.
     Raises :class:`EventError` / :class:`EventSignatureError`.
     """
-    obj, suspect = _loads_flagged(entry)
-    if not is_canonical(entry, obj, suspect):
-        raise EventError("entry is not RFC 8785 canonical JSON")
-    sig_b64 = obj.get("sig")
-    ev = _event(obj)
-    if trusted_keys is not None and ev.actor_key not in trusted_keys:
-        raise EventSignatureError(
-            f"actor {ev.actor_name} ({ev.actor_key_b64}) is not a trusted key"
-        )
-    message = signed_message(entry, sig_b64)
-    try:
-        _public_key(ev.actor_key).verify(ev.sig, message)
-    except InvalidSignature as e:
-        raise EventSignatureError(
-            f"{ev.kind} by {ev.actor_name}: signature does not verify under the actor's key"
-        ) from e
-    return ev
+    f, name, key, sig, t = check_entry(entry, trusted_keys)
+    return Event(
+        f["kind"],
+        name,
+        key,
+        t,
+        f["dataset_id"],
+        f["fingerprint"],
+        f["contract_id"],
+        f["purpose"],
+        sig,
+        f,
+    )

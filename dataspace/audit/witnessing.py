@@ -45,7 +45,6 @@ from dataspace.audit.note import (
     parse_signature_line,
     parse_vkey,
 )
-from dataspace.audit.storage import LogError
 from dataspace.audit.witness import SIZE_CONTENT_TYPE, request_body
 from dataspace.errors import DataspaceError
 
@@ -271,7 +270,7 @@ def witness_all(
         except WitnessingError as e:
             errors.append(e)
             continue
-        except (LogError, NoteError) as e:  # our own log cannot be read or kept
+        except DataspaceError as e:  # our own log cannot be read, proved from or kept
             errors.append(WitnessingError(peer.name, str(e)))
             continue
         known[peer.url] = c.size

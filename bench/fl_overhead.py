@@ -11,6 +11,8 @@ Last stdout line: ``{"ratio": run_s / local_s, ...}``.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -26,8 +28,15 @@ ROUNDS = 5
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keep", type=Path, default=None, help="keep run dirs and logs here")
+    args = ap.parse_args()
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            tmp = args.keep.resolve()
+            tmp.mkdir(parents=True, exist_ok=True)
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         a = make_federation(tmp / "a", UNITREE, epsilon=8.0, rounds=ROUNDS)
         b = make_federation(tmp / "b", UNITREE, epsilon=8.0, rounds=ROUNDS)
         t = time.perf_counter()

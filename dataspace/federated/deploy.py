@@ -12,7 +12,17 @@ virtual environment; uv would fetch other wheels), ``FLWR_TELEMETRY_ENABLED=0``,
 ``FLWR_DISABLE_UPDATE_CHECK=1``.
 
 Each SuperNode is given its site folder as node config (``site="/abs/path"``);
-its ClientApp reads only that site. ``flwr run --stream`` may exit 0 when the
+its ClientApp reads only that site.
+
+Latency (see bench/RESULTS.md, fl_overhead): by default each SuperNode runs
+with ``--isolation process`` and its site's warm worker is its SuperExec
+(:mod:`.site_worker` executor mode, authenticated with a per-node SuperExec
+HMAC secret), so no process starts per message; SuperNodes are started through
+:mod:`.supernode`, which lowers Flower's fixed 3 s pull interval; the
+SuperLink's SuperExec polls every 50 ms (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``)
+and the ServerApp pulls replies every 50 ms. ``isolation="subprocess"`` keeps
+Flower's default (a ``flwr-clientapp`` process per message, forwarding to the
+warm worker over a Unix socket when ``warm``). ``flwr run --stream`` may exit 0 when the
 run failed, so the outcome is read from the run directory's ``history.json``.
 """
 
@@ -137,6 +147,15 @@ class Deployment:
     #: that carry no signature by a trusted key)
     guarded_sites: Sequence[Path] = ()
     guard_trust: Path | None = None
+    #: "process": the warm worker is the SuperNode's SuperExec (no process per message);
+    #: "subprocess": Flower starts ``flwr-clientapp`` per message (proxy to the worker if warm)
+    isolation: str = "process"
+    #: start SuperNodes through :mod:`.supernode` (pull interval capped, see there)
+    fast_poll: bool = True
+    #: the ServerApp runs in a warm hub process (:mod:`.hub_worker`), not one per run
+    warm_hub: bool = True
+    #: the SuperLink's state: a file under ``root`` if None, or Flower's ":flwr-in-memory:"
+    database: str | None = ":flwr-in-memory:"
 
     @property
     def env(self) -> dict[str, str]:
@@ -146,6 +165,8 @@ class Deployment:
             FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
             FLWR_TELEMETRY_ENABLED="0",
             FLWR_DISABLE_UPDATE_CHECK="1",
+            # the SuperLink's SuperExec starts the ServerApp within 50 ms of `flwr run`
+            FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.05",
             PYTHONUNBUFFERED="1",
             # Flower starts its helpers (flower-superexec, flwr-serverapp, ...) by name
             PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -181,6 +202,10 @@ class Deployment:
             f'address = "127.0.0.1:{self.control_port}"\n'
             f'root-certificates = "{self.tls.ca_cert}"\n'
         )
+        hub_args: list[str] = []
+        if self.warm_hub:
+            hub_secret = self._secret("hub")
+            hub_args = ["--isolation", "process", "--superexec-auth-secret-file", str(hub_secret)]
         link = self._spawn(
             "superlink",
             [
@@ -191,10 +216,21 @@ class Deployment:
                 "--enable-supernode-auth",
                 "--host", "127.0.0.1",
                 "--port", str(self.control_port),
-                "--database", str(self.root / "superlink.db"),
+                "--database", self.database or str(self.root / "superlink.db"),
+                *hub_args,
             ],
         )  # fmt: skip
         _wait_port(self.control_port, link, self.root / "logs" / "superlink.log")
+        if self.warm_hub:
+            self._spawn(
+                "hub-worker",
+                [
+                    sys.executable, "-m", "dataspace.federated.hub_worker",
+                    "--runtime-api", f"127.0.0.1:{self.control_port}",
+                    "--root-certificates", str(self.tls.ca_cert),
+                    "--secret-file", str(hub_secret),
+                ],
+            )  # fmt: skip
         nodes = [(Path(s), self.trusted_entities) for s in self.sites]
         nodes += [(Path(s), self.guard_trust) for s in self.guarded_sites]
         for i, (site, trust) in enumerate(nodes):
@@ -202,7 +238,18 @@ class Deployment:
             self.node_keys.append(key)
             self.register(pub)
             self.start_supernode(i, site, key, trust)
+        # warm executors are ready once their imports are done (they print this line)
+        for name in [n for n in self.procs if n.startswith(("worker-", "hub-worker"))]:
+            self._wait_log(name, " executing ")
         return self
+
+    def _wait_log(self, name: str, text: str, timeout: float = 300.0) -> None:
+        log = self.root / "logs" / f"{name}.log"
+        deadline = time.monotonic() + timeout
+        while text not in log.read_text(errors="replace"):
+            if self.procs[name].poll() is not None or time.monotonic() > deadline:
+                raise DeploymentError(f"{name} did not get ready; see {log}")
+            time.sleep(0.1)
 
     def register(self, pub: Path) -> None:
         r = subprocess.run(
@@ -216,7 +263,7 @@ class Deployment:
             raise DeploymentError(f"flwr supernode register {pub}: {r.stdout}{r.stderr}")
 
     def start_worker(self, i: int) -> Path:
-        """The site's warm worker (see :mod:`.site_worker`); returns its socket path."""
+        """The site's warm worker serving a Unix socket (subprocess isolation)."""
         sock = Path(tempfile.gettempdir()) / f"dsw-{uuid.uuid4().hex[:12]}.sock"
         proc = self._spawn(
             f"worker-{i}",
@@ -230,23 +277,56 @@ class Deployment:
             time.sleep(0.1)
         return sock
 
+    def start_executor(self, i: int, runtime_port: int, secret: Path) -> subprocess.Popen:
+        """The site's warm worker as the SuperNode's SuperExec (process isolation)."""
+        return self._spawn(
+            f"worker-{i}",
+            [
+                sys.executable, "-m", "dataspace.federated.site_worker",
+                "--runtime-api", f"127.0.0.1:{runtime_port}",
+                "--secret-file", str(secret),
+            ],
+        )  # fmt: skip
+
+    def _secret(self, i: int | str) -> Path:
+        """A fresh SuperExec HMAC secret for node ``i``, readable by the holder only."""
+        path = self.root / "keys" / f"superexec-{i}.secret"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32).hex().encode())
+        return path
+
     def start_supernode(
         self, i: int, site: Path, key: Path, trusted_entities: Path | None = None
     ) -> subprocess.Popen:
         node_config = f"site={_toml(str(site.resolve()))}"
-        if self.warm:
+        executor = self.warm and self.isolation == "process"
+        if self.warm and not executor:
             node_config += f" worker={_toml(str(self.start_worker(i)))}"
+        runtime_port = free_port()
+        launcher = (
+            [sys.executable, "-m", "dataspace.federated.supernode"]
+            if self.fast_poll
+            else [str(BIN / "flower-supernode")]
+        )
         args = [
-            str(BIN / "flower-supernode"),
+            *launcher,
             "--superlink", f"127.0.0.1:{self.control_port}",
             "--root-certificates", str(self.tls.ca_cert),  # type: ignore[union-attr]
             "--auth-supernode-private-key", str(key),
             "--node-config", node_config,
-            "--port", str(free_port()),
+            "--port", str(runtime_port),
         ]  # fmt: skip
         if trusted_entities is not None:
             args += ["--trusted-entities", str(trusted_entities)]
-        return self._spawn(f"supernode-{i}", args)
+        if executor:
+            secret = self._secret(i)
+            args += ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
+        proc = self._spawn(f"supernode-{i}", args)
+        if executor:
+            self.start_executor(i, runtime_port, secret)
+        return proc
 
     def _tree(self, name: str) -> list[psutil.Process]:
         """The process and every descendant (Flower detaches some helpers)."""
@@ -316,6 +396,8 @@ def run_deployment(
     warm: bool = True,
     guarded_sites: Sequence[Path] = (),
     guard_trust: Path | None = None,
+    isolation: str = "process",
+    fast_poll: bool = True,
 ) -> dict[str, Any]:
     """Train on the deployment engine; returns the run's history (see :mod:`.server_app`)."""
     out = Path(out_dir).resolve()
@@ -328,6 +410,8 @@ def run_deployment(
         warm=warm,
         guarded_sites=guarded_sites,
         guard_trust=guard_trust,
+        isolation=isolation,
+        fast_poll=fast_poll,
     )
     t0 = time.perf_counter()
     with dep as d:

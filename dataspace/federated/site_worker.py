@@ -15,17 +15,33 @@ the full ClientApp in its own process (same behaviour, slower).
 Wire format: 8-byte big-endian length + pickle of ``(message, context)``;
 the answer is ``("ok", (reply, context))`` or ``("error", text)``. Pickle is
 safe here because both ends are the holder's processes.
+
+Executor mode (``--runtime-api HOST:PORT --secret-file F``, the default of
+:mod:`.deploy`): the SuperNode runs with ``--isolation process`` and this
+worker *is* its SuperExec for ClientApp tasks. It polls the SuperNode's
+Runtime API (``AcquireTask``, signed with the shared SuperExec HMAC secret, so
+no other local process can take a task), and runs each task in this warm
+process exactly as ``flwr-clientapp`` would (pull the task input with the
+task's token, run the app, push the reply and the context, heartbeats
+meanwhile), but without starting a process per message. The app it runs is
+always the connector's own :data:`dataspace.federated.client_app.app`; a
+bundle (FAB) whose ``clientapp`` component names other code is refused. The
+SuperNode still verifies the FAB (``--trusted-entities``) before a task
+exists.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import pickle
 import socket
 import struct
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -110,11 +126,193 @@ def serve(socket_path: Path) -> None:
                 _send(conn, ("error", f"{type(e).__name__}: {e}"))
 
 
+#: ``[tool.flwr.app.components] clientapp`` values of bundles that name the connector's code
+OWN_CLIENTAPPS = frozenset(
+    {"dataspace.federated.site_worker:app", "dataspace.federated.client_app:app"}
+)
+
+
+def _component(fab_content: bytes) -> str:
+    from flwr.common.config import get_fab_config
+
+    cfg = get_fab_config(fab_content)
+    return str(cfg["tool"]["flwr"]["app"]["components"].get("clientapp", ""))
+
+
+def pull_task_input(client: Any) -> tuple[Message, Context, Any]:
+    """The task's message, context and FAB, as Flower's ``pull_task_input`` gets them.
+
+    Same calls as ``flwr.supernode.runtime.run_clientapp.pull_task_input`` (1.42),
+    but the message's objects are polled every 20-200 ms instead of Flower's
+    1, 2, 4 ... s backoff: the SuperNode creates the task before it has fetched
+    the message's objects from the SuperLink, so a warm executor that takes the
+    task at once would otherwise sleep seconds on every message.
+    """
+    from flwr.common.serde import context_from_proto, fab_from_proto
+    from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+    from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
+        PullAppMessagesRequest,
+        PullTaskInputRequest,
+    )
+    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+        make_confirm_message_received_fn_protobuf,
+        make_pull_object_fn_protobuf,
+    )
+    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+    from flwr.supercore.task_identity import TaskIdentity
+
+    res = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id = res.task_id
+    TaskIdentity.run_id = res.run.run_id
+    TaskIdentity.node_id = res.context.node_id
+    context = context_from_proto(res.context)
+    fab = fab_from_proto(res.fab)
+    msgs = client.PullMessages(PullAppMessagesRequest())
+    if not msgs.messages_list:
+        raise RuntimeError("no message for this task from the Runtime API")
+    node = Node(node_id=context.node_id)
+    tree = msgs.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree,
+        make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(
+            client.ConfirmMessageReceived, node, context.run_id
+        ),
+        return_type=Message,
+        initial_backoff=0.02,
+        backoff_cap=0.2,
+    )
+    message.metadata.__dict__["_message_id"] = tree.object_id
+    return message, context, fab
+
+
+def run_task(runtime_api: str, token: str, full: ClientApp) -> str:
+    """One ClientApp task, as ``flwr-clientapp`` runs it, in this process.
+
+    Returns its status and the seconds spent pulling, running and pushing (worker log).
+
+    Mirrors ``flwr.supernode.runtime.run_clientapp.run_clientapp`` (Flower 1.42)
+    without the FAB install, the app import and the process exit.
+    """
+    from flwr.app.error import Error
+    from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supercore.interceptors import (
+        RuntimeTokenHttpInterceptor,
+        RuntimeVersionHttpInterceptor,
+    )
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+
+    client = RuntimeHttpClient.from_server_address(
+        server_address=runtime_api,
+        insecure=True,  # loopback, inside the holder's machine; the token names the task
+        root_certificates=None,
+        interceptors=[
+            RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+            RuntimeTokenHttpInterceptor(token),
+        ],
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat.start()
+    message = context = reply = None
+    status, details = SubStatus.FAILED, "ClientApp task failed"
+    t = [time.perf_counter()]
+    try:
+        message, context, fab = pull_task_input(client)
+        t.append(time.perf_counter())
+        component = _component(fab.content)
+        if component not in OWN_CLIENTAPPS:
+            raise PermissionError(
+                f"the app bundle's clientapp {component!r} is not the connector's own code"
+            )
+        reply = full(message=message, context=context)
+        t.append(time.perf_counter())
+        status, details = SubStatus.COMPLETED, ""
+    except Exception as e:  # the ClientApp's error becomes an error reply, as in Flower
+        details = f"{type(e).__name__}: {e}"
+        print(f"task failed: {details}", file=sys.stderr, flush=True)
+        if message is not None:
+            reply = Message(
+                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details),
+                reply_to=message,
+            )
+    finally:
+        try:
+            if reply is not None and context is not None:
+                push_message(client, reply, context)
+        finally:
+            push_task_output(client, context, status, details)
+            t.append(time.perf_counter())
+            heartbeat.stop()
+            client.close()
+    steps = " ".join(f"{b - a:.3f}" for a, b in itertools.pairwise(t))
+    return f"{status} (pull/app/push s: {steps})"
+
+
+def execute(runtime_api: str, secret: bytes, poll: float = 0.05) -> None:
+    """Act as the SuperNode's SuperExec for ClientApp tasks until killed."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.interceptors import (
+        RuntimeVersionHttpInterceptor,
+        SuperExecAuthHttpInterceptor,
+    )
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    from dataspace.federated.client_app import app as full
+
+    client = RuntimeHttpClient.from_server_address(
+        server_address=runtime_api,
+        insecure=True,
+        root_certificates=None,
+        interceptors=[
+            RuntimeVersionHttpInterceptor(component_name="SuperExec"),
+            SuperExecAuthHttpInterceptor(
+                master_secret=secret, protected_methods={"/flwr.proto.Runtime/AcquireTask"}
+            ),
+        ],
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+    request = AcquireTaskRequest(supported_task_types=[str(TaskType.CLIENT_APP)])
+    print(f"site worker executing tasks of {runtime_api}", flush=True)
+    while True:
+        try:
+            res = client.AcquireTask(request)
+        except Exception as e:  # the SuperNode is starting or restarting
+            print(f"AcquireTask: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            time.sleep(1.0)
+            continue
+        if res.HasField("task") and res.token:
+            t0 = time.perf_counter()
+            status = run_task(runtime_api, res.token, full)
+            print(
+                f"{time.time():.3f} task {res.task.task_id}: {status} "
+                f"in {time.perf_counter() - t0:.3f}s",
+                flush=True,
+            )
+        else:
+            time.sleep(poll)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--socket", required=True, type=Path)
+    p.add_argument("--socket", type=Path, help="serve the ClientApp proxy on this Unix socket")
+    p.add_argument("--runtime-api", help="be the SuperExec of this SuperNode Runtime API")
+    p.add_argument("--secret-file", type=Path, help="SuperExec HMAC secret (with --runtime-api)")
+    p.add_argument("--poll", type=float, default=0.05, help="seconds between AcquireTask calls")
     args = p.parse_args(argv)
-    serve(args.socket)
+    if args.runtime_api:
+        if args.secret_file is None:
+            p.error("--runtime-api needs --secret-file")
+        execute(args.runtime_api, args.secret_file.read_bytes(), args.poll)
+    elif args.socket:
+        serve(args.socket)
+    else:
+        p.error("give --socket PATH or --runtime-api HOST:PORT --secret-file F")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,150 @@
+"""The hub's warm ServerApp executor: ``python -m dataspace.federated.hub_worker``.
+
+Flower 1.42's SuperLink starts a fresh ``flwr-serverapp`` process for every
+run, which imports Flower, torch and the app before the first message leaves
+(10 s and more on a loaded 2-core machine, see bench/RESULTS.md fl_overhead).
+With ``flower-superlink --isolation process`` this long-lived process is the
+SuperLink's SuperExec for ServerApp tasks instead: it polls the SuperLink's
+Runtime API (``AcquireTask``, signed with the shared SuperExec HMAC secret,
+over the SuperLink's TLS with the project's CA) and runs each run's ServerApp
+in this warm process as ``flwr-serverapp`` would (pull the task input with the
+task's token, ``HttpGrid``, heartbeats, push the final status). It runs only
+:data:`dataspace.federated.server_app.app`: a bundle whose ``serverapp``
+component names other code fails. Logs are not streamed to ``flwr run
+--stream`` (the run's outcome is in its run directory, as before).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+#: ``[tool.flwr.app.components] serverapp`` of bundles this executor runs
+OWN_SERVERAPPS = frozenset({"dataspace.federated.server_app:app"})
+
+
+def run_task(runtime_api: str, certificates: bytes, token: str, app: Any) -> str:
+    """One ServerApp task in this process (``flwr.superlink.runtime.run_serverapp``, 1.42)."""
+    from flwr.common.config import get_fab_config, get_fused_config_from_fab
+    from flwr.common.constant import SubStatus
+    from flwr.common.serde import (
+        context_from_proto,
+        context_to_proto,
+        fab_from_proto,
+        run_from_proto,
+    )
+    from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
+        PullTaskInputRequest,
+        PushTaskOutputRequest,
+    )
+    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.superlink.grid import HttpGrid
+
+    grid = HttpGrid(runtime_api, insecure=False, root_certificates=certificates, token=token)
+    client = grid._runtime_client
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat.start()
+    context = None
+    status, details = SubStatus.FAILED, "ServerApp task failed"
+    try:
+        res = client.PullTaskInput(PullTaskInputRequest())
+        TaskIdentity.task_id = res.task_id
+        TaskIdentity.run_id = res.run.run_id
+        TaskIdentity.node_id = res.context.node_id
+        context = context_from_proto(res.context)
+        run = run_from_proto(res.run)
+        fab = fab_from_proto(res.fab)
+        grid.set_run(run)
+        components = get_fab_config(fab.content)["tool"]["flwr"]["app"]["components"]
+        component = str(components["serverapp"])
+        if component not in OWN_SERVERAPPS:
+            raise PermissionError(f"the app bundle's serverapp {component!r} is not the hub's")
+        context.run_config = get_fused_config_from_fab(fab.content, run)
+        app(grid=grid, context=context)
+        status, details = SubStatus.COMPLETED, ""
+    except Exception as e:  # reported as the run's failure, as flwr-serverapp does
+        details = f"ServerApp failed with exception: {type(e).__name__}: {e}"
+        print(details, file=sys.stderr, flush=True)
+    finally:
+        try:
+            grid._retry_invoker.max_tries = 1
+            client.PushTaskOutput(
+                PushTaskOutputRequest(
+                    context=context_to_proto(context) if context else None,
+                    sub_status=status,
+                    details=details,
+                )
+            )
+        finally:
+            heartbeat.stop()
+            grid.close()
+    return str(status)
+
+
+def execute(runtime_api: str, certificates: bytes, secret: bytes, poll: float = 0.05) -> None:
+    """Act as the SuperLink's SuperExec for ServerApp tasks until killed."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.interceptors import (
+        RuntimeVersionHttpInterceptor,
+        SuperExecAuthHttpInterceptor,
+    )
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    from dataspace.federated.server_app import app
+
+    client = RuntimeHttpClient.from_server_address(
+        server_address=runtime_api,
+        insecure=False,
+        root_certificates=certificates,
+        interceptors=[
+            RuntimeVersionHttpInterceptor(component_name="SuperExec"),
+            SuperExecAuthHttpInterceptor(
+                master_secret=secret, protected_methods={"/flwr.proto.Runtime/AcquireTask"}
+            ),
+        ],
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+    request = AcquireTaskRequest(supported_task_types=[str(TaskType.SERVER_APP)])
+    print(f"hub worker executing ServerApp tasks of {runtime_api}", flush=True)
+    while True:
+        try:
+            res = client.AcquireTask(request)
+        except Exception as e:  # the SuperLink is starting or restarting
+            print(f"AcquireTask: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            time.sleep(1.0)
+            continue
+        if res.HasField("task") and res.token:
+            t0 = time.perf_counter()
+            status = run_task(runtime_api, certificates, res.token, app)
+            print(
+                f"{time.time():.3f} run {res.task.run_id}: {status} "
+                f"in {time.perf_counter() - t0:.3f}s",
+                flush=True,
+            )
+        else:
+            time.sleep(poll)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runtime-api", required=True, help="the SuperLink's HOST:PORT")
+    p.add_argument("--root-certificates", required=True, type=Path, help="CA of its TLS")
+    p.add_argument("--secret-file", required=True, type=Path, help="SuperExec HMAC secret")
+    p.add_argument("--poll", type=float, default=0.05, help="seconds between AcquireTask calls")
+    args = p.parse_args(argv)
+    execute(
+        args.runtime_api,
+        args.root_certificates.read_bytes(),
+        args.secret_file.read_bytes(),
+        args.poll,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -207,14 +207,16 @@ def witness_once(
     *,
     known_size: int | None = None,
     post: PostFn | None = None,
+    note: bytes | None = None,
 ) -> Cosigned:
-    """Have ``peer`` cosign ``log``'s latest checkpoint; keep and return its cosignature.
+    """Have ``peer`` cosign ``log``'s latest checkpoint (or ``note``, one this log
+    signed); keep and return its cosignature.
 
     ``known_size`` is the size this witness cosigned last, if remembered (0 for a
     first contact); a wrong guess costs one 409 round trip.
     """
     post = post or http_post()
-    note = log.checkpoint()
+    note = log.checkpoint() if note is None else note
     old = known_size or 0
     seen: set[int] = set()
     for _ in range(MAX_409 + 1):
@@ -264,9 +266,15 @@ def witness_all(
     known = {} if known is None else known
     got: list[Cosigned] = []
     errors: list[WitnessingError] = []
+    # one checkpoint for all: witnesses that answer together cosign the same one, so a
+    # busy log still gets fully cosigned checkpoints
+    try:
+        note: bytes | None = log.checkpoint()
+    except DataspaceError:
+        note = None
     for peer in peers:
         try:
-            c = witness_once(log, peer, known_size=known.get(peer.url), post=post)
+            c = witness_once(log, peer, known_size=known.get(peer.url), post=post, note=note)
         except WitnessingError as e:
             errors.append(e)
             continue

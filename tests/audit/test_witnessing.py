@@ -117,6 +117,20 @@ def test_cosignature_kept_when_the_log_moves_on_before_the_answer(
     assert ro.witnessed_checkpoint() == log.witnessed_checkpoint()
 
 
+def test_a_busy_log_still_gets_fully_cosigned(tmp_path: Path, log: TransparencyLog) -> None:
+    """One pass pushes one checkpoint to every witness, even if the log grows meanwhile."""
+    ws = [_witness(tmp_path, log, n) for n in ("w1", "w2")]
+    posts = {p.url: Local(w, before=lambda: log.append(b"busy")) for w, p in ws}
+
+    def post(url: str, body: bytes) -> tuple[int, bytes, str]:
+        return posts[url](url, body)
+
+    got, errors = witness_all(log, [p for _, p in ws], post=post)
+    assert not errors and [c.size for c in got] == [5, 5] and log.size == 7
+    assert checkpoint_of_note(log.witnessed_checkpoint()).size == 5
+    assert _names(log.witnessed_checkpoint()) == {"w1", "w2"}
+
+
 def test_refusals_are_typed(tmp_path: Path, log: TransparencyLog) -> None:
     w, peer = _witness(tmp_path, log)
     witness_once(log, peer, post=Local(w))

@@ -380,7 +380,7 @@ class TransparencyLog:
     def cosigned_dir(self) -> Path:
         return self.directory / COSIGNED
 
-    def keep_cosignature(self, body: bytes, line: bytes) -> bytes:
+    def keep_cosignature(self, body: bytes, line: bytes, signed: bytes | None = None) -> bytes:
         """Keep a witness's cosignature of the checkpoint ``body`` (any size this log signed).
 
         tlog-cosignature: a cosignature signs the checkpoint body, so it stays
@@ -388,12 +388,15 @@ class TransparencyLog:
         checkpoint's size, written atomically) with the log's signature and
         the other witnesses' lines, and attached to ``checkpoint`` as well while
         that is still the same checkpoint. Returns the cosigned note.
+        ``signed`` is the signed note that was cosigned (its log signature is kept
+        when neither ``checkpoint`` nor ``cosigned/N`` has one: a log opened
+        without its key, whose checkpoint moved on meanwhile).
         Raises :class:`LogError` when ``body`` is not a checkpoint of this tree.
         """
         sig = parse_signature_line(line.rstrip(b"\n"))
         cp = self._own_checkpoint(body)
         with locked(self.directory):
-            return self._keep(cp, body, sig)
+            return self._keep(cp, body, sig, signed)
 
     def _own_checkpoint(self, body: bytes) -> Checkpoint:
         try:
@@ -407,13 +410,18 @@ class TransparencyLog:
             )
         return cp
 
-    def _keep(self, cp: Checkpoint, body: bytes, sig) -> bytes:
+    def _keep(self, cp: Checkpoint, body: bytes, sig, signed: bytes | None = None) -> bytes:
         """Under the lock: merge ``sig`` into cosigned/N and, if it is that one, ``checkpoint``."""
         path = self.cosigned_dir / str(cp.size)
         current = self.stored_checkpoint()
-        parsed = [parse_note(n) for n in (_read(path), current) if n is not None]
+        parsed = [parse_note(n) for n in (_read(path), current, signed) if n is not None]
         sigs = [s for n in parsed if n.text == body for s in n.signatures]
-        own = [s for s in sigs if (s.name, s.key_id) == (self.origin, self.verifier.key_id)]
+        own = [
+            s
+            for s in sigs
+            if (s.name, s.key_id) == (self.origin, self.verifier.key_id)
+            and self.verifier.verify(body, s.sig)
+        ]
         if not own:
             if self.signer is None:
                 raise LogError(f"{self.directory}: no log signature for size {cp.size} to keep")

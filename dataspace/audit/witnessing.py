@@ -225,7 +225,7 @@ def witness_once(
         status, resp, ctype = post(peer.url, build_request(log, note, min(old, cp.size)))
         if status == 200:
             sig, verified = check_cosignature(resp, body, peer)
-            log.keep_cosignature(body, sig.line())
+            log.keep_cosignature(body, sig.line(), signed=note)
             ts = int.from_bytes(sig.sig[:8], "big")
             return Cosigned(sig.name, peer.url, cp.origin, cp.size, ts, sig.line(), verified)
         text = resp[:300].decode("utf-8", "replace").strip()

@@ -131,6 +131,17 @@ def test_a_busy_log_still_gets_fully_cosigned(tmp_path: Path, log: TransparencyL
     assert _names(log.witnessed_checkpoint()) == {"w1", "w2"}
 
 
+def test_a_keyless_pusher_keeps_what_it_got(tmp_path: Path, log: TransparencyLog) -> None:
+    """`dataspace audit witness` opens the log without its key; the service appends meanwhile."""
+    w, peer = _witness(tmp_path, log)
+    ro = TransparencyLog.open(log.directory)
+    c = witness_once(ro, peer, post=Local(w, before=lambda: log.append(b"z")))
+    assert c.size == 5 and checkpoint_of_note(log.checkpoint()).size == 6
+    (kept,) = ro.cosigned_checkpoints()
+    assert checkpoint_of_note(kept).size == 5 and _names(kept) == {"w1"}
+    assert log.fsck().ok
+
+
 def test_refusals_are_typed(tmp_path: Path, log: TransparencyLog) -> None:
     w, peer = _witness(tmp_path, log)
     witness_once(log, peer, post=Local(w))

@@ -331,3 +331,53 @@ def test_cross_check_names_what_one_side_left_out(two_logs) -> None:
     r = cross_check(site_log, [*hub_log, forged])
     assert [m.rule for m in r.mismatches] == ["dataset-not-in-site"]
     assert "hub entry 4" in str(r.mismatches[0])
+
+
+@pytest.mark.slow
+def test_kill_9_while_cosigning_keeps_every_acknowledged_cosignature(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+
+    from dataspace.audit.witness import Witness as W
+
+    def pem(k: Ed25519PrivateKey, path: Path) -> Path:
+        path.write_bytes(
+            k.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        return path
+
+    key, wkey = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    TransparencyLog.create(tmp_path / "log", ORIGIN, key).close()
+    kf, wf = pem(key, tmp_path / "log.pem"), pem(wkey, tmp_path / "w.pem")
+    repo = Path(__file__).resolve().parents[2]
+    for round_no in range(3):
+        p = subprocess.Popen(
+            [sys.executable, "-m", "tests.audit.cosigner", str(tmp_path / "log"), str(kf),
+             str(tmp_path / "w"), str(wf)],
+            cwd=repo, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        first = p.stdout.readline()
+        time.sleep(0.2 + 0.3 * round_no)
+        p.send_signal(signal.SIGKILL)
+        out, _ = p.communicate()
+        acked = [int(x) for x in (first + out).split()]
+        assert acked, "nothing was cosigned before the kill"
+        log = TransparencyLog.open(tmp_path / "log", key=key)
+        assert log.fsck().ok, log.fsck().problems
+        w = W(tmp_path / "w", "w1", wkey, [log.verifier])
+        assert w.latest(ORIGIN).size >= acked[-1]
+        kept = {checkpoint_of_note(n).size: n for n in log.cosigned_checkpoints()}
+        for size in acked[-KEEP_COSIGNED:]:
+            assert _names(kept[size]) == {"w1"}, size
+        note = log.witnessed_checkpoint()
+        cosig = [s for s in parse_note(note).signatures if s.name == "w1"]
+        assert witness_verifier("w1", w.signer.public_key).verify(parse_note(note).text,
+                                                                  cosig[0].sig)  # fmt: skip
+        log.close()

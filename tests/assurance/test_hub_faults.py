@@ -127,6 +127,13 @@ def _registered(tmp_path: Path, contract_id: str) -> list[dict]:
     ]
 
 
+def _site_kinds(site) -> list[str]:
+    """Kinds of every entry in the site's log (``audit verify`` reports only up to the
+    latest witnessed checkpoint, which lags while the hub, its witness, is down)."""
+    with TransparencyLog.open(site.log_dir) as log:
+        return [parse_event(e).kind for e in log.entries(0, log.size)]
+
+
 def _wait_for(pred, what: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -205,7 +212,8 @@ def test_kill_9_hub_while_registering_a_contract(
         assert load_contract(site, cid).state == "agreed"
         (row,) = budget_report(site, ds)
         assert row.reserved == pytest.approx(2.0) and row.live_contracts == 1
-        assert verify_site_log(site)["kinds"].get("contract.agreed", 0) == 1
+        verify_site_log(site)
+        assert _site_kinds(site).count("contract.agreed") == 1
 
         # restart: the contract is served with exactly one log entry, never without
         hub = Service(args, port, tmp_path / "hub2.log")
@@ -215,8 +223,7 @@ def test_kill_9_hub_while_registering_a_contract(
         assert cid in seen and seen[cid]["state"] == "agreed"
         (ev,) = _registered(tmp_path, cid)
         assert ev["epsilon"] == 2.0 and ev["consumer"] == alice.key_id
-        report = _verify_hub_log(tmp_path)
-        assert report["size"] >= 2
+        _verify_hub_log(tmp_path)
 
         # the negotiation is retried to completion: the same countersignature again
         # (idempotent at the site, re-registered at the hub without a second entry) ...
@@ -230,7 +237,8 @@ def test_kill_9_hub_while_registering_a_contract(
         (row,) = budget_report(site, ds)
         assert row.reserved == pytest.approx(4.0) and row.live_contracts == 2
         _verify_hub_log(tmp_path)
-        assert verify_site_log(site)["kinds"].get("contract.agreed", 0) == 2
+        verify_site_log(site)
+        assert _site_kinds(site).count("contract.agreed") == 2
     finally:
         conn.stop()
         hub.stop()

@@ -63,6 +63,8 @@ class WitnessingError(DataspaceError):
         super().__init__(f"witness {witness}: {message}")
         self.witness = witness
         self.status = status
+        #: the add-checkpoint URL it was sent to (set by :func:`witness_all`)
+        self.url: str | None = None
 
 
 class WitnessRefusedError(WitnessingError):
@@ -275,11 +277,10 @@ def witness_all(
     for peer in peers:
         try:
             c = witness_once(log, peer, known_size=known.get(peer.url), post=post, note=note)
-        except WitnessingError as e:
-            errors.append(e)
-            continue
-        except DataspaceError as e:  # our own log cannot be read, proved from or kept
-            errors.append(WitnessingError(peer.name, str(e)))
+        except DataspaceError as e:  # a refusal, no answer, or our own log failed us
+            err = e if isinstance(e, WitnessingError) else WitnessingError(peer.name, str(e))
+            err.url = peer.url
+            errors.append(err)
             continue
         known[peer.url] = c.size
         got.append(c)
@@ -288,7 +289,7 @@ def witness_all(
 
 @dataclass
 class PeerState:
-    """What a pusher knows about one witness (for /healthz-like views and the dashboard)."""
+    """What a pusher knows about one witness (:meth:`WitnessPusher.snapshot`)."""
 
     witness: str
     url: str
@@ -380,8 +381,7 @@ class WitnessPusher:
                     logger.info("witness %s cosigns %s again", c.witness, c.origin)
                 st.size, st.error, st.failures, st.last_try = c.size, None, 0, now
             for e in errors:
-                url = next(p.url for p in due if p.name == e.witness or p.url == e.witness)
-                st = self.state[url]
+                st = self.state[e.url or ""]
                 if st.error != str(e):
                     logger.warning("witnessing %s: %s", self.log.origin, e)
                 st.error, st.last_try = str(e), now

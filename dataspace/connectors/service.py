@@ -298,7 +298,8 @@ def _mount_log(app: FastAPI, site: Site, publisher: Publisher | None) -> None:
     """The audit area's log endpoints over SITE/log under /v1/log, and the site's witness.
 
     The witness (C2SP tlog-witness, state in SITE/witness) cosigns the hub's
-    checkpoints; it trusts the hub log key learned when publishing to the hub.
+    checkpoints and the other holders' (dataspace.connectors.witnesses); it trusts
+    the hub log key learned when publishing to the hub.
     The checkpoint and add-checkpoint are public (see dataspace.hub.app).
     """
     from dataspace.audit.api import log_router
@@ -310,12 +311,14 @@ def _mount_log(app: FastAPI, site: Site, publisher: Publisher | None) -> None:
         if publisher is None or publisher.hub_key is None or publisher.hub_name is None:
             return None
         hub = Verifier(publisher.hub_name, base64.b64decode(publisher.hub_key))
-        return Witness(site.root / "witness", site.name, site.key, [hub])
+        # and the other holders' logs, as the hub's catalog names them (connectors.witnesses)
+        return Witness(site.root / "witness", site.name, site.key, [hub, *holders.log_verifiers()])
 
-    from dataspace.connectors.witnesses import site_pusher
+    from dataspace.connectors.witnesses import Holders, site_pusher
 
+    holders = Holders(site, publisher)
     site_log = open_site_log(site)
-    app.state.witnessing = site_pusher(site_log, publisher)
+    app.state.witnessing = site_pusher(site_log, publisher, holders)
     app.include_router(
         log_router(site_log, witness),
         prefix="/v1/log",

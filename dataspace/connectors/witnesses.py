@@ -1,22 +1,96 @@
-"""A site's log, witnessed by the hub (DESIGN.md, "Audit log": the logs witness each other).
+"""A site's log, witnessed by the hub and by the other connectors; theirs, by this one.
 
-The hub runs a C2SP tlog-witness at ``HUB/v1/log/add-checkpoint`` under its
-name and identity key (type 0x04); the connector learns both when it publishes
-its catalog (``GET /v1/hub``). A background :class:`WitnessPusher` pushes the
-site log's latest checkpoint there whenever SITE/log grew, whoever appended
-(the service, the budget ledger in a training process, the CLI): it watches the
-log's size. Cosignatures come back to ``SITE/log/cosigned/``.
+DESIGN.md, "Audit log": the logs witness each other. The hub runs a C2SP
+tlog-witness at ``HUB/v1/log/add-checkpoint`` under its name and identity key
+(type 0x04); the connector learns both when it publishes its catalog
+(``GET /v1/hub``). Every connector runs one too (``/v1/log/add-checkpoint``,
+state in ``SITE/witness``), which trusts the hub's log and the logs of the other
+holders in the hub's catalog (key name = the holder's name, key = its identity).
+
+A background :class:`WitnessPusher` pushes the site log's latest checkpoint to
+the hub's witness and to every other holder's connector whenever SITE/log grew,
+whoever appended (the service, the budget ledger in a training process, the
+CLI): it watches the log's size. Cosignatures come back to ``SITE/log/cosigned/``.
+The catalog is read by the pusher's thread only (every ``CATALOG_S`` seconds);
+the witness endpoint uses what was read last, so a request never waits on the hub.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
 
 from dataspace.audit.log import TransparencyLog
+from dataspace.audit.note import Verifier
 from dataspace.audit.witnessing import Peer, WitnessPusher, peer_for_identity
+from dataspace.connectors.site import Site
+from dataspace.errors import DataspaceError
 
 #: seconds between checks of SITE/log's size
 INTERVAL_S = 1.0
+#: seconds between reads of the hub's catalog (who the other holders are, where)
+CATALOG_S = 5.0
+
+
+@dataclass(frozen=True)
+class Holder:
+    name: str
+    key: bytes
+    url: str
+
+
+@dataclass
+class Holders:
+    """The other holders of the data space, as the hub's catalog names them."""
+
+    site: Site
+    publisher: Any  # dataspace.connectors.service.Publisher | None
+    holders: list[Holder] = field(default_factory=list)
+    _read_at: float = float("-inf")
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def refresh(self) -> list[Holder]:
+        """Re-read the catalog when due (pusher thread only); keep the last on failure."""
+        p = self.publisher
+        if p is None or p.hub_key is None or time.monotonic() - self._read_at < CATALOG_S:
+            return self.holders
+        self._read_at = time.monotonic()
+        from dataspace.auth.client import call, signed_client
+
+        own = self.site.identity.key_b64
+        found: dict[str, Holder] = {}
+        try:
+            with signed_client(p.hub_url, self.site.key) as hub:
+                offset = 0
+                while True:
+                    page = call(hub, "GET", "/v1/catalog", params={"limit": 1000, "offset": offset})
+                    for e in page["entries"]:
+                        holder, name, url = (
+                            e.get("holder"),
+                            e.get("holder_name"),
+                            e.get("connector_url"),
+                        )
+                        if holder and holder != own and name and url and holder not in found:
+                            found[holder] = Holder(name, base64.b64decode(holder), url)
+                    offset += len(page["entries"])
+                    if not page["entries"] or offset >= page["total"]:
+                        break
+        except (DataspaceError, httpx.HTTPError, OSError, KeyError, binascii.Error):
+            return self.holders
+        with self._lock:
+            self.holders = sorted(found.values(), key=lambda h: h.name)
+        return self.holders
+
+    def log_verifiers(self) -> list[Verifier]:
+        """The other holders' log keys (what this connector's witness trusts besides the hub)."""
+        with self._lock:
+            return [Verifier(h.name, h.key) for h in self.holders]
 
 
 def hub_peers(publisher) -> list[Peer]:  # publisher: dataspace.connectors.service.Publisher
@@ -30,5 +104,11 @@ def hub_peers(publisher) -> list[Peer]:  # publisher: dataspace.connectors.servi
     ]
 
 
-def site_pusher(log: TransparencyLog, publisher) -> WitnessPusher:
-    return WitnessPusher(log, lambda: hub_peers(publisher), interval=INTERVAL_S)
+def site_pusher(log: TransparencyLog, publisher, holders: Holders | None = None) -> WitnessPusher:
+    """The pusher of SITE/log: to the hub's witness and the other holders' connectors."""
+
+    def peers() -> list[Peer]:
+        others = holders.refresh() if holders is not None else []
+        return hub_peers(publisher) + [peer_for_identity(h.url, h.name, h.key) for h in others]
+
+    return WitnessPusher(log, peers, interval=INTERVAL_S)

@@ -1,11 +1,12 @@
 """The demo's logs witness each other before the auditor looks (DESIGN.md, "Audit log").
 
 With services, the hub's witnessing thread pushes the hub's checkpoints to every
-connector's witness and each connector's pushes its site log to the hub's
-(:mod:`dataspace.hub.witnesses`, :mod:`dataspace.connectors.witnesses`). The
-demo waits, before stopping the services, until the hub's latest checkpoint is
-cosigned by every connector and each site's latest by the hub, so the auditor
-sees the witnesses; and it adds the witness keys to the auditor's trusted keys.
+connector's witness and each connector's pushes its site log to the hub's and
+the other connectors' (:mod:`dataspace.hub.witnesses`,
+:mod:`dataspace.connectors.witnesses`). The demo waits, before stopping the
+services, until the hub's latest checkpoint is cosigned by every connector and
+each site's latest by the hub and the other connectors, so the auditor sees the
+witnesses; and it adds the witness keys to the auditor's trusted keys.
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ def await_witnesses(
     vkey = services.workdir / "auditor" / "hub-witness.vkey"
     raw = base64.b64decode(services.hub_info["public_key"])
     vkey.write_text(witness_vkey(hub_name, raw) + "\n")
-    logs = {hub_name: (services.workdir / "hub" / "log", {s.name for s in sites})}
-    logs |= {s.name: (s.log_dir, {hub_name}) for s in sites}
-    step("witnesses: the connectors cosign the hub's log, the hub each site's")
+    names = {s.name for s in sites}
+    logs = {hub_name: (services.workdir / "hub" / "log", names)}
+    logs |= {s.name: (s.log_dir, {hub_name} | (names - {s.name})) for s in sites}
+    step("witnesses: the connectors cosign the hub's log; the hub and the others each site's")
     deadline = time.monotonic() + timeout
     while True:
         missing = []
@@ -64,9 +66,10 @@ def await_witnesses(
             step(f"witnesses: still missing after {timeout:.0f}s: {'; '.join(missing)}")
             return [vkey]
         time.sleep(0.25)
+    others = " and the other connectors" if len(sites) > 1 else ""
     step(
-        f"witnesses: {hub_name}'s log cosigned by {', '.join(sorted(logs[hub_name][1]))}; "
-        f"each site's by {hub_name}"
+        f"witnesses: {hub_name}'s log cosigned by {', '.join(sorted(names))}; "
+        f"each site's by {hub_name}{others}"
     )
     return [vkey]
 

@@ -2,10 +2,11 @@
 
 A hub and two connectors (``dataspace serve``) on 127.0.0.1, each site with
 the real SO-101 dataset enrolled. Appends happen; the services' witnessing
-threads push checkpoints; ``dataspace audit verify --witness-quorum`` then
+threads push checkpoints; ``dataspace audit verify --witness-quorum 2`` then
 holds for the hub (cosigned by both connectors) and each site (cosigned by the
-hub). A forked copy of a site's log is refused by the hub's witness (HTTP 422)
-and fails verification, naming the witness that did not cosign.
+hub and the other connector). A forked copy of a site's log is refused by the
+hub's witness (HTTP 422) and fails verification, naming the witnesses that did
+not cosign.
 """
 
 from __future__ import annotations
@@ -126,15 +127,16 @@ def test_services_cosign_each_other_and_verify_with_quorum(space, capsys) -> Non
         ),
         "both connectors to cosign the hub's latest checkpoint",
     )
-    # each site log: cosigned by the hub, up to the entry just appended
+    # each site log: cosigned by the hub and the other connector, up to the entry just appended
     for s in space["sites"]:
         log = TransparencyLog.open(s.log_dir)
+        want = {hub_name, *(n for n in SITES if n != s.name)}
         _wait(
-            lambda log=log, name=s.name: (
-                _witnesses(log.witnessed_checkpoint(), name) == {hub_name}
+            lambda log=log, name=s.name, want=want: (
+                _witnesses(log.witnessed_checkpoint(), name) == want
                 and checkpoint_of_note(log.witnessed_checkpoint()).size == log.size
             ),
-            f"the hub to cosign {s.name}'s log",
+            f"the hub and the other connector to cosign {s.name}'s log",
         )
     key = str(space["auditor"].key_path)
     trusted = str(space["trusted"])
@@ -147,10 +149,11 @@ def test_services_cosign_each_other_and_verify_with_quorum(space, capsys) -> Non
     for s in space["sites"]:
         code, out, err = _cli(
             capsys, "audit", "verify", str(s.root), "--trusted-keys", trusted,
-            "--witness-quorum", "1", "--json",
+            "--witness-quorum", "2", "--json",
         )  # fmt: skip
         rep = json.loads(out)
-        assert code == 0 and rep["ok"] and rep["witnesses"] == [hub_name], err
+        other = next(n for n in SITES if n != s.name)
+        assert code == 0 and rep["ok"] and rep["witnesses"] == sorted([hub_name, other]), err
         # `audit checkpoint` prints the cosigned note, and an exported bundle keeps them
         code, out, _ = _cli(capsys, "audit", "checkpoint", str(s.root))
         assert code == 0 and f"\u2014 {hub_name} " in out
@@ -209,7 +212,7 @@ def test_a_forked_site_log_is_refused_and_fails_verification(space, capsys) -> N
     real = TransparencyLog.open(site.log_dir)
     kept = real.witnessed_checkpoint()  # what the auditor kept from last time
     n = checkpoint_of_note(kept).size
-    assert _witnesses(kept, site.name) == {space["hub_name"]}
+    assert space["hub_name"] in _witnesses(kept, site.name)
     # the site rewrites its history in a copy: same key and origin, entry 1 dropped
     fork_root = space["tmp"] / "fork"
     shutil.copytree(site.root, fork_root, ignore=shutil.ignore_patterns("log"))

@@ -1,14 +1,26 @@
 """Does contribution single out a bad site? (issue 6, bench/value_detect.py)
 
-For each of 10 seeds: 4 federated sites each hold 8 episodes of the real
-Unitree G1 recording (/work/shared/data); one site (a different one per seed)
-has its actions shuffled across frames (inputs and outputs no longer match).
-A Flower simulation (dataspace.federated.run.run_simulation, bc-mlp, DP-SGD)
-trains for ROUNDS rounds; then dataspace.quality.contribution.contributions
-computes GTG-Shapley over the rounds' stored updates, with the server's loss on
-held-out clean episodes (not held by any site) as the utility.
+For each of 10 seeds: 4 federated sites each hold PER_SITE (20) episodes of the
+real Unitree G1 recording (/work/shared/data); one site (a different one per
+seed) has its actions shuffled across frames (every frame keeps a real action,
+so the action distribution is intact, but actions no longer follow the states).
+A Flower simulation (dataspace.federated.run.run_simulation: bc-mlp, DP-SGD,
+epsilon 8 per contract) trains for ROUNDS (5) rounds; then the product's own
+code, dataspace.quality.contribution.run_contributions (what ``dataspace train
+--validation`` and the demo call), computes GTG-Shapley over the rounds' stored
+updates with the consumer's MSE on 10 held-out clean episodes (held by no site)
+as the utility.
 
-Last stdout line: {"last_in": how many seeds ranked the bad site last, "seeds": 10, ...}.
+Each site declares ``[training] stats_bound`` (the clip bound of its DP
+normalisation statistics, default 10) as STATS_BOUND = 2.0: the G1 joint
+positions and hand commands all lie within +-1.36. With the default 10, the
+variance floor of the pooled noisy statistics (4 x ~5,000 frames) sets every
+action scale to ~1.1-1.7 where the true ones are 0.03-0.32, the normalised
+targets are then nearly constant, the policy learns only the mean action, and a
+site with shuffled actions teaches that mean as well as any other (see
+bench/RESULTS.md, value_detect). ``STATS_BOUND=10`` reproduces that.
+
+Last stdout line: {"last_in": seeds where the bad site ranked last, "seeds": 10, ...}.
 """
 
 from __future__ import annotations
@@ -21,50 +33,45 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dataspace.connectors.enroll import enroll
 from dataspace.connectors.site import Site
 from dataspace.federated.federation import grant
 from dataspace.federated.run import run_simulation
-from dataspace.federated.templates import get_template
 from dataspace.policy.identity import load_private_key, new_identity
 from dataspace.quality import inject
-from dataspace.quality.contribution import contributions, revenue_split
+from dataspace.quality.contribution import run_contributions
+from dataspace.schema import Episode
 
 DATA = Path("/work/shared/data/unitree-g1-lerobot-v2.1")
 SEEDS = range(int(os.environ.get("SEEDS", "10")))
 SITES = 4
-PER_SITE = 8
-ROUNDS = int(os.environ.get("ROUNDS", "8"))
+PER_SITE = int(os.environ.get("PER_SITE", "20"))
+ROUNDS = int(os.environ.get("ROUNDS", "5"))
+EPSILON = 8.0
+STATS_BOUND = float(os.environ.get("STATS_BOUND", "2.0"))
+VALIDATION = 10  # the consumer's own episodes (the recording's last 10)
 
 
-def _flat(npz: Path, keys: list[str]) -> np.ndarray:
-    with np.load(npz) as z:
-        return np.concatenate([z[k].astype(np.float64).ravel() for k in keys])
+def shuffled_actions(eps: list[Episode], rng: np.random.Generator) -> list[Episode]:
+    """The same episodes with all their actions permuted across frames."""
+    all_a = np.concatenate([e.action for e in eps])
+    all_a = all_a[rng.permutation(len(all_a))]
+    pos, out = 0, []
+    for e in eps:
+        out.append(inject._copy(e, action=all_a[pos : pos + e.frames].copy()))
+        pos += e.frames
+    return out
 
 
-def _loss_fn(keys, shapes, state, action, template="bc-mlp"):
-    policy = get_template(template).build(state.shape[1], action.shape[1])
-    s = torch.from_numpy(state)
-    a = torch.from_numpy(action)
-
-    def loss(flat: np.ndarray) -> float:
-        sd, pos = {}, 0
-        for k, shp in zip(keys, shapes, strict=True):
-            n = int(np.prod(shp))
-            sd[k] = torch.from_numpy(flat[pos : pos + n].reshape(shp).astype(np.float32))
-            pos += n
-        policy.load_state_dict(sd)
-        with torch.no_grad():
-            x = (s - policy.state_mean) / policy.state_std
-            y = (a - policy.action_mean) / policy.action_std
-            return float(torch.mean((policy(x) - y) ** 2))
-
-    return loss
+def make_site(root: Path, i: int, eps: list[Episode]) -> tuple[Site, str]:
+    site = Site.init(root / f"site-{i}", f"holder-{i}", name=f"holder-{i}")
+    cfg = site.root / "site.toml"
+    cfg.write_text(cfg.read_text() + f"\n[training]\nstats_bound = {STATS_BOUND}\n")
+    return site, inject.write_dataset(site, f"part-{i}", eps, fps=30.0, tasks=["t"])
 
 
-def one_seed(tmp: Path, source: list, valid: list, seed: int) -> tuple[bool, dict]:
+def one_seed(tmp: Path, source: list[Episode], valid: list[Episode], seed: int) -> dict:
     rng = np.random.default_rng(seed)
     bad = seed % SITES
     order = rng.permutation(len(source))
@@ -75,46 +82,29 @@ def one_seed(tmp: Path, source: list, valid: list, seed: int) -> tuple[bool, dic
     for i in range(SITES):
         eps = [source[j] for j in order[i * PER_SITE : (i + 1) * PER_SITE]]
         if i == bad:
-            all_a = np.concatenate([e.action for e in eps])
-            all_a = all_a[rng.permutation(len(all_a))]
-            pos, shuffled = 0, []
-            for e in eps:
-                shuffled.append(inject._copy(e, action=all_a[pos : pos + e.frames].copy()))
-                pos += e.frames
-            eps = shuffled
-        site = Site.init(tmp / f"site-{i}", f"holder-{i}", name=f"holder-{i}")
-        did = inject.write_dataset(site, f"part-{i}", eps, fps=30.0, tasks=["t"])
-        contracts.append(grant(site, did, consumer, key, epsilon=8.0, rounds=ROUNDS))
+            eps = shuffled_actions(eps, rng)
+        site, did = make_site(tmp, i, eps)
+        contracts.append(grant(site, did, consumer, key, epsilon=EPSILON, rounds=ROUNDS))
         sites.append(site)
         names[did] = i
     out = tmp / "run"
+    t0 = time.perf_counter()
     run_simulation(contracts, sites, "bc-mlp", ROUNDS, out, seed=seed)
-    g0 = out / "rounds" / "000" / "global.npz"
-    with np.load(g0) as z:
-        keys = list(z.files)
-        shapes = [z[k].shape for k in keys]
-    rounds, weights = [], []
-    prev = _flat(g0, keys)
-    init = prev.copy()
-    for r in range(1, ROUNDS + 1):
-        rdir = out / "rounds" / f"{r:03d}"
-        meta = json.loads((rdir / "round.json").read_text())
-        ups = {}
-        for s in meta["sites"]:
-            ups[names[s["dataset-id"]]] = (
-                _flat(rdir / "updates" / f"{s['dataset-id']}.npz", keys) - prev
-            )
-        rounds.append(ups)
-        weights.append({names[s["dataset-id"]]: s["num_examples"] for s in meta["sites"]})
-        prev = _flat(rdir / "global.npz", keys)
-    state = np.concatenate([e.state for e in valid])
-    action = np.concatenate([e.action for e in valid])
-    c = contributions(rounds, weights, init, _loss_fn(keys, shapes, state, action))
-    last = min(c, key=c.get) == bad
-    return last, {
+    t_train = time.perf_counter() - t0
+    value = run_contributions(out, "bc-mlp", valid)
+    c = {names[d]: v for d, v in value["contribution"].items()}
+    ranked = sorted(c, key=c.get)
+    bad_id = next(d for d, i in names.items() if i == bad)
+    per_round_last = sum(min(r, key=r.get) == bad_id for r in value["per_round"])
+    return {
         "bad": bad,
-        "contributions": {str(k): v for k, v in c.items()},
-        "split": {str(k): round(v, 3) for k, v in revenue_split(c).items()},
+        "last": ranked[0] == bad,
+        "contributions": {str(k): round(c[k], 4) for k in sorted(c)},
+        "split": {str(names[d]): round(v, 3) for d, v in sorted(value["split"].items())},
+        "rounds_bad_last": int(per_round_last),
+        "validation_mse": {k: round(v, 4) for k, v in value["validation_mse"].items()},
+        "train_s": round(t_train, 1),
+        "value_s": round(time.perf_counter() - t0 - t_train, 1),
     }
 
 
@@ -124,24 +114,30 @@ def main() -> None:
         base = Site.init(Path(tmp) / "src", org="src")
         did = enroll(base, DATA).dataset_id
         eps = list(inject.read_episodes(base, did))
-    valid, source = eps[-10:], eps[:-10]
-    hits, runs = 0, []
+    valid, source = eps[-VALIDATION:], eps[:-VALIDATION]
+    assert len(source) >= SITES * PER_SITE, "not enough episodes for disjoint sites"
+    runs = []
     for seed in SEEDS:
         with tempfile.TemporaryDirectory() as tmp:
-            last, info = one_seed(Path(tmp), source, valid, seed)
-        hits += int(last)
+            info = one_seed(Path(tmp), source, valid, seed)
         runs.append(info)
         print(
-            f"seed {seed}: bad site {info['bad']} last={last} {info['contributions']}",
+            f"seed {seed}: bad site {info['bad']} last={info['last']} "
+            f"{info['contributions']} ({info['train_s']}s train, {info['value_s']}s value)",
             file=sys.stderr,
         )
     print(
         json.dumps(
             {
-                "last_in": hits,
+                "last_in": sum(r["last"] for r in runs),
                 "seeds": len(SEEDS),
+                "method": "GTG-Shapley per round, consumer validation MSE",
+                "corruption": "actions shuffled across frames",
                 "rounds": ROUNDS,
                 "sites": SITES,
+                "episodes_per_site": PER_SITE,
+                "epsilon": EPSILON,
+                "stats_bound": STATS_BOUND,
                 "runs": runs,
                 "seconds": round(time.perf_counter() - t0, 1),
             }

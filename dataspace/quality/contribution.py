@@ -3,40 +3,72 @@
 Method: Guided Truncation Gradient Shapley (Liu et al., "GTG-Shapley: Efficient
 and Accurate Participant Contribution Evaluation in Federated Learning", ACM
 TIST 2022). The server already holds, for each round r, the global model
-theta_r and every site's update u_{r,i}. The utility of a coalition S in round
-r is the drop in the server's validation loss when only S's updates are
+theta_r and every site's update u_{r,i} (``OUT/rounds/NNN/updates``). The
+utility of a coalition S in round r is the drop in the consumer's validation
+loss, measured from the previous global model, when only S's updates are
 aggregated (FedAvg weights renormalised over S)::
 
     v_r(S) = loss(theta_r) - loss(theta_r + sum_{i in S} w_i u_{r,i} / sum_{i in S} w_i)
 
 and a site's contribution is the sum over rounds of its Shapley value of v_r.
-Why this and not leave-one-out or retraining Monte Carlo Shapley: it
-*reconstructs* coalition models from updates the server already has, so it
-needs no extra training and no extra round with the sites (no extra privacy
-cost: the updates are the DP-noised ones that were released anyway), and unlike
-leave-one-out it splits credit fairly between sites with redundant data.
-With n <= 8 sites every coalition is evaluated (2^n losses per round, exact);
-beyond that, permutations are sampled with GTG's within-round truncation
-(stop a permutation once the remaining marginal gain is below ``tol`` of the
-round's total) and between-round truncation (skip a round whose total utility
-is below ``tol`` of the first round's).
+The validation set is the consumer's own episodes (never given to any site),
+so the utility costs no privacy budget; the updates are the DP-noised ones the
+sites released anyway.
 
-What the number means: the expected reduction of the server's validation
-loss that the site's data brought, averaged over the orders in which sites
-could have joined. Positive helped, negative hurt (e.g. mislabelled or shuffled
-actions). The suggested revenue split gives each site its positive part's
-share; a site with a negative contribution gets 0.
+Why this and not the alternatives the issue allows (measured in
+bench/value_detect.py, 4 sites of real Unitree G1 episodes, one with actions
+shuffled across frames, see bench/RESULTS.md):
+
+* leave-one-out or Monte Carlo Shapley by *retraining* cost 2^n or many extra
+  DP runs (extra privacy budget at every site): ruled out;
+* the same values on models *reconstructed over the whole run* (coalition model
+  = initial model + the coalition's averaged updates of every round, "MR" in
+  Song et al. 2019) ranked the shuffled site last in 0 of 6 runs: a small
+  coalition's reconstruction sums un-averaged DP noise over all rounds and
+  drifts away from the trajectory where the updates were computed, so its loss
+  measures noise, not data;
+* per round (this method) each coalition model stays one step from the model
+  the updates were computed at, and the shuffled site was last in every round
+  of every run. Unlike leave-one-out it also splits credit fairly between sites
+  with redundant data.
+
+Exactness and truncation: with n <= 8 sites every coalition is evaluated
+(2^n losses per round, exact); beyond that, permutations are sampled with GTG's
+within-round truncation (stop a permutation once the remaining marginal gain
+is below ``tol`` of the round's total) and between-round truncation (skip a
+round whose total utility is below ``tol`` of the first round's).
+
+What the number means: the reduction of the consumer's validation loss (MSE in
+the run's normalised action units) that the site's data brought, summed over
+rounds and averaged over the orders in which sites could have joined. Positive
+helped, negative hurt (e.g. mislabelled or shuffled actions: an update fitted
+to actions that do not follow the states pulls the policy back towards the mean
+action). The suggested revenue split gives each site its positive part's share;
+a site with a negative contribution gets 0.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dataspace.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from dataspace.schema import Episode
+
 EXACT_MAX_SITES = 8
+#: files written into a run directory (``dataspace.federated.report`` reads the first)
+CONTRIBUTION = "contribution.json"
+VALUE = "value.json"
+METHOD = "GTG-Shapley over rounds, utility = consumer's validation MSE from the previous model"
 
 
 def _aggregate(
@@ -122,6 +154,7 @@ def contributions(
     tol: float = 0.01,
     permutations: int = 50,
     seed: int = 0,
+    per_round: list[dict[Hashable, float]] | None = None,
 ) -> dict[Hashable, float]:
     """GTG-Shapley contribution of each site over a run, in validation-loss units.
 
@@ -130,7 +163,8 @@ def contributions(
     round; None = equal); ``global_init`` the flat global model before round 0.
     The global model is advanced each round by the full FedAvg aggregate, as
     the server did. Rounds whose total utility is below ``tol`` times the first
-    round's are skipped (between-round truncation).
+    round's are skipped (between-round truncation). If ``per_round`` is a list,
+    each round's Shapley values are appended to it (zeros for a skipped round).
     """
     rng = np.random.default_rng(seed)
     theta = np.asarray(global_init, dtype=float).copy()
@@ -149,13 +183,26 @@ def contributions(
         if first_gain is None:
             first_gain = gain
         if first_gain and abs(gain) < tol * abs(first_gain) and r > 0:
+            if per_round is not None:
+                per_round.append(dict.fromkeys(present, 0.0))
             theta = nxt
             continue
         phi = round_shapley(theta, ups, w, eval_loss, permutations=permutations, tol=tol, rng=rng)
         for s, x in phi.items():
             total[s] += x
+        if per_round is not None:
+            per_round.append(phi)
         theta = nxt
     return total
+
+
+#: one sentence for reports (what a contribution number means)
+MEANING = (
+    "contribution = how much lower the consumer's validation MSE (normalised action units) is "
+    "thanks to the dataset: its Shapley share of each round's loss decrease, summed over rounds; "
+    "negative = the dataset's updates made the policy worse (e.g. actions that do not follow "
+    "the states); suggested split = shares of the positive contributions"
+)
 
 
 def revenue_split(contrib: Mapping[Hashable, float]) -> dict[Hashable, float]:
@@ -166,3 +213,150 @@ def revenue_split(contrib: Mapping[Hashable, float]) -> dict[Hashable, float]:
         n = len(contrib)
         return {s: 1.0 / n for s in contrib} if n else {}
     return {s: p / total for s, p in pos.items()}
+
+
+# -- a run directory (dataspace.federated.server_app's layout) -----------------------------
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k].copy() for k in z.files}
+
+
+def _flat(arrays: Mapping[str, np.ndarray], keys: Sequence[str]) -> np.ndarray:
+    return np.concatenate([np.asarray(arrays[k]).reshape(-1).astype(np.float64) for k in keys])
+
+
+class Validation:
+    """MSE of a flat parameter vector on the consumer's own episodes.
+
+    In the run's normalised units (the policy's DP statistics, which travel in
+    the parameter vector's buffers), with the template's own training pairs,
+    i.e. exactly the loss the sites minimise, on data no site holds.
+    """
+
+    def __init__(self, template: str, arrays: Mapping[str, np.ndarray], episodes: list[Episode]):
+        # imported here: the Shapley functions above need numpy only
+        import torch
+
+        from dataspace.federated.templates import get_template
+
+        if not episodes:
+            raise NotFoundError("contribution: no validation episodes given")
+        self.keys = sorted(arrays)
+        self.shapes = {k: np.asarray(arrays[k]).shape for k in self.keys}
+        s_dim, a_dim = episodes[0].state.shape[1], episodes[0].action.shape[1]
+        self.template = get_template(template)
+        self.policy = self.template.build(s_dim, a_dim)
+        self.state = torch.from_numpy(np.concatenate([e.state for e in episodes]))
+        self.action = torch.from_numpy(np.concatenate([e.action for e in episodes]))
+        self.episode = torch.from_numpy(
+            np.concatenate([np.full(e.frames, i) for i, e in enumerate(episodes)])
+        )
+
+    def unflat(self, theta: np.ndarray) -> dict[str, Any]:
+        import torch
+
+        out, i = {}, 0
+        for k in self.keys:
+            n = int(np.prod(self.shapes[k]))
+            out[k] = torch.from_numpy(theta[i : i + n].reshape(self.shapes[k]).astype(np.float32))
+            i += n
+        return out
+
+    def loss(self, theta: np.ndarray) -> float:
+        import torch
+
+        from dataspace.federated.normalize import normalised
+
+        with torch.no_grad():
+            self.policy.load_state_dict(self.unflat(theta))
+            xs, ys = normalised(self.policy, self.state, self.action)
+            x, y = self.template.pairs(xs, ys, self.episode)
+            return float(torch.mean((self.policy(x) - y) ** 2))
+
+
+@dataclass
+class RunUpdates:
+    """What the server kept of a run: per round, each dataset's update and FedAvg weight."""
+
+    keys: list[str]
+    initial: dict[str, np.ndarray]  # global model before round 1 (round 000)
+    updates: list[dict[str, np.ndarray]]  # [round][dataset_id] = flat update
+    weights: list[dict[str, float]]  # [round][dataset_id] = num_examples
+    final: np.ndarray  # flat global model after the last completed round
+
+
+def read_run(out_dir: Path | str) -> RunUpdates:
+    """The completed rounds of the run in ``out_dir`` (``OUT/rounds/NNN/...``).
+
+    A site's update is its reply minus the global model it started from (the
+    previous round's ``global.npz``).
+    """
+    out = Path(out_dir)
+    g0_path = out / "rounds" / "000" / "global.npz"
+    if not g0_path.exists():
+        raise NotFoundError(f"{g0_path}: not a run directory (no round-0 global model)")
+    g0 = _load(g0_path)
+    keys = sorted(g0)
+    rounds = sorted(p for p in (out / "rounds").iterdir() if (p / "round.json").exists())
+    prev = _flat(g0, keys)
+    updates, weights = [], []
+    for rdir in rounds:
+        rec = json.loads((rdir / "round.json").read_text())
+        ups = {
+            f.stem: _flat(_load(f), keys) - prev for f in sorted((rdir / "updates").glob("*.npz"))
+        }
+        updates.append(ups)
+        weights.append({s["dataset-id"]: float(s["num_examples"]) for s in rec["sites"]})
+        prev = _flat(_load(rdir / "global.npz"), keys)
+    return RunUpdates(keys, g0, updates, weights, prev)
+
+
+def run_contributions(
+    out_dir: Path | str, template: str, episodes: list[Episode], permutations: int = 20
+) -> dict[str, Any]:
+    """Contribution per dataset of the run in ``out_dir``; writes ``contribution.json``.
+
+    ``episodes`` are the consumer's validation episodes. Writes
+    ``OUT/contribution.json`` ({dataset: value}, plotted and reported by
+    :func:`dataspace.federated.report.write_report`) and ``OUT/value.json``;
+    returns ``{"contribution", "split", "validation_mse": {"initial", "final"},
+    "per_round", "method", "meaning"}``.
+    """
+    import torch
+
+    out = Path(out_dir)
+    run = read_run(out)
+    val = Validation(template, run.initial, episodes)
+    init = _flat(run.initial, run.keys)
+    per_round: list[dict[str, float]] = []
+    threads = torch.get_num_threads()
+    # 2^n small-MLP evaluations per round: one thread is fastest, more thrash on a shared CPU
+    torch.set_num_threads(1)
+    try:
+        contrib = contributions(
+            run.updates,
+            run.weights,
+            init,
+            val.loss,
+            permutations=permutations,
+            seed=0,
+            per_round=per_round,
+        )
+        mse = {"initial": val.loss(init), "final": val.loss(run.final)}
+    finally:
+        torch.set_num_threads(threads)
+    contrib = {str(k): float(v) for k, v in contrib.items()}
+    result = {
+        "contribution": contrib,
+        "split": {str(k): float(v) for k, v in revenue_split(contrib).items()},
+        "validation_mse": mse,
+        "per_round": [{str(k): float(v) for k, v in r.items()} for r in per_round],
+        "validation_frames": int(sum(e.frames for e in episodes)),
+        "method": METHOD,
+        "meaning": MEANING,
+    }
+    (out / CONTRIBUTION).write_text(json.dumps(contrib, indent=2, sort_keys=True))
+    (out / VALUE).write_text(json.dumps(result, indent=2, sort_keys=True))
+    return result

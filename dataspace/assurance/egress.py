@@ -49,6 +49,10 @@ METRICS: dict[str, frozenset[str]] = {
             "noise-multiplier",
             "steps",
             "train-seconds",
+            # held-out MSE of the previous round's global model, when the server folds
+            # evaluation into the train message (dataspace.federated.server_app)
+            "eval-mse",
+            "eval-examples",
         }
     ),
     "evaluate": frozenset({"num-examples", "eval-mse"}),

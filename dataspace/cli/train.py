@@ -1,7 +1,7 @@
 """``dataspace train``: a consumer's federated DP training run (issue 5).
 
     dataspace train --contract ID[,ID...] --template bc-mlp --rounds N
-                    [--simulate SITE...] [--hub URL] [--out DIR] [--seed S] [--json]
+                    [--simulate SITE...] [--hub URL] [--out DIR] [--seed S] [--secagg] [--json]
 
 ``--simulate SITE...`` runs the ServerApp and each site's ClientApp in this
 process (the connector's code, reading each site's own store and ledger).
@@ -9,6 +9,8 @@ process (the connector's code, reading each site's own store and ledger).
 not run a SuperLink yet, so it says so and exits. Writes into OUT the model
 (``model.pt``, its SHA-256 in ``report.json``), ``report.json`` and
 ``report.png``; each site's ledger logs round.started / round.finished.
+``--secagg`` aggregates with SecAgg+ (:mod:`dataspace.federated.secagg`): no
+single site's update reaches the server, and none is kept in OUT.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ class HubNotAvailableError(DataspaceError):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--lr", type=float, default=0.5, show_default=True)
 @click.option("--run-id", default=None, help="Resume this run (its OUT must exist).")
+@click.option(
+    "--secagg",
+    is_flag=True,
+    help="Secure aggregation (Flower's SecAgg+): the server sees only the weighted sum of "
+    "the sites' updates.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def command(
     contracts: str,
@@ -57,6 +65,7 @@ def command(
     seed: int,
     lr: float,
     run_id: str | None,
+    secagg: bool,
     as_json: bool,
 ) -> None:
     """Train a policy across the contracts' sites with DP-SGD and FedAvg."""
@@ -99,7 +108,7 @@ def command(
         try:
             run_simulation(
                 ids, list(sites), template, rounds, out, seed=seed, run_id=run_id, lr=lr,
-                on_round=on_round,
+                on_round=on_round, secagg=secagg,
             )  # fmt: skip
         finally:
             if (out / "history.json").exists():

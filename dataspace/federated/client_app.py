@@ -24,6 +24,7 @@ mapping).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -41,12 +42,13 @@ from dataspace.assurance import egress
 from dataspace.connectors.site import Site
 from dataspace.errors import NotFoundError, RefusedError
 from dataspace.federated import data as fdata
-from dataspace.federated import dp, guard, normalize
+from dataspace.federated import dp, guard, normalize, packing, secagg
 from dataspace.federated.templates import Policy, Template, get_template
 from dataspace.quality.flags import flagged_episodes
 
-# the egress guard checks and records every reply before it leaves (dataspace.assurance)
-app = ClientApp(mods=[egress.guard_mod])
+# the egress guard checks and records every reply before it leaves (dataspace.assurance);
+# under SecAgg+ (:mod:`.secagg`) it checks the plain update, which is then masked
+app = ClientApp(mods=[secagg.secagg_mod, egress.guard_mod])
 
 # Small MLPs on CPU: one intra-op thread is fastest, and several sites (or
 # SuperNodes) share the machine; more threads thrash (10x slower measured here).
@@ -153,13 +155,29 @@ def _generator(job: Job, purpose: str) -> torch.Generator:
 
 def _policy_from(arrays: ArrayRecord, job: Job) -> Policy:
     policy = job.template.build(job.ref.state_dim, job.ref.action_dim)
-    policy.load_state_dict(arrays.to_torch_state_dict())
+    if packing.is_packed(arrays):  # the deployment engine's wire form
+        policy.load_state_dict(packing.unpack_state_dict(arrays, policy.state_dict()))
+    else:
+        policy.load_state_dict(arrays.to_torch_state_dict())
     return policy
 
 
 def _charged(context: Context, job: Job) -> bool:
     rec = context.state.get("charged")
     return isinstance(rec, ConfigRecord) and f"{job.run_id}/{job.round_no}" in rec
+
+
+def _heldout_mse(job: Job, arrays: ArrayRecord) -> tuple[float, int]:
+    """Held-out MSE of ``arrays``, clipped per frame and noised (the round's eval release)."""
+    policy = _policy_from(arrays, job)
+    fr = _frames(job, job.split.heldout)
+    xs, ys = normalize.normalised(policy, fr.state, fr.action)
+    x, y = job.template.pairs(xs, ys, fr.episode)
+    n = max(1, job.split.heldout_frames)
+    mse = dp.noisy_mean_loss(
+        policy, x, y, n, job.settings.eval_clip, job.plan.eval_noise, _generator(job, "eval")
+    )
+    return float(mse), int(max(10, round(n, -1)))
 
 
 def _mark_charged(context: Context, job: Job) -> None:
@@ -254,6 +272,16 @@ def train(message: Message, context: Context) -> Message:
     guard.authorize_round(job.site, job.contract.contract_id, job.run_id, job.round_no, charge)
     _mark_charged(context, job)
     cfg = message.content["config"]
+    # folded evaluation: the global model sent is the previous round's; its held-out MSE
+    # is that round's eval release (charged with it), computed before training here
+    folded: dict[str, float | int] = {}
+    # (only the round just before, and only if it was trained and charged here: a resumed
+    # run's first round, or a site that missed the last one, replies without it)
+    ev = int(cfg.get("evaluate-round", 0) or 0)
+    prev = dataclasses.replace(job, round_no=ev)
+    if ev >= 1 and ev == job.round_no - 1 and _charged(context, prev):
+        mse, n_eval = _heldout_mse(prev, message.content["arrays"])
+        folded = {"eval-mse": mse, "eval-examples": n_eval}
     policy = _policy_from(message.content["arrays"], job)
     fr = _frames(job, job.split.train)
     xs, ys = normalize.normalised(policy, fr.state, fr.action)
@@ -290,8 +318,11 @@ def train(message: Message, context: Context) -> Message:
             "noise-multiplier": float(job.plan.noise_multiplier),
             "steps": int(res.steps),
             "train-seconds": float(time.perf_counter() - t0),
+            **folded,
         }
     )
+    if packing.is_packed(message.content["arrays"]):  # answer in the form received
+        arrays = packing.pack(arrays)
     return Message(
         RecordDict({"arrays": arrays, "metrics": metrics, "info": _info(job)}), reply_to=message
     )
@@ -306,13 +337,6 @@ def evaluate(message: Message, context: Context) -> Message:
             f"evaluate for round {job.round_no} of run {job.run_id}: that round was not "
             "trained (and charged) here"
         )
-    policy = _policy_from(message.content["arrays"], job)
-    fr = _frames(job, job.split.heldout)
-    xs, ys = normalize.normalised(policy, fr.state, fr.action)
-    x, y = job.template.pairs(xs, ys, fr.episode)
-    n = max(1, job.split.heldout_frames)
-    mse = dp.noisy_mean_loss(
-        policy, x, y, n, job.settings.eval_clip, job.plan.eval_noise, _generator(job, "eval")
-    )
-    metrics = MetricRecord({"num-examples": int(max(10, round(n, -1))), "eval-mse": float(mse)})
+    mse, n = _heldout_mse(job, message.content["arrays"])
+    metrics = MetricRecord({"num-examples": n, "eval-mse": mse})
     return Message(RecordDict({"metrics": metrics, "info": _info(job)}), reply_to=message)

@@ -17,13 +17,17 @@ its ClientApp reads only that site.
 Latency (see bench/RESULTS.md, fl_overhead): by default each SuperNode runs
 with ``--isolation process`` and its site's warm worker is its SuperExec
 (:mod:`.site_worker` executor mode, authenticated with a per-node SuperExec
-HMAC secret), so no process starts per message; SuperNodes are started through
-:mod:`.supernode`, which lowers Flower's fixed 3 s pull interval; the
-SuperLink's SuperExec polls every 50 ms (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``)
-and the ServerApp pulls replies every 50 ms. ``isolation="subprocess"`` keeps
-Flower's default (a ``flwr-clientapp`` process per message, forwarding to the
-warm worker over a Unix socket when ``warm``). ``flwr run --stream`` may exit 0 when the
-run failed, so the outcome is read from the run directory's ``history.json``.
+HMAC secret), and the SuperLink runs with ``--isolation process`` with the
+hub's warm worker as its ServerApp executor (:mod:`.hub_worker`), so no
+process starts per message or per run; SuperNodes are started through
+:mod:`.supernode`, which lowers Flower's fixed 3 s pull interval to 0.2 s
+while messages flow; the ServerApp pulls replies every 0.1 s, and evaluation
+travels inside the next round's train message (``fold-evaluate``), with the
+model as one flat tensor (``pack-arrays``, :mod:`.packing`).
+``isolation="subprocess"`` keeps Flower's default (a ``flwr-clientapp``
+process per message, forwarding to the warm worker over a Unix socket when
+``warm``). ``flwr run --stream`` may exit 0 when the run failed, so the
+outcome is read from the run directory's ``history.json``.
 """
 
 from __future__ import annotations
@@ -109,6 +113,11 @@ min-nodes = 1
 expected-nodes = 0
 round-timeout = 600.0
 connect-timeout = 120.0
+fold-evaluate = false
+secagg = false
+secagg-clipping-range = 8.0
+secagg-max-weight = 0.0
+pack-arrays = false
 """
 
 
@@ -165,8 +174,9 @@ class Deployment:
             FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
             FLWR_TELEMETRY_ENABLED="0",
             FLWR_DISABLE_UPDATE_CHECK="1",
-            # the SuperLink's SuperExec starts the ServerApp within 50 ms of `flwr run`
-            FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.05",
+            # without the warm hub worker, the SuperLink's SuperExec starts the ServerApp
+            # within 0.2 s of `flwr run` (default 1 s)
+            FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.2",
             PYTHONUNBUFFERED="1",
             # Flower starts its helpers (flower-superexec, flwr-serverapp, ...) by name
             PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -398,6 +408,9 @@ def run_deployment(
     guard_trust: Path | None = None,
     isolation: str = "process",
     fast_poll: bool = True,
+    fold_evaluate: bool = True,
+    secagg: bool = False,
+    pack_arrays: bool = True,
 ) -> dict[str, Any]:
     """Train on the deployment engine; returns the run's history (see :mod:`.server_app`)."""
     out = Path(out_dir).resolve()
@@ -429,6 +442,9 @@ def run_deployment(
                 "min-nodes": min_nodes if min_nodes is not None else len(roots),
                 "expected-nodes": len(roots) + len(guarded_sites),
                 "round-timeout": round_timeout,
+                "fold-evaluate": fold_evaluate,
+                "secagg": secagg,
+                "pack-arrays": pack_arrays,
             },
             timeout=timeout,
         )

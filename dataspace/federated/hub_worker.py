@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dataspace.federated.latency import Pacer
+
 #: ``[tool.flwr.app.components] serverapp`` of bundles this executor runs
 OWN_SERVERAPPS = frozenset({"dataspace.federated.server_app:app"})
 
@@ -85,7 +87,11 @@ def run_task(runtime_api: str, certificates: bytes, token: str, app: Any) -> str
     return str(status)
 
 
-def execute(runtime_api: str, certificates: bytes, secret: bytes, poll: float = 0.05) -> None:
+#: seconds between AcquireTask calls after 30 s without a task (fast: ``poll``)
+IDLE_POLL = 0.5
+
+
+def execute(runtime_api: str, certificates: bytes, secret: bytes, poll: float = 0.1) -> None:
     """Act as the SuperLink's SuperExec for ServerApp tasks until killed."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
     from flwr.supercore.constant import TaskType
@@ -112,6 +118,7 @@ def execute(runtime_api: str, certificates: bytes, secret: bytes, poll: float = 
     )
     request = AcquireTaskRequest(supported_task_types=[str(TaskType.SERVER_APP)])
     print(f"hub worker executing ServerApp tasks of {runtime_api}", flush=True)
+    pacer = Pacer(poll, IDLE_POLL)
     while True:
         try:
             res = client.AcquireTask(request)
@@ -120,6 +127,7 @@ def execute(runtime_api: str, certificates: bytes, secret: bytes, poll: float = 
             time.sleep(1.0)
             continue
         if res.HasField("task") and res.token:
+            pacer.active()
             t0 = time.perf_counter()
             status = run_task(runtime_api, certificates, res.token, app)
             print(
@@ -128,7 +136,7 @@ def execute(runtime_api: str, certificates: bytes, secret: bytes, poll: float = 
                 flush=True,
             )
         else:
-            time.sleep(poll)
+            pacer.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runtime-api", required=True, help="the SuperLink's HOST:PORT")
     p.add_argument("--root-certificates", required=True, type=Path, help="CA of its TLS")
     p.add_argument("--secret-file", required=True, type=Path, help="SuperExec HMAC secret")
-    p.add_argument("--poll", type=float, default=0.05, help="seconds between AcquireTask calls")
+    p.add_argument("--poll", type=float, default=0.1, help="seconds between AcquireTask calls")
     args = p.parse_args(argv)
     execute(
         args.runtime_api,

@@ -104,6 +104,9 @@ def run_simulation(
     min_nodes: int | None = None,
     grid: LocalGrid | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    fold_evaluate: bool = False,
+    secagg: bool = False,
+    pack_arrays: bool = False,
 ) -> dict[str, Any]:
     """Train in this process; writes the run directory (see :mod:`.server_app`)."""
     from dataspace.federated.client_app import app as client_app
@@ -122,6 +125,9 @@ def run_simulation(
         min_nodes=min_nodes if min_nodes is not None else len(roots),
         expected_nodes=len(roots),
         connect_timeout=1.0,
+        fold_evaluate=fold_evaluate,
+        secagg=secagg,
+        pack_arrays=pack_arrays,
     )
     torch.manual_seed(seed)
     return run_training(grid, spec, on_round)

@@ -7,6 +7,10 @@ One run (Flower 1.42 ``@app.main()`` with a ``Grid``):
 1. each round: ``train`` to every connected site, weighted FedAvg of the
    replies (``flwr.serverapp.strategy.FedAvg.aggregate_train``, weights =
    ``num-examples``), then ``evaluate`` on every site's held-out episodes.
+   With ``fold-evaluate`` (the deployment engine's default) round r's
+   evaluation travels in round r+1's ``train`` message (config
+   ``evaluate-round``; the reply carries ``eval-mse``), so a round is one
+   message per site; the last round gets an ``evaluate`` message.
 
 Everything is written to the run directory as it happens, so a run that stops
 (a site refused, too few sites replied, a crash) can be resumed from its last
@@ -23,11 +27,11 @@ A site that dies mid-round does not hang the run: replies are awaited at most
 they are at least ``min-nodes``, otherwise the run stops with a clear message.
 Epsilon is charged at the sites for every round they started.
 
-Secure aggregation: Flower 1.42 offers SecAgg+ only in its legacy API
-(``SecAggPlusWorkflow`` with ``secaggplus_mod`` and a NumPyClient), which does
-not compose with ``@app.train`` replies; this app does not use it (see the
-federated notes in the report). Updates are DP at the sample level already,
-so the server learns only differentially private quantities.
+Secure aggregation (run config ``secagg``): Flower's SecAgg+ protocol, ported
+to these Message-API apps in :mod:`.secagg` (Flower 1.42 offers it only with
+its legacy API); the server then sees only the weighted sum of the sites'
+updates, and no per-site update is kept. Updates are DP at the sample level
+either way.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from dataspace.errors import DataspaceError
+from dataspace.federated import packing, secagg
 from dataspace.federated.latency import fast_object_pulls
 from dataspace.federated.normalize import NoisySums, apply_stats, combine
 from dataspace.federated.templates import get_template
@@ -72,6 +77,15 @@ class RunSpec:
     expected_nodes: int = 0  # expected-nodes (wait for these before round 0)
     round_timeout: float = 600.0  # round-timeout
     connect_timeout: float = 120.0  # connect-timeout
+    #: evaluate round r's global model inside round r+1's train message (one message per
+    #: site per round; the last round gets its own evaluate message)
+    fold_evaluate: bool = False  # fold-evaluate
+    #: SecAgg+ (:mod:`.secagg`): the server sees only the weighted sum of the updates
+    secagg: bool = False  # secagg
+    secagg_clipping_range: float = 8.0  # secagg-clipping-range (updates are clipped to it)
+    secagg_max_weight: float = 0.0  # secagg-max-weight (0: 1.5 x the largest DP count)
+    #: send the model as one flat tensor (:mod:`.packing`; not with SecAgg+)
+    pack_arrays: bool = False  # pack-arrays
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -89,6 +103,11 @@ class RunSpec:
             expected_nodes=int(c.get("expected-nodes", 0)),
             round_timeout=float(c.get("round-timeout", 600.0)),
             connect_timeout=float(c.get("connect-timeout", 120.0)),
+            fold_evaluate=bool(c.get("fold-evaluate", False)),
+            secagg=bool(c.get("secagg", False)),
+            secagg_clipping_range=float(c.get("secagg-clipping-range", 8.0)),
+            secagg_max_weight=float(c.get("secagg-max-weight", 0.0)),
+            pack_arrays=bool(c.get("pack-arrays", False)),
         )
 
     def config(self, server_round: int) -> ConfigRecord:
@@ -132,11 +151,11 @@ def _wait_nodes(grid: Grid, spec: RunSpec, rnd: int) -> list[int]:
 
 
 #: seconds between pulls for replies (Flower 1.42's ``Grid.send_and_receive`` sleeps 3 s)
-PULL_INTERVAL = 0.05
+PULL_INTERVAL = 0.1
 
 
 def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
-    """``Grid.send_and_receive`` with a short pull interval: a reply is seen within 50 ms."""
+    """``Grid.send_and_receive`` with a short pull interval: a reply is seen within 100 ms."""
     pending = set(grid.push_messages(messages))
     deadline = time.monotonic() + timeout
     replies: list[Message] = []
@@ -240,6 +259,12 @@ def run_training(
         strategy = FedAvg(min_train_nodes=spec.min_nodes, min_evaluate_nodes=spec.min_nodes)
         for rnd in range(start + 1, spec.rounds + 1):
             arrays = _train_round(grid, spec, strategy, arrays, rnd, out, history)
+            if on_round and not spec.fold_evaluate:
+                on_round(history["rounds"][-1])
+            elif on_round and rnd > start + 1:
+                on_round(history["rounds"][-2])  # its evaluation came with this round
+        if spec.fold_evaluate and spec.rounds > start:
+            _evaluate_round(grid, spec, arrays, spec.rounds, out, history)
             if on_round:
                 on_round(history["rounds"][-1])
         history["status"] = "finished"
@@ -269,7 +294,10 @@ def _stats_round(grid, spec, template, out, history) -> ArrayRecord:
                 noise_multiplier=float(s["noise"]),
             )
         )
-        site = _site_of(m) | {"epsilon": float(m.content["metrics"]["epsilon-spent"])}
+        site = _site_of(m) | {
+            "epsilon": float(m.content["metrics"]["epsilon-spent"]),
+            "count": float(s["count"]),  # DP count: sizes SecAgg+'s weight range
+        }
         sites.append(site)
     if len(dims) != 1:
         raise RunError(f"sites disagree on state/action dimensions: {sorted(dims)}")
@@ -296,16 +324,91 @@ def _weighted(ok: list[Message], key: str) -> float:
     return float(np.dot(w, v) / max(sum(w), 1e-12))
 
 
+def _wire(spec: RunSpec, arrays: ArrayRecord) -> ArrayRecord:
+    """The model as sent to the sites: one flat tensor when ``pack-arrays``."""
+    return packing.pack(arrays) if spec.pack_arrays and not spec.secagg else arrays
+
+
+def _set_eval(out: Path, history: dict, rnd: int, ev_ok: list[Message], ev_failed: list) -> None:
+    """Fill round ``rnd``'s held-out MSE (replies carry ``eval-mse``) and rewrite its files."""
+    record = next(r for r in history["rounds"] if r["round"] == rnd)
+    ok = [m for m in ev_ok if "eval-mse" in m.content["metrics"]]
+    if ok:
+        w = [float(m.content["metrics"]["eval-examples"]) for m in ok]
+        v = [float(m.content["metrics"]["eval-mse"]) for m in ok]
+        record["eval_mse"] = float(np.dot(w, v) / max(sum(w), 1e-12))
+    record["eval_mse_per_dataset"] = {
+        _site_of(m)["dataset-id"]: float(m.content["metrics"]["eval-mse"]) for m in ok
+    }
+    record["eval_failed"] = ev_failed
+    _write_json(out / "rounds" / f"{rnd:03d}" / "round.json", record)
+    _write_json(out / "history.json", history)
+
+
+def _evaluate_round(grid, spec, arrays, rnd, out, history) -> None:
+    """The last round's evaluation when evaluation is folded into train messages."""
+    content = RecordDict({"arrays": _wire(spec, arrays), "config": spec.config(rnd)})
+    try:
+        ev_ok, ev_failed = _exchange(grid, spec, "evaluate", content, rnd)
+        for m in ev_ok:  # plain evaluate replies weigh by num-examples
+            met = m.content["metrics"]
+            met["eval-examples"] = met["num-examples"]
+    except RunError as e:
+        ev_ok, ev_failed = [], [{"reason": str(e)}]
+    _set_eval(out, history, rnd, ev_ok, ev_failed)
+
+
+def _secagg_round(grid, spec, content, rnd, history) -> tuple[list[Message], list, ArrayRecord]:
+    """A train round under SecAgg+: (replies without updates, failures, new global model)."""
+    nodes = _wait_nodes(grid, spec, rnd)
+    max_weight = spec.secagg_max_weight or 1.5 * max(
+        (float(s.get("count", 0.0)) for s in history["stats"]["sites"]), default=0.0
+    )
+    try:
+        new, replies, failures = secagg.train_round(
+            lambda msgs: send_and_receive(grid, msgs, spec.round_timeout),
+            nodes,
+            content,
+            rnd,
+            max_weight=max(max_weight, 10.0),
+            clipping_range=spec.secagg_clipping_range,
+            seed=spec.seed * 100_003 + rnd,
+        )
+    except secagg.SecAggError as e:
+        raise RunError(str(e)) from e
+    if len(replies) < spec.min_nodes:
+        raise RunError(
+            f"train round {rnd}: {len(replies)} of {len(nodes)} sites replied under SecAgg+, "
+            f"{spec.min_nodes} needed ({failures})"
+        )
+    ok = sorted(replies, key=lambda m: str(m.content["info"]["dataset-id"]))
+    return ok, failures, new
+
+
 def _train_round(grid, spec, strategy, arrays, rnd, out, history) -> ArrayRecord:
     t0 = time.perf_counter()
-    content = RecordDict({"arrays": arrays, "config": spec.config(rnd)})
-    ok, failed = _exchange(grid, spec, "train", content, rnd)
+    config = spec.config(rnd)
+    folded = spec.fold_evaluate and any(r["round"] == rnd - 1 for r in history["rounds"])
+    if folded:
+        config["evaluate-round"] = rnd - 1
+    if spec.secagg:
+        content = RecordDict({"arrays": arrays, "config": config})
+        ok, failed, new_arrays = _secagg_round(grid, spec, content, rnd, history)
+    else:
+        content = RecordDict({"arrays": _wire(spec, arrays), "config": config})
+        ok, failed = _exchange(grid, spec, "train", content, rnd)
+        for m in ok:  # replies come in the form sent
+            if packing.is_packed(m.content["arrays"]):
+                m.content["arrays"] = packing.unpack(m.content["arrays"], arrays)
+    if folded:
+        _set_eval(out, history, rnd - 1, ok, [])
     rdir = out / "rounds" / f"{rnd:03d}"
     sites = []
     for m in ok:
         site = _site_of(m)
         met = m.content["metrics"]
-        _save_arrays(rdir / "updates" / f"{site['dataset-id']}.npz", m.content["arrays"])
+        if not spec.secagg:  # under SecAgg+ no single site's update is ever seen
+            _save_arrays(rdir / "updates" / f"{site['dataset-id']}.npz", m.content["arrays"])
         sites.append(
             site
             | {
@@ -316,19 +419,22 @@ def _train_round(grid, spec, strategy, arrays, rnd, out, history) -> ArrayRecord
                 "train_seconds": float(met["train-seconds"]),
             }
         )
-    new_arrays, _ = strategy.aggregate_train(rnd, ok)
+    if not spec.secagg:
+        new_arrays, _ = strategy.aggregate_train(rnd, ok)
     if new_arrays is None:
         raise RunError(f"train round {rnd}: replies could not be aggregated")
     t_train = time.perf_counter() - t0
-    eval_content = RecordDict({"arrays": new_arrays, "config": spec.config(rnd)})
-    try:
-        ev_ok, ev_failed = _exchange(grid, spec, "evaluate", eval_content, rnd)
-        eval_mse = _weighted(ev_ok, "eval-mse")
-        per_site_mse = {
-            _site_of(m)["dataset-id"]: float(m.content["metrics"]["eval-mse"]) for m in ev_ok
-        }
-    except RunError as e:
-        eval_mse, per_site_mse, ev_failed = float("nan"), {}, [{"reason": str(e)}]
+    eval_mse, per_site_mse, ev_failed = float("nan"), {}, []
+    if not spec.fold_evaluate:
+        eval_content = RecordDict({"arrays": _wire(spec, new_arrays), "config": spec.config(rnd)})
+        try:
+            ev_ok, ev_failed = _exchange(grid, spec, "evaluate", eval_content, rnd)
+            eval_mse = _weighted(ev_ok, "eval-mse")
+            per_site_mse = {
+                _site_of(m)["dataset-id"]: float(m.content["metrics"]["eval-mse"]) for m in ev_ok
+            }
+        except RunError as e:
+            eval_mse, per_site_mse, ev_failed = float("nan"), {}, [{"reason": str(e)}]
     record = {
         "round": rnd,
         "train_loss": _weighted(ok, "train-loss"),

@@ -46,6 +46,8 @@ from typing import Any
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from dataspace.federated.latency import Pacer
+
 app = ClientApp()
 
 
@@ -252,7 +254,11 @@ def run_task(runtime_api: str, token: str, full: ClientApp) -> str:
     return f"{status} (pull/app/push s: {steps})"
 
 
-def execute(runtime_api: str, secret: bytes, poll: float = 0.05) -> None:
+#: seconds between AcquireTask calls after 30 s without a task (fast: ``poll``)
+IDLE_POLL = 0.5
+
+
+def execute(runtime_api: str, secret: bytes, poll: float = 0.1) -> None:
     """Act as the SuperNode's SuperExec for ClientApp tasks until killed."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
     from flwr.supercore.constant import TaskType
@@ -279,6 +285,7 @@ def execute(runtime_api: str, secret: bytes, poll: float = 0.05) -> None:
     )
     request = AcquireTaskRequest(supported_task_types=[str(TaskType.CLIENT_APP)])
     print(f"site worker executing tasks of {runtime_api}", flush=True)
+    pacer = Pacer(poll, IDLE_POLL)
     while True:
         try:
             res = client.AcquireTask(request)
@@ -287,6 +294,7 @@ def execute(runtime_api: str, secret: bytes, poll: float = 0.05) -> None:
             time.sleep(1.0)
             continue
         if res.HasField("task") and res.token:
+            pacer.active()
             t0 = time.perf_counter()
             status = run_task(runtime_api, res.token, full)
             print(
@@ -295,7 +303,7 @@ def execute(runtime_api: str, secret: bytes, poll: float = 0.05) -> None:
                 flush=True,
             )
         else:
-            time.sleep(poll)
+            pacer.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -303,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--socket", type=Path, help="serve the ClientApp proxy on this Unix socket")
     p.add_argument("--runtime-api", help="be the SuperExec of this SuperNode Runtime API")
     p.add_argument("--secret-file", type=Path, help="SuperExec HMAC secret (with --runtime-api)")
-    p.add_argument("--poll", type=float, default=0.05, help="seconds between AcquireTask calls")
+    p.add_argument("--poll", type=float, default=0.1, help="seconds between AcquireTask calls")
     args = p.parse_args(argv)
     if args.runtime_api:
         if args.secret_file is None:

@@ -8,27 +8,41 @@ uploaded yet after 1, 2, 4 ... s. Every message of a round therefore waited
 seconds before any work began. This launcher runs Flower's own
 ``flower_supernode`` entry point, with the same arguments and the same TLS,
 node authentication and FAB verification, after capping those sleeps at
-``DATASPACE_SUPERNODE_POLL`` seconds (default 0.1) and the object retries at
-20-250 ms (:mod:`.latency`). A pull is one small authenticated HTTPS request,
-so 10 a second per site is cheap.
+``DATASPACE_SUPERNODE_POLL`` seconds (default 0.2) while messages flow (1 s
+after 30 s without one: idle polling costs CPU, :class:`.latency.Pacer`) and
+the object retries at 20-250 ms (:mod:`.latency`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
-from dataspace.federated.latency import cap_sleeps, fast_object_pulls
+from dataspace.federated.latency import Pacer, cap_sleeps, fast_object_pulls
 
-DEFAULT_POLL = 0.1
+#: seconds between pulls while messages are flowing, and when idle for 30 s
+DEFAULT_POLL = 0.2
+IDLE_POLL = 1.0
 
 
-def patch(poll: float) -> None:
+def patch(poll: float, idle_poll: float = IDLE_POLL) -> Pacer:
     """Shorten the SuperNode loop's waits (pull, reply wait, object retries)."""
     from flwr.supernode import start_client_internal
 
-    cap_sleeps(start_client_internal, poll)
+    pacer = Pacer(poll, idle_poll)
+    pull = start_client_internal._pull_and_store_message
+
+    def pull_and_mark(*args: Any, **kwargs: Any) -> Any:
+        run_id = pull(*args, **kwargs)
+        if run_id is not None:
+            pacer.active()
+        return run_id
+
+    start_client_internal._pull_and_store_message = pull_and_mark
+    cap_sleeps(start_client_internal, pacer)
     fast_object_pulls(start_client_internal)
+    return pacer
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,82 @@
+"""SecAgg+ in the one-process engine: same aggregate as weighted FedAvg, no update seen."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Message
+
+from dataspace.cli import main
+from dataspace.federated.client_app import app as client_app
+from dataspace.federated.run import LocalGrid, run_simulation
+from dataspace.federated.secagg import error_bound
+
+pytestmark = pytest.mark.slow
+
+
+class RecordingGrid(LocalGrid):
+    """Keeps every reply the server receives."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.seen: list[Message] = []
+
+    def pull_messages(self, message_ids):
+        got = list(super().pull_messages(message_ids))
+        self.seen += got
+        return got
+
+
+def test_secagg_matches_weighted_fedavg_within_quantization_and_hides_updates(federation, tmp_path):
+    a, b = federation(epsilon=4.0, rounds=1), federation(epsilon=4.0, rounds=1)
+    plain = run_simulation(a.contract_ids, a.sites, "bc-mlp", 1, tmp_path / "plain", seed=4)
+    grid = RecordingGrid(client_app, [s.root for s in b.sites])
+    sec = run_simulation(
+        b.contract_ids, b.sites, "bc-mlp", 1, tmp_path / "sec", seed=4, grid=grid, secagg=True
+    )
+    assert plain["status"] == sec["status"] == "finished", sec.get("error")
+    # the sites' DP training is the same (same seed): only the aggregation differs
+    assert sec["rounds"][0]["train_loss"] == plain["rounds"][0]["train_loss"]
+    counts = [s["num_examples"] for s in sec["rounds"][0]["sites"]]
+    assert len(set(counts)) == 3  # unequal weights: weighting matters
+    max_weight = 1.5 * max(s["count"] for s in sec["stats"]["sites"])
+    bound = error_bound(counts, max_weight)
+    with (
+        np.load(tmp_path / "plain" / "final.npz") as zp,
+        np.load(tmp_path / "sec" / "final.npz") as zs,
+    ):
+        diffs = {k: float(np.abs(zp[k] - zs[k]).max()) for k in zp.files}
+        # an unweighted mean would be off by far more than the quantisation error
+        unweighted = np.mean(
+            [
+                np.load(p)["net.0.weight"]
+                for p in sorted((tmp_path / "plain").glob("rounds/001/updates/*.npz"))
+            ],
+            axis=0,
+        )
+        assert float(np.abs(unweighted - zp["net.0.weight"]).max()) > 10 * bound
+    assert max(diffs.values()) <= bound, (diffs, bound)
+    assert max(diffs.values()) > 0  # the aggregate really went through quantisation
+    # the server never received a tensor from a site, and kept no per-site update
+    train_replies = [m for m in grid.seen if m.metadata.message_type == "train"]
+    assert len(train_replies) == 4 * 3  # four SecAgg+ stages, three sites
+    assert all(len(m.content.array_records) == 0 for m in grid.seen)
+    assert not (tmp_path / "sec" / "rounds" / "001" / "updates").exists()
+    spec = json.loads((tmp_path / "sec" / "history.json").read_text())["spec"]
+    assert spec["secagg"] is True
+
+
+def test_cli_train_secagg_flag(federation, tmp_path, capsys):
+    fed = federation(epsilon=2.0, rounds=1)
+    out = tmp_path / "out"
+    args = ["train", "--contract", ",".join(fed.contract_ids), "--rounds", "1"]
+    args += ["--out", str(out), "--secagg", "--json"]
+    for s in fed.sites:
+        args += ["--simulate", str(s.root)]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["status"] == "finished"
+    assert json.loads((out / "history.json").read_text())["spec"]["secagg"] is True
+    assert not (out / "rounds" / "001" / "updates").exists()

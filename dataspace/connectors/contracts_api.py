@@ -187,6 +187,9 @@ def mount(app: FastAPI, site: Site, publisher: Publisher | None) -> None:
         "/v1/admin/datasets/{dataset_id}/policy",
         response_model=m.PolicyAck,
         summary="Set a dataset's usage policy (ODRL JSON-LD, the profile in dataspace.policy)",
+        openapi_extra={
+            "requestBody": {"content": {"application/json": {"schema": m.policy_body_schema()}}}
+        },
     )
     def put_policy(
         dataset_id: str, caller: Holder, doc: Annotated[dict[str, Any], Body()]

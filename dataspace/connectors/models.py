@@ -100,3 +100,57 @@ class BudgetRow(BaseModel):
 
 class BudgetReport(BaseModel):
     datasets: list[BudgetRow]
+
+
+def policy_body_schema() -> dict[str, Any]:
+    """The PUT policy body as JSON Schema: the shape ``dataspace.policy.odrl.parse_policy``
+    accepts (docs/odrl-profile.md), so a fuzzer or client sees the profile, not "any object".
+
+    The handler still parses with ``parse_policy`` (400 with the JSON path at fault); what
+    no schema can say stays its job: the target must be the path's enrolled dataset with its
+    fingerprint, and each rule's constraints must be ones the profile defines.
+    """
+    from dataspace.policy.odrl import ACTIONS, ODRL_CONTEXT, POLICY_TYPES, PROFILE, PROFILE_CONTEXT
+
+    key_urn = r"^urn:dataspace:key:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
+    rule = {
+        "type": "object",
+        "required": ["action"],
+        "properties": {
+            "action": {"enum": list(ACTIONS)},
+            "assignee": {"type": "string"},
+            "constraint": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+    return {
+        "type": "object",
+        "title": "ODRL usage policy (dataspace profile)",
+        "required": ["@context", "@type", "uid", "profile", "target", "permission"],
+        "additionalProperties": False,
+        "properties": {
+            "@context": {
+                "type": "array",
+                "prefixItems": [{"const": ODRL_CONTEXT}, {"const": PROFILE_CONTEXT}],
+                "minItems": 2,
+                "maxItems": 2,
+            },
+            "@type": {"enum": list(POLICY_TYPES)},
+            "uid": {"type": "string", "minLength": 1},
+            "profile": {"const": PROFILE},
+            "assigner": {"type": "string", "pattern": key_urn},
+            "target": {
+                "type": "object",
+                "required": ["uid", "fingerprint"],
+                "additionalProperties": False,
+                "properties": {
+                    "uid": {"type": "string", "pattern": r"^urn:dataspace:dataset:.+$"},
+                    "fingerprint": {"type": "string", "pattern": r"^[0-9a-f]{64}$"},
+                    "@type": {"const": "Asset"},
+                },
+            },
+            "permission": {"type": "array", "minItems": 1, "items": rule},
+            "prohibition": {"type": "array", "items": rule},
+            "conflict": {"const": "prohibit"},
+            "approval": {"enum": ["automatic", "manual"]},
+        },
+    }

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Id = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/+=-]+$")
 KeyB64 = Field(min_length=44, max_length=44, description="Ed25519 public key, standard base64")
+#: @type values that name a DCAT dataset (hub/app.py check_dcat accepts any "...:Dataset")
+DATASET_TYPES = ("dcat:Dataset", "Dataset", "http://www.w3.org/ns/dcat#Dataset")
 Hex = Field(min_length=1, max_length=128, pattern=r"^[0-9a-f]+$")
 
 
@@ -65,7 +67,21 @@ class PublishRequest(Strict):
 
     dataset_id: str = Id
     fingerprint: str = Hex
-    dcat: dict[str, Any] = Field(description="the DCAT-AP JSON-LD entry (@context, @type)")
+    dcat: dict[str, Any] = Field(
+        description="the DCAT-AP JSON-LD entry (@context, @type)",
+        # what check_dcat in hub/app.py accepts: an @context, and an @type naming dcat:Dataset
+        json_schema_extra={
+            "required": ["@context", "@type"],
+            "properties": {
+                "@type": {
+                    "anyOf": [
+                        {"enum": list(DATASET_TYPES)},
+                        {"type": "array", "contains": {"enum": list(DATASET_TYPES)}},
+                    ]
+                }
+            },
+        },
+    )
     title: str = Field("", max_length=500)
     robot_type: str | None = Field(None, max_length=200)
     fps: float | None = Field(None, ge=0, le=100_000)

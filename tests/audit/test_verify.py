@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dataspace.audit.bundle import Bundle, write_bundle
-from dataspace.audit.events import make_event
+from dataspace.audit.events import EventError, _canonical_text, make_event, verify_event
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.note import raw_public, vkey_text
 from dataspace.audit.verify import AuditReport, TrustedKeysError, audit, load_trusted_keys
@@ -287,3 +290,199 @@ def test_untrusted_actor(scenario: Scenario, tmp_path: Path) -> None:
         scenario.log.iter_entries(), scenario.log.checkpoint(), load_trusted_keys(scenario.trusted)
     )
     assert r.first.rule == "actor-untrusted" and r.first.index == 7
+
+
+H = "ab" * 32  # a model hash
+
+
+@pytest.mark.parametrize(
+    ("tail", "contract", "rule", "index", "values"),
+    [
+        # a round.finished with no round.started at all
+        ([("round.finished", {"model_sha256": H})], {}, "round-not-started", 3, {"round": 1}),
+        # ... for another round, run or dataset than the one started
+        (
+            [("round.started", {}), ("round.finished", {"round": 2, "model_sha256": H})],
+            {},
+            "round-not-started",
+            4,
+            {"run_id": "r1", "round": 2},
+        ),
+        (
+            [
+                ("round.started", {}),
+                ("round.finished", {"round": 1, "run_id": "r2", "model_sha256": H}),
+            ],
+            {},
+            "round-not-started",
+            4,
+            {"run_id": "r2"},
+        ),
+        (
+            [
+                ("round.started", {}),
+                (
+                    "round.finished",
+                    {"round": 1, "dataset_id": "ds2", "fingerprint": "cd" * 32, "model_sha256": H},
+                ),
+            ],
+            {},
+            "round-not-started",
+            4,
+            {"dataset": "ds2"},
+        ),
+        # ... or before its round.started
+        (
+            [("round.finished", {"round": 1, "model_sha256": H}), ("round.started", {"round": 1})],
+            {},
+            "round-not-started",
+            3,
+            {"round": 1},
+        ),
+        # more epsilon finished than started charged
+        (
+            [
+                ("round.started", {}),
+                ("round.finished", {"round": 1, "epsilon": 0.7, "model_sha256": H}),
+            ],
+            {},
+            "round-epsilon",
+            4,
+            {"charged": 0.5, "finished": 0.7},
+        ),
+        # a finished round names its epsilon and its model
+        (
+            [
+                ("round.started", {}),
+                ("round.finished", {"round": 1, "epsilon": None, "model_sha256": H}),
+            ],
+            {},
+            "round-malformed",
+            4,
+            {"epsilon": None},
+        ),
+        ([("round.started", {}), ("round.finished", {"round": 1})], {}, "round-model", 4, {}),
+        (
+            [("round.started", {}), ("round.finished", {"round": 1, "model_sha256": "00"})],
+            {},
+            "round-model",
+            4,
+            {"model_sha256": "00"},
+        ),
+        (
+            [("round.started", {}), ("round.finished", {"round": 1, "model_sha256": H.upper()})],
+            {},
+            "round-model",
+            4,
+            {"model_sha256": H.upper()},
+        ),
+    ],
+)
+def test_finished_rounds(tmp_path: Path, tail, contract, rule, index, values) -> None:
+    """round.finished is checked against the round.started of the same run, round, dataset."""
+    r = _history(tmp_path, tail, **contract)
+    assert not r.ok and (r.first.rule, r.first.index) == (rule, index), r.violations
+    assert values.items() <= r.first.values.items(), r.first
+    assert str(r.first).startswith(f"entry {index}: {rule}")
+
+
+def test_finished_excess_epsilon_counts_against_the_contract(tmp_path: Path) -> None:
+    """The epsilon a round reports beyond its charge was spent: the contract's limit sees it."""
+    r = _history(
+        tmp_path,
+        [
+            ("round.started", {}),
+            ("round.finished", {"round": 1, "epsilon": 2.5, "model_sha256": H}),
+        ],
+    )
+    assert [(v.index, v.rule) for v in r.violations] == [
+        (4, "round-epsilon"),
+        (4, "contract-epsilon"),
+    ]
+    assert r.violations[1].values == {"contract_id": "c1", "spent": 2.5, "limit": 2.0}
+    assert r.epsilon_by_dataset == {"ds1": 2.5}
+    (rec,) = r.rounds  # `audit show` marks the round as not verifying
+    assert not rec.ok and rec.model_sha256 == H and rec.finished_index == 4
+
+
+def test_finished_rounds_that_hold(tmp_path: Path) -> None:
+    """Finished as started (retried once), or with less epsilon than charged: no violation."""
+    r = _history(
+        tmp_path,
+        [
+            ("round.started", {"round": 1}),
+            ("round.started", {"round": 2}),
+            ("round.finished", {"round": 2, "model_sha256": H}),
+            ("round.finished", {"round": 1, "epsilon": 0.4, "model_sha256": "cd" * 32}),
+            ("round.finished", {"round": 1, "epsilon": 0.4, "model_sha256": "cd" * 32}),
+        ],
+    )
+    assert r.ok, r.violations
+    assert r.epsilon_by_dataset == {"ds1": 1.0}
+    assert [(x.round, x.model_sha256, x.ok) for x in r.rounds] == [
+        (1, "cd" * 32, True),
+        (2, H, True),
+    ]
+
+
+# The verifier's fast canonical check (one C encoder pass) must agree with rfc8785 exactly.
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**60), max_value=2**60)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from([1.0, -0.0, 1e-5, 1e-7, 1e16, 1e21, 0.001, 2.5e-300, 123456789012345.6])
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), _json_values, max_size=6))
+def test_fast_canonical_check_agrees_with_rfc8785(obj: dict) -> None:
+    try:
+        canonical = rfc8785.dumps(obj)
+    except rfc8785.CanonicalizationError:
+        canonical = None
+    python = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    )
+    for entry in {canonical, python} - {None}:
+        try:
+            text = entry.decode()
+        except UnicodeDecodeError:
+            continue
+        parsed = json.loads(text)
+        try:  # the reference: rfc8785 re-serializes what the entry parses to
+            want = rfc8785.dumps(json.loads(text)) == entry
+        except rfc8785.CanonicalizationError:
+            want = False
+        assert _canonical_text(text, entry, parsed) == want, entry
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b'"epsilon":0.5', b'"epsilon":5e-1'),  # an exponent Python would not write either
+        (b'"epsilon":0.5', b'"epsilon":0.50'),
+        (b'"round":1', b'"round":1.0'),  # Python writes 1.0 back as 1.0; RFC 8785 writes 1
+        (b'"round":1', b'"round":1E0'),
+        (b'"round":1', b'"round":9007199254740993'),  # beyond an exact double
+        (b'"round":1', b'"round":NaN'),
+        (b'"round":1', b'"round":-0'),
+        (b'"run_id":"r1"', rb'"run_id":"\u0072\u0031"'),  # escapes RFC 8785 does not use
+        (b"{", b" {"),
+        (b'"sig":', b'"sig" :'),
+    ],
+)
+def test_non_canonical_entries_are_refused(scenario: Scenario, old: bytes, new: bytes) -> None:
+    entry = scenario.entries[3]  # round.started, epsilon 0.5, round 1
+    assert old in entry
+    verify_event(entry)
+    with pytest.raises(EventError, match=r"canonical|not JSON"):
+        verify_event(entry.replace(old, new, 1))
+    with pytest.raises(EventError):
+        verify_event(entry + b" ")

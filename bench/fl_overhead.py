@@ -3,8 +3,9 @@
 5 rounds of bc-mlp DP training, 3 sites holding thirds of the Unitree G1
 recording. Denominator: the one-process engine (run_simulation) running the
 same apps, data and seed. Numerator: ``flwr run`` on a SuperLink with 3
-SuperNodes (TLS, node authentication, warm site workers) already started, as
-they are in a long-lived deployment; the start-up time of the processes is
+SuperNodes (TLS, node authentication, the sites' and the hub's warm workers as
+SuperExecs, see dataspace.federated.deploy) already started, as they are in a
+long-lived deployment; the start-up time of the processes is
 reported separately (``start_s``) and in ``ratio_with_startup``.
 Last stdout line: ``{"ratio": run_s / local_s, ...}``.
 """
@@ -30,6 +31,9 @@ ROUNDS = 5
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, default=None, help="keep run dirs and logs here")
+    ap.add_argument(
+        "--database", default=None, help="SuperLink state (default: a file; or :flwr-in-memory:)"
+    )
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:
         if args.keep:
@@ -45,7 +49,7 @@ def main() -> None:
         print(f"one process: {local:.1f}s", file=sys.stderr)
         hb = run_deployment(
             b.contract_ids, [s.root for s in b.sites], "bc-mlp", ROUNDS, tmp / "rb", seed=0,
-            timeout=1500,
+            timeout=1500, database=args.database,
         )  # fmt: skip
         tm = hb["timing"]
         print(f"deployment: {tm}", file=sys.stderr)
@@ -62,6 +66,7 @@ def main() -> None:
                     "rounds": ROUNDS,
                     "supernodes": 3,
                     "same_result_as_local": same,
+                    "superlink_db": args.database or "file",
                 }
             )
         )

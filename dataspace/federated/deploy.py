@@ -163,8 +163,9 @@ class Deployment:
     fast_poll: bool = True
     #: the ServerApp runs in a warm hub process (:mod:`.hub_worker`), not one per run
     warm_hub: bool = True
-    #: the SuperLink's state: a file under ``root`` if None, or Flower's ":flwr-in-memory:"
-    database: str | None = ":flwr-in-memory:"
+    #: the SuperLink's state: a file under ``root`` if None (kept for audit), or Flower's
+    #: ":flwr-in-memory:" (no disk writes: faster on a loaded machine)
+    database: str | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -411,6 +412,7 @@ def run_deployment(
     fold_evaluate: bool = True,
     secagg: bool = False,
     pack_arrays: bool = True,
+    database: str | None = None,
 ) -> dict[str, Any]:
     """Train on the deployment engine; returns the run's history (see :mod:`.server_app`)."""
     out = Path(out_dir).resolve()
@@ -425,6 +427,7 @@ def run_deployment(
         guard_trust=guard_trust,
         isolation=isolation,
         fast_poll=fast_poll,
+        database=database,
     )
     t0 = time.perf_counter()
     with dep as d:

@@ -113,7 +113,7 @@ def _cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def test_services_cosign_each_other_and_verify_with_quorum(space, capsys) -> None:
+def _services_cosign_each_other_and_verify_with_quorum(space, capsys) -> None:
     hub_name = space["hub_name"]
     # appends in the sites' logs by another process (as the budget ledger does)
     for s in space["sites"]:
@@ -176,7 +176,7 @@ def test_services_cosign_each_other_and_verify_with_quorum(space, capsys) -> Non
     assert f"missing: {hub_name}" in rep["first_violation"]
 
 
-def test_cosignatures_survive_a_newer_checkpoint(space, capsys) -> None:
+def _cosignatures_survive_a_newer_checkpoint(space, capsys) -> None:
     """With one connector down, the hub's newer checkpoints lack its cosignature, and
     the auditor still gets the latest checkpoint that both cosigned."""
     hub_name = space["hub_name"]
@@ -207,7 +207,7 @@ def test_cosignatures_survive_a_newer_checkpoint(space, capsys) -> None:
     assert code == 0, err
 
 
-def test_a_forked_site_log_is_refused_and_fails_verification(space, capsys) -> None:
+def _a_forked_site_log_is_refused_and_fails_verification(space, capsys) -> None:
     site = space["sites"][0]
     real = TransparencyLog.open(site.log_dir)
     kept = real.witnessed_checkpoint()  # what the auditor kept from last time
@@ -256,7 +256,16 @@ def test_a_forked_site_log_is_refused_and_fails_verification(space, capsys) -> N
     assert space["hub_name"] in quorum["values"]["missing"]
 
 
-def test_cross_check_site_and_hub(space, capsys) -> None:
+def test_witnessing_end_to_end(space, capsys) -> None:
+    """One scenario in order (xdist may run this module's tests on different workers,
+    each with its own services): witnessed, cross-checked, a fork refused, a witness down."""
+    _services_cosign_each_other_and_verify_with_quorum(space, capsys)
+    _cross_check_site_and_hub(space, capsys)
+    _a_forked_site_log_is_refused_and_fails_verification(space, capsys)
+    _cosignatures_survive_a_newer_checkpoint(space, capsys)
+
+
+def _cross_check_site_and_hub(space, capsys) -> None:
     site = space["sites"][0]
     code, out, err = _cli(
         capsys, "audit", "cross-check", str(site.root), space["hub"].url,

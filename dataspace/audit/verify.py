@@ -15,7 +15,13 @@
    (``contract-rounds``) and epsilon (``contract-epsilon``); cumulative epsilon per
    dataset never exceeds the budget of its latest ``policy.published``
    (``budget-epsilon``); no event but ``access.refused`` cites a contract after
-   its ``until`` (``after-expiry``);
+   its ``until`` (``after-expiry``); every ``round.finished`` follows a
+   ``round.started`` of the same contract, run, round and dataset
+   (``round-not-started``), reports no more epsilon than that round.started
+   charged (``round-epsilon``; the excess also counts against the contract and
+   the dataset, as the ledger counts it; less is allowed: the charge stands), and
+   names its model's SHA-256 (``round-model``); a round's epsilon is a
+   non-negative number (``round-malformed``);
 4. the Merkle tree of the entries has the checkpoint's size and root
    (``tree-size``, ``tree-root``);
 5. at least ``quorum`` distinct trusted witnesses cosigned the checkpoint
@@ -576,7 +582,8 @@ def audit(
 
     ``keep_rounds=False`` checks the same rules but keeps no per-round records in
     the report (``rounds`` stays empty, ``round_count`` counts them): memory then
-    stays bounded by the number of contracts and datasets, not of rounds.
+    grows only by the (run, round, dataset) key and charge of each round, which the
+    contract-rounds and round.finished rules need (about 100 bytes a round).
     """
     report = AuditReport(quorum=quorum)
     vio = report.violations

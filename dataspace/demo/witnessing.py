@@ -57,9 +57,9 @@ def await_witnesses(
     while True:
         missing = []
         for origin, (folder, want) in logs.items():
-            size, cosigned, names = _cosigners(folder)
-            if cosigned < size or not want <= names:
-                missing.append(f"{origin} (size {size}, cosigned {cosigned} by {sorted(names)})")
+            size, cosigned, got = _cosigners(folder)
+            if cosigned < size or not want <= got:
+                missing.append(f"{origin} (size {size}, cosigned {cosigned} by {sorted(got)})")
         if not missing:
             break
         if time.monotonic() > deadline:

@@ -53,7 +53,8 @@ def await_witnesses(
     logs = {hub_name: (services.workdir / "hub" / "log", names)}
     logs |= {s.name: (s.log_dir, {hub_name} | (names - {s.name})) for s in sites}
     step("witnesses: the connectors cosign the hub's log; the hub and the others each site's")
-    deadline = time.monotonic() + timeout
+    t0 = time.monotonic()
+    deadline = t0 + timeout
     while True:
         missing = []
         for origin, (folder, want) in logs.items():
@@ -69,7 +70,7 @@ def await_witnesses(
     others = " and the other connectors" if len(sites) > 1 else ""
     step(
         f"witnesses: {hub_name}'s log cosigned by {', '.join(sorted(names))}; "
-        f"each site's by {hub_name}{others}"
+        f"each site's by {hub_name}{others} ({time.monotonic() - t0:.1f} s)"
     )
     return [vkey]
 

@@ -44,7 +44,7 @@ import httpx
 from fastapi import Depends, FastAPI, Request
 from starlette.types import Scope
 
-from dataspace.auth.client import call, signed_client
+from dataspace.auth.client import ServiceUnavailableError, call, signed_client
 from dataspace.auth.httpsig import WINDOW_S
 from dataspace.auth.nonces import FileNonceStore
 from dataspace.auth.service import (
@@ -173,12 +173,24 @@ class Publisher:
         self._stop.set()
 
     def register_contract(self, record: dict[str, Any]) -> None:
-        """Copy an agreed contract to the hub's registry (best effort: the site is the truth)."""
-        try:
-            with signed_client(self.hub_url, self.site.key) as hub:
-                call(hub, "POST", "/v1/contracts", json=record)
-        except (DataspaceError, httpx.HTTPError, OSError) as e:
-            log.warning("could not register contract %s at the hub: %s", record["contract_id"], e)
+        """Copy an agreed contract to the hub's registry (the site is the truth).
+
+        Retried (RETRY_S) while the hub cannot be reached, e.g. while it restarts after a
+        crash (tests/assurance/test_hub_faults.py); a refusal by the hub is not retried.
+        """
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                with signed_client(self.hub_url, self.site.key) as hub:
+                    call(hub, "POST", "/v1/contracts", json=record)
+                return
+            except (ServiceUnavailableError, httpx.HTTPError, OSError) as e:
+                log.warning("registering contract %s at the hub: %s", record["contract_id"], e)
+            except DataspaceError as e:
+                log.warning("the hub refused contract %s: %s", record["contract_id"], e)
+                return
+            self._stop.wait(RETRY_S[min(attempt, len(RETRY_S) - 1)])
+            attempt += 1
 
 
 def create_app(

@@ -214,10 +214,14 @@ def test_kill_9_hub_while_registering_a_contract(
         assert row.reserved == pytest.approx(2.0) and row.live_contracts == 1
         verify_site_log(site)
         assert _site_kinds(site).count("contract.agreed") == 1
+        # a negotiation while the hub is down completes at the site; the connector keeps
+        # trying to register it
+        cid_down = _countersign(conn.url, alice.key, _offer(conn.url, alice.key, ds))["contract_id"]
 
         # restart: the contract is served with exactly one log entry, never without
         hub = Service(args, port, tmp_path / "hub2.log")
         hub.wait_ready()
+        _wait_for(lambda: len(_registered(tmp_path, cid_down)) == 1, "not registered after restart")
         with httpx.Client(base_url=hub.url, auth=HttpSigAuth(alice.key), timeout=30) as c:
             seen = {x["contract_id"]: x for x in c.get("/v1/contracts").json()["contracts"]}
         assert cid in seen and seen[cid]["state"] == "agreed"
@@ -234,11 +238,12 @@ def test_kill_9_hub_while_registering_a_contract(
         _wait_for(lambda: len(_registered(tmp_path, cid2)) == 1, "second contract not logged")
         time.sleep(1.0)  # the retried registration of the first has had time to arrive
         assert len(_registered(tmp_path, cid)) == 1
+        assert len(_registered(tmp_path, cid_down)) == 1
         (row,) = budget_report(site, ds)
-        assert row.reserved == pytest.approx(4.0) and row.live_contracts == 2
+        assert row.reserved == pytest.approx(6.0) and row.live_contracts == 3
         _verify_hub_log(tmp_path)
         verify_site_log(site)
-        assert _site_kinds(site).count("contract.agreed") == 2
+        assert _site_kinds(site).count("contract.agreed") == 3
     finally:
         conn.stop()
         hub.stop()

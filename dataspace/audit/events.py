@@ -320,7 +320,7 @@ def _canonical_text(text: str, entry: bytes, obj: Any) -> bool:
     if text.isascii():
         try:
             same = _encode(obj) == text
-        except ValueError:  # NaN / Infinity (allow_nan=False): not JSON for RFC 8785
+        except (ValueError, RecursionError):  # NaN / Infinity (allow_nan=False) are not JSON
             same = False
         if same and _plain_numbers(obj):
             return True
@@ -337,7 +337,7 @@ def _loads_flagged(entry: bytes) -> tuple[dict[str, Any], bool]:
     _tl.suspect = not entry.isascii()
     try:
         obj = _DECODER.decode(entry.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise EventError(f"entry is not JSON: {e}") from e
     if not isinstance(obj, dict):
         raise EventError("entry is not a JSON object")
@@ -448,7 +448,7 @@ def check_entry(
         raise EventError(f"entry is not JSON: {e}") from e
     try:
         obj, end = _SCAN(text, 0)
-    except (StopIteration, json.JSONDecodeError):
+    except (StopIteration, json.JSONDecodeError, RecursionError):
         obj, end = None, -1
     if end != len(text):  # not one JSON value: json.loads names the error (or the whitespace)
         obj = _loads(entry)

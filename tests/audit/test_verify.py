@@ -486,3 +486,12 @@ def test_non_canonical_entries_are_refused(scenario: Scenario, old: bytes, new: 
         verify_event(entry.replace(old, new, 1))
     with pytest.raises(EventError):
         verify_event(entry + b" ")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [b"[" * 100_000, b'{"a":' * 100_000, b"", b"\xff", b"[]", b'{"v":1} x', b'"sig"'],
+)
+def test_garbage_entries_are_malformed_not_a_crash(entry: bytes) -> None:
+    with pytest.raises(EventError):
+        verify_event(entry)

@@ -5,6 +5,12 @@ runs the expectation suites, replaces the dataset's episode flags, signs and
 stores the publishable report and logs ``quality.reported``. ``--json`` prints
 one object: the publishable report plus ``report_sha256``, ``flags`` (count)
 and ``log_index``; ``--html`` writes the full on-site page.
+
+``dataspace quality contribution RUN_DIR --validation PATH [--json]`` computes
+each dataset's contribution to a finished ``dataspace train`` run (GTG-Shapley,
+:mod:`dataspace.quality.contribution`) on the consumer's own episodes at PATH,
+writes ``RUN_DIR/contribution.json`` and ``value.json`` and refreshes the run's
+``report.json`` / ``report.png``. ``--json`` prints ``value.json``'s object.
 """
 
 from __future__ import annotations
@@ -125,3 +131,29 @@ def flags_cmd(site: Path, dataset: str, as_json: bool) -> None:
         return
     for e, c, d in rows:
         click.echo(f"{e}\t{c}\t{d}")
+
+
+@group.command(name="contribution")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--validation",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="The consumer's own episodes (any enrollable format), held by no site.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def contribution_cmd(run_dir: Path, validation: Path, as_json: bool) -> None:
+    """Each dataset's contribution to the run in RUN_DIR and a suggested revenue split."""
+    from dataspace.federated.report import write_report
+    from dataspace.quality.contribution import contribution_for_run
+
+    value = contribution_for_run(run_dir, validation)
+    write_report(run_dir)
+    if as_json:
+        click.echo(json.dumps(value, sort_keys=True))
+        return
+    mse = value["validation_mse"]
+    click.echo(f"validation MSE {mse['initial']:.4f} -> {mse['final']:.4f} ({value['method']})")
+    for d, c in sorted(value["contribution"].items(), key=lambda kv: -kv[1]):
+        click.echo(f"  {d}  contribution {c:+.4f}  share {value['split'][d] * 100:.0f}%")
+    click.echo(value["meaning"])

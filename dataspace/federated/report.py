@@ -6,7 +6,10 @@
 ``epsilon`` (per dataset, after the last round), ``heldout_mse`` (the last
 round's aggregated held-out MSE, normalised action units), and
 ``contribution`` (per dataset, when the quality area has computed it into
-``OUT/contribution.json``).
+``OUT/contribution.json``: :func:`dataspace.quality.contribution.run_contributions`,
+GTG-Shapley, in units of the consumer's validation MSE), with
+``contribution_split`` (suggested revenue shares) and ``contribution_meaning``
+(one sentence on what the number means) from ``OUT/value.json``.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def write_report(out_dir: Path | str) -> dict[str, Any]:
     contribution = None
     if (out / "contribution.json").exists():
         contribution = json.loads((out / "contribution.json").read_text())
+    value = json.loads((out / "value.json").read_text()) if (out / "value.json").exists() else {}
     report = {
         "run_id": spec["run_id"],
         "template": spec["template"],
@@ -77,6 +81,8 @@ def write_report(out_dir: Path | str) -> dict[str, Any]:
         "epsilon": epsilon,
         "heldout_mse": rounds[-1]["eval_mse"] if rounds else None,
         "contribution": contribution,
+        "contribution_split": value.get("split"),
+        "contribution_meaning": value.get("meaning"),
         "plot": PLOT,
     }
     (out / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True))

@@ -59,10 +59,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dataspace.errors import NotFoundError
+from dataspace.errors import DataspaceError, NotFoundError
 
 if TYPE_CHECKING:
     from dataspace.schema import Episode
+
+
+class ContributionError(DataspaceError):
+    """A run whose contributions cannot be computed (e.g. no per-site updates were kept)."""
+
 
 EXACT_MAX_SITES = 8
 #: files written into a run directory (``dataspace.federated.report`` reads the first)
@@ -246,6 +251,12 @@ class Validation:
         self.keys = sorted(arrays)
         self.shapes = {k: np.asarray(arrays[k]).shape for k in self.keys}
         s_dim, a_dim = episodes[0].state.shape[1], episodes[0].action.shape[1]
+        want = (len(arrays.get("state_mean", ())), len(arrays.get("action_mean", ())))
+        if want != (s_dim, a_dim):
+            raise ContributionError(
+                f"validation episodes have state/action dims {s_dim}/{a_dim}, "
+                f"the run's model {want[0]}/{want[1]}"
+            )
         self.template = get_template(template)
         self.policy = self.template.build(s_dim, a_dim)
         self.state = torch.from_numpy(np.concatenate([e.state for e in episodes]))
@@ -307,6 +318,13 @@ def read_run(out_dir: Path | str) -> RunUpdates:
         ups = {
             f.stem: _flat(_load(f), keys) - prev for f in sorted((rdir / "updates").glob("*.npz"))
         }
+        missing = sorted({s["dataset-id"] for s in rec["sites"]} - set(ups))
+        if missing:
+            # a SecAgg+ run keeps only the sum: there is nothing to attribute
+            raise ContributionError(
+                f"{rdir}: no update kept for {', '.join(missing)} (a secure-aggregation run "
+                "keeps only the sum of the updates); per-dataset contributions need them"
+            )
         updates.append(ups)
         weights.append({s["dataset-id"]: float(s["num_examples"]) for s in rec["sites"]})
         prev = _flat(_load(rdir / "global.npz"), keys)
@@ -360,3 +378,20 @@ def run_contributions(
     (out / CONTRIBUTION).write_text(json.dumps(contrib, indent=2, sort_keys=True))
     (out / VALUE).write_text(json.dumps(result, indent=2, sort_keys=True))
     return result
+
+
+def read_validation(path: Path | str) -> list[Episode]:
+    """The consumer's validation episodes from a folder or file in any enrollable format."""
+    from dataspace.connectors.detect import open_reader
+
+    return list(open_reader(Path(path)).episodes())
+
+
+def contribution_for_run(out_dir: Path | str, validation: Path | str) -> dict[str, Any]:
+    """:func:`run_contributions` for a run directory, its template read from ``history.json``."""
+    out = Path(out_dir)
+    hist = out / "history.json"
+    if not hist.exists():
+        raise NotFoundError(f"{hist}: not a run directory (no history.json)")
+    template = json.loads(hist.read_text())["spec"]["template"]
+    return run_contributions(out, template, read_validation(validation))

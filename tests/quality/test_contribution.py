@@ -1,0 +1,134 @@
+"""Contribution (GTG-Shapley) on a small real federation: the product's code path.
+
+Three sites hold disjoint Unitree G1 episodes; one site's actions are shuffled
+across frames. A real DP run (dataspace.federated.run.run_simulation), then
+dataspace.quality.contribution.run_contributions on the consumer's own
+episodes, exactly as ``dataspace quality contribution`` and the demo call it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dataspace.cli import main
+from dataspace.connectors.site import Site
+from dataspace.federated.federation import grant
+from dataspace.federated.report import write_report
+from dataspace.federated.run import run_simulation
+from dataspace.policy.identity import load_private_key, new_identity
+from dataspace.quality import inject
+from dataspace.quality.contribution import (
+    CONTRIBUTION,
+    ContributionError,
+    read_run,
+    run_contributions,
+)
+from dataspace.schema import Episode
+from tests.conftest import UNITREE
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 3
+
+
+@dataclass
+class ShuffledRun:
+    out: Path
+    bad: str  # dataset id of the site with shuffled actions
+    datasets: list[str]
+    validation: list[Episode]
+
+
+def _shuffle_actions(eps: list[Episode], rng: np.random.Generator) -> list[Episode]:
+    a = np.concatenate([e.action for e in eps])
+    a = a[rng.permutation(len(a))]
+    out, pos = [], 0
+    for e in eps:
+        out.append(inject._copy(e, action=a[pos : pos + e.frames].copy()))
+        pos += e.frames
+    return out
+
+
+@pytest.fixture(scope="module")
+def shuffled_run(real_site, tmp_path_factory) -> ShuffledRun:
+    site0, ids = real_site
+    eps = list(inject.read_episodes(site0, ids["unitree"]))
+    root = tmp_path_factory.mktemp("contrib")
+    consumer = new_identity(root / "consumer.key", name="consumer", role="consumer")
+    key = load_private_key(root / "consumer.key")
+    rng = np.random.default_rng(0)
+    sites, contracts, datasets = [], [], []
+    for i, start in enumerate((0, 30, 60)):
+        part = eps[start : start + 12]
+        if i == 1:
+            part = _shuffle_actions(part, rng)
+        site = Site.init(root / f"site-{i}", f"holder-{i}", name=f"holder-{i}")
+        # the holder's clip bound for its DP statistics: G1 values lie within +-1.36
+        cfg = site.root / "site.toml"
+        cfg.write_text(cfg.read_text() + "\n[training]\nstats_bound = 1.5\n")
+        did = inject.write_dataset(site, f"part-{i}", part, fps=30.0, tasks=["t"])
+        contracts.append(grant(site, did, consumer, key, epsilon=8.0, rounds=ROUNDS))
+        sites.append(site)
+        datasets.append(did)
+    out = root / "run"
+    run_simulation(contracts, sites, "bc-mlp", ROUNDS, out, seed=0)
+    return ShuffledRun(out, datasets[1], datasets, eps[-6:])
+
+
+def test_shuffled_site_ranks_last_and_gets_no_revenue(shuffled_run: ShuffledRun, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(shuffled_run.out, out)
+    value = run_contributions(out, "bc-mlp", shuffled_run.validation)
+    c = value["contribution"]
+    assert set(c) == set(shuffled_run.datasets)
+    assert min(c, key=c.get) == shuffled_run.bad
+    # actions that do not follow the states make the policy worse: negative, and no share
+    assert c[shuffled_run.bad] < 0 < min(v for d, v in c.items() if d != shuffled_run.bad)
+    assert value["split"][shuffled_run.bad] == 0.0
+    assert sum(value["split"].values()) == pytest.approx(1.0)
+    # last in every round, not only in the sum
+    assert len(value["per_round"]) == ROUNDS
+    assert all(min(r, key=r.get) == shuffled_run.bad for r in value["per_round"])
+    # Shapley efficiency: the contributions add up to the validation loss decrease
+    mse = value["validation_mse"]
+    assert sum(c.values()) == pytest.approx(mse["initial"] - mse["final"], rel=1e-4)
+    # what the run's report shows
+    assert json.loads((out / CONTRIBUTION).read_text()) == pytest.approx(c)
+    report = write_report(out)
+    assert report["contribution"] == pytest.approx(c)
+    assert report["contribution_split"][shuffled_run.bad] == 0.0
+    assert "validation MSE" in report["contribution_meaning"]
+
+
+def test_a_run_without_per_site_updates_is_refused(shuffled_run: ShuffledRun, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(shuffled_run.out, out)
+    assert len(read_run(out).updates) == ROUNDS
+    (out / "rounds" / "002" / "updates" / f"{shuffled_run.bad}.npz").unlink()
+    with pytest.raises(ContributionError, match=rf"002.*{shuffled_run.bad}"):
+        run_contributions(out, "bc-mlp", shuffled_run.validation)
+    assert not (out / CONTRIBUTION).exists()
+
+
+def test_validation_of_another_robot_is_refused(shuffled_run: ShuffledRun, real_site, tmp_path):
+    site0, ids = real_site
+    so101 = list(inject.read_episodes(site0, ids["so101"]))
+    with pytest.raises(ContributionError, match=r"6/6.*26/26"):
+        run_contributions(shuffled_run.out, "bc-mlp", so101)
+
+
+def test_cli_contribution_writes_the_run_report(shuffled_run: ShuffledRun, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(shuffled_run.out, out)
+    assert main(["quality", "contribution", str(out), "--validation", str(UNITREE), "--json"]) == 0
+    value = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(value["contribution"]) == set(shuffled_run.datasets)
+    assert value["method"].startswith("GTG-Shapley")
+    report = json.loads((out / "report.json").read_text())
+    assert report["contribution"] == pytest.approx(value["contribution"])

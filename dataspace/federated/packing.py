@@ -31,13 +31,15 @@ def pack(arrays: ArrayRecord) -> ArrayRecord:
 
 
 def _split(vec: np.ndarray, layout: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    sizes = {k: int(np.prod(shape, dtype=np.int64)) for k, shape in layout.items()}
+    if sum(sizes.values()) != vec.size:
+        raise ValueError(
+            f"packed model has {vec.size} values, the layout needs {sum(sizes.values())}"
+        )
     out, at = {}, 0
     for k, shape in layout.items():
-        n = int(np.prod(shape, dtype=np.int64))
-        out[k] = vec[at : at + n].reshape(shape)
-        at += n
-    if at != vec.size:
-        raise ValueError(f"packed model has {vec.size} values, the layout needs {at}")
+        out[k] = vec[at : at + sizes[k]].reshape(shape)
+        at += sizes[k]
     return out
 
 

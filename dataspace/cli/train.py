@@ -1,7 +1,8 @@
 """``dataspace train``: a consumer's federated DP training run (issue 5).
 
     dataspace train --contract ID[,ID...] --template bc-mlp --rounds N
-                    [--simulate SITE...] [--hub URL] [--out DIR] [--seed S] [--secagg] [--json]
+                    [--simulate SITE...] [--hub URL] [--out DIR] [--seed S] [--secagg]
+                    [--validation PATH] [--json]
 
 ``--simulate SITE...`` runs the ServerApp and each site's ClientApp in this
 process (the connector's code, reading each site's own store and ledger).
@@ -11,6 +12,10 @@ not run a SuperLink yet, so it says so and exits. Writes into OUT the model
 ``report.png``; each site's ledger logs round.started / round.finished.
 ``--secagg`` aggregates with SecAgg+ (:mod:`dataspace.federated.secagg`): no
 single site's update reaches the server, and none is kept in OUT.
+``--validation PATH`` (the consumer's own episodes, held by no site) computes
+each dataset's contribution after the run (GTG-Shapley,
+:func:`dataspace.quality.contribution.run_contributions`) into
+``OUT/contribution.json`` and ``value.json``; ``report.json`` shows it.
 """
 
 from __future__ import annotations
@@ -54,6 +59,12 @@ class HubNotAvailableError(DataspaceError):
     help="Secure aggregation (Flower's SecAgg+): the server sees only the weighted sum of "
     "the sites' updates.",
 )
+@click.option(
+    "--validation",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="The consumer's own episodes: compute each dataset's contribution (GTG-Shapley).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def command(
     contracts: str,
@@ -66,6 +77,7 @@ def command(
     lr: float,
     run_id: str | None,
     secagg: bool,
+    validation: Path | None,
     as_json: bool,
 ) -> None:
     """Train a policy across the contracts' sites with DP-SGD and FedAvg."""
@@ -82,6 +94,8 @@ def command(
         )
     if not sites:
         raise click.UsageError("give --simulate SITE... (one per site) or --hub URL")
+    if validation is not None and secagg:
+        raise click.UsageError("--validation needs each site's update; --secagg keeps none")
     run_id = run_id or f"run-{uuid.uuid4().hex[:12]}"
     out = out_dir or Path("runs") / run_id
     with Progress(
@@ -110,6 +124,11 @@ def command(
                 ids, list(sites), template, rounds, out, seed=seed, run_id=run_id, lr=lr,
                 on_round=on_round, secagg=secagg,
             )  # fmt: skip
+            if validation is not None:
+                from dataspace.quality.contribution import contribution_for_run
+
+                progress.update(task, description="contributions (GTG-Shapley)")
+                contribution_for_run(out, validation)
         finally:
             if (out / "history.json").exists():
                 report = write_report(out)
@@ -121,4 +140,7 @@ def command(
     click.echo(f"held-out MSE: {report['heldout_mse']:.5f}")
     for d, e in sorted(report["epsilon"].items()):
         click.echo(f"epsilon {d}: {e:.3f}")
+    for d, c in sorted((report.get("contribution") or {}).items()):
+        share = (report.get("contribution_split") or {}).get(d, 0.0)
+        click.echo(f"contribution {d}: {c:+.4f} (suggested share {share * 100:.0f}%)")
     click.echo(f"report: {out / 'report.json'}, plot: {out / 'report.png'}")

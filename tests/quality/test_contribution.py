@@ -1,9 +1,10 @@
 """Contribution (GTG-Shapley) on a small real federation: the product's code path.
 
 Three sites hold disjoint Unitree G1 episodes; one site's actions are shuffled
-across frames. A real DP run (dataspace.federated.run.run_simulation), then
-dataspace.quality.contribution.run_contributions on the consumer's own
-episodes, exactly as ``dataspace quality contribution`` and the demo call it.
+across frames. One real DP run with ``dataspace train --validation`` (which
+computes contributions after the run), then
+dataspace.quality.contribution.run_contributions again on held-out episodes,
+as ``dataspace quality contribution`` and the demo call it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from dataspace.cli import main
 from dataspace.connectors.site import Site
 from dataspace.federated.federation import grant
 from dataspace.federated.report import write_report
-from dataspace.federated.run import run_simulation
 from dataspace.policy.identity import load_private_key, new_identity
 from dataspace.quality import inject
 from dataspace.quality.contribution import (
@@ -77,8 +77,30 @@ def shuffled_run(real_site, tmp_path_factory) -> ShuffledRun:
         sites.append(site)
         datasets.append(did)
     out = root / "run"
-    run_simulation(contracts, sites, "bc-mlp", ROUNDS, out, seed=0)
+    args = ["train", "--contract", ",".join(contracts), "--rounds", str(ROUNDS), "--seed", "0"]
+    args += ["--out", str(out), "--validation", str(UNITREE), "--json"]
+    for site in sites:
+        args += ["--simulate", str(site.root)]
+    assert main(args) == 0
     return ShuffledRun(out, datasets[1], datasets, eps[-6:])
+
+
+def test_train_with_validation_reports_contributions(shuffled_run: ShuffledRun):
+    report = json.loads((shuffled_run.out / "report.json").read_text())
+    c = report["contribution"]
+    assert set(c) == set(shuffled_run.datasets)
+    assert min(c, key=c.get) == shuffled_run.bad
+    assert report["contribution_split"][shuffled_run.bad] == min(
+        report["contribution_split"].values()
+    )
+    value = json.loads((shuffled_run.out / "value.json").read_text())
+    assert value["contribution"] == c and value["validation_frames"] > 30_000
+
+
+def test_train_validation_and_secagg_exclude_each_other(tmp_path, capsys):
+    args = ["train", "--contract", "c1", "--simulate", str(tmp_path), "--secagg"]
+    assert main([*args, "--validation", str(UNITREE)]) != 0
+    assert "--secagg keeps none" in capsys.readouterr().err
 
 
 def test_shuffled_site_ranks_last_and_gets_no_revenue(shuffled_run: ShuffledRun, tmp_path):
@@ -110,6 +132,7 @@ def test_a_run_without_per_site_updates_is_refused(shuffled_run: ShuffledRun, tm
     out = tmp_path / "run"
     shutil.copytree(shuffled_run.out, out)
     assert len(read_run(out).updates) == ROUNDS
+    (out / CONTRIBUTION).unlink()  # written by the training run
     (out / "rounds" / "002" / "updates" / f"{shuffled_run.bad}.npz").unlink()
     with pytest.raises(ContributionError, match=rf"002.*{shuffled_run.bad}"):
         run_contributions(out, "bc-mlp", shuffled_run.validation)

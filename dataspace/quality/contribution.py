@@ -15,22 +15,30 @@ The validation set is the consumer's own episodes (never given to any site),
 so the utility costs no privacy budget; the updates are the DP-noised ones the
 sites released anyway.
 
-Why this and not the alternatives the issue allows (measured in
-bench/value_detect.py, 4 sites of real Unitree G1 episodes, one with actions
-shuffled across frames, see bench/RESULTS.md):
+Why this and not the alternatives the issue allows (measured with
+bench/value_detect.py's federation, 4 sites of real Unitree G1 episodes, one
+with actions shuffled across frames, ``stats_bound`` 2; 14 runs of 8 rounds
+with 8 or 20 episodes per site, each scored all three ways; bench/RESULTS.md):
 
 * leave-one-out or Monte Carlo Shapley by *retraining* cost 2^n or many extra
   DP runs (extra privacy budget at every site): ruled out;
 * the same values on models *reconstructed over the whole run* (coalition model
   = initial model + the coalition's averaged updates of every round, "MR" in
-  Song et al. 2019) ranked the shuffled site last in 0 of 6 runs: a small
-  coalition's reconstruction sums un-averaged DP noise over all rounds and
-  drifts away from the trajectory where the updates were computed, so its loss
-  measures noise, not data;
+  Song et al. 2019) ranked the shuffled site last in 0 of 14 runs, and so did
+  leave-one-out on those reconstructions: a small coalition's reconstruction
+  sums un-averaged DP noise over all rounds and drifts away from the models the
+  updates were computed at, so its loss measures noise, not data;
 * per round (this method) each coalition model stays one step from the model
-  the updates were computed at, and the shuffled site was last in every round
-  of every run. Unlike leave-one-out it also splits credit fairly between sites
-  with redundant data.
+  the updates were computed at: the shuffled site was last in 14 of 14 runs and
+  in every round of every run (and in 10 of 10 seeds of the 5-round bench).
+  Unlike leave-one-out it also splits credit fairly between sites with
+  redundant data.
+
+No method can see more than the policy learned: with DP normalisation
+statistics whose scales are far too large (``site.toml [training]
+stats_bound`` far above the data's range), the policy learns only the mean
+action, which shuffled actions teach as well as any, and the shuffled site is
+not last (bench/RESULTS.md).
 
 Exactness and truncation: with n <= 8 sites every coalition is evaluated
 (2^n losses per round, exact); beyond that, permutations are sampled with GTG's

@@ -189,16 +189,18 @@ def http_post(timeout: float = 10.0) -> PostFn:
     """The real transport (stdlib urllib); unreachable witnesses raise."""
 
     def post(url: str, body: bytes) -> tuple[int, bytes, str]:
-        req = urllib.request.Request(
-            url, data=body, method="POST", headers={"Content-Type": "text/plain"}
-        )
         try:
+            req = urllib.request.Request(
+                url, data=body, method="POST", headers={"Content-Type": "text/plain"}
+            )
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, r.read(), r.headers.get("Content-Type", "")
         except urllib.error.HTTPError as e:
             return e.code, e.read(), e.headers.get("Content-Type", "")
         except (urllib.error.URLError, OSError) as e:
             raise WitnessUnreachableError(url, f"cannot reach it: {e}") from e
+        except ValueError as e:  # "unknown url type": a URL no witness can be at
+            raise WitnessUnreachableError(url, f"not a usable URL: {e}") from e
 
     return post
 

@@ -95,7 +95,7 @@ class PublishRequest(Strict):
     quality_score: float | None = Field(
         None, ge=0, le=100, description="latest quality score, 0..100"
     )
-    connector_url: str | None = Field(None, max_length=500)
+    connector_url: str | None = Field(None, max_length=500, pattern=r"^https?://[^\s]+$")
 
 
 class CatalogEntry(PublishRequest):
@@ -124,7 +124,7 @@ class ContractRecord(Strict):
     rounds: int | None = Field(None, ge=0, le=10_000_000)
     until: str | None = Field(None, max_length=64)
     state: str = Field(min_length=1, max_length=40)
-    connector_url: str | None = Field(None, max_length=500)
+    connector_url: str | None = Field(None, max_length=500, pattern=r"^https?://[^\s]+$")
     agreement: dict[str, Any] | None = Field(
         None, description="the agreement as signed by holder and consumer"
     )

@@ -197,6 +197,13 @@ def test_unreachable_witness(log: TransparencyLog) -> None:
     assert got == [] and isinstance(errors[0], WitnessUnreachableError)
 
 
+def test_witness_url_of_no_known_scheme_is_unreachable(log: TransparencyLog) -> None:
+    # a fuzzed participant name once became a peer URL and killed the pusher thread
+    got, errors = witness_all(log, [Peer("not a url/v1/log/add-checkpoint")], post=http_post(1))
+    assert got == [] and isinstance(errors[0], WitnessUnreachableError)
+    assert "not a usable URL" in str(errors[0])
+
+
 def test_add_checkpoint_url() -> None:
     assert add_checkpoint_url("http://h:1") == "http://h:1/v1/log/add-checkpoint"
     assert add_checkpoint_url("http://h:1/v1/log/") == "http://h:1/v1/log/add-checkpoint"

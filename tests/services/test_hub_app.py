@@ -116,6 +116,9 @@ def test_bad_input_is_a_precise_4xx(hub):
     assert r.status_code == 422 and "fps" in r.json()["detail"]
     r = c.post("/v1/catalog", json=entry(extra=1), auth=auth["holder"])
     assert r.status_code == 422 and "extra" in r.json()["detail"]
+    # the hub pushes its checkpoints to this URL for cosigning: only http(s) is a URL for it
+    r = c.post("/v1/catalog", json=entry(connector_url="file:///etc/passwd"), auth=auth["holder"])
+    assert r.status_code == 422 and "connector_url" in r.json()["detail"]
     r = c.post("/v1/catalog", content=b"x" * (MAX_BODY + 1), auth=auth["holder"])
     assert (r.status_code, r.json()["error"]) == (413, "body_too_large")
     for bad in ("NaN", "[1, Infinity]"):  # JSON has neither (RFC 8259)

@@ -249,9 +249,10 @@ class Deployment:
             self.node_keys.append(key)
             self.register(pub)
             self.start_supernode(i, site, key, trust)
-        # warm executors are ready once their imports are done (they print this line)
+        # warm workers are ready once their imports are done: they print "site worker ..."
+        # or "hub worker ..." then
         for name in [n for n in self.procs if n.startswith(("worker-", "hub-worker"))]:
-            self._wait_log(name, " executing ")
+            self._wait_log(name, " worker ")
         return self
 
     def _wait_log(self, name: str, text: str, timeout: float = 300.0) -> None:

@@ -20,8 +20,8 @@ with ``--isolation process`` and its site's warm worker is its SuperExec
 HMAC secret), and the SuperLink runs with ``--isolation process`` with the
 hub's warm worker as its ServerApp executor (:mod:`.hub_worker`), so no
 process starts per message or per run; SuperNodes are started through
-:mod:`.supernode`, which lowers Flower's fixed 3 s pull interval to 0.2 s
-while messages flow; the ServerApp pulls replies every 0.1 s, and evaluation
+:mod:`.supernode`, which lowers Flower's fixed 3 s pull interval to 0.1 s
+while messages flow; the ServerApp pulls replies every 50 ms, and evaluation
 travels inside the next round's train message (``fold-evaluate``), with the
 model as one flat tensor (``pack-arrays``, :mod:`.packing`).
 ``isolation="subprocess"`` keeps Flower's default (a ``flwr-clientapp``

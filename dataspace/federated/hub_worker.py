@@ -88,10 +88,10 @@ def run_task(runtime_api: str, certificates: bytes, token: str, app: Any) -> str
 
 
 #: seconds between AcquireTask calls after 30 s without a task (fast: ``poll``)
-IDLE_POLL = 0.5
+IDLE_POLL = 0.25
 
 
-def execute(runtime_api: str, certificates: bytes, secret: bytes, poll: float = 0.1) -> None:
+def execute(runtime_api: str, certificates: bytes, secret: bytes, poll: float = 0.05) -> None:
     """Act as the SuperLink's SuperExec for ServerApp tasks until killed."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
     from flwr.supercore.constant import TaskType
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runtime-api", required=True, help="the SuperLink's HOST:PORT")
     p.add_argument("--root-certificates", required=True, type=Path, help="CA of its TLS")
     p.add_argument("--secret-file", required=True, type=Path, help="SuperExec HMAC secret")
-    p.add_argument("--poll", type=float, default=0.1, help="seconds between AcquireTask calls")
+    p.add_argument("--poll", type=float, default=0.05, help="seconds between AcquireTask calls")
     args = p.parse_args(argv)
     execute(
         args.runtime_api,

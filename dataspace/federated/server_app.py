@@ -151,11 +151,11 @@ def _wait_nodes(grid: Grid, spec: RunSpec, rnd: int) -> list[int]:
 
 
 #: seconds between pulls for replies (Flower 1.42's ``Grid.send_and_receive`` sleeps 3 s)
-PULL_INTERVAL = 0.1
+PULL_INTERVAL = 0.05
 
 
 def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
-    """``Grid.send_and_receive`` with a short pull interval: a reply is seen within 100 ms."""
+    """``Grid.send_and_receive`` with a short pull interval: a reply is seen within 50 ms."""
     pending = set(grid.push_messages(messages))
     deadline = time.monotonic() + timeout
     replies: list[Message] = []

@@ -258,7 +258,7 @@ def run_task(runtime_api: str, token: str, full: ClientApp) -> str:
 IDLE_POLL = 0.5
 
 
-def execute(runtime_api: str, secret: bytes, poll: float = 0.1) -> None:
+def execute(runtime_api: str, secret: bytes, poll: float = 0.05) -> None:
     """Act as the SuperNode's SuperExec for ClientApp tasks until killed."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
     from flwr.supercore.constant import TaskType
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--socket", type=Path, help="serve the ClientApp proxy on this Unix socket")
     p.add_argument("--runtime-api", help="be the SuperExec of this SuperNode Runtime API")
     p.add_argument("--secret-file", type=Path, help="SuperExec HMAC secret (with --runtime-api)")
-    p.add_argument("--poll", type=float, default=0.1, help="seconds between AcquireTask calls")
+    p.add_argument("--poll", type=float, default=0.05, help="seconds between AcquireTask calls")
     args = p.parse_args(argv)
     if args.runtime_api:
         if args.secret_file is None:

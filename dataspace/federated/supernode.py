@@ -8,7 +8,7 @@ uploaded yet after 1, 2, 4 ... s. Every message of a round therefore waited
 seconds before any work began. This launcher runs Flower's own
 ``flower_supernode`` entry point, with the same arguments and the same TLS,
 node authentication and FAB verification, after capping those sleeps at
-``DATASPACE_SUPERNODE_POLL`` seconds (default 0.2) while messages flow (1 s
+``DATASPACE_SUPERNODE_POLL`` seconds (default 0.1) while messages flow (0.5 s
 after 30 s without one: idle polling costs CPU, :class:`.latency.Pacer`) and
 the object retries at 20-250 ms (:mod:`.latency`).
 """
@@ -22,8 +22,8 @@ from typing import Any
 from dataspace.federated.latency import Pacer, cap_sleeps, fast_object_pulls
 
 #: seconds between pulls while messages are flowing, and when idle for 30 s
-DEFAULT_POLL = 0.2
-IDLE_POLL = 1.0
+DEFAULT_POLL = 0.1
+IDLE_POLL = 0.5
 
 
 def patch(poll: float, idle_poll: float = IDLE_POLL) -> Pacer:

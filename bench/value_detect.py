@@ -11,14 +11,16 @@ code, dataspace.quality.contribution.run_contributions (what ``dataspace train
 updates with the consumer's MSE on 10 held-out clean episodes (held by no site)
 as the utility.
 
-Each site declares ``[training] stats_bound`` (the clip bound of its DP
-normalisation statistics, default 10) as STATS_BOUND = 2.0: the G1 joint
-positions and hand commands all lie within +-1.36. With the default 10, the
-variance floor of the pooled noisy statistics (4 x ~5,000 frames) sets every
-action scale to ~1.1-1.7 where the true ones are 0.03-0.32, the normalised
-targets are then nearly constant, the policy learns only the mean action, and a
-site with shuffled actions teaches that mean as well as any other (see
-bench/RESULTS.md, value_detect). ``STATS_BOUND=10`` reproduces that.
+Each site picks the clip bound of its DP normalisation statistics itself, with
+DP (the default, ``dataspace.federated.normalize.dp_bound``: 2.0 here, as the G1
+joint positions and hand commands all lie within +-1.36); ``STATS_BOUND=B``
+fixes it in every site's ``site.toml [training] stats_bound`` instead. With a
+bound of 10 (the old fixed default), the variance floor of the pooled noisy
+statistics (4 x ~5,000 frames) sets every action scale to ~1.1-1.7 where the
+true ones are 0.03-0.32, the normalised targets are then nearly constant, the
+policy learns only the mean action, and a site with shuffled actions teaches
+that mean as well as any other (see bench/RESULTS.md, value_detect).
+``STATS_BOUND=10`` reproduces that.
 
 Last stdout line: {"last_in": seeds where the bad site ranked last, "seeds": 10, ...}.
 """
@@ -49,7 +51,8 @@ SITES = 4
 PER_SITE = int(os.environ.get("PER_SITE", "20"))
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 EPSILON = 8.0
-STATS_BOUND = float(os.environ.get("STATS_BOUND", "2.0"))
+#: "auto": each site picks its bound with DP (federated/normalize.dp_bound), the default
+STATS_BOUND = os.environ.get("STATS_BOUND", "auto")
 VALIDATION = 10  # the consumer's own episodes (the recording's last 10)
 
 
@@ -67,7 +70,8 @@ def shuffled_actions(eps: list[Episode], rng: np.random.Generator) -> list[Episo
 def make_site(root: Path, i: int, eps: list[Episode]) -> tuple[Site, str]:
     site = Site.init(root / f"site-{i}", f"holder-{i}", name=f"holder-{i}")
     cfg = site.root / "site.toml"
-    cfg.write_text(cfg.read_text() + f"\n[training]\nstats_bound = {STATS_BOUND}\n")
+    if STATS_BOUND != "auto":
+        cfg.write_text(cfg.read_text() + f"\n[training]\nstats_bound = {float(STATS_BOUND)}\n")
     return site, inject.write_dataset(site, f"part-{i}", eps, fps=30.0, tasks=["t"])
 
 

@@ -233,13 +233,11 @@ def stats(message: Message, context: Context) -> Message:
     charge = job.plan.charge(1)
     guard.authorize_round(job.site, job.contract.contract_id, job.run_id, 1, charge)
     fr = _frames(job, job.split.train)  # read only after the charge
-    sums = normalize.dp_sums(
-        fr.state,
-        fr.action,
-        job.settings.stats_bound,
-        job.plan.stats_noise,
-        _generator(job, "stats"),
-    )
+    gen = _generator(job, "stats")
+    bound = job.settings.stats_bound
+    if bound is None:  # the site's own DP choice, paid for in the plan (stats_releases)
+        bound = normalize.dp_bound(fr.state, fr.action, job.plan.stats_noise, gen)
+    sums = normalize.dp_sums(fr.state, fr.action, bound, job.plan.stats_noise, gen)
     lists = sums.to_lists()
     content = RecordDict(
         {

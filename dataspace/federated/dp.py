@@ -67,7 +67,9 @@ class TrainingSettings:
     grad_sample_mode: str = "bk"
     heldout_fraction: float = 0.2
     stats_share: float = 0.05
-    stats_bound: float = 10.0
+    #: clip bound of the normalisation sums; None: chosen by the site with DP
+    #: (:func:`dataspace.federated.normalize.dp_bound`, one more release)
+    stats_bound: float | None = None
     eval_share: float = 0.05
     eval_clip: float = 1.0
     exclude_flagged: bool = False
@@ -161,10 +163,12 @@ class PrivacyPlan:
     stats_noise: float
     eval_noise: float
     accountant: str = ACCOUNTANT
+    #: Gaussian releases of the statistics: count, sum, sum of squares (+ the bound's histogram)
+    stats_releases: int = 3
 
     def history(self, rounds_done: int) -> list[HistoryEntry]:
         """Accountant history after round ``rounds_done`` (0 = statistics only)."""
-        h: list[HistoryEntry] = [(self.stats_noise, 1.0, 3)]
+        h: list[HistoryEntry] = [(self.stats_noise, 1.0, self.stats_releases)]
         for _ in range(max(0, rounds_done)):
             h.append((self.noise_multiplier, self.sample_rate, self.steps_per_round))
             # two Gaussian releases a round: the train loss and the held-out loss
@@ -196,13 +200,14 @@ def make_plan(
     return _make_plan(
         float(epsilon), float(delta), int(rounds), int(frames), settings.clip_norm,
         settings.batch_size, settings.max_epochs, settings.stats_share, settings.eval_share,
+        3 if settings.stats_bound is not None else 4,
     )  # fmt: skip
 
 
 @functools.lru_cache(maxsize=256)
 def _make_plan(
     epsilon: float, delta: float, rounds: int, frames: int, clip_norm: float, batch_size: int,
-    max_epochs: int, stats_share: float, eval_share: float,
+    max_epochs: int, stats_share: float, eval_share: float, stats_releases: int = 3,
 ) -> PrivacyPlan:  # fmt: skip
     settings = TrainingSettings(
         clip_norm=clip_norm, batch_size=batch_size, max_epochs=max_epochs,
@@ -216,7 +221,10 @@ def _make_plan(
     q = 1.0 / batches
     steps = batches * settings.max_epochs
     stats_noise = _solve(
-        lambda z: epsilon_of([(z, 1.0, 3)], delta), settings.stats_share * epsilon, 0.5, 5000.0
+        lambda z: epsilon_of([(z, 1.0, stats_releases)], delta),
+        settings.stats_share * epsilon,
+        0.5,
+        5000.0,
     )
     eval_noise = _solve(
         lambda z: epsilon_of([(z, 1.0, 2 * rounds)], delta),
@@ -236,6 +244,7 @@ def _make_plan(
         clip_norm=settings.clip_norm,
         stats_noise=stats_noise,
         eval_noise=eval_noise,
+        stats_releases=stats_releases,
     )
     sigma = _solve(
         lambda s: replace(base, noise_multiplier=s).epsilon_after(rounds),

@@ -4,17 +4,25 @@ A model needs each state and action dimension's mean and scale. Computed
 exactly they would leak (a mean over few frames reveals them), so each site
 releases only noisy sums, with the Gaussian mechanism:
 
-* every coordinate of a frame's ``[state, action]`` vector is clipped to
-  ``[-B, B]`` (``B`` = ``stats_bound`` in ``site.toml [training]``);
+* the clip bound ``B``: by default chosen by the site with DP (:func:`dp_bound`:
+  a noisy histogram of each frame's largest ``|coordinate|`` over powers of two),
+  because robot data comes in every unit (the shared G1 recording lies within
+  +-1.4 rad, the SO-101 within +-100, the bimanual arms within +-250). A fixed
+  bound that is loose for the data makes the noise floor of the variance larger
+  than the data's own spread, and the policy then learns only the mean action
+  (measured: bench/RESULTS.md, value_detect). A holder may fix it instead
+  (``stats_bound`` in ``site.toml [training]``);
+* every coordinate of a frame's ``[state, action]`` vector is clipped to ``[-B, B]``;
 * released: ``sum x + N(0, (z B sqrt(D))^2)``, ``sum x^2 + N(0, (z B^2 sqrt(D))^2)``
   and ``count + N(0, z^2)``, i.e. three Gaussian mechanisms of noise multiplier
   ``z``, each with its own L2 sensitivity (one frame added or removed).
 
-The privacy unit is one frame, as in DP-SGD (:mod:`.dp`). The three releases
-are entered in the run's accountant history as ``(z, 1.0, 3)`` (sample rate 1,
-three steps) and charged with round 1, inside the contract's budget; ``z`` is set
-so that they cost about ``stats_share`` (5 %) of the run's epsilon. The server
-adds the sites' noisy sums; nobody sees a site's exact statistics.
+The privacy unit is one frame, as in DP-SGD (:mod:`.dp`). The releases (three,
+four with the bound's histogram) are entered in the run's accountant history as
+``(z, 1.0, n)`` (sample rate 1, n steps) and charged with round 1, inside the
+contract's budget; ``z`` is set so that they cost about ``stats_share`` (5 %) of
+the run's epsilon. The server adds the sites' noisy sums; nobody sees a site's
+exact statistics.
 """
 
 from __future__ import annotations
@@ -27,6 +35,12 @@ import torch
 
 #: floor for a scale, in units of the clip bound (a constant feature stays finite)
 MIN_STD_FRACTION = 1e-3
+
+#: the bounds :func:`dp_bound` chooses from: 2**k for k in this range (1/256 .. 65536)
+BOUND_EXPONENTS = range(-8, 17)
+
+#: how many standard deviations of the histogram's noise a count must exceed to be data
+BOUND_SIGMAS = 3.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,40 @@ class Stats:
     state_std: np.ndarray
     action_mean: np.ndarray
     action_std: np.ndarray
+
+
+def dp_bound(
+    state: torch.Tensor,
+    action: torch.Tensor,
+    noise_multiplier: float,
+    generator: torch.Generator,
+) -> float:
+    """A power-of-two clip bound for :func:`dp_sums`, chosen with the Gaussian mechanism.
+
+    Each frame falls in one bin ``k`` of :data:`BOUND_EXPONENTS`, the smallest
+    with ``max |x| <= 2**k`` (values past the top land in the top bin), so adding or
+    removing a frame moves one count by one: L2 sensitivity 1, noise ``N(0, z^2)``
+    per bin. Reading the noisy counts from the top bin down, the bound is the first
+    bin whose count, added to those above it, exceeds what noise alone would give
+    (:data:`BOUND_SIGMAS` standard deviations) and 1 % of the noisy total: bins above
+    the data hold only noise, so the bound lands on the bin where the frames are
+    and clips at most about 1 % of them. The choice is post-processing of the
+    noisy histogram (no further privacy cost); the bound is released with the sums.
+    """
+    lo, hi = BOUND_EXPONENTS.start, BOUND_EXPONENTS.stop - 1
+    bins = len(BOUND_EXPONENTS)
+    peak = torch.cat([state, action], dim=1).double().abs().amax(dim=1)
+    k = torch.ceil(torch.log2(peak.clamp(min=2.0**lo, max=2.0**hi))).long() - lo
+    noise = torch.randn(bins, generator=generator, dtype=torch.float64)
+    counts = torch.bincount(k, minlength=bins).double() + noise_multiplier * noise
+    total = float(counts.sum())
+    above = 0.0
+    for i in range(bins - 1, -1, -1):
+        above += float(counts[i])
+        noise_sd = noise_multiplier * math.sqrt(bins - i)
+        if above > max(BOUND_SIGMAS * noise_sd, 0.01 * total):
+            return 2.0 ** (lo + i)
+    return 2.0**hi  # nothing stood out of the noise: the widest bound, never a clip
 
 
 def dp_sums(

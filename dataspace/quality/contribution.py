@@ -35,10 +35,11 @@ with 8 or 20 episodes per site, each scored all three ways; bench/RESULTS.md):
   redundant data.
 
 No method can see more than the policy learned: with DP normalisation
-statistics whose scales are far too large (``site.toml [training]
+statistics whose scales are far too large (a fixed ``site.toml [training]
 stats_bound`` far above the data's range), the policy learns only the mean
 action, which shuffled actions teach as well as any, and the shuffled site is
-not last (bench/RESULTS.md).
+not last (bench/RESULTS.md). By default each site now picks that bound itself
+with DP (:func:`dataspace.federated.normalize.dp_bound`).
 
 Exactness and truncation: with n <= 8 sites every coalition is evaluated
 (2^n losses per round, exact); beyond that, permutations are sampled with GTG's

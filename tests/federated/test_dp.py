@@ -81,3 +81,40 @@ def test_dp_normalisation_is_noised_but_close():
     exact = normalize.exact_stats(x, y)
     assert abs(stats.state_mean - exact.state_mean).max() < 0.05
     assert abs(stats.state_std / exact.state_std - 1).max() < 0.3
+
+
+@pytest.mark.parametrize(("scale", "expected"), [(1.36, 2.0), (99.5, 128.0), (250.0, 256.0)])
+def test_dp_bound_finds_the_datas_unit(scale, expected):
+    """The units of the shared recordings: G1 in radians, SO-101 in +-100, bimanual +-250."""
+    g = torch.Generator().manual_seed(1)
+    n = 1500  # the size of the SO-101 recording
+    x = (torch.rand(n, 6, generator=g) * 2 - 1) * scale
+    x[0, 0] = scale  # the data reaches its extreme
+    plan = dp.make_plan(8.0, 1e-5, 5, n, dp.TrainingSettings())
+    assert plan.stats_releases == 4  # the histogram is paid for
+    bounds = {
+        normalize.dp_bound(x[:, :3], x[:, 3:], plan.stats_noise, torch.Generator().manual_seed(s))
+        for s in range(20)
+    }
+    assert bounds == {expected}
+
+
+def test_dp_bound_clips_at_most_a_sliver_and_ignores_a_rare_outlier():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(20000, 4, generator=g) * 0.3
+    x[:5] = 1000.0  # five glitched frames must not set the scale of 20,000
+    b = normalize.dp_bound(x[:, :2], x[:, 2:], 20.0, torch.Generator().manual_seed(0))
+    assert b <= 2.0
+    assert (x[5:].abs().amax(1) > b).float().mean() <= 0.01
+
+
+def test_fixed_bound_costs_three_releases_auto_four_within_the_same_share():
+    fixed = dp.make_plan(8.0, 1e-5, 4, 5000, dp.TrainingSettings(stats_bound=2.0))
+    auto = dp.make_plan(8.0, 1e-5, 4, 5000, dp.TrainingSettings())
+    assert (fixed.stats_releases, auto.stats_releases) == (3, 4)
+    assert auto.stats_noise > fixed.stats_noise  # one more release in the same 5 % share
+    for plan in (fixed, auto):
+        assert math.isclose(dp.epsilon_of([plan.history(0)[0]], 1e-5), 0.05 * 8.0, rel_tol=0.02), (
+            plan
+        )
+        assert 8.0 * 0.99 <= plan.epsilon_after(4) <= 8.0

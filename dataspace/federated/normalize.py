@@ -40,7 +40,7 @@ MIN_STD_FRACTION = 1e-3
 BOUND_EXPONENTS = range(-8, 17)
 
 #: how many standard deviations of the histogram's noise a count must exceed to be data
-BOUND_SIGMAS = 3.0
+BOUND_SIGMAS = 5.0
 
 
 @dataclass(frozen=True)
@@ -84,27 +84,30 @@ def dp_bound(
     Each frame falls in one bin ``k`` of :data:`BOUND_EXPONENTS`, the smallest
     with ``max |x| <= 2**k`` (values past the top land in the top bin), so adding or
     removing a frame moves one count by one: L2 sensitivity 1, noise ``N(0, z^2)``
-    per bin. Reading the noisy counts from the top bin down, the bound is the first
-    bin whose count, added to those above it, exceeds what noise alone would give
-    (:data:`BOUND_SIGMAS` standard deviations) and 1 % of the noisy total: bins above
-    the data hold only noise, so the bound lands on the bin where the frames are
-    and clips at most about 1 % of them. The choice is post-processing of the
-    noisy histogram (no further privacy cost); the bound is released with the sums.
+    per bin. A bin holds frames when its noisy count exceeds :data:`BOUND_SIGMAS`
+    standard deviations of the noise (a bin of noise alone does so with
+    probability 3e-7). Reading those bins from the top down, the bound is the first
+    one at which they hold more than 1 % of the noisy total, so at most about 1 %
+    of the frames are clipped, and a few glitched frames do not set the scale.
+    When no bin stands out (a tiny site, a tiny budget) the fullest noisy bin is
+    taken. The choice is post-processing of the noisy histogram (no further
+    privacy cost); the bound is released with the sums.
     """
     lo, hi = BOUND_EXPONENTS.start, BOUND_EXPONENTS.stop - 1
     bins = len(BOUND_EXPONENTS)
     peak = torch.cat([state, action], dim=1).double().abs().amax(dim=1)
     k = torch.ceil(torch.log2(peak.clamp(min=2.0**lo, max=2.0**hi))).long() - lo
     noise = torch.randn(bins, generator=generator, dtype=torch.float64)
-    counts = torch.bincount(k, minlength=bins).double() + noise_multiplier * noise
-    total = float(counts.sum())
+    counts = (torch.bincount(k, minlength=bins).double() + noise_multiplier * noise).tolist()
+    holds = [c > BOUND_SIGMAS * noise_multiplier for c in counts]
+    tail = 0.01 * sum(c for c, h in zip(counts, holds, strict=True) if h)
     above = 0.0
     for i in range(bins - 1, -1, -1):
-        above += float(counts[i])
-        noise_sd = noise_multiplier * math.sqrt(bins - i)
-        if above > max(BOUND_SIGMAS * noise_sd, 0.01 * total):
-            return 2.0 ** (lo + i)
-    return 2.0**hi  # nothing stood out of the noise: the widest bound, never a clip
+        if holds[i]:
+            above += counts[i]
+            if above > tail:
+                return 2.0 ** (lo + i)
+    return 2.0 ** (lo + max(range(bins), key=counts.__getitem__))
 
 
 def dp_sums(

@@ -94,7 +94,7 @@ def test_dp_bound_finds_the_datas_unit(scale, expected):
     assert plan.stats_releases == 4  # the histogram is paid for
     bounds = {
         normalize.dp_bound(x[:, :3], x[:, 3:], plan.stats_noise, torch.Generator().manual_seed(s))
-        for s in range(20)
+        for s in range(400)  # noise alone must never pass for data (a fixed 3-sigma rule did)
     }
     assert bounds == {expected}
 
@@ -106,6 +106,14 @@ def test_dp_bound_clips_at_most_a_sliver_and_ignores_a_rare_outlier():
     b = normalize.dp_bound(x[:, :2], x[:, 2:], 20.0, torch.Generator().manual_seed(0))
     assert b <= 2.0
     assert (x[5:].abs().amax(1) > b).float().mean() <= 0.01
+
+
+def test_dp_bound_of_a_site_too_small_for_the_noise_is_its_fullest_bin():
+    x = torch.rand(40, 4, generator=torch.Generator().manual_seed(3)) * 1.5 + 0.6  # (0.6, 2.1]
+    b = normalize.dp_bound(x[:, :2], x[:, 2:], 1.0, torch.Generator().manual_seed(0))
+    assert b == 4.0  # 5 sigma = 5 frames; about 10 frames peak in (2, 4], above 1 % of 40
+    b = normalize.dp_bound(x[:, :2], x[:, 2:], 100.0, torch.Generator().manual_seed(0))
+    assert b in {2.0**k for k in normalize.BOUND_EXPONENTS}  # noise only: still a bound
 
 
 def test_fixed_bound_costs_three_releases_auto_four_within_the_same_share():

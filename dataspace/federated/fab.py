@@ -31,11 +31,34 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataspace.errors import DataspaceError
+from dataspace.errors import DataspaceError, RefusedError
 
 
 class FabError(DataspaceError):
     """A bundle that cannot be built or whose signature does not verify."""
+
+
+class UntrustedBundleError(RefusedError):
+    """A bundle whose app is not the party's own installed code: it never runs."""
+
+
+def bundle_component(fab_content: bytes, kind: str, own: frozenset[str]) -> str:
+    """The bundle's ``[tool.flwr.app.components] kind`` (clientapp / serverapp), if in ``own``.
+
+    The warm workers run their own installed apps and use this to refuse a bundle
+    that names any other code (see the module docstring for why signatures alone
+    cannot do it for local bundles in Flower 1.42).
+    """
+    from flwr.common.config import get_fab_config
+
+    try:
+        components = get_fab_config(fab_content)["tool"]["flwr"]["app"]["components"]
+        component = str(components.get(kind, ""))
+    except Exception as e:  # not a FAB, no pyproject, no components: not ours either
+        raise UntrustedBundleError(f"the app bundle cannot be read: {e}") from e
+    if component not in own:
+        raise UntrustedBundleError(f"the app bundle's {kind} {component!r} is not our own code")
+    return component
 
 
 @dataclass(frozen=True)

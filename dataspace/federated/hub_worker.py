@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dataspace.federated.fab import bundle_component
 from dataspace.federated.latency import Pacer
 
 #: ``[tool.flwr.app.components] serverapp`` of bundles this executor runs
@@ -30,7 +31,7 @@ OWN_SERVERAPPS = frozenset({"dataspace.federated.server_app:app"})
 
 def run_task(runtime_api: str, certificates: bytes, token: str, app: Any) -> str:
     """One ServerApp task in this process (``flwr.superlink.runtime.run_serverapp``, 1.42)."""
-    from flwr.common.config import get_fab_config, get_fused_config_from_fab
+    from flwr.common.config import get_fused_config_from_fab
     from flwr.common.constant import SubStatus
     from flwr.common.serde import (
         context_from_proto,
@@ -61,10 +62,7 @@ def run_task(runtime_api: str, certificates: bytes, token: str, app: Any) -> str
         run = run_from_proto(res.run)
         fab = fab_from_proto(res.fab)
         grid.set_run(run)
-        components = get_fab_config(fab.content)["tool"]["flwr"]["app"]["components"]
-        component = str(components["serverapp"])
-        if component not in OWN_SERVERAPPS:
-            raise PermissionError(f"the app bundle's serverapp {component!r} is not the hub's")
+        bundle_component(fab.content, "serverapp", OWN_SERVERAPPS)
         context.run_config = get_fused_config_from_fab(fab.content, run)
         app(grid=grid, context=context)
         status, details = SubStatus.COMPLETED, ""

@@ -46,6 +46,7 @@ from typing import Any
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from dataspace.federated.fab import bundle_component
 from dataspace.federated.latency import Pacer
 
 app = ClientApp()
@@ -134,11 +135,14 @@ OWN_CLIENTAPPS = frozenset(
 )
 
 
-def _component(fab_content: bytes) -> str:
-    from flwr.common.config import get_fab_config
+def check_bundle(fab_content: bytes) -> str:
+    """The bundle's ``clientapp``, when it is the connector's own code (else refused).
 
-    cfg = get_fab_config(fab_content)
-    return str(cfg["tool"]["flwr"]["app"]["components"].get("clientapp", ""))
+    Flower 1.42 verifies only bundles signed through Flower Hub, so a holder cannot
+    use ``--trusted-entities`` for local bundles; this check is the holder's
+    guarantee instead: the worker runs its own installed ClientApp, never a bundle's.
+    """
+    return bundle_component(fab_content, "clientapp", OWN_CLIENTAPPS)
 
 
 def pull_task_input(client: Any) -> tuple[Message, Context, Any]:
@@ -225,11 +229,7 @@ def run_task(runtime_api: str, token: str, full: ClientApp) -> str:
     try:
         message, context, fab = pull_task_input(client)
         t.append(time.perf_counter())
-        component = _component(fab.content)
-        if component not in OWN_CLIENTAPPS:
-            raise PermissionError(
-                f"the app bundle's clientapp {component!r} is not the connector's own code"
-            )
+        check_bundle(fab.content)
         reply = full(message=message, context=context)
         t.append(time.perf_counter())
         status, details = SubStatus.COMPLETED, ""

@@ -53,3 +53,25 @@ def test_three_supernodes_tls_auth_real_data_and_untrusted_fab_refused(federatio
     refusals = [f["reason"] for f in h["stats"]["failed"]]
     assert len(refusals) == 1 and "FAB could not be verified" in refusals[0], refusals
     assert (tmp_path / "run" / "final.npz").exists()
+
+
+def test_workers_run_only_their_own_apps(tmp_path):
+    """A bundle naming other code is refused before anything of it runs (the holder's guard)."""
+    from dataspace.federated.fab import UntrustedBundleError
+    from dataspace.federated.hub_worker import OWN_SERVERAPPS
+    from dataspace.federated.site_worker import check_bundle
+
+    own = write_app(tmp_path / "own")
+    assert check_bundle(build_fab(own)) == "dataspace.federated.site_worker:app"
+    foreign = write_app(tmp_path / "foreign")
+    toml = foreign / "pyproject.toml"
+    toml.write_text(toml.read_text().replace("dataspace.federated.site_worker:app", "evil:app"))
+    with pytest.raises(UntrustedBundleError, match="'evil:app' is not our own code"):
+        check_bundle(build_fab(foreign))
+    with pytest.raises(UntrustedBundleError, match="cannot be read"):
+        check_bundle(b"PK not a bundle")
+    from dataspace.federated.fab import bundle_component
+
+    assert bundle_component(build_fab(own), "serverapp", OWN_SERVERAPPS)
+    with pytest.raises(UntrustedBundleError, match="serverapp"):
+        bundle_component(build_fab(own), "serverapp", frozenset({"other:app"}))

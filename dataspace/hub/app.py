@@ -418,12 +418,16 @@ def create_app(
     ) -> m.Ack:
         owner = None if caller.role == "operator" else caller.key_id
         store.add_round(run_id, owner, body.model_dump(mode="json"))
+        # contributions (quality/contribution.py) go into the signed log with their round,
+        # so the suggested revenue split is as auditable as the epsilon charged
+        extra = {"contributions": body.contributions} if body.contributions else {}
         idx = hub_log.record(
             "round.registered",
             run_id=run_id,
             round=body.round,
             loss=body.loss,
             epsilon_per_dataset=body.epsilon,
+            **extra,
         )
         return m.Ack(log_index=idx)
 

@@ -205,6 +205,10 @@ def test_contract_registry_is_private_per_consumer(hub):
     assert c.get("/v1/runs", auth=auth["bob"]).json()["runs"] == []
     run = c.get("/v1/runs/r", auth=auth["holder"]).json()
     assert [x["round"] for x in run["rounds"]] == [0]
+    with TransparencyLog.open(hub[3] / "log") as log:
+        rounds = [parse_event(e) for e in log.entries(0, log.size)]
+    rounds = [e for e in rounds if e.kind == "round.registered"]
+    assert len(rounds) == 1 and rounds[0].fields["contributions"] == {"site-a": 1}
 
 
 def test_log_checkpoint_public_entries_restricted(hub):

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from dataspace.federated.fab import bundle_component
-from dataspace.federated.latency import Pacer
+from dataspace.federated.superexec import serve_tasks
 
 #: ``[tool.flwr.app.components] serverapp`` of bundles this executor runs
 OWN_SERVERAPPS = frozenset({"dataspace.federated.server_app:app"})
@@ -91,50 +90,20 @@ IDLE_POLL = 0.25
 
 def execute(runtime_api: str, certificates: bytes, secret: bytes, poll: float = 0.05) -> None:
     """Act as the SuperLink's SuperExec for ServerApp tasks until killed."""
-    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
     from flwr.supercore.constant import TaskType
-    from flwr.supercore.interceptors import (
-        RuntimeVersionHttpInterceptor,
-        SuperExecAuthHttpInterceptor,
-    )
-    from flwr.supercore.retry import make_simple_http_retry_invoker
-    from flwr.supercore.runtime import RuntimeHttpClient
 
     from dataspace.federated.server_app import app
 
-    client = RuntimeHttpClient.from_server_address(
-        server_address=runtime_api,
-        insecure=False,
-        root_certificates=certificates,
-        interceptors=[
-            RuntimeVersionHttpInterceptor(component_name="SuperExec"),
-            SuperExecAuthHttpInterceptor(
-                master_secret=secret, protected_methods={"/flwr.proto.Runtime/AcquireTask"}
-            ),
-        ],
-        retry_invoker=make_simple_http_retry_invoker(),
+    serve_tasks(
+        runtime_api,
+        secret,
+        str(TaskType.SERVER_APP),
+        lambda token: run_task(runtime_api, certificates, token, app),
+        certificates=certificates,
+        poll=poll,
+        idle_poll=IDLE_POLL,
+        name="hub worker",
     )
-    request = AcquireTaskRequest(supported_task_types=[str(TaskType.SERVER_APP)])
-    print(f"hub worker executing ServerApp tasks of {runtime_api}", flush=True)
-    pacer = Pacer(poll, IDLE_POLL)
-    while True:
-        try:
-            res = client.AcquireTask(request)
-        except Exception as e:  # the SuperLink is starting or restarting
-            print(f"AcquireTask: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            time.sleep(1.0)
-            continue
-        if res.HasField("task") and res.token:
-            pacer.active()
-            t0 = time.perf_counter()
-            status = run_task(runtime_api, certificates, res.token, app)
-            print(
-                f"{time.time():.3f} run {res.task.run_id}: {status} "
-                f"in {time.perf_counter() - t0:.3f}s",
-                flush=True,
-            )
-        else:
-            pacer.wait()
 
 
 def main(argv: list[str] | None = None) -> None:

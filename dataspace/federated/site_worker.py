@@ -47,7 +47,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from dataspace.federated.fab import bundle_component
-from dataspace.federated.latency import Pacer
+from dataspace.federated.superexec import serve_tasks
 
 app = ClientApp()
 
@@ -260,50 +260,20 @@ IDLE_POLL = 0.5
 
 def execute(runtime_api: str, secret: bytes, poll: float = 0.05) -> None:
     """Act as the SuperNode's SuperExec for ClientApp tasks until killed."""
-    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
     from flwr.supercore.constant import TaskType
-    from flwr.supercore.interceptors import (
-        RuntimeVersionHttpInterceptor,
-        SuperExecAuthHttpInterceptor,
-    )
-    from flwr.supercore.retry import make_simple_http_retry_invoker
-    from flwr.supercore.runtime import RuntimeHttpClient
 
     from dataspace.federated.client_app import app as full
 
-    client = RuntimeHttpClient.from_server_address(
-        server_address=runtime_api,
-        insecure=True,
-        root_certificates=None,
-        interceptors=[
-            RuntimeVersionHttpInterceptor(component_name="SuperExec"),
-            SuperExecAuthHttpInterceptor(
-                master_secret=secret, protected_methods={"/flwr.proto.Runtime/AcquireTask"}
-            ),
-        ],
-        retry_invoker=make_simple_http_retry_invoker(),
+    serve_tasks(
+        runtime_api,
+        secret,
+        str(TaskType.CLIENT_APP),
+        lambda token: run_task(runtime_api, token, full),
+        certificates=None,
+        poll=poll,
+        idle_poll=IDLE_POLL,
+        name="site worker",
     )
-    request = AcquireTaskRequest(supported_task_types=[str(TaskType.CLIENT_APP)])
-    print(f"site worker executing tasks of {runtime_api}", flush=True)
-    pacer = Pacer(poll, IDLE_POLL)
-    while True:
-        try:
-            res = client.AcquireTask(request)
-        except Exception as e:  # the SuperNode is starting or restarting
-            print(f"AcquireTask: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            time.sleep(1.0)
-            continue
-        if res.HasField("task") and res.token:
-            pacer.active()
-            t0 = time.perf_counter()
-            status = run_task(runtime_api, res.token, full)
-            print(
-                f"{time.time():.3f} task {res.task.task_id}: {status} "
-                f"in {time.perf_counter() - t0:.3f}s",
-                flush=True,
-            )
-        else:
-            pacer.wait()
 
 
 def main(argv: list[str] | None = None) -> None:

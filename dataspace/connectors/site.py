@@ -122,6 +122,21 @@ class Site:
             try:
                 con = duckdb.connect(str(self.db_path), read_only=read_only)
                 break
+            except duckdb.ConnectionException as e:
+                # DuckDB shares one database instance per file within a process and
+                # refuses a second connection with another access mode. Threads of
+                # one process (services="threads", the witness pushers) then share the
+                # instance: a reader takes the writable one already open, which locks
+                # nothing more; a writer waits for the readers to close.
+                if "different configuration" not in str(e):
+                    raise
+                if read_only:
+                    read_only = False
+                    continue
+                if time.monotonic() > deadline:
+                    raise SiteBusyError(f"{self.db_path}: {e}") from e
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 0.25)
             except duckdb.IOException as e:
                 if "lock" not in str(e).lower() or time.monotonic() > deadline:
                     raise SiteBusyError(f"{self.db_path}: {e}") from e

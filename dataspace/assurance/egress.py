@@ -58,7 +58,7 @@ METRICS: dict[str, frozenset[str]] = {
     "evaluate": frozenset({"num-examples", "eval-mse"}),
     "query.stats": frozenset({"epsilon-round", "epsilon-spent"}),
 }
-INFO = frozenset({"site", "dataset-id", "contract-id", "fingerprint"})
+INFO = frozenset({"site", "dataset-id", "contract-id", "fingerprint", "privacy-unit"})
 SUMS = frozenset({"sum", "sumsq", "count", "bound", "noise", "state-dim", "action-dim"})
 #: longest string an info field may carry (names and hex ids, nothing more)
 MAX_INFO_CHARS = 200

@@ -12,7 +12,11 @@ only sends it a configuration. Per message (Flower 1.42 Message API):
 
 Every number that leaves is a DP release: weights (DP-SGD), statistics and
 losses (Gaussian mechanism, :func:`.dp.noisy_mean_loss`); the example count is
-catalog metadata rounded to tens.
+catalog metadata rounded to tens (frames), or the count of train / held-out
+episodes (metadata too) when the site's privacy unit is the episode
+(``site.toml [training] privacy_unit = "episode"``, see :mod:`.dp`): then every
+release above is bounded per episode, and the unit is named in the replies'
+``info`` (``privacy-unit``) and in each ``round.finished`` event.
 
 Before reading anything it finds the contract among the run's contract ids
 that belongs to this site, checks the template, computes the privacy plan from
@@ -100,8 +104,15 @@ def _find_contract(site: Site, ids: list[str]) -> Any:
     raise RefusedError(f"none of contracts {', '.join(ids)} is held by site {site.root}")
 
 
-def _plan(contract: Any, rounds: int, frames: int, s: dp.TrainingSettings) -> dp.PrivacyPlan:
-    return dp.make_plan(float(contract.epsilon), float(contract.delta), rounds, frames, s)
+def _plan(contract: Any, rounds: int, split: fdata.Split, s: dp.TrainingSettings) -> dp.PrivacyPlan:
+    return dp.make_plan(
+        float(contract.epsilon),
+        float(contract.delta),
+        rounds,
+        split.train_frames,
+        s,
+        episodes=len(split.train),
+    )
 
 
 def resolve(message: Message, context: Context) -> Job:
@@ -136,7 +147,7 @@ def resolve(message: Message, context: Context) -> Job:
         ref=ref,
         split=split,
         settings=settings,
-        plan=_plan(contract, rounds, split.train_frames, settings),
+        plan=_plan(contract, rounds, split, settings),
         seed=int(cfg.get("seed", 0)),
     )
 
@@ -146,6 +157,20 @@ def _frames(job: Job, episodes: tuple[int, ...]) -> fdata.Frames:
     if key not in _FRAMES:
         _FRAMES[key] = fdata.load_frames(job.site, job.ref, episodes)
     return _FRAMES[key]
+
+
+def _per_episode(job: Job) -> bool:
+    return job.settings.privacy_unit == "episode"
+
+
+def _units(job: Job, frames: int, episodes: tuple[int, ...]) -> int:
+    """How many privacy units: frames, or episodes (both catalog metadata)."""
+    return len(episodes) if _per_episode(job) else frames
+
+
+def _episodes_of(job: Job, fr: fdata.Frames):
+    """Each frame's episode when the unit is the episode (the releases group by it)."""
+    return fr.episode if _per_episode(job) else None
 
 
 def _generator(job: Job, purpose: str) -> torch.Generator:
@@ -173,11 +198,18 @@ def _heldout_mse(job: Job, arrays: ArrayRecord) -> tuple[float, int]:
     fr = _frames(job, job.split.heldout)
     xs, ys = normalize.normalised(policy, fr.state, fr.action)
     x, y = job.template.pairs(xs, ys, fr.episode)
-    n = max(1, job.split.heldout_frames)
+    n = max(1, _units(job, job.split.heldout_frames, job.split.heldout))
     mse = dp.noisy_mean_loss(
-        policy, x, y, n, job.settings.eval_clip, job.plan.eval_noise, _generator(job, "eval")
+        policy,
+        x,
+        y,
+        n,
+        job.settings.eval_clip,
+        job.plan.eval_noise,
+        _generator(job, "eval"),
+        episode=_episodes_of(job, fr),
     )
-    return float(mse), int(max(10, round(n, -1)))
+    return float(mse), n if _per_episode(job) else int(max(10, round(n, -1)))
 
 
 def _mark_charged(context: Context, job: Job) -> None:
@@ -195,6 +227,7 @@ def _info(job: Job) -> ConfigRecord:
             "dataset-id": job.ref.dataset_id,
             "contract-id": job.contract.contract_id,
             "fingerprint": job.ref.fingerprint,
+            "privacy-unit": job.settings.privacy_unit,
         }
     )
 
@@ -214,6 +247,7 @@ def _log_finished(
         model_sha256=update_sha256,
         train_loss=loss,
         template=job.template.name,
+        privacy_unit=job.settings.privacy_unit,
         **extra,
     )
 
@@ -235,9 +269,10 @@ def stats(message: Message, context: Context) -> Message:
     fr = _frames(job, job.split.train)  # read only after the charge
     gen = _generator(job, "stats")
     bound = job.settings.stats_bound
+    ep = _episodes_of(job, fr)  # per episode: each episode one histogram count, one mean
     if bound is None:  # the site's own DP choice, paid for in the plan (stats_releases)
-        bound = normalize.dp_bound(fr.state, fr.action, job.plan.stats_noise, gen)
-    sums = normalize.dp_sums(fr.state, fr.action, bound, job.plan.stats_noise, gen)
+        bound = normalize.dp_bound(fr.state, fr.action, job.plan.stats_noise, gen, episode=ep)
+    sums = normalize.dp_sums(fr.state, fr.action, bound, job.plan.stats_noise, gen, episode=ep)
     lists = sums.to_lists()
     content = RecordDict(
         {
@@ -292,24 +327,32 @@ def train(message: Message, context: Context) -> Message:
         lr=float(cfg.get("lr", 0.5)),
         generator=_generator(job, "train"),
         mode=job.settings.grad_sample_mode,
+        episode=fr.episode,
     )
     # the loss reported is a DP release too (the step losses would leak)
     loss = dp.noisy_mean_loss(
         policy,
         x,
         y,
-        job.split.train_frames,
+        _units(job, job.split.train_frames, job.split.train),
         job.settings.eval_clip,
         job.plan.eval_noise,
         _generator(job, "train-loss"),
+        episode=_episodes_of(job, fr),
+    )
+    # frame counts are catalog metadata, rounded so a round reveals no exact size; per
+    # episode, the count of train episodes (metadata too), the unit FedAvg then weighs by
+    examples = (
+        len(job.split.train)
+        if _per_episode(job)
+        else int(max(10, round(job.split.train_frames, -1)))
     )
     arrays = ArrayRecord(policy.state_dict())
     eps_spent = job.plan.epsilon_after(job.round_no)
     _log_finished(job, charge, arrays_sha256(arrays), loss, **egress.round_details(arrays))
     metrics = MetricRecord(
         {
-            # frame counts are catalog metadata; rounded so a round reveals no exact size
-            "num-examples": int(max(10, round(job.split.train_frames, -1))),
+            "num-examples": int(examples),
             "train-loss": float(loss) if math.isfinite(loss) else 1e9,
             "epsilon-round": float(charge),
             "epsilon-spent": float(eps_spent),

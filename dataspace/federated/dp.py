@@ -1,10 +1,28 @@
-"""Sample-level DP-SGD at a site, and the privacy plan of a run.
+"""DP-SGD at a site, per frame or per episode, and the privacy plan of a run.
 
-Privacy unit: one frame (one (input, target) pair). Mechanism: DP-SGD with
-Poisson sampling at rate ``q = 1 / ceil(N / batch_size)``, per-sample gradient
-clipping to L2 norm ``C`` and Gaussian noise of standard deviation ``sigma C``
-added to the clipped sum, divided by the expected batch size (Abadi et al.
-2016; Opacus 1.6 semantics).
+Privacy unit (``site.toml [training] privacy_unit``, the holder's choice; the
+server cannot change it):
+
+* ``"frame"`` (default): one frame (one (input, target) pair). Mechanism:
+  DP-SGD with Poisson sampling of frames at rate ``q = 1 / ceil(N / batch_size)``,
+  per-sample gradient clipping to L2 norm ``C`` and Gaussian noise of standard
+  deviation ``sigma C`` added to the clipped sum, divided by the expected batch
+  size (Abadi et al. 2016; Opacus 1.6 semantics).
+* ``"episode"``: one whole episode (an operator's session, a patient's
+  session): "whatever one episode contains, the outputs barely change".
+  User-level DP-SGD (McMahan et al. 2018, "Learning differentially private
+  recurrent language models", DP-FedAvg's per-user clipping, here per episode):
+  Poisson sampling of *episodes* at rate ``q = 1 / ceil(E / b)`` (``E`` train
+  episodes, ``b`` expected episodes per batch, ``episodes_per_batch`` or
+  ``batch_size / frames_per_episode``); each sampled episode contributes ONE
+  gradient, that of its mean loss over up to ``m = frames_per_episode`` of its
+  frames drawn by the site's seeded generator; that gradient is clipped to
+  ``C``, the sum gets ``N(0, sigma^2 C^2)`` and is divided by ``q E``. The
+  accountant is the same with the episode counts, so epsilon is per episode.
+  Every other release is bounded per episode too: normalisation sums (each
+  episode adds the mean of its clipped frames, :func:`.normalize.dp_sums`) and
+  losses (each episode adds the mean of its clipped frame losses,
+  :func:`noisy_mean_loss`).
 
 Accounting uses Opacus's **RDP** accountant (``opacus.accountants.RDPAccountant``,
 Mironov 2017), not "prv": the history of a run mixes the DP-SGD steps with the
@@ -29,7 +47,11 @@ MLPs of :mod:`.templates` (Bu et al. 2023): per-sample gradient norms from
 layer inputs and output gradients, the clipped sum in one matrix product per
 layer, no per-sample gradients stored and no second backward pass.
 ``"hooks"``, ``"functorch"`` and ``"ghost"`` run Opacus's ``make_private``.
-All four implement the same mechanism with the same accounting.
+All four implement the same mechanism with the same accounting, per frame and
+per episode: per episode, ``"bk"`` takes each episode's gradient norm from the
+Gram matrices of its frames, ``||sum_t g_t a_t^T||^2 = sum_{t,s} (g_t.g_s)(a_t.a_s)``,
+and Opacus gets the episode's frames as one ``[m, D]`` sample (its Linear
+grad samplers sum over the middle dimension).
 """
 
 from __future__ import annotations
@@ -46,15 +68,21 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from torch import nn
 
 from dataspace.errors import DataspaceError
+from dataspace.federated.normalize import per_episode_mean
 
 ACCOUNTANT = "rdp"
 MODES = ("bk", "hooks", "functorch", "ghost")
+PRIVACY_UNITS = ("frame", "episode")
 
 HistoryEntry = tuple[float, float, int]
 
 
 class PrivacyPlanError(DataspaceError):
     """A budget that no amount of noise within reason can meet."""
+
+
+class PrivacyUnitError(PrivacyPlanError):
+    """A privacy unit (``site.toml [training] privacy_unit``) this connector does not know."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +101,34 @@ class TrainingSettings:
     eval_share: float = 0.05
     eval_clip: float = 1.0
     exclude_flagged: bool = False
+    #: "frame" or "episode": what one unit of the guarantee is (module docstring)
+    privacy_unit: str = "frame"
+    #: episode unit: frames drawn from each sampled episode for its one gradient (m)
+    frames_per_episode: int = 32
+    #: episode unit: expected episodes per batch; 0: batch_size / frames_per_episode
+    episodes_per_batch: int = 0
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.privacy_unit not in PRIVACY_UNITS:
+            raise PrivacyUnitError(
+                f"site.toml [training] privacy_unit={self.privacy_unit!r}: "
+                f"expected one of {', '.join(PRIVACY_UNITS)}"
+            )
+        if int(self.frames_per_episode) < 1 or int(self.episodes_per_batch) < 0:
+            raise PrivacyPlanError(
+                f"site.toml [training] frames_per_episode={self.frames_per_episode!r} "
+                f"episodes_per_batch={self.episodes_per_batch!r}: expected >= 1 and >= 0"
+            )
+
+    @property
+    def units_per_batch(self) -> int:
+        """Expected privacy units (frames or episodes) per Poisson batch."""
+        if self.privacy_unit == "frame":
+            return self.batch_size
+        if self.episodes_per_batch:
+            return int(self.episodes_per_batch)
+        return max(1, round(self.batch_size / self.frames_per_episode))
 
     @classmethod
     def from_config(cls, config: dict) -> TrainingSettings:
@@ -165,6 +220,12 @@ class PrivacyPlan:
     accountant: str = ACCOUNTANT
     #: Gaussian releases of the statistics: count, sum, sum of squares (+ the bound's histogram)
     stats_releases: int = 3
+    #: what the guarantee protects: "frame" or "episode"; ``units`` counts them
+    #: (``sample_rate`` and ``batch_size`` are in these units)
+    privacy_unit: str = "frame"
+    units: int = 0
+    #: episode unit: frames drawn from each sampled episode (m)
+    frames_per_episode: int = 0
 
     def history(self, rounds_done: int) -> list[HistoryEntry]:
         """Accountant history after round ``rounds_done`` (0 = statistics only)."""
@@ -194,13 +255,28 @@ class PrivacyPlan:
 
 
 def make_plan(
-    epsilon: float, delta: float, rounds: int, frames: int, settings: TrainingSettings
+    epsilon: float,
+    delta: float,
+    rounds: int,
+    frames: int,
+    settings: TrainingSettings,
+    episodes: int | None = None,
 ) -> PrivacyPlan:
-    """Noise multipliers meeting ``(epsilon, delta)`` over ``rounds`` rounds (cached)."""
+    """Noise multipliers meeting ``(epsilon, delta)`` over ``rounds`` rounds (cached).
+
+    With ``settings.privacy_unit == "episode"`` the sampling rate and steps are
+    counted in ``episodes`` (the number of train episodes, metadata), which is
+    then required.
+    """
+    unit = settings.privacy_unit
+    if unit == "episode" and not episodes:
+        raise PrivacyPlanError(f"privacy_unit 'episode' needs the episode count, got {episodes}")
+    units = int(episodes) if unit == "episode" else int(frames)
     return _make_plan(
         float(epsilon), float(delta), int(rounds), int(frames), settings.clip_norm,
-        settings.batch_size, settings.max_epochs, settings.stats_share, settings.eval_share,
-        3 if settings.stats_bound is not None else 4,
+        settings.units_per_batch, settings.max_epochs, settings.stats_share,
+        settings.eval_share, 3 if settings.stats_bound is not None else 4, unit, units,
+        settings.frames_per_episode if unit == "episode" else 0,
     )  # fmt: skip
 
 
@@ -208,16 +284,19 @@ def make_plan(
 def _make_plan(
     epsilon: float, delta: float, rounds: int, frames: int, clip_norm: float, batch_size: int,
     max_epochs: int, stats_share: float, eval_share: float, stats_releases: int = 3,
+    privacy_unit: str = "frame", units: int = 0, frames_per_episode: int = 0,
 ) -> PrivacyPlan:  # fmt: skip
     settings = TrainingSettings(
         clip_norm=clip_norm, batch_size=batch_size, max_epochs=max_epochs,
         stats_share=stats_share, eval_share=eval_share,
     )  # fmt: skip
-    if frames < 1 or rounds < 1 or epsilon <= 0 or not 0 < delta < 1:
+    units = units or frames
+    if units < 1 or rounds < 1 or epsilon <= 0 or not 0 < delta < 1:
         raise PrivacyPlanError(
-            f"cannot plan epsilon={epsilon} delta={delta} rounds={rounds} frames={frames}"
+            f"cannot plan epsilon={epsilon} delta={delta} rounds={rounds} {privacy_unit}s={units}"
         )
-    batches = math.ceil(frames / settings.batch_size)
+    # batch_size is in privacy units (frames, or episodes: TrainingSettings.units_per_batch)
+    batches = math.ceil(units / settings.batch_size)
     q = 1.0 / batches
     steps = batches * settings.max_epochs
     stats_noise = _solve(
@@ -245,6 +324,9 @@ def _make_plan(
         stats_noise=stats_noise,
         eval_noise=eval_noise,
         stats_releases=stats_releases,
+        privacy_unit=privacy_unit,
+        units=units,
+        frames_per_episode=frames_per_episode,
     )
     sigma = _solve(
         lambda s: replace(base, noise_multiplier=s).epsilon_after(rounds),
@@ -287,18 +369,65 @@ def noisy_mean_loss(
     clip: float,
     noise_multiplier: float,
     generator: torch.Generator,
+    episode: torch.Tensor | None = None,
 ) -> float:
-    """Mean per-frame MSE, each frame's loss clipped to ``clip``, Gaussian-noised.
+    """Mean per-unit MSE, each frame's loss clipped to ``clip``, Gaussian-noised.
 
-    Sensitivity of the clipped sum is ``clip`` (one frame in or out), so the
-    noise is ``N(0, (noise_multiplier * clip)^2)``; ``count`` is the frame count
-    from metadata. Accounted as ``(noise_multiplier, 1.0, 1)``.
+    Per frame (``episode`` None): the sum of clipped frame losses; per episode
+    (``episode``: each frame's episode index, frames grouped by episode): the
+    sum over episodes of the mean of their clipped frame losses. Either way one
+    unit moves the sum by at most ``clip``, so the noise is
+    ``N(0, (noise_multiplier * clip)^2)``; ``count`` is the number of units
+    (frames or episodes) from metadata. Accounted as ``(noise_multiplier, 1.0, 1)``.
     """
     with torch.no_grad():
-        per = ((net(x) - y) ** 2).mean(dim=1).clamp(max=clip)
+        per = ((net(x) - y) ** 2).mean(dim=1).clamp(max=clip).double()
+        if episode is not None:
+            per = per_episode_mean(per, episode)
         noise = torch.randn(1, generator=generator, dtype=torch.float64)
-    total = float(per.double().sum()) + noise_multiplier * clip * float(noise)
+    total = float(per.sum()) + noise_multiplier * clip * float(noise)
     return total / max(1, count)
+
+
+@dataclass(frozen=True)
+class EpisodeIndex:
+    """Where each episode's frames lie in a frame tensor sorted by episode."""
+
+    starts: torch.Tensor  # int64 [E]
+    lengths: torch.Tensor  # int64 [E]
+
+    @classmethod
+    def of(cls, episode: torch.Tensor) -> EpisodeIndex:
+        _, counts = torch.unique_consecutive(episode, return_counts=True)
+        return cls(starts=torch.cumsum(counts, 0) - counts, lengths=counts)
+
+    def __len__(self) -> int:
+        return int(self.lengths.shape[0])
+
+
+def episode_batch(
+    index: EpisodeIndex, chosen: torch.Tensor, m: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames of the ``chosen`` episodes, up to ``m`` each, drawn by ``generator``.
+
+    Returns ``idx`` [k, mm] (frame indices; padding points at frame 0) and
+    ``weight`` [k, mm] (``1 / frames drawn`` where drawn, 0 on padding), so that
+    ``(loss[idx] * weight).sum(1)`` is each episode's mean loss over its draw.
+    """
+    k = int(chosen.numel())
+    lengths = index.lengths[chosen]
+    mm = int(min(m, int(lengths.max()))) if k else 1
+    idx = torch.zeros((k, mm), dtype=torch.long)
+    weight = torch.zeros((k, mm))
+    for j, e in enumerate(chosen.tolist()):
+        n, start = int(index.lengths[e]), int(index.starts[e])
+        if n <= m:
+            pick = torch.arange(n)
+        else:  # without replacement, in frame order
+            pick = torch.randperm(n, generator=generator)[:m].sort().values
+        idx[j, : pick.numel()] = start + pick
+        weight[j, : pick.numel()] = 1.0 / pick.numel()
+    return idx, weight
 
 
 def poisson_batches(n: int, q: float, steps: int, generator: torch.Generator):
@@ -318,10 +447,22 @@ def train_dp(
     mode: str = "bk",
     noise_multiplier: float | None = None,
     steps: int | None = None,
+    episode: torch.Tensor | None = None,
 ) -> StepResult:
-    """One round of DP-SGD on ``net`` in place (``noise_multiplier`` overrides for tests)."""
+    """One round of DP-SGD on ``net`` in place (``noise_multiplier`` overrides for tests).
+
+    With ``plan.privacy_unit == "episode"``, ``episode`` (each pair's episode
+    index, pairs grouped by episode) is required: episodes are the sampled and
+    clipped units (module docstring); ``StepResult.samples`` then counts episodes.
+    """
     sigma = plan.noise_multiplier if noise_multiplier is None else noise_multiplier
     steps = plan.steps_per_round if steps is None else steps
+    if plan.privacy_unit == "episode":
+        if episode is None or episode.shape[0] != x.shape[0]:
+            raise PrivacyPlanError("privacy_unit 'episode' needs each frame's episode index")
+        if mode not in MODES:
+            raise PrivacyPlanError(f"unknown grad_sample_mode {mode!r}")
+        return _train_episodes(net, x, y, episode, plan, sigma, lr, generator, steps, mode)
     if mode == "bk":
         return _train_bk(net, x, y, plan, sigma, lr, generator, steps)
     if mode in ("hooks", "functorch", "ghost"):
@@ -375,13 +516,119 @@ def bk_step(
                 sw += gs.T @ a
                 sb += gs.sum(0)
         loss = float(per.detach().mean())
+    _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, generator)
+    return loss
+
+
+def _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, generator) -> None:
+    """Add ``N(0, (sigma C)^2)`` to each clipped sum, step by ``lr * sum / expected_batch``."""
     with torch.no_grad():
         for m, (sw, sb) in zip(linears, sums, strict=True):
             for p, s in ((m.weight, sw), (m.bias, sb)):
                 if sigma > 0:
                     s += torch.randn(s.shape, generator=generator) * (sigma * clip_norm)
                 p -= lr * s / expected_batch
+
+
+def bk_episode_step(
+    net: nn.Sequential,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    weight: torch.Tensor,
+    clip_norm: float,
+    sigma: float,
+    lr: float,
+    expected_batch: float,
+    generator: torch.Generator,
+) -> float:
+    """One user-level DP-SGD step, one clipped gradient per episode, book-keeping style.
+
+    ``xb`` [k, m, D], ``yb`` [k, m, A], ``weight`` [k, m] (:func:`episode_batch`):
+    episode ``e``'s loss is ``sum_t w_et loss_et``, its gradient for a Linear
+    layer ``sum_t g_t a_t^T`` (+ ``sum_t g_t`` for the bias), whose squared norm
+    is ``sum_{t,s} (g_t.g_s)(a_t.a_s + 1)``: two [m, m] Gram matrices per
+    episode and layer, no per-episode gradient stored. Padding frames have
+    weight 0, so their output gradients (and terms) are 0. The clipped sum is
+    then one matrix product per layer over all frames, each frame's output
+    gradient scaled by its episode's clip factor; noise and update as in
+    :func:`bk_step`. Returns the mean episode loss (not released).
+    """
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    sums = [(torch.zeros_like(m.weight), torch.zeros_like(m.bias)) for m in linears]
+    loss = float("nan")
+    k, mm = weight.shape
+    if k:
+        acts, outs = [], []
+        h = xb.reshape(k * mm, -1)
+        for m in net:
+            if isinstance(m, nn.Linear):
+                acts.append(h.detach())
+                h = m(h)
+                outs.append(h)
+            else:
+                h = m(h)
+        per = ((h - yb.reshape(k * mm, -1)) ** 2).mean(dim=1)
+        per_episode = (per.view(k, mm) * weight).sum(1)
+        grads = torch.autograd.grad(per_episode.sum(), outs)
+        with torch.no_grad():
+            norm2 = torch.zeros(k, dtype=per.dtype)
+            for a, g in zip(acts, grads, strict=True):
+                a3, g3 = a.view(k, mm, -1), g.view(k, mm, -1)
+                gram_a = a3 @ a3.transpose(1, 2) + 1.0
+                norm2 += ((g3 @ g3.transpose(1, 2)) * gram_a).sum((1, 2))
+            scale = (clip_norm / (norm2.clamp(min=0).sqrt() + 1e-6)).clamp(max=1.0)
+            frame_scale = scale.repeat_interleave(mm)[:, None]
+            for (sw, sb), a, g in zip(sums, acts, grads, strict=True):
+                gs = g * frame_scale
+                sw += gs.T @ a
+                sb += gs.sum(0)
+        loss = float(per_episode.detach().mean())
+    _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, generator)
     return loss
+
+
+class EpisodeMSE(nn.Module):
+    """Per-episode mean MSE for Opacus: ``target`` [k, m, A + 1], its last column the weights."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        per = ((out - target[..., :-1]) ** 2).mean(dim=-1)
+        per = (per * target[..., -1]).sum(dim=1)
+        if self.reduction == "none":
+            return per
+        return per.sum() if self.reduction == "sum" else per.mean()
+
+
+def _train_episodes(net, x, y, episode, plan, sigma, lr, generator, steps, mode) -> StepResult:
+    """User-level DP-SGD over episodes (module docstring), in any of :data:`MODES`."""
+    index = EpisodeIndex.of(episode)
+    if len(index) != plan.units:
+        raise PrivacyPlanError(
+            f"the plan counts {plan.units} train episodes, the frames hold {len(index)}"
+        )
+    m = max(1, plan.frames_per_episode)
+    expected = plan.sample_rate * len(index)
+
+    def batches():
+        for chosen in poisson_batches(len(index), plan.sample_rate, steps, generator):
+            idx, w = episode_batch(index, chosen, m, generator)
+            yield x[idx], y[idx], w
+
+    if mode == "bk":
+        if any(not isinstance(mod, nn.Linear | nn.ReLU | nn.Tanh | nn.GELU) for mod in net):
+            raise PrivacyPlanError("book-keeping clipping supports Linear + activation MLPs only")
+        total, count, losses = 0, 0, []
+        for xb, yb, w in batches():
+            loss = bk_episode_step(net, xb, yb, w, plan.clip_norm, sigma, lr, expected, generator)
+            if w.shape[0]:
+                losses.append(loss)
+                total += int(w.shape[0])
+            count += 1
+        return StepResult(loss=sum(losses) / max(len(losses), 1), steps=count, samples=total)
+    return _opacus_loop(net, plan, sigma, lr, generator, mode, expected, batches(), EpisodeMSE)
 
 
 def _train_bk(net, x, y, plan, sigma, lr, generator, steps) -> StepResult:
@@ -399,6 +646,23 @@ def _train_bk(net, x, y, plan, sigma, lr, generator, steps) -> StepResult:
 
 
 def _train_opacus(net, x, y, plan, sigma, lr, generator, steps, mode) -> StepResult:
+    expected = plan.sample_rate * x.shape[0]
+
+    def batches():
+        for idx in poisson_batches(x.shape[0], plan.sample_rate, steps, generator):
+            yield x[idx], y[idx], None
+
+    return _opacus_loop(net, plan, sigma, lr, generator, mode, expected, batches(), PerSampleMSE)
+
+
+def _opacus_loop(net, plan, sigma, lr, generator, mode, expected, batches, loss_cls) -> StepResult:
+    """DP-SGD with Opacus's GradSampleModule / ghost clipping over ``batches``.
+
+    A batch is ``(x, y, weight)``: frames (``weight`` None, :class:`PerSampleMSE`)
+    or episodes (``x`` [k, m, D], :class:`EpisodeMSE` with the weights as the
+    target's last column; Opacus's Linear grad samplers and ghost norms sum over
+    the middle dimension, so each episode is one sample).
+    """
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
@@ -417,28 +681,28 @@ def _train_opacus(net, x, y, plan, sigma, lr, generator, steps, mode) -> StepRes
             net, batch_first=True, loss_reduction="mean", force_functorch=mode == "functorch"
         )
         opt_cls = DPOptimizer
-    expected = max(1, round(plan.sample_rate * x.shape[0]))
     opt = opt_cls(
         torch.optim.SGD(gsm.parameters(), lr=lr),
         noise_multiplier=sigma,
         max_grad_norm=plan.clip_norm,
-        expected_batch_size=expected,
+        expected_batch_size=max(1, round(expected)),
         loss_reduction="mean",
         generator=generator,
     )
-    crit = PerSampleMSE("mean")
+    crit = loss_cls("mean")
     dp_loss = DPLossFastGradientClipping(gsm, opt, crit, "mean") if ghost else None
     total, count, losses = 0, 0, []
-    for idx in poisson_batches(x.shape[0], plan.sample_rate, steps, generator):
+    for xb, yb, w in batches:
         opt.zero_grad(set_to_none=True)
-        if idx.numel():
-            out = gsm(x[idx])
-            loss = dp_loss(out, y[idx]) if ghost else crit(out, y[idx])
+        if xb.shape[0]:
+            target = yb if w is None else torch.cat([yb, w[..., None]], dim=-1)
+            out = gsm(xb)
+            loss = dp_loss(out, target) if ghost else crit(out, target)
             loss.backward()
             losses.append(
                 float(loss.loss_per_sample.detach().mean()) if ghost else float(loss.detach())
             )
-            total += int(idx.numel())
+            total += int(xb.shape[0])
         else:
             # an empty Poisson batch still gets noise (Opacus semantics)
             for p in gsm.parameters():

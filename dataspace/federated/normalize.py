@@ -17,7 +17,13 @@ releases only noisy sums, with the Gaussian mechanism:
   and ``count + N(0, z^2)``, i.e. three Gaussian mechanisms of noise multiplier
   ``z``, each with its own L2 sensitivity (one frame added or removed).
 
-The privacy unit is one frame, as in DP-SGD (:mod:`.dp`). The releases (three,
+The privacy unit is the site's (:mod:`.dp`, ``privacy_unit``). Per frame, as
+above. Per episode, one episode moves each release by at most as much as one
+frame does above: the bound's histogram counts each episode once (in the bin of
+its largest ``|coordinate|`` over all its frames), and the sums add, per
+episode, the mean of its clipped frames ``mean_t x_t`` and ``mean_t x_t^2`` (so
+the same noise, the count is in episodes, and :func:`combine` weighs episodes
+equally). The releases (three,
 four with the bound's histogram) are entered in the run's accountant history as
 ``(z, 1.0, n)`` (sample rate 1, n steps) and charged with round 1, inside the
 contract's budget; ``z`` is set so that they cost about ``stats_share`` (5 %) of
@@ -73,13 +79,26 @@ class Stats:
     action_std: np.ndarray
 
 
+def per_episode_mean(values: torch.Tensor, episode: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` ([N, ...]) within each run of equal ``episode`` ([N]): [E, ...]."""
+    _, inverse, counts = torch.unique_consecutive(episode, return_inverse=True, return_counts=True)
+    sums = torch.zeros((counts.shape[0], *values.shape[1:]), dtype=values.dtype)
+    sums.index_add_(0, inverse, values)
+    return sums / counts.to(values.dtype).view(-1, *([1] * (values.dim() - 1)))
+
+
 def dp_bound(
     state: torch.Tensor,
     action: torch.Tensor,
     noise_multiplier: float,
     generator: torch.Generator,
+    episode: torch.Tensor | None = None,
 ) -> float:
     """A power-of-two clip bound for :func:`dp_sums`, chosen with the Gaussian mechanism.
+
+    With ``episode`` (each frame's episode index, frames grouped by episode)
+    the unit is an episode: each falls in the bin of its largest ``|x|`` over
+    all its frames (one count per episode, same sensitivity 1).
 
     Each frame falls in one bin ``k`` of :data:`BOUND_EXPONENTS`, the smallest
     with ``max |x| <= 2**k`` (values past the top land in the top bin), so adding or
@@ -96,6 +115,11 @@ def dp_bound(
     lo, hi = BOUND_EXPONENTS.start, BOUND_EXPONENTS.stop - 1
     bins = len(BOUND_EXPONENTS)
     peak = torch.cat([state, action], dim=1).double().abs().amax(dim=1)
+    if episode is not None:
+        _, inverse = torch.unique_consecutive(episode, return_inverse=True)
+        peak = torch.zeros(int(inverse.max()) + 1, dtype=peak.dtype).index_reduce_(
+            0, inverse, peak, "amax", include_self=False
+        )
     k = torch.ceil(torch.log2(peak.clamp(min=2.0**lo, max=2.0**hi))).long() - lo
     noise = torch.randn(bins, generator=generator, dtype=torch.float64)
     counts = (torch.bincount(k, minlength=bins).double() + noise_multiplier * noise).tolist()
@@ -116,9 +140,17 @@ def dp_sums(
     bound: float,
     noise_multiplier: float,
     generator: torch.Generator,
+    episode: torch.Tensor | None = None,
 ) -> NoisySums:
-    """The Gaussian-mechanism release of clipped sums (module docstring)."""
+    """The Gaussian-mechanism release of clipped sums (module docstring).
+
+    With ``episode`` each episode adds the mean of its clipped frames (and of
+    their squares) and counts once: per-episode sensitivities as per frame.
+    """
     v = torch.cat([state, action], dim=1).double().clamp(-bound, bound)
+    sq = v * v
+    if episode is not None:
+        v, sq = per_episode_mean(v, episode), per_episode_mean(sq, episode)
     d = v.shape[1]
     sd_sum = noise_multiplier * bound * math.sqrt(d)
     sd_sq = noise_multiplier * bound * bound * math.sqrt(d)
@@ -126,7 +158,7 @@ def dp_sums(
     return NoisySums(
         count=float(v.shape[0] + noise_multiplier * noise[0]),
         sum=(v.sum(0) + sd_sum * noise[1 : d + 1]).numpy(),
-        sumsq=((v * v).sum(0) + sd_sq * noise[d + 1 :]).numpy(),
+        sumsq=(sq.sum(0) + sd_sq * noise[d + 1 :]).numpy(),
         bound=bound,
         noise_multiplier=noise_multiplier,
     )

@@ -9,7 +9,9 @@ round's aggregated held-out MSE, normalised action units), and
 ``OUT/contribution.json``: :func:`dataspace.quality.contribution.run_contributions`,
 GTG-Shapley, in units of the consumer's validation MSE), with
 ``contribution_split`` (suggested revenue shares) and ``contribution_meaning``
-(one sentence on what the number means) from ``OUT/value.json``.
+(one sentence on what the number means) from ``OUT/value.json``, and
+``privacy_unit`` (per dataset: ``"frame"`` or ``"episode"``, what each site's
+epsilon protects, ``site.toml [training] privacy_unit``).
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def write_report(out_dir: Path | str) -> dict[str, Any]:
     epsilon = dict(history.get("stats", {}).get("epsilon", {}))
     for r in rounds:
         epsilon.update(r["epsilon"])
+    sites = [*history.get("stats", {}).get("sites", []), *(s for r in rounds for s in r["sites"])]
+    privacy_unit = {s["dataset-id"]: s.get("privacy_unit", "frame") for s in sites}
     contribution = None
     if (out / "contribution.json").exists():
         contribution = json.loads((out / "contribution.json").read_text())
@@ -79,6 +83,7 @@ def write_report(out_dir: Path | str) -> dict[str, Any]:
             for r in rounds
         ],
         "epsilon": epsilon,
+        "privacy_unit": privacy_unit,
         "heldout_mse": rounds[-1]["eval_mse"] if rounds else None,
         "contribution": contribution,
         "contribution_split": value.get("split"),

@@ -203,7 +203,10 @@ def _exchange(
 
 def _site_of(m: Message) -> dict[str, str]:
     info = m.content["info"]
-    return {k: str(info[k]) for k in ("site", "dataset-id", "contract-id", "fingerprint")}
+    site = {k: str(info[k]) for k in ("site", "dataset-id", "contract-id", "fingerprint")}
+    # the site's privacy unit (its own setting, dataspace.federated.dp); older sites: frame
+    site["privacy_unit"] = str(info.get("privacy-unit", "frame"))
+    return site
 
 
 def _save_arrays(path: Path, arrays: ArrayRecord) -> None:

@@ -12,10 +12,18 @@ chosen by episode hash (dataspace.federated.data.split_episodes). Models:
 
 MSE is over all sites' held-out frames, in raw action units. Last stdout line:
 ``{"ratio": fed(eps=8) / central, ...}``.
+
+``--privacy-unit episode`` makes every holder protect whole episodes
+(``site.toml [training] privacy_unit = "episode"``, user-level DP-SGD, see
+dataspace.federated.dp) instead of frames (the default); ``--epsilons`` and
+``--no-alone`` shorten a run; ``--lr`` sets the learning rate. The output adds
+``privacy_unit``, ``frames_per_episode``, ``plan_site0`` (site 0's noise multiplier,
+sample rate, expected batch and steps per round, per epsilon) and ``federated_seconds``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -84,21 +92,63 @@ def central(train: fdata.Frames, epochs: int = 20) -> Policy:
     return policy
 
 
-def federated(root: Path, eps: float, sites: list[int] | None = None) -> tuple[Policy, float]:
+def _toml(v: object) -> str:
+    return json.dumps(v) if isinstance(v, str) else str(v)
+
+
+def federated(
+    root: Path,
+    eps: float,
+    sites: list[int] | None = None,
+    training: dict | None = None,
+    lr: float = LR,
+) -> tuple[Policy, float, dict]:
+    training = training or TRAINING
     fed = make_federation(root, UNITREE, epsilon=eps, rounds=ROUNDS)
     for site in fed.sites:
         with open(site.config_path, "a") as f:
-            f.write("\n[training]\n" + "".join(f"{k} = {v}\n" for k, v in TRAINING.items()))
+            f.write("\n[training]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in training.items()))
     idx = sites if sites is not None else [0, 1, 2]
     t = time.perf_counter()
-    run_simulation(
+    h = run_simulation(
         [fed.contract_ids[i] for i in idx], [fed.sites[i] for i in idx], "bc-mlp", ROUNDS,
-        root / "run", seed=0, lr=LR, min_nodes=1, local_epochs=TRAINING["max_epochs"],
+        root / "run", seed=0, lr=lr, min_nodes=1, local_epochs=training["max_epochs"],
     )  # fmt: skip
-    return load_policy(root / "run"), time.perf_counter() - t
+    return load_policy(root / "run"), time.perf_counter() - t, h
+
+
+def _noise(root: Path, eps: float) -> dict:
+    """Site 0's privacy plan, as its ClientApp computes it (settings + metadata only)."""
+    from dataspace.connectors.site import Site
+    from dataspace.federated import dp
+
+    site = Site.open(root / "site-0")
+    with site.db(read_only=True) as con:
+        (dsid,) = con.execute("SELECT dataset_id FROM datasets").fetchone()
+    split = fdata.split_episodes(site, dsid)
+    settings = dp.TrainingSettings.from_config(site.config)
+    plan = dp.make_plan(eps, 1e-5, ROUNDS, split.train_frames, settings, len(split.train))
+    return {
+        "noise_multiplier": round(plan.noise_multiplier, 4),
+        "sample_rate": round(plan.sample_rate, 4),
+        "expected_batch": round(plan.sample_rate * plan.units, 1),
+        "steps_per_round": plan.steps_per_round,
+        "units": plan.units,
+    }
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--privacy-unit", choices=("frame", "episode"), default="frame")
+    ap.add_argument("--frames-per-episode", type=int, default=32, help="episode unit: m")
+    ap.add_argument("--epsilons", default="8,2,1", help="comma-separated; 8 gives `ratio`")
+    ap.add_argument("--no-alone", action="store_true", help="skip the sites-alone runs")
+    ap.add_argument("--lr", type=float, default=LR)
+    args = ap.parse_args()
+    epsilons = [float(e) for e in args.epsilons.split(",") if e]
+    training = dict(TRAINING)
+    if args.privacy_unit != "frame":  # the default run writes exactly the old settings
+        training.update(privacy_unit=args.privacy_unit, frames_per_episode=args.frames_per_episode)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ref = make_federation(tmp / "ref", UNITREE, epsilon=1.0, rounds=1)
@@ -107,25 +157,36 @@ def main() -> None:
         base = mse(central(train), held)
         log(f"central non-private: {base:.5f}")
         out: dict = {"central_mse": base, "federated_mse": {}, "alone_mse": {}}
-        for eps in (8.0, 2.0, 1.0):
-            pol, secs = federated(tmp / f"fed{eps}", eps)
+        noise: dict = {}
+        seconds: dict = {}
+        for eps in epsilons:
+            pol, secs, _ = federated(tmp / f"fed{eps}", eps, training=training, lr=args.lr)
             out["federated_mse"][str(eps)] = mse(pol, held)
-            log(f"federated eps {eps}: {out['federated_mse'][str(eps)]:.5f} ({secs:.0f}s)")
-        for i in range(3):
-            pol, _ = federated(tmp / f"alone{i}", 8.0, [i])
+            noise[str(eps)] = _noise(tmp / f"fed{eps}", eps)
+            seconds[str(eps)] = round(secs, 1)
+            log(
+                f"federated eps {eps} ({args.privacy_unit}): "
+                f"{out['federated_mse'][str(eps)]:.5f} ({secs:.0f}s, site-0 plan {noise[str(eps)]})"
+            )
+        for i in range(0 if args.no_alone else 3):
+            pol, _, _ = federated(tmp / f"alone{i}", 8.0, [i], training=training, lr=args.lr)
             out["alone_mse"][f"site-{i}"] = mse(pol, held)
             log(f"site {i} alone eps 8: {out['alone_mse'][f'site-{i}']:.5f}")
-        out["ratio"] = round(out["federated_mse"]["8.0"] / base, 3)
-        out["ratio_eps2"] = round(out["federated_mse"]["2.0"] / base, 3)
-        out["ratio_eps1"] = round(out["federated_mse"]["1.0"] / base, 3)
+        for key, eps in (("ratio", "8.0"), ("ratio_eps2", "2.0"), ("ratio_eps1", "1.0")):
+            if eps in out["federated_mse"]:
+                out[key] = round(out["federated_mse"][eps] / base, 3)
         out["ratio_alone"] = {k: round(v / base, 3) for k, v in out["alone_mse"].items()}
         out.update(
             rounds=ROUNDS,
-            lr=LR,
+            lr=args.lr,
             delta=1e-5,
             sites=3,
             training=TRAINING,
             dataset="unitree-g1 (100 episodes in 3 ranges)",
+            privacy_unit=args.privacy_unit,
+            frames_per_episode=args.frames_per_episode if args.privacy_unit == "episode" else None,
+            plan_site0=noise,
+            federated_seconds=seconds,
         )
         print(json.dumps(out))
 

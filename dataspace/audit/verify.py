@@ -208,6 +208,8 @@ class RoundRecord:
     model_sha256: str | None = None
     finished_index: int | None = None
     ok: bool = True
+    #: what the round's epsilon protects ("frame" / "episode"), as its round.finished says
+    privacy_unit: str | None = None
 
 
 @dataclass
@@ -563,6 +565,8 @@ class RuleChecker:
         rec = self.open_rounds.get((cid, key))
         if rec is not None:
             rec.model_sha256 = model if type(model) is str else None
+            unit = f.get("privacy_unit")
+            rec.privacy_unit = unit if type(unit) is str else None
             rec.finished_index = i
             if len(vio) > n_before:
                 rec.ok = False

@@ -318,6 +318,7 @@ def show_cmd(
             "round": r.round,
             "epsilon": r.epsilon,
             "model_sha256": r.model_sha256,
+            "privacy_unit": r.privacy_unit,
             "verifies": r.ok and r.index not in bad and report.ok,
         }
         for r in rows
@@ -344,6 +345,7 @@ def show_cmd(
         "purpose",
         "run/round",
         "ε",
+        "unit",
         "model",
         "ok",
     ):
@@ -358,6 +360,7 @@ def show_cmd(
             str(r["purpose"]),
             f"{r['run_id']}/{r['round']}",
             f"{r['epsilon']:g}",
+            str(r["privacy_unit"] or "-"),
             (r["model_sha256"] or "")[:12],
             "yes" if r["verifies"] else "NO",
         )

@@ -530,6 +530,57 @@ def _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, generator
                 p -= lr * s / expected_batch
 
 
+def episode_clipped_sums(
+    net: nn.Sequential,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    weight: torch.Tensor,
+    clip_norm: float,
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """Sum over episodes of each episode's gradient clipped to ``clip_norm``, book-keeping style.
+
+    ``xb`` [k, m, D], ``yb`` [k, m, A], ``weight`` [k, m] (:func:`episode_batch`):
+    episode ``e``'s loss is ``sum_t w_et loss_et``, its gradient for a Linear
+    layer ``sum_t g_t a_t^T`` (+ ``sum_t g_t`` for the bias), whose squared norm
+    is ``sum_{t,s} (g_t.g_s)(a_t.a_s + 1)``: two [m, m] Gram matrices per
+    episode and layer, no per-episode gradient stored. Padding frames have
+    weight 0, so their output gradients (and terms) are 0. The clipped sum is
+    one matrix product per layer over all frames, each frame's output gradient
+    scaled by its episode's clip factor. Returns ``[(weight sum, bias sum)]``
+    per Linear layer and the episodes' losses [k]. With ``m = 1`` and weight 1
+    this is per-frame clipping (:func:`bk_step`).
+    """
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    sums = [(torch.zeros_like(m.weight), torch.zeros_like(m.bias)) for m in linears]
+    k, mm = weight.shape
+    if not k:
+        return sums, torch.zeros(0)
+    acts, outs = [], []
+    h = xb.reshape(k * mm, -1)
+    for m in net:
+        if isinstance(m, nn.Linear):
+            acts.append(h.detach())
+            h = m(h)
+            outs.append(h)
+        else:
+            h = m(h)
+    per = ((h - yb.reshape(k * mm, -1)) ** 2).mean(dim=1)
+    per_episode = (per.view(k, mm) * weight).sum(1)
+    grads = torch.autograd.grad(per_episode.sum(), outs)
+    with torch.no_grad():
+        norm2 = torch.zeros(k, dtype=per.dtype)
+        for a, g in zip(acts, grads, strict=True):
+            a3, g3 = a.view(k, mm, -1), g.view(k, mm, -1)
+            norm2 += ((g3 @ g3.transpose(1, 2)) * (a3 @ a3.transpose(1, 2) + 1.0)).sum((1, 2))
+        scale = (clip_norm / (norm2.clamp(min=0).sqrt() + 1e-6)).clamp(max=1.0)
+        frame_scale = scale.repeat_interleave(mm)[:, None]
+        for (sw, sb), a, g in zip(sums, acts, grads, strict=True):
+            gs = g * frame_scale
+            sw += gs.T @ a
+            sb += gs.sum(0)
+    return sums, per_episode.detach()
+
+
 def bk_episode_step(
     net: nn.Sequential,
     xb: torch.Tensor,
@@ -541,50 +592,13 @@ def bk_episode_step(
     expected_batch: float,
     generator: torch.Generator,
 ) -> float:
-    """One user-level DP-SGD step, one clipped gradient per episode, book-keeping style.
-
-    ``xb`` [k, m, D], ``yb`` [k, m, A], ``weight`` [k, m] (:func:`episode_batch`):
-    episode ``e``'s loss is ``sum_t w_et loss_et``, its gradient for a Linear
-    layer ``sum_t g_t a_t^T`` (+ ``sum_t g_t`` for the bias), whose squared norm
-    is ``sum_{t,s} (g_t.g_s)(a_t.a_s + 1)``: two [m, m] Gram matrices per
-    episode and layer, no per-episode gradient stored. Padding frames have
-    weight 0, so their output gradients (and terms) are 0. The clipped sum is
-    then one matrix product per layer over all frames, each frame's output
-    gradient scaled by its episode's clip factor; noise and update as in
-    :func:`bk_step`. Returns the mean episode loss (not released).
-    """
+    """One user-level DP-SGD step: :func:`episode_clipped_sums`, then noise and update
+    as in :func:`bk_step` (``N(0, (sigma C)^2)``, divided by the expected number of
+    episodes). Returns the mean episode loss (not released)."""
     linears = [m for m in net if isinstance(m, nn.Linear)]
-    sums = [(torch.zeros_like(m.weight), torch.zeros_like(m.bias)) for m in linears]
-    loss = float("nan")
-    k, mm = weight.shape
-    if k:
-        acts, outs = [], []
-        h = xb.reshape(k * mm, -1)
-        for m in net:
-            if isinstance(m, nn.Linear):
-                acts.append(h.detach())
-                h = m(h)
-                outs.append(h)
-            else:
-                h = m(h)
-        per = ((h - yb.reshape(k * mm, -1)) ** 2).mean(dim=1)
-        per_episode = (per.view(k, mm) * weight).sum(1)
-        grads = torch.autograd.grad(per_episode.sum(), outs)
-        with torch.no_grad():
-            norm2 = torch.zeros(k, dtype=per.dtype)
-            for a, g in zip(acts, grads, strict=True):
-                a3, g3 = a.view(k, mm, -1), g.view(k, mm, -1)
-                gram_a = a3 @ a3.transpose(1, 2) + 1.0
-                norm2 += ((g3 @ g3.transpose(1, 2)) * gram_a).sum((1, 2))
-            scale = (clip_norm / (norm2.clamp(min=0).sqrt() + 1e-6)).clamp(max=1.0)
-            frame_scale = scale.repeat_interleave(mm)[:, None]
-            for (sw, sb), a, g in zip(sums, acts, grads, strict=True):
-                gs = g * frame_scale
-                sw += gs.T @ a
-                sb += gs.sum(0)
-        loss = float(per_episode.detach().mean())
+    sums, losses = episode_clipped_sums(net, xb, yb, weight, clip_norm)
     _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, generator)
-    return loss
+    return float(losses.mean()) if losses.numel() else float("nan")
 
 
 class EpisodeMSE(nn.Module):

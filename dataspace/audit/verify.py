@@ -712,7 +712,9 @@ def _previous(
     try:
         pnote = parse_note(previous)
         prev = parse_checkpoint(pnote.text)
-        if not verify_signatures(pnote.text, pnote.signatures, logs) or prev.origin != cp.origin:
+        if prev.origin != cp.origin:
+            raise NoteError(f"it is a checkpoint of {prev.origin}, not of {cp.origin}")
+        if not verify_signatures(pnote.text, pnote.signatures, logs):
             raise NoteError(f"not signed by a trusted key of {cp.origin}")
     except NoteError as e:
         vio.append(Violation("previous-checkpoint", f"previous checkpoint: {e}"))

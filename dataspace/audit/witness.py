@@ -104,8 +104,12 @@ class Witness:
     def trust(self, log: Verifier) -> None:
         self.logs[log.name] = log
 
-    def _state_path(self, origin: str) -> Path:
+    def state_path(self, origin: str) -> Path:
+        """Where the latest checkpoint of ``origin`` this witness cosigned is kept: the
+        log-signed note, which an auditor can use as its ``--previous-checkpoint``."""
         return self.directory / (hashlib.sha256(origin.encode()).hexdigest()[:32] + ".checkpoint")
+
+    _state_path = state_path
 
     def latest(self, origin: str) -> Checkpoint | None:
         """The latest checkpoint of ``origin`` this witness has cosigned, if any."""

@@ -13,87 +13,28 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import httpx
 import pytest
 
 from dataspace.audit.checkpoint import checkpoint_of_note
-from dataspace.audit.cosignature import witness_vkey
 from dataspace.audit.log import TransparencyLog
-from dataspace.audit.note import parse_note
-from dataspace.cli import main
-from dataspace.connectors.site import Site
 from dataspace.connectors.sitelog import log_key, record
-from dataspace.policy.identity import load_identity, load_private_key
-from tests.conftest import SO101
-from tests.services.conftest import Service, free_port, make_party, run_cli
+from dataspace.policy.identity import load_private_key
+from tests.audit.space import SITES, cli, running_space, wait_for, witnesses_of
 
 pytestmark = pytest.mark.slow
 
-SITES = ("site-a", "site-b")
 
-
-def _witnesses(note: bytes, origin: str) -> set[str]:
-    return {s.name for s in parse_note(note).signatures} - {origin}
-
-
-def _wait(cond, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+_witnesses = witnesses_of
+_wait = wait_for
+_cli = cli
 
 
 @pytest.fixture(scope="module")
 def space(tmp_path_factory: pytest.TempPathFactory):
-    tmp = tmp_path_factory.mktemp("witness-e2e")
-    sites = []
-    for name in SITES:
-        run_cli("connector", "init", str(tmp / name), "--org", f"Org {name}", "--name", name)
-        run_cli("connector", "enroll", str(tmp / name), str(SO101), "--no-quality")
-        sites.append(Site.open(tmp / name))
-    keys = tmp / "keys"
-    keys.mkdir()
-    auditor = make_party(keys, "auditor", "auditor")
-    args = ["hub", "--data", str(tmp / "hub")]
-    for s in sites:
-        args += ["--trust", str(s.root / "site.key.pub")]
-    args += ["--trust", str(auditor.key_path) + ".pub"]
-    hub = Service(args, free_port(), tmp / "hub.log")
-    started = [hub]
-    try:
-        hub.wait_ready()
-        for s in sites:
-            c = Service(
-                ["connector", str(s.root), "--hub", hub.url], free_port(), tmp / f"{s.name}.log"
-            )
-            started.append(c)
-        for c in started[1:]:
-            c.wait_ready(until=lambda h: h["published"])
-        hub_id = load_identity(tmp / "hub" / "hub.key")
-        hub_pub = tmp / "hub" / "hub.key.pub"
-        trusted = tmp / "trusted-keys"
-        lines = [f"log {hub_pub}", *(str(s.vkey_path) for s in sites)]
-        lines += [f"witness {s.root / 'site.key.pub'}" for s in sites]
-        lines += [f"witness {hub_pub}"]
-        trusted.write_text("\n".join(lines) + "\n")
-        hub_witness = tmp / "hub-witness.vkey"
-        hub_witness.write_text(witness_vkey(hub_id.name, hub_id.public_key) + "\n")
-        yield {
-            "tmp": tmp,
-            "hub": hub,
-            "connectors": started[1:],
-            "sites": sites,
-            "auditor": auditor,
-            "trusted": trusted,
-            "hub_name": hub_id.name,
-            "hub_witness": hub_witness,
-        }
-    finally:
-        for s in started:
-            s.stop()
+    with running_space(tmp_path_factory.mktemp("witness-e2e")) as s:
+        yield s
 
 
 def _hub_witnessed(space) -> bytes:
@@ -104,13 +45,6 @@ def _hub_witnessed(space) -> bytes:
 
 def _hub_latest(space) -> bytes:
     return httpx.get(space["hub"].url + "/v1/log/checkpoint").content
-
-
-def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(args))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _services_cosign_each_other_and_verify_with_quorum(space, capsys) -> None:

@@ -17,7 +17,8 @@ MSE is over all sites' held-out frames, in raw action units. Last stdout line:
 (``site.toml [training] privacy_unit = "episode"``, user-level DP-SGD, see
 dataspace.federated.dp) instead of frames (the default); ``--epsilons`` and
 ``--no-alone`` shorten a run; ``--lr`` sets the learning rate. The output adds
-``privacy_unit``, ``frames_per_episode``, ``plan_site0`` (site 0's noise multiplier,
+``mean_action_mse`` (held-out MSE of always predicting the mean train action, a
+reference), ``privacy_unit``, ``frames_per_episode``, ``plan_site0`` (site 0's noise multiplier,
 sample rate, expected batch and steps per round, per epsilon) and ``federated_seconds``.
 """
 
@@ -157,6 +158,9 @@ def main() -> None:
         base = mse(central(train), held)
         log(f"central non-private: {base:.5f}")
         out: dict = {"central_mse": base, "federated_mse": {}, "alone_mse": {}}
+        # a reference point: always predicting the pooled train episodes' mean action
+        mean_mse = float(((held.action - train.action.mean(0)) ** 2).mean())
+        log(f"mean action predictor: {mean_mse:.5f}")
         noise: dict = {}
         seconds: dict = {}
         for eps in epsilons:
@@ -183,6 +187,7 @@ def main() -> None:
             sites=3,
             training=TRAINING,
             dataset="unitree-g1 (100 episodes in 3 ranges)",
+            mean_action_mse=mean_mse,
             privacy_unit=args.privacy_unit,
             frames_per_episode=args.frames_per_episode if args.privacy_unit == "episode" else None,
             plan_site0=noise,

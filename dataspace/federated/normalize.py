@@ -116,10 +116,8 @@ def dp_bound(
     bins = len(BOUND_EXPONENTS)
     peak = torch.cat([state, action], dim=1).double().abs().amax(dim=1)
     if episode is not None:
-        _, inverse = torch.unique_consecutive(episode, return_inverse=True)
-        peak = torch.zeros(int(inverse.max()) + 1, dtype=peak.dtype).index_reduce_(
-            0, inverse, peak, "amax", include_self=False
-        )
+        _, counts = torch.unique_consecutive(episode, return_counts=True)
+        peak = torch.stack([p.max() for p in peak.split(counts.tolist())])
     k = torch.ceil(torch.log2(peak.clamp(min=2.0**lo, max=2.0**hi))).long() - lo
     noise = torch.randn(bins, generator=generator, dtype=torch.float64)
     counts = (torch.bincount(k, minlength=bins).double() + noise_multiplier * noise).tolist()

@@ -381,8 +381,13 @@ def test_kill_9_while_cosigning_keeps_every_acknowledged_cosignature(tmp_path: P
         w = W(tmp_path / "w", "w1", wkey, [log.verifier])
         assert w.latest(ORIGIN).size >= acked[-1]
         kept = {checkpoint_of_note(n).size: n for n in log.cosigned_checkpoints()}
-        for size in acked[-KEEP_COSIGNED:]:
-            assert _names(kept[size]) == {"w1"}, size
+        # the newest KEEP_COSIGNED cosigned sizes are kept; the kill may land after a
+        # cosignature was kept and before it was printed, so one unacknowledged size can
+        # be among them: an acknowledged size must be kept unless 64 newer ones are
+        for size in acked:
+            if sum(k > size for k in kept) < KEEP_COSIGNED:
+                assert _names(kept[size]) == {"w1"}, size
+        assert acked[-1] in kept
         note = log.witnessed_checkpoint()
         cosig = [s for s in parse_note(note).signatures if s.name == "w1"]
         assert witness_verifier("w1", w.signer.public_key).verify(parse_note(note).text,

@@ -9,7 +9,10 @@ POST /append                           body: one entry, or several, one per line
                                        {"index": i} or {"indices": [...]}
 GET  /entries?start=I&end=J            the entries [I, J) as lines (at most 1000)
 GET  /checkpoint[?witnessed=true]      the latest signed checkpoint, text/plain (with
-                                       ``witnessed``: the latest fully cosigned one)
+                                       ``witnessed``: the newest one its witness
+                                       policy accepts, dataspace.audit.witnesspolicy)
+GET  /witnesses                        the witness set: per witness the size it cosigned,
+                                       whether it is stale (and since which size), why
 GET  /proof/inclusion?index=I&size=N   {"index","size","leaf_hash","hashes"} (hex)
 GET  /proof/consistency?from=M&size=N  {"from","size","hashes"} (hex)
 POST /add-checkpoint                   C2SP tlog-witness (when a witness is given)
@@ -111,6 +114,16 @@ def log_router(
         except DataspaceError as e:
             return _error(e)
         return PlainTextResponse(note, media_type="text/plain; charset=utf-8")
+
+    @router.get("/witnesses")
+    def witnesses() -> Response:
+        """Who witnesses this log: the current witness set, how far each cosigned, which
+        is stale since which size (TransparencyLog.witnessing_status)."""
+        try:
+            status = get_log().witnessing_status()
+        except DataspaceError as e:
+            return _error(e)
+        return JSONResponse(status)
 
     @router.get("/proof/inclusion")
     def inclusion(index: int = Query(..., ge=0), size: int | None = Query(None, ge=1)) -> Response:

@@ -28,6 +28,7 @@ import base64
 import json
 import os
 import struct
+import time as _time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
@@ -57,6 +58,7 @@ from dataspace.audit.storage import (
     INDEX,
     KEEP_COSIGNED,
     META,
+    WITNESSES,
     Files,
     LogCorruptError,
     LogError,
@@ -65,6 +67,12 @@ from dataspace.audit.storage import (
     locked,
     peaks_of,
     stored_nodes,
+)
+from dataspace.audit.witnesspolicy import (
+    WitnessPolicy,
+    WitnessPolicyError,
+    WitnessState,
+    parse_policy,
 )
 
 __all__ = ["FsckReport", "LogCorruptError", "LogError", "TransparencyLog"]
@@ -467,14 +475,22 @@ class TransparencyLog:
             return f"checkpoint of size {cp.size} is not the stored tree's"
         return None
 
-    def witnessed_checkpoint(self) -> bytes:
-        """The latest fully cosigned checkpoint, with its cosignatures.
+    def witnessed_checkpoint(
+        self, policy: WitnessPolicy | None = None, now: float | None = None
+    ) -> bytes:
+        """The newest checkpoint its witnesses cosigned, with its cosignatures.
 
-        "Fully" means cosigned by every witness that cosigned any checkpoint kept
-        in ``cosigned/`` (a witness that stopped answering drops out once its
-        checkpoints are pruned). The latest checkpoint is returned when it is
-        fully cosigned or when no cosigned checkpoint is kept; when none is
-        fully cosigned, the one with the most witnesses (then the largest).
+        With a witness policy (``policy``, else ``witnesses.json`` as the pusher wrote
+        it; :mod:`.witnesspolicy`): the newest kept or latest checkpoint that
+        satisfies it, so a witness that is gone for good stops holding it back
+        once stale, and a witness removed from the configuration at once; when
+        none satisfies it, the newest one cosigned by any current witness.
+
+        Without a policy (a log nobody pushes as a service): "fully" cosigned,
+        by every witness that cosigned any checkpoint kept in ``cosigned/``. The
+        latest checkpoint is returned when it is fully cosigned or when no
+        cosigned checkpoint is kept; when none is fully cosigned, the one with
+        the most witnesses (then the largest).
         """
         latest = self.stored_checkpoint() if self.signer is None else self.checkpoint()
         kept = self.cosigned_checkpoints()
@@ -484,12 +500,102 @@ class TransparencyLog:
             latest = kept[-1]
         cands = [latest, *reversed(kept)]
         names = [self._witness_names(n) for n in cands]
+        policy = self.witness_policy() if policy is None else policy
+        if policy is not None and policy.witnesses:
+            now = _time.time() if now is None else now
+            sizes = [_size_of(n) for n in cands]
+            for note, size, who in zip(cands, sizes, names, strict=True):
+                if policy.satisfied(size, who, now):
+                    return note
+            current = policy.names
+            best = max(range(len(cands)), key=lambda i: (bool(names[i] & current), sizes[i]))
+            return cands[best]
         everyone = set().union(*names)
         for note, who in zip(cands, names, strict=True):
             if who >= everyone:
                 return note
         best = max(range(len(cands)), key=lambda i: (len(names[i]), _size_of(cands[i])))
         return cands[best]
+
+    # --- the witness policy (written by the pusher; dataspace.audit.witnesspolicy) --------
+    @property
+    def policy_path(self) -> Path:
+        return self.directory / WITNESSES
+
+    def witness_policy(self) -> WitnessPolicy | None:
+        """The policy the log's pusher wrote, if any (a malformed one is ignored: fsck names it)."""
+        data = _read(self.policy_path)
+        if data is None:
+            return None
+        try:
+            return parse_policy(data)
+        except WitnessPolicyError:
+            return None
+
+    def set_witness_policy(self, policy: WitnessPolicy) -> None:
+        """Store the current witness set and its state (atomically; one pusher per log)."""
+        atomic_write(self.policy_path, policy.encode())
+
+    def last_cosigned(self) -> dict[str, int]:
+        """Witness name -> the largest kept (or latest) checkpoint size it cosigned."""
+        out: dict[str, int] = {}
+        latest = self.stored_checkpoint()
+        for note in [*self.cosigned_checkpoints(), *([latest] if latest else [])]:
+            size = _size_of(note)
+            for name in self._witness_names(note):
+                out[name] = max(out.get(name, 0), size)
+        return out
+
+    def witnessing_status(self, now: float | None = None) -> dict[str, Any]:
+        """Who witnesses this log, how far, and which witness is stale since which size.
+
+        ``witnesses`` lists the current witnesses (from the policy; without one,
+        every witness of a kept checkpoint), each with the largest size it
+        cosigned, whether it cosigned the witnessed checkpoint, whether it is
+        stale (failing for ``stale_after_s`` s: it no longer holds the
+        witnessed checkpoint back), since when it fails and why.
+        """
+        now = _time.time() if now is None else now
+        policy = self.witness_policy()
+        witnessed = self.witnessed_checkpoint(policy, now)
+        wsize = _size_of(witnessed)
+        cosigners = self._witness_names(witnessed)
+        seen = self.last_cosigned()
+        latest = self.stored_checkpoint()
+        states = (
+            list(policy.witnesses)
+            if policy is not None and policy.witnesses
+            else [WitnessState(n) for n in sorted(seen)]
+        )
+        stale_after = policy.stale_after if policy is not None else None
+        rows = []
+        for w in states:
+            sizes = [x for x in (w.size, seen.get(w.name)) if x is not None]
+            size = max(sizes) if sizes else None
+            stale = stale_after is not None and w.stale(now, stale_after)
+            rows.append(
+                {
+                    "witness": w.name,
+                    "url": w.url,
+                    "size": size,
+                    "cosigned_witnessed": w.name in cosigners,
+                    "stale": stale,
+                    "stale_since_size": size if stale else None,
+                    "failing_since": w.failing_since,
+                    "error": w.error,
+                    "status": w.status,
+                }
+            )
+        return {
+            "origin": self.origin,
+            "size": _size_of(latest) if latest else 0,
+            "witnessed_size": wsize,
+            "witnesses": rows,
+            "stale": [r["witness"] for r in rows if r["stale"]],
+            "quorum": policy.quorum if policy is not None else None,
+            "stale_after_s": stale_after,
+            "policy": policy is not None,
+        }
 
     def _witness_names(self, note: bytes) -> set[str]:
         return {s.name for s in parse_note(note).signatures} - {self.origin}
@@ -541,6 +647,15 @@ class TransparencyLog:
             problem = self._cosigned_problem(size, note)
             if problem is not None:
                 report.problems.append(f"{COSIGNED}/{size}: {problem}")
+        policy = _read(self.policy_path)
+        if policy is not None:
+            try:
+                parse_policy(policy)
+            except WitnessPolicyError as e:
+                report.problems.append(
+                    f"{WITNESSES}: {e} (ignored: the witnessed checkpoint "
+                    "falls back to every witness of the kept checkpoints)"
+                )
         return report
 
     # --- tiles (C2SP tlog-tiles static export) ---------------------------------------------

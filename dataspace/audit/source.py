@@ -14,7 +14,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from dataspace.audit.bundle import Bundle, split_cosignatures
 from dataspace.audit.checkpoint import checkpoint_of_note
@@ -35,6 +35,7 @@ class LogSource(Protocol):
     def iter_entries(self, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
     def inclusion_proof(self, index: int, size: int) -> tuple[bytes, list[bytes]]: ...
     def consistency_proof(self, old: int, new: int) -> list[bytes]: ...
+    def witnessing(self) -> dict[str, Any] | None: ...
 
 
 class FolderSource:
@@ -63,6 +64,9 @@ class FolderSource:
 
     def consistency_proof(self, old: int, new: int) -> list[bytes]:
         return self.log.consistency_proof(old, new)
+
+    def witnessing(self) -> dict[str, Any] | None:
+        return self.log.witnessing_status()
 
 
 class BundleSource:
@@ -101,6 +105,9 @@ class BundleSource:
 
     def consistency_proof(self, old: int, new: int) -> list[bytes]:
         return self.tree().consistency_proof(old, new)
+
+    def witnessing(self) -> dict[str, Any] | None:
+        return None  # a bundle is one checkpoint: no witness set to report
 
 
 #: signs one request: (method, full URL, body) -> headers to send. The audit
@@ -175,6 +182,14 @@ class RemoteSource:
     def consistency_proof(self, old: int, new: int) -> list[bytes]:
         obj = json.loads(self._get("/proof/consistency", **{"from": old, "size": new}))
         return [bytes.fromhex(h) for h in obj["hashes"]]
+
+    def witnessing(self) -> dict[str, Any] | None:
+        """``GET /witnesses``; None from a server without it (or refusing it)."""
+        try:
+            obj = json.loads(self._get("/witnesses"))
+        except (LogError, ProofError, ValueError):
+            return None
+        return obj if isinstance(obj, dict) else None
 
 
 def open_source(spec: str | Path, sign: RequestSigner | None = None) -> LogSource:

@@ -10,6 +10,9 @@
       checkpoint   latest signed checkpoint (C2SP signed note) + cosignature lines
       cosigned/N   the checkpoint of size N with every witness cosignature it got
                    (the latest KEEP_COSIGNED sizes are kept; see TransparencyLog.keep_cosignature)
+      witnesses.json  the log's witness policy: its current witnesses, their state, the
+                   quorum (written by the service that pushes its checkpoints;
+                   dataspace.audit.witnesspolicy)
       lock         fcntl.flock target: one appender at a time across processes
 
 ``hashes`` is a Merkle Mountain Range laid out in post-order: leaf i is written,
@@ -49,6 +52,7 @@ INDEX = "index"
 HASHES = "hashes"
 CHECKPOINT = "checkpoint"
 COSIGNED = "cosigned"
+WITNESSES = "witnesses.json"
 LOCK = "lock"
 #: cosigned checkpoints kept (older sizes are pruned: the latest ones carry the news)
 KEEP_COSIGNED = 64

@@ -227,6 +227,11 @@ class AuditReport:
     contracts: dict[str, dict[str, Any]] = field(default_factory=dict)
     epsilon_by_dataset: dict[str, float] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)
+    #: the source's latest checkpoint size, when it says (the verified one may trail it)
+    latest_size: int | None = None
+    #: the source's stale witnesses: {"witness", "since_size", "failing_since", "error",
+    #: "status"} (failing too long to hold its witnessed checkpoint back; see witnesspolicy)
+    stale_witnesses: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -241,6 +246,27 @@ class AuditReport:
         d["ok"] = self.ok
         d["first_violation"] = str(self.first) if self.first else None
         return d
+
+
+def note_witnessing(report: AuditReport, status: dict[str, Any] | None) -> None:
+    """Add what the source says of its witnesses (``TransparencyLog.witnessing_status``):
+    its latest size and the witnesses that are stale, since which size. Not a violation:
+    the checkpoint verified is what they cosigned; ``--witness-quorum`` judges that."""
+    if not status:
+        return
+    size = status.get("size")
+    report.latest_size = size if type(size) is int else None
+    report.stale_witnesses = [
+        {
+            "witness": w.get("witness"),
+            "since_size": w.get("stale_since_size"),
+            "failing_since": w.get("failing_since"),
+            "error": w.get("error"),
+            "status": w.get("status"),
+        }
+        for w in status.get("witnesses") or []
+        if isinstance(w, dict) and w.get("stale")
+    ]
 
 
 def consumer_key(c: Any) -> str | None:

@@ -24,12 +24,13 @@ Only the standard library is used here (``urllib``), like the rest of the packag
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,7 @@ from dataspace.audit.note import (
     parse_vkey,
 )
 from dataspace.audit.witness import SIZE_CONTENT_TYPE, request_body
+from dataspace.audit.witnesspolicy import STALE_AFTER_S, WitnessPolicy, WitnessState
 from dataspace.errors import DataspaceError
 
 logger = logging.getLogger("dataspace.audit.witnessing")
@@ -289,6 +291,35 @@ def witness_all(
     return got, errors
 
 
+#: environment of the services: seconds before a failing witness is stale, and a fixed quorum
+STALE_ENV = "DATASPACE_WITNESS_STALE_S"
+QUORUM_ENV = "DATASPACE_WITNESS_QUORUM"
+
+
+def policy_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``quorum`` and ``stale_after`` of a service's pusher, from its environment.
+
+    ``DATASPACE_WITNESS_STALE_S`` (default :data:`STALE_AFTER_S`) and
+    ``DATASPACE_WITNESS_QUORUM`` (default: every live witness). A value that is
+    not a number is ignored, with a warning.
+    """
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for name, key, conv in ((STALE_ENV, "stale_after", float), (QUORUM_ENV, "quorum", int)):
+        raw = env.get(name)
+        if raw is None or not raw.strip():
+            continue
+        try:
+            value = conv(raw)
+            if value < 0:
+                raise ValueError("negative")
+        except ValueError:
+            logger.warning("%s=%r is not a non-negative number; ignored", name, raw)
+            continue
+        out[key] = value
+    return out
+
+
 @dataclass
 class PeerState:
     """What a pusher knows about one witness (:meth:`WitnessPusher.snapshot`)."""
@@ -299,13 +330,33 @@ class PeerState:
     error: str | None = None
     last_try: float | None = None
     failures: int = 0
+    #: first size of its current run of cosignatures (witnesspolicy.WitnessState.since)
+    since: int | None = None
+    #: UNIX time of its first failure since it last cosigned
+    failing_since: float | None = None
+    #: HTTP status of its last refusal
+    status: int | None = None
+
+    def policy_state(self) -> WitnessState:
+        return WitnessState(
+            self.witness,
+            self.url,
+            self.size,
+            self.since,
+            self.failing_since,
+            self.error,
+            self.status,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "witness": self.witness,
             "url": self.url,
             "size": self.size,
+            "since": self.since,
             "error": self.error,
+            "status": self.status,
+            "failing_since": self.failing_since,
             "failures": self.failures,
         }
 
@@ -319,6 +370,12 @@ class WitnessPusher:
     site log), and pushes to each witness whose cosigned size is behind the
     log. A failing witness is retried with a growing back-off (up to ``max_backoff``
     s), its error logged once per change; nothing is ever raised to the appender.
+
+    After each pass it writes the log's witness policy (``LOG/witnesses.json``,
+    :mod:`.witnesspolicy`): the current ``peers()``, what each cosigned and since
+    when it fails, the ``quorum`` (None: every live witness) and ``stale_after``.
+    The log's witnessed checkpoint follows it: a witness failing for
+    ``stale_after`` s no longer holds it back, a removed one stops counting.
     """
 
     log: TransparencyLog
@@ -327,11 +384,18 @@ class WitnessPusher:
     debounce: float = 0.2
     max_backoff: float = 30.0
     post: PostFn | None = None
+    quorum: int | None = None
+    stale_after: float = STALE_AFTER_S
+    #: wall clock (UNIX seconds) of the policy's failing_since; tests pass their own
+    clock: Callable[[], float] = time.time
     state: dict[str, PeerState] = field(default_factory=dict)
     _wake: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _written: WitnessPolicy | None = None
+    _restored: bool = False
+    _warned_stale: set[str] = field(default_factory=set)
 
     def notify(self) -> None:
         self._wake.set()
@@ -357,13 +421,35 @@ class WitnessPusher:
             except Exception:  # a bug here must never kill the service's witnessing for good
                 logger.exception("witnessing %s failed", self.log.origin)
 
+    def _restore(self) -> None:
+        """Carry what the last run of this service knew (sizes, failures) over a restart."""
+        self._restored = True
+        policy = self.log.witness_policy()
+        if policy is None:
+            return
+        self._written = policy
+        for w in policy.witnesses:
+            if w.url is not None and w.url not in self.state:
+                self.state[w.url] = PeerState(
+                    w.name,
+                    w.url,
+                    size=w.size,
+                    error=w.error,
+                    since=w.since,
+                    failing_since=w.failing_since,
+                    status=w.status,
+                )
+
     def push(self, force: bool = False) -> list[Cosigned]:
         """One pass: push to every witness behind the log (all of them with ``force``)."""
         with self._lock:
+            if not self._restored:
+                self._restore()
+            peers = self.peers()
             size = self.log.size
             now = time.monotonic()
             due = []
-            for p in self.peers():
+            for p in peers:
                 st = self.state.setdefault(p.url, PeerState(p.name, p.url))
                 st.witness = p.name
                 if not force and st.size == size and st.error is None:
@@ -373,22 +459,69 @@ class WitnessPusher:
                     if now - st.last_try < wait:
                         continue
                 due.append(p)
-            if not due:
-                return []
-            known = {p.url: self.state[p.url].size or 0 for p in due}
-            got, errors = witness_all(self.log, due, known, self.post)
-            for c in got:
-                st = self.state[c.url]
-                if st.error is not None:
-                    logger.info("witness %s cosigns %s again", c.witness, c.origin)
-                st.size, st.error, st.failures, st.last_try = c.size, None, 0, now
-            for e in errors:
-                st = self.state[e.url or ""]
-                if st.error != str(e):
-                    logger.warning("witnessing %s: %s", self.log.origin, e)
-                st.error, st.last_try = str(e), now
-                st.failures += 1
+            got: list[Cosigned] = []
+            if due:
+                known = {p.url: self.state[p.url].size or 0 for p in due}
+                got, errors = witness_all(self.log, due, known, self.post)
+                self._record(got, errors, now)
+            self._write_policy(peers)
             return got
 
+    def _record(self, got: list[Cosigned], errors: list[WitnessingError], now: float) -> None:
+        wall = self.clock()
+        for c in got:
+            st = self.state[c.url]
+            if st.error is not None:
+                logger.info("witness %s cosigns %s again", c.witness, c.origin)
+            if st.since is None or (
+                st.failing_since is not None and wall - st.failing_since >= self.stale_after
+            ):
+                st.since = c.size  # a new run: it is required from this size on
+            st.size, st.error, st.failures, st.last_try = c.size, None, 0, now
+            st.failing_since, st.status = None, None
+        for e in errors:
+            st = self.state[e.url or ""]
+            if st.error != str(e):
+                logger.warning("witnessing %s: %s", self.log.origin, e)
+            st.error, st.last_try, st.status = str(e), now, e.status
+            st.failures += 1
+            if st.failing_since is None:
+                st.failing_since = wall
+
+    def _write_policy(self, peers: list[Peer]) -> None:
+        """Store the current witness set (none known yet: keep the last one); say once
+        when a witness turns stale."""
+        states = tuple(self.state[p.url].policy_state() for p in peers)
+        if not states:
+            return
+        wall = self.clock()
+        policy = WitnessPolicy(states, self.quorum, self.stale_after, wall)
+        stale = {w.name: w for w in policy.stale(wall)}
+        for name in sorted(stale.keys() - self._warned_stale):
+            w = stale[name]
+            logger.warning(
+                "witness %s of %s is stale since size %s (failing for %.0f s: %s); "
+                "the witnessed checkpoint no longer waits for it",
+                w.name,
+                self.log.origin,
+                w.size,
+                wall - (w.failing_since or wall),
+                w.error,
+            )
+        self._warned_stale = set(stale)
+        if policy.same_as(self._written):
+            return
+        try:
+            self.log.set_witness_policy(policy)
+        except OSError as e:
+            logger.warning("witnessing %s: cannot write its witness policy: %s", self.log.origin, e)
+            return
+        self._written = policy
+
     def snapshot(self) -> list[dict[str, Any]]:
-        return [s.to_json() for s in self.state.values()]
+        wall = self.clock()
+        return [
+            s.to_json()
+            | {"stale": s.failing_since is not None and wall - s.failing_since >= self.stale_after}
+            for s in self.state.values()
+        ]

@@ -32,7 +32,13 @@ from dataspace.audit.checkpoint import checkpoint_of_note
 from dataspace.audit.merkle import ProofError
 from dataspace.audit.note import Note, parse_note, parse_signature_lines
 from dataspace.audit.source import LogSource, open_source
-from dataspace.audit.verify import AuditReport, TrustedKeys, audit, load_trusted_keys
+from dataspace.audit.verify import (
+    AuditReport,
+    TrustedKeys,
+    audit,
+    load_trusted_keys,
+    note_witnessing,
+)
 from dataspace.errors import DataspaceError
 
 err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: never split them
@@ -118,7 +124,7 @@ def _run_audit(
     note = src.checkpoint()
     size = checkpoint_of_note(note).size
     entries = _progress(src.iter_entries(0, size), size, "verifying")
-    return audit(
+    report = audit(
         entries,
         note,
         trusted,
@@ -127,6 +133,8 @@ def _run_audit(
         quorum=quorum,
         keep_rounds=keep_rounds,
     )
+    note_witnessing(report, src.witnessing())
+    return report
 
 
 @click.group("audit")
@@ -180,6 +188,14 @@ def verify_cmd(
             f" (quorum {witness_quorum}); {report.round_count} rounds",
             highlight=False,
         )
+        if report.latest_size is not None and report.latest_size > report.size:
+            err.print(
+                f"  the log's latest checkpoint is of size {report.latest_size}; "
+                f"its witnesses cosigned up to {report.size}",
+                highlight=False,
+            )
+        for w in report.stale_witnesses:
+            err.print(f"  stale witness: {_stale_text(w)}", highlight=False, markup=False)
         for v in report.violations[:20]:
             err.print(f"  {v}", highlight=False, markup=False)
     if not report.ok:
@@ -188,14 +204,24 @@ def verify_cmd(
         )
 
 
+def _stale_text(w: dict) -> str:
+    since = w.get("since_size")
+    why = f": {w['error']}" if w.get("error") else ""
+    return f"{w.get('witness')} (stale since size {since if since is not None else '?'}{why})"
+
+
 def name_missing_witnesses(report: AuditReport, trusted: TrustedKeys) -> None:
-    """A ``witness-quorum`` violation names the trusted witnesses that did not cosign."""
+    """A ``witness-quorum`` violation names the trusted witnesses that did not cosign,
+    and which of them the source reports stale (since which size)."""
     missing = sorted({w.name for w in trusted.witnesses} - set(report.witnesses))
+    stale = {w["witness"]: w for w in report.stale_witnesses}
     for v in report.violations:
         if v.rule == "witness-quorum":
             v.values["missing"] = missing
+            v.values["stale"] = sorted(n for n in missing if n in stale)
             if missing:
-                v.message += f"; missing: {', '.join(missing)}"
+                names = [_stale_text(stale[n]) if n in stale else n for n in missing]
+                v.message += f"; missing: {', '.join(names)}"
 
 
 @group.command("checkpoint")
@@ -438,6 +464,13 @@ def witness_cmd(
     with TransparencyLog.open(folder) as log:
         got, errors = witness_all(log, peers, post=http_post(timeout))
         cp = checkpoint_of_note(log.checkpoint())
+        seen = log.last_cosigned()  # what each witness cosigned last, of the kept checkpoints
+        status = log.witnessing_status()
+    stale = [
+        {"witness": w["witness"], "since_size": w["stale_since_size"], "error": w["error"]}
+        for w in status["witnesses"]
+        if w["stale"]
+    ]
     if as_json:
         _line(
             {
@@ -445,9 +478,18 @@ def witness_cmd(
                 "size": cp.size,
                 "cosignatures": [c.to_json() for c in got],
                 "errors": [
-                    {"witness": e.witness, "status": e.status, "error": str(e)} for e in errors
+                    {
+                        "witness": e.witness,
+                        "url": e.url,
+                        "status": e.status,
+                        "error": str(e),
+                        "since_size": seen.get(e.witness),
+                    }
+                    for e in errors
                 ],
                 "ok": not errors,
+                "witnessed_size": status["witnessed_size"],
+                "stale": stale,
             }
         )
     else:
@@ -456,7 +498,11 @@ def witness_cmd(
             click.echo(f"{c.witness} cosigned {c.origin} size {c.size} ({how})")
             click.echo(c.line.decode().rstrip("\n"))
         for e in errors:
-            err.print(f"[red]not cosigned[/red]: {e}", highlight=False)
+            last = seen.get(e.witness)
+            since = f" (it cosigned up to size {last})" if last is not None else ""
+            err.print(f"[red]not cosigned[/red]: {e}{since}", highlight=False)
+        for w in stale:
+            err.print(f"stale witness of the service: {_stale_text(w)}", highlight=False)
     if errors:
         raise WitnessingFailed(
             f"{len(errors)} of {len(peers)} witnesses did not cosign {cp.origin} size {cp.size}: "

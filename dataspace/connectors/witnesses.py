@@ -13,6 +13,11 @@ whoever appended (the service, the budget ledger in a training process, the
 CLI): it watches the log's size. Cosignatures come back to ``SITE/log/cosigned/``.
 The catalog is read by the pusher's thread only (every ``CATALOG_S`` seconds);
 the witness endpoint uses what was read last, so a request never waits on the hub.
+
+The current witness set (the hub, the other holders) is written to
+``SITE/log/witnesses.json`` after each pass; SITE/log's witnessed checkpoint is
+the newest one all live witnesses cosigned (dataspace.audit.witnesspolicy;
+``DATASPACE_WITNESS_STALE_S``, ``DATASPACE_WITNESS_QUORUM``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import httpx
 
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.note import Verifier
-from dataspace.audit.witnessing import Peer, WitnessPusher, peer_for_identity
+from dataspace.audit.witnessing import Peer, WitnessPusher, peer_for_identity, policy_settings
 from dataspace.connectors.site import Site
 from dataspace.errors import DataspaceError
 
@@ -111,4 +116,4 @@ def site_pusher(log: TransparencyLog, publisher, holders: Holders | None = None)
         others = holders.refresh() if holders is not None else []
         return hub_peers(publisher) + [peer_for_identity(h.url, h.name, h.key) for h in others]
 
-    return WitnessPusher(log, peers, interval=INTERVAL_S)
+    return WitnessPusher(log, peers, interval=INTERVAL_S, **policy_settings())

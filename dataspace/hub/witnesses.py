@@ -6,6 +6,13 @@ name (the site's name) and identity key, with key type 0x04. The hub pushes its
 latest checkpoint there from a background thread (:class:`WitnessPusher`),
 whenever its log grew; the cosignatures come back to ``DATA/log/cosigned/``.
 A connector that is down is retried with back-off; requests never wait for it.
+
+The current witness set is the holders' connectors the catalog names now; the
+pusher writes it to ``DATA/log/witnesses.json`` (dataspace.audit.witnesspolicy),
+and the witnessed checkpoint the hub serves is the newest one that every live
+connector cosigned (or ``DATASPACE_WITNESS_QUORUM`` of them): a connector
+failing for ``DATASPACE_WITNESS_STALE_S`` seconds (default 300) is stale and
+no longer holds it back; a holder gone from the catalog stops counting.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import binascii
 from fastapi import FastAPI
 
 from dataspace.audit.log import TransparencyLog
-from dataspace.audit.witnessing import Peer, WitnessPusher, peer_for_identity
+from dataspace.audit.witnessing import Peer, WitnessPusher, peer_for_identity, policy_settings
 from dataspace.hub.store import HubStore
 
 #: seconds between checks of the log's size (appends are noticed within this)
@@ -45,7 +52,9 @@ def holder_peers(store: HubStore) -> list[Peer]:
 
 def start_witnessing(app: FastAPI, log: TransparencyLog, store: HubStore) -> WitnessPusher:
     """Run a :class:`WitnessPusher` for the hub's log while the app runs (startup/shutdown)."""
-    pusher = WitnessPusher(log, lambda: holder_peers(store), interval=INTERVAL_S)
+    pusher = WitnessPusher(
+        log, lambda: holder_peers(store), interval=INTERVAL_S, **policy_settings()
+    )
     app.state.witnessing = pusher
     app.router.add_event_handler("startup", pusher.start)
     app.router.add_event_handler("shutdown", pusher.stop)

@@ -6,9 +6,14 @@
 
 ``tls`` makes the SuperLink's CA and server certificate (``dataspace.federated.pki``,
 the same code the deployment engine uses on one machine) and one SuperNode
-authentication key per node (``node-I.key`` / ``node-I.key.pub``); it keeps
-existing files, so rerunning it is harmless. ``site`` makes a connector site
-unless one is there already (``connector init`` refuses to overwrite).
+authentication key per node (``node-I.key`` / ``node-I.key.pub``) and the
+SuperLink's SuperExec secret (``superexec.secret``, shared with ``dataspace serve
+hub-worker``); it keeps existing files, so rerunning it is harmless. ``site``
+makes a connector site unless one is there already (``connector init`` refuses
+to overwrite), and the site's SuperExec secret ``SITE/superexec.secret``: its
+SuperNode runs with ``--isolation process`` and only ``dataspace serve
+site-worker``, which holds that secret and runs only the connector's own
+ClientApp, can take its tasks. A consumer's bundle never runs at the site.
 ``register`` adds SuperNode public keys to a SuperLink started with
 ``--enable-supernode-auth`` (``flwr supernode register``). docker-compose.yml
 runs these as one-shot services before the hub, SuperLink and connectors.
@@ -24,6 +29,9 @@ from pathlib import Path
 import click
 
 from dataspace.errors import DataspaceError
+
+#: the SuperExec secret's file name, in the TLS directory (hub) and in a site folder
+SECRET = "superexec.secret"
 
 
 class DeploySetupError(DataspaceError):
@@ -47,12 +55,17 @@ def group() -> None:
 )
 @click.option("--nodes", type=click.IntRange(0), default=0, show_default=True)
 def tls_cmd(directory: Path, hosts: tuple[str, ...], nodes: int) -> None:
-    """CA + SuperLink certificate in DIR, and NODES SuperNode keys (kept if present)."""
-    from dataspace.federated.pki import make_node_key, make_tls
+    """CA + SuperLink certificate in DIR, NODES SuperNode keys and the SuperLink's
+    SuperExec secret (each kept if present)."""
+    from dataspace.federated.pki import make_node_key, make_superexec_secret, make_tls
 
     if not (directory / "ca.crt").exists():
         files = make_tls(directory, tuple(hosts))
         click.echo(f"CA {files.ca_cert}, server {files.server_cert} for {', '.join(hosts)}")
+    secret = directory / SECRET
+    if not secret.exists():
+        make_superexec_secret(secret)
+    click.echo(f"SuperExec secret {secret}")
     for i in range(nodes):
         key = directory / f"node-{i}.key"
         if not key.exists():
@@ -64,10 +77,14 @@ def tls_cmd(directory: Path, hosts: tuple[str, ...], nodes: int) -> None:
 @click.argument("site", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--org", required=True, help="The holder's organisation.")
 def site_cmd(site: Path, org: str) -> None:
-    """Make the connector site SITE unless it exists; print its public key."""
+    """Make the connector site SITE unless it exists, and its SuperExec secret; print
+    its public key."""
     from dataspace.connectors.site import Site
+    from dataspace.federated.pki import make_superexec_secret
 
     s = Site.open(site) if (site / "site.toml").exists() else Site.init(site, org)
+    if not (s.root / SECRET).exists():
+        make_superexec_secret(s.root / SECRET)
     click.echo(f"site {s.root} ({s.org}) key {s.identity.key_b64}")
 
 

@@ -1,4 +1,9 @@
-"""``dataspace serve``: run the hub or a connector as a plain process (uvicorn).
+"""``dataspace serve``: run the hub, a connector or a Flower worker as a plain process.
+
+``hub`` and ``connector`` are uvicorn services. ``site-worker`` and ``hub-worker``
+are the SuperExecs of a SuperNode / the SuperLink started with ``--isolation
+process``: they run only the project's own apps, whatever bundle a run names
+(see :mod:`dataspace.federated.site_worker`).
 
 The listening socket is bound here, before the app starts, so a port in use is
 a clear error and a non-zero exit, not a traceback from inside uvicorn.
@@ -49,7 +54,7 @@ def _trusted(paths: tuple[Path, ...]):
 
 @click.group(name="serve")
 def group() -> None:
-    """Run a service (hub or connector) in the foreground."""
+    """Run a service (hub, connector, site or hub worker) in the foreground."""
 
 
 @group.command("hub")
@@ -120,3 +125,41 @@ def connector(
     app = create_app(site, hub_url, public_url=url, trust=_trusted(trust))
     click.echo(f"connector {site} listening on {url} (hub {hub_url})", err=True)
     run(app, sock, log_level)
+
+
+@group.command("site-worker")
+@click.option("--runtime-api", required=True, help="HOST:PORT of the SuperNode's Runtime API")
+@click.option(
+    "--secret-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="the SuperExec secret the SuperNode was given (--superexec-auth-secret-file)",
+)
+def site_worker(runtime_api: str, secret_file: Path) -> None:
+    """The holder's SuperExec: runs only the connector's own ClientApp, for a SuperNode
+    started with ``--isolation process`` (a bundle naming other code is refused)."""
+    from dataspace.federated.site_worker import execute
+
+    execute(runtime_api, secret_file.read_bytes())
+
+
+@group.command("hub-worker")
+@click.option("--runtime-api", required=True, help="HOST:PORT of the SuperLink")
+@click.option(
+    "--root-certificates",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA certificate of the SuperLink's TLS",
+)
+@click.option(
+    "--secret-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="the SuperExec secret the SuperLink was given (--superexec-auth-secret-file)",
+)
+def hub_worker(runtime_api: str, root_certificates: Path, secret_file: Path) -> None:
+    """The hub's SuperExec: runs only the project's own ServerApp, for a SuperLink
+    started with ``--isolation process``."""
+    from dataspace.federated.hub_worker import execute
+
+    execute(runtime_api, root_certificates.read_bytes(), secret_file.read_bytes())

@@ -50,7 +50,7 @@ from typing import Any
 import psutil
 
 from dataspace.errors import DataspaceError
-from dataspace.federated.pki import TlsFiles, make_node_key, make_tls
+from dataspace.federated.pki import TlsFiles, make_node_key, make_superexec_secret, make_tls
 
 BIN = Path(sys.executable).parent
 CONNECTION = "dataspace"
@@ -236,7 +236,7 @@ class Deployment:
             self._spawn(
                 "hub-worker",
                 [
-                    sys.executable, "-m", "dataspace.federated.hub_worker",
+                    str(BIN / "dataspace"), "serve", "hub-worker",
                     "--runtime-api", f"127.0.0.1:{self.control_port}",
                     "--root-certificates", str(self.tls.ca_cert),
                     "--secret-file", str(hub_secret),
@@ -294,7 +294,7 @@ class Deployment:
         return self._spawn(
             f"worker-{i}",
             [
-                sys.executable, "-m", "dataspace.federated.site_worker",
+                str(BIN / "dataspace"), "serve", "site-worker",
                 "--runtime-api", f"127.0.0.1:{runtime_port}",
                 "--secret-file", str(secret),
             ],
@@ -302,12 +302,7 @@ class Deployment:
 
     def _secret(self, i: int | str) -> Path:
         """A fresh SuperExec HMAC secret for node ``i``, readable by the holder only."""
-        path = self.root / "keys" / f"superexec-{i}.secret"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(os.urandom(32).hex().encode())
-        return path
+        return make_superexec_secret(self.root / "keys" / f"superexec-{i}.secret")
 
     def start_supernode(
         self, i: int, site: Path, key: Path, trusted_entities: Path | None = None

@@ -4,7 +4,9 @@
   localhost, or the hub's host name);
 * SuperNode authentication keys: ECDSA P-384 in OpenSSH format, the format
   ``flower-supernode --auth-supernode-private-key`` and
-  ``flwr supernode register`` read.
+  ``flwr supernode register`` read;
+* SuperExec secrets: the HMAC key a SuperNode (or the SuperLink) started with
+  ``--isolation process`` shares with the one worker allowed to take its tasks.
 """
 
 from __future__ import annotations
@@ -111,3 +113,14 @@ def make_node_key(path: Path) -> tuple[Path, Path]:
         + b"\n"
     )
     return path, pub
+
+
+def make_superexec_secret(path: Path) -> Path:
+    """A fresh SuperExec secret in ``path`` (mode 0600: the holder's processes only).
+
+    Flower reads the file as raw bytes (``--superexec-auth-secret-file``); 64 hex
+    digits are 256 random bits that survive any editor or volume copy.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(path, os.urandom(32).hex().encode())
+    return path

@@ -61,6 +61,8 @@ def test_the_compose_file_has_a_hub_and_three_connectors():
     assert sum(c[0] == "flower-superlink" for c in cmds.values()) == 1
     assert sum(c[0] == "flower-supernode" for c in cmds.values()) == 3
     assert any(c[:3] == ["dataspace", "deploy", "tls"] for c in cmds.values())
+    assert sum(c[:3] == ["dataspace", "serve", "site-worker"] for c in cmds.values()) == 3
+    assert sum(c[:3] == ["dataspace", "serve", "hub-worker"] for c in cmds.values()) == 1
     for name, s in SERVICES.items():
         assert s.get("build") == "." or s.get("image"), name
     assert (ROOT / "Dockerfile").exists()
@@ -120,3 +122,58 @@ def test_one_shot_commands_are_idempotent(tmp_path):
     a, b = run(cli, site), run(cli, site)
     assert a.exit_code == b.exit_code == 0, a.output + b.output
     assert a.output == b.output
+
+
+def _opt(args: list[str], name: str) -> str:
+    assert name in args, f"{args} has no {name}"
+    return args[args.index(name) + 1]
+
+
+def test_no_bundle_code_runs_at_a_site_or_the_hub():
+    """Every SuperNode (and the SuperLink) runs with --isolation process, and its one
+    SuperExec is our worker: same network namespace, same site volume, same secret.
+    With Flower's default (subprocess) isolation, the SuperNode would start
+    ``flwr-clientapp`` on whatever ClientApp the consumer's bundle names."""
+    for name, s in SERVICES.items():
+        args = s["command"]
+        if args[0] not in ("flower-supernode", "flower-superlink"):
+            continue
+        assert _opt(args, "--isolation") == "process", name
+        secret = _opt(args, "--superexec-auth-secret-file")
+        kind = "site-worker" if args[0] == "flower-supernode" else "hub-worker"
+        workers = [
+            w
+            for w, ws in SERVICES.items()
+            if ws["command"][:3] == ["dataspace", "serve", kind]
+            and ws.get("network_mode") == f"service:{name}"
+        ]
+        assert len(workers) == 1, (name, workers)
+        w = SERVICES[workers[0]]
+        assert _opt(w["command"], "--secret-file") == secret
+        port = _opt(args, "--port")
+        assert _opt(w["command"], "--runtime-api").endswith(f":{port}")
+        # the secret lives on a volume both mount
+        mount = secret.rsplit("/", 1)[0]
+        volume = next(v.split(":")[0] for v in s["volumes"] if v.split(":")[1] == mount)
+        assert any(v.split(":")[:2] == [volume, mount] for v in w["volumes"]), (name, w)
+        if kind == "site-worker":
+            # and the site-N-init that makes it has finished first
+            init = next(d for d in s["depends_on"] if d.endswith("-init"))
+            assert SERVICES[init]["command"][:3] == ["dataspace", "deploy", "site"]
+            assert f"{volume}:/site" in SERVICES[init]["volumes"]
+
+
+def test_deploy_makes_the_superexec_secrets_private_and_keeps_them(tmp_path):
+    from click.testing import CliRunner
+
+    run = CliRunner().invoke
+    tls = ["deploy", "tls", str(tmp_path / "certs"), "--nodes", "1"]
+    site = ["deploy", "site", str(tmp_path / "s"), "--org", "Plant North"]
+    assert run(cli, tls).exit_code == 0 and run(cli, site).exit_code == 0
+    secrets = [tmp_path / "certs" / "superexec.secret", tmp_path / "s" / "superexec.secret"]
+    first = [p.read_bytes() for p in secrets]
+    for p in secrets:
+        assert p.stat().st_mode & 0o777 == 0o600
+        assert len(p.read_bytes()) == 64
+    assert run(cli, tls).exit_code == 0 and run(cli, site).exit_code == 0
+    assert [p.read_bytes() for p in secrets] == first  # a rerun keeps them

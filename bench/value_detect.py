@@ -22,6 +22,11 @@ policy learns only the mean action, and a site with shuffled actions teaches
 that mean as well as any other (see bench/RESULTS.md, value_detect).
 ``STATS_BOUND=10`` reproduces that.
 
+``CORRUPTION=noisy`` gives the bad site noisy actions instead: Gaussian noise
+of NOISE_SCALE (1.0) times each action coordinate's standard deviation over the
+site's frames is added to every action (the states are untouched, the actions
+still follow them on average, only with a poor signal-to-noise ratio).
+
 Last stdout line: {"last_in": seeds where the bad site ranked last, "seeds": 10, ...}.
 """
 
@@ -54,6 +59,12 @@ EPSILON = 8.0
 #: "auto": each site picks its bound with DP (federated/normalize.dp_bound), the default
 STATS_BOUND = os.environ.get("STATS_BOUND", "auto")
 VALIDATION = 10  # the consumer's own episodes (the recording's last 10)
+CORRUPTION = os.environ.get("CORRUPTION", "shuffled")
+NOISE_SCALE = float(os.environ.get("NOISE_SCALE", "1.0"))
+CORRUPTIONS = {
+    "shuffled": "actions shuffled across frames",
+    "noisy": f"Gaussian noise of {NOISE_SCALE} x each action coordinate's std added",
+}
 
 
 def shuffled_actions(eps: list[Episode], rng: np.random.Generator) -> list[Episode]:
@@ -65,6 +76,20 @@ def shuffled_actions(eps: list[Episode], rng: np.random.Generator) -> list[Episo
         out.append(inject._copy(e, action=all_a[pos : pos + e.frames].copy()))
         pos += e.frames
     return out
+
+
+def noisy_actions(eps: list[Episode], rng: np.random.Generator) -> list[Episode]:
+    """The same episodes with Gaussian noise of NOISE_SCALE x the per-coordinate std."""
+    std = np.concatenate([e.action for e in eps]).std(axis=0)
+    return [
+        inject._copy(
+            e,
+            action=(e.action + rng.normal(size=e.action.shape) * NOISE_SCALE * std).astype(
+                e.action.dtype
+            ),
+        )
+        for e in eps
+    ]
 
 
 def make_site(root: Path, i: int, eps: list[Episode]) -> tuple[Site, str]:
@@ -86,7 +111,9 @@ def one_seed(tmp: Path, source: list[Episode], valid: list[Episode], seed: int) 
     for i in range(SITES):
         eps = [source[j] for j in order[i * PER_SITE : (i + 1) * PER_SITE]]
         if i == bad:
-            eps = shuffled_actions(eps, rng)
+            eps = (
+                shuffled_actions(eps, rng) if CORRUPTION == "shuffled" else noisy_actions(eps, rng)
+            )
         site, did = make_site(tmp, i, eps)
         contracts.append(grant(site, did, consumer, key, epsilon=EPSILON, rounds=ROUNDS))
         sites.append(site)
@@ -113,6 +140,8 @@ def one_seed(tmp: Path, source: list[Episode], valid: list[Episode], seed: int) 
 
 
 def main() -> None:
+    if CORRUPTION not in CORRUPTIONS:
+        raise SystemExit(f"CORRUPTION={CORRUPTION!r}: expected one of {', '.join(CORRUPTIONS)}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         base = Site.init(Path(tmp) / "src", org="src")
@@ -136,7 +165,7 @@ def main() -> None:
                 "last_in": sum(r["last"] for r in runs),
                 "seeds": len(SEEDS),
                 "method": "GTG-Shapley per round, consumer validation MSE",
-                "corruption": "actions shuffled across frames",
+                "corruption": CORRUPTIONS[CORRUPTION],
                 "rounds": ROUNDS,
                 "sites": SITES,
                 "episodes_per_site": PER_SITE,

@@ -64,6 +64,7 @@ class WitnessingError(DataspaceError):
     def __init__(self, witness: str, message: str, status: int | None = None) -> None:
         super().__init__(f"witness {witness}: {message}")
         self.witness = witness
+        self.detail = message
         self.status = status
         #: the add-checkpoint URL it was sent to (set by :func:`witness_all`)
         self.url: str | None = None
@@ -228,7 +229,13 @@ def witness_once(
     for _ in range(MAX_409 + 1):
         body = parse_note(note).text
         cp = parse_checkpoint(body)
-        status, resp, ctype = post(peer.url, build_request(log, note, min(old, cp.size)))
+        try:
+            status, resp, ctype = post(peer.url, build_request(log, note, min(old, cp.size)))
+        except WitnessUnreachableError as e:
+            if e.witness == peer.name:
+                raise
+            # the transport knows only the URL: name the witness (its key name) as well
+            raise WitnessUnreachableError(peer.name, f"{peer.url}: {e.detail}", e.status) from e
         if status == 200:
             sig, verified = check_cosignature(resp, body, peer)
             log.keep_cosignature(body, sig.line(), signed=note)

@@ -107,7 +107,7 @@ def test_one_episode_moves_the_clipped_sum_by_at_most_c(g1):
     assert clipped_any  # the bound is the clip, not a gradient that happened to be small
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "functorch", "ghost"])
 def test_bookkeeping_episode_clipping_equals_opacus(g1, mode):
     """Opacus, fed each episode as one [m, D] sample, clips exactly as our Gram norms do."""
     x, y, ep = g1

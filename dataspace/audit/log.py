@@ -493,7 +493,15 @@ class TransparencyLog:
         the most witnesses (then the largest).
         """
         latest = self.stored_checkpoint() if self.signer is None else self.checkpoint()
-        kept = self.cosigned_checkpoints()
+        return self._witnessed(latest, self.cosigned_checkpoints(), policy, now)
+
+    def _witnessed(
+        self,
+        latest: bytes | None,
+        kept: list[bytes],
+        policy: WitnessPolicy | None,
+        now: float | None,
+    ) -> bytes:
         if latest is None:
             if not kept:
                 raise LogError(f"{self.directory} has no checkpoint yet")
@@ -536,11 +544,12 @@ class TransparencyLog:
         """Store the current witness set and its state (atomically; one pusher per log)."""
         atomic_write(self.policy_path, policy.encode())
 
-    def last_cosigned(self) -> dict[str, int]:
+    def last_cosigned(self, kept: list[bytes] | None = None) -> dict[str, int]:
         """Witness name -> the largest kept (or latest) checkpoint size it cosigned."""
         out: dict[str, int] = {}
         latest = self.stored_checkpoint()
-        for note in [*self.cosigned_checkpoints(), *([latest] if latest else [])]:
+        kept = self.cosigned_checkpoints() if kept is None else kept
+        for note in [*kept, *([latest] if latest else [])]:
             size = _size_of(note)
             for name in self._witness_names(note):
                 out[name] = max(out.get(name, 0), size)
@@ -557,11 +566,12 @@ class TransparencyLog:
         """
         now = _time.time() if now is None else now
         policy = self.witness_policy()
-        witnessed = self.witnessed_checkpoint(policy, now)
+        latest = self.stored_checkpoint() if self.signer is None else self.checkpoint()
+        kept = self.cosigned_checkpoints()  # read and checked once for all three uses
+        witnessed = self._witnessed(latest, kept, policy, now)
         wsize = _size_of(witnessed)
         cosigners = self._witness_names(witnessed)
-        seen = self.last_cosigned()
-        latest = self.stored_checkpoint()
+        seen = self.last_cosigned(kept)
         states = (
             list(policy.witnesses)
             if policy is not None and policy.witnesses

@@ -222,17 +222,24 @@ class Views:
         log = self.hub_log.log
         size = int(log.size)
         note = log.checkpoint() if size else b""
-        witnesses, witnessed_size = [], None
+        witnesses, witnessed_size, stale = [], None, []
         if note:  # the latest checkpoint all its witnesses cosigned (it may trail the latest)
             witnessed = parse_note(log.witnessed_checkpoint())
             witnesses = sorted({s.name for s in witnessed.signatures} - {self.hub_log.origin})
             witnessed_size = int(witnessed.text.split(b"\n")[1]) if witnesses else None
+            # connectors failing too long to hold it back (dataspace.audit.witnesspolicy)
+            stale = [
+                {"witness": w["witness"], "since_size": w["stale_since_size"]}
+                for w in log.witnessing_status()["witnesses"]
+                if w["stale"]
+            ]
         return {
             "origin": self.hub_log.origin,
             "size": size,
             "checkpoint": note.decode("utf-8", "replace"),
             "witnesses": witnesses,
             "witnessed_size": witnessed_size,
+            "stale_witnesses": stale,
             "verification": self.verify(size, note),
         }
 

@@ -95,6 +95,11 @@ def test_a_dead_witness_goes_stale_and_stops_holding_the_checkpoint_back(space, 
     assert st["stale"] == ["site-b"] and st["witnessed_size"] == served[-1]
     b = next(w for w in st["witnesses"] if w["witness"] == "site-b")
     assert b["stale_since_size"] == n0 and b["error"] and b["failing_since"] is not None
+    # the hub's dashboard says so too
+    token = (space["tmp"] / "hub" / "dashboard.token").read_text().strip()
+    with httpx.Client(base_url=hub.url, follow_redirects=True, timeout=30) as c:
+        page = c.get("/dashboard", params={"token": token}).text
+    assert 'id="log-stale-witnesses"' in page and f"site-b (since size {n0})" in page
     # site-a's log: its latest, cosigned by the hub alone
     wait_for(
         lambda: (

@@ -30,7 +30,9 @@
    is a prefix of this tree (``previous-checkpoint``, ``rollback``, ``fork``).
 
 The report lists every violation in the order found; the first names the entry
-index, the rule and the values at fault.
+index, the rule and the values at fault. What the source says of its witnesses
+(:func:`note_witnessing`: its latest size, and which witness is stale since which
+size) is reported too, not judged: the quorum judges what was cosigned.
 
 Trusted-keys file (``--trusted-keys``), one item per line, ``#`` comments::
 

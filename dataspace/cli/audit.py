@@ -7,11 +7,14 @@ The ``--trusted-keys`` file format is documented in :mod:`dataspace.audit.verify
 ``verify`` exits 0 only when every check holds; otherwise it exits 4 and names
 the first violation (entry index, rule, values). Other errors exit 1.
 
-Witnesses (DESIGN.md, "Audit log"): a source's checkpoint is the latest one all
-its witnesses cosigned (``TransparencyLog.witnessed_checkpoint``); ``witness``
-pushes a log's checkpoint to witnesses once (for cron; the services push on their
-own) and exits 5 when one did not cosign; ``cross-check SITE HUB`` compares a
-site's log with the hub's (``dataspace.audit.crosscheck``).
+Witnesses (DESIGN.md, "Audit log"): a source's checkpoint is its witnessed one
+(``TransparencyLog.witnessed_checkpoint``): the newest one its current witness set
+cosigned, as the service that pushes it wrote that set (``dataspace.audit.witnesspolicy``;
+a witness failing for too long is stale and reported, with the size it cosigned last,
+by ``verify`` and ``witness --json``); ``witness`` pushes a log's checkpoint to
+witnesses once (for cron; the services push on their own) and exits 5 when one did
+not cosign; ``cross-check SITE HUB`` compares a site's log with the hub's
+(``dataspace.audit.crosscheck``).
 """
 
 from __future__ import annotations
@@ -445,6 +448,9 @@ def witness_cmd(
     Sends a C2SP tlog-witness add-checkpoint request to each witness, checks the
     cosignature against --witness-key, and keeps it next to the checkpoint it signs.
     Exits 5 when a witness did not cosign (it refused: fork or rollback; or no answer).
+    With --json, each error carries ``since_size`` (the largest kept checkpoint that
+    witness cosigned) and ``stale`` lists the log's stale witnesses (its service's
+    witness set), with ``witnessed_size``, the size of the log's witnessed checkpoint.
     """
     from dataspace.audit.log import TransparencyLog
     from dataspace.audit.storage import META, LogError

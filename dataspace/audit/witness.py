@@ -12,7 +12,9 @@ consistency-proof lines, an empty line, then the signed checkpoint. Answers
 (:class:`WitnessError.status`): 404 unknown origin; 403 no trusted log
 signature; 400 malformed or old size larger than the checkpoint's; 409 old size
 is not the witness's latest (body: that size, ``text/x.tlog.size``); 422 bad
-consistency proof, or the same size with a different root (a fork).
+consistency proof, or the same size with a different root (a fork). A
+checkpoint refused with 422 is kept (``refused/``, :meth:`Witness.refused`): with
+the one the witness cosigned, it is the evidence that the log showed two histories.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from dataspace.errors import DataspaceError
 
 MAX_PROOF_LINES = 63
 SIZE_CONTENT_TYPE = "text/x.tlog.size"
+#: where a witness keeps the checkpoints it refused as inconsistent (422), and how many
+REFUSED = "refused"
+KEEP_REFUSED = 16
 
 
 class WitnessError(DataspaceError):
@@ -141,6 +146,8 @@ class Witness:
             raise WitnessError(
                 400, f"old size {old_size} is larger than the checkpoint's {cp.size}"
             )
+        own = [s for s in parsed.signatures if (s.name, s.key_id) == (log.name, log.key_id)]
+        stored = parsed.text + b"\n" + b"".join(s.line() for s in own)
         with locked(self.directory):
             latest = self.latest(cp.origin)
             have = latest.size if latest else 0
@@ -153,16 +160,51 @@ class Witness:
             old_root = latest.root if latest else merkle.EMPTY_ROOT
             if latest is not None and cp.size == latest.size:
                 if cp.root != latest.root:
+                    self._keep_refused(cp, stored)
                     raise WitnessError(422, f"fork: {cp.origin} has two roots for size {cp.size}")
             else:
                 try:
                     merkle.verify_consistency(have, cp.size, proof, old_root, cp.root)
                 except ProofError as e:
+                    self._keep_refused(cp, stored)
                     raise WitnessError(422, f"{cp.origin}: bad consistency proof: {e}") from e
-            own = [s for s in parsed.signatures if (s.name, s.key_id) == (log.name, log.key_id)]
-            stored = parsed.text + b"\n" + b"".join(s.line() for s in own)
             atomic_write(self._state_path(cp.origin), stored)  # persist before answering
         return cosign(parsed.text, self.signer, int(self.clock())).line()
+
+    # --- evidence: the log-signed checkpoints refused as inconsistent ---------------------
+    def _refused_prefix(self, origin: str) -> str:
+        return hashlib.sha256(origin.encode()).hexdigest()[:32] + "."
+
+    def _keep_refused(self, cp: Checkpoint, note: bytes) -> None:
+        """Under the lock: keep a refused checkpoint (its log signature only), the newest
+        KEEP_REFUSED per origin. With the kept one of the same size it proves a fork
+        (two signed roots for one size); a larger one is for an auditor to check
+        (``dataspace audit verify LOG --previous-checkpoint THAT``)."""
+        d = self.directory / REFUSED
+        d.mkdir(exist_ok=True)
+        prefix = self._refused_prefix(cp.origin)
+        atomic_write(d / f"{prefix}{cp.size}.{cp.root.hex()[:16]}.checkpoint", note)
+        mine = sorted(d.glob(prefix + "*.checkpoint"), key=lambda p: p.stat().st_mtime_ns)
+        for old in mine[:-KEEP_REFUSED]:
+            old.unlink(missing_ok=True)
+
+    def refused(self, origin: str) -> list[bytes]:
+        """The signed checkpoints of ``origin`` this witness refused as inconsistent with
+        what it cosigned (422), oldest first: evidence that the log showed two histories."""
+        d = self.directory / REFUSED
+        if not d.is_dir():
+            return []
+        mine = sorted(
+            d.glob(self._refused_prefix(origin) + "*.checkpoint"),
+            key=lambda p: p.stat().st_mtime_ns,
+        )
+        out = []
+        for p in mine:
+            try:
+                out.append(p.read_bytes())
+            except FileNotFoundError:
+                continue
+        return out
 
 
 PostFn = Callable[[bytes], tuple[int, bytes]]

@@ -10,8 +10,9 @@ both connectors), it is refused with HTTP 422 (C2SP tlog-witness), the
 witnesses keep the real checkpoint they cosigned last and go on cosigning the
 real log. ``dataspace audit verify`` names the fork (rule ``fork``) for an
 auditor holding the checkpoint of last time, one from before, a witness's own
-kept checkpoint, or the fork's checkpoint against the real log; and
-``--witness-quorum`` names the witnesses that did not cosign it.
+kept checkpoint, the refused checkpoint the witness kept as evidence, or the
+fork's checkpoint against the real log; and ``--witness-quorum`` names the
+witnesses that did not cosign it.
 """
 
 from __future__ import annotations
@@ -133,9 +134,15 @@ def test_a_forked_hub_log_is_refused_by_the_witnesses_and_named_by_auditors(spac
     (e,) = res["errors"]
     assert e["status"] == 422 and e["witness"] == "site-a", e
     assert "fork" in e["error"] and f"size {n}" in e["error"], e
-    # the witness keeps the real checkpoint it cosigned last
+    # the witness keeps the real checkpoint it cosigned last, and the refused one as evidence
     latest = _witness_latest(site_a, hub_name)
     assert latest.size >= n and latest.root == real.root(latest.size)
+    evidence = Witness(site_a.root / "witness", site_a.name, site_a.key, []).refused(hub_name)
+    assert [checkpoint_of_note(e) for e in evidence] == [fork_cp]
+    (tmp / "evidence").write_bytes(evidence[0])
+    # which any auditor checks against the real log: two signed roots for one size
+    code, rep = _verify(capsys, hub.url, space, "--previous-checkpoint", str(tmp / "evidence"))
+    assert code == 4 and _rules(rep) == ["fork"] and f"size {n}" in rep["first_violation"]
 
     # --- a hub process serving a grown fork: its witnessing thread pushes it to both
     fork_dir = tmp / "fork-hub"

@@ -7,10 +7,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dataspace.audit.checkpoint import checkpoint_of_note
 from dataspace.audit.cosignature import verified_witnesses, witness_verifier
+from dataspace.audit.events import make_event
 from dataspace.audit.log import TransparencyLog
-from dataspace.audit.note import parse_note, parse_signature_line
-from dataspace.audit.witness import Witness, WitnessError, request_body
+from dataspace.audit.note import open_note, parse_note, parse_signature_line
+from dataspace.audit.verify import TrustedKeys, audit
+from dataspace.audit.witness import Witness, WitnessError, local_post, request_body, witness_log
 
 
 @pytest.fixture
@@ -89,3 +92,60 @@ def test_refuses_fork_and_rollback(setup) -> None:
     assert _status(w, request_body(2, [], small.checkpoint())) == 409
     assert _status(w, request_body(5, [], small.checkpoint())) == 400
     assert w.latest("hub.example/log").root == log.root(5)
+    # the two inconsistent checkpoints are kept as evidence, signed by the log's key
+    same, longer = (checkpoint_of_note(n) for n in w.refused("hub.example/log"))
+    assert (same.size, same.root) == (5, fork.root(5)) and same.root != log.root(5)
+    assert (longer.size, longer.root) == (6, fork.root(6))
+    for n in w.refused("hub.example/log"):
+        open_note(n, [log.verifier])
+    assert w.refused("other.example/log") == []
+
+
+def _events(key: Ed25519PrivateKey, n: int, tag: str) -> list[bytes]:
+    return [
+        make_event("access.refused", key, "hub.example/log", reason=f"{tag}{i}", caller="x")
+        for i in range(n)
+    ]
+
+
+def test_a_split_view_needs_a_majority_quorum_and_leaves_evidence(tmp_path: Path) -> None:
+    """The log shows history A to one witness and B to the other, both extending what
+    both cosigned. Each cosigns its branch; each refuses the other's (422, kept as
+    evidence); an auditor asking both (quorum 2 of 2) accepts neither branch, one
+    asking one (quorum 1) is fooled, unless it holds the other witness's checkpoint."""
+    key = Ed25519PrivateKey.generate()
+    origin = "hub.example/log"
+    real = TransparencyLog.create(tmp_path / "a", origin, key)
+    common = _events(key, 4, "c")
+    real.append_many(common)
+    ws = [Witness(tmp_path / n, n, Ed25519PrivateKey.generate(), [real.verifier]) for n in "xy"]
+    for w in ws:
+        witness_log(real, local_post(w))
+    fork = TransparencyLog.create(tmp_path / "b", origin, key)
+    fork.append_many([*common, *_events(key, 2, "b")])
+    real.append_many(_events(key, 2, "a"))
+    x, y = ws
+    witness_log(real, local_post(x), known_size=4)  # x sees A
+    witness_log(fork, local_post(y), known_size=4)  # y sees B
+    with pytest.raises(WitnessError, match="two roots for size 6") as e:
+        witness_log(real, local_post(y), known_size=6)
+    assert e.value.status == 422
+    with pytest.raises(WitnessError) as e:
+        witness_log(fork, local_post(x), known_size=6)
+    assert e.value.status == 422
+    # y's evidence: A's signed checkpoint next to B's, both of size 6, two roots
+    (a_cp,) = (checkpoint_of_note(n) for n in y.refused(origin))
+    assert a_cp.size == y.latest(origin).size == 6 and a_cp.root != y.latest(origin).root
+    trusted = TrustedKeys(logs=[real.verifier], witnesses=[_wv(w) for w in ws])
+    for log in (real, fork):
+        note = log.checkpoint()
+        assert not audit(log.entries(), note, trusted, quorum=2).ok
+        assert audit(log.entries(), note, trusted, quorum=1).ok
+    # the auditor of A that holds y's checkpoint (B) sees the fork
+    kept_by_y = y.state_path(origin).read_bytes()
+    rep = audit(real.entries(), real.checkpoint(), trusted, previous=kept_by_y)
+    assert [v.rule for v in rep.violations] == ["fork"]
+
+
+def _wv(w: Witness):
+    return witness_verifier(w.name, w.signer.public_key)

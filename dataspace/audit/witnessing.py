@@ -449,6 +449,14 @@ class WitnessPusher:
 
     def push(self, force: bool = False) -> list[Cosigned]:
         """One pass: push to every witness behind the log (all of them with ``force``)."""
+        return self._pass(force)[0]
+
+    def push_all(self) -> tuple[list[Cosigned], list[WitnessingError]]:
+        """One pass to every witness (``dataspace audit witness --policy``): the
+        cosignatures got and the witnesses that failed, the policy written."""
+        return self._pass(True)
+
+    def _pass(self, force: bool) -> tuple[list[Cosigned], list[WitnessingError]]:
         with self._lock:
             if not self._restored:
                 self._restore()
@@ -467,12 +475,13 @@ class WitnessPusher:
                         continue
                 due.append(p)
             got: list[Cosigned] = []
+            errors: list[WitnessingError] = []
             if due:
                 known = {p.url: self.state[p.url].size or 0 for p in due}
                 got, errors = witness_all(self.log, due, known, self.post)
                 self._record(got, errors, now)
             self._write_policy(peers)
-            return got
+            return got, errors
 
     def _record(self, got: list[Cosigned], errors: list[WitnessingError], now: float) -> None:
         wall = self.clock()
@@ -511,7 +520,7 @@ class WitnessPusher:
                 "the witnessed checkpoint no longer waits for it",
                 w.name,
                 self.log.origin,
-                w.size,
+                w.size if w.size is not None else "- (it never cosigned)",
                 wall - (w.failing_since or wall),
                 w.error,
             )

@@ -435,12 +435,22 @@ def _witness_key(path: Path):
     ".pub. Without it the cosignature is kept unverified.",
 )
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per call.")
+@click.option(
+    "--policy",
+    "record_policy",
+    is_flag=True,
+    help="Record these witnesses as the log's witness set (LOG/witnesses.json), for a log "
+    "that no service pushes (cron): its witnessed checkpoint then follows them, and one "
+    "failing for $DATASPACE_WITNESS_STALE_S s (300) no longer holds it back. Needs a "
+    "--witness-key for each witness.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def witness_cmd(
     source: str,
     witnesses: tuple[str, ...],
     witness_keys: tuple[Path, ...],
     timeout: float,
+    record_policy: bool,
     as_json: bool,
 ) -> None:
     """Have witnesses cosign the latest checkpoint of SOURCE (a site or log folder), once.
@@ -454,10 +464,19 @@ def witness_cmd(
     """
     from dataspace.audit.log import TransparencyLog
     from dataspace.audit.storage import META, LogError
-    from dataspace.audit.witnessing import Peer, add_checkpoint_url, http_post, witness_all
+    from dataspace.audit.witnessing import (
+        Peer,
+        WitnessPusher,
+        add_checkpoint_url,
+        http_post,
+        policy_settings,
+        witness_all,
+    )
 
     if len(witness_keys) > len(witnesses):
         raise click.UsageError("more --witness-key than --witness options")
+    if record_policy and len(witness_keys) != len(witnesses):
+        raise click.UsageError("--policy needs a --witness-key for every --witness")
     p = Path(source)
     folder = p if (p / META).is_file() else p / "log"
     if not (folder / META).is_file():
@@ -468,7 +487,11 @@ def witness_cmd(
         for i, u in enumerate(witnesses)
     ]
     with TransparencyLog.open(folder) as log:
-        got, errors = witness_all(log, peers, post=http_post(timeout))
+        if record_policy:  # the pusher of the services, one pass: it writes the policy
+            pusher = WitnessPusher(log, lambda: peers, post=http_post(timeout), **policy_settings())
+            got, errors = pusher.push_all()
+        else:
+            got, errors = witness_all(log, peers, post=http_post(timeout))
         cp = checkpoint_of_note(log.checkpoint())
         seen = log.last_cosigned()  # what each witness cosigned last, of the kept checkpoints
         status = log.witnessing_status()
@@ -508,7 +531,7 @@ def witness_cmd(
             since = f" (it cosigned up to size {last})" if last is not None else ""
             err.print(f"[red]not cosigned[/red]: {e}{since}", highlight=False)
         for w in stale:
-            err.print(f"stale witness of the service: {_stale_text(w)}", highlight=False)
+            err.print(f"stale witness of the log: {_stale_text(w)}", highlight=False)
     if errors:
         raise WitnessingFailed(
             f"{len(errors)} of {len(peers)} witnesses did not cosign {cp.origin} size {cp.size}: "

@@ -9,7 +9,10 @@ path is test_stale_witness_e2e.py.
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,7 @@ from dataspace.audit.events import make_event
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.note import parse_note, vkey_text
 from dataspace.audit.storage import WITNESSES
+from dataspace.audit.witness import SIZE_CONTENT_TYPE, Witness, WitnessError
 from dataspace.audit.witnessing import (
     Peer,
     WitnessPusher,
@@ -330,3 +334,81 @@ def test_policy_settings_from_the_environment() -> None:
     assert policy_settings(env) == {"stale_after": 4.5, "quorum": 2}
     assert policy_settings({"DATASPACE_WITNESS_QUORUM": "two"}) == {}
     assert policy_settings({"DATASPACE_WITNESS_STALE_S": "-1"}) == {}
+
+
+class _Served:
+    """A witness behind a real HTTP server on 127.0.0.1 (stdlib), as tlog-witness answers."""
+
+    def __init__(self, witness: Witness) -> None:
+        w = witness
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                code, ctype = 200, "text/plain"
+                try:
+                    out = w.add_checkpoint(body)
+                except WitnessError as e:
+                    code, out = e.status, e.body or str(e).encode()
+                    ctype = SIZE_CONTENT_TYPE if e.status == 409 else "text/plain"
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/add-checkpoint"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_cron_witnessing_records_the_witness_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dataspace audit witness --policy` (a log no service pushes): the --witness list is
+    the witness set; a dead witness goes stale and stops holding the checkpoint back."""
+    monkeypatch.setenv("DATASPACE_WITNESS_STALE_S", "0")  # stale at the first failure
+    key = Ed25519PrivateKey.generate()
+    log = TransparencyLog.create(tmp_path / "log", ORIGIN, key)
+    log.append_many([_event(key) for _ in range(3)])
+    w1, p1 = _witness(tmp_path, log, "w1")
+    _w2, p2 = _witness(tmp_path, log, "w2")
+    served = _Served(w1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/add-checkpoint"  # nobody listens
+    keys = []
+    for p in (p1, p2):
+        keys.append(tmp_path / f"{p.name}.vkey")
+        keys[-1].write_text(p.verifier.vkey() + "\n")
+    args = ["audit", "witness", str(log.directory), "--witness", served.url,
+            "--witness", dead, "--witness-key", str(keys[0]), "--witness-key", str(keys[1]),
+            "--timeout", "5"]  # fmt: skip
+    try:
+        assert main([*args, "--json"]) == 5  # the same, the witness set not recorded
+        assert log.witness_policy() is None
+        capsys.readouterr()
+        log.append(_event(key))
+        assert main([*args, "--policy", "--json"]) == 5
+        res = json.loads(capsys.readouterr().out)
+    finally:
+        served.close()
+    (e,) = res["errors"]
+    assert e["witness"] == "w2" and e["since_size"] is None and "cannot reach" in e["error"]
+    assert [w["witness"] for w in res["stale"]] == ["w2"]
+    assert res["witnessed_size"] == 4 == res["size"]
+    policy = log.witness_policy()
+    assert [(w.name, w.url, w.size) for w in policy.witnesses] == [
+        ("w1", served.url, 4),
+        ("w2", dead, None),
+    ]
+    assert _names(log.witnessed_checkpoint()) == {"w1"}
+    # --policy needs every witness's key (names must be the cosignatures' key names)
+    assert main([*args[:7], "--witness-key", str(keys[0]), "--policy"]) == 2

@@ -17,7 +17,9 @@ the witness endpoint uses what was read last, so a request never waits on the hu
 The current witness set (the hub, the other holders) is written to
 ``SITE/log/witnesses.json`` after each pass; SITE/log's witnessed checkpoint is
 the newest one all live witnesses cosigned (dataspace.audit.witnesspolicy;
-``DATASPACE_WITNESS_STALE_S``, ``DATASPACE_WITNESS_QUORUM``).
+``DATASPACE_WITNESS_STALE_S``, ``DATASPACE_WITNESS_QUORUM``). A checkpoint this
+connector's witness refuses as another history (HTTP 422) is kept in
+``SITE/witness/refused/`` as evidence (``Witness.refused``).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from dataspace.federated import dp, normalize
 from dataspace.federated.templates import get_template
 from tests.conftest import UNITREE
 
-#: real episodes of the G1 recording, of 200-800 frames each
+#: real episodes of the G1 recording, of 290-504 frames each
 EPISODES = list(range(0, 12))
 
 

@@ -138,8 +138,9 @@ def command(
     click.echo(f"run {report['run_id']}: {report['status']}, {len(report['rounds'])} rounds")
     click.echo(f"model: {out / 'model.pt'} sha256 {report['model']['sha256']}")
     click.echo(f"held-out MSE: {report['heldout_mse']:.5f}")
+    units = report.get("privacy_unit") or {}
     for d, e in sorted(report["epsilon"].items()):
-        click.echo(f"epsilon {d}: {e:.3f}")
+        click.echo(f"epsilon {d}: {e:.3f} (per {units.get(d, 'frame')})")
     for d, c in sorted((report.get("contribution") or {}).items()):
         share = (report.get("contribution_split") or {}).get(d, 0.0)
         click.echo(f"contribution {d}: {c:+.4f} (suggested share {share * 100:.0f}%)")

@@ -53,12 +53,16 @@ METRICS: dict[str, frozenset[str]] = {
             # evaluation into the train message (dataspace.federated.server_app)
             "eval-mse",
             "eval-examples",
+            # the FedAvg weight in frames (catalog metadata), for federations mixing
+            # frame and episode privacy units (dataspace.federated.server_app)
+            "num-frames",
         }
     ),
     "evaluate": frozenset({"num-examples", "eval-mse"}),
     "query.stats": frozenset({"epsilon-round", "epsilon-spent"}),
 }
-INFO = frozenset({"site", "dataset-id", "contract-id", "fingerprint", "privacy-unit"})
+#: "stats": which normalisation statistics the site used, "dp" or "public"
+INFO = frozenset({"site", "dataset-id", "contract-id", "fingerprint", "privacy-unit", "stats"})
 SUMS = frozenset({"sum", "sumsq", "count", "bound", "noise", "state-dim", "action-dim"})
 #: longest string an info field may carry (names and hex ids, nothing more)
 MAX_INFO_CHARS = 200

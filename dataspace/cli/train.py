@@ -2,7 +2,7 @@
 
     dataspace train --contract ID[,ID...] --template bc-mlp --rounds N
                     [--simulate SITE...] [--hub URL] [--out DIR] [--seed S] [--secagg]
-                    [--validation PATH] [--json]
+                    [--validation PATH] [--stats-from PATH] [--json]
 
 ``--simulate SITE...`` runs the ServerApp and each site's ClientApp in this
 process (the connector's code, reading each site's own store and ledger).
@@ -16,6 +16,12 @@ single site's update reaches the server, and none is kept in OUT.
 each dataset's contribution after the run (GTG-Shapley,
 :func:`dataspace.quality.contribution.run_contributions`) into
 ``OUT/contribution.json`` and ``value.json``; ``report.json`` shows it.
+``--stats-from PATH`` (the consumer's own episodes in any format the
+connectors read, or a JSON file ``{"state_mean", "state_std", "action_mean",
+"action_std"}``) normalises with statistics computed here from the
+consumer's data (:mod:`dataspace.federated.public_stats`): the sites then
+release no statistics and spend the whole epsilon on training
+(``report.json`` ``stats_source``: ``"public"``, else ``"dp"``).
 """
 
 from __future__ import annotations
@@ -65,6 +71,14 @@ class HubNotAvailableError(DataspaceError):
     default=None,
     help="The consumer's own episodes: compute each dataset's contribution (GTG-Shapley).",
 )
+@click.option(
+    "--stats-from",
+    "stats_from",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Normalise with statistics of the consumer's own data (a dataset folder or file, or "
+    "a JSON file of state_mean/state_std/action_mean/action_std): no site releases any.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def command(
     contracts: str,
@@ -78,6 +92,7 @@ def command(
     run_id: str | None,
     secagg: bool,
     validation: Path | None,
+    stats_from: Path | None,
     as_json: bool,
 ) -> None:
     """Train a policy across the contracts' sites with DP-SGD and FedAvg."""
@@ -96,6 +111,16 @@ def command(
         raise click.UsageError("give --simulate SITE... (one per site) or --hub URL")
     if validation is not None and secagg:
         raise click.UsageError("--validation needs each site's update; --secagg keeps none")
+    if stats_from is not None and secagg:
+        raise click.UsageError(
+            "--stats-from with --secagg is not supported yet: SecAgg+ sizes its weight range "
+            "from the DP statistics round"
+        )
+    public = None
+    if stats_from is not None:
+        from dataspace.federated.public_stats import load_public_stats
+
+        public = load_public_stats(stats_from)  # before anything starts
     run_id = run_id or f"run-{uuid.uuid4().hex[:12]}"
     out = out_dir or Path("runs") / run_id
     with Progress(
@@ -122,7 +147,7 @@ def command(
         try:
             run_simulation(
                 ids, list(sites), template, rounds, out, seed=seed, run_id=run_id, lr=lr,
-                on_round=on_round, secagg=secagg,
+                on_round=on_round, secagg=secagg, public_stats=public,
             )  # fmt: skip
             if validation is not None:
                 from dataspace.quality.contribution import contribution_for_run
@@ -138,6 +163,7 @@ def command(
     click.echo(f"run {report['run_id']}: {report['status']}, {len(report['rounds'])} rounds")
     click.echo(f"model: {out / 'model.pt'} sha256 {report['model']['sha256']}")
     click.echo(f"held-out MSE: {report['heldout_mse']:.5f}")
+    click.echo(f"normalisation statistics: {report.get('stats_source') or 'dp'}")
     units = report.get("privacy_unit") or {}
     for d, e in sorted(report["epsilon"].items()):
         click.echo(f"epsilon {d}: {e:.3f} (per {units.get(d, 'frame')})")

@@ -4,7 +4,10 @@ It is the holder's own code, installed with the connector; the consumer's run
 only sends it a configuration. Per message (Flower 1.42 Message API):
 
 * ``query.stats`` (before round 1, charged as round 1): DP normalisation sums
-  (:mod:`.normalize`);
+  (:mod:`.normalize`); never in a run with public statistics (config ``stats =
+  "public"``, :mod:`.public_stats`): the site then releases nothing for
+  statistics, normalises with the consumer's checked constants, and its plan
+  gives the whole epsilon to DP-SGD and evaluation;
 * ``train``: DP-SGD on the train episodes (:mod:`.dp`), replying with the
   updated weights (ArrayRecord), the number of examples rounded to tens, the
   loss and the epsilon spent (MetricRecord);
@@ -46,7 +49,7 @@ from dataspace.assurance import egress
 from dataspace.connectors.site import Site
 from dataspace.errors import NotFoundError, RefusedError
 from dataspace.federated import data as fdata
-from dataspace.federated import dp, guard, normalize, packing, secagg
+from dataspace.federated import dp, guard, normalize, packing, public_stats, secagg
 from dataspace.federated.templates import Policy, Template, get_template
 from dataspace.quality.flags import flagged_episodes
 
@@ -76,6 +79,12 @@ class Job:
     settings: dp.TrainingSettings
     plan: dp.PrivacyPlan
     seed: int
+    #: the run's public normalisation statistics (checked), None when they are DP
+    public: normalize.Stats | None = None
+
+    @property
+    def stats_source(self) -> str:
+        return "dp" if self.public is None else "public"
 
 
 def _site(context: Context) -> Site:
@@ -104,8 +113,12 @@ def _find_contract(site: Site, ids: list[str]) -> Any:
     raise RefusedError(f"none of contracts {', '.join(ids)} is held by site {site.root}")
 
 
-def _plan(contract: Any, rounds: int, split: fdata.Split, s: dp.TrainingSettings) -> dp.PrivacyPlan:
-    return dp.make_plan(
+def _plan(
+    contract: Any, rounds: int, split: fdata.Split, s: dp.TrainingSettings, public: bool = False
+) -> dp.PrivacyPlan:
+    # public statistics: no stats release, the whole epsilon to DP-SGD and evaluation
+    make = public_stats.plan_without_stats if public else dp.make_plan
+    return make(
         float(contract.epsilon),
         float(contract.delta),
         rounds,
@@ -138,6 +151,8 @@ def resolve(message: Message, context: Context) -> Job:
         split = fdata.split_episodes(site, ref.dataset_id, settings.heldout_fraction, exclude)
         _META[key] = (ref, split)
     ref, split = _META[key]
+    # checked before anything is charged: finite, this dataset's dims, positive scales
+    public = public_stats.from_config(cfg, ref.state_dim, ref.action_dim)
     return Job(
         site=site,
         run_id=str(cfg["run-id"]),
@@ -147,8 +162,9 @@ def resolve(message: Message, context: Context) -> Job:
         ref=ref,
         split=split,
         settings=settings,
-        plan=_plan(contract, rounds, split, settings),
+        plan=_plan(contract, rounds, split, settings, public is not None),
         seed=int(cfg.get("seed", 0)),
+        public=public,
     )
 
 
@@ -184,6 +200,8 @@ def _policy_from(arrays: ArrayRecord, job: Job) -> Policy:
         policy.load_state_dict(packing.unpack_state_dict(arrays, policy.state_dict()))
     else:
         policy.load_state_dict(arrays.to_torch_state_dict())
+    if job.public is not None:  # exactly the run's checked constants, whatever the arrays hold
+        normalize.apply_stats(policy, job.public)
     return policy
 
 
@@ -228,6 +246,7 @@ def _info(job: Job) -> ConfigRecord:
             "contract-id": job.contract.contract_id,
             "fingerprint": job.ref.fingerprint,
             "privacy-unit": job.settings.privacy_unit,
+            "stats": job.stats_source,
         }
     )
 
@@ -252,6 +271,20 @@ def _log_finished(
     )
 
 
+def _frames_weight(job: Job) -> int:
+    """FedAvg weight in frames, from catalog metadata only, rounded to tens.
+
+    Per frame: the train frames (as ``num-examples``). Per episode: the train
+    episodes times the dataset's mean frames per episode (``datasets.frames /
+    datasets.episodes``, both in the catalog), not the split's own frame count.
+    """
+    if _per_episode(job):
+        n = len(job.split.train) * job.ref.frames / max(1, job.ref.episodes)
+    else:
+        n = job.split.train_frames
+    return int(max(10, round(n, -1)))
+
+
 def arrays_sha256(arrays: ArrayRecord) -> str:
     h = hashlib.sha256()
     for k in sorted(arrays):
@@ -264,6 +297,11 @@ def arrays_sha256(arrays: ArrayRecord) -> str:
 def stats(message: Message, context: Context) -> Message:
     """Before round 1: the site's DP sums for normalisation, charged as part of round 1."""
     job = resolve(message, context)
+    if job.public is not None:
+        raise public_stats.StatsSourceError(
+            f"run {job.run_id} uses public statistics: site {job.site.name} releases none"
+        )
+    public_stats.fix_stats_source(job.site, job.ref.dataset_id, job.run_id, "dp")
     charge = job.plan.charge(1)
     guard.authorize_round(job.site, job.contract.contract_id, job.run_id, 1, charge)
     fr = _frames(job, job.split.train)  # read only after the charge
@@ -301,6 +339,8 @@ def train(message: Message, context: Context) -> Message:
     """One round of DP-SGD from the global weights; replies with the update only."""
     t0 = time.perf_counter()
     job = resolve(message, context)
+    # a run keeps the stats source it started with (the two plans' charges do not compose)
+    public_stats.fix_stats_source(job.site, job.ref.dataset_id, job.run_id, job.stats_source)
     charge = job.plan.charge(job.round_no)
     guard.authorize_round(job.site, job.contract.contract_id, job.run_id, job.round_no, charge)
     _mark_charged(context, job)
@@ -353,6 +393,9 @@ def train(message: Message, context: Context) -> Message:
     metrics = MetricRecord(
         {
             "num-examples": int(examples),
+            # the same weight in frames (catalog metadata): what FedAvg uses when a
+            # federation mixes frame and episode sites (:mod:`.server_app`)
+            "num-frames": _frames_weight(job),
             "train-loss": float(loss) if math.isfinite(loss) else 1e9,
             "epsilon-round": float(charge),
             "epsilon-spent": float(eps_spent),

@@ -118,6 +118,7 @@ secagg = false
 secagg-clipping-range = 8.0
 secagg-max-weight = 0.0
 pack-arrays = false
+public-stats = ""
 """
 
 
@@ -135,6 +136,10 @@ def _toml(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, int | float):
         return repr(v)
+    if '"' in str(v) and "'" not in str(v) and "\n" not in str(v):
+        # a JSON object (public-stats): a TOML literal string, which flwr's
+        # --run-config parser reads (it cuts a "..." value at its first quote)
+        return f"'{v}'"
     return json.dumps(str(v))
 
 
@@ -409,8 +414,16 @@ def run_deployment(
     secagg: bool = False,
     pack_arrays: bool = True,
     database: str | None = None,
+    public_stats: Any = None,
 ) -> dict[str, Any]:
-    """Train on the deployment engine; returns the run's history (see :mod:`.server_app`)."""
+    """Train on the deployment engine; returns the run's history (see :mod:`.server_app`).
+
+    ``public_stats`` as in :func:`.run.run_simulation` (sent as the run config's
+    ``public-stats``, a JSON object).
+    """
+    from dataspace.federated.run import public_lists
+
+    public = public_lists(public_stats)
     out = Path(out_dir).resolve()
     roots = [Path(s).resolve() for s in sites]
     app_dir = write_app(out / "deploy" / "app")
@@ -444,6 +457,7 @@ def run_deployment(
                 "fold-evaluate": fold_evaluate,
                 "secagg": secagg,
                 "pack-arrays": pack_arrays,
+                **({"public-stats": json.dumps(public, separators=(",", ":"))} if public else {}),
             },
             timeout=timeout,
         )

@@ -11,7 +11,10 @@ GTG-Shapley, in units of the consumer's validation MSE), with
 ``contribution_split`` (suggested revenue shares) and ``contribution_meaning``
 (one sentence on what the number means) from ``OUT/value.json``, and
 ``privacy_unit`` (per dataset: ``"frame"`` or ``"episode"``, what each site's
-epsilon protects, ``site.toml [training] privacy_unit``).
+epsilon protects, ``site.toml [training] privacy_unit``), and
+``stats_source``: ``"dp"`` (the sites' DP normalisation statistics) or
+``"public"`` (the consumer's own, ``dataspace train --stats-from``; no site
+released any statistics).
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ def write_report(out_dir: Path | str) -> dict[str, Any]:
         ],
         "epsilon": epsilon,
         "privacy_unit": privacy_unit,
+        "stats_source": history.get("stats", {}).get("source") or history.get("stats_source", "dp"),
         "heldout_mse": rounds[-1]["eval_mse"] if rounds else None,
         "contribution": contribution,
         "contribution_split": value.get("split"),

@@ -11,7 +11,7 @@ a pure function of its inputs and seed: same seed, same model.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from dataspace.connectors.site import Site
+from dataspace.federated.normalize import Stats
+from dataspace.federated.public_stats import check_stats, to_lists
 from dataspace.federated.server_app import RunSpec, run_training
 
 
@@ -107,8 +109,16 @@ def run_simulation(
     fold_evaluate: bool = False,
     secagg: bool = False,
     pack_arrays: bool = False,
+    public_stats: Stats | Mapping[str, Sequence[float]] | None = None,
+    secagg_max_weight: float = 0.0,
 ) -> dict[str, Any]:
-    """Train in this process; writes the run directory (see :mod:`.server_app`)."""
+    """Train in this process; writes the run directory (see :mod:`.server_app`).
+
+    ``public_stats``: the consumer's normalisation statistics
+    (:mod:`.public_stats`; :class:`Stats` or a mapping of the four lists):
+    the sites then release no statistics and spend the whole epsilon on
+    training. Checked here first (:class:`.public_stats.PublicStatsError`).
+    """
     from dataspace.federated.client_app import app as client_app
 
     roots = [s.root if isinstance(s, Site) else Path(s) for s in sites]
@@ -128,6 +138,15 @@ def run_simulation(
         fold_evaluate=fold_evaluate,
         secagg=secagg,
         pack_arrays=pack_arrays,
+        public_stats=public_lists(public_stats),
+        secagg_max_weight=secagg_max_weight,
     )
     torch.manual_seed(seed)
     return run_training(grid, spec, on_round)
+
+
+def public_lists(
+    stats: Stats | Mapping[str, Sequence[float]] | None,
+) -> dict[str, list[float]] | None:
+    """Public statistics as the run spec holds them (checked lists), or None."""
+    return None if stats is None else to_lists(check_stats(stats))

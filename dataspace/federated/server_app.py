@@ -1,12 +1,18 @@
-"""The ServerApp: weighted FedAvg over the contracts' sites, with DP normalisation.
+"""The ServerApp: weighted FedAvg over the contracts' sites, with DP or public normalisation.
 
 One run (Flower 1.42 ``@app.main()`` with a ``Grid``):
 
 0. ``query.stats`` to every site: DP sums, pooled into the model's
-   normalisation buffers (:mod:`.normalize`);
+   normalisation buffers (:mod:`.normalize`). Or, when the consumer gives
+   public statistics (run config ``public-stats``, :mod:`.public_stats`), no
+   message at all: the buffers are set from them, every message's config says
+   ``stats = "public"`` and carries them, and the sites release nothing for
+   statistics (``history.json`` ``stats.source``: ``"dp"`` or ``"public"``);
 1. each round: ``train`` to every connected site, weighted FedAvg of the
    replies (``flwr.serverapp.strategy.FedAvg.aggregate_train``, weights =
-   ``num-examples``), then ``evaluate`` on every site's held-out episodes.
+   ``num-examples``; when the sites mix privacy units, frames and episodes,
+   every site is weighed in frames instead: its ``num-frames``, catalog
+   metadata), then ``evaluate`` on every site's held-out episodes.
    With ``fold-evaluate`` (the deployment engine's default) round r's
    evaluation travels in round r+1's ``train`` message (config
    ``evaluate-round``; the reply carries ``eval-mse``), so a round is one
@@ -49,9 +55,9 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from dataspace.errors import DataspaceError
-from dataspace.federated import packing, secagg
+from dataspace.federated import packing, public_stats, secagg
 from dataspace.federated.latency import fast_object_pulls
-from dataspace.federated.normalize import NoisySums, apply_stats, combine
+from dataspace.federated.normalize import NoisySums, Stats, apply_stats, combine
 from dataspace.federated.templates import get_template
 
 app = ServerApp()
@@ -86,7 +92,20 @@ class RunSpec:
     secagg_max_weight: float = 0.0  # secagg-max-weight (0: 1.5 x the largest DP count)
     #: send the model as one flat tensor (:mod:`.packing`; not with SecAgg+)
     pack_arrays: bool = False  # pack-arrays
+    #: the consumer's public normalisation statistics (:mod:`.public_stats`; lists
+    #: ``state_mean`` ... ``action_std``); None: the sites release DP statistics
+    public_stats: dict[str, list[float]] | None = None  # public-stats (a JSON object)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def stats_source(self) -> str:
+        return "dp" if self.public_stats is None else "public"
+
+    def public(self) -> Stats | None:
+        """The public statistics, checked (finite, paired lengths, scales > 0)."""
+        if self.public_stats is None:
+            return None
+        return public_stats.check_stats(self.public_stats, where="the run's public-stats")
 
     @classmethod
     def from_config(cls, c: dict[str, Any]) -> RunSpec:
@@ -108,11 +127,15 @@ class RunSpec:
             secagg_clipping_range=float(c.get("secagg-clipping-range", 8.0)),
             secagg_max_weight=float(c.get("secagg-max-weight", 0.0)),
             pack_arrays=bool(c.get("pack-arrays", False)),
+            public_stats=_public_from_config(c.get("public-stats", "")),
         )
 
     def config(self, server_round: int) -> ConfigRecord:
+        public = self.public()
+        extra = public_stats.to_config(public) if public is not None else {}
         return ConfigRecord(
             {
+                **extra,
                 "run-id": self.run_id,
                 "contracts": ",".join(self.contracts),
                 "template": self.template,
@@ -123,6 +146,18 @@ class RunSpec:
                 "local-epochs": self.local_epochs,
             }
         )
+
+
+def _public_from_config(value: Any) -> dict[str, list[float]] | None:
+    """Run config ``public-stats``: a JSON object (a string: run configs hold no lists)."""
+    if not value:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise public_stats.PublicStatsError(f"run config public-stats: not JSON ({e})") from e
+    return public_stats.to_lists(public_stats.check_stats(value, where="run config public-stats"))
 
 
 @app.main()
@@ -206,6 +241,7 @@ def _site_of(m: Message) -> dict[str, str]:
     site = {k: str(info[k]) for k in ("site", "dataset-id", "contract-id", "fingerprint")}
     # the site's privacy unit (its own setting, dataspace.federated.dp); older sites: frame
     site["privacy_unit"] = str(info.get("privacy-unit", "frame"))
+    site["stats"] = str(info.get("stats", "dp"))
     return site
 
 
@@ -252,9 +288,20 @@ def run_training(
         history["stats"] = prev.get("stats")
     start = last_completed_round(out)
     history["rounds"] = [r for r in history["rounds"] if r["round"] <= start]
+    history["stats_source"] = spec.stats_source
     try:
+        public = spec.public()  # malformed numbers stop the run before any message
+        if public is not None and spec.secagg and not spec.secagg_max_weight:
+            # SecAgg+'s weight range comes from the DP counts of the statistics round
+            raise RunError(
+                "SecAgg+ with public statistics needs secagg-max-weight (at least 1.5 x the "
+                "largest site's example count): there is no statistics round to size it"
+            )
         if start == 0 or not (out / "stats.json").exists():
-            arrays = _stats_round(grid, spec, template, out, history)
+            if public is None:
+                arrays = _stats_round(grid, spec, template, out, history)
+            else:
+                arrays = _public_stats_round(spec, template, public, out, history)
             start = 0
         else:
             arrays = load_arrays(out / "rounds" / f"{start:03d}" / "global.npz")
@@ -305,11 +352,14 @@ def _stats_round(grid, spec, template, out, history) -> ArrayRecord:
     if len(dims) != 1:
         raise RunError(f"sites disagree on state/action dimensions: {sorted(dims)}")
     (s_dim, a_dim) = dims.pop()
+    if spec.secagg and len({s["privacy_unit"] for s in sites}) > 1:
+        raise RunError(_MIXED_SECAGG)
     stats = combine(parts, s_dim)
     policy = template.build(s_dim, a_dim, seed=spec.seed)
     apply_stats(policy, stats)
     arrays = ArrayRecord(policy.state_dict())
     history["stats"] = {
+        "source": "dp",
         "state_dim": s_dim,
         "action_dim": a_dim,
         "sites": sites,
@@ -319,6 +369,77 @@ def _stats_round(grid, spec, template, out, history) -> ArrayRecord:
     _write_json(out / "stats.json", history["stats"])
     _save_arrays(out / "rounds" / "000" / "global.npz", arrays)
     return arrays
+
+
+def _public_stats_round(spec, template, public: Stats, out, history) -> ArrayRecord:
+    """Round 0 with the consumer's public statistics: no message, no site releases anything.
+
+    The dimensions are the statistics' own; each site checks them against its
+    dataset (and refuses the run, charging nothing, when they differ).
+    """
+    s_dim, a_dim = len(public.state_mean), len(public.action_mean)
+    policy = template.build(s_dim, a_dim, seed=spec.seed)
+    apply_stats(policy, public)
+    arrays = ArrayRecord(policy.state_dict())
+    history["stats"] = {
+        "source": "public",
+        "state_dim": s_dim,
+        "action_dim": a_dim,
+        "sites": [],
+        "failed": [],
+        "epsilon": {},
+        "public": public_stats.to_lists(public),
+    }
+    _write_json(out / "stats.json", history["stats"])
+    _save_arrays(out / "rounds" / "000" / "global.npz", arrays)
+    return arrays
+
+
+def _with_public(arrays: ArrayRecord, public: Stats | None) -> ArrayRecord:
+    """``arrays`` with the public statistics written back into the normalisation buffers.
+
+    Every site normalises with exactly these constants; FedAvg's weighted mean of
+    equal float32 buffers can move them by a rounding step (SecAgg+ by its
+    quantisation), so the global model gets them back exactly.
+    """
+    if public is None:
+        return arrays
+    import torch
+
+    state = arrays.to_torch_state_dict()
+    for name in public_stats.FIELDS:
+        state[name] = torch.from_numpy(np.asarray(getattr(public, name), dtype=np.float32))
+    return ArrayRecord(state)
+
+
+_MIXED_SECAGG = (
+    "the sites mix privacy units (frame and episode): their FedAvg weights count different "
+    "things, and under SecAgg+ the server cannot weigh them in frames; run without --secagg "
+    "or with sites of one privacy unit"
+)
+
+
+def _frame_weights(ok: list[Message]) -> dict[str, int]:
+    """FedAvg weights per dataset: ``num-examples``, or ``num-frames`` when units are mixed.
+
+    A frame site counts frames, an episode site episodes (:mod:`.client_app`):
+    mixing them would weigh a site of 20 episodes like one of 20 frames. Then
+    every site is weighed by its ``num-frames`` (train frames, or train
+    episodes x the dataset's mean frames per episode; catalog metadata either
+    way), which the update's privacy does not depend on (post-processing).
+    """
+    units = {_site_of(m)["privacy_unit"] for m in ok}
+    weights = {}
+    for m in ok:
+        met = m.content["metrics"]
+        key = "num-frames" if len(units) > 1 else "num-examples"
+        if key not in met:
+            raise RunError(
+                f"site {_site_of(m)['site']} reports no {key}: the sites mix privacy units "
+                f"({', '.join(sorted(units))}) and it cannot be weighed in frames"
+            )
+        weights[_site_of(m)["dataset-id"]] = int(met[key])
+    return weights
 
 
 def _weighted(ok: list[Message], key: str) -> float:
@@ -405,17 +526,24 @@ def _train_round(grid, spec, strategy, arrays, rnd, out, history) -> ArrayRecord
                 m.content["arrays"] = packing.unpack(m.content["arrays"], arrays)
     if folded:
         _set_eval(out, history, rnd - 1, ok, [])
+    if spec.secagg and len({_site_of(m)["privacy_unit"] for m in ok}) > 1:
+        raise RunError(_MIXED_SECAGG)
+    weights = _frame_weights(ok) if ok else {}
     rdir = out / "rounds" / f"{rnd:03d}"
     sites = []
     for m in ok:
         site = _site_of(m)
         met = m.content["metrics"]
+        reported = int(met["num-examples"])
+        if not spec.secagg:  # the weight FedAvg uses (frames when units are mixed)
+            met["num-examples"] = weights[site["dataset-id"]]
         if not spec.secagg:  # under SecAgg+ no single site's update is ever seen
             _save_arrays(rdir / "updates" / f"{site['dataset-id']}.npz", m.content["arrays"])
         sites.append(
             site
             | {
-                "num_examples": int(met["num-examples"]),
+                "num_examples": int(met["num-examples"]),  # the FedAvg weight
+                "num_units": reported,  # in the site's own privacy unit
                 "train_loss": float(met["train-loss"]),
                 "epsilon_round": float(met["epsilon-round"]),
                 "epsilon": float(met["epsilon-spent"]),
@@ -426,6 +554,7 @@ def _train_round(grid, spec, strategy, arrays, rnd, out, history) -> ArrayRecord
         new_arrays, _ = strategy.aggregate_train(rnd, ok)
     if new_arrays is None:
         raise RunError(f"train round {rnd}: replies could not be aggregated")
+    new_arrays = _with_public(new_arrays, spec.public())
     t_train = time.perf_counter() - t0
     eval_mse, per_site_mse, ev_failed = float("nan"), {}, []
     if not spec.fold_evaluate:
@@ -446,6 +575,7 @@ def _train_round(grid, spec, strategy, arrays, rnd, out, history) -> ArrayRecord
         "epsilon": {s["dataset-id"]: s["epsilon"] for s in sites},
         "epsilon_round": {s["dataset-id"]: s["epsilon_round"] for s in sites},
         "sites": sites,
+        "weights": "frames" if len({s["privacy_unit"] for s in sites}) > 1 else "units",
         "failed": failed,
         "eval_failed": ev_failed,
         "seconds": time.perf_counter() - t0,

@@ -470,6 +470,24 @@ def train_dp(
     raise PrivacyPlanError(f"unknown grad_sample_mode {mode!r}")
 
 
+def _forward_recording(
+    net: nn.Sequential, x: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """The MLP's output, and each Linear layer's input (detached) and output: what
+    book-keeping clipping needs to get per-unit gradient norms from one backward pass."""
+    acts: list[torch.Tensor] = []
+    outs: list[torch.Tensor] = []
+    h = x
+    for m in net:
+        if isinstance(m, nn.Linear):
+            acts.append(h.detach())
+            h = m(h)
+            outs.append(h)
+        else:
+            h = m(h)
+    return h, acts, outs
+
+
 def bk_step(
     net: nn.Sequential,
     xb: torch.Tensor,
@@ -495,15 +513,7 @@ def bk_step(
     sums = [(torch.zeros_like(m.weight), torch.zeros_like(m.bias)) for m in linears]
     loss = float("nan")
     if xb.shape[0]:
-        acts, outs = [], []
-        h = xb
-        for m in net:
-            if isinstance(m, nn.Linear):
-                acts.append(h.detach())
-                h = m(h)
-                outs.append(h)
-            else:
-                h = m(h)
+        h, acts, outs = _forward_recording(net, xb)
         per = ((h - yb) ** 2).mean(dim=1)
         grads = torch.autograd.grad(per.sum(), outs)
         with torch.no_grad():
@@ -555,15 +565,7 @@ def episode_clipped_sums(
     k, mm = weight.shape
     if not k:
         return sums, torch.zeros(0)
-    acts, outs = [], []
-    h = xb.reshape(k * mm, -1)
-    for m in net:
-        if isinstance(m, nn.Linear):
-            acts.append(h.detach())
-            h = m(h)
-            outs.append(h)
-        else:
-            h = m(h)
+    h, acts, outs = _forward_recording(net, xb.reshape(k * mm, -1))
     per = ((h - yb.reshape(k * mm, -1)) ** 2).mean(dim=1)
     per_episode = (per.view(k, mm) * weight).sum(1)
     grads = torch.autograd.grad(per_episode.sum(), outs)

@@ -20,6 +20,16 @@ dataspace.federated.dp) instead of frames (the default); ``--epsilons`` and
 ``mean_action_mse`` (held-out MSE of always predicting the mean train action, a
 reference), ``privacy_unit``, ``frames_per_episode``, ``plan_site0`` (site 0's noise multiplier,
 sample rate, expected batch and steps per round, per epsilon) and ``federated_seconds``.
+
+``--public-stats`` gives the sites public normalisation statistics instead of
+their DP ones (``run_simulation(public_stats=...)``, dataspace.federated.public_stats):
+the consumer's, here the exact means and scales of the **central training pool**
+(the pooled train episodes of all three sites, the data the central baseline
+trains on; never the held-out episodes that measure MSE). Assumption: the
+benchmark's consumer knows these as public information (in practice it would
+compute them from its own episodes of the same robot, ``dataspace train
+--stats-from``). The sites then release no statistics and spend the whole
+epsilon on DP-SGD and evaluation. Output: ``stats`` ("dp" or "public").
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from pathlib import Path
 import torch
 
 from dataspace.federated import data as fdata
-from dataspace.federated import normalize
+from dataspace.federated import normalize, public_stats
 from dataspace.federated.federation import make_federation
 from dataspace.federated.report import load_policy
 from dataspace.federated.run import run_simulation
@@ -103,6 +113,7 @@ def federated(
     sites: list[int] | None = None,
     training: dict | None = None,
     lr: float = LR,
+    public: normalize.Stats | None = None,
 ) -> tuple[Policy, float, dict]:
     training = training or TRAINING
     fed = make_federation(root, UNITREE, epsilon=eps, rounds=ROUNDS)
@@ -114,11 +125,12 @@ def federated(
     h = run_simulation(
         [fed.contract_ids[i] for i in idx], [fed.sites[i] for i in idx], "bc-mlp", ROUNDS,
         root / "run", seed=0, lr=lr, min_nodes=1, local_epochs=training["max_epochs"],
+        public_stats=public,
     )  # fmt: skip
     return load_policy(root / "run"), time.perf_counter() - t, h
 
 
-def _noise(root: Path, eps: float) -> dict:
+def _noise(root: Path, eps: float, public: bool = False) -> dict:
     """Site 0's privacy plan, as its ClientApp computes it (settings + metadata only)."""
     from dataspace.connectors.site import Site
     from dataspace.federated import dp
@@ -128,7 +140,8 @@ def _noise(root: Path, eps: float) -> dict:
         (dsid,) = con.execute("SELECT dataset_id FROM datasets").fetchone()
     split = fdata.split_episodes(site, dsid)
     settings = dp.TrainingSettings.from_config(site.config)
-    plan = dp.make_plan(eps, 1e-5, ROUNDS, split.train_frames, settings, len(split.train))
+    make = public_stats.plan_without_stats if public else dp.make_plan
+    plan = make(eps, 1e-5, ROUNDS, split.train_frames, settings, len(split.train))
     return {
         "noise_multiplier": round(plan.noise_multiplier, 4),
         "sample_rate": round(plan.sample_rate, 4),
@@ -145,6 +158,11 @@ def main() -> None:
     ap.add_argument("--epsilons", default="8,2,1", help="comma-separated; 8 gives `ratio`")
     ap.add_argument("--no-alone", action="store_true", help="skip the sites-alone runs")
     ap.add_argument("--lr", type=float, default=LR)
+    ap.add_argument(
+        "--public-stats",
+        action="store_true",
+        help="normalise with the central training pool's exact statistics (public), not DP ones",
+    )
     args = ap.parse_args()
     epsilons = [float(e) for e in args.epsilons.split(",") if e]
     training = dict(TRAINING)
@@ -161,19 +179,27 @@ def main() -> None:
         # a reference point: always predicting the pooled train episodes' mean action
         mean_mse = float(((held.action - train.action.mean(0)) ** 2).mean())
         log(f"mean action predictor: {mean_mse:.5f}")
+        public = None
+        if args.public_stats:  # the consumer's public information (module docstring)
+            public = public_stats.check_stats(normalize.exact_stats(train.state, train.action))
+            log("public statistics: exact, of the central training pool")
         noise: dict = {}
         seconds: dict = {}
         for eps in epsilons:
-            pol, secs, _ = federated(tmp / f"fed{eps}", eps, training=training, lr=args.lr)
+            pol, secs, _ = federated(
+                tmp / f"fed{eps}", eps, training=training, lr=args.lr, public=public
+            )
             out["federated_mse"][str(eps)] = mse(pol, held)
-            noise[str(eps)] = _noise(tmp / f"fed{eps}", eps)
+            noise[str(eps)] = _noise(tmp / f"fed{eps}", eps, public is not None)
             seconds[str(eps)] = round(secs, 1)
             log(
                 f"federated eps {eps} ({args.privacy_unit}): "
                 f"{out['federated_mse'][str(eps)]:.5f} ({secs:.0f}s, site-0 plan {noise[str(eps)]})"
             )
         for i in range(0 if args.no_alone else 3):
-            pol, _, _ = federated(tmp / f"alone{i}", 8.0, [i], training=training, lr=args.lr)
+            pol, _, _ = federated(
+                tmp / f"alone{i}", 8.0, [i], training=training, lr=args.lr, public=public
+            )
             out["alone_mse"][f"site-{i}"] = mse(pol, held)
             log(f"site {i} alone eps 8: {out['alone_mse'][f'site-{i}']:.5f}")
         for key, eps in (("ratio", "8.0"), ("ratio_eps2", "2.0"), ("ratio_eps1", "1.0")):
@@ -191,6 +217,7 @@ def main() -> None:
             privacy_unit=args.privacy_unit,
             frames_per_episode=args.frames_per_episode if args.privacy_unit == "episode" else None,
             plan_site0=noise,
+            stats="public" if public is not None else "dp",
             federated_seconds=seconds,
         )
         print(json.dumps(out))

@@ -1,0 +1,368 @@
+"""Public normalisation statistics (dataspace.federated.public_stats, `train --stats-from`).
+
+The consumer gives the means and scales; the sites release no statistics (no
+``query.stats`` message, no reply with sums), spend the whole epsilon on
+training (the ledger equals the plan without statistics), normalise with
+exactly the given numbers, and refuse malformed ones before charging anything.
+A federation mixing frame and episode sites is weighed in frames.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from flwr.app import Message, RecordDict
+
+from dataspace.errors import DataspaceError, RefusedError
+from dataspace.federated import data as fdata
+from dataspace.federated import dp, public_stats
+from dataspace.federated.client_app import app as client_app
+from dataspace.federated.normalize import Stats
+from dataspace.federated.run import LocalGrid, run_simulation
+from dataspace.federated.server_app import RunError, RunSpec
+from tests.conftest import UNITREE
+
+#: dims of the Unitree G1 recording
+S_DIM = A_DIM = 26
+#: two small sites of the G1 recording (other sessions than the consumer's episodes below)
+TWO = [range(0, 4), range(40, 44)]
+
+
+def _g1_stats(episodes=range(90, 93)) -> Stats:
+    """The consumer's statistics: exact, from G1 episodes no site of these tests holds."""
+    from dataspace.schema import Episode
+
+    eps = []
+    for e in episodes:
+        t = pq.read_table(UNITREE / "data" / "chunk-000" / f"episode_{e:06d}.parquet")
+        st = np.asarray(t.column("observation.state").to_pylist(), dtype=np.float32)
+        ac = np.asarray(t.column("action").to_pylist(), dtype=np.float32)
+        eps.append(Episode(np.arange(len(st), dtype=np.int64), st, ac))
+    return public_stats.stats_from_episodes(eps)
+
+
+def _ledger(site) -> list[tuple]:
+    with site.db(read_only=True) as con:
+        return con.execute(
+            "SELECT run_id, round_no, epsilon FROM ledger ORDER BY run_id, round_no"
+        ).fetchall()
+
+
+class SpyGrid(LocalGrid):
+    """A LocalGrid that records every message type sent and every reply's records."""
+
+    def __init__(self, *a, **k) -> None:
+        super().__init__(*a, **k)
+        self.sent: list[str] = []
+        self.reply_records: list[set[str]] = []
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        self.sent += [m.metadata.message_type for m in messages]
+        ids = super().push_messages(messages)
+        for i in ids:
+            r = self._replies[i]
+            self.reply_records.append(set() if r.has_error() else set(r.content.keys()))
+        return ids
+
+
+# ----------------------------------------------------------------- checks (fast)
+
+
+def test_malformed_statistics_are_typed_errors():
+    good = public_stats.to_lists(_g1_stats())
+    assert public_stats.check_stats(good, S_DIM, A_DIM).state_std.dtype == np.float32
+    cases = {
+        "not finite": {**good, "state_mean": [math.nan, *good["state_mean"][1:]]},
+        "action_std\\[3\\] = 0.0 is not > 0": {
+            **good,
+            "action_std": [*good["action_std"][:3], 0.0, *good["action_std"][4:]],
+        },
+        "state has 25 dimensions, the dataset 26": {
+            **good,
+            "state_mean": good["state_mean"][:-1],
+            "state_std": good["state_std"][:-1],
+        },
+        "action_mean has 26 values, action_std 25": {
+            **good,
+            "action_std": good["action_std"][:-1],
+        },
+        "missing state_std": {k: v for k, v in good.items() if k != "state_std"},
+        "inf": {**good, "action_mean": [math.inf] * A_DIM},
+    }
+    for match, values in cases.items():
+        with pytest.raises(public_stats.PublicStatsError, match=match) as e:
+            public_stats.check_stats(values, S_DIM, A_DIM)
+        assert isinstance(e.value, DataspaceError)
+
+
+def test_statistics_from_episodes_are_exact(tmp_path):
+    stats = _g1_stats()
+    frames = [
+        pq.read_table(UNITREE / "data" / "chunk-000" / f"episode_{e:06d}.parquet")
+        for e in range(90, 93)
+    ]
+    st = np.concatenate([np.asarray(t.column("observation.state").to_pylist()) for t in frames])
+    ac = np.concatenate([np.asarray(t.column("action").to_pylist()) for t in frames])
+    np.testing.assert_allclose(stats.state_mean, st.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        stats.action_std, np.maximum(ac.std(0, ddof=1), public_stats.MIN_STD), rtol=1e-4
+    )
+    # a JSON file round-trips exactly
+    path = tmp_path / "stats.json"
+    path.write_text(json.dumps(public_stats.to_lists(stats)))
+    loaded = public_stats.load_public_stats(path)
+    for f in public_stats.FIELDS:
+        assert np.array_equal(getattr(loaded, f), getattr(stats, f)), f
+    path.write_text(json.dumps({**public_stats.to_lists(stats), "state_std": [0.0] * S_DIM}))
+    with pytest.raises(public_stats.PublicStatsError, match=str(path)):
+        public_stats.load_public_stats(path)
+
+
+@pytest.mark.parametrize("unit,episodes", [("frame", None), ("episode", 23)])
+def test_plan_without_statistics_spends_the_whole_budget_on_training(unit, episodes):
+    s = dp.TrainingSettings(privacy_unit=unit)
+    with_stats = dp.make_plan(8.0, 1e-5, 10, 9000, s, episodes=episodes)
+    plan = public_stats.plan_without_stats(8.0, 1e-5, 10, 9000, s, episodes=episodes)
+    assert plan.stats_releases == 0
+    # the statistics entry has no steps: the history is DP-SGD and the losses only
+    training_only = [h for h in plan.history(10) if h[2] > 0]
+    assert dp.epsilon_of(training_only, 1e-5) == pytest.approx(plan.epsilon_after(10))
+    assert 0.99 * 8.0 < plan.epsilon_after(10) <= 8.0
+    assert plan.noise_multiplier < with_stats.noise_multiplier  # the 5 % goes to DP-SGD
+    assert plan.eval_noise == with_stats.eval_noise
+    charges = [plan.charge(r) for r in range(1, 11)]
+    assert sum(charges) == pytest.approx(plan.epsilon_after(10))
+
+
+def test_run_config_carries_public_stats_as_json():
+    stats = public_stats.to_lists(_g1_stats())
+    spec = RunSpec.from_config(
+        {"run-id": "r", "contracts": "c", "out-dir": "/tmp/x", "public-stats": json.dumps(stats)}
+    )
+    assert spec.stats_source == "public"
+    cfg = spec.config(1)
+    assert cfg["stats"] == "public" and cfg["stats-action-std"] == stats["action_std"]
+    assert public_stats.from_config(cfg, S_DIM, A_DIM).state_mean.tolist() == pytest.approx(
+        stats["state_mean"]
+    )
+    plain = RunSpec.from_config({"run-id": "r", "contracts": "c", "out-dir": "/tmp/x"})
+    assert plain.stats_source == "dp" and "stats" not in plain.config(1)
+    with pytest.raises(public_stats.PublicStatsError):
+        RunSpec.from_config(
+            {"run-id": "r", "contracts": "c", "out-dir": "/x", "public-stats": "{not json"}
+        )
+
+
+# ----------------------------------------------------------------- runs (slow)
+
+
+@pytest.mark.slow
+def test_public_stats_run_releases_no_statistics_and_uses_them_exactly(federation, tmp_path):
+    from dataspace.federated.report import write_report
+
+    fed = federation(epsilon=3.0, rounds=2, n_sites=2, episodes_per_site=TWO)
+    stats = _g1_stats()
+    grid = SpyGrid(client_app, [s.root for s in fed.sites])
+    out = tmp_path / "run"
+    h = run_simulation(
+        fed.contract_ids, fed.sites, "bc-mlp", 2, out, seed=4, grid=grid, public_stats=stats
+    )
+    assert h["status"] == "finished"
+    assert h["stats"]["source"] == h["stats_source"] == "public"
+    assert h["stats"]["epsilon"] == {} and h["stats"]["sites"] == []
+    # no statistics message, no reply carrying sums
+    assert "query.stats" not in grid.sent and set(grid.sent) <= {"train", "evaluate"}
+    assert all("sums" not in r for r in grid.reply_records) and grid.reply_records
+    assert all(s["stats"] == "public" for r in h["rounds"] for s in r["sites"])
+    # the ledger charged exactly the plan without statistics, within the contract
+    for site, dsid in zip(fed.sites, fed.dataset_ids, strict=True):
+        settings = dp.TrainingSettings.from_config(site.config)
+        split = fdata.split_episodes(site, dsid, settings.heldout_fraction)
+        plan = public_stats.plan_without_stats(
+            3.0, 1e-5, 2, split.train_frames, settings, episodes=len(split.train)
+        )
+        rows = _ledger(site)
+        assert [r[1] for r in rows] == [1, 2]
+        assert [r[2] for r in rows] == pytest.approx([plan.charge(1), plan.charge(2)])
+        assert sum(r[2] for r in rows) == pytest.approx(plan.epsilon_after(2))
+        assert sum(r[2] for r in rows) <= 3.0
+        assert h["rounds"][-1]["epsilon"][dsid] == pytest.approx(plan.epsilon_after(2))
+    # every global model (and the final one) normalises with exactly the given numbers
+    for path in [out / "rounds" / "000" / "global.npz", out / "final.npz"]:
+        with np.load(path) as z:
+            for f in public_stats.FIELDS:
+                assert np.array_equal(z[f], getattr(stats, f)), (path.name, f)
+    report = write_report(out)
+    assert report["stats_source"] == "public"
+
+
+@pytest.mark.slow
+def test_malformed_public_stats_are_refused_and_nothing_is_charged(federation, tmp_path):
+    fed = federation(epsilon=3.0, rounds=1, n_sites=2, episodes_per_site=TWO)
+    good = public_stats.to_lists(_g1_stats())
+    # the consumer's own check: before any message
+    grid = SpyGrid(client_app, [s.root for s in fed.sites])
+    for bad in (
+        {**good, "state_std": [0.0] * S_DIM},
+        {**good, "action_mean": [math.nan] * A_DIM},
+    ):
+        with pytest.raises(public_stats.PublicStatsError):
+            run_simulation(
+                fed.contract_ids, fed.sites, "bc-mlp", 1, tmp_path / "r0", grid=grid,
+                public_stats=bad,
+            )  # fmt: skip
+    assert grid.sent == []
+    # well formed but the wrong width for the sites' dataset: every site refuses
+    short = {k: v[:-2] for k, v in good.items()}
+    with pytest.raises(RunError, match=r"PublicStatsError.*26"):
+        run_simulation(
+            fed.contract_ids, fed.sites, "bc-mlp", 1, tmp_path / "r1", public_stats=short
+        )
+    assert json.loads((tmp_path / "r1" / "history.json").read_text())["status"] == "stopped"
+    # a server that skips the check: the site itself refuses NaN, zero and short scales
+    spec = RunSpec(
+        run_id="r-bad", contracts=fed.contract_ids, template="bc-mlp", rounds=1,
+        out_dir=str(tmp_path / "r2"), public_stats=good,
+    )  # fmt: skip
+    from dataspace.federated.templates import get_template
+
+    arrays = get_template("bc-mlp").build(S_DIM, A_DIM).state_dict()
+    from flwr.app import ArrayRecord
+
+    for key, value in (
+        ("stats-state-mean", [math.nan] * S_DIM),
+        ("stats-action-std", [0.0] * A_DIM),
+        ("stats-state-std", good["state_std"][:-1]),
+    ):
+        cfg = spec.config(1)
+        cfg[key] = value
+        msg = Message(
+            RecordDict({"arrays": ArrayRecord(arrays), "config": cfg}),
+            dst_node_id=1,
+            message_type="train",
+        )
+        (reply,) = grid.pull_messages(grid.push_messages([msg]))
+        assert reply.has_error() and "PublicStatsError" in reply.error.reason, key
+    for site in fed.sites:
+        assert _ledger(site) == []
+
+
+@pytest.mark.slow
+def test_a_run_cannot_switch_between_dp_and_public_statistics(federation, tmp_path):
+    fed = federation(epsilon=3.0, rounds=2, n_sites=2, episodes_per_site=TWO)
+    grid = LocalGrid(client_app, [s.root for s in fed.sites])
+    spec = RunSpec(
+        run_id="r-sw", contracts=fed.contract_ids, template="bc-mlp", rounds=2,
+        out_dir=str(tmp_path / "r"),
+    )  # fmt: skip
+    from flwr.app import ArrayRecord
+
+    from dataspace.federated.templates import get_template
+
+    arrays = ArrayRecord(get_template("bc-mlp").build(S_DIM, A_DIM).state_dict())
+
+    def send(kind: str, cfg, node: int = 1) -> Message:
+        content = {"config": cfg} if kind == "query.stats" else {"arrays": arrays, "config": cfg}
+        msg = Message(RecordDict(content), node, kind)
+        (reply,) = grid.pull_messages(grid.push_messages([msg]))  # errors become error replies
+        return reply
+
+    # round 1 of a run with DP statistics: the statistics query, then the train message
+    assert not send("query.stats", spec.config(0)).has_error()
+    assert not send("train", spec.config(1)).has_error()
+    charged = _ledger(fed.sites[0])
+    assert [r[1] for r in charged] == [1]
+    # round 2 asking for public statistics: refused, nothing more charged
+    public = RunSpec(**{**spec.__dict__, "public_stats": public_stats.to_lists(_g1_stats())})
+    reply = send("train", public.config(2))
+    assert reply.has_error() and "StatsSourceError" in reply.error.reason
+    assert _ledger(fed.sites[0]) == charged
+    assert issubclass(public_stats.StatsSourceError, RefusedError)
+    # a public-statistics run never answers a statistics query (site 2: its own budget)
+    other = RunSpec(**{**public.__dict__, "run_id": "r-pub"})
+    reply = send("query.stats", other.config(0), node=2)
+    assert reply.has_error() and "releases none" in reply.error.reason
+    assert not send("train", other.config(1), node=2).has_error()
+    charged = _ledger(fed.sites[1])
+    assert [r[:2] for r in charged] == [("r-pub", 1)]
+    # nor, once it has started, a query asking for DP statistics after all
+    dp_query = RunSpec(**{**spec.__dict__, "run_id": "r-pub"}).config(0)
+    reply = send("query.stats", dp_query, node=2)
+    assert reply.has_error() and "StatsSourceError" in reply.error.reason
+    assert "started with public statistics" in reply.error.reason
+    assert _ledger(fed.sites[1]) == charged
+
+
+@pytest.mark.slow
+def test_cli_stats_from_json_file_and_dataset_folder(federation, tmp_path, capsys):
+    from dataspace.cli import main
+
+    stats = _g1_stats()
+    path = tmp_path / "robot-stats.json"
+    path.write_text(json.dumps(public_stats.to_lists(stats)))
+    folder_stats = public_stats.load_public_stats(UNITREE)  # the LeRobot folder, all episodes
+    for i, (source, want) in enumerate(((path, stats), (UNITREE, folder_stats))):
+        fed = federation(epsilon=2.0, rounds=1, n_sites=2, episodes_per_site=TWO)
+        out = tmp_path / f"out{i}"
+        args = ["train", "--contract", ",".join(fed.contract_ids), "--rounds", "1"]
+        args += ["--out", str(out), "--stats-from", str(source), "--json"]
+        for s in fed.sites:
+            args += ["--simulate", str(s.root)]
+        assert main(args) == 0
+        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert report["status"] == "finished" and report["stats_source"] == "public"
+        assert all(0 < e <= 2.0 for e in report["epsilon"].values())
+        with np.load(out / "final.npz") as z:
+            for f in public_stats.FIELDS:
+                assert np.array_equal(z[f], getattr(want, f)), (source, f)
+    # a malformed file stops the CLI before anything is charged
+    path.write_text(json.dumps({**public_stats.to_lists(stats), "state_std": [-1.0] * S_DIM}))
+    args = ["train", "--contract", ",".join(fed.contract_ids), "--rounds", "1"]
+    args += ["--out", str(tmp_path / "bad"), "--stats-from", str(path)]
+    for s in fed.sites:
+        args += ["--simulate", str(s.root)]
+    assert main(args) != 0
+    assert "state_std[0] = -1.0 is not > 0" in capsys.readouterr().err
+    for site in fed.sites:
+        assert len(_ledger(site)) == 1  # the good run's round 1 only
+
+
+@pytest.mark.slow
+def test_mixed_privacy_units_are_weighed_in_frames(federation, tmp_path):
+    fed = federation(epsilon=3.0, rounds=1, n_sites=2, episodes_per_site=TWO)
+    with open(fed.sites[1].config_path, "a") as f:
+        f.write('\n[training]\nprivacy_unit = "episode"\nframes_per_episode = 16\n')
+    out = tmp_path / "run"
+    h = run_simulation(
+        fed.contract_ids, fed.sites, "bc-mlp", 1, out, seed=2, public_stats=_g1_stats()
+    )
+    rec = h["rounds"][0]
+    assert rec["weights"] == "frames"
+    by = {s["dataset-id"]: s for s in rec["sites"]}
+    frame_ds, ep_ds = fed.dataset_ids
+    assert by[frame_ds]["privacy_unit"] == "frame" and by[ep_ds]["privacy_unit"] == "episode"
+    # the episode site reports episodes; FedAvg weighs it by episodes x mean frames/episode
+    ref = fdata.dataset_ref(fed.sites[1], ep_ds)
+    split = fdata.split_episodes(fed.sites[1], ep_ds)
+    assert by[ep_ds]["num_units"] == len(split.train)
+    assert by[ep_ds]["num_examples"] == round(len(split.train) * ref.frames / ref.episodes, -1)
+    assert by[ep_ds]["num_examples"] > 100 * by[ep_ds]["num_units"] / 2  # hundreds of frames each
+    split0 = fdata.split_episodes(fed.sites[0], frame_ds)
+    assert by[frame_ds]["num_examples"] == by[frame_ds]["num_units"]
+    assert by[frame_ds]["num_examples"] == round(split0.train_frames, -1)
+    # and the global model is that weighted mean of the two updates
+    w = np.array([by[frame_ds]["num_examples"], by[ep_ds]["num_examples"]], dtype=np.float64)
+    rdir = out / "rounds" / "001"
+    with (
+        np.load(rdir / "updates" / f"{frame_ds}.npz") as a,
+        np.load(rdir / "updates" / f"{ep_ds}.npz") as b,
+        np.load(rdir / "global.npz") as g,
+    ):
+        key = "net.0.weight"
+        want = (w[0] * a[key].astype(np.float64) + w[1] * b[key]) / w.sum()
+        np.testing.assert_allclose(g[key], want, rtol=1e-5, atol=1e-6)

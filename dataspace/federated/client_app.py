@@ -19,7 +19,10 @@ catalog metadata rounded to tens (frames), or the count of train / held-out
 episodes (metadata too) when the site's privacy unit is the episode
 (``site.toml [training] privacy_unit = "episode"``, see :mod:`.dp`): then every
 release above is bounded per episode, and the unit is named in the replies'
-``info`` (``privacy-unit``) and in each ``round.finished`` event.
+``info`` (``privacy-unit``) and in each ``round.finished`` event. Train
+replies also carry ``num-frames``, the same weight in frames (catalog
+metadata), which the server uses when a federation mixes the two units; and
+``info`` names the statistics used (``stats``: ``"dp"`` or ``"public"``).
 
 Before reading anything it finds the contract among the run's contract ids
 that belongs to this site, checks the template, computes the privacy plan from

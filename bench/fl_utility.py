@@ -155,6 +155,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--privacy-unit", choices=("frame", "episode"), default="frame")
     ap.add_argument("--frames-per-episode", type=int, default=32, help="episode unit: m")
+    ap.add_argument(
+        "--episodes-per-batch", type=int, default=0, help="episode unit: b (0: batch / m)"
+    )
     ap.add_argument("--epsilons", default="8,2,1", help="comma-separated; 8 gives `ratio`")
     ap.add_argument("--no-alone", action="store_true", help="skip the sites-alone runs")
     ap.add_argument("--lr", type=float, default=LR)
@@ -168,6 +171,8 @@ def main() -> None:
     training = dict(TRAINING)
     if args.privacy_unit != "frame":  # the default run writes exactly the old settings
         training.update(privacy_unit=args.privacy_unit, frames_per_episode=args.frames_per_episode)
+        if args.episodes_per_batch:
+            training.update(episodes_per_batch=args.episodes_per_batch)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ref = make_federation(tmp / "ref", UNITREE, epsilon=1.0, rounds=1)
@@ -211,7 +216,7 @@ def main() -> None:
             lr=args.lr,
             delta=1e-5,
             sites=3,
-            training=TRAINING,
+            training=training,
             dataset="unitree-g1 (100 episodes in 3 ranges)",
             mean_action_mse=mean_mse,
             privacy_unit=args.privacy_unit,

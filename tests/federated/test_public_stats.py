@@ -366,3 +366,29 @@ def test_mixed_privacy_units_are_weighed_in_frames(federation, tmp_path):
         key = "net.0.weight"
         want = (w[0] * a[key].astype(np.float64) + w[1] * b[key]) / w.sum()
         np.testing.assert_allclose(g[key], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_public_stats_on_the_deployment_engine(federation, tmp_path):
+    """run_deployment(public_stats=...): the JSON travels in flwr's --run-config to the sites."""
+    from dataspace.federated.deploy import run_deployment
+
+    fed = federation(epsilon=3.0, rounds=1, n_sites=2, episodes_per_site=TWO)
+    stats = _g1_stats()
+    h = run_deployment(
+        fed.contract_ids, [s.root for s in fed.sites], "bc-mlp", 1, tmp_path / "run", seed=1,
+        timeout=480, public_stats=stats,
+    )  # fmt: skip
+    assert h["status"] == "finished", h.get("error")
+    assert h["stats"]["source"] == "public" and h["stats"]["sites"] == []
+    assert all(s["stats"] == "public" for s in h["rounds"][0]["sites"])
+    with np.load(tmp_path / "run" / "final.npz") as z:
+        for f in public_stats.FIELDS:
+            assert np.array_equal(z[f], getattr(stats, f)), f
+    for site, dsid in zip(fed.sites, fed.dataset_ids, strict=True):
+        settings = dp.TrainingSettings.from_config(site.config)
+        split = fdata.split_episodes(site, dsid, settings.heldout_fraction)
+        plan = public_stats.plan_without_stats(
+            3.0, 1e-5, 1, split.train_frames, settings, episodes=len(split.train)
+        )
+        assert [r[2] for r in _ledger(site)] == pytest.approx([plan.charge(1)])

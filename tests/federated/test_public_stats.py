@@ -392,3 +392,15 @@ def test_public_stats_on_the_deployment_engine(federation, tmp_path):
             3.0, 1e-5, 1, split.train_frames, settings, episodes=len(split.train)
         )
         assert [r[2] for r in _ledger(site)] == pytest.approx([plan.charge(1)])
+
+
+@pytest.mark.slow
+def test_mixed_privacy_units_under_secagg_are_refused(federation, tmp_path):
+    """Under SecAgg+ the server cannot reweigh the sites: a mixed federation stops."""
+    fed = federation(epsilon=3.0, rounds=1, n_sites=2, episodes_per_site=TWO)
+    with open(fed.sites[1].config_path, "a") as f:
+        f.write('\n[training]\nprivacy_unit = "episode"\n')
+    with pytest.raises(RunError, match="mix privacy units"):
+        run_simulation(fed.contract_ids, fed.sites, "bc-mlp", 1, tmp_path / "r", secagg=True)
+    # DP statistics: refused after the statistics round, before any training round
+    assert not (tmp_path / "r" / "rounds" / "001").exists()

@@ -8,7 +8,8 @@ Apps (what runs) are kept apart from the engines (how they run):
   directory with per-round global models and per-site updates, resume);
 * building blocks: :mod:`.templates` (model registry: ``bc-mlp``,
   ``bc-chunk``), :mod:`.data` (site store to tensors, hash-based held-out
-  split), :mod:`.normalize` (DP statistics), :mod:`.dp` (privacy plan with
+  split), :mod:`.normalize` (DP statistics), :mod:`.public_stats` (the consumer's
+  public statistics: no stats release, plan without it), :mod:`.dp` (privacy plan with
   Opacus's RDP accountant, book-keeping clipping and Opacus modes);
 * engines: :mod:`.run` (one process), :mod:`.deploy` (SuperLink + SuperNodes,
   TLS, node auth; keys from :mod:`.pki`), :mod:`.site_worker` (warm per-site

@@ -69,7 +69,10 @@ def evaluate(site: Site, name: str, eps: list[Episode], fps: float, seed: int, t
         pre = clean.suite.flagged_by(check)
         pre |= {copy for copy, src in sources.items() if src in pre}
         want = {e for e, kk in truth.items() if kk == kind} - pre
-        got = out.suite.flagged_by(check) - pre
+        # corruptions that rightly trip this check too (noisy actions also jump) are
+        # neither hits nor false alarms of it (inject.ALSO_FLAGGED_BY)
+        also = {e for e, kk in truth.items() if check in inject.ALSO_FLAGGED_BY.get(kk, ())}
+        got = out.suite.flagged_by(check) - pre - also
         t = totals.setdefault(kind, {"tp": 0, "fp": 0, "fn": 0, "preexisting": 0})
         t["tp"] += len(got & want)
         t["fp"] += len(got - want)

@@ -10,7 +10,8 @@ dimension        GB/T name   ISO/IEC 25012             checks that feed it
 conformity       规范性      Compliance                schema, dtypes, frame_index
 completeness     完整性      Completeness              nonfinite (nulls, NaN, inf), missing_task,
                                                        attachments (referenced files present)
-accuracy         准确性      Accuracy                  out_of_range, frozen_joint, action_jump
+accuracy         准确性      Accuracy                  out_of_range, frozen_joint, action_jump,
+                                                       action_noise
 consistency      一致性      Consistency               timestamps_increasing, episode_length,
                                                        duplicate, near_duplicate, row_count
 timeliness       时效性      Currentness               frame_interval (jitter, dropped frames

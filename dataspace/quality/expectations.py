@@ -261,6 +261,31 @@ class ExpectEpisodeNoActionJump(EpisodeRowsExpectation):
         return cls(unexpected_rows_query=q, description=cls.__doc__)
 
 
+class ExpectEpisodeActionsNotNoise(EpisodeRowsExpectation):
+    """The episode's actions follow a trajectory: roughness at most the threshold.
+
+    Roughness (``profile.action_roughness_sql``) is about one minus the lag-1
+    autocorrelation of the typical action joint. Recorded teleoperation and
+    policy actions lie at 0.001-0.03; actions with sensor-scale noise added, or
+    shuffled across frames, at 0.45-1. Such actions keep their distribution, so
+    range and jump checks can miss them, yet a policy learns noise from them.
+    The threshold is absolute, not fitted to the dataset, so a dataset whose
+    every episode is noisy is flagged too.
+    """
+
+    check: ClassVar[str] = "action_noise"
+    dimension: ClassVar[str] = "accuracy"
+
+    @classmethod
+    def build(cls, max_roughness: float) -> ExpectEpisodeActionsNotNoise:
+        q = (
+            "SELECT episode_index, 'action roughness ' || round(action_roughness, 3) || "
+            f"' > {max_roughness!r}' AS detail FROM {{batch}} "
+            f"WHERE action_roughness > {max_roughness!r}"
+        )
+        return cls(unexpected_rows_query=q, description=cls.__doc__)
+
+
 class ExpectEpisodeTaskLabelled(EpisodeRowsExpectation):
     """Every frame has a task_index naming a non-empty task of the dataset."""
 

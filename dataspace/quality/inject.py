@@ -26,6 +26,7 @@ KINDS = (
     "dropped_frames",
     "frozen_joint",
     "action_jump",
+    "action_noise",
     "duplicate",
     "near_duplicate",
     "out_of_range",
@@ -38,11 +39,16 @@ CHECK_FOR = {
     "dropped_frames": "frame_interval",
     "frozen_joint": "frozen_joint",
     "action_jump": "action_jump",
+    "action_noise": "action_noise",
     "duplicate": "duplicate",
     "near_duplicate": "near_duplicate",
     "out_of_range": "out_of_range",
     "missing_task": "missing_task",
 }
+
+#: checks that a kind of corruption may rightly trip besides its own: noise on every
+#: action also makes frame-to-frame jumps larger than the joint's usual ones
+ALSO_FLAGGED_BY = {"action_noise": ("action_jump",)}
 
 
 def read_episodes(site: Site, dataset_id: str) -> Iterator[Episode]:
@@ -123,6 +129,13 @@ def action_jump(ep: Episode, rng: np.random.Generator, joint: int, lo: float, hi
     t = int(rng.integers(1, ep.frames - 1))
     v = float(out.action[t, joint])
     out.action[t, joint] = lo if abs(v - lo) > abs(v - hi) else hi
+    return out
+
+
+def action_noise(ep: Episode, rng: np.random.Generator, scale: np.ndarray) -> Episode:
+    """Gaussian noise of ``scale`` (per joint) on every action: a noisy command channel."""
+    out = _copy(ep)
+    out.action[:] = ep.action + (rng.normal(0, 1, ep.action.shape) * scale).astype(np.float32)
     return out
 
 
@@ -251,6 +264,8 @@ def corrupt_dataset(
             new = frozen_joint(ep, rng, live)
         elif kind == "action_jump":
             new = action_jump(ep, rng, jump_joint, float(a_lo[jump_joint]), float(a_hi[jump_joint]))
+        elif kind == "action_noise":
+            new = action_noise(ep, rng, np.nanstd(ac, axis=0))
         elif kind == "out_of_range":
             new = out_of_range(ep, rng, float(s_lo[oor_joint]), float(s_hi[oor_joint]), oor_joint)
         elif kind == "missing_task":

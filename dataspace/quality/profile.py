@@ -11,7 +11,7 @@ own under ``SITE/quality/work/`` holding
   joint (``s_0 .. s_{S-1}``, ``a_0 .. a_{A-1}``), so GE sees plain columns;
 * ``episode_profile``: one row per episode, computed in **one** scan of the
   frames with window functions (interval, monotonicity, per-joint extremes,
-  frame-to-frame action change, frozen-joint counts, signatures);
+  frame-to-frame action change and roughness, frozen-joint counts, signatures);
 * ``episode_hashes``: the episode hashes copied from the site's ``episodes``
   table (a few bytes per episode);
 
@@ -172,7 +172,30 @@ def profile_select_sql(layout: Layout, source: str = "frames", streaming: bool =
         agg.append(f"{_count(f'moving AND NOT c_{c}')} AS frozen_{c}")
     for c in a:
         agg.append(f"max({_finite('d_' + c)}) AS jump_{c}")
+    agg.append(f"{action_roughness_sql(a)} AS action_roughness")
     return f"WITH d AS ({stage_d}) SELECT {', '.join(agg)} FROM d GROUP BY episode_index"
+
+
+def action_roughness_sql(action_cols: Sequence[str]) -> str:
+    """The episode's action roughness: the median over action joints of
+    ``mean((a_t - a_{t-1})^2) / (2 var(a))``.
+
+    For a joint this is about ``1 - r1``, with ``r1`` the lag-1 autocorrelation: a
+    commanded trajectory sampled at the robot's rate moves little from frame to
+    frame compared with its range (0.001-0.03 on every shared recording), while
+    white noise, or actions shuffled across frames, give about 1. The median
+    over joints keeps one noisy sensor channel from deciding. Joints that never
+    change (variance 0) are left out; none left gives NULL.
+    """
+    if not action_cols:
+        return "NULL::DOUBLE"
+    terms = [
+        f"CASE WHEN var_pop({_finite(c)}) > 0 "
+        f"THEN avg({_finite('d_' + c)} * {_finite('d_' + c)}) / (2 * var_pop({_finite(c)})) END"
+        for c in action_cols
+    ]
+    # list_median skips NULLs, as the median aggregate does
+    return f"list_median([{', '.join(terms)}])"
 
 
 def build_workspace(

@@ -54,6 +54,10 @@ RANGE_K = 5.0
 LIVE_MEDIAN = 0.2
 #: an episode fails frozen_joint when one live joint is constant this share of its motion
 FROZEN_FRACTION = 0.6
+#: an episode fails action_noise above this action roughness (about 1 - lag-1
+#: autocorrelation of the typical joint): recorded actions are at most 0.03 on every
+#: shared dataset, white noise or shuffled actions about 1 (profile.action_roughness_sql)
+MAX_ACTION_ROUGHNESS = 0.25
 #: near-duplicate tolerance, in units of each signature component's spread
 NEAR_DUP_TOLERANCE = 1e-3
 
@@ -67,6 +71,7 @@ EPISODE_CHECKS: tuple[type[ex.EpisodeRowsExpectation], ...] = (
     ex.ExpectEpisodeJointsWithinLimits,
     ex.ExpectEpisodeNoFrozenJoint,
     ex.ExpectEpisodeNoActionJump,
+    ex.ExpectEpisodeActionsNotNoise,
     ex.ExpectEpisodeTaskLabelled,
     ex.ExpectEpisodeHashUnique,
     ex.ExpectEpisodeNotNearDuplicate,
@@ -313,6 +318,7 @@ def run_suites(
         live = live_joints(profile, layout.state_cols)
         thresholds["live_joints"] = live
         thresholds["frozen_fraction"] = FROZEN_FRACTION
+        thresholds["max_action_roughness"] = MAX_ACTION_ROUGHNESS
         scales = signature_scales(profile, layout.state_cols)
         thresholds["near_duplicate_tolerance"] = NEAR_DUP_TOLERANCE
         min_moving = max(10, int(2 * (layout.fps or 5)))
@@ -330,6 +336,7 @@ def run_suites(
                 live, FROZEN_FRACTION, min_moving
             ),
             "action_jump": lambda: ex.ExpectEpisodeNoActionJump.build(jumps),
+            "action_noise": lambda: ex.ExpectEpisodeActionsNotNoise.build(MAX_ACTION_ROUGHNESS),
             "missing_task": lambda: ex.ExpectEpisodeTaskLabelled.build(),
             "near_duplicate": lambda: ex.ExpectEpisodeNotNearDuplicate.build(
                 scales, NEAR_DUP_TOLERANCE

@@ -108,7 +108,11 @@ def test_publishable_report_leaks_no_per_episode_value(corrupted):
     _, _, out, _, _ = corrupted
     text = json.dumps(out.public)
     p = out.suite.profile
-    numbers = set(re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", text))
+    # the signature (base64, over a timestamped report) and the time are no data, but their
+    # digit runs change every run, and a run like "...Zz312B..." can match an episode length
+    # (about one signature in four has a 3-digit run): the likely cause of one failure seen
+    content = {k: v for k, v in out.public.items() if k not in ("signature", "generated_at")}
+    numbers = set(re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", json.dumps(content)))
     # exact per-episode lengths, durations and joint means must not appear
     for n in p["n_frames"]:
         assert str(int(n)) not in numbers, f"episode length {n} leaked"

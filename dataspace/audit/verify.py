@@ -21,7 +21,10 @@
    charged (``round-epsilon``; the excess also counts against the contract and
    the dataset, as the ledger counts it; less is allowed: the charge stands), and
    names its model's SHA-256 (``round-model``); a round's epsilon is a
-   non-negative number (``round-malformed``);
+   non-negative number (``round-malformed``); every round of a dataset counts
+   its epsilon in the same privacy unit, "frame" (the default, also when an
+   event names none) or "episode" (``round-privacy-unit``: epsilons of
+   different units do not add up to any guarantee);
 4. the Merkle tree of the entries has the checkpoint's size and root
    (``tree-size``, ``tree-root``);
 5. at least ``quorum`` distinct trusted witnesses cosigned the checkpoint
@@ -322,6 +325,8 @@ class RuleChecker:
         #: contract id -> round digest -> epsilon its round.started entries charged
         self.charged: dict[str | None, dict[tuple, float]] = {}
         self.open_rounds: dict[tuple[str | None, tuple], RoundRecord] = {}
+        #: dataset -> (privacy unit of its first round, that round's entry index)
+        self.units: dict[str, tuple[str, int]] = {}
 
     def _flag(self, index: int, rule: str, msg: str, **values: Any) -> None:
         self.r.violations.append(Violation(rule, msg, index, values))
@@ -424,6 +429,7 @@ class RuleChecker:
                 epsilon=f.get("epsilon"),
             )
             eps = 0.0  # a negative charge must not lower the sums below
+        self._unit(i, f, dataset_id or fingerprint)
         # what this round charged, for its round.finished (and the distinct rounds)
         key = self._round_key(run_id, round_no, dataset_id or fingerprint)
         charged = self.charged.get(cid)
@@ -528,6 +534,27 @@ class RuleChecker:
                 budget=budget,
             )
 
+    def _unit(self, i: int, f: dict[str, Any], dataset: str | None) -> None:
+        """Rule ``round-privacy-unit``: one privacy unit per dataset (module docstring)."""
+        unit = f.get("privacy_unit")
+        unit = unit if type(unit) is str else "frame"
+        if dataset is None:
+            return
+        first = self.units.get(dataset)
+        if first is None:
+            self.units[dataset] = (unit, i)
+        elif unit != first[0]:
+            self._flag(
+                i,
+                "round-privacy-unit",
+                f"a round on dataset {dataset!r} counts epsilon per {unit!r}, but its rounds "
+                f"since entry {first[1]} count it per {first[0]!r}",
+                dataset=dataset,
+                privacy_unit=unit,
+                first_unit=first[0],
+                first_index=first[1],
+            )
+
     def _finished(self, i: int, f: dict[str, Any]) -> None:
         """A round.finished: its round.started came first, charged at least the epsilon it
         reports, and it names the model it produced (rules ``round-not-started``,
@@ -579,6 +606,7 @@ class RuleChecker:
             )
             if c is not None:  # the excess was spent all the same: it counts (as the ledger's)
                 self._spend(i, c, cid, dataset or c.dataset_id or c.fingerprint, eps - charged)
+        self._unit(i, f, dataset)
         model = f.get("model_sha256")
         if type(model) is not str or _SHA256_HEX.fullmatch(model) is None:
             self._flag(

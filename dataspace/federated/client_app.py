@@ -306,7 +306,9 @@ def stats(message: Message, context: Context) -> Message:
         )
     public_stats.fix_stats_source(job.site, job.ref.dataset_id, job.run_id, "dp")
     charge = job.plan.charge(1)
-    guard.authorize_round(job.site, job.contract.contract_id, job.run_id, 1, charge)
+    guard.authorize_round(
+        job.site, job.contract.contract_id, job.run_id, 1, charge, job.settings.privacy_unit
+    )
     fr = _frames(job, job.split.train)  # read only after the charge
     gen = _generator(job, "stats")
     bound = job.settings.stats_bound
@@ -345,7 +347,14 @@ def train(message: Message, context: Context) -> Message:
     # a run keeps the stats source it started with (the two plans' charges do not compose)
     public_stats.fix_stats_source(job.site, job.ref.dataset_id, job.run_id, job.stats_source)
     charge = job.plan.charge(job.round_no)
-    guard.authorize_round(job.site, job.contract.contract_id, job.run_id, job.round_no, charge)
+    guard.authorize_round(
+        job.site,
+        job.contract.contract_id,
+        job.run_id,
+        job.round_no,
+        charge,
+        job.settings.privacy_unit,
+    )
     _mark_charged(context, job)
     cfg = message.content["config"]
     # folded evaluation: the global model sent is the previous round's; its held-out MSE

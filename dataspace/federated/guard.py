@@ -25,7 +25,12 @@ def load_contract(site: Site, contract_id: str) -> Contract:
 
 
 def authorize_round(
-    site: Site, contract_id: str, run_id: str, round_no: int, epsilon: float
+    site: Site,
+    contract_id: str,
+    run_id: str,
+    round_no: int,
+    epsilon: float,
+    privacy_unit: str = "frame",
 ) -> Contract:
     """Charge ``epsilon`` for round ``round_no`` of ``run_id`` under ``contract_id``.
 
@@ -33,5 +38,5 @@ def authorize_round(
     ``dataspace.policy.contracts.ContractError`` (both
     :class:`~dataspace.errors.RefusedError`) when the round is not allowed.
     """
-    charge_round(site, contract_id, run_id, round_no, epsilon)
+    charge_round(site, contract_id, run_id, round_no, epsilon, privacy_unit=privacy_unit)
     return _load_contract(site, contract_id)

@@ -11,7 +11,10 @@ round passes on the holder's machine, whatever the server or the consumer asks:
    which, and a round number within the contract's rounds);
 3. the dataset still has the data the contract was made for (fingerprint),
    and the policy in force still permits the contract's terms;
-4. the contract's share and the dataset's budget both cover the epsilon;
+4. the contract's share and the dataset's budget both cover the epsilon, and
+   the dataset's earlier charges count the same privacy unit (a frame-level and
+   an episode-level epsilon do not add up to any guarantee, so a holder who
+   changes ``privacy_unit`` needs a new budget: a new dataset);
 5. then the charge is committed to DuckDB, ``round.started`` is logged, and
    only then does the call return.
 
@@ -68,15 +71,20 @@ def charge_round(
     *,
     purpose: str | None = None,
     template: str | None = None,
+    privacy_unit: str = "frame",
     now: datetime | None = None,
 ) -> None:
-    """Charge one round's epsilon before its work (module docstring); raise if refused."""
+    """Charge one round's epsilon before its work (module docstring); raise if refused.
+
+    ``privacy_unit`` is what one unit of ``epsilon`` protects ("frame" or "episode").
+    """
     now = (now or datetime.now(UTC)).astimezone(UTC)
     fields: dict[str, Any] = {
         "contract_id": contract_id,
         "run_id": run_id,
         "round": round_no,
         "epsilon": epsilon,
+        "privacy_unit": privacy_unit,
     }
     try:
         with store.LOCK, site.db() as con:
@@ -87,12 +95,16 @@ def charge_round(
             if _already_charged(con, contract, run_id, round_no, epsilon):
                 return
             _check(con, contract, run_id, round_no, epsilon, purpose, template, now)
+            _check_unit(con, contract.dataset_id, run_id, round_no, privacy_unit)
             con.execute("BEGIN TRANSACTION")
             con.execute(
                 "INSERT INTO ledger (dataset_id, run_id, round_no, contract_id, epsilon, "
-                "charged_at) VALUES (?, ?, ?, ?, ?, ?)",
-                [contract.dataset_id, run_id, round_no, contract_id, epsilon, store.to_db(now)],
-            )
+                "charged_at, privacy_unit) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    contract.dataset_id, run_id, round_no, contract_id, epsilon,
+                    store.to_db(now), privacy_unit,
+                ],
+            )  # fmt: skip
             # COMMIT is the durability point: DuckDB writes and syncs its WAL here.
             con.execute("COMMIT")
     except (ContractError, BudgetExceededError) as e:
@@ -110,8 +122,29 @@ def charge_round(
         purpose=contract.purpose,
         template=contract.template,
         consumer=contract.consumer.key_b64,
+        privacy_unit=privacy_unit,
         time=now,
     )
+
+
+def _check_unit(
+    con: duckdb.DuckDBPyConnection, dataset_id: str, run_id: str, round_no: int, unit: str
+) -> None:
+    """One privacy unit per dataset budget: epsilons of different units do not compose."""
+    if unit not in ("frame", "episode"):
+        raise ContractError(f"privacy unit must be 'frame' or 'episode', got {unit!r}")
+    row = con.execute(
+        "SELECT privacy_unit, count(*) FROM ledger WHERE dataset_id = ? AND privacy_unit <> ? "
+        "GROUP BY privacy_unit",
+        [dataset_id, unit],
+    ).fetchone()
+    if row is not None:
+        raise ContractError(
+            f"round {round_no} of run {run_id} counts epsilon per {unit}, but dataset "
+            f"{dataset_id}'s budget was charged per {row[0]} ({row[1]} rounds); epsilons of "
+            "different privacy units do not add up, so its privacy_unit cannot change "
+            "(enroll the data as a new dataset with its own budget)"
+        )
 
 
 def _contract(con: duckdb.DuckDBPyConnection, contract_id: str):  # -> Contract

@@ -6,7 +6,8 @@ Tables (all created by :func:`ensure_tables`, ``IF NOT EXISTS``):
 * ``budgets``: per dataset, the whole-life epsilon and delta of the policy in force;
 * ``contracts``: every contract, with its signed terms and state
   (pending | agreed | rejected | expired | revoked);
-* ``ledger``: one charge per (dataset, run, round), written before the round's work.
+* ``ledger``: one charge per (dataset, run, round), written before the round's work,
+  with the privacy unit its epsilon is counted in.
 
 Times are stored as naive UTC ``TIMESTAMP`` (DuckDB's TIMESTAMPTZ needs a time
 zone setting per connection); Python sees aware UTC datetimes.
@@ -94,6 +95,9 @@ _DDL = (
         PRIMARY KEY (dataset_id, run_id, round_no)
     )
     """,
+    # what one unit of the charged epsilon protects (dp.TrainingSettings.privacy_unit);
+    # sites made before the setting existed charged per frame
+    "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS privacy_unit VARCHAR DEFAULT 'frame'",
 )
 
 

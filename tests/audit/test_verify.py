@@ -376,6 +376,28 @@ H = "ab" * 32  # a model hash
             4,
             {"model_sha256": H.upper()},
         ),
+        # one privacy unit per dataset: an episode round after frame rounds (none named:
+        # frame), or a round.finished that names another unit than its dataset's rounds
+        (
+            [
+                ("round.started", {"round": 1}),
+                ("round.started", {"round": 2, "privacy_unit": "episode"}),
+            ],
+            {},
+            "round-privacy-unit",
+            4,
+            {"privacy_unit": "episode", "first_unit": "frame", "first_index": 3},
+        ),
+        (
+            [
+                ("round.started", {"privacy_unit": "episode"}),
+                ("round.finished", {"round": 1, "model_sha256": H, "privacy_unit": "frame"}),
+            ],
+            {},
+            "round-privacy-unit",
+            4,
+            {"privacy_unit": "frame", "first_unit": "episode"},
+        ),
     ],
 )
 def test_finished_rounds(tmp_path: Path, tail, contract, rule, index, values) -> None:
@@ -418,6 +440,14 @@ def test_finished_rounds_that_hold(tmp_path: Path) -> None:
         ],
     )
     assert r.ok, r.violations
+    episode = _history(
+        tmp_path / "episode",
+        [
+            ("round.started", {"privacy_unit": "episode"}),
+            ("round.finished", {"round": 1, "model_sha256": H, "privacy_unit": "episode"}),
+        ],
+    )
+    assert episode.ok, episode.violations
     assert r.epsilon_by_dataset == {"ds1": 1.0}
     assert [(x.round, x.model_sha256, x.ok) for x in r.rounds] == [
         (1, "cd" * 32, True),

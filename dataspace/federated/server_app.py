@@ -354,11 +354,7 @@ def _stats_round(grid, spec, template, out, history) -> ArrayRecord:
     (s_dim, a_dim) = dims.pop()
     if spec.secagg and len({s["privacy_unit"] for s in sites}) > 1:
         raise RunError(_MIXED_SECAGG)
-    stats = combine(parts, s_dim)
-    policy = template.build(s_dim, a_dim, seed=spec.seed)
-    apply_stats(policy, stats)
-    arrays = ArrayRecord(policy.state_dict())
-    history["stats"] = {
+    record = {
         "source": "dp",
         "state_dim": s_dim,
         "action_dim": a_dim,
@@ -366,7 +362,17 @@ def _stats_round(grid, spec, template, out, history) -> ArrayRecord:
         "failed": failed,
         "epsilon": {s["dataset-id"]: s["epsilon"] for s in sites},
     }
-    _write_json(out / "stats.json", history["stats"])
+    return _initial_model(spec, template, combine(parts, s_dim), record, out, history)
+
+
+def _initial_model(spec, template, stats: Stats, record: dict, out, history) -> ArrayRecord:
+    """Round 0's global model: the template's initial weights with ``stats`` as its
+    normalisation; ``record`` (what the statistics were) goes into the history."""
+    policy = template.build(record["state_dim"], record["action_dim"], seed=spec.seed)
+    apply_stats(policy, stats)
+    arrays = ArrayRecord(policy.state_dict())
+    history["stats"] = record
+    _write_json(out / "stats.json", record)
     _save_arrays(out / "rounds" / "000" / "global.npz", arrays)
     return arrays
 
@@ -377,22 +383,16 @@ def _public_stats_round(spec, template, public: Stats, out, history) -> ArrayRec
     The dimensions are the statistics' own; each site checks them against its
     dataset (and refuses the run, charging nothing, when they differ).
     """
-    s_dim, a_dim = len(public.state_mean), len(public.action_mean)
-    policy = template.build(s_dim, a_dim, seed=spec.seed)
-    apply_stats(policy, public)
-    arrays = ArrayRecord(policy.state_dict())
-    history["stats"] = {
+    record = {
         "source": "public",
-        "state_dim": s_dim,
-        "action_dim": a_dim,
+        "state_dim": len(public.state_mean),
+        "action_dim": len(public.action_mean),
         "sites": [],
         "failed": [],
         "epsilon": {},
         "public": public_stats.to_lists(public),
     }
-    _write_json(out / "stats.json", history["stats"])
-    _save_arrays(out / "rounds" / "000" / "global.npz", arrays)
-    return arrays
+    return _initial_model(spec, template, public, record, out, history)
 
 
 def _with_public(arrays: ArrayRecord, public: Stats | None) -> ArrayRecord:

@@ -21,10 +21,10 @@
    charged (``round-epsilon``; the excess also counts against the contract and
    the dataset, as the ledger counts it; less is allowed: the charge stands), and
    names its model's SHA-256 (``round-model``); a round's epsilon is a
-   non-negative number (``round-malformed``); every round of a dataset counts
-   its epsilon in the same privacy unit, "frame" (the default, also when an
-   event names none) or "episode" (``round-privacy-unit``: epsilons of
-   different units do not add up to any guarantee);
+   non-negative number (``round-malformed``); no round counts its epsilon per
+   "frame" (the unit when an event names none) on a dataset whose first round
+   counted it per "episode" (``round-privacy-unit``: a frame-level epsilon does
+   not bound one episode; the reverse composes, as the site's ledger allows);
 4. the Merkle tree of the entries has the checkpoint's size and root
    (``tree-size``, ``tree-root``);
 5. at least ``quorum`` distinct trusted witnesses cosigned the checkpoint
@@ -535,7 +535,7 @@ class RuleChecker:
             )
 
     def _unit(self, i: int, f: dict[str, Any], dataset: str | None) -> None:
-        """Rule ``round-privacy-unit``: one privacy unit per dataset (module docstring)."""
+        """Rule ``round-privacy-unit``: no frame round on an episode budget (module docstring)."""
         unit = f.get("privacy_unit")
         unit = unit if type(unit) is str else "frame"
         if dataset is None:
@@ -543,7 +543,7 @@ class RuleChecker:
         first = self.units.get(dataset)
         if first is None:
             self.units[dataset] = (unit, i)
-        elif unit != first[0]:
+        elif first[0] == "episode" and unit != "episode":
             self._flag(
                 i,
                 "round-privacy-unit",

@@ -12,9 +12,11 @@ round passes on the holder's machine, whatever the server or the consumer asks:
 3. the dataset still has the data the contract was made for (fingerprint),
    and the policy in force still permits the contract's terms;
 4. the contract's share and the dataset's budget both cover the epsilon, and
-   the dataset's earlier charges count the same privacy unit (a frame-level and
-   an episode-level epsilon do not add up to any guarantee, so a holder who
-   changes ``privacy_unit`` needs a new budget: a new dataset);
+   the round keeps the budget's privacy unit, the unit of the dataset's first
+   charge: an epsilon per episode also bounds any one frame, so episode rounds
+   may charge a budget counted per frame; a frame round would break a budget
+   counted per episode, so it is refused (the unit of an episode budget is
+   fixed for the dataset's lifetime);
 5. then the charge is committed to DuckDB, ``round.started`` is logged, and
    only then does the call return.
 
@@ -92,7 +94,7 @@ def charge_round(
             store.expire_contracts(con, now)
             contract = _contract(con, contract_id)
             fields |= {"dataset_id": contract.dataset_id, "consumer": contract.consumer.key_b64}
-            if _already_charged(con, contract, run_id, round_no, epsilon):
+            if _already_charged(con, contract, run_id, round_no, epsilon, privacy_unit):
                 return
             _check(con, contract, run_id, round_no, epsilon, purpose, template, now)
             _check_unit(con, contract.dataset_id, run_id, round_no, privacy_unit)
@@ -130,20 +132,22 @@ def charge_round(
 def _check_unit(
     con: duckdb.DuckDBPyConnection, dataset_id: str, run_id: str, round_no: int, unit: str
 ) -> None:
-    """One privacy unit per dataset budget: epsilons of different units do not compose."""
+    """A frame round may not charge a budget counted per episode (module docstring, 4)."""
     if unit not in ("frame", "episode"):
         raise ContractError(f"privacy unit must be 'frame' or 'episode', got {unit!r}")
-    row = con.execute(
-        "SELECT privacy_unit, count(*) FROM ledger WHERE dataset_id = ? AND privacy_unit <> ? "
-        "GROUP BY privacy_unit",
-        [dataset_id, unit],
-    ).fetchone()
-    if row is not None:
+    if unit != "frame":
+        return  # an episode-level epsilon bounds any one frame too: it composes with either
+    (episode, frame) = con.execute(
+        "SELECT count(*) FILTER (WHERE privacy_unit = 'episode'), "
+        "count(*) FILTER (WHERE privacy_unit = 'frame') FROM ledger WHERE dataset_id = ?",
+        [dataset_id],
+    ).fetchone()  # type: ignore[misc]
+    if episode and not frame:
         raise ContractError(
-            f"round {round_no} of run {run_id} counts epsilon per {unit}, but dataset "
-            f"{dataset_id}'s budget was charged per {row[0]} ({row[1]} rounds); epsilons of "
-            "different privacy units do not add up, so its privacy_unit cannot change "
-            "(enroll the data as a new dataset with its own budget)"
+            f"round {round_no} of run {run_id} counts epsilon per frame, but dataset "
+            f"{dataset_id}'s budget is counted per episode ({episode} rounds so far): a "
+            "frame-level epsilon does not bound what one episode reveals, so the dataset's "
+            "privacy_unit stays 'episode' for its lifetime"
         )
 
 
@@ -155,19 +159,28 @@ def _contract(con: duckdb.DuckDBPyConnection, contract_id: str):  # -> Contract
 
 
 def _already_charged(
-    con: duckdb.DuckDBPyConnection, contract, run_id: str, round_no: int, epsilon: float
+    con: duckdb.DuckDBPyConnection,
+    contract,
+    run_id: str,
+    round_no: int,
+    epsilon: float,
+    unit: str = "frame",
 ) -> bool:
     row = con.execute(
-        "SELECT contract_id, epsilon FROM ledger WHERE dataset_id = ? AND run_id = ? "
-        "AND round_no = ?",
+        "SELECT contract_id, epsilon, privacy_unit FROM ledger WHERE dataset_id = ? "
+        "AND run_id = ? AND round_no = ?",
         [contract.dataset_id, run_id, round_no],
     ).fetchone()
     if row is None:
         return False
-    if row[0] != contract.contract_id or not math.isclose(row[1], epsilon, rel_tol=1e-12):
+    if (
+        row[0] != contract.contract_id
+        or not math.isclose(row[1], epsilon, rel_tol=1e-12)
+        or row[2] != unit
+    ):
         raise ContractError(
             f"run {run_id} round {round_no} on dataset {contract.dataset_id} was already "
-            f"charged epsilon {row[1]:g} under contract {row[0]}"
+            f"charged epsilon {row[1]:g} per {row[2]} under contract {row[0]}"
         )
     return True
 

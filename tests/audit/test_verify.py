@@ -376,17 +376,17 @@ H = "ab" * 32  # a model hash
             4,
             {"model_sha256": H.upper()},
         ),
-        # one privacy unit per dataset: an episode round after frame rounds (none named:
-        # frame), or a round.finished that names another unit than its dataset's rounds
+        # no frame round on a dataset first charged per episode (none named: frame), nor a
+        # round.finished that says frame for an episode round
         (
             [
-                ("round.started", {"round": 1}),
-                ("round.started", {"round": 2, "privacy_unit": "episode"}),
+                ("round.started", {"round": 1, "privacy_unit": "episode"}),
+                ("round.started", {"round": 2}),
             ],
             {},
             "round-privacy-unit",
             4,
-            {"privacy_unit": "episode", "first_unit": "frame", "first_index": 3},
+            {"privacy_unit": "frame", "first_unit": "episode", "first_index": 3},
         ),
         (
             [
@@ -448,6 +448,12 @@ def test_finished_rounds_that_hold(tmp_path: Path) -> None:
         ],
     )
     assert episode.ok, episode.violations
+    # an episode round on a dataset counted per frame composes (episode-level bounds a frame)
+    mixed = _history(
+        tmp_path / "mixed",
+        [("round.started", {"round": 1}), ("round.started", {"privacy_unit": "episode"})],
+    )
+    assert mixed.ok, mixed.violations
     assert r.epsilon_by_dataset == {"ds1": 1.0}
     assert [(x.round, x.model_sha256, x.ok) for x in r.rounds] == [
         (1, "cd" * 32, True),

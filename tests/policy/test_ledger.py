@@ -117,27 +117,37 @@ def test_refused_rounds_are_logged_and_not_charged(world: World, name, kw, error
     assert world.events("round.started") == []
 
 
-def test_a_dataset_budget_counts_one_privacy_unit(world: World) -> None:
-    """Epsilon per frame and per episode do not add up: once a dataset is charged per
-    frame, a round per episode is refused, logged and not charged (and the reverse)."""
+def test_a_dataset_budget_keeps_its_privacy_unit(world: World) -> None:
+    """A frame-level epsilon does not bound one episode: on a budget first charged per
+    episode, a frame round is refused, logged and not charged; an episode-level epsilon
+    bounds one frame too, so episode rounds may charge a budget counted per frame."""
     world.publish()
-    c = contract(world)
-    charge_round(world.site, c.contract_id, "run-1", 1, 1.0, now=T1)  # per frame (default)
+    c = contract(world, epsilon=3.0)
+    charge_round(world.site, c.contract_id, "run-1", 1, 0.5, privacy_unit="episode", now=T1)
     (started,) = world.events("round.started")
-    assert started.fields["privacy_unit"] == "frame"
-    with pytest.raises(ContractError, match=r"per episode, but dataset .* per frame"):
-        charge_round(world.site, c.contract_id, "run-2", 1, 1.0, privacy_unit="episode", now=T1)
-    assert ledger_rows(world) == [("run-1", 1, c.contract_id, 1.0)]
+    assert started.fields["privacy_unit"] == "episode"
+    with pytest.raises(ContractError, match=r"per frame, but dataset .* counted per episode"):
+        charge_round(world.site, c.contract_id, "run-2", 1, 0.5, now=T1)
+    assert ledger_rows(world) == [("run-1", 1, c.contract_id, 0.5)]
     (ev,) = world.events("access.refused")
-    assert ev.fields["privacy_unit"] == "episode" and ev.fields["run_id"] == "run-2"
-    charge_round(world.site, c.contract_id, "run-2", 1, 1.0, privacy_unit="frame", now=T1)
+    assert ev.fields["privacy_unit"] == "frame" and ev.fields["run_id"] == "run-2"
+    # a retried round in another unit is no replay: refused
+    with pytest.raises(ContractError, match=r"already charged epsilon 0\.5 per episode"):
+        charge_round(world.site, c.contract_id, "run-1", 1, 0.5, privacy_unit="frame", now=T1)
     with pytest.raises(ContractError, match="privacy unit must be"):
         charge_round(world.site, c.contract_id, "run-3", 1, 0.5, privacy_unit="user", now=T1)
-    # the same rule holds the other way round, on a dataset first charged per episode
-    with world.site.db() as con:
-        con.execute("UPDATE ledger SET privacy_unit = 'episode'")
-    with pytest.raises(ContractError, match=r"per frame, but dataset .* per episode"):
-        charge_round(world.site, c.contract_id, "run-4", 1, 0.5, now=T1)
+    assert len(ledger_rows(world)) == 1
+
+
+def test_episode_rounds_may_charge_a_frame_budget(world: World) -> None:
+    world.publish()
+    c = contract(world, epsilon=3.0)
+    charge_round(world.site, c.contract_id, "run-1", 1, 0.5, now=T1)  # per frame (default)
+    charge_round(world.site, c.contract_id, "run-2", 1, 0.5, privacy_unit="episode", now=T1)
+    charge_round(world.site, c.contract_id, "run-3", 1, 0.5, now=T1)  # still a frame budget
+    assert len(ledger_rows(world)) == 3
+    units = [e.fields["privacy_unit"] for e in world.events("round.started")]
+    assert units == ["frame", "episode", "frame"]
 
 
 def test_pending_and_revoked_contracts_cannot_charge(world: World) -> None:

@@ -194,10 +194,7 @@ class Witness:
         d = self.directory / REFUSED
         if not d.is_dir():
             return []
-        mine = sorted(
-            d.glob(self._refused_prefix(origin) + "*.checkpoint"),
-            key=lambda p: p.stat().st_mtime_ns,
-        )
+        mine = sorted(d.glob(self._refused_prefix(origin) + "*.checkpoint"), key=_mtime)
         out = []
         for p in mine:
             try:
@@ -244,3 +241,11 @@ def local_post(witness: Witness) -> PostFn:
             return e.status, e.body or str(e).encode()
 
     return post
+
+
+def _mtime(path: Path) -> int:
+    """A file's modification time; 0 when a concurrent prune removed it meanwhile."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0

@@ -308,20 +308,22 @@ def policy_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 
     ``DATASPACE_WITNESS_STALE_S`` (default :data:`STALE_AFTER_S`) and
     ``DATASPACE_WITNESS_QUORUM`` (default: every live witness). A value that is
-    not a number is ignored, with a warning.
+    not a number, a negative stale time, or a quorum below 1 (which would call a
+    checkpoint nobody cosigned witnessed) is ignored, with a warning.
     """
     env = os.environ if environ is None else environ
     out: dict[str, Any] = {}
-    for name, key, conv in ((STALE_ENV, "stale_after", float), (QUORUM_ENV, "quorum", int)):
+    settings = ((STALE_ENV, "stale_after", float, 0), (QUORUM_ENV, "quorum", int, 1))
+    for name, key, conv, least in settings:
         raw = env.get(name)
         if raw is None or not raw.strip():
             continue
         try:
             value = conv(raw)
-            if value < 0:
-                raise ValueError("negative")
+            if value < least:
+                raise ValueError(f"below {least}")
         except ValueError:
-            logger.warning("%s=%r is not a non-negative number; ignored", name, raw)
+            logger.warning("%s=%r is not a number of at least %d; ignored", name, raw, least)
             continue
         out[key] = value
     return out

@@ -334,6 +334,9 @@ def test_policy_settings_from_the_environment() -> None:
     assert policy_settings(env) == {"stale_after": 4.5, "quorum": 2}
     assert policy_settings({"DATASPACE_WITNESS_QUORUM": "two"}) == {}
     assert policy_settings({"DATASPACE_WITNESS_STALE_S": "-1"}) == {}
+    # a quorum of 0 would call a checkpoint nobody cosigned witnessed
+    assert policy_settings({"DATASPACE_WITNESS_QUORUM": "0"}) == {}
+    assert policy_settings({"DATASPACE_WITNESS_STALE_S": "0"}) == {"stale_after": 0.0}
 
 
 class _Served:

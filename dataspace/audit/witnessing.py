@@ -507,10 +507,15 @@ class WitnessPusher:
                 st.failing_since = wall
 
     def _write_policy(self, peers: list[Peer]) -> None:
-        """Store the current witness set (none known yet: keep the last one); say once
-        when a witness turns stale."""
+        """Store the current witness set; say once when a witness turns stale.
+
+        None known yet (a service starting, before its catalog or hub answered): the
+        last stored set stays. None left after this pusher stored some (every
+        witness removed): the empty set is stored, so removed witnesses stop counting
+        and the log serves its latest checkpoint, as a log without witnesses does.
+        """
         states = tuple(self.state[p.url].policy_state() for p in peers)
-        if not states:
+        if not states and self._written is None:
             return
         wall = self.clock()
         policy = WitnessPolicy(states, self.quorum, self.stale_after, wall)

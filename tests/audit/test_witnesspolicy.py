@@ -149,7 +149,12 @@ def test_a_dead_witness_holds_the_checkpoint_back_only_until_stale(
     assert seen[-1] == log.size == 9
     note = log.witnessed_checkpoint(now=clock.t)
     assert _names(note) == {"w1"}
-    assert _size(log.witnessed_checkpoint(policy=WitnessPolicy(), now=clock.t)) == 5
+    # (the same folder without its policy file falls back to the old rule: size 5)
+    import shutil
+
+    old_rule = log.directory.parent / "old-rule"
+    shutil.copytree(log.directory, old_rule, ignore=shutil.ignore_patterns("witnesses.json"))
+    assert _size(TransparencyLog.open(old_rule).witnessed_checkpoint(now=clock.t)) == 5
     status = log.witnessing_status(now=clock.t)
     assert status["stale"] == ["w2"] and status["witnessed_size"] == 9
     (w2,) = [w for w in status["witnesses"] if w["witness"] == "w2"]
@@ -215,6 +220,10 @@ def test_a_removed_witness_stops_counting_at_once(world: World) -> None:
     _grow(log, pusher, seen)
     assert seen == [5, 7] and _names(log.witnessed_checkpoint(now=clock.t)) == {"w1"}
     assert [w.name for w in log.witness_policy().witnesses] == ["w1"]
+    current.remove("w1")  # the last one left too: nothing holds the checkpoint back
+    _grow(log, pusher, seen)
+    assert seen == [5, 7, 8] and log.witness_policy().witnesses == ()
+    assert log.witnessed_checkpoint(now=clock.t) == log.checkpoint()
 
 
 def test_a_new_witness_that_never_answers_holds_nothing_back(world: World) -> None:

@@ -217,20 +217,20 @@ class Views:
 
     # -- the hub's log --------------------------------------------------------------------
     def log(self) -> dict[str, Any]:
-        from dataspace.audit.note import parse_note
 
         log = self.hub_log.log
         size = int(log.size)
         note = log.checkpoint() if size else b""
         witnesses, witnessed_size, stale = [], None, []
-        if note:  # the latest checkpoint all its witnesses cosigned (it may trail the latest)
-            witnessed = parse_note(log.witnessed_checkpoint())
-            witnesses = sorted({s.name for s in witnessed.signatures} - {self.hub_log.origin})
-            witnessed_size = int(witnessed.text.split(b"\n")[1]) if witnesses else None
+        if note:  # the latest checkpoint its witnesses cosigned (it may trail the latest)
+            status = log.witnessing_status()  # reads the kept checkpoints once
+            rows = status["witnesses"]
+            witnesses = sorted(w["witness"] for w in rows if w["cosigned_witnessed"])
+            witnessed_size = status["witnessed_size"] if witnesses else None
             # connectors failing too long to hold it back (dataspace.audit.witnesspolicy)
             stale = [
                 {"witness": w["witness"], "since_size": w["stale_since_size"]}
-                for w in log.witnessing_status()["witnesses"]
+                for w in rows
                 if w["stale"]
             ]
         return {

@@ -56,9 +56,11 @@ METRICS: dict[str, frozenset[str]] = {
             # the FedAvg weight in frames (catalog metadata), for federations mixing
             # frame and episode privacy units (dataspace.federated.server_app)
             "num-frames",
+            # the held-out MSE's weight in frames (the same formula), for mixed federations
+            "eval-frames",
         }
     ),
-    "evaluate": frozenset({"num-examples", "eval-mse"}),
+    "evaluate": frozenset({"num-examples", "eval-mse", "eval-frames"}),
     "query.stats": frozenset({"epsilon-round", "epsilon-spent"}),
 }
 #: "stats": which normalisation statistics the site used, "dp" or "public"

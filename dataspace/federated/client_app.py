@@ -11,7 +11,8 @@ only sends it a configuration. Per message (Flower 1.42 Message API):
 * ``train``: DP-SGD on the train episodes (:mod:`.dp`), replying with the
   updated weights (ArrayRecord), the number of examples rounded to tens, the
   loss and the epsilon spent (MetricRecord);
-* ``evaluate``: held-out MSE, clipped and noised (charged with its round).
+* ``evaluate``: held-out MSE, clipped and noised (charged with its round), with
+  its weight: ``num-examples`` in the site's unit, ``eval-frames`` in frames.
 
 Every number that leaves is a DP release: weights (DP-SGD), statistics and
 losses (Gaussian mechanism, :func:`.dp.noisy_mean_loss`); the example count is
@@ -21,7 +22,8 @@ episodes (metadata too) when the site's privacy unit is the episode
 release above is bounded per episode, and the unit is named in the replies'
 ``info`` (``privacy-unit``) and in each ``round.finished`` event. Train
 replies also carry ``num-frames``, the same weight in frames (catalog
-metadata), which the server uses when a federation mixes the two units; and
+metadata), which the server uses when a federation mixes the two units
+(evaluation replies likewise ``eval-frames``); and
 ``info`` names the statistics used (``stats``: ``"dp"`` or ``"public"``).
 
 Before reading anything it finds the contract among the run's contract ids
@@ -131,17 +133,67 @@ def _plan(
     )
 
 
+def _charged_round(message: Message, cfg: Any) -> int:
+    """The round a message is charged as: the statistics query is part of round 1."""
+    if message.metadata.message_type == "query.stats":
+        return 1
+    return int(cfg["server-round"])
+
+
+def log_refusal(
+    site: Site, contract: Any, run_id: str, round_no: int, err: RefusedError, **fields: Any
+) -> None:
+    """``access.refused`` in the site's log for a refusal decided here, not by the ledger.
+
+    The ledger (:func:`dataspace.policy.ledger.charge_round`) logs its own
+    refusals; the ClientApp's own ones (malformed public statistics, a switched
+    stats source, a statistics query in a public-stats run, a template the
+    contract does not allow) are logged with the same fields, before the
+    refusal is raised. Nothing is charged for any of them.
+    """
+    from dataspace.policy import events
+
+    events.refused(
+        site,
+        str(err),
+        contract_id=contract.contract_id,
+        run_id=run_id,
+        round=round_no,
+        dataset_id=contract.dataset_id,
+        consumer=contract.consumer.key_b64,
+        refusal=type(err).__name__,
+        **fields,
+    )
+
+
+def _refuse(job: Job, err: RefusedError, **fields: Any) -> RefusedError:
+    """Log ``err`` for ``job`` (:func:`log_refusal`) and return it, to be raised."""
+    log_refusal(
+        job.site,
+        job.contract,
+        job.run_id,
+        job.round_no,
+        err,
+        privacy_unit=job.settings.privacy_unit,
+        **fields,
+    )
+    return err
+
+
 def resolve(message: Message, context: Context) -> Job:
     """Everything decided before the charge: contract, template, plan (no data read)."""
     cfg = message.content["config"]
     site = _site(context)
     contract = _find_contract(site, str(cfg["contracts"]).split(","))
+    run_id, round_no = str(cfg["run-id"]), _charged_round(message, cfg)
     template = get_template(str(cfg["template"]))
     if contract.template is not None and contract.template != template.name:
-        raise RefusedError(
+        err = RefusedError(
             f"contract {contract.contract_id} is for model template {contract.template!r}, "
             f"not {template.name!r}"
         )
+        log_refusal(site, contract, run_id, round_no, err)
+        raise err
     settings = dp.TrainingSettings.from_config(site.config).lowered_by(
         epochs=int(cfg.get("local-epochs", 0)) or None,
         clip_norm=float(cfg.get("clip-norm", 0.0)) or None,
@@ -155,10 +207,14 @@ def resolve(message: Message, context: Context) -> Job:
         _META[key] = (ref, split)
     ref, split = _META[key]
     # checked before anything is charged: finite, this dataset's dims, positive scales
-    public = public_stats.from_config(cfg, ref.state_dim, ref.action_dim)
+    try:
+        public = public_stats.from_config(cfg, ref.state_dim, ref.action_dim)
+    except public_stats.RefusedPublicStatsError as e:
+        log_refusal(site, contract, run_id, round_no, e, privacy_unit=settings.privacy_unit)
+        raise
     return Job(
         site=site,
-        run_id=str(cfg["run-id"]),
+        run_id=run_id,
         round_no=int(cfg["server-round"]),
         contract=contract,
         template=template,
@@ -274,17 +330,20 @@ def _log_finished(
     )
 
 
-def _frames_weight(job: Job) -> int:
+def _frames_weight(job: Job, heldout: bool = False) -> int:
     """FedAvg weight in frames, from catalog metadata only, rounded to tens.
 
     Per frame: the train frames (as ``num-examples``). Per episode: the train
     episodes times the dataset's mean frames per episode (``datasets.frames /
     datasets.episodes``, both in the catalog), not the split's own frame count.
+    ``heldout``: the same for the held-out episodes (``eval-frames``, the weight
+    of the held-out MSE when a federation mixes units).
     """
+    episodes = job.split.heldout if heldout else job.split.train
     if _per_episode(job):
-        n = len(job.split.train) * job.ref.frames / max(1, job.ref.episodes)
+        n = len(episodes) * job.ref.frames / max(1, job.ref.episodes)
     else:
-        n = job.split.train_frames
+        n = job.split.heldout_frames if heldout else job.split.train_frames
     return int(max(10, round(n, -1)))
 
 
@@ -296,15 +355,28 @@ def arrays_sha256(arrays: ArrayRecord) -> str:
     return h.hexdigest()
 
 
+def _fix_stats_source(job: Job, source: str) -> None:
+    """:func:`.public_stats.fix_stats_source`, its refusal logged (nothing charged)."""
+    try:
+        public_stats.fix_stats_source(job.site, job.ref.dataset_id, job.run_id, source)
+    except public_stats.StatsSourceError as e:
+        raise _refuse(job, e, stats=source) from None
+
+
 @app.query("stats")
 def stats(message: Message, context: Context) -> Message:
     """Before round 1: the site's DP sums for normalisation, charged as part of round 1."""
     job = resolve(message, context)
+    charged = dataclasses.replace(job, round_no=1)  # the query is charged as round 1
     if job.public is not None:
-        raise public_stats.StatsSourceError(
-            f"run {job.run_id} uses public statistics: site {job.site.name} releases none"
+        raise _refuse(
+            charged,
+            public_stats.StatsSourceError(
+                f"run {job.run_id} uses public statistics: site {job.site.name} releases none"
+            ),
+            stats="public",
         )
-    public_stats.fix_stats_source(job.site, job.ref.dataset_id, job.run_id, "dp")
+    _fix_stats_source(charged, "dp")
     charge = job.plan.charge(1)
     guard.authorize_round(
         job.site, job.contract.contract_id, job.run_id, 1, charge, job.settings.privacy_unit
@@ -345,7 +417,7 @@ def train(message: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     job = resolve(message, context)
     # a run keeps the stats source it started with (the two plans' charges do not compose)
-    public_stats.fix_stats_source(job.site, job.ref.dataset_id, job.run_id, job.stats_source)
+    _fix_stats_source(job, job.stats_source)
     charge = job.plan.charge(job.round_no)
     guard.authorize_round(
         job.site,
@@ -366,7 +438,11 @@ def train(message: Message, context: Context) -> Message:
     prev = dataclasses.replace(job, round_no=ev)
     if ev >= 1 and ev == job.round_no - 1 and _charged(context, prev):
         mse, n_eval = _heldout_mse(prev, message.content["arrays"])
-        folded = {"eval-mse": mse, "eval-examples": n_eval}
+        folded = {
+            "eval-mse": mse,
+            "eval-examples": n_eval,
+            "eval-frames": _frames_weight(prev, heldout=True),
+        }
     policy = _policy_from(message.content["arrays"], job)
     fr = _frames(job, job.split.train)
     xs, ys = normalize.normalised(policy, fr.state, fr.action)
@@ -434,5 +510,7 @@ def evaluate(message: Message, context: Context) -> Message:
             "trained (and charged) here"
         )
     mse, n = _heldout_mse(job, message.content["arrays"])
-    metrics = MetricRecord({"num-examples": n, "eval-mse": mse})
+    # eval-frames: the same weight in frames (catalog metadata), for mixed federations
+    frames = _frames_weight(job, heldout=True)
+    metrics = MetricRecord({"num-examples": n, "eval-mse": mse, "eval-frames": frames})
     return Message(RecordDict({"metrics": metrics, "info": _info(job)}), reply_to=message)

@@ -21,10 +21,11 @@ data (or writes them in a JSON file) and the run sends them to the sites:
   run's stats source as its spec states;
 * site side, before anything is charged: :func:`from_config` checks the
   numbers (finite, the dataset's dimensions, positive scales; else
-  :class:`PublicStatsError`) and :func:`fix_stats_source` records the run's
-  stats source in the site's DuckDB, so that a server cannot switch a run
-  between DP and public statistics half way (the charges of the two plans do
-  not compose; a switched message is refused, nothing charged).
+  :class:`RefusedPublicStatsError`) and :func:`fix_stats_source` records the
+  run's stats source in the site's DuckDB, so that a server cannot switch a
+  run between DP and public statistics half way (the charges of the two plans
+  do not compose; a switched message is refused, nothing charged). The
+  ClientApp logs each such refusal as ``access.refused`` in the site's log.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ MIN_STD = 1e-3
 
 class PublicStatsError(DataspaceError):
     """Public statistics that are malformed (not finite, wrong dimensions, scale <= 0)."""
+
+
+class RefusedPublicStatsError(PublicStatsError, RefusedError):
+    """A site's refusal of a message whose public statistics are malformed (or whose
+    stats source is unknown): a refusal like any other, logged ``access.refused`` by
+    the ClientApp; nothing is charged."""
 
 
 class StatsSourceError(RefusedError):
@@ -180,17 +187,26 @@ def source_of(cfg: Mapping[str, Any]) -> str:
     """The stats source a message's config names ("dp" when absent: older servers)."""
     source = str(cfg.get("stats", "dp") or "dp")
     if source not in SOURCES:
-        raise PublicStatsError(f"stats source {source!r}: expected one of {', '.join(SOURCES)}")
+        raise RefusedPublicStatsError(
+            f"stats source {source!r}: expected one of {', '.join(SOURCES)}"
+        )
     return source
 
 
 def from_config(cfg: Mapping[str, Any], state_dim: int, action_dim: int) -> Stats | None:
-    """The public statistics of a message (None in a DP-stats run), checked for the dataset."""
+    """The public statistics of a message (None in a DP-stats run), checked for the dataset.
+
+    Site side: malformed numbers raise :class:`RefusedPublicStatsError` (a
+    :class:`PublicStatsError` and a :class:`RefusedError`).
+    """
     if source_of(cfg) != "public":
         return None
     values = {f: cfg.get(f"stats-{f.replace('_', '-')}") for f in FIELDS}
     values = {k: v for k, v in values.items() if v is not None}
-    return check_stats(values, state_dim, action_dim, where="the run's public statistics")
+    try:
+        return check_stats(values, state_dim, action_dim, where="the run's public statistics")
+    except PublicStatsError as e:
+        raise RefusedPublicStatsError(str(e)) from e
 
 
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:

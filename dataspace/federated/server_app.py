@@ -12,7 +12,8 @@ One run (Flower 1.42 ``@app.main()`` with a ``Grid``):
    replies (``flwr.serverapp.strategy.FedAvg.aggregate_train``, weights =
    ``num-examples``; when the sites mix privacy units, frames and episodes,
    every site is weighed in frames instead: its ``num-frames``, catalog
-   metadata), then ``evaluate`` on every site's held-out episodes.
+   metadata), then ``evaluate`` on every site's held-out episodes (their MSEs
+   weighed the same way: held-out units, or ``eval-frames`` when units are mixed).
    With ``fold-evaluate`` (the deployment engine's default) round r's
    evaluation travels in round r+1's ``train`` message (config
    ``evaluate-round``; the reply carries ``eval-mse``), so a round is one
@@ -353,7 +354,12 @@ def _stats_round(grid, spec, template, out, history) -> ArrayRecord:
         raise RunError(f"sites disagree on state/action dimensions: {sorted(dims)}")
     (s_dim, a_dim) = dims.pop()
     if spec.secagg and len({s["privacy_unit"] for s in sites}) > 1:
-        raise RunError(_MIXED_SECAGG)
+        # the first moment the server learns the units (the replies' info): before any
+        # train message, but the statistics were released and charged as round 1
+        raise RunError(
+            f"{_MIXED_SECAGG} (refused after the statistics query, before any training: "
+            "each site has charged round 1 for its statistics)"
+        )
     record = {
         "source": "dp",
         "state_dim": s_dim,
@@ -448,6 +454,32 @@ def _weighted(ok: list[Message], key: str) -> float:
     return float(np.dot(w, v) / max(sum(w), 1e-12))
 
 
+def _eval_weights(ok: list[Message], key: str = "eval-examples") -> dict[str, float]:
+    """Weights of the sites' held-out MSEs per dataset: ``key`` (the site's own unit),
+    or ``eval-frames`` when the replies mix privacy units (as :func:`_frame_weights`
+    for training: held-out frames, or held-out episodes x mean frames per episode)."""
+    units = {_site_of(m)["privacy_unit"] for m in ok}
+    key = "eval-frames" if len(units) > 1 else key
+    weights = {}
+    for m in ok:
+        met = m.content["metrics"]
+        if key not in met:
+            raise RunError(
+                f"site {_site_of(m)['site']} reports no {key}: the sites mix privacy units "
+                f"({', '.join(sorted(units))}) and its held-out MSE cannot be weighed in frames"
+            )
+        weights[_site_of(m)["dataset-id"]] = float(met[key])
+    return weights
+
+
+def _eval_mse(ok: list[Message], key: str = "eval-examples") -> tuple[float, dict[str, float]]:
+    """The round's held-out MSE: the weighted mean of the sites' (:func:`_eval_weights`)."""
+    weights = _eval_weights(ok, key)
+    w = [weights[_site_of(m)["dataset-id"]] for m in ok]
+    v = [float(m.content["metrics"]["eval-mse"]) for m in ok]
+    return float(np.dot(w, v) / max(sum(w), 1e-12)), weights
+
+
 def _wire(spec: RunSpec, arrays: ArrayRecord) -> ArrayRecord:
     """The model as sent to the sites: one flat tensor when ``pack-arrays``."""
     return packing.pack(arrays) if spec.pack_arrays and not spec.secagg else arrays
@@ -458,9 +490,10 @@ def _set_eval(out: Path, history: dict, rnd: int, ev_ok: list[Message], ev_faile
     record = next(r for r in history["rounds"] if r["round"] == rnd)
     ok = [m for m in ev_ok if "eval-mse" in m.content["metrics"]]
     if ok:
-        w = [float(m.content["metrics"]["eval-examples"]) for m in ok]
-        v = [float(m.content["metrics"]["eval-mse"]) for m in ok]
-        record["eval_mse"] = float(np.dot(w, v) / max(sum(w), 1e-12))
+        try:
+            record["eval_mse"], record["eval_weights"] = _eval_mse(ok)
+        except RunError as e:
+            ok, ev_failed = [], [*ev_failed, {"reason": str(e)}]
     record["eval_mse_per_dataset"] = {
         _site_of(m)["dataset-id"]: float(m.content["metrics"]["eval-mse"]) for m in ok
     }
@@ -527,7 +560,11 @@ def _train_round(grid, spec, strategy, arrays, rnd, out, history) -> ArrayRecord
     if folded:
         _set_eval(out, history, rnd - 1, ok, [])
     if spec.secagg and len({_site_of(m)["privacy_unit"] for m in ok}) > 1:
-        raise RunError(_MIXED_SECAGG)
+        # public statistics: no statistics round told the units earlier
+        raise RunError(
+            f"{_MIXED_SECAGG} (refused after train round {rnd}, which each site has charged; "
+            "its aggregate is discarded)"
+        )
     weights = _frame_weights(ok) if ok else {}
     rdir = out / "rounds" / f"{rnd:03d}"
     sites = []
@@ -556,12 +593,12 @@ def _train_round(grid, spec, strategy, arrays, rnd, out, history) -> ArrayRecord
         raise RunError(f"train round {rnd}: replies could not be aggregated")
     new_arrays = _with_public(new_arrays, spec.public())
     t_train = time.perf_counter() - t0
-    eval_mse, per_site_mse, ev_failed = float("nan"), {}, []
+    eval_mse, per_site_mse, ev_failed, eval_weights = float("nan"), {}, [], {}
     if not spec.fold_evaluate:
         eval_content = RecordDict({"arrays": _wire(spec, new_arrays), "config": spec.config(rnd)})
         try:
             ev_ok, ev_failed = _exchange(grid, spec, "evaluate", eval_content, rnd)
-            eval_mse = _weighted(ev_ok, "eval-mse")
+            eval_mse, eval_weights = _eval_mse(ev_ok, "num-examples")
             per_site_mse = {
                 _site_of(m)["dataset-id"]: float(m.content["metrics"]["eval-mse"]) for m in ev_ok
             }
@@ -572,6 +609,8 @@ def _train_round(grid, spec, strategy, arrays, rnd, out, history) -> ArrayRecord
         "train_loss": _weighted(ok, "train-loss"),
         "eval_mse": eval_mse,
         "eval_mse_per_dataset": per_site_mse,
+        # each dataset's weight in eval_mse (held-out units, or frames when units are mixed)
+        "eval_weights": eval_weights,
         "epsilon": {s["dataset-id"]: s["epsilon"] for s in sites},
         "epsilon_round": {s["dataset-id"]: s["epsilon_round"] for s in sites},
         "sites": sites,

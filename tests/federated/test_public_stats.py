@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from flwr.app import Message, RecordDict
 
+from dataspace.connectors.site import Site
 from dataspace.errors import DataspaceError, RefusedError
 from dataspace.federated import data as fdata
 from dataspace.federated import dp, public_stats
@@ -50,6 +51,22 @@ def _ledger(site) -> list[tuple]:
         return con.execute(
             "SELECT run_id, round_no, epsilon FROM ledger ORDER BY run_id, round_no"
         ).fetchall()
+
+
+def _refusals(site) -> list:
+    """The site log's ``access.refused`` events, oldest first."""
+    from dataspace.audit.events import parse_event
+    from dataspace.connectors.sitelog import open_site_log
+
+    with open_site_log(site, writable=False) as log:
+        events = [parse_event(e) for e in log.entries(0, log.size)]
+    return [e for e in events if e.kind == "access.refused"]
+
+
+def _assert_refusal(ev, contract_id: str, dataset_id: str, run_id: str, round_no: int, why: str):
+    assert ev.contract_id == contract_id and ev.dataset_id == dataset_id
+    assert ev.details["run_id"] == run_id and ev.details["round"] == round_no
+    assert why in ev.details["reason"], ev.details["reason"]
 
 
 class SpyGrid(LocalGrid):
@@ -250,6 +267,19 @@ def test_malformed_public_stats_are_refused_and_nothing_is_charged(federation, t
         assert reply.has_error() and "PublicStatsError" in reply.error.reason, key
     for site in fed.sites:
         assert _ledger(site) == []
+    # every site-side refusal is in the site's log: r1's short statistics at both sites
+    # (round 1, the train message), then r-bad's three at site 1 (node 1)
+    assert issubclass(public_stats.RefusedPublicStatsError, RefusedError)
+    assert issubclass(public_stats.RefusedPublicStatsError, public_stats.PublicStatsError)
+    site0, site1 = (_refusals(s) for s in fed.sites)
+    (r1,) = site1
+    run1 = json.loads((tmp_path / "r1" / "history.json").read_text())["spec"]["run_id"]
+    _assert_refusal(r1, fed.contract_ids[1], fed.dataset_ids[1], run1, 1, "the dataset 26")
+    assert [e.details["run_id"] for e in site0] == [run1, "r-bad", "r-bad", "r-bad"]
+    _assert_refusal(site0[0], fed.contract_ids[0], fed.dataset_ids[0], run1, 1, "the dataset 26")
+    for ev, why in zip(site0[1:], ("is not finite", "is not > 0", "state_std 25"), strict=True):
+        _assert_refusal(ev, fed.contract_ids[0], fed.dataset_ids[0], "r-bad", 1, why)
+        assert ev.details["refusal"] == "RefusedPublicStatsError"
 
 
 @pytest.mark.slow
@@ -282,11 +312,17 @@ def test_a_run_cannot_switch_between_dp_and_public_statistics(federation, tmp_pa
     reply = send("train", public.config(2))
     assert reply.has_error() and "StatsSourceError" in reply.error.reason
     assert _ledger(fed.sites[0]) == charged
+    (ev,) = _refusals(fed.sites[0])  # logged, with the round it asked for
+    _assert_refusal(ev, fed.contract_ids[0], fed.dataset_ids[0], "r-sw", 2, "started with dp")
+    assert ev.details["refusal"] == "StatsSourceError" and ev.details["stats"] == "public"
     assert issubclass(public_stats.StatsSourceError, RefusedError)
     # a public-statistics run never answers a statistics query (site 2: its own budget)
     other = RunSpec(**{**public.__dict__, "run_id": "r-pub"})
     reply = send("query.stats", other.config(0), node=2)
     assert reply.has_error() and "releases none" in reply.error.reason
+    assert _ledger(fed.sites[1]) == []
+    (ev,) = _refusals(fed.sites[1])  # the query is charged as round 1: refused as round 1
+    _assert_refusal(ev, fed.contract_ids[1], fed.dataset_ids[1], "r-pub", 1, "releases none")
     assert not send("train", other.config(1), node=2).has_error()
     charged = _ledger(fed.sites[1])
     assert [r[:2] for r in charged] == [("r-pub", 1)]
@@ -296,6 +332,9 @@ def test_a_run_cannot_switch_between_dp_and_public_statistics(federation, tmp_pa
     assert reply.has_error() and "StatsSourceError" in reply.error.reason
     assert "started with public statistics" in reply.error.reason
     assert _ledger(fed.sites[1]) == charged
+    ev = _refusals(fed.sites[1])[-1]
+    _assert_refusal(ev, fed.contract_ids[1], fed.dataset_ids[1], "r-pub", 1, "started with public")
+    assert ev.details["stats"] == "dp" and len(_refusals(fed.sites[1])) == 2
 
 
 @pytest.mark.slow
@@ -366,6 +405,18 @@ def test_mixed_privacy_units_are_weighed_in_frames(federation, tmp_path):
         key = "net.0.weight"
         want = (w[0] * a[key].astype(np.float64) + w[1] * b[key]) / w.sum()
         np.testing.assert_allclose(g[key], want, rtol=1e-5, atol=1e-6)
+    # the held-out MSE is weighed in frames too: held-out frames, and held-out episodes x
+    # mean frames per episode (the episode site's own eval count is its held-out episodes)
+    ew = {
+        frame_ds: max(10, round(split0.heldout_frames, -1)),
+        ep_ds: max(10, round(len(split.heldout) * ref.frames / ref.episodes, -1)),
+    }
+    assert rec["eval_weights"] == pytest.approx(ew)
+    assert ew[ep_ds] > 50 * len(split.heldout)  # not episodes
+    mse = rec["eval_mse_per_dataset"]
+    assert set(mse) == {frame_ds, ep_ds} and all(math.isfinite(v) for v in mse.values())
+    want_mse = (ew[frame_ds] * mse[frame_ds] + ew[ep_ds] * mse[ep_ds]) / (ew[frame_ds] + ew[ep_ds])
+    assert rec["eval_mse"] == pytest.approx(want_mse, rel=1e-9)
 
 
 @pytest.mark.slow
@@ -395,12 +446,33 @@ def test_public_stats_on_the_deployment_engine(federation, tmp_path):
 
 
 @pytest.mark.slow
-def test_mixed_privacy_units_under_secagg_are_refused(federation, tmp_path):
-    """Under SecAgg+ the server cannot reweigh the sites: a mixed federation stops."""
-    fed = federation(epsilon=3.0, rounds=1, n_sites=2, episodes_per_site=TWO)
+def test_mixed_privacy_units_under_secagg_are_refused_after_the_statistics_query(
+    federation, tmp_path
+):
+    """Under SecAgg+ the server cannot reweigh the sites: a mixed federation stops.
+
+    The server learns the sites' units from the statistics replies, so the run
+    stops after the statistics query (which each site charges as round 1) and
+    before any train message: round 1's charge stays, nothing else is charged.
+    """
+    fed = federation(epsilon=3.0, rounds=2, n_sites=2, episodes_per_site=TWO)
     with open(fed.sites[1].config_path, "a") as f:
         f.write('\n[training]\nprivacy_unit = "episode"\n')
-    with pytest.raises(RunError, match="mix privacy units"):
-        run_simulation(fed.contract_ids, fed.sites, "bc-mlp", 1, tmp_path / "r", secagg=True)
-    # DP statistics: refused after the statistics round, before any training round
+    grid = SpyGrid(client_app, [s.root for s in fed.sites])
+    with pytest.raises(RunError, match=r"mix privacy units.*charged round 1"):
+        run_simulation(
+            fed.contract_ids, fed.sites, "bc-mlp", 2, tmp_path / "r", run_id="r-mix",
+            secagg=True, grid=grid,
+        )  # fmt: skip
+    assert grid.sent == ["query.stats", "query.stats"]  # no train message, no SecAgg+ stage
     assert not (tmp_path / "r" / "rounds" / "001").exists()
+    # each site holds exactly the statistics' charge of round 1 (its plan's), no round 2
+    for site, dsid in zip(fed.sites, fed.dataset_ids, strict=True):
+        site = Site.open(site.root)  # the config as the sites read it (site 2: per episode)
+        settings = dp.TrainingSettings.from_config(site.config).lowered_by(epochs=1)
+        assert settings.privacy_unit == ("episode" if site.root == fed.sites[1].root else "frame")
+        split = fdata.split_episodes(site, dsid, settings.heldout_fraction)
+        plan = dp.make_plan(3.0, 1e-5, 2, split.train_frames, settings, episodes=len(split.train))
+        rows = _ledger(site)
+        assert [r[:2] for r in rows] == [("r-mix", 1)]
+        assert rows[0][2] == pytest.approx(plan.charge(1))

@@ -372,14 +372,18 @@ def test_cli_stats_from_json_file_and_dataset_folder(federation, tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_mixed_privacy_units_are_weighed_in_frames(federation, tmp_path):
-    fed = federation(epsilon=3.0, rounds=1, n_sites=2, episodes_per_site=TWO)
+@pytest.mark.parametrize("fold", [False, True], ids=["evaluate", "folded"])
+def test_mixed_privacy_units_are_weighed_in_frames(federation, tmp_path, fold):
+    # folded: round 1's held-out MSE comes in round 2's train replies (eval-frames there)
+    rounds = 2 if fold else 1
+    fed = federation(epsilon=3.0, rounds=rounds, n_sites=2, episodes_per_site=TWO)
     with open(fed.sites[1].config_path, "a") as f:
         f.write('\n[training]\nprivacy_unit = "episode"\nframes_per_episode = 16\n')
     out = tmp_path / "run"
     h = run_simulation(
-        fed.contract_ids, fed.sites, "bc-mlp", 1, out, seed=2, public_stats=_g1_stats()
-    )
+        fed.contract_ids, fed.sites, "bc-mlp", rounds, out, seed=2, public_stats=_g1_stats(),
+        fold_evaluate=fold,
+    )  # fmt: skip
     rec = h["rounds"][0]
     assert rec["weights"] == "frames"
     by = {s["dataset-id"]: s for s in rec["sites"]}

@@ -35,6 +35,9 @@ class DatasetView(BaseModel):
     format: str | None = None
     quality_score: float | None = None
     connector_url: str | None = None
+    privacy_unit: Literal["frame", "episode"] | None = Field(
+        None, description="what one unit of a contract's epsilon protects at this site"
+    )
     holder: str
 
 

@@ -94,7 +94,16 @@ def publish_request(site: Site, rec: DatasetRecord, public_url: str | None) -> d
         "format": rec.format,
         "quality_score": quality_score(site, rec.dataset_id),
         "connector_url": public_url,
+        "privacy_unit": privacy_unit(site),
     }
+
+
+def privacy_unit(site: Site) -> str | None:
+    """What one unit of epsilon protects at this site (``site.toml [training]
+    privacy_unit``, read here without importing the training code and torch);
+    None for a value the training code would refuse."""
+    unit = site.config.get("training", {}).get("privacy_unit", "frame")
+    return unit if unit in ("frame", "episode") else None
 
 
 def quality_score(site: Site, dataset_id: str) -> float | None:

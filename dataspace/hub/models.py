@@ -96,6 +96,11 @@ class PublishRequest(Strict):
         None, ge=0, le=100, description="latest quality score, 0..100"
     )
     connector_url: str | None = Field(None, max_length=500, pattern=r"^https?://[^\s]+$")
+    privacy_unit: Literal["frame", "episode"] | None = Field(
+        None,
+        description="what one unit of a contract's epsilon protects at this holder "
+        "(site.toml [training] privacy_unit): one frame or one whole episode",
+    )
 
 
 class CatalogEntry(PublishRequest):

@@ -14,6 +14,7 @@ per-round aggregate loss, epsilon and per-site contributions.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import queue
@@ -253,6 +254,10 @@ class HubStore:
             self.generation += 1
 
 
+#: queued by :meth:`GroupCommit.close`: the committer stops once it takes it
+_STOP = object()
+
+
 class GroupCommit:
     """Group commit: one thread runs ``commit(batch)`` over every request queued meanwhile.
 
@@ -277,8 +282,13 @@ class GroupCommit:
     ) -> None:
         self._commit, self.max_batch = commit, max_batch
         self._burst, self.linger_s = burst, linger_s
-        self._queue: queue.SimpleQueue[tuple[Any, Future]] = queue.SimpleQueue()
-        threading.Thread(target=self._run, name=name, daemon=True).start()
+        self._queue: queue.SimpleQueue[tuple[Any, Future | None]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        # the thread is a daemon (a stuck commit must not keep a stopping service alive),
+        # but one still inside its burst (an open DuckDB connection) when the interpreter
+        # finalises aborts the process: at exit, finish the queue and close the burst first
+        atexit.register(self.close)
 
     def submit(self, item: Any) -> Any:
         """Queue ``item``; its result once its batch is committed (or its error, raised)."""
@@ -286,24 +296,40 @@ class GroupCommit:
         self._queue.put((item, fut))
         return fut.result()
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit what is queued, end the burst and stop the thread (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put((_STOP, None))
+            self._thread.join(timeout)
+
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
+            first: tuple[Any, Future | None] | None = self._queue.get()
+            if first[0] is _STOP:
+                return
             # a burst (``burst()``, e.g. one open database) lasts while requests keep
             # arriving within ``linger_s`` of the last batch
             with self._burst():
                 while first is not None:
-                    batch = [first]
+                    batch, stop = [first], False
                     while len(batch) < self.max_batch:
                         try:
-                            batch.append(self._queue.get_nowait())
+                            item = self._queue.get_nowait()
                         except queue.Empty:
                             break
+                        if item[0] is _STOP:
+                            stop = True
+                            break
+                        batch.append(item)
                     self._apply(batch)
+                    if stop:
+                        return
                     try:
                         first = self._queue.get(timeout=self.linger_s)
                     except queue.Empty:
                         first = None
+                    if first is not None and first[0] is _STOP:
+                        return
 
     def _apply(self, batch: list[tuple[Any, Future]]) -> None:
         try:

@@ -9,6 +9,7 @@ from starlette.testclient import TestClient
 
 from dataspace.auth.httpsig import HttpSigAuth
 from dataspace.connectors.service import create_app
+from dataspace.connectors.site import Site
 from dataspace.connectors.sitelog import open_site_log
 from dataspace.policy import contracts as pc
 from tests.services.conftest import dataset_id, set_policy, until
@@ -157,3 +158,12 @@ def test_datasets_show_metadata_only(site, parties):
         r = c.get("/v1/datasets", auth=HttpSigAuth(parties["alice"].key))
     (d,) = r.json()
     assert d["episodes"] == 4 and d["frames"] == 1492 and d["dcat"]["@type"] == "dcat:Dataset"
+    assert d["privacy_unit"] == "frame"  # the default; what a contract's epsilon protects
+
+
+def test_catalog_states_the_sites_privacy_unit(site, parties):
+    cfg = site.root / "site.toml"
+    cfg.write_text(cfg.read_text() + '\n[training]\nprivacy_unit = "episode"\n')
+    with _client(Site.open(site.root)) as c:
+        r = c.get("/v1/datasets", auth=HttpSigAuth(parties["alice"].key))
+    assert [d["privacy_unit"] for d in r.json()] == ["episode"]

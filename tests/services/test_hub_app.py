@@ -85,6 +85,21 @@ def test_publish_and_search(hub):
     assert _kinds(data).count("catalog.published") == 2
 
 
+def test_catalog_states_each_holders_privacy_unit(hub):
+    """A consumer reads what a contract's epsilon protects before asking for one."""
+    c, auth, _, _ = hub
+    ok = c.post("/v1/catalog", json=entry(privacy_unit="episode"), auth=auth["holder"])
+    assert ok.status_code == 200
+    assert c.post("/v1/catalog", json=entry("g1"), auth=auth["holder2"]).status_code == 200
+    units = {
+        e["dataset_id"]: e["privacy_unit"]
+        for e in c.get("/v1/catalog", auth=auth["alice"]).json()["entries"]
+    }
+    assert units == {"so101": "episode", "g1": None}  # None: an older connector said nothing
+    r = c.post("/v1/catalog", json=entry(privacy_unit="user"), auth=auth["holder"])
+    assert r.status_code == 422 and "privacy_unit" in r.json()["detail"]
+
+
 @pytest.mark.parametrize(
     ("dcat", "needle"),
     [

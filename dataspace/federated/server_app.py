@@ -434,17 +434,24 @@ def _frame_weights(ok: list[Message]) -> dict[str, int]:
     episodes x the dataset's mean frames per episode; catalog metadata either
     way), which the update's privacy does not depend on (post-processing).
     """
+    weights = _unit_weights(ok, "num-examples", "num-frames", "its update")
+    return {d: int(w) for d, w in weights.items()}
+
+
+def _unit_weights(ok: list[Message], own: str, frames: str, what: str) -> dict[str, float]:
+    """Per dataset: the metric ``own`` (counted in the site's privacy unit), or ``frames``
+    when the replies mix units; a reply without it in a mixed round is a RunError."""
     units = {_site_of(m)["privacy_unit"] for m in ok}
+    key = frames if len(units) > 1 else own
     weights = {}
     for m in ok:
         met = m.content["metrics"]
-        key = "num-frames" if len(units) > 1 else "num-examples"
         if key not in met:
             raise RunError(
                 f"site {_site_of(m)['site']} reports no {key}: the sites mix privacy units "
-                f"({', '.join(sorted(units))}) and it cannot be weighed in frames"
+                f"({', '.join(sorted(units))}) and {what} cannot be weighed in frames"
             )
-        weights[_site_of(m)["dataset-id"]] = int(met[key])
+        weights[_site_of(m)["dataset-id"]] = float(met[key])
     return weights
 
 
@@ -458,18 +465,7 @@ def _eval_weights(ok: list[Message], key: str = "eval-examples") -> dict[str, fl
     """Weights of the sites' held-out MSEs per dataset: ``key`` (the site's own unit),
     or ``eval-frames`` when the replies mix privacy units (as :func:`_frame_weights`
     for training: held-out frames, or held-out episodes x mean frames per episode)."""
-    units = {_site_of(m)["privacy_unit"] for m in ok}
-    key = "eval-frames" if len(units) > 1 else key
-    weights = {}
-    for m in ok:
-        met = m.content["metrics"]
-        if key not in met:
-            raise RunError(
-                f"site {_site_of(m)['site']} reports no {key}: the sites mix privacy units "
-                f"({', '.join(sorted(units))}) and its held-out MSE cannot be weighed in frames"
-            )
-        weights[_site_of(m)["dataset-id"]] = float(met[key])
-    return weights
+    return _unit_weights(ok, key, "eval-frames", "its held-out MSE")
 
 
 def _eval_mse(ok: list[Message], key: str = "eval-examples") -> tuple[float, dict[str, float]]:

@@ -86,6 +86,10 @@ class World:
     current: list[str]
     pusher: WitnessPusher
 
+    def parts(self) -> tuple:
+        """All six fields, in order, for unpacking in a test."""
+        return (self.log, self.net, self.peers, self.clock, self.current, self.pusher)
+
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
@@ -124,11 +128,7 @@ def _grow(log: TransparencyLog, pusher: WitnessPusher, witnessed: list[int]) -> 
 def test_a_dead_witness_holds_the_checkpoint_back_only_until_stale(
     world: World, capsys: pytest.CaptureFixture
 ) -> None:
-    log = world.log
-    net = world.net
-    peers = world.peers
-    clock = world.clock
-    pusher = world.pusher
+    log, net, peers, clock, pusher = (world.log, world.net, world.peers, world.clock, world.pusher)
     seen: list[int] = []
     assert [c.size for c in pusher.push()] == [5, 5]
     assert _size(log.witnessed_checkpoint(now=clock.t)) == 5
@@ -205,12 +205,7 @@ def test_a_returning_witness_never_moves_the_checkpoint_back(world: World) -> No
 
 
 def test_a_removed_witness_stops_counting_at_once(world: World) -> None:
-    log = world.log
-    net = world.net
-    peers = world.peers
-    clock = world.clock
-    current = world.current
-    pusher = world.pusher
+    log, net, peers, clock, current, pusher = world.parts()
     pusher.push()
     net.down.add(peers["w2"].url)
     seen: list[int] = []
@@ -227,12 +222,7 @@ def test_a_removed_witness_stops_counting_at_once(world: World) -> None:
 
 
 def test_a_new_witness_that_never_answers_holds_nothing_back(world: World) -> None:
-    log = world.log
-    net = world.net
-    peers = world.peers
-    clock = world.clock
-    current = world.current
-    pusher = world.pusher
+    log, net, peers, clock, current, pusher = world.parts()
     pusher.push()
     current.append("w3")
     net.down.add(peers["w3"].url)
@@ -245,11 +235,7 @@ def test_a_new_witness_that_never_answers_holds_nothing_back(world: World) -> No
 
 
 def test_a_fixed_quorum_and_all_witnesses_dead(world: World) -> None:
-    log = world.log
-    net = world.net
-    peers = world.peers
-    clock = world.clock
-    pusher = world.pusher
+    log, net, peers, clock, pusher = (world.log, world.net, world.peers, world.clock, world.pusher)
     pusher.quorum = 2  # the operator's choice: never fewer than two
     pusher.push()
     net.down.add(peers["w2"].url)
@@ -275,12 +261,7 @@ def test_a_fixed_quorum_and_all_witnesses_dead(world: World) -> None:
 
 def test_a_restarted_pusher_keeps_the_failure_clock(world: World) -> None:
     """The grace period is not reset by restarting the service (witnesses.json carries it)."""
-    log = world.log
-    net = world.net
-    peers = world.peers
-    clock = world.clock
-    current = world.current
-    pusher = world.pusher
+    log, net, peers, clock, current, pusher = world.parts()
     pusher.push()
     net.down.add(peers["w2"].url)
     clock.t += 10
@@ -305,9 +286,7 @@ def test_a_restarted_pusher_keeps_the_failure_clock(world: World) -> None:
 
 
 def test_policy_file_round_trip_and_malformed(world: World) -> None:
-    log = world.log
-    clock = world.clock
-    pusher = world.pusher
+    log, clock, pusher = (world.log, world.clock, world.pusher)
     pusher.push()
     policy = log.witness_policy()
     assert policy is not None and parse_policy(policy.encode()) == policy

@@ -25,9 +25,16 @@ contract.agreed    contract_id, dataset_id, fingerprint, purpose; consumer (BASE
                    public key, or {"name", "key"}), template, epsilon, delta, rounds,
                    until (RFC 3339)
 round.started      contract_id, dataset_id, fingerprint, purpose; run_id, round,
-                   epsilon (charged against the budget by this round); consumer optional
+                   epsilon (charged against the budget by this round); consumer optional;
+                   release ("stats": round 0, "round"), releases (the mechanism as the
+                   accountant's [[noise, sample_rate, steps], ...]), contract_epsilon
+                   (the contract's epsilon over all it released, this included),
+                   mechanism (readable parameters), noise ("csprng" or "seeded"),
+                   secure_aggregation
 round.finished     contract_id, dataset_id, fingerprint, purpose; run_id, round,
-                   model_sha256, epsilon (spent, as accounted)
+                   model_sha256 (what left), epsilon (spent, as accounted)
+round.evaluated    contract_id, dataset_id, fingerprint, purpose; run_id, round,
+                   model_sha256 (the model evaluated): the round's one evaluation
 quality.reported   dataset_id, fingerprint; score, report_sha256
 access.refused     contract_id and dataset_id when known; reason, consumer
 key.rotated        new_key (BASE64), new_name
@@ -71,6 +78,7 @@ KINDS = (
     "contract.agreed",
     "round.started",
     "round.finished",
+    "round.evaluated",
     "quality.reported",
     "access.refused",
     "key.rotated",

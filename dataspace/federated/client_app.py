@@ -1,43 +1,54 @@
 """The connector's ClientApp: the only code that touches a site's frames in a run.
 
 It is the holder's own code, installed with the connector; the consumer's run
-only sends it a configuration. Per message (Flower 1.42 Message API):
+only sends it messages, and every field of a message (config, arrays, type,
+how often it comes) is the sender's to choose. So the site decides everything
+that matters for privacy itself (docs/threat-model.md):
 
-* ``query.stats`` (before round 1, charged as round 1): DP normalisation sums
-  (:mod:`.normalize`); never in a run with public statistics (config ``stats =
-  "public"``, :mod:`.public_stats`): the site then releases nothing for
-  statistics, normalises with the consumer's checked constants, and its plan
-  gives the whole epsilon to DP-SGD and evaluation;
+* **the mechanism** comes from the contract and ``site.toml [training]`` only
+  (:func:`resolve`): rounds (the contract's), noise, sample rate, steps, clip
+  and evaluation noise (:mod:`.dp`'s plan). A message that states another
+  number of rounds, epochs or clip norm, an absurd learning rate, a template
+  the contract does not allow, malformed public statistics, or arrays that are
+  not exactly the template's finite weights is refused, logged
+  (``access.refused``) and charged nothing;
+* **the noise** of every release is drawn from the site's secret CSPRNG
+  (:mod:`.noise`), fresh for each; nothing in a message seeds anything;
+* **every release is charged before it is computed**, durably, by the ledger's
+  privacy filter (:func:`.guard.authorize_round`): the statistics (round 0,
+  once per contract: a later query gets the same noisy answer again, free),
+  each round (its DP-SGD update, its train loss and its one evaluation);
+  a (run, round) executes at most once and every message re-checks the
+  contract (revoked or expired means nothing more leaves);
+* **evaluation** is at most once per round trained here
+  (:func:`dataspace.policy.ledger.claim_evaluation`), logged as ``round.evaluated``;
+* **normalisation** is always the site's own: its DP statistics as it released
+  them, or the run's checked public ones; the server's buffers are never used
+  (the reply echoes them unchanged, so nothing of the site's enters them).
+
+Per message (Flower 1.42 Message API):
+
+* ``query.stats``: DP normalisation sums (:mod:`.normalize`); never in a run
+  with public statistics (config ``stats = "public"``, :mod:`.public_stats`);
 * ``train``: DP-SGD on the train episodes (:mod:`.dp`), replying with the
   updated weights (ArrayRecord), the number of examples rounded to tens, the
-  loss and the epsilon spent (MetricRecord);
-* ``evaluate``: held-out MSE, clipped and noised (charged with its round), with
-  its weight: ``num-examples`` in the site's unit, ``eval-frames`` in frames.
+  DP loss and the epsilon charged (MetricRecord); with ``evaluate-round`` (the
+  previous round) it first spends that round's evaluation;
+* ``evaluate``: held-out MSE, clipped and noised, with its weight:
+  ``num-examples`` in the site's unit, ``eval-frames`` in frames.
 
-Every number that leaves is a DP release: weights (DP-SGD), statistics and
-losses (Gaussian mechanism, :func:`.dp.noisy_mean_loss`); the example count is
-catalog metadata rounded to tens (frames), or the count of train / held-out
-episodes (metadata too) when the site's privacy unit is the episode
-(``site.toml [training] privacy_unit = "episode"``, see :mod:`.dp`): then every
-release above is bounded per episode, and the unit is named in the replies'
-``info`` (``privacy-unit``) and in each ``round.finished`` event. Train
-replies also carry ``num-frames``, the same weight in frames (catalog
-metadata), which the server uses when a federation mixes the two units
-(evaluation replies likewise ``eval-frames``); and
-``info`` names the statistics used (``stats``: ``"dp"`` or ``"public"``).
-
-Before reading anything it finds the contract among the run's contract ids
-that belongs to this site, checks the template, computes the privacy plan from
-the contract, the site's settings and metadata only, and charges the round via
-:func:`.guard.authorize_round`. Which site: ``context.node_config["site"]``
-(a SuperNode's ``--node-config 'site="/abs/path"'``, or the simulation's node
-mapping).
+The privacy unit is the site's (``site.toml [training] privacy_unit``, frame or
+episode, :mod:`.dp`); it is named in the replies' ``info`` and in each
+``round.started``. Example counts are catalog metadata rounded to tens (frames)
+or counts of episodes. Which site: ``context.node_config["site"]`` (a
+SuperNode's ``--node-config 'site="/abs/path"'``, or the simulation's node mapping).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import time
@@ -55,7 +66,9 @@ from dataspace.connectors.site import Site
 from dataspace.errors import NotFoundError, RefusedError
 from dataspace.federated import data as fdata
 from dataspace.federated import dp, guard, normalize, packing, public_stats, secagg
+from dataspace.federated.noise import NoiseSource, noise_kind
 from dataspace.federated.templates import Policy, Template, get_template
+from dataspace.policy import ledger
 from dataspace.quality.flags import flagged_episodes
 
 # the egress guard checks and records every reply before it leaves (dataspace.assurance);
@@ -66,8 +79,16 @@ app = ClientApp(mods=[secagg.secagg_mod, egress.guard_mod])
 # SuperNodes) share the machine; more threads thrash (10x slower measured here).
 torch.set_num_threads(int(os.environ.get("DATASPACE_TORCH_THREADS", "1")))
 
+#: the largest learning rate a message may ask for (the rate is the server's choice: it
+#: changes no privacy guarantee, but an absurd one is a message not meant for training)
+MAX_LR = 100.0
+
 #: frames kept in a warm process between rounds (keyed by site, dataset, split)
 _FRAMES: dict[tuple[str, str, tuple[int, ...]], fdata.Frames] = {}
+
+
+class MessageRefusedError(RefusedError):
+    """A message this site does not act on: malformed, or not for a contract it holds."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +104,7 @@ class Job:
     split: fdata.Split
     settings: dp.TrainingSettings
     plan: dp.PrivacyPlan
-    seed: int
+    lr: float
     #: the run's public normalisation statistics (checked), None when they are DP
     public: normalize.Stats | None = None
 
@@ -115,29 +136,27 @@ def _find_contract(site: Site, ids: list[str]) -> Any:
             continue
         _WHERE[cid] = str(site.root)
         return contract
-    raise RefusedError(f"none of contracts {', '.join(ids)} is held by site {site.root}")
+    raise MessageRefusedError(
+        f"none of contracts {', '.join(ids)[:400]} is held by site {site.name}"
+    )
 
 
 def _plan(
-    contract: Any, rounds: int, split: fdata.Split, s: dp.TrainingSettings, public: bool = False
+    contract: Any, split: fdata.Split, s: dp.TrainingSettings, public: bool = False
 ) -> dp.PrivacyPlan:
-    # public statistics: no stats release, the whole epsilon to DP-SGD and evaluation
+    """The contract's mechanism at this site: the contract's rounds, the site's settings.
+
+    Public statistics: no stats release, the whole epsilon to DP-SGD and evaluation.
+    """
     make = public_stats.plan_without_stats if public else dp.make_plan
     return make(
         float(contract.epsilon),
         float(contract.delta),
-        rounds,
+        int(contract.rounds),
         split.train_frames,
         s,
         episodes=len(split.train),
     )
-
-
-def _charged_round(message: Message, cfg: Any) -> int:
-    """The round a message is charged as: the statistics query is part of round 1."""
-    if message.metadata.message_type == "query.stats":
-        return 1
-    return int(cfg["server-round"])
 
 
 def log_refusal(
@@ -146,22 +165,27 @@ def log_refusal(
     """``access.refused`` in the site's log for a refusal decided here, not by the ledger.
 
     The ledger (:func:`dataspace.policy.ledger.charge_round`) logs its own
-    refusals; the ClientApp's own ones (malformed public statistics, a switched
-    stats source, a statistics query in a public-stats run, a template the
-    contract does not allow) are logged with the same fields, before the
-    refusal is raised. Nothing is charged for any of them.
+    refusals; the ClientApp's own ones (a malformed message, a mechanism that is
+    not the site's, malformed public statistics, a switched stats source, a
+    template the contract does not allow) are logged with the same fields,
+    before the refusal is raised. Nothing is charged for any of them.
     """
     from dataspace.policy import events
 
+    extra = {}
+    if contract is not None:
+        extra = {
+            "contract_id": contract.contract_id,
+            "dataset_id": contract.dataset_id,
+            "consumer": contract.consumer.key_b64,
+        }
     events.refused(
         site,
         str(err),
-        contract_id=contract.contract_id,
-        run_id=run_id,
+        run_id=run_id[:200],
         round=round_no,
-        dataset_id=contract.dataset_id,
-        consumer=contract.consumer.key_b64,
         refusal=type(err).__name__,
+        **extra,
         **fields,
     )
 
@@ -180,49 +204,88 @@ def _refuse(job: Job, err: RefusedError, **fields: Any) -> RefusedError:
     return err
 
 
+def _config(message: Message) -> ConfigRecord:
+    cfg = message.content.config_records.get("config")
+    if not isinstance(cfg, ConfigRecord):
+        raise MessageRefusedError(f"a {message.metadata.message_type!r} message without config")
+    return cfg
+
+
+def _int(cfg: ConfigRecord, key: str, default: int | None = None) -> int:
+    v = cfg.get(key, default)
+    if type(v) is not int:
+        raise MessageRefusedError(f"config {key!r} must be a whole number, got {v!r}")
+    return v
+
+
+def _round_of(message: Message, cfg: ConfigRecord) -> int:
+    """The release a message asks for: round 0 is the statistics query."""
+    if message.metadata.message_type == "query.stats":
+        return 0
+    r = _int(cfg, "server-round")
+    if r < 1:
+        raise MessageRefusedError(f"rounds are numbered from 1, got server-round {r}")
+    return r
+
+
 def resolve(message: Message, context: Context) -> Job:
-    """Everything decided before the charge: contract, template, plan (no data read)."""
-    cfg = message.content["config"]
+    """Everything decided before the charge: contract, template, mechanism (no data read).
+
+    Refusals are logged (``access.refused``) and charge nothing.
+    """
     site = _site(context)
-    contract = _find_contract(site, str(cfg["contracts"]).split(","))
-    run_id, round_no = str(cfg["run-id"]), _charged_round(message, cfg)
-    template = get_template(str(cfg["template"]))
-    if contract.template is not None and contract.template != template.name:
-        err = RefusedError(
-            f"contract {contract.contract_id} is for model template {contract.template!r}, "
-            f"not {template.name!r}"
-        )
-        log_refusal(site, contract, run_id, round_no, err)
-        raise err
-    settings = dp.TrainingSettings.from_config(site.config).lowered_by(
-        epochs=int(cfg.get("local-epochs", 0)) or None,
-        clip_norm=float(cfg.get("clip-norm", 0.0)) or None,
-    )
-    rounds = min(int(cfg["num-rounds"]), int(contract.rounds))
-    exclude = flagged_episodes if settings.exclude_flagged else None
-    key = (str(site.root), contract.dataset_id, settings.heldout_fraction, bool(exclude))
-    if key not in _META or exclude:  # flags can change between rounds: re-read them
-        ref = fdata.dataset_ref(site, contract.dataset_id)
-        split = fdata.split_episodes(site, ref.dataset_id, settings.heldout_fraction, exclude)
-        _META[key] = (ref, split)
-    ref, split = _META[key]
-    # checked before anything is charged: finite, this dataset's dims, positive scales
+    cfg = message.content.config_records.get("config")
+    run_id = str(cfg.get("run-id", "")) if isinstance(cfg, ConfigRecord) else ""
+    contract = None
+    round_no = 0
     try:
+        cfg = _config(message)
+        round_no = _round_of(message, cfg)
+        if not run_id or len(run_id) > 200:
+            raise MessageRefusedError(f"run-id must be 1 to 200 characters, got {run_id[:40]!r}")
+        contract = _find_contract(site, str(cfg.get("contracts", "")).split(","))
+        template = get_template(str(cfg.get("template", "")))
+        if contract.template is not None and contract.template != template.name:
+            raise MessageRefusedError(
+                f"contract {contract.contract_id} is for model template {contract.template!r}, "
+                f"not {template.name!r}"
+            )
+        settings = dp.TrainingSettings.from_config(site.config)
+        # the site fixes the mechanism: a message may repeat it, never change it
+        settings.check_request(cfg.get("local-epochs"), cfg.get("clip-norm"))
+        rounds = cfg.get("num-rounds")
+        if rounds is not None and (type(rounds) is not int or not 1 <= rounds <= contract.rounds):
+            raise dp.MechanismError(
+                f"the message plans {rounds!r} rounds; contract {contract.contract_id} "
+                f"allows 1..{contract.rounds}, and its noise is planned for {contract.rounds}"
+            )
+        lr = cfg.get("lr", 0.5)
+        if type(lr) not in (int, float) or not (math.isfinite(lr) and 0 < lr <= MAX_LR):
+            raise MessageRefusedError(f"learning rate must be in (0, {MAX_LR:g}], got {lr!r}")
+        exclude = flagged_episodes if settings.exclude_flagged else None
+        key = (str(site.root), contract.dataset_id, settings.heldout_fraction, bool(exclude))
+        if key not in _META or exclude:  # flags can change between rounds: re-read them
+            ref = fdata.dataset_ref(site, contract.dataset_id)
+            split = fdata.split_episodes(site, ref.dataset_id, settings.heldout_fraction, exclude)
+            _META[key] = (ref, split)
+        ref, split = _META[key]
+        # checked before anything is charged: finite, this dataset's dims, positive scales
         public = public_stats.from_config(cfg, ref.state_dim, ref.action_dim)
-    except public_stats.RefusedPublicStatsError as e:
-        log_refusal(site, contract, run_id, round_no, e, privacy_unit=settings.privacy_unit)
-        raise
+    except (RefusedError, NotFoundError) as e:
+        err = e if isinstance(e, RefusedError) else MessageRefusedError(str(e))
+        log_refusal(site, contract, run_id, round_no, err)
+        raise err from None
     return Job(
         site=site,
         run_id=run_id,
-        round_no=int(cfg["server-round"]),
+        round_no=round_no,
         contract=contract,
         template=template,
         ref=ref,
         split=split,
         settings=settings,
-        plan=_plan(contract, rounds, split, settings, public is not None),
-        seed=int(cfg.get("seed", 0)),
+        plan=_plan(contract, split, settings, public is not None),
+        lr=float(lr),
         public=public,
     )
 
@@ -248,30 +311,85 @@ def _episodes_of(job: Job, fr: fdata.Frames):
     return fr.episode if _per_episode(job) else None
 
 
-def _generator(job: Job, purpose: str) -> torch.Generator:
-    h = hashlib.sha256(f"{job.seed}/{job.ref.dataset_id}/{job.round_no}/{purpose}".encode())
-    return torch.Generator().manual_seed(int.from_bytes(h.digest()[:8], "big") >> 1)
+def _noise(job: Job, purpose: str, round_no: int | None = None) -> NoiseSource:
+    """The secret noise of one release (:mod:`.noise`); the label only matters to tests."""
+    r = job.round_no if round_no is None else round_no
+    return NoiseSource.fresh(f"{job.contract.contract_id}/{job.run_id}/{r}/{purpose}")
 
 
-def _policy_from(arrays: ArrayRecord, job: Job) -> Policy:
+def _site_stats(job: Job) -> normalize.Stats:
+    """The normalisation this site trains and evaluates with: the run's checked public
+    statistics, or its own DP statistics exactly as its contract released them."""
+    if job.public is not None:
+        return job.public
+    released = ledger.released_stats(job.site, job.contract.contract_id)
+    if released is None:
+        raise _refuse(
+            job,
+            MessageRefusedError(
+                f"contract {job.contract.contract_id} has released no normalisation "
+                "statistics at this site: the run must ask for them (query.stats) first"
+            ),
+        )
+    sums = normalize.NoisySums(
+        count=float(released["count"]),
+        sum=np.asarray(released["sum"], dtype=np.float64),
+        sumsq=np.asarray(released["sumsq"], dtype=np.float64),
+        bound=float(released["bound"]),
+        noise_multiplier=float(released["noise"]),
+    )
+    return normalize.combine([sums], job.ref.state_dim)
+
+
+def _policy_from(arrays: Any, job: Job) -> Policy:
+    """The template with the server's trainable weights and the site's own normalisation.
+
+    ``arrays`` must be exactly the template's state (keys, shapes, float32; one
+    packed vector on the deployment engine) with finite weights; else refused
+    (logged, nothing charged). The server's buffers are never loaded.
+    """
     policy = job.template.build(job.ref.state_dim, job.ref.action_dim)
-    if packing.is_packed(arrays):  # the deployment engine's wire form
-        policy.load_state_dict(packing.unpack_state_dict(arrays, policy.state_dict()))
-    else:
-        policy.load_state_dict(arrays.to_torch_state_dict())
-    if job.public is not None:  # exactly the run's checked constants, whatever the arrays hold
-        normalize.apply_stats(policy, job.public)
+    own = policy.state_dict()
+    try:
+        if not isinstance(arrays, ArrayRecord):
+            raise ValueError("no arrays record")
+        if packing.is_packed(arrays):  # the deployment engine's wire form
+            state = packing.unpack_state_dict(arrays, own)
+        else:
+            if set(arrays.keys()) != set(own):
+                raise ValueError(f"keys {sorted(arrays.keys())[:6]} are not the template's")
+            state = arrays.to_torch_state_dict()
+        for k, want in own.items():
+            got = state[k]
+            if tuple(got.shape) != tuple(want.shape) or got.dtype != torch.float32:
+                raise ValueError(f"{k}: {tuple(got.shape)} {got.dtype}, want {tuple(want.shape)}")
+        params = {k for k, _ in policy.named_parameters()}
+        if not all(bool(torch.isfinite(state[k]).all()) for k in params):
+            raise ValueError("weights that are not finite")
+    except (ValueError, KeyError, TypeError) as e:
+        err = MessageRefusedError(f"arrays are not a {job.template.name} model: {e}")
+        raise _refuse(job, err) from None
+    policy.load_state_dict({k: state[k] if k in params else v for k, v in own.items()})
+    normalize.apply_stats(policy, _site_stats(job))
     return policy
 
 
-def _charged(context: Context, job: Job) -> bool:
-    rec = context.state.get("charged")
-    return isinstance(rec, ConfigRecord) and f"{job.run_id}/{job.round_no}" in rec
+def _reply_arrays(policy: Policy, sent: ArrayRecord) -> ArrayRecord:
+    """The trained weights, with the buffers exactly as the server sent them (nothing of
+    the site's enters them), in the form received (packed or not)."""
+    params = {k for k, _ in policy.named_parameters()}
+    state = policy.state_dict()
+    if packing.is_packed(sent):
+        layout = {k: v for k, v in state.items()}
+        theirs = packing.unpack_state_dict(sent, layout)
+    else:
+        theirs = sent.to_torch_state_dict()
+    out = ArrayRecord({k: (state[k] if k in params else theirs[k]) for k in state})
+    return packing.pack(out) if packing.is_packed(sent) else out
 
 
-def _heldout_mse(job: Job, arrays: ArrayRecord) -> tuple[float, int]:
-    """Held-out MSE of ``arrays``, clipped per frame and noised (the round's eval release)."""
-    policy = _policy_from(arrays, job)
+def _heldout_mse(job: Job, policy: Policy, round_no: int) -> tuple[float, int]:
+    """Held-out MSE of ``policy``, clipped per frame and noised (a round's eval release)."""
     fr = _frames(job, job.split.heldout)
     xs, ys = normalize.normalised(policy, fr.state, fr.action)
     x, y = job.template.pairs(xs, ys, fr.episode)
@@ -283,18 +401,19 @@ def _heldout_mse(job: Job, arrays: ArrayRecord) -> tuple[float, int]:
         n,
         job.settings.eval_clip,
         job.plan.eval_noise,
-        _generator(job, "eval"),
+        _noise(job, "eval", round_no),
         episode=_episodes_of(job, fr),
     )
     return float(mse), n if _per_episode(job) else int(max(10, round(n, -1)))
 
 
-def _mark_charged(context: Context, job: Job) -> None:
-    rec = context.state.get("charged")
-    if not isinstance(rec, ConfigRecord):
-        rec = ConfigRecord()
-    rec[f"{job.run_id}/{job.round_no}"] = True
-    context.state["charged"] = rec
+def _evaluate(job: Job, arrays: ArrayRecord, round_no: int) -> tuple[float, int]:
+    """Spend round ``round_no``'s one evaluation on ``arrays`` (claimed first, logged)."""
+    policy = _policy_from(arrays, job)
+    ledger.claim_evaluation(
+        job.site, job.contract.contract_id, job.run_id, round_no, arrays_sha256(arrays)
+    )
+    return _heldout_mse(job, policy, round_no)
 
 
 def _info(job: Job) -> ConfigRecord:
@@ -307,26 +426,6 @@ def _info(job: Job) -> ConfigRecord:
             "privacy-unit": job.settings.privacy_unit,
             "stats": job.stats_source,
         }
-    )
-
-
-def _log_finished(
-    job: Job, epsilon: float, update_sha256: str, loss: float, **extra: object
-) -> None:
-    """round.finished in the site's ledger and log (the policy area's recorder)."""
-    from dataspace.policy.ledger import record_round_finished
-
-    record_round_finished(
-        job.site,
-        job.contract.contract_id,
-        job.run_id,
-        job.round_no,
-        epsilon_spent=epsilon,
-        model_sha256=update_sha256,
-        train_loss=loss,
-        template=job.template.name,
-        privacy_unit=job.settings.privacy_unit,
-        **extra,
     )
 
 
@@ -363,33 +462,24 @@ def _fix_stats_source(job: Job, source: str) -> None:
         raise _refuse(job, e, stats=source) from None
 
 
-@app.query("stats")
-def stats(message: Message, context: Context) -> Message:
-    """Before round 1: the site's DP sums for normalisation, charged as part of round 1."""
-    job = resolve(message, context)
-    charged = dataclasses.replace(job, round_no=1)  # the query is charged as round 1
-    if job.public is not None:
-        raise _refuse(
-            charged,
-            public_stats.StatsSourceError(
-                f"run {job.run_id} uses public statistics: site {job.site.name} releases none"
-            ),
-            stats="public",
-        )
-    _fix_stats_source(charged, "dp")
-    charge = job.plan.charge(1)
-    guard.authorize_round(
-        job.site, job.contract.contract_id, job.run_id, 1, charge, job.settings.privacy_unit
+def _authorize(job: Job, release: str, releases: list, secure: bool = False) -> ledger.Charge:
+    """Charge ``releases`` (the accountant's form) before anything is computed."""
+    return guard.authorize_round(
+        job.site,
+        job.contract.contract_id,
+        job.run_id,
+        job.round_no,
+        releases,
+        release=release,
+        mechanism=job.plan.mechanism() | {"lr": job.lr, "stats": job.stats_source},
+        privacy_unit=job.settings.privacy_unit,
+        secure_aggregation=secure,
+        noise=noise_kind(),
     )
-    fr = _frames(job, job.split.train)  # read only after the charge
-    gen = _generator(job, "stats")
-    bound = job.settings.stats_bound
-    ep = _episodes_of(job, fr)  # per episode: each episode one histogram count, one mean
-    if bound is None:  # the site's own DP choice, paid for in the plan (stats_releases)
-        bound = normalize.dp_bound(fr.state, fr.action, job.plan.stats_noise, gen, episode=ep)
-    sums = normalize.dp_sums(fr.state, fr.action, bound, job.plan.stats_noise, gen, episode=ep)
-    lists = sums.to_lists()
-    content = RecordDict(
+
+
+def _stats_reply(job: Job, lists: dict[str, Any], charged: float, spent: float) -> RecordDict:
+    return RecordDict(
         {
             "sums": ConfigRecord(
                 {
@@ -402,13 +492,54 @@ def stats(message: Message, context: Context) -> Message:
                     "action-dim": job.ref.action_dim,
                 }
             ),
-            "metrics": MetricRecord(
-                {"epsilon-round": charge, "epsilon-spent": job.plan.epsilon_after(0)}
-            ),
+            "metrics": MetricRecord({"epsilon-round": charged, "epsilon-spent": spent}),
             "info": _info(job),
         }
     )
-    return Message(content, reply_to=message)
+
+
+@app.query("stats")
+def stats(message: Message, context: Context) -> Message:
+    """The site's DP sums for normalisation: released once per contract (round 0)."""
+    job = resolve(message, context)
+    if job.public is not None:
+        raise _refuse(
+            job,
+            public_stats.StatsSourceError(
+                f"run {job.run_id} uses public statistics: site {job.site.name} releases none"
+            ),
+            stats="public",
+        )
+    _fix_stats_source(job, "dp")
+    cid = job.contract.contract_id
+    released = ledger.released_stats(job.site, cid)
+    if released is not None:  # the same noisy answer again: post-processing, free
+        ledger.check_live(job.site, cid)
+        spent = ledger.contract_epsilon(job.site, cid)
+        return Message(_stats_reply(job, released, 0.0, spent), reply_to=message)
+    charge = _authorize(job, "stats", job.plan.stats_release())
+    fr = _frames(job, job.split.train)  # read only after the charge
+    rng = _noise(job, "stats")
+    bound = job.settings.stats_bound
+    ep = _episodes_of(job, fr)  # per episode: each episode one histogram count, one mean
+    if bound is None:  # the site's own DP choice, paid for in the plan (stats_releases)
+        bound = normalize.dp_bound(fr.state, fr.action, job.plan.stats_noise, rng, episode=ep)
+    sums = normalize.dp_sums(fr.state, fr.action, bound, job.plan.stats_noise, rng, episode=ep)
+    lists = sums.to_lists()
+    digest = hashlib.sha256(json.dumps(lists, sort_keys=True).encode()).hexdigest()
+    ledger.record_round_finished(
+        job.site,
+        cid,
+        job.run_id,
+        0,
+        epsilon_spent=charge.epsilon,
+        model_sha256=digest,
+        payload=lists,
+        release="stats",
+        privacy_unit=job.settings.privacy_unit,
+    )
+    reply = _stats_reply(job, lists, charge.epsilon, charge.contract_epsilon)
+    return Message(reply, reply_to=message)
 
 
 @app.train()
@@ -416,44 +547,40 @@ def train(message: Message, context: Context) -> Message:
     """One round of DP-SGD from the global weights; replies with the update only."""
     t0 = time.perf_counter()
     job = resolve(message, context)
+    cfg = message.content["config"]
     # a run keeps the stats source it started with (the two plans' charges do not compose)
     _fix_stats_source(job, job.stats_source)
-    charge = job.plan.charge(job.round_no)
-    guard.authorize_round(
-        job.site,
-        job.contract.contract_id,
-        job.run_id,
-        job.round_no,
-        charge,
-        job.settings.privacy_unit,
-    )
-    _mark_charged(context, job)
-    cfg = message.content["config"]
+    sent = message.content.array_records.get("arrays")
+    policy = _policy_from(sent, job)  # checked before the charge: refusals cost nothing
+    charge = _authorize(job, "round", job.plan.round_release(), secagg.in_secure_round())
     # folded evaluation: the global model sent is the previous round's; its held-out MSE
-    # is that round's eval release (charged with it), computed before training here
+    # is that round's one evaluation, claimed (once) and computed before training here.
+    # Only the round just before, and only if it was trained here: a resumed run's first
+    # round, or a site that missed the last one, replies without it.
     folded: dict[str, float | int] = {}
-    # (only the round just before, and only if it was trained and charged here: a resumed
-    # run's first round, or a site that missed the last one, replies without it)
-    ev = int(cfg.get("evaluate-round", 0) or 0)
-    prev = dataclasses.replace(job, round_no=ev)
-    if ev >= 1 and ev == job.round_no - 1 and _charged(context, prev):
-        mse, n_eval = _heldout_mse(prev, message.content["arrays"])
-        folded = {
-            "eval-mse": mse,
-            "eval-examples": n_eval,
-            "eval-frames": _frames_weight(prev, heldout=True),
-        }
-    policy = _policy_from(message.content["arrays"], job)
+    ev = cfg.get("evaluate-round", 0) or 0
+    if type(ev) is int and ev >= 1 and ev == job.round_no - 1:
+        try:
+            mse, n_eval = _evaluate(job, sent, ev)
+            prev = dataclasses.replace(job, round_no=ev)
+            folded = {
+                "eval-mse": mse,
+                "eval-examples": n_eval,
+                "eval-frames": _frames_weight(prev, heldout=True),
+            }
+        except RefusedError:
+            folded = {}  # logged by the ledger; this round's training goes on
     fr = _frames(job, job.split.train)
     xs, ys = normalize.normalised(policy, fr.state, fr.action)
     x, y = job.template.pairs(xs, ys, fr.episode)
+    rng = _noise(job, "train")
     res = dp.train_dp(
         policy.net,
         x,
         y,
         job.plan,
-        lr=float(cfg.get("lr", 0.5)),
-        generator=_generator(job, "train"),
+        lr=job.lr,
+        rng=rng,
         mode=job.settings.grad_sample_mode,
         episode=fr.episode,
     )
@@ -465,7 +592,7 @@ def train(message: Message, context: Context) -> Message:
         _units(job, job.split.train_frames, job.split.train),
         job.settings.eval_clip,
         job.plan.eval_noise,
-        _generator(job, "train-loss"),
+        rng,
         episode=_episodes_of(job, fr),
     )
     # frame counts are catalog metadata, rounded so a round reveals no exact size; per
@@ -475,9 +602,20 @@ def train(message: Message, context: Context) -> Message:
         if _per_episode(job)
         else int(max(10, round(job.split.train_frames, -1)))
     )
-    arrays = ArrayRecord(policy.state_dict())
-    eps_spent = job.plan.epsilon_after(job.round_no)
-    _log_finished(job, charge, arrays_sha256(arrays), loss, **egress.round_details(arrays))
+    arrays = _reply_arrays(policy, sent)
+    ledger.record_round_finished(
+        job.site,
+        job.contract.contract_id,
+        job.run_id,
+        job.round_no,
+        epsilon_spent=charge.epsilon,
+        model_sha256=arrays_sha256(arrays),
+        release="round",
+        train_loss=loss,
+        template=job.template.name,
+        privacy_unit=job.settings.privacy_unit,
+        **egress.round_details(arrays),
+    )
     metrics = MetricRecord(
         {
             "num-examples": int(examples),
@@ -485,16 +623,14 @@ def train(message: Message, context: Context) -> Message:
             # federation mixes frame and episode sites (:mod:`.server_app`)
             "num-frames": _frames_weight(job),
             "train-loss": float(loss) if math.isfinite(loss) else 1e9,
-            "epsilon-round": float(charge),
-            "epsilon-spent": float(eps_spent),
+            "epsilon-round": float(charge.epsilon),
+            "epsilon-spent": float(charge.contract_epsilon),
             "noise-multiplier": float(job.plan.noise_multiplier),
             "steps": int(res.steps),
             "train-seconds": float(time.perf_counter() - t0),
             **folded,
         }
     )
-    if packing.is_packed(message.content["arrays"]):  # answer in the form received
-        arrays = packing.pack(arrays)
     return Message(
         RecordDict({"arrays": arrays, "metrics": metrics, "info": _info(job)}), reply_to=message
     )
@@ -502,14 +638,9 @@ def train(message: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    """Held-out MSE of the global model, clipped per frame and noised (charged in train)."""
+    """Held-out MSE of the global model: the round's one evaluation, clipped and noised."""
     job = resolve(message, context)
-    if job.round_no < 1 or not _charged(context, job):
-        raise RefusedError(
-            f"evaluate for round {job.round_no} of run {job.run_id}: that round was not "
-            "trained (and charged) here"
-        )
-    mse, n = _heldout_mse(job, message.content["arrays"])
+    mse, n = _evaluate(job, message.content.array_records.get("arrays"), job.round_no)
     # eval-frames: the same weight in frames (catalog metadata), for mixed federations
     frames = _frames_weight(job, heldout=True)
     metrics = MetricRecord({"num-examples": n, "eval-mse": mse, "eval-frames": frames})

@@ -16,7 +16,7 @@ server cannot change it):
   episodes, ``b`` expected episodes per batch, ``episodes_per_batch`` or
   ``batch_size / frames_per_episode``); each sampled episode contributes ONE
   gradient, that of its mean loss over up to ``m = frames_per_episode`` of its
-  frames drawn by the site's seeded generator; that gradient is clipped to
+  frames drawn by the site's secret noise source; that gradient is clipped to
   ``C``, the sum gets ``N(0, sigma^2 C^2)`` and is divided by ``q E``. The
   accountant is the same with the episode counts, so epsilon is per episode.
   Every other release is bounded per episode too: normalisation sums (each
@@ -58,16 +58,16 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-import numpy as np
 import torch
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from torch import nn
 
-from dataspace.errors import DataspaceError
+from dataspace import accountant
+from dataspace.errors import DataspaceError, RefusedError
+from dataspace.federated.noise import NoiseSource
 from dataspace.federated.normalize import per_episode_mean
 
 ACCOUNTANT = "rdp"
@@ -79,6 +79,10 @@ HistoryEntry = tuple[float, float, int]
 
 class PrivacyPlanError(DataspaceError):
     """A budget that no amount of noise within reason can meet."""
+
+
+class MechanismError(RefusedError):
+    """A message that states a mechanism (rounds, epochs, clip, ...) other than the site's."""
 
 
 class PrivacyUnitError(PrivacyPlanError):
@@ -142,47 +146,33 @@ class TrainingSettings:
             )
         return s
 
-    def lowered_by(self, epochs: int | None = None, clip_norm: float | None = None):
-        """These settings with the server's requests applied where they only lower."""
-        s = self
-        if epochs is not None and 0 < epochs < s.max_epochs:
-            s = replace(s, max_epochs=int(epochs))
-        if clip_norm is not None and 0 < clip_norm < s.clip_norm:
-            s = replace(s, clip_norm=float(clip_norm))
-        return s
+    def check_request(self, epochs: Any = None, clip_norm: Any = None) -> None:
+        """Refuse a message whose mechanism differs from the site's (:class:`MechanismError`).
+
+        The site fixes the mechanism (epochs, clip norm) from its own settings; a
+        message may repeat them (0 or absent: not stated), never change them, up or down.
+        """
+        if epochs not in (None, 0) and (type(epochs) is not int or epochs != self.max_epochs):
+            raise MechanismError(
+                f"the message asks for {epochs!r} local epochs; this site trains "
+                f"{self.max_epochs} (site.toml [training] max_epochs)"
+            )
+        if clip_norm not in (None, 0, 0.0) and (
+            type(clip_norm) not in (int, float) or float(clip_norm) != self.clip_norm
+        ):
+            raise MechanismError(
+                f"the message asks for clip norm {clip_norm!r}; this site clips at "
+                f"{self.clip_norm:g} (site.toml [training] clip_norm)"
+            )
 
 
-#: RDP orders: a coarser version of Opacus's defaults (fractional orders are what
-#: make Opacus's RDP slow), extended upwards for the strongly noised releases.
-#: Any set of orders gives a valid bound; fewer orders only make it slightly looser.
-ALPHAS: tuple[float, ...] = (
-    1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0,
-    *(float(a) for a in range(12, 64)), 80.0, 100.0, 128.0, 256.0, 512.0,
-)  # fmt: skip
-
-
-@functools.lru_cache(maxsize=4096)
-def _rdp(noise: float, q: float, steps: int) -> tuple[float, ...]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return tuple(compute_rdp(q=q, noise_multiplier=noise, steps=steps, orders=ALPHAS))
+#: the accountant's RDP orders (:data:`dataspace.accountant.ORDERS`)
+ALPHAS = accountant.ORDERS
 
 
 def epsilon_of(history: Sequence[HistoryEntry], delta: float) -> float:
-    """Epsilon of a history: exactly ``RDPAccountant(history).get_epsilon(delta, ALPHAS)``.
-
-    RDP composes by adding the per-order curves, which is what Opacus's
-    accountant does; cached per entry so plans solve in a fraction of a second.
-    """
-    if not history:
-        return 0.0
-    total = np.zeros(len(ALPHAS))
-    for noise, q, steps in history:
-        total += np.asarray(_rdp(float(noise), float(q), int(steps)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        eps, _ = get_privacy_spent(orders=list(ALPHAS), rdp=total, delta=delta)
-    return float(eps)
+    """Epsilon of a history of releases (:func:`dataspace.accountant.epsilon`)."""
+    return accountant.epsilon(history, delta)
 
 
 def _solve(f, target: float, lo: float, hi: float) -> float:
@@ -241,17 +231,32 @@ class PrivacyPlan:
             return 0.0
         return epsilon_of(self.history(rounds_done), self.delta)
 
-    def charge(self, round_no: int) -> float:
-        """Epsilon to charge for round ``round_no`` (>= 1).
+    def stats_release(self) -> list[HistoryEntry]:
+        """What one release of the normalisation statistics costs (the accountant's form)."""
+        return [(self.stats_noise, 1.0, self.stats_releases)] if self.stats_releases else []
 
-        Round 1 also pays for the normalisation statistics released just
-        before it (history entry 0), so ``sum(charge(1..R)) == epsilon_after(R)``.
-        """
-        if round_no < 1:
-            raise PrivacyPlanError(f"rounds are numbered from 1, got {round_no}")
-        if round_no == 1:
-            return self.epsilon_after(1)
-        return self.epsilon_after(round_no) - self.epsilon_after(round_no - 1)
+    def round_release(self) -> list[HistoryEntry]:
+        """What one round costs: its DP-SGD steps, its train loss and its one evaluation."""
+        return [
+            (self.noise_multiplier, self.sample_rate, self.steps_per_round),
+            (self.eval_noise, 1.0, 2),
+        ]
+
+    def mechanism(self) -> dict[str, Any]:
+        """The mechanism as ``round.started`` records it (what an auditor recomputes from)."""
+        return {
+            "privacy_unit": self.privacy_unit,
+            "units": self.units,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps_per_round,
+            "clip_norm": self.clip_norm,
+            "batch_size": self.batch_size,
+            "eval_noise": self.eval_noise,
+            "stats_noise": self.stats_noise,
+            "stats_releases": self.stats_releases,
+            "rounds": self.rounds,
+        }
 
 
 def make_plan(
@@ -368,7 +373,7 @@ def noisy_mean_loss(
     count: int,
     clip: float,
     noise_multiplier: float,
-    generator: torch.Generator,
+    rng: NoiseSource,
     episode: torch.Tensor | None = None,
 ) -> float:
     """Mean per-unit MSE, each frame's loss clipped to ``clip``, Gaussian-noised.
@@ -381,10 +386,13 @@ def noisy_mean_loss(
     (frames or episodes) from metadata. Accounted as ``(noise_multiplier, 1.0, 1)``.
     """
     with torch.no_grad():
-        per = ((net(x) - y) ** 2).mean(dim=1).clamp(max=clip).double()
+        per = ((net(x) - y) ** 2).mean(dim=1).double()
+        # a frame whose loss is not finite (crafted weights overflow) counts as the clip:
+        # each frame still moves the sum by at most ``clip``, and NaN never reaches the sum
+        per = torch.nan_to_num(per, nan=clip, posinf=clip).clamp(0.0, clip)
         if episode is not None:
             per = per_episode_mean(per, episode)
-        noise = torch.randn(1, generator=generator, dtype=torch.float64)
+        noise = rng.normal((1,), dtype=torch.float64)
     total = float(per.sum()) + noise_multiplier * clip * float(noise)
     return total / max(1, count)
 
@@ -406,9 +414,9 @@ class EpisodeIndex:
 
 
 def episode_batch(
-    index: EpisodeIndex, chosen: torch.Tensor, m: int, generator: torch.Generator
+    index: EpisodeIndex, chosen: torch.Tensor, m: int, rng: NoiseSource
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frames of the ``chosen`` episodes, up to ``m`` each, drawn by ``generator``.
+    """Frames of the ``chosen`` episodes, up to ``m`` each, drawn by ``rng``.
 
     Returns ``idx`` [k, mm] (frame indices; padding points at frame 0) and
     ``weight`` [k, mm] (``1 / frames drawn`` where drawn, 0 on padding), so that
@@ -421,20 +429,17 @@ def episode_batch(
     weight = torch.zeros((k, mm))
     for j, e in enumerate(chosen.tolist()):
         n, start = int(index.lengths[e]), int(index.starts[e])
-        if n <= m:
-            pick = torch.arange(n)
-        else:  # without replacement, in frame order
-            pick = torch.randperm(n, generator=generator)[:m].sort().values
+        # all of a short episode; else m frames without replacement, in frame order
+        pick = torch.arange(n) if n <= m else rng.randperm(n)[:m].sort().values
         idx[j, : pick.numel()] = start + pick
         weight[j, : pick.numel()] = 1.0 / pick.numel()
     return idx, weight
 
 
-def poisson_batches(n: int, q: float, steps: int, generator: torch.Generator):
+def poisson_batches(n: int, q: float, steps: int, rng: NoiseSource):
     """Index tensors of ``steps`` Poisson-sampled batches (possibly empty)."""
     for _ in range(steps):
-        mask = torch.rand(n, generator=generator) < q
-        yield mask.nonzero().squeeze(1)
+        yield rng.bernoulli(n, q).nonzero().squeeze(1)
 
 
 def train_dp(
@@ -443,7 +448,7 @@ def train_dp(
     y: torch.Tensor,
     plan: PrivacyPlan,
     lr: float,
-    generator: torch.Generator,
+    rng: NoiseSource,
     mode: str = "bk",
     noise_multiplier: float | None = None,
     steps: int | None = None,
@@ -462,11 +467,11 @@ def train_dp(
             raise PrivacyPlanError("privacy_unit 'episode' needs each frame's episode index")
         if mode not in MODES:
             raise PrivacyPlanError(f"unknown grad_sample_mode {mode!r}")
-        return _train_episodes(net, x, y, episode, plan, sigma, lr, generator, steps, mode)
+        return _train_episodes(net, x, y, episode, plan, sigma, lr, rng, steps, mode)
     if mode == "bk":
-        return _train_bk(net, x, y, plan, sigma, lr, generator, steps)
+        return _train_bk(net, x, y, plan, sigma, lr, rng, steps)
     if mode in ("hooks", "functorch", "ghost"):
-        return _train_opacus(net, x, y, plan, sigma, lr, generator, steps, mode)
+        return _train_opacus(net, x, y, plan, sigma, lr, rng, steps, mode)
     raise PrivacyPlanError(f"unknown grad_sample_mode {mode!r}")
 
 
@@ -496,7 +501,7 @@ def bk_step(
     sigma: float,
     lr: float,
     expected_batch: float,
-    generator: torch.Generator,
+    rng: NoiseSource,
 ) -> float:
     """One DP-SGD step with book-keeping clipping (Bu et al. 2023) on a Linear MLP.
 
@@ -517,26 +522,53 @@ def bk_step(
         per = ((h - yb) ** 2).mean(dim=1)
         grads = torch.autograd.grad(per.sum(), outs)
         with torch.no_grad():
+            acts, grads = _drop_non_finite(acts, list(grads))
             norm2 = sum(
                 (g * g).sum(1) * ((a * a).sum(1) + 1.0) for a, g in zip(acts, grads, strict=True)
             )
             scale = (clip_norm / (norm2.sqrt() + 1e-6)).clamp(max=1.0)
+            scale = torch.where(torch.isfinite(norm2), scale, torch.zeros_like(scale))
             for (sw, sb), a, g in zip(sums, acts, grads, strict=True):
                 gs = g * scale[:, None]
                 sw += gs.T @ a
                 sb += gs.sum(0)
         loss = float(per.detach().mean())
-    _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, generator)
+    _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, rng)
     return loss
 
 
-def _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, generator) -> None:
+def _drop_non_finite(
+    acts: list[torch.Tensor], grads: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Zero every unit whose layer inputs or output gradients are not all finite.
+
+    Crafted weights can overflow the forward or backward pass for some frames
+    only; one NaN in the clipped sum would turn the whole update into NaN and
+    tell the server that such a frame was sampled (a one-bit leak beside the
+    noise). A unit with any non-finite value contributes nothing instead: a
+    choice made from that unit alone, so the sum still moves by at most ``C``
+    when one unit is added or removed. The first dimension is the unit's
+    (a frame; or, flattened, an episode's frames, handled by the caller).
+    """
+    bad = torch.zeros(acts[0].shape[0], dtype=torch.bool)
+    for a, g in zip(acts, grads, strict=True):
+        bad |= ~torch.isfinite(a).all(1) | ~torch.isfinite(g).all(1)
+    if not bool(bad.any()):
+        return acts, grads
+    keep = (~bad)[:, None]
+    return (
+        [torch.where(keep, a, torch.zeros_like(a)) for a in acts],
+        [torch.where(keep, g, torch.zeros_like(g)) for g in grads],
+    )
+
+
+def _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, rng) -> None:
     """Add ``N(0, (sigma C)^2)`` to each clipped sum, step by ``lr * sum / expected_batch``."""
     with torch.no_grad():
         for m, (sw, sb) in zip(linears, sums, strict=True):
             for p, s in ((m.weight, sw), (m.bias, sb)):
                 if sigma > 0:
-                    s += torch.randn(s.shape, generator=generator) * (sigma * clip_norm)
+                    s += rng.normal(s.shape, dtype=s.dtype) * (sigma * clip_norm)
                 p -= lr * s / expected_batch
 
 
@@ -570,6 +602,14 @@ def episode_clipped_sums(
     per_episode = (per.view(k, mm) * weight).sum(1)
     grads = torch.autograd.grad(per_episode.sum(), outs)
     with torch.no_grad():
+        # an episode with any non-finite frame value contributes nothing (_drop_non_finite)
+        bad = torch.zeros(k * mm, dtype=torch.bool)
+        for a, g in zip(acts, grads, strict=True):
+            bad |= ~torch.isfinite(a).all(1) | ~torch.isfinite(g).all(1)
+        if bool(bad.any()):
+            keep = (~bad.view(k, mm).any(1)).repeat_interleave(mm)[:, None]
+            acts = [torch.where(keep, a, torch.zeros_like(a)) for a in acts]
+            grads = [torch.where(keep, g, torch.zeros_like(g)) for g in grads]
         norm2 = torch.zeros(k, dtype=per.dtype)
         for a, g in zip(acts, grads, strict=True):
             a3, g3 = a.view(k, mm, -1), g.view(k, mm, -1)
@@ -592,14 +632,14 @@ def bk_episode_step(
     sigma: float,
     lr: float,
     expected_batch: float,
-    generator: torch.Generator,
+    rng: NoiseSource,
 ) -> float:
     """One user-level DP-SGD step: :func:`episode_clipped_sums`, then noise and update
     as in :func:`bk_step` (``N(0, (sigma C)^2)``, divided by the expected number of
     episodes). Returns the mean episode loss (not released)."""
     linears = [m for m in net if isinstance(m, nn.Linear)]
     sums, losses = episode_clipped_sums(net, xb, yb, weight, clip_norm)
-    _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, generator)
+    _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, rng)
     return float(losses.mean()) if losses.numel() else float("nan")
 
 
@@ -618,7 +658,7 @@ class EpisodeMSE(nn.Module):
         return per.sum() if self.reduction == "sum" else per.mean()
 
 
-def _train_episodes(net, x, y, episode, plan, sigma, lr, generator, steps, mode) -> StepResult:
+def _train_episodes(net, x, y, episode, plan, sigma, lr, rng, steps, mode) -> StepResult:
     """User-level DP-SGD over episodes (module docstring), in any of :data:`MODES`."""
     index = EpisodeIndex.of(episode)
     if len(index) != plan.units:
@@ -629,8 +669,8 @@ def _train_episodes(net, x, y, episode, plan, sigma, lr, generator, steps, mode)
     expected = plan.sample_rate * len(index)
 
     def batches():
-        for chosen in poisson_batches(len(index), plan.sample_rate, steps, generator):
-            idx, w = episode_batch(index, chosen, m, generator)
+        for chosen in poisson_batches(len(index), plan.sample_rate, steps, rng):
+            idx, w = episode_batch(index, chosen, m, rng)
             yield x[idx], y[idx], w
 
     if mode == "bk":
@@ -638,22 +678,22 @@ def _train_episodes(net, x, y, episode, plan, sigma, lr, generator, steps, mode)
             raise PrivacyPlanError("book-keeping clipping supports Linear + activation MLPs only")
         total, count, losses = 0, 0, []
         for xb, yb, w in batches():
-            loss = bk_episode_step(net, xb, yb, w, plan.clip_norm, sigma, lr, expected, generator)
+            loss = bk_episode_step(net, xb, yb, w, plan.clip_norm, sigma, lr, expected, rng)
             if w.shape[0]:
                 losses.append(loss)
                 total += int(w.shape[0])
             count += 1
         return StepResult(loss=sum(losses) / max(len(losses), 1), steps=count, samples=total)
-    return _opacus_loop(net, plan, sigma, lr, generator, mode, expected, batches(), EpisodeMSE)
+    return _opacus_loop(net, plan, sigma, lr, rng, mode, expected, batches(), EpisodeMSE)
 
 
-def _train_bk(net, x, y, plan, sigma, lr, generator, steps) -> StepResult:
+def _train_bk(net, x, y, plan, sigma, lr, rng, steps) -> StepResult:
     if any(not isinstance(m, nn.Linear | nn.ReLU | nn.Tanh | nn.GELU) for m in net):
         raise PrivacyPlanError("book-keeping clipping supports Linear + activation MLPs only")
     expected = plan.sample_rate * x.shape[0]
     total, count, losses = 0, 0, []
-    for idx in poisson_batches(x.shape[0], plan.sample_rate, steps, generator):
-        loss = bk_step(net, x[idx], y[idx], plan.clip_norm, sigma, lr, expected, generator)
+    for idx in poisson_batches(x.shape[0], plan.sample_rate, steps, rng):
+        loss = bk_step(net, x[idx], y[idx], plan.clip_norm, sigma, lr, expected, rng)
         if idx.numel():
             losses.append(loss)
             total += int(idx.numel())
@@ -661,23 +701,58 @@ def _train_bk(net, x, y, plan, sigma, lr, generator, steps) -> StepResult:
     return StepResult(loss=sum(losses) / max(len(losses), 1), steps=count, samples=total)
 
 
-def _train_opacus(net, x, y, plan, sigma, lr, generator, steps, mode) -> StepResult:
+def _train_opacus(net, x, y, plan, sigma, lr, rng, steps, mode) -> StepResult:
     expected = plan.sample_rate * x.shape[0]
 
     def batches():
-        for idx in poisson_batches(x.shape[0], plan.sample_rate, steps, generator):
+        for idx in poisson_batches(x.shape[0], plan.sample_rate, steps, rng):
             yield x[idx], y[idx], None
 
-    return _opacus_loop(net, plan, sigma, lr, generator, mode, expected, batches(), PerSampleMSE)
+    return _opacus_loop(net, plan, sigma, lr, rng, mode, expected, batches(), PerSampleMSE)
 
 
-def _opacus_loop(net, plan, sigma, lr, generator, mode, expected, batches, loss_cls) -> StepResult:
+def _secret_noise_optimizer(base: type, rng: NoiseSource, sanitise: bool) -> type:
+    """``base`` (an Opacus DP optimizer) drawing its noise from ``rng``.
+
+    Opacus draws from a ``torch.Generator`` (or torchcsprng in ``secure_mode``,
+    which has no build for current torch); here the noise is the site's secret
+    ChaCha20 source (:mod:`.noise`). ``sanitise``: a sample whose per-sample
+    gradient has a non-finite value contributes nothing (:func:`_drop_non_finite`).
+    """
+
+    class SecretNoiseOptimizer(base):  # type: ignore[misc, valid-type]
+        def add_noise(self) -> None:
+            std = self.noise_multiplier * self.max_grad_norm
+            for p in self.params:
+                noise = rng.normal(p.summed_grad.shape, dtype=p.summed_grad.dtype) * std
+                p.grad = (p.summed_grad + noise).view_as(p)
+
+        def clip_and_accumulate(self) -> None:
+            if sanitise:
+                samples = [p.grad_sample for p in self.params if p.grad_sample is not None]
+                if samples and samples[0].shape[0]:
+                    bad = torch.zeros(samples[0].shape[0], dtype=torch.bool)
+                    for g in samples:
+                        bad |= ~torch.isfinite(g.reshape(g.shape[0], -1)).all(1)
+                    if bool(bad.any()):
+                        for p in self.params:
+                            g = p.grad_sample
+                            mask = bad.view(-1, *([1] * (g.dim() - 1)))
+                            p.grad_sample = torch.where(mask, torch.zeros_like(g), g)
+            super().clip_and_accumulate()
+
+    return SecretNoiseOptimizer
+
+
+def _opacus_loop(net, plan, sigma, lr, rng, mode, expected, batches, loss_cls) -> StepResult:
     """DP-SGD with Opacus's GradSampleModule / ghost clipping over ``batches``.
 
     A batch is ``(x, y, weight)``: frames (``weight`` None, :class:`PerSampleMSE`)
     or episodes (``x`` [k, m, D], :class:`EpisodeMSE` with the weights as the
     target's last column; Opacus's Linear grad samplers and ghost norms sum over
-    the middle dimension, so each episode is one sample).
+    the middle dimension, so each episode is one sample). Noise from ``rng``;
+    a sample with a non-finite gradient contributes nothing (ghost clipping: the
+    step is taken again without it, since its NaN reaches every gradient).
     """
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
@@ -691,33 +766,42 @@ def _opacus_loop(net, plan, sigma, lr, generator, mode, expected, batches, loss_
         gsm = GradSampleModuleFastGradientClipping(
             net, max_grad_norm=plan.clip_norm, use_ghost_clipping=True, loss_reduction="mean"
         )
-        opt_cls = DPOptimizerFastGradientClipping
+        opt_cls = _secret_noise_optimizer(DPOptimizerFastGradientClipping, rng, sanitise=False)
     else:
         gsm = GradSampleModule(
             net, batch_first=True, loss_reduction="mean", force_functorch=mode == "functorch"
         )
-        opt_cls = DPOptimizer
+        opt_cls = _secret_noise_optimizer(DPOptimizer, rng, sanitise=True)
     opt = opt_cls(
         torch.optim.SGD(gsm.parameters(), lr=lr),
         noise_multiplier=sigma,
         max_grad_norm=plan.clip_norm,
         expected_batch_size=max(1, round(expected)),
         loss_reduction="mean",
-        generator=generator,
     )
     crit = loss_cls("mean")
     dp_loss = DPLossFastGradientClipping(gsm, opt, crit, "mean") if ghost else None
+
+    def backward(xb, yb, w) -> float:
+        target = yb if w is None else torch.cat([yb, w[..., None]], dim=-1)
+        out = gsm(xb)
+        loss = dp_loss(out, target) if ghost else crit(out, target)
+        loss.backward()
+        return float(loss.loss_per_sample.detach().mean()) if ghost else float(loss.detach())
+
     total, count, losses = 0, 0, []
     for xb, yb, w in batches:
         opt.zero_grad(set_to_none=True)
         if xb.shape[0]:
-            target = yb if w is None else torch.cat([yb, w[..., None]], dim=-1)
-            out = gsm(xb)
-            loss = dp_loss(out, target) if ghost else crit(out, target)
-            loss.backward()
-            losses.append(
-                float(loss.loss_per_sample.detach().mean()) if ghost else float(loss.detach())
-            )
+            loss = backward(xb, yb, w)
+            norms = gsm.per_sample_gradient_norms if ghost else None
+            if norms is not None and not bool(torch.isfinite(norms).all()):
+                keep = torch.isfinite(norms).nonzero().squeeze(1)
+                opt.zero_grad(set_to_none=True)
+                xb, yb, w = xb[keep], yb[keep], None if w is None else w[keep]
+                loss = backward(xb, yb, w) if xb.shape[0] else float("nan")
+        if xb.shape[0]:
+            losses.append(loss)
             total += int(xb.shape[0])
         else:
             # an empty Poisson batch still gets noise (Opacus semantics)

@@ -1,22 +1,24 @@
-"""The one gate before a site's data is touched (issue 5; the policy area's ledger).
+"""The one gate before a site's data is touched (the policy area's ledger).
 
-Every round a ClientApp runs, for statistics or training, goes through
-:func:`authorize_round` BEFORE any frame is read: it charges the round's
-epsilon to the site's own budget ledger
-(:func:`dataspace.policy.ledger.charge_round` checks that the contract is live,
-the round within its rounds and the budget sufficient, writes the charge
-durably and logs ``round.started``; or logs ``access.refused`` and raises) and
-returns the contract. Charging before the work means a crashed round still
-counts; charging the same (run, round) again with the same epsilon is a no-op,
-which is how the statistics query and the first training round share round 1.
+Every release a ClientApp makes (statistics, a round) goes through
+:func:`authorize_round` BEFORE any frame is read: the ledger's privacy filter
+(:func:`dataspace.policy.ledger.charge_round`) checks that the contract is
+live, the round within its rounds, never charged before, and that the
+contract's (epsilon, delta) still covers everything it released plus this;
+then it writes the charge durably and logs ``round.started`` with the
+mechanism; or it logs ``access.refused`` and raises. Charging before the work
+means a crashed round still counts; a (run, round) executes at most once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from dataspace.connectors.site import Site
 from dataspace.policy.contracts import Contract
 from dataspace.policy.contracts import load_contract as _load_contract
-from dataspace.policy.ledger import charge_round
+from dataspace.policy.ledger import Charge, charge_round
 
 
 def load_contract(site: Site, contract_id: str) -> Contract:
@@ -29,14 +31,14 @@ def authorize_round(
     contract_id: str,
     run_id: str,
     round_no: int,
-    epsilon: float,
-    privacy_unit: str = "frame",
-) -> Contract:
-    """Charge ``epsilon`` for round ``round_no`` of ``run_id`` under ``contract_id``.
+    releases: Sequence[Sequence[float]],
+    **kw: Any,
+) -> Charge:
+    """Charge ``releases`` for round ``round_no`` of ``run_id`` under ``contract_id``.
 
-    Raises ``dataspace.policy.ledger.BudgetExceededError`` or
-    ``dataspace.policy.contracts.ContractError`` (both
-    :class:`~dataspace.errors.RefusedError`) when the round is not allowed.
+    ``kw`` as :func:`dataspace.policy.ledger.charge_round` (release, mechanism,
+    privacy_unit, secure_aggregation, noise). Raises
+    ``dataspace.policy.ledger.BudgetExceededError``, ``ReplayError`` or
+    ``ContractError`` (all :class:`~dataspace.errors.RefusedError`) when refused.
     """
-    charge_round(site, contract_id, run_id, round_no, epsilon, privacy_unit=privacy_unit)
-    return _load_contract(site, contract_id)
+    return charge_round(site, contract_id, run_id, round_no, releases, **kw)

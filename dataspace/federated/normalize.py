@@ -36,8 +36,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from dataspace.federated.noise import NoiseSource
 
 #: floor for a scale, in units of the clip bound (a constant feature stays finite)
 MIN_STD_FRACTION = 1e-3
@@ -91,7 +96,7 @@ def dp_bound(
     state: torch.Tensor,
     action: torch.Tensor,
     noise_multiplier: float,
-    generator: torch.Generator,
+    rng: NoiseSource,
     episode: torch.Tensor | None = None,
 ) -> float:
     """A power-of-two clip bound for :func:`dp_sums`, chosen with the Gaussian mechanism.
@@ -119,7 +124,7 @@ def dp_bound(
         _, counts = torch.unique_consecutive(episode, return_counts=True)
         peak = torch.stack([p.max() for p in peak.split(counts.tolist())])
     k = torch.ceil(torch.log2(peak.clamp(min=2.0**lo, max=2.0**hi))).long() - lo
-    noise = torch.randn(bins, generator=generator, dtype=torch.float64)
+    noise = rng.normal((bins,), dtype=torch.float64)
     counts = (torch.bincount(k, minlength=bins).double() + noise_multiplier * noise).tolist()
     holds = [c > BOUND_SIGMAS * noise_multiplier for c in counts]
     tail = 0.01 * sum(c for c, h in zip(counts, holds, strict=True) if h)
@@ -137,7 +142,7 @@ def dp_sums(
     action: torch.Tensor,
     bound: float,
     noise_multiplier: float,
-    generator: torch.Generator,
+    rng: NoiseSource,
     episode: torch.Tensor | None = None,
 ) -> NoisySums:
     """The Gaussian-mechanism release of clipped sums (module docstring).
@@ -152,7 +157,7 @@ def dp_sums(
     d = v.shape[1]
     sd_sum = noise_multiplier * bound * math.sqrt(d)
     sd_sq = noise_multiplier * bound * bound * math.sqrt(d)
-    noise = torch.randn(2 * d + 1, generator=generator, dtype=torch.float64)
+    noise = rng.normal((2 * d + 1,), dtype=torch.float64)
     return NoisySums(
         count=float(v.shape[0] + noise_multiplier * noise[0]),
         sum=(v.sum(0) + sd_sum * noise[1 : d + 1]).numpy(),

@@ -33,6 +33,7 @@ statistics round.
 
 from __future__ import annotations
 
+import contextvars
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,6 +96,18 @@ def _np(array: Any) -> np.ndarray:
     return np.asarray(array.numpy(), dtype=np.float64)
 
 
+#: True while the train handler runs inside SecAgg+'s masking stage (set by :func:`secagg_mod`
+#: after Flower's mod checked the protocol's stages, never by anything a message says)
+_IN_SECURE_ROUND: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "in_secure_round", default=False
+)
+
+
+def in_secure_round() -> bool:
+    """Is the current train message's update going to be masked by SecAgg+?"""
+    return _IN_SECURE_ROUND.get()
+
+
 def secagg_mod(msg: Message, ctxt: Context, call_next: Callable) -> Message:
     """Run Flower's ``secaggplus_mod`` on SecAgg+ messages; pass every other message on."""
     if RECORD_KEY_CONFIGS not in msg.content.config_records:
@@ -102,7 +115,11 @@ def secagg_mod(msg: Message, ctxt: Context, call_next: Callable) -> Message:
     from flwr.client.mod import secaggplus_mod
 
     def train_update(m: Message, c: Context) -> Message:
-        reply = call_next(m, c)
+        token = _IN_SECURE_ROUND.set(True)
+        try:
+            reply = call_next(m, c)
+        finally:
+            _IN_SECURE_ROUND.reset(token)
         return reply if reply.has_error() else _as_update(m, reply)
 
     reply = secaggplus_mod(msg, ctxt, train_update)

@@ -79,7 +79,9 @@ class RunSpec:
     out_dir: str  # out-dir
     seed: int = 0  # seed
     lr: float = 0.5  # lr
-    local_epochs: int = 1  # local-epochs
+    #: the sites' local epochs: 0 says nothing (each site trains its own site.toml
+    #: max_epochs); a number is checked by every site, which refuses a mismatch
+    local_epochs: int = 0  # local-epochs
     min_nodes: int = 1  # min-nodes
     expected_nodes: int = 0  # expected-nodes (wait for these before round 0)
     round_timeout: float = 600.0  # round-timeout
@@ -118,7 +120,7 @@ class RunSpec:
             out_dir=str(c["out-dir"]),
             seed=int(c.get("seed", 0)),
             lr=float(c.get("lr", 0.5)),
-            local_epochs=int(c.get("local-epochs", 1)),
+            local_epochs=int(c.get("local-epochs", 0)),
             min_nodes=int(c.get("min-nodes", 1)),
             expected_nodes=int(c.get("expected-nodes", 0)),
             round_timeout=float(c.get("round-timeout", 600.0)),
@@ -144,7 +146,7 @@ class RunSpec:
                 "server-round": server_round,
                 "seed": self.seed,
                 "lr": self.lr,
-                "local-epochs": self.local_epochs,
+                **({"local-epochs": self.local_epochs} if self.local_epochs else {}),
             }
         )
 
@@ -272,6 +274,16 @@ def last_completed_round(out: Path) -> int:
     return max(done, default=0)
 
 
+def last_attempted_round(out: Path) -> int:
+    """The last round whose messages may have gone out (``rounds/NNN/attempted``).
+
+    A site executes a (run, round) at most once, so a resumed run never sends an
+    attempted round again: the sites that charged it would refuse it.
+    """
+    tried = [int(p.parent.name) for p in (out / "rounds").glob("*/attempted")]
+    return max(tried, default=0)
+
+
 def run_training(
     grid: Grid, spec: RunSpec, on_round: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
@@ -308,13 +320,17 @@ def run_training(
             arrays = load_arrays(out / "rounds" / f"{start:03d}" / "global.npz")
             history["resumed_from"] = start
         strategy = FedAvg(min_train_nodes=spec.min_nodes, min_evaluate_nodes=spec.min_nodes)
-        for rnd in range(start + 1, spec.rounds + 1):
+        # rounds sent but never completed (a crash) stay lost: their charges stand
+        first = max(start, last_attempted_round(out)) + 1
+        if first > start + 1:
+            history["lost_rounds"] = list(range(start + 1, first))
+        for rnd in range(first, spec.rounds + 1):
             arrays = _train_round(grid, spec, strategy, arrays, rnd, out, history)
             if on_round and not spec.fold_evaluate:
                 on_round(history["rounds"][-1])
-            elif on_round and rnd > start + 1:
+            elif on_round and rnd > first:
                 on_round(history["rounds"][-2])  # its evaluation came with this round
-        if spec.fold_evaluate and spec.rounds > start:
+        if spec.fold_evaluate and spec.rounds >= first:
             _evaluate_round(grid, spec, arrays, spec.rounds, out, history)
             if on_round:
                 on_round(history["rounds"][-1])
@@ -401,20 +417,19 @@ def _public_stats_round(spec, template, public: Stats, out, history) -> ArrayRec
     return _initial_model(spec, template, public, record, out, history)
 
 
-def _with_public(arrays: ArrayRecord, public: Stats | None) -> ArrayRecord:
-    """``arrays`` with the public statistics written back into the normalisation buffers.
+def _keep_buffers(new: ArrayRecord, prev: ArrayRecord) -> ArrayRecord:
+    """``new`` with the normalisation buffers of ``prev`` (round 0's statistics) exactly.
 
-    Every site normalises with exactly these constants; FedAvg's weighted mean of
-    equal float32 buffers can move them by a rounding step (SecAgg+ by its
-    quantisation), so the global model gets them back exactly.
+    The sites never use the server's buffers (each normalises with its own DP
+    statistics or the run's public ones) and echo them unchanged; FedAvg's
+    weighted mean of equal float32 buffers can still move them by a rounding step
+    (SecAgg+ by its quantisation), so the global model keeps round 0's exactly.
     """
-    if public is None:
-        return arrays
     import torch
 
-    state = arrays.to_torch_state_dict()
+    state = new.to_torch_state_dict()
     for name in public_stats.FIELDS:
-        state[name] = torch.from_numpy(np.asarray(getattr(public, name), dtype=np.float32))
+        state[name] = torch.from_numpy(prev[name].numpy().copy())
     return ArrayRecord(state)
 
 
@@ -540,6 +555,9 @@ def _secagg_round(grid, spec, content, rnd, history) -> tuple[list[Message], lis
 
 def _train_round(grid, spec, strategy, arrays, rnd, out, history) -> ArrayRecord:
     t0 = time.perf_counter()
+    rdir = out / "rounds" / f"{rnd:03d}"
+    rdir.mkdir(parents=True, exist_ok=True)
+    (rdir / "attempted").touch()  # before any message: a resume never sends this round again
     config = spec.config(rnd)
     folded = spec.fold_evaluate and any(r["round"] == rnd - 1 for r in history["rounds"])
     if folded:
@@ -562,7 +580,6 @@ def _train_round(grid, spec, strategy, arrays, rnd, out, history) -> ArrayRecord
             "its aggregate is discarded)"
         )
     weights = _frame_weights(ok) if ok else {}
-    rdir = out / "rounds" / f"{rnd:03d}"
     sites = []
     for m in ok:
         site = _site_of(m)
@@ -587,7 +604,7 @@ def _train_round(grid, spec, strategy, arrays, rnd, out, history) -> ArrayRecord
         new_arrays, _ = strategy.aggregate_train(rnd, ok)
     if new_arrays is None:
         raise RunError(f"train round {rnd}: replies could not be aggregated")
-    new_arrays = _with_public(new_arrays, spec.public())
+    new_arrays = _keep_buffers(new_arrays, arrays)
     t_train = time.perf_counter() - t0
     eval_mse, per_site_mse, ev_failed, eval_weights = float("nan"), {}, [], {}
     if not spec.fold_evaluate:

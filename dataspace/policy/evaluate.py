@@ -44,6 +44,9 @@ class Request:
     rounds: int = 1
     delta: float | None = None  # None: a share of delta proportional to epsilon
     fingerprint: str | None = None  # None: whatever the policy targets
+    #: how a round combines the sites' updates: "secure" (SecAgg+) or "plain"; None for a
+    #: contract (the requirement holds then, and is checked at every round by the ledger)
+    aggregation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,8 @@ def _permission_holds(c: Constraint, r: Request, now: datetime) -> bool:
         return _in(c, r.template)
     if c.left == "maxRounds":
         return r.rounds <= c.right  # type: ignore[operator]
+    if c.left == "aggregation":
+        return r.aggregation is None or r.aggregation == c.right
     if c.left == "dateTime":
         x: datetime = c.right  # type: ignore[assignment]
         if c.operator in ("lt", "lteq"):  # an expiry: the contract must end by then
@@ -252,6 +257,8 @@ def _failure(c: Constraint, r: Request, now: datetime) -> str:
         return f"model template {r.template!r} is not permitted ({_describe(c)})"
     if c.left == "maxRounds":
         return f"{r.rounds} rounds asked, at most {c.right} permitted"
+    if c.left == "aggregation":
+        return f"the policy requires {c.right} aggregation (SecAgg+); this round is {r.aggregation}"
     x = format_datetime(c.right)  # type: ignore[arg-type]
     if c.operator in ("lt", "lteq"):
         if not (now < c.right if c.operator == "lt" else now <= c.right):  # type: ignore[operator]

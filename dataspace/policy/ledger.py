@@ -1,38 +1,57 @@
 """The privacy-budget ledger a connector keeps for its own datasets.
 
-The rule that makes a budget mean something: a round's epsilon is charged,
-durably, *before* the round reads any data, and a charge is never taken back
-(a crashed or cancelled round stays charged: its noise may already have been
-drawn and its update sent). :func:`charge_round` is therefore the gate every
-round passes on the holder's machine, whatever the server or the consumer asks:
+The rules that make a budget mean something, whatever a server sends:
 
-1. the contract exists, is agreed, has started and has not ended;
-2. the round is the contract's (its purpose and template, when the caller says
-   which, and a round number within the contract's rounds);
-3. the dataset still has the data the contract was made for (fingerprint),
-   and the policy in force still permits the contract's terms;
-4. the contract's share and the dataset's budget both cover the epsilon, and
-   the round keeps the budget's privacy unit, the unit of the dataset's first
-   charge: an epsilon per episode also bounds any one frame, so episode rounds
-   may charge a budget counted per frame; a frame round would break a budget
-   counted per episode, so it is refused (the unit of an episode budget is
-   fixed for the dataset's lifetime);
-5. then the charge is committed to DuckDB, ``round.started`` is logged, and
-   only then does the call return.
+* every release is charged, durably, *before* it is computed, and a charge is
+  never taken back (a crashed or cancelled round stays charged: its noise may
+  already have been drawn and its update sent);
+* a contract is a privacy filter (:func:`dataspace.accountant.admits`): each
+  release is described by its mechanism, as the accountant's releases
+  ``(noise_multiplier, sample_rate, steps)``, and is admitted only if the RDP
+  composition of *everything the contract has released, in all its runs*, this
+  one included, stays within the contract's (epsilon, delta). What is charged is
+  the increase of that composed epsilon, so a contract's charges add up to the
+  accountant's epsilon over what it released, and the dataset's spent is the sum
+  of its contracts' (its lifetime budget is the sum of its contracts);
+* a (run, round) executes at most once: a second charge of it is refused and
+  logged, never answered again (a replay after revocation releases nothing).
 
-A refusal raises :class:`BudgetExceededError` or :class:`ContractError` after
-logging ``access.refused``. Charging the same (dataset, run, round) again is a
-no-op, so a retried message never double-charges.
+:func:`charge_round` is therefore the gate every release passes on the holder's
+machine:
+
+1. the contract exists, is agreed, has started and has not ended (revoked or
+   expired means nothing more leaves);
+2. the release is the contract's (its purpose and template, when the caller says
+   which, a round number within the contract's rounds, round 0 being the
+   normalisation statistics), and it was not charged before;
+3. the dataset still has the data the contract was made for (fingerprint), and
+   the policy in force still permits the contract's terms, including secure
+   aggregation where the policy requires it;
+4. the filter admits the release under the contract's (epsilon, delta), the
+   dataset's budget covers its charge, and it keeps the budget's privacy unit
+   (the unit of the dataset's first charge: an epsilon per episode also bounds
+   any one frame, so episode rounds may charge a budget counted per frame; a
+   frame round would break a budget counted per episode, so it is refused);
+5. then the charge is committed to DuckDB, ``round.started`` is logged with the
+   mechanism (an auditor recomputes the charge from it), and only then does the
+   call return.
+
+A refusal raises :class:`BudgetExceededError`, :class:`ReplayError` or
+:class:`ContractError` after logging ``access.refused``; nothing is charged.
+Releases that a round's charge already covers (its one evaluation,
+:func:`claim_evaluation`) and re-sent statistics (:func:`released_stats`)
+re-check the contract (:func:`check_live`) and charge nothing more.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from dataspace import accountant
 from dataspace.errors import DataspaceError, NotFoundError, RefusedError
 from dataspace.policy import events, store
 from dataspace.policy.contracts import ContractError, _from_row, _row, _terms_request
@@ -47,17 +66,41 @@ if TYPE_CHECKING:
 __all__ = [
     "BudgetExceededError",
     "BudgetRow",
+    "Charge",
     "ContractError",
+    "ReplayError",
     "budget_report",
     "charge_round",
+    "check_live",
+    "claim_evaluation",
+    "contract_epsilon",
     "record_round_finished",
+    "released_stats",
 ]
 
 _TOL = 1e-9
 
+#: what a ledger row's release is: the normalisation statistics (round 0) or a round
+#: (its DP-SGD update, its train loss and its one evaluation)
+RELEASES = ("stats", "round")
+
 
 class BudgetExceededError(RefusedError):
-    """A round whose epsilon the contract's share or the dataset's budget cannot cover."""
+    """A release that the contract's (epsilon, delta) or the dataset's budget cannot cover."""
+
+
+class ReplayError(RefusedError):
+    """A (run, round) that was already charged, or a round already evaluated: never twice."""
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What :func:`charge_round` charged: ``epsilon`` (the increase of the contract's
+    epsilon) and ``contract_epsilon`` (the accountant's epsilon over all the contract's
+    releases, this one included)."""
+
+    epsilon: float
+    contract_epsilon: float
 
 
 def _le(a: float, b: float) -> bool:
@@ -69,48 +112,65 @@ def charge_round(
     contract_id: str,
     run_id: str,
     round_no: int,
-    epsilon: float,
+    releases: Sequence[Sequence[float]],
     *,
+    release: str = "round",
+    mechanism: dict[str, Any] | None = None,
     purpose: str | None = None,
     template: str | None = None,
     privacy_unit: str = "frame",
+    secure_aggregation: bool = False,
+    noise: str = "csprng",
     now: datetime | None = None,
-) -> None:
-    """Charge one round's epsilon before its work (module docstring); raise if refused.
+) -> Charge:
+    """Charge one release before its work (module docstring); raise if refused.
 
-    ``privacy_unit`` is what one unit of ``epsilon`` protects ("frame" or "episode").
+    ``releases`` is the release's mechanism as the accountant's entries
+    ``(noise_multiplier, sample_rate, steps)``; ``release`` is ``"stats"``
+    (round 0) or ``"round"``; ``mechanism`` the readable parameters logged
+    with it; ``privacy_unit`` what one unit of epsilon protects ("frame" or
+    "episode"); ``secure_aggregation`` whether the round runs under SecAgg+
+    (a policy may require it); ``noise`` where its noise comes from.
     """
     now = (now or datetime.now(UTC)).astimezone(UTC)
     fields: dict[str, Any] = {
         "contract_id": contract_id,
         "run_id": run_id,
         "round": round_no,
-        "epsilon": epsilon,
+        "release": release,
         "privacy_unit": privacy_unit,
     }
+    try:
+        entries = [list(accountant.check_release(r)) for r in releases]
+    except accountant.AccountantError as e:
+        raise ContractError(f"round {round_no} of run {run_id}: {e}") from e
     try:
         with store.LOCK, site.db() as con:
             store.ensure_tables(con)
             store.expire_contracts(con, now)
             contract = _contract(con, contract_id)
             fields |= {"dataset_id": contract.dataset_id, "consumer": contract.consumer.key_b64}
-            if _already_charged(con, contract, run_id, round_no, epsilon, privacy_unit):
-                return
-            _check(con, contract, run_id, round_no, epsilon, purpose, template, now)
+            _not_charged(con, contract, run_id, round_no)
+            _check(con, contract, run_id, round_no, release, purpose, template, now)
+            _check_policy(con, contract, now, secure_aggregation)
             _check_unit(con, contract.dataset_id, run_id, round_no, privacy_unit)
+            charge = _admit(con, contract, run_id, round_no, entries, now)
+            fields["epsilon"] = charge.epsilon
             con.execute("BEGIN TRANSACTION")
             con.execute(
                 "INSERT INTO ledger (dataset_id, run_id, round_no, contract_id, epsilon, "
-                "charged_at, privacy_unit) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "charged_at, privacy_unit, release, releases, mechanism) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    contract.dataset_id, run_id, round_no, contract_id, epsilon,
-                    store.to_db(now), privacy_unit,
+                    contract.dataset_id, run_id, round_no, contract_id, charge.epsilon,
+                    store.to_db(now), privacy_unit, release, json.dumps(entries),
+                    json.dumps(mechanism or {}),
                 ],
             )  # fmt: skip
             # COMMIT is the durability point: DuckDB writes and syncs its WAL here.
             con.execute("COMMIT")
-    except (ContractError, BudgetExceededError) as e:
-        events.refused(site, str(e), time=now, **fields)
+    except (ContractError, BudgetExceededError, ReplayError) as e:
+        events.refused(site, str(e), time=now, refusal=type(e).__name__, **fields)
         raise
     events.record(
         site,
@@ -118,7 +178,13 @@ def charge_round(
         contract_id=contract_id,
         run_id=run_id,
         round=round_no,
-        epsilon=epsilon,
+        release=release,
+        epsilon=charge.epsilon,
+        contract_epsilon=charge.contract_epsilon,
+        releases=entries,
+        mechanism=mechanism or {},
+        noise=noise,
+        secure_aggregation=bool(secure_aggregation),
         dataset_id=contract.dataset_id,
         fingerprint=contract.fingerprint,
         purpose=contract.purpose,
@@ -127,6 +193,57 @@ def charge_round(
         privacy_unit=privacy_unit,
         time=now,
     )
+    return charge
+
+
+def _not_charged(con: duckdb.DuckDBPyConnection, contract, run_id: str, round_no: int) -> None:
+    """A (run, round) executes at most once: any earlier charge of it refuses this one."""
+    row = con.execute(
+        "SELECT contract_id, finished_at IS NOT NULL FROM ledger WHERE dataset_id = ? "
+        "AND run_id = ? AND round_no = ?",
+        [contract.dataset_id, run_id, round_no],
+    ).fetchone()
+    if row is not None:
+        what = "released" if row[1] else "charged (its work may have started)"
+        raise ReplayError(
+            f"run {run_id} round {round_no} on dataset {contract.dataset_id} was already "
+            f"{what} under contract {row[0]}: a round executes at most once"
+        )
+
+
+def _admit(
+    con: duckdb.DuckDBPyConnection, contract, run_id: str, round_no: int, entries: list, now
+) -> Charge:
+    """The filter: the contract's releases so far plus this one within its (epsilon, delta)."""
+    cid = contract.contract_id
+    rows = con.execute(
+        "SELECT releases, GREATEST(epsilon, COALESCE(epsilon_spent, 0)) FROM ledger "
+        "WHERE contract_id = ?",
+        [cid],
+    ).fetchall()
+    spent = [r for (js, _) in rows if js for r in json.loads(js)]
+    # rows charged before the filter existed carry no releases: their epsilons add on top
+    legacy = sum(eps for (js, eps) in rows if not js)
+    _, before, after = accountant.admits(spent, entries, contract.delta, contract.epsilon)
+    before, after = before + legacy, after + legacy
+    if not _le(after, contract.epsilon):
+        raise BudgetExceededError(
+            f"round {round_no} of run {run_id} would bring contract {cid} to epsilon "
+            f"{after:g} (delta {contract.delta:g}) over everything it released; it allows "
+            f"{contract.epsilon:g} ({max(0.0, contract.epsilon - before):g} left)"
+        )
+    charge = Charge(epsilon=max(0.0, after - before), contract_epsilon=after)
+    budget = con.execute(
+        "SELECT epsilon FROM budgets WHERE dataset_id = ?", [contract.dataset_id]
+    ).fetchone()
+    spent_ds = store.committed(con, contract.dataset_id, now).spent
+    if budget is None or not _le(spent_ds + charge.epsilon, budget[0]):
+        have = 0.0 if budget is None else budget[0]
+        raise BudgetExceededError(
+            f"round {round_no} of run {run_id} wants epsilon {charge.epsilon:g} but dataset "
+            f"{contract.dataset_id} has {max(0.0, have - spent_ds):g} of its budget {have:g} left"
+        )
+    return charge
 
 
 def _check_unit(
@@ -158,43 +275,45 @@ def _contract(con: duckdb.DuckDBPyConnection, contract_id: str):  # -> Contract
     return _from_row(row)
 
 
-def _already_charged(
-    con: duckdb.DuckDBPyConnection,
-    contract,
-    run_id: str,
-    round_no: int,
-    epsilon: float,
-    unit: str = "frame",
-) -> bool:
-    row = con.execute(
-        "SELECT contract_id, epsilon, privacy_unit FROM ledger WHERE dataset_id = ? "
-        "AND run_id = ? AND round_no = ?",
-        [contract.dataset_id, run_id, round_no],
-    ).fetchone()
-    if row is None:
-        return False
-    if (
-        row[0] != contract.contract_id
-        or not math.isclose(row[1], epsilon, rel_tol=1e-12)
-        or row[2] != unit
-    ):
-        raise ContractError(
-            f"run {run_id} round {round_no} on dataset {contract.dataset_id} was already "
-            f"charged epsilon {row[1]:g} per {row[2]} under contract {row[0]}"
-        )
-    return True
-
-
 def _check(
     con: duckdb.DuckDBPyConnection,
     contract,
     run_id: str,
     round_no: int,
-    epsilon: float,
+    release: str,
     purpose: str | None,
     template: str | None,
     now: datetime,
 ) -> None:
+    cid = contract.contract_id
+    _check_state(contract, now)
+    if not run_id:
+        raise ContractError("a round needs a run id")
+    if release not in RELEASES:
+        raise ContractError(f"release must be one of {', '.join(RELEASES)}, got {release!r}")
+    if purpose is not None and purpose != contract.purpose:
+        raise ContractError(f"contract {cid} is for purpose {contract.purpose!r}, not {purpose!r}")
+    if template is not None and template != contract.template:
+        raise ContractError(
+            f"contract {cid} is for model template {contract.template!r}, not {template!r}"
+        )
+    if release == "stats":
+        if round_no != 0:
+            raise ContractError(f"statistics are released as round 0, not round {round_no}")
+        return
+    if not 1 <= round_no <= contract.rounds:
+        raise ContractError(
+            f"round {round_no} is outside contract {cid}'s rounds 1..{contract.rounds}"
+        )
+    (done,) = con.execute(
+        "SELECT COUNT(*) FROM ledger WHERE contract_id = ? AND round_no >= 1", [cid]
+    ).fetchone()  # type: ignore[misc]
+    if done >= contract.rounds:
+        raise ContractError(f"contract {cid} has used all its {contract.rounds} rounds")
+
+
+def _check_state(contract, now: datetime) -> None:
+    """The contract is agreed, has started and has not ended (revoked, expired)."""
     cid = contract.contract_id
     if contract.state_at(now) != "agreed":
         raise ContractError(f"contract {cid} is {contract.state_at(now)}, not agreed")
@@ -202,23 +321,17 @@ def _check(
         raise ContractError(
             f"contract {cid} is not yet valid: it starts at {contract.created.isoformat()}"
         )
-    if isinstance(epsilon, bool) or not (math.isfinite(epsilon) and epsilon > 0):
-        raise ContractError(f"round epsilon must be a finite number > 0, got {epsilon!r}")
-    if not run_id:
-        raise ContractError("a round needs a run id")
-    if purpose is not None and purpose != contract.purpose:
-        raise ContractError(f"contract {cid} is for purpose {contract.purpose!r}, not {purpose!r}")
-    if template is not None and template != contract.template:
-        raise ContractError(
-            f"contract {cid} is for model template {contract.template!r}, not {template!r}"
-        )
-    if not 1 <= round_no <= contract.rounds:
-        raise ContractError(
-            f"round {round_no} is outside contract {cid}'s rounds 1..{contract.rounds}"
-        )
-    (done,) = con.execute("SELECT COUNT(*) FROM ledger WHERE contract_id = ?", [cid]).fetchone()  # type: ignore[misc]
-    if done >= contract.rounds:
-        raise ContractError(f"contract {cid} has used all its {contract.rounds} rounds")
+
+
+def _check_policy(
+    con: duckdb.DuckDBPyConnection, contract, now: datetime, secure_aggregation: bool | None
+) -> None:
+    """The data is the contract's and the policy in force still permits it.
+
+    ``secure_aggregation`` None: not a round (an evaluation, re-sent statistics),
+    so a policy's aggregation requirement does not apply.
+    """
+    cid = contract.contract_id
     ds = store.dataset_ref(con, contract.dataset_id)
     if ds.fingerprint != contract.fingerprint:
         raise ContractError(
@@ -229,34 +342,129 @@ def _check(
     if row is None:
         raise ContractError(f"dataset {contract.dataset_id} no longer has a usage policy")
     # The holder may have narrowed the policy since the contract was agreed (a
-    # purpose withdrawn, a consumer removed): the policy in force decides.
-    decision = evaluate(
-        parse_policy(row[1]), _terms_request(contract.terms), now, check_budget=False
-    )
+    # purpose withdrawn, a consumer removed, secure aggregation required): the
+    # policy in force decides.
+    request = _terms_request(contract.terms)
+    if secure_aggregation is not None:
+        request = replace(request, aggregation="secure" if secure_aggregation else "plain")
+    decision = evaluate(parse_policy(row[1]), request, now, check_budget=False)
     if not decision.allowed:
         raise ContractError(
             f"the policy in force no longer permits contract {cid}: {decision.reason}"
         )
-    (spent_c,) = con.execute(
-        "SELECT COALESCE(SUM(GREATEST(epsilon, COALESCE(epsilon_spent, 0))), 0) FROM ledger "
-        "WHERE contract_id = ?",
-        [cid],
-    ).fetchone()  # type: ignore[misc]
-    if not _le(spent_c + epsilon, contract.epsilon):
-        raise BudgetExceededError(
-            f"round {round_no} of run {run_id} wants epsilon {epsilon:g} but contract {cid} has "
-            f"{max(0.0, contract.epsilon - spent_c):g} of its {contract.epsilon:g} left"
+
+
+def check_live(site: Site, contract_id: str, now: datetime | None = None) -> None:
+    """Refuse (logged) unless ``contract_id`` may still release: agreed, live, data and
+    policy unchanged. For releases a round's charge already covers."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    fields: dict[str, Any] = {"contract_id": contract_id}
+    try:
+        with store.LOCK, site.db() as con:
+            store.ensure_tables(con)
+            store.expire_contracts(con, now)
+            contract = _contract(con, contract_id)
+            fields |= {"dataset_id": contract.dataset_id, "consumer": contract.consumer.key_b64}
+            _check_state(contract, now)
+            _check_policy(con, contract, now, None)
+    except ContractError as e:
+        events.refused(site, str(e), time=now, refusal=type(e).__name__, **fields)
+        raise
+
+
+def claim_evaluation(
+    site: Site,
+    contract_id: str,
+    run_id: str,
+    round_no: int,
+    model_sha256: str,
+    now: datetime | None = None,
+) -> None:
+    """Claim round ``round_no``'s one evaluation before it is computed; log ``round.evaluated``.
+
+    A round's charge covers one held-out loss (:meth:`dp.PrivacyPlan.round_release`);
+    this marks it used, durably, after re-checking the contract. Refused (logged,
+    nothing released): a round not finished here under this contract, one already
+    evaluated (:class:`ReplayError`), or a contract that may no longer release.
+    """
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    fields: dict[str, Any] = {"contract_id": contract_id, "run_id": run_id, "round": round_no}
+    try:
+        with store.LOCK, site.db() as con:
+            store.ensure_tables(con)
+            store.expire_contracts(con, now)
+            contract = _contract(con, contract_id)
+            fields |= {"dataset_id": contract.dataset_id, "consumer": contract.consumer.key_b64}
+            _check_state(contract, now)
+            _check_policy(con, contract, now, None)
+            row = con.execute(
+                "SELECT finished_at IS NOT NULL, evaluated_at IS NOT NULL FROM ledger "
+                "WHERE dataset_id = ? AND run_id = ? AND round_no = ? AND contract_id = ? "
+                "AND release = 'round'",
+                [contract.dataset_id, run_id, round_no, contract_id],
+            ).fetchone()
+            if row is None or not row[0]:
+                raise ContractError(
+                    f"evaluate for round {round_no} of run {run_id}: that round was not "
+                    "trained (and charged) here"
+                )
+            if row[1]:
+                raise ReplayError(
+                    f"round {round_no} of run {run_id} was already evaluated: its charge "
+                    "covers one evaluation"
+                )
+            con.execute(
+                "UPDATE ledger SET evaluated_at = ? WHERE dataset_id = ? AND run_id = ? "
+                "AND round_no = ?",
+                [store.to_db(now), contract.dataset_id, run_id, round_no],
+            )
+    except (ContractError, ReplayError) as e:
+        events.refused(
+            site, str(e), time=now, refusal=type(e).__name__, release="evaluation", **fields
         )
-    budget = con.execute(
-        "SELECT epsilon FROM budgets WHERE dataset_id = ?", [contract.dataset_id]
-    ).fetchone()
-    spent = store.committed(con, contract.dataset_id, now).spent
-    if budget is None or not _le(spent + epsilon, budget[0]):
-        have = 0.0 if budget is None else budget[0]
-        raise BudgetExceededError(
-            f"round {round_no} of run {run_id} wants epsilon {epsilon:g} but dataset "
-            f"{contract.dataset_id} has {max(0.0, have - spent):g} of its budget {have:g} left"
-        )
+        raise
+    events.record(
+        site,
+        "round.evaluated",
+        contract_id=contract_id,
+        run_id=run_id,
+        round=round_no,
+        model_sha256=model_sha256,
+        dataset_id=contract.dataset_id,
+        fingerprint=contract.fingerprint,
+        purpose=contract.purpose,
+        time=now,
+    )
+
+
+def contract_epsilon(site: Site, contract_id: str) -> float:
+    """What ``contract_id`` has spent: the sum of its charges, i.e. the accountant's
+    epsilon over everything it released (module docstring)."""
+    with site.db() as con:
+        store.ensure_tables(con)
+        (spent,) = con.execute(
+            "SELECT COALESCE(SUM(GREATEST(epsilon, COALESCE(epsilon_spent, 0))), 0) FROM ledger "
+            "WHERE contract_id = ?",
+            [contract_id],
+        ).fetchone()  # type: ignore[misc]
+    return float(spent)
+
+
+def released_stats(site: Site, contract_id: str) -> dict[str, Any] | None:
+    """The statistics this contract already released (any run), or None.
+
+    Sending the same noisy answer again costs nothing (post-processing), so a
+    contract releases its normalisation statistics once, whatever number of
+    runs or queries ask; the caller re-checks the contract first (:func:`check_live`).
+    """
+    with site.db() as con:
+        store.ensure_tables(con)
+        row = con.execute(
+            "SELECT payload FROM ledger WHERE contract_id = ? AND release = 'stats' "
+            "AND finished_at IS NOT NULL AND payload IS NOT NULL ORDER BY charged_at LIMIT 1",
+            [contract_id],
+        ).fetchone()
+    return None if row is None else json.loads(row[0])
 
 
 def record_round_finished(
@@ -267,12 +475,16 @@ def record_round_finished(
     epsilon_spent: float,
     model_sha256: str,
     now: datetime | None = None,
+    payload: dict[str, Any] | None = None,
     **metrics: Any,
 ) -> None:
-    """Record what a charged round actually spent and produced; logs round.finished.
+    """Record what a charged release produced, before it leaves; logs round.finished.
 
-    If a round reports more epsilon than it was charged, the ledger counts the
-    larger (the budget report is never optimistic).
+    ``model_sha256`` names what leaves (the update, or the statistics' hash);
+    ``payload`` is kept in the ledger only (the released statistics, sent again
+    by :func:`released_stats`). A release is finished once: a second call is a
+    :class:`ReplayError`. If a round reports more epsilon than it was charged,
+    the ledger counts the larger (the budget report is never optimistic).
     """
     now = (now or datetime.now(UTC)).astimezone(UTC)
     taken = {"run_id", "round", "epsilon", "model_sha256", "dataset_id", "fingerprint", "purpose"}
@@ -282,22 +494,25 @@ def record_round_finished(
         store.ensure_tables(con)
         contract = _contract(con, contract_id)
         found = con.execute(
-            "SELECT 1 FROM ledger WHERE dataset_id = ? AND run_id = ? AND round_no = ? "
-            "AND contract_id = ?",
+            "SELECT finished_at IS NOT NULL FROM ledger WHERE dataset_id = ? AND run_id = ? "
+            "AND round_no = ? AND contract_id = ?",
             [contract.dataset_id, run_id, round_no, contract_id],
         ).fetchone()
         if found is None:
             raise ContractError(
                 f"run {run_id} round {round_no} was never charged under contract {contract_id}"
             )
+        if found[0]:
+            raise ReplayError(f"run {run_id} round {round_no} was already released")
         con.execute(
-            "UPDATE ledger SET finished_at = ?, epsilon_spent = ?, model_sha256 = ?, metrics = ? "
-            "WHERE dataset_id = ? AND run_id = ? AND round_no = ?",
+            "UPDATE ledger SET finished_at = ?, epsilon_spent = ?, model_sha256 = ?, "
+            "metrics = ?, payload = ? WHERE dataset_id = ? AND run_id = ? AND round_no = ?",
             [
                 store.to_db(now),
                 float(epsilon_spent),
                 model_sha256,
                 json.dumps(metrics),
+                None if payload is None else json.dumps(payload),
                 contract.dataset_id,
                 run_id,
                 round_no,

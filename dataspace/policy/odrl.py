@@ -6,8 +6,9 @@ profile (docs/odrl-profile.md, context in ``context.jsonld``) allows exactly:
 
 * actions ``train`` and ``compute-statistics``;
 * constraint left operands ``purpose``, ``assignee``, ``dateTime``,
-  ``epsilon``, ``delta``, ``maxRounds``, ``modelTemplate``, each with a fixed
-  set of operators (:data:`OPERATORS`);
+  ``epsilon``, ``delta``, ``maxRounds``, ``modelTemplate``, ``aggregation``
+  (``eq secure``: every round under SecAgg+), each with a fixed set of
+  operators (:data:`OPERATORS`);
 * permissions and prohibitions; no duties, no logical constraints, no
   refinements, no policy inheritance.
 
@@ -56,7 +57,11 @@ OPERATORS: dict[str, tuple[str, ...]] = {
     "delta": ("lteq",),
     "maxRounds": ("lteq",),
     "modelTemplate": ("isAnyOf", "eq"),
+    # how the sites' updates are combined: "secure" (SecAgg+) is required for every round
+    "aggregation": ("eq",),
 }
+#: the values of ``aggregation`` (``plain``: what a round without SecAgg+ is)
+AGGREGATIONS = ("secure",)
 #: a prohibition describes *who/what/when* is forbidden; budgets make no sense there
 PROHIBITION_OPERANDS = ("purpose", "assignee", "dateTime", "modelTemplate")
 #: a permission must say what privacy it may cost (the profile's one requirement)
@@ -182,11 +187,13 @@ def build_policy(
     actions: tuple[str, ...] | list[str] = ("train",),
     manual_approval: bool = False,
     uid: str | None = None,
+    secure_aggregation: bool = False,
 ) -> UsagePolicy:
     """The policy the CLI flags describe: one permission per action, same constraints.
 
     Empty ``purposes``/``consumers``/``templates`` and ``None`` mean "no
-    constraint". ``until`` becomes ``dateTime lteq until``. Built through
+    constraint". ``until`` becomes ``dateTime lteq until``; ``secure_aggregation``
+    adds ``aggregation eq secure`` (the sites refuse a round without SecAgg+). Built through
     :func:`parse_policy` so flags and files obey exactly the same checks.
     """
     if not actions:
@@ -206,6 +213,8 @@ def build_policy(
             cs.append(_c("maxRounds", "lteq", max_rounds))
         if templates and action == "train":
             cs.append(_c("modelTemplate", "isAnyOf", list(templates)))
+        if secure_aggregation and action == "train":
+            cs.append(_c("aggregation", "eq", "secure"))
         rules.append({"action": action, "constraint": cs})
     doc: dict[str, Any] = {
         "@context": [ODRL_CONTEXT, PROFILE_CONTEXT],
@@ -456,6 +465,10 @@ def _right(left: str, op: str, v: Any, path: str) -> RightOperand:
         return tuple(one(x, f"{path}[{i}]") for i, x in enumerate(v))
     if left == "dateTime":
         return _datetime(v, path)
+    if left == "aggregation":
+        if v not in AGGREGATIONS:
+            raise PolicyError(f"{path}: aggregation must be one of {', '.join(AGGREGATIONS)}")
+        return str(v)
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise PolicyError(f"{path}: expected a number, got {v!r}")
     if left == "maxRounds":

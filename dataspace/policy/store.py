@@ -6,8 +6,9 @@ Tables (all created by :func:`ensure_tables`, ``IF NOT EXISTS``):
 * ``budgets``: per dataset, the whole-life epsilon and delta of the policy in force;
 * ``contracts``: every contract, with its signed terms and state
   (pending | agreed | rejected | expired | revoked);
-* ``ledger``: one charge per (dataset, run, round), written before the round's work,
-  with the privacy unit its epsilon is counted in.
+* ``ledger``: one charge per (dataset, run, round), written before the release's
+  work (round 0: the normalisation statistics), with the privacy unit its epsilon
+  is counted in, its mechanism, and when its one evaluation was claimed.
 
 Times are stored as naive UTC ``TIMESTAMP`` (DuckDB's TIMESTAMPTZ needs a time
 zone setting per connection); Python sees aware UTC datetimes.
@@ -98,6 +99,14 @@ _DDL = (
     # what one unit of the charged epsilon protects (dp.TrainingSettings.privacy_unit);
     # sites made before the setting existed charged per frame
     "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS privacy_unit VARCHAR DEFAULT 'frame'",
+    # the release (round 0: "stats"; rounds: "round"), its mechanism as the accountant's
+    # releases [[noise, rate, steps], ...] and as readable parameters; when the round's one
+    # evaluation was claimed; what a stats release sent (sent again, never recomputed)
+    "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS release VARCHAR DEFAULT 'round'",
+    "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS releases JSON",
+    "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS mechanism JSON",
+    "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS evaluated_at TIMESTAMP",
+    "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS payload JSON",
 )
 
 
@@ -221,7 +230,7 @@ def committed(con: duckdb.DuckDBPyConnection, dataset_id: str, now: datetime) ->
             (SELECT COALESCE(SUM(delta), 0) FROM per_contract WHERE charges > 0),
             (SELECT COALESCE(SUM(delta), 0) FROM live WHERE charges = 0),
             (SELECT COUNT(*) FROM live),
-            (SELECT COUNT(*) FROM ledger WHERE dataset_id = ?)
+            (SELECT COUNT(*) FROM ledger WHERE dataset_id = ? AND round_no >= 1)
         """,
         [dataset_id, to_db(now), dataset_id, dataset_id],
     ).fetchone()

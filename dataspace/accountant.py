@@ -207,3 +207,20 @@ def admits(
     before = epsilon(spent, delta)
     after = epsilon([*spent, *new], delta)
     return after <= limit * (1 + 1e-9), before, after
+
+
+def compose_onto(curve: Sequence[float], releases: Iterable[Sequence[float]]) -> list[float]:
+    """``curve`` (a composed curve over :data:`ORDERS`) with ``releases`` added after it.
+
+    The running form of :func:`compose`: for ``curve = compose(earlier)``,
+    ``compose_onto(curve, new) == compose([*earlier, *new])`` to the last digit (the
+    same additions in the same order), so whoever follows a contract's releases one
+    charge at a time (the auditor) keeps one curve per contract, not every release.
+    """
+    if len(curve) != len(ORDERS):
+        raise AccountantError(f"a curve has {len(ORDERS)} orders, got {len(curve)}")
+    total = [float(v) for v in curve]
+    for r in releases:
+        for k, v in enumerate(rdp(check_release(r))):
+            total[k] += v
+    return total

@@ -8,29 +8,55 @@
    the key its actor names (``entry-signature``), and that actor is trusted when
    the trusted-keys file lists actors (``actor-untrusted``);
 3. the business rules, over the events in log order (:class:`RuleChecker`):
-   every ``round.started`` cites an earlier ``contract.agreed`` (``contract-unknown``)
-   that is live at the round's time (``contract-expired``) and covers its dataset,
-   fingerprint, purpose and consumer (``contract-dataset``, ``contract-fingerprint``,
-   ``contract-purpose``, ``contract-consumer``), within the contract's rounds
-   (``contract-rounds``) and epsilon (``contract-epsilon``); cumulative epsilon per
-   dataset never exceeds the budget of its latest ``policy.published``
-   (``budget-epsilon``); no event but ``access.refused`` cites a contract after
-   its ``until`` (``after-expiry``); every ``round.finished`` follows a
-   ``round.started`` of the same contract, run, round and dataset
-   (``round-not-started``), reports no more epsilon than that round.started
-   charged (``round-epsilon``; the excess also counts against the contract and
-   the dataset, as the ledger counts it; less is allowed: the charge stands), and
-   names its model's SHA-256 (``round-model``); a round's epsilon is a
-   non-negative number (``round-malformed``); no round counts its epsilon per
-   "frame" (the unit when an event names none) on a dataset whose first round
-   counted it per "episode" (``round-privacy-unit``: a frame-level epsilon does
-   not bound one episode; the reverse composes, as the site's ledger allows);
+
+   * contracts: every ``round.started`` cites an earlier ``contract.agreed``
+     (``contract-unknown``) that is live at the round's time (``contract-expired``) and
+     covers its dataset, fingerprint, purpose and consumer (``contract-dataset``,
+     ``contract-fingerprint``, ``contract-purpose``, ``contract-consumer``), within the
+     contract's rounds (``contract-rounds``: rounds from 1 count, not round 0, the
+     normalisation statistics) and epsilon (``contract-epsilon``); cumulative epsilon per
+     dataset never exceeds the budget of its latest ``policy.published``
+     (``budget-epsilon``); no event but ``access.refused`` cites a contract after its
+     ``until`` (``after-expiry``), and no ``round.started``, ``round.finished`` or
+     ``round.evaluated`` cites one after an ``access.refused`` with ``contract_state``
+     "revoked" (``after-revocation``; the structured field, never the reason's text);
+   * the mechanism (``round-mechanism``): a ``round.started`` logs its ``release``
+     ("stats" as round 0, "round" from round 1) and ``releases`` (the accountant's
+     ``[noise, sample_rate, steps]``, :func:`dataspace.accountant.check_release`); its
+     ``epsilon`` is what :mod:`dataspace.accountant` gives, at the contract's delta, for
+     the contract's earlier releases (its earlier round.started entries, in log order)
+     with these, less without them, and its ``contract_epsilon`` the former (relative
+     tolerance 1e-6, absolute 1e-9); an entry with no usable releases is flagged and its
+     epsilon then counts on top, as the site's ledger counts legacy rows. The larger of
+     the logged and the recomputed charge counts against the contract and the dataset;
+   * rounds: every ``round.finished`` follows a ``round.started`` of the same contract,
+     run, round and dataset (``round-not-started``), reports no more epsilon than that
+     round.started charged (``round-epsilon``; the excess also counts against the
+     contract and the dataset, as the ledger counts it; less is allowed: the charge
+     stands), and names its model's SHA-256 (``round-model``); a round's epsilon is a
+     non-negative number (``round-malformed``); a (contract, run, round, dataset) is
+     started once and finished once, the statistics released once per (run, dataset)
+     (``round-repeated``: a second round.finished is a replay, a fresh noise draw of one
+     charge); a ``round.evaluated`` follows its round's round.finished, once, never of
+     round 0 (``round-evaluated``: a round's charge covers one evaluation, more would
+     be a free oracle on the data), naming the model evaluated (``round-model``);
+   * units: no round counts its epsilon per "frame" (the unit when an event names none)
+     on a dataset whose first round counted it per "episode" (``round-privacy-unit``: a
+     frame-level epsilon does not bound one episode; the reverse composes, as the
+     site's ledger allows);
 4. the Merkle tree of the entries has the checkpoint's size and root
    (``tree-size``, ``tree-root``);
 5. at least ``quorum`` distinct trusted witnesses cosigned the checkpoint
    (``witness-signature``, ``witness-quorum``);
 6. the checkpoint the auditor kept from last time is signed by the same log and
-   is a prefix of this tree (``previous-checkpoint``, ``rollback``, ``fork``).
+   is a prefix of this tree (``previous-checkpoint``, ``rollback``, ``fork``);
+7. the log is anchored (``unanchored``): a trusted witness cosigned the checkpoint,
+   or the kept checkpoint (of a non-empty tree) is the log's. Otherwise only the log's
+   self-consistency was checked, which a site hostile to its auditors fakes by
+   rebuilding its log without some rounds and signing it again (DESIGN.md, "Threat
+   model"). ``allow_unanchored=True`` (``dataspace audit verify --allow-unanchored``)
+   accepts that explicitly; the report still says ``anchored`` false and ``verified``
+   (no violation and anchored) false.
 
 The report lists every violation in the order found; the first names the entry
 index, the rule and the values at fault. What the source says of its witnesses
@@ -55,6 +81,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import re
 import sys
 from collections.abc import Iterable
@@ -63,6 +90,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from dataspace import accountant
 from dataspace.audit.checkpoint import Checkpoint, parse_checkpoint
 from dataspace.audit.events import EventError, EventSignatureError, check_entry, parse_time
 from dataspace.audit.merkle import EMPTY_ROOT, node_hash
@@ -82,6 +110,14 @@ from dataspace.errors import DataspaceError
 VKEY_RE = re.compile(r"[^+\s]+\+[0-9a-fA-F]{8}\+[A-Za-z0-9+/]+=*")
 #: float slack when summing epsilons
 EPS_TOL = 1e-9
+#: slack between a logged charge and the accountant's recomputation (rule round-mechanism):
+#: the ledger sums a contract's curve in its database's row order, not necessarily the log's
+MECH_REL_TOL = 1e-6
+MECH_ABS_TOL = 1e-9
+#: the kinds that make a round's data leave (rule after-revocation)
+ROUND_KINDS = frozenset(("round.started", "round.finished", "round.evaluated"))
+#: what a round.started releases: the normalisation statistics (round 0) or a round (>= 1)
+RELEASES = ("stats", "round")
 
 
 class TrustedKeysError(DataspaceError):
@@ -237,10 +273,20 @@ class AuditReport:
     #: the source's stale witnesses: {"witness", "since_size", "failing_since", "error",
     #: "status"} (failing too long to hold its witnessed checkpoint back; see witnesspolicy)
     stale_witnesses: list[dict[str, Any]] = field(default_factory=list)
+    #: a trusted witness cosigned the checkpoint, or the auditor's kept checkpoint (of a
+    #: non-empty tree) is a prefix of it: more than the log's self-consistency was checked
+    anchored: bool = False
+    #: the caller accepted an unanchored log (no ``unanchored`` violation; ``verified`` false)
+    unanchored_allowed: bool = False
 
     @property
     def ok(self) -> bool:
         return not self.violations
+
+    @property
+    def verified(self) -> bool:
+        """No violation and anchored: what may be called verified (DESIGN.md, threat model)."""
+        return self.ok and self.anchored
 
     @property
     def first(self) -> Violation | None:
@@ -249,6 +295,7 @@ class AuditReport:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["ok"] = self.ok
+        d["verified"] = self.verified
         d["first_violation"] = str(self.first) if self.first else None
         return d
 
@@ -305,6 +352,42 @@ class _Terms:
     consumer: str | None
     rounds: float | None
     epsilon: float | None
+    delta: float | None
+
+
+class _Round:
+    """One charged (contract, run, round, dataset): what its round.started entries charged,
+    and whether it was finished and evaluated (rules round-repeated, round-evaluated)."""
+
+    __slots__ = ("epsilon", "evaluated", "finished", "stats")
+
+    def __init__(self, epsilon: float, stats: bool) -> None:
+        self.epsilon = epsilon
+        self.stats = stats
+        self.finished = False
+        self.evaluated = False
+
+
+class _Contract:
+    """The contract's releases as the accountant composes them (rule round-mechanism).
+
+    One RDP curve over :data:`accountant.ORDERS` per contract, not every release:
+    memory per contract stays bounded however many rounds it ran.
+    """
+
+    __slots__ = ("curve", "epsilon", "legacy")
+
+    def __init__(self) -> None:
+        self.curve: list[float] = [0.0] * len(accountant.ORDERS)
+        #: the accountant's epsilon of ``curve`` at the contract's delta
+        self.epsilon = 0.0
+        #: what round.started entries with no usable releases charged: added on top, as the
+        #: site's ledger adds the epsilon of rows charged before it recorded releases
+        self.legacy = 0.0
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=MECH_REL_TOL, abs_tol=MECH_ABS_TOL)
 
 
 class RuleChecker:
@@ -312,7 +395,8 @@ class RuleChecker:
 
     Events come in as their parsed fields (the entry without ``sig``) and time.
     Rounds are tracked per contract by (run, round, dataset), with their strings
-    interned: a million rounds cost about 100 MB.
+    interned: a million rounds cost about 150 MB. Per contract, one composed RDP
+    curve (about 70 floats) stands for all its releases.
     """
 
     def __init__(self, report: AuditReport, keep_rounds: bool = True) -> None:
@@ -322,8 +406,16 @@ class RuleChecker:
         self.budget: dict[str, float] = {}
         self.spent: dict[str, float] = {}
         self.contract_spent: dict[str, float] = {}
-        #: contract id -> round digest -> epsilon its round.started entries charged
-        self.charged: dict[str | None, dict[tuple, float]] = {}
+        #: contract id -> round digest -> what its round.started entries charged, and its state
+        self.charged: dict[str | None, dict[tuple, _Round]] = {}
+        #: contract id -> rounds >= 1 it charged (round 0, the statistics, does not count)
+        self.rounds_used: dict[str | None, int] = {}
+        #: (run, dataset) -> entry index of its statistics release (round 0), at most one
+        self.stats_runs: dict[tuple, int] = {}
+        #: contract id -> its releases composed (rule round-mechanism)
+        self.mechanisms: dict[str, _Contract] = {}
+        #: contract id -> index of the access.refused that revoked it (rule after-revocation)
+        self.revoked: dict[str, int] = {}
         self.open_rounds: dict[tuple[str | None, tuple], RoundRecord] = {}
         #: dataset -> (privacy unit of its first round, that round's entry index)
         self.units: dict[str, tuple[str, int]] = {}
@@ -353,8 +445,13 @@ class RuleChecker:
             self._contract(i, f)
             return
         cid = f["contract_id"]
+        if kind == "access.refused":
+            # the structured state, never the reason's text: a reason is free prose
+            if cid is not None and f.get("contract_state") == "revoked":
+                self.revoked.setdefault(cid, i)
+            return
         ok = True
-        if cid is not None and kind != "access.refused":
+        if cid is not None:
             c = self.contracts.get(cid)
             if c is not None and c.until is not None and t > c.until:
                 self._flag(
@@ -366,10 +463,23 @@ class RuleChecker:
                     until=c.fields.get("until"),
                 )
                 ok = False
+            revoked_at = self.revoked.get(cid)
+            if revoked_at is not None and kind in ROUND_KINDS:
+                self._flag(
+                    i,
+                    "after-revocation",
+                    f"{kind} cites contract {cid}, revoked at entry {revoked_at}: "
+                    "nothing may leave under it since",
+                    contract_id=cid,
+                    revoked_index=revoked_at,
+                )
+                ok = False
         if kind == "round.started":
             self._round(i, f, ok)
         elif kind == "round.finished":
             self._finished(i, f)
+        elif kind == "round.evaluated":
+            self._evaluated(i, f)
 
     def _contract(self, i: int, f: dict[str, Any]) -> None:
         cid = f["contract_id"]
@@ -395,6 +505,7 @@ class RuleChecker:
             consumer,
             _num(f.get("rounds")),
             _num(f.get("epsilon")),
+            _num(f.get("delta")),
         )
         self.r.contracts[cid] = {
             "index": i,
@@ -428,14 +539,13 @@ class RuleChecker:
                 "round.started without a non-negative epsilon",
                 epsilon=f.get("epsilon"),
             )
-            eps = 0.0  # a negative charge must not lower the sums below
+            eps = None
+        recorded = eps or 0.0  # a negative charge must not lower the sums below
         self._unit(i, f, dataset_id or fingerprint)
         # what this round charged, for its round.finished (and the distinct rounds)
         key = self._round_key(run_id, round_no, dataset_id or fingerprint)
-        charged = self.charged.get(cid)
-        if charged is None:
-            charged = self.charged[cid] = {}
-        charged[key] = charged.get(key, 0.0) + eps
+        stats = f.get("release") == "stats" and type(round_no) is int and round_no == 0
+        self._charge(i, cid, key, stats, recorded)
         rec = None
         if self.keep_rounds:  # memory per round: only ``show`` needs the records
             rec = RoundRecord(
@@ -448,7 +558,7 @@ class RuleChecker:
                 purpose,
                 run_id,
                 round_no,
-                eps,
+                recorded,
                 ok=ok,
             )
             self.r.rounds.append(rec)
@@ -482,18 +592,136 @@ class RuleChecker:
                 contract_id=cid,
                 contract=c.purpose,
             )
-        if c.rounds is not None and len(charged) > c.rounds:
+        used = self.rounds_used.get(cid, 0)
+        if c.rounds is not None and used > c.rounds:
             self._flag(
                 i,
                 "contract-rounds",
-                f"round {len(charged)} of contract {cid} exceeds its {int(c.rounds)} rounds",
+                f"round {used} of contract {cid} exceeds its {int(c.rounds)} rounds",
                 contract_id=cid,
-                rounds=len(charged),
+                rounds=used,
                 limit=int(c.rounds),
             )
-        self._spend(i, c, cid, dataset_id or fingerprint or c.dataset_id or c.fingerprint, eps)
+        computed = self._mechanism(i, f, c, cid, eps)
+        # what left counts, whichever is larger: a charge logged too low must not hide it
+        spend = recorded if computed is None else max(recorded, computed)
+        self._spend(i, c, cid, dataset_id or fingerprint or c.dataset_id or c.fingerprint, spend)
         if rec is not None and len(vio) > n_before:
             rec.ok = False
+
+    def _charge(self, i: int, cid: str | None, key: tuple, stats: bool, eps: float) -> None:
+        """Record a round.started's charge; rule ``round-repeated``: a (run, round) on a
+        dataset is charged once, the statistics once per (run, dataset)."""
+        charged = self.charged.get(cid)
+        if charged is None:
+            charged = self.charged[cid] = {}
+        run_id, round_no, dataset = key
+        got = charged.get(key)
+        if got is not None:
+            got.epsilon += eps  # both charges were spent: the sums count both
+            self._flag(
+                i,
+                "round-repeated",
+                f"a second round.started of run {run_id!r} round {round_no!r} on dataset "
+                f"{dataset!r} under contract {cid!r}: a round executes at most once",
+                contract_id=cid,
+                run_id=run_id,
+                round=round_no,
+                dataset=dataset,
+            )
+            return
+        charged[key] = _Round(eps, stats)
+        if not stats:
+            self.rounds_used[cid] = self.rounds_used.get(cid, 0) + 1
+            return
+        first = self.stats_runs.setdefault((run_id, dataset), i)
+        if first != i:
+            self._flag(
+                i,
+                "round-repeated",
+                f"a second statistics release (round 0) of run {run_id!r} on dataset "
+                f"{dataset!r}, first at entry {first}: they are released once per run",
+                contract_id=cid,
+                run_id=run_id,
+                round=round_no,
+                dataset=dataset,
+                first_index=first,
+            )
+
+    def _mechanism(
+        self, i: int, f: dict[str, Any], c: _Terms, cid: str, eps: float | None
+    ) -> float | None:
+        """Rule ``round-mechanism``: recompute the charge from the releases the entry logs.
+
+        The charge is the accountant's epsilon of the contract's releases so far (its
+        earlier round.started entries, in log order) with these, less without them; the
+        contract's epsilon is the former. Returns the recomputed charge, or None when the
+        entry gives nothing to recompute from (then flagged).
+        """
+        values: dict[str, Any] = {"contract_id": cid, "run_id": f.get("run_id")}
+        values["round"] = f.get("round")
+        release, round_no = f.get("release"), f.get("round")
+        if release not in RELEASES or (release == "stats") != (round_no == 0):
+            self._flag(
+                i,
+                "round-mechanism",
+                f"release {release!r} of round {round_no!r}: the statistics are released as "
+                "round 0 (release 'stats'), rounds from 1 (release 'round')",
+                release=release,
+                **values,
+            )
+        if c.delta is None or not 0 < c.delta < 1:
+            self._flag(
+                i,
+                "round-mechanism",
+                f"contract {cid} names no delta in (0, 1) ({c.fields.get('delta')!r}): "
+                "its charges cannot be recomputed",
+                delta=c.fields.get("delta"),
+                **values,
+            )
+            return None
+        m = self.mechanisms.get(cid)
+        if m is None:
+            m = self.mechanisms[cid] = _Contract()
+        releases = f.get("releases")
+        try:
+            if type(releases) is not list or not releases:
+                raise accountant.AccountantError(
+                    f"releases must be a non-empty list of [noise, rate, steps], got {releases!r}"
+                )
+            parsed = [accountant.check_release(r) for r in releases]
+            curve = accountant.compose_onto(m.curve, parsed)
+            after = accountant.epsilon_of_curve(curve, c.delta)
+        except (accountant.AccountantError, OverflowError, ValueError) as e:
+            self._flag(i, "round-mechanism", f"round.started releases: {e}", **values)
+            m.legacy += eps or 0.0  # what it charged still counts in the contract's epsilon
+            return None
+        charge = max(0.0, after - m.epsilon)
+        m.curve, m.epsilon = curve, after
+        total = after + m.legacy
+        if eps is not None and not _close(eps, charge):
+            self._flag(
+                i,
+                "round-mechanism",
+                f"round.started charges epsilon {eps!r}, but the accountant gives {charge!r} "
+                f"for its releases after contract {cid}'s earlier ones (delta {c.delta:g})",
+                epsilon=eps,
+                accountant=charge,
+                **values,
+            )
+        logged = f.get("contract_epsilon")
+        logged_num = _num(logged)
+        if logged_num is None or not _close(logged_num, total):
+            self._flag(
+                i,
+                "round-mechanism",
+                f"round.started says contract {cid} has spent epsilon {logged!r}, but the "
+                f"accountant gives {total!r} over all it released (delta {c.delta:g})",
+                contract_epsilon=logged,
+                accountant=total,
+                **values,
+            )
+        return charge
 
     def _mismatch(self, i: int, name: str, cid: str, got: Any, want: Any) -> None:
         self._flag(
@@ -557,24 +785,19 @@ class RuleChecker:
 
     def _finished(self, i: int, f: dict[str, Any]) -> None:
         """A round.finished: its round.started came first, charged at least the epsilon it
-        reports, and it names the model it produced (rules ``round-not-started``,
-        ``round-epsilon``, ``round-model``)."""
+        reports, it names the model it produced, and it is the round's only one (rules
+        ``round-not-started``, ``round-epsilon``, ``round-model``, ``round-repeated``)."""
         cid = f["contract_id"]
-        c = self.contracts.get(cid) if cid is not None else None
-        if cid is not None and c is None:
-            self._flag(
-                i,
-                "contract-unknown",
-                f"round.finished cites unknown contract {cid!r}",
-                contract_id=cid,
-            )
+        c = self._cited(i, f)
         run_id, round_no = f.get("run_id"), f.get("round")
         dataset = f["dataset_id"] or f["fingerprint"]
         key = self._round_key(run_id, round_no, dataset)
-        charged = self.charged.get(cid, {}).get(key)
+        got = self.charged.get(cid, {}).get(key)
+        charged = got.epsilon if got is not None else None
         vio = self.r.violations
         n_before = len(vio)
-        if charged is None:
+        repeated = got is not None and got.finished
+        if got is None:
             self._flag(
                 i,
                 "round-not-started",
@@ -585,6 +808,19 @@ class RuleChecker:
                 round=round_no,
                 dataset=dataset,
             )
+        elif repeated:  # the replay: one charge, its release sent again (a fresh noise draw)
+            self._flag(
+                i,
+                "round-repeated",
+                f"a second round.finished of run {run_id!r} round {round_no!r} on dataset "
+                f"{dataset!r} under contract {cid!r}: one charge covers one release",
+                contract_id=cid,
+                run_id=run_id,
+                round=round_no,
+                dataset=dataset,
+            )
+        else:
+            got.finished = True
         eps = _num(f.get("epsilon"))
         if eps is None or eps < 0:
             self._flag(
@@ -607,25 +843,86 @@ class RuleChecker:
             if c is not None:  # the excess was spent all the same: it counts (as the ledger's)
                 self._spend(i, c, cid, dataset or c.dataset_id or c.fingerprint, eps - charged)
         self._unit(i, f, dataset)
+        model = self._model(i, f, "round.finished")
+        rec = self.open_rounds.get((cid, key))
+        if rec is not None:
+            if not repeated:
+                rec.model_sha256 = model if type(model) is str else None
+                unit = f.get("privacy_unit")
+                rec.privacy_unit = unit if type(unit) is str else None
+                rec.finished_index = i
+            if len(vio) > n_before:
+                rec.ok = False
+
+    def _evaluated(self, i: int, f: dict[str, Any]) -> None:
+        """A round.evaluated: after its round's round.finished, once, never of the
+        statistics (rule ``round-evaluated``: a round's charge covers one evaluation; more
+        would be a free oracle on the data), naming the model evaluated (``round-model``)."""
+        cid = f["contract_id"]
+        self._cited(i, f)
+        run_id, round_no = f.get("run_id"), f.get("round")
+        dataset = f["dataset_id"] or f["fingerprint"]
+        key = self._round_key(run_id, round_no, dataset)
+        got = self.charged.get(cid, {}).get(key)
+        vio = self.r.violations
+        n_before = len(vio)
+        values = {"contract_id": cid, "run_id": run_id, "round": round_no, "dataset": dataset}
+        what = f"round.evaluated of run {run_id!r} round {round_no!r} on dataset {dataset!r}"
+        if got is None or not got.finished:
+            self._flag(
+                i,
+                "round-evaluated",
+                f"{what} under contract {cid!r} has no earlier round.finished",
+                **values,
+            )
+        elif got.stats:
+            self._flag(
+                i,
+                "round-evaluated",
+                f"{what}: the statistics (round 0) have no evaluation",
+                **values,
+            )
+        elif got.evaluated:
+            self._flag(
+                i,
+                "round-evaluated",
+                f"a second {what} under contract {cid!r}: its charge covers one evaluation",
+                **values,
+            )
+        else:
+            got.evaluated = True
+        self._model(i, f, "round.evaluated")
+        rec = self.open_rounds.get((cid, key))
+        if rec is not None and len(vio) > n_before:
+            rec.ok = False
+
+    def _cited(self, i: int, f: dict[str, Any]) -> _Terms | None:
+        """The contract a round.finished or round.evaluated cites (``contract-unknown``)."""
+        cid = f["contract_id"]
+        c = self.contracts.get(cid) if cid is not None else None
+        if cid is not None and c is None:
+            self._flag(
+                i,
+                "contract-unknown",
+                f"{f['kind']} cites unknown contract {cid!r}",
+                contract_id=cid,
+            )
+        return c
+
+    def _model(self, i: int, f: dict[str, Any], kind: str) -> Any:
+        """Rule ``round-model``: the entry names its model's SHA-256; returns it as given."""
         model = f.get("model_sha256")
         if type(model) is not str or _SHA256_HEX.fullmatch(model) is None:
             self._flag(
                 i,
                 "round-model",
-                "round.finished names no model hash (model_sha256, 64 lower-case hex digits)",
-                contract_id=cid,
-                run_id=run_id,
-                round=round_no,
+                f"{kind} names no model hash (model_sha256, 64 lower-case hex digits)",
+                contract_id=f["contract_id"],
+                run_id=f.get("run_id"),
+                round=f.get("round"),
                 model_sha256=model,
             )
-        rec = self.open_rounds.get((cid, key))
-        if rec is not None:
-            rec.model_sha256 = model if type(model) is str else None
-            unit = f.get("privacy_unit")
-            rec.privacy_unit = unit if type(unit) is str else None
-            rec.finished_index = i
-            if len(vio) > n_before:
-                rec.ok = False
+        return model
 
 
 def audit(
@@ -637,15 +934,21 @@ def audit(
     quorum: int = 0,
     max_violations: int = 1000,
     keep_rounds: bool = True,
+    allow_unanchored: bool = False,
 ) -> AuditReport:
     """Check a log from its entries, its signed checkpoint and cosignatures (module docstring).
+
+    ``allow_unanchored=True`` accepts a log that neither a trusted witness nor the
+    kept ``previous`` checkpoint anchors (no ``unanchored`` violation): the report then
+    says ``anchored`` false, ``verified`` false. Only its self-consistency was checked,
+    which its owner can always fake by rebuilding and re-signing it.
 
     ``keep_rounds=False`` checks the same rules but keeps no per-round records in
     the report (``rounds`` stays empty, ``round_count`` counts them): memory then
     grows only by the (run, round, dataset) key and charge of each round, which the
     contract-rounds and round.finished rules need (about 100 bytes a round).
     """
-    report = AuditReport(quorum=quorum)
+    report = AuditReport(quorum=quorum, unanchored_allowed=allow_unanchored)
     vio = report.violations
     # 1. the checkpoint
     try:
@@ -669,7 +972,7 @@ def audit(
                 values={"origin": cp.origin},
             )
         )
-    prev_cp = _previous(previous, cp, logs, vio)
+    prev_cp = _previous(previous, cp, logs, report)
     # 2-4. the entries, streamed once. The Merkle fold is merkle.RootAccumulator's, inlined:
     # per entry it is one leaf hash and on average one node hash.
     peaks: list[bytes] = []  # roots of the perfect subtrees on the right edge, largest first
@@ -747,6 +1050,20 @@ def audit(
                 {"size": prev_cp.size, "kept": prev_cp.root.hex(), "now": prev_root.hex()},
             )
         )
+    # 7. anchored: by what the log's owner cannot make alone
+    report.anchored = bool(report.witnesses) or bool(report.previous_size)
+    if not report.anchored and not allow_unanchored:
+        vio.append(
+            Violation(
+                "unanchored",
+                "only the log's self-consistency was checked: no trusted witness cosigned "
+                "the checkpoint and no kept checkpoint was given, so its owner could have "
+                "rebuilt and re-signed it (trust a witness's key, pass the checkpoint kept "
+                "from the last audit, or allow an unanchored log explicitly)",
+                None,
+                {"witnesses": report.witnesses, "previous_size": report.previous_size},
+            )
+        )
     return report
 
 
@@ -761,10 +1078,14 @@ def _fold(peaks: list[bytes]) -> bytes:
 
 
 def _previous(
-    previous: bytes | None, cp: Checkpoint, logs: list[Verifier], vio: list[Violation]
+    previous: bytes | None, cp: Checkpoint, logs: list[Verifier], report: AuditReport
 ) -> Checkpoint | None:
+    """The kept checkpoint, when it is the log's and a prefix of ``cp`` (rules
+    ``previous-checkpoint``, ``rollback``, ``fork``); sets ``report.previous_size`` once
+    it is known to be the log's (then it anchors the audit, whatever it shows)."""
     if previous is None:
         return None
+    vio = report.violations
     try:
         pnote = parse_note(previous)
         prev = parse_checkpoint(pnote.text)
@@ -775,6 +1096,7 @@ def _previous(
     except NoteError as e:
         vio.append(Violation("previous-checkpoint", f"previous checkpoint: {e}"))
         return None
+    report.previous_size = prev.size
     if prev.size > cp.size:
         vio.append(
             Violation(

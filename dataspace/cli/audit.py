@@ -7,6 +7,17 @@ The ``--trusted-keys`` file format is documented in :mod:`dataspace.audit.verify
 ``verify`` exits 0 only when every check holds; otherwise it exits 4 and names
 the first violation (entry index, rule, values). Other errors exit 1.
 
+Anchoring (DESIGN.md, "Threat model": a site may be hostile to its auditors): a log
+is verified only when a witness listed in ``--trusted-keys`` cosigned its checkpoint
+(``--witness-quorum N`` asks for N of them) or ``--previous-checkpoint`` gives the
+checkpoint the auditor kept from last time, of which it must be an extension. Without
+either, only its self-consistency can be checked, which its owner fakes at will by
+rebuilding and re-signing it: ``verify`` then fails with rule ``unanchored``, unless
+``--allow-unanchored`` accepts that explicitly (exit 0, but the report still says
+``anchored: false`` and ``verified: false``, and the text says "self-consistent only").
+``cross-check --trusted-keys`` verifies both logs the same way; ``show`` never fails on
+it and says whether the log is anchored.
+
 Witnesses (DESIGN.md, "Audit log"): a source's checkpoint is its witnessed one
 (``TransparencyLog.witnessed_checkpoint``): the newest one its current witness set
 cosigned, as the service that pushes it wrote that set (``dataspace.audit.witnesspolicy``;
@@ -123,6 +134,7 @@ def _run_audit(
     previous: bytes | None,
     quorum: int,
     keep_rounds: bool = True,
+    allow_unanchored: bool = False,
 ) -> AuditReport:
     note = src.checkpoint()
     size = checkpoint_of_note(note).size
@@ -135,6 +147,7 @@ def _run_audit(
         previous=previous,
         quorum=quorum,
         keep_rounds=keep_rounds,
+        allow_unanchored=allow_unanchored,
     )
     note_witnessing(report, src.witnessing())
     return report
@@ -167,24 +180,35 @@ def group() -> None:
     show_default=True,
     help="Distinct trusted witnesses that must cosign.",
 )
+@click.option(
+    "--allow-unanchored",
+    is_flag=True,
+    help="Accept a log that no trusted witness cosigned and no --previous-checkpoint "
+    "anchors: only its self-consistency is then checked (reported as unanchored).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def verify_cmd(
     source: str,
     trusted_keys: Path,
     previous_checkpoint: Path | None,
     witness_quorum: int,
+    allow_unanchored: bool,
     as_json: bool,
 ) -> None:
-    """Check signatures, tree, witnesses, consistency and the contract/budget rules."""
+    """Check signatures, tree, witnesses, consistency and the contract/budget rules.
+
+    The log must be anchored by a trusted witness's cosignature or by the checkpoint
+    kept from the last audit (--previous-checkpoint), unless --allow-unanchored.
+    """
     trusted = load_trusted_keys(trusted_keys)
     previous = previous_checkpoint.read_bytes() if previous_checkpoint else None
     # per-round records only for --json (memory stays bounded for huge logs otherwise)
-    report = _run_audit(_open(source), trusted, previous, witness_quorum, as_json)
+    report = _run_audit(_open(source), trusted, previous, witness_quorum, as_json, allow_unanchored)
     name_missing_witnesses(report, trusted)
     if as_json:
         _line(report.to_json())
     else:
-        status = "[green]verified[/green]" if report.ok else "[red]FAILED[/red]"
+        status = _status_text(report)
         err.print(
             f"{status} {report.origin} size {report.size} root {report.root}; "
             f"{report.entries_checked} entries; witnesses: {', '.join(report.witnesses) or 'none'}"
@@ -199,12 +223,31 @@ def verify_cmd(
             )
         for w in report.stale_witnesses:
             err.print(f"  stale witness: {_stale_text(w)}", highlight=False, markup=False)
+        if report.ok and not report.anchored:
+            err.print(f"  {UNANCHORED_TEXT}", highlight=False, markup=False)
         for v in report.violations[:20]:
             err.print(f"  {v}", highlight=False, markup=False)
     if not report.ok:
         raise AuditFailed(
             f"verification failed: {report.first} ({len(report.violations)} violations)"
         )
+
+
+#: what an accepted unanchored log was checked for, in words
+UNANCHORED_TEXT = (
+    "UNANCHORED: no trusted witness cosigned this checkpoint and no kept checkpoint was "
+    "given; only the log's self-consistency was checked (its owner could have rebuilt "
+    "and re-signed it)"
+)
+
+
+def _status_text(report: AuditReport) -> str:
+    """verified / self-consistent only / FAILED, as rich markup."""
+    if not report.ok:
+        return "[red]FAILED[/red]"
+    if not report.anchored:
+        return "[yellow]self-consistent only (unanchored)[/yellow]"
+    return "[green]verified[/green]"
 
 
 def _stale_text(w: dict) -> str:
@@ -320,7 +363,8 @@ def show_cmd(
     if sum(x is not None for x in (dataset, consumer, contract)) != 1:
         raise click.UsageError("give exactly one of --dataset, --consumer, --contract")
     trusted = load_trusted_keys(trusted_keys) if trusted_keys else TrustedKeys()
-    report = _run_audit(_open(source), trusted, None, 0)
+    # show traces; whether the log is anchored is stated, not judged (verify judges it)
+    report = _run_audit(_open(source), trusted, None, 0, allow_unanchored=True)
     if trusted_keys is None:  # only the log's own consistency can be judged
         report.violations = [v for v in report.violations if v.rule != "checkpoint-signature"]
     names = {c: (info.get("consumer")) for c, info in report.contracts.items()}
@@ -357,6 +401,7 @@ def show_cmd(
         _line(
             {
                 "log_verifies": report.ok,
+                "anchored": report.anchored,
                 "first_violation": str(report.first) if report.first else None,
                 "checkpoint_checked": trusted_keys is not None,
                 "epsilon_total": total,
@@ -395,6 +440,8 @@ def show_cmd(
         )
     Console().print(t)
     state = "verifies" if report.ok else f"does NOT verify: {report.first}"
+    if report.ok and not report.anchored:
+        state = "is self-consistent only (unanchored: no trusted witness cosigned it)"
     checked = "" if trusted_keys else " (checkpoint signature not checked: no --trusted-keys)"
     click.echo(f"log {state}{checked}")
 
@@ -547,11 +594,20 @@ def witness_cmd(
     "--trusted-keys",
     "trusted_keys",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Also verify both logs (signatures, trees, rules) before comparing them.",
+    help="Also verify both logs (signatures, trees, rules, anchoring) before comparing them.",
+)
+@click.option(
+    "--allow-unanchored",
+    is_flag=True,
+    help="With --trusted-keys: accept a log no trusted witness cosigned (self-consistent only).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def cross_check_cmd(
-    site_source: str, hub_source: str, trusted_keys: Path | None, as_json: bool
+    site_source: str,
+    hub_source: str,
+    trusted_keys: Path | None,
+    allow_unanchored: bool,
+    as_json: bool,
 ) -> None:
     """Compare a site's log with the hub's: every round of the site's in the hub's runs,
     every round, contract and dataset the hub reports for the site in the site's log.
@@ -565,8 +621,8 @@ def cross_check_cmd(
     verified: dict[str, AuditReport] = {}
     if trusted_keys is not None:
         trusted = load_trusted_keys(trusted_keys)
-        verified = {"site": _run_audit(site, trusted, None, 0, False)}
-        verified["hub"] = _run_audit(hub, trusted, None, 0, False)
+        verified = {"site": _run_audit(site, trusted, None, 0, False, allow_unanchored)}
+        verified["hub"] = _run_audit(hub, trusted, None, 0, False, allow_unanchored)
 
     def entries(src: LogSource) -> Iterator[bytes]:
         size = checkpoint_of_note(src.checkpoint()).size
@@ -575,7 +631,13 @@ def cross_check_cmd(
     report = cross_check(entries(site), entries(hub))
     bad_logs = {k: str(r.first) for k, r in verified.items() if not r.ok}
     if as_json:
-        _line(report.to_json() | {"verified": {k: r.ok for k, r in verified.items()}})
+        _line(
+            report.to_json()
+            | {
+                "verified": {k: r.verified for k, r in verified.items()},
+                "anchored": {k: r.anchored for k, r in verified.items()},
+            }
+        )
     else:
         state = "[green]match[/green]" if report.ok else "[red]MISMATCH[/red]"
         err.print(
@@ -587,6 +649,9 @@ def cross_check_cmd(
             err.print(f"  {m}", highlight=False, markup=False)
         for k, v in bad_logs.items():
             err.print(f"  {k} log does not verify: {v}", highlight=False, markup=False)
+        for k, r in verified.items():
+            if r.ok and not r.anchored:
+                err.print(f"  {k} log: {UNANCHORED_TEXT}", highlight=False, markup=False)
     if bad_logs:
         k, v = next(iter(bad_logs.items()))
         raise AuditFailed(f"the {k} log does not verify: {v}")

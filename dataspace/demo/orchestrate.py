@@ -328,8 +328,17 @@ def trusted_keys_file(workdir: Path, sites: list[Site], extra: list[Path]) -> Pa
     return path
 
 
-def verify_log(source: str, trusted: Path) -> dict[str, Any]:
-    """What ``dataspace audit verify SOURCE --trusted-keys FILE`` checks, as a dict."""
+def verify_log(source: str, trusted: Path, allow_unanchored: bool | None = None) -> dict[str, Any]:
+    """What ``dataspace audit verify SOURCE --trusted-keys FILE`` checks, as a dict.
+
+    A log counts as verified only when a trusted witness cosigned it (DESIGN.md,
+    "Threat model"). ``allow_unanchored``: True accepts a log no trusted witness
+    cosigned as self-consistent only (``--allow-unanchored``); False requires the
+    anchor; None (default) requires it where the log has witnesses (its witness set,
+    or any witness of a kept checkpoint: the demo with services) and accepts it where
+    it has none at all (the demo without services, the notebooks). Either way the dict
+    says ``anchored`` and ``status``: "verified", "self-consistent only" or "FAILED".
+    """
     from dataspace.audit.checkpoint import checkpoint_of_note
     from dataspace.audit.source import open_source
     from dataspace.audit.verify import audit, load_trusted_keys
@@ -337,19 +346,37 @@ def verify_log(source: str, trusted: Path) -> dict[str, Any]:
     src = open_source(source)
     note = src.checkpoint()
     size = checkpoint_of_note(note).size
-    rep = audit(src.iter_entries(0, size), note, load_trusted_keys(trusted), src.cosignatures())
+    if allow_unanchored is None:
+        status = src.witnessing()
+        allow_unanchored = not (status and status.get("witnesses"))
+    rep = audit(
+        src.iter_entries(0, size),
+        note,
+        load_trusted_keys(trusted),
+        src.cosignatures(),
+        allow_unanchored=allow_unanchored,
+    )
     return {
         "source": source,
         "origin": rep.origin,
         "size": rep.size,
         "root": rep.root,
         "ok": rep.ok,
+        "anchored": rep.anchored,
+        "status": _audit_status(rep.ok, rep.anchored),
         "rounds": len(rep.rounds),
         "witnesses": rep.witnesses,
         "kinds": rep.kinds,
         "epsilon_by_dataset": rep.epsilon_by_dataset,
         "first_violation": str(rep.first) if rep.first else None,
     }
+
+
+def _audit_status(ok: bool, anchored: bool) -> str:
+    """How a log's audit may be described: only an anchored one is "verified"."""
+    if not ok:
+        return "FAILED"
+    return "verified" if anchored else "self-consistent only"
 
 
 # -- the whole demo -----------------------------------------------------------------------

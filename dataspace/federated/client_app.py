@@ -312,9 +312,10 @@ def _episodes_of(job: Job, fr: fdata.Frames):
 
 
 def _noise(job: Job, purpose: str, round_no: int | None = None) -> NoiseSource:
-    """The secret noise of one release (:mod:`.noise`); the label only matters to tests."""
+    """The secret noise of one release (:mod:`.noise`). The label, unique per release since
+    a (dataset, run, round) executes once, only matters to seeded tests."""
     r = job.round_no if round_no is None else round_no
-    return NoiseSource.fresh(f"{job.contract.contract_id}/{job.run_id}/{r}/{purpose}")
+    return NoiseSource.fresh(f"{job.ref.dataset_id}/{job.run_id}/{r}/{purpose}")
 
 
 def _site_stats(job: Job) -> normalize.Stats:

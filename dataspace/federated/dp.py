@@ -724,8 +724,10 @@ def _secret_noise_optimizer(base: type, rng: NoiseSource, sanitise: bool) -> typ
         def add_noise(self) -> None:
             std = self.noise_multiplier * self.max_grad_norm
             for p in self.params:
-                noise = rng.normal(p.summed_grad.shape, dtype=p.summed_grad.dtype) * std
-                p.grad = (p.summed_grad + noise).view_as(p)
+                grad = p.summed_grad
+                if std > 0:  # as Opacus: no draw without noise (the stream stays aligned)
+                    grad = grad + rng.normal(grad.shape, dtype=grad.dtype) * std
+                p.grad = grad.view_as(p)
 
         def clip_and_accumulate(self) -> None:
             if sanitise:

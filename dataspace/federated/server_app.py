@@ -208,10 +208,16 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> lis
 
 
 def _exchange(
-    grid: Grid, spec: RunSpec, kind: str, content: RecordDict, rnd: int
+    grid: Grid, spec: RunSpec, kind: str, content: RecordDict, rnd: int, mark: Path | None = None
 ) -> tuple[list[Message], list[dict]]:
-    """Send ``content`` to every connected site; (replies ok, failures), by node id."""
+    """Send ``content`` to every connected site; (replies ok, failures), by node id.
+
+    ``mark``: a file touched just before the messages go out (:func:`last_attempted_round`).
+    """
     nodes = _wait_nodes(grid, spec, rnd)
+    if mark is not None:
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.touch()
     msgs = [Message(content, dst_node_id=n, message_type=kind, group_id=str(rnd)) for n in nodes]
     replies = sorted(
         send_and_receive(grid, msgs, spec.round_timeout), key=lambda m: m.metadata.src_node_id
@@ -371,10 +377,10 @@ def _stats_round(grid, spec, template, out, history) -> ArrayRecord:
     (s_dim, a_dim) = dims.pop()
     if spec.secagg and len({s["privacy_unit"] for s in sites}) > 1:
         # the first moment the server learns the units (the replies' info): before any
-        # train message, but the statistics were released and charged as round 1
+        # train message, but the statistics were released and charged (round 0)
         raise RunError(
             f"{_MIXED_SECAGG} (refused after the statistics query, before any training: "
-            "each site has charged round 1 for its statistics)"
+            "each site has charged its statistics, round 0)"
         )
     record = {
         "source": "dp",
@@ -556,18 +562,19 @@ def _secagg_round(grid, spec, content, rnd, history) -> tuple[list[Message], lis
 def _train_round(grid, spec, strategy, arrays, rnd, out, history) -> ArrayRecord:
     t0 = time.perf_counter()
     rdir = out / "rounds" / f"{rnd:03d}"
-    rdir.mkdir(parents=True, exist_ok=True)
-    (rdir / "attempted").touch()  # before any message: a resume never sends this round again
+    attempted = rdir / "attempted"  # a resume never sends this round again
     config = spec.config(rnd)
     folded = spec.fold_evaluate and any(r["round"] == rnd - 1 for r in history["rounds"])
     if folded:
         config["evaluate-round"] = rnd - 1
     if spec.secagg:
         content = RecordDict({"arrays": arrays, "config": config})
+        attempted.parent.mkdir(parents=True, exist_ok=True)
+        attempted.touch()
         ok, failed, new_arrays = _secagg_round(grid, spec, content, rnd, history)
     else:
         content = RecordDict({"arrays": _wire(spec, arrays), "config": config})
-        ok, failed = _exchange(grid, spec, "train", content, rnd)
+        ok, failed = _exchange(grid, spec, "train", content, rnd, mark=attempted)
         for m in ok:  # replies come in the form sent
             if packing.is_packed(m.content["arrays"]):
                 m.content["arrays"] = packing.unpack(m.content["arrays"], arrays)

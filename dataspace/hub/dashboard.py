@@ -244,27 +244,59 @@ class Views:
         }
 
     def verify(self, size: int, note: bytes) -> dict[str, Any]:
-        """The log checked against its own verifier key (signatures, tree), cached by size."""
-        with self._lock:
-            if self._verified and self._verified[0] == size:
-                return self._verified[1]
-            from dataspace.audit.note import Verifier, raw_public
-            from dataspace.audit.verify import TrustedKeys, audit
+        """The hub's log as an auditor checks it, cached by what it checks.
 
+        Verified means anchored (DESIGN.md, "Threat model"): with witnesses (the
+        holders' connectors the hub pushes to), their witnessed checkpoint is checked
+        against the hub's key and theirs, and must carry a cosignature of one of them;
+        without any, only the log's self-consistency can be checked, and ``anchored``
+        and ``detail`` say so.
+        """
+        from dataspace.audit.checkpoint import checkpoint_of_note
+        from dataspace.audit.note import Verifier, raw_public
+        from dataspace.audit.verify import TrustedKeys, audit
+        from dataspace.hub.witnesses import holder_peers
+
+        witnesses = [p.verifier for p in holder_peers(self.store) if p.verifier is not None]
+        log = self.hub_log.log
+        if size and witnesses:  # what they cosigned (it may trail the latest checkpoint)
+            note = log.witnessed_checkpoint()
+        checked = checkpoint_of_note(note).size if size else 0
+        key = (size, note, tuple(w.key_id for w in witnesses))
+        with self._lock:
+            if self._verified and self._verified[0] == key:
+                return self._verified[1]
             if not size:
-                result = {"ok": True, "detail": "empty log", "entries": 0}
+                result = {"ok": True, "anchored": False, "detail": "empty log", "entries": 0}
             else:
                 trusted = TrustedKeys(
-                    logs=[Verifier(self.hub_log.origin, raw_public(self.hub_log.key))]
+                    logs=[Verifier(self.hub_log.origin, raw_public(self.hub_log.key))],
+                    witnesses=witnesses,
                 )
-                rep = audit(self.hub_log.log.entries(0, size), note, trusted)
+                # strict where witnesses exist; none at all: self-consistency, said as such
+                rep = audit(log.entries(0, checked), note, trusted, allow_unanchored=not witnesses)
                 result = {
                     "ok": rep.ok,
-                    "detail": str(rep.first) if rep.first else "all entries and the tree verify",
+                    "anchored": rep.anchored,
+                    "detail": self._detail(rep, checked, size),
                     "entries": rep.entries_checked,
                 }
-            self._verified = (size, result)
+            self._verified = (key, result)
             return result
+
+    @staticmethod
+    def _detail(rep: Any, checked: int, size: int) -> str:
+        """One line on what the hub log's check covered (for the page's log section)."""
+        if not rep.ok:
+            return str(rep.first)
+        if not rep.anchored:
+            return (
+                "self-consistent only: no witness cosigned the log (no holder connector "
+                "witnesses it yet), so only its own signatures and tree were checked"
+            )
+        who = ", ".join(rep.witnesses)
+        tail = f"; entries {checked}..{size - 1} await cosignatures" if checked < size else ""
+        return f"{checked} entries and the tree verify, cosigned by {who}{tail}"
 
     def page(self) -> dict[str, Any]:
         catalog = self.catalog()

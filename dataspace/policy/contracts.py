@@ -658,6 +658,8 @@ def _end(
         contract_id=contract_id,
         dataset_id=contract.dataset_id,
         consumer=contract.consumer.key_b64,
+        # what auditors branch on (rule after-revocation): nothing may leave after it
+        contract_state=state,
         time=now,
     )
     return contract

@@ -25,11 +25,14 @@ def test_train_simulate_writes_model_report_and_plot(federation, tmp_path, capsy
     assert set(report["epsilon"]) == set(fed.dataset_ids)
     assert all(0 < e <= 2.0 for e in report["epsilon"].values())
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
-    # every site logged the round in its ledger (round.started / round.finished)
+    # every site logged its statistics (round 0) and the round in its ledger, both released
     for site in fed.sites:
         with site.db(read_only=True) as con:
-            rows = con.execute("SELECT round_no, finished_at FROM ledger").fetchall()
-        assert len(rows) == 1 and rows[0][0] == 1 and rows[0][1] is not None
+            rows = con.execute(
+                "SELECT round_no, release, finished_at FROM ledger ORDER BY round_no"
+            ).fetchall()
+        assert [r[:2] for r in rows] == [(0, "stats"), (1, "round")]
+        assert all(r[2] is not None for r in rows)
 
 
 def test_train_hub_not_yet(capsys):

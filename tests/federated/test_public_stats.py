@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from flwr.app import Message, RecordDict
 
+from dataspace import accountant
 from dataspace.connectors.site import Site
 from dataspace.errors import DataspaceError, RefusedError
 from dataspace.federated import data as fdata
@@ -51,6 +52,12 @@ def _ledger(site) -> list[tuple]:
         return con.execute(
             "SELECT run_id, round_no, epsilon FROM ledger ORDER BY run_id, round_no"
         ).fetchall()
+
+
+def _charges(releases: list, rounds: int, delta: float = 1e-5) -> list[float]:
+    """What the ledger's filter charges for ``rounds`` releases of ``releases`` each."""
+    eps = [accountant.epsilon(releases * k, delta) for k in range(rounds + 1)]
+    return [b - a for a, b in zip(eps, eps[1:], strict=False)]
 
 
 def _refusals(site) -> list:
@@ -152,8 +159,8 @@ def test_plan_without_statistics_spends_the_whole_budget_on_training(unit, episo
     assert 0.99 * 8.0 < plan.epsilon_after(10) <= 8.0
     assert plan.noise_multiplier < with_stats.noise_multiplier  # the 5 % goes to DP-SGD
     assert plan.eval_noise == with_stats.eval_noise
-    charges = [plan.charge(r) for r in range(1, 11)]
-    assert sum(charges) == pytest.approx(plan.epsilon_after(10))
+    assert plan.stats_release() == []  # nothing is charged for statistics
+    assert sum(_charges(plan.round_release(), 10)) == pytest.approx(plan.epsilon_after(10))
 
 
 def test_run_config_carries_public_stats_as_json():
@@ -205,7 +212,7 @@ def test_public_stats_run_releases_no_statistics_and_uses_them_exactly(federatio
         )
         rows = _ledger(site)
         assert [r[1] for r in rows] == [1, 2]
-        assert [r[2] for r in rows] == pytest.approx([plan.charge(1), plan.charge(2)])
+        assert [r[2] for r in rows] == pytest.approx(_charges(plan.round_release(), 2))
         assert sum(r[2] for r in rows) == pytest.approx(plan.epsilon_after(2))
         assert sum(r[2] for r in rows) <= 3.0
         assert h["rounds"][-1]["epsilon"][dsid] == pytest.approx(plan.epsilon_after(2))
@@ -302,11 +309,11 @@ def test_a_run_cannot_switch_between_dp_and_public_statistics(federation, tmp_pa
         (reply,) = grid.pull_messages(grid.push_messages([msg]))  # errors become error replies
         return reply
 
-    # round 1 of a run with DP statistics: the statistics query, then the train message
+    # a run with DP statistics: the statistics query (round 0), then round 1
     assert not send("query.stats", spec.config(0)).has_error()
     assert not send("train", spec.config(1)).has_error()
     charged = _ledger(fed.sites[0])
-    assert [r[1] for r in charged] == [1]
+    assert [r[1] for r in charged] == [0, 1]
     # round 2 asking for public statistics: refused, nothing more charged
     public = RunSpec(**{**spec.__dict__, "public_stats": public_stats.to_lists(_g1_stats())})
     reply = send("train", public.config(2))
@@ -321,8 +328,8 @@ def test_a_run_cannot_switch_between_dp_and_public_statistics(federation, tmp_pa
     reply = send("query.stats", other.config(0), node=2)
     assert reply.has_error() and "releases none" in reply.error.reason
     assert _ledger(fed.sites[1]) == []
-    (ev,) = _refusals(fed.sites[1])  # the query is charged as round 1: refused as round 1
-    _assert_refusal(ev, fed.contract_ids[1], fed.dataset_ids[1], "r-pub", 1, "releases none")
+    (ev,) = _refusals(fed.sites[1])  # the query is round 0
+    _assert_refusal(ev, fed.contract_ids[1], fed.dataset_ids[1], "r-pub", 0, "releases none")
     assert not send("train", other.config(1), node=2).has_error()
     charged = _ledger(fed.sites[1])
     assert [r[:2] for r in charged] == [("r-pub", 1)]
@@ -333,7 +340,7 @@ def test_a_run_cannot_switch_between_dp_and_public_statistics(federation, tmp_pa
     assert "started with public statistics" in reply.error.reason
     assert _ledger(fed.sites[1]) == charged
     ev = _refusals(fed.sites[1])[-1]
-    _assert_refusal(ev, fed.contract_ids[1], fed.dataset_ids[1], "r-pub", 1, "started with public")
+    _assert_refusal(ev, fed.contract_ids[1], fed.dataset_ids[1], "r-pub", 0, "started with public")
     assert ev.details["stats"] == "dp" and len(_refusals(fed.sites[1])) == 2
 
 
@@ -446,7 +453,7 @@ def test_public_stats_on_the_deployment_engine(federation, tmp_path):
         plan = public_stats.plan_without_stats(
             3.0, 1e-5, 1, split.train_frames, settings, episodes=len(split.train)
         )
-        assert [r[2] for r in _ledger(site)] == pytest.approx([plan.charge(1)])
+        assert [r[2] for r in _ledger(site)] == pytest.approx(_charges(plan.round_release(), 1))
 
 
 @pytest.mark.slow
@@ -456,14 +463,14 @@ def test_mixed_privacy_units_under_secagg_are_refused_after_the_statistics_query
     """Under SecAgg+ the server cannot reweigh the sites: a mixed federation stops.
 
     The server learns the sites' units from the statistics replies, so the run
-    stops after the statistics query (which each site charges as round 1) and
-    before any train message: round 1's charge stays, nothing else is charged.
+    stops after the statistics query (which each site charges as round 0) and
+    before any train message: that charge stays, nothing else is charged.
     """
     fed = federation(epsilon=3.0, rounds=2, n_sites=2, episodes_per_site=TWO)
     with open(fed.sites[1].config_path, "a") as f:
         f.write('\n[training]\nprivacy_unit = "episode"\n')
     grid = SpyGrid(client_app, [s.root for s in fed.sites])
-    with pytest.raises(RunError, match=r"mix privacy units.*charged round 1"):
+    with pytest.raises(RunError, match=r"mix privacy units.*charged its statistics"):
         run_simulation(
             fed.contract_ids, fed.sites, "bc-mlp", 2, tmp_path / "r", run_id="r-mix",
             secagg=True, grid=grid,
@@ -473,10 +480,10 @@ def test_mixed_privacy_units_under_secagg_are_refused_after_the_statistics_query
     # each site holds exactly the statistics' charge of round 1 (its plan's), no round 2
     for site, dsid in zip(fed.sites, fed.dataset_ids, strict=True):
         site = Site.open(site.root)  # the config as the sites read it (site 2: per episode)
-        settings = dp.TrainingSettings.from_config(site.config).lowered_by(epochs=1)
+        settings = dp.TrainingSettings.from_config(site.config)
         assert settings.privacy_unit == ("episode" if site.root == fed.sites[1].root else "frame")
         split = fdata.split_episodes(site, dsid, settings.heldout_fraction)
         plan = dp.make_plan(3.0, 1e-5, 2, split.train_frames, settings, episodes=len(split.train))
         rows = _ledger(site)
-        assert [r[:2] for r in rows] == [("r-mix", 1)]
-        assert rows[0][2] == pytest.approx(plan.charge(1))
+        assert [r[:2] for r in rows] == [("r-mix", 0)]
+        assert rows[0][2] == pytest.approx(accountant.epsilon(plan.stats_release(), 1e-5))

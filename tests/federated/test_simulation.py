@@ -23,19 +23,32 @@ def _ledger(site):
         ).fetchall()
 
 
-def test_same_seed_same_model_and_budget_charged(federation, tmp_path):
+def _final(path) -> dict[str, np.ndarray]:
+    with np.load(path / "final.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_site_seed_repeats_a_run_else_the_noise_is_fresh(federation, tmp_path, monkeypatch):
+    """Only a setting at the site (DATASPACE_NOISE_SEED, no message reaches it) makes two
+    runs bit-identical; without it the same messages get fresh, secret noise."""
+    monkeypatch.setenv("DATASPACE_NOISE_SEED", "test-seed")
     a, b = federation(epsilon=4.0, rounds=2), federation(epsilon=4.0, rounds=2)
-    ha = run_simulation(a.contract_ids, a.sites, "bc-mlp", 2, tmp_path / "ra", seed=5)
-    hb = run_simulation(b.contract_ids, b.sites, "bc-mlp", 2, tmp_path / "rb", seed=5)
+    ha = run_simulation(a.contract_ids, a.sites, "bc-mlp", 2, tmp_path / "ra", seed=5, run_id="r")
+    hb = run_simulation(b.contract_ids, b.sites, "bc-mlp", 2, tmp_path / "rb", seed=5, run_id="r")
     assert ha["status"] == hb["status"] == "finished"
-    with np.load(tmp_path / "ra" / "final.npz") as za, np.load(tmp_path / "rb" / "final.npz") as zb:
-        assert za.files == zb.files
-        for k in za.files:
-            assert np.array_equal(za[k], zb[k]), k
-    # every site charged both rounds, summing to the accountant's epsilon <= contract
+    za, zb = _final(tmp_path / "ra"), _final(tmp_path / "rb")
+    assert za.keys() == zb.keys()
+    for k in za:
+        assert np.array_equal(za[k], zb[k]), k
+    monkeypatch.delenv("DATASPACE_NOISE_SEED")
+    c = federation(epsilon=4.0, rounds=2)
+    run_simulation(c.contract_ids, c.sites, "bc-mlp", 2, tmp_path / "rc", seed=5, run_id="r")
+    assert not np.array_equal(_final(tmp_path / "rc")["net.0.weight"], za["net.0.weight"])
+    # every site charged its statistics and both rounds, summing to the accountant's
+    # epsilon <= contract
     for site, dsid in zip(a.sites, a.dataset_ids, strict=True):
         rows = _ledger(site)
-        assert [r[1] for r in rows] == [1, 2]
+        assert [r[1] for r in rows] == [0, 1, 2]
         assert sum(r[2] for r in rows) == pytest.approx(ha["rounds"][-1]["epsilon"][dsid])
         assert sum(r[2] for r in rows) <= 4.0
     # per-site updates kept per round for contribution estimates
@@ -81,16 +94,16 @@ def test_dead_site_does_not_hang_and_run_resumes(federation, tmp_path):
             grid=grid, on_round=stop_after_first,
         )  # fmt: skip
     assert json.loads((out / "history.json").read_text())["status"] == "stopped"
-    # resume with min-nodes 2: rounds 2..3 run on the two live sites
+    # resume with min-nodes 2: rounds 2..3 run on the two live sites (round 2 never went out)
     h = run_simulation(
         fed.contract_ids, fed.sites, "bc-mlp", 3, out, seed=2, run_id="r-1", grid=grid,
         min_nodes=2,
     )  # fmt: skip
-    assert h["status"] == "finished" and h["resumed_from"] == 1
+    assert h["status"] == "finished" and h["resumed_from"] == 1 and "lost_rounds" not in h
     assert [r["round"] for r in h["rounds"]] == [1, 2, 3]
     assert len(h["rounds"][1]["sites"]) == 2
-    assert [r[1] for r in _ledger(fed.sites[2])] == [1]  # the dead site paid only round 1
-    assert [r[1] for r in _ledger(fed.sites[0])] == [1, 2, 3]
+    assert [r[1] for r in _ledger(fed.sites[2])] == [0, 1]  # the dead site paid round 1 only
+    assert [r[1] for r in _ledger(fed.sites[0])] == [0, 1, 2, 3]
 
 
 def test_guard_refuses_unknown_contract(federation):
@@ -98,4 +111,4 @@ def test_guard_refuses_unknown_contract(federation):
 
     fed = federation(epsilon=2.0, rounds=1)
     with pytest.raises(RefusedError, match="no-such-contract"):
-        authorize_round(fed.sites[0], "no-such-contract", "run", 1, 0.1)
+        authorize_round(fed.sites[0], "no-such-contract", "run", 1, [(1.0, 1.0, 1)])

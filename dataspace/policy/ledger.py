@@ -150,6 +150,7 @@ def charge_round(
             store.expire_contracts(con, now)
             contract = _contract(con, contract_id)
             fields |= {"dataset_id": contract.dataset_id, "consumer": contract.consumer.key_b64}
+            _check_state(contract, now)  # revoked or expired: say so first
             _not_charged(con, contract, run_id, round_no)
             _check(con, contract, run_id, round_no, release, purpose, template, now)
             _check_policy(con, contract, now, secure_aggregation)

@@ -9,6 +9,7 @@ A federation mixing frame and episode sites is weighed in frames.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -57,7 +58,7 @@ def _ledger(site) -> list[tuple]:
 def _charges(releases: list, rounds: int, delta: float = 1e-5) -> list[float]:
     """What the ledger's filter charges for ``rounds`` releases of ``releases`` each."""
     eps = [accountant.epsilon(releases * k, delta) for k in range(rounds + 1)]
-    return [b - a for a, b in zip(eps, eps[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(eps)]
 
 
 def _refusals(site) -> list:

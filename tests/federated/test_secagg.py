@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +13,35 @@ from flwr.app import Message
 
 from dataspace.cli import main
 from dataspace.federated.client_app import app as client_app
+from dataspace.federated.federation import Federation
+from dataspace.federated.noise import SEED_ENV
 from dataspace.federated.run import LocalGrid, run_simulation
 from dataspace.federated.secagg import error_bound
 
 pytestmark = pytest.mark.slow
+
+#: the site processes' test seed (dataspace/federated/noise.py): with it a site's noise
+#: depends only on the release's label (contract, run, round), so twin sites repeat it
+NOISE_SEED = "test-secagg"
+
+
+def twin_sites(fed: Federation) -> Callable[[], None]:
+    """Keep a pristine copy of ``fed``'s folder; the returned call swaps it in.
+
+    The sites' DP noise is secret: with the test seed it repeats only for the same
+    contract, run id and round. Two runs over the same contracts, each on fresh
+    ledgers, therefore need the same sites twice, at the same paths (the ClientApp
+    remembers where it found a contract). Returns ``swap``: after the first run, the
+    used folder moves aside and the copy takes its place.
+    """
+    root = fed.sites[0].root.parent
+    spare = shutil.copytree(root, root.with_name(root.name + "-twin"))
+
+    def swap() -> None:
+        root.rename(root.with_name(root.name + "-used"))
+        Path(spare).rename(root)
+
+    return swap
 
 
 class RecordingGrid(LocalGrid):
@@ -38,13 +66,21 @@ def quantisation_gap(plain_dir, sec_dir, sec: dict) -> tuple[float, float]:
         return max(float(np.abs(zp[k] - zs[k]).max()) for k in zp.files), bound
 
 
-def test_secagg_matches_weighted_fedavg_within_quantization_and_hides_updates(federation, tmp_path):
-    a, b = federation(epsilon=4.0, rounds=1), federation(epsilon=4.0, rounds=1)
-    plain = run_simulation(a.contract_ids, a.sites, "bc-mlp", 1, tmp_path / "plain", seed=4)
-    grid = RecordingGrid(client_app, [s.root for s in b.sites])
-    sec = run_simulation(
-        b.contract_ids, b.sites, "bc-mlp", 1, tmp_path / "sec", seed=4, grid=grid, secagg=True
+def test_secagg_matches_weighted_fedavg_within_quantization_and_hides_updates(
+    federation, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(SEED_ENV, NOISE_SEED)
+    fed = federation(epsilon=4.0, rounds=1)
+    swap = twin_sites(fed)
+    plain = run_simulation(
+        fed.contract_ids, fed.sites, "bc-mlp", 1, tmp_path / "plain", seed=4, run_id="twin"
     )
+    swap()  # the same sites again, fresh ledgers: the same DP training, noise included
+    grid = RecordingGrid(client_app, [s.root for s in fed.sites])
+    sec = run_simulation(
+        fed.contract_ids, fed.sites, "bc-mlp", 1, tmp_path / "sec", seed=4, grid=grid,
+        secagg=True, run_id="twin",
+    )  # fmt: skip
     assert plain["status"] == sec["status"] == "finished", sec.get("error")
     # the sites' DP training is the same (same seed): only the aggregation differs
     assert sec["rounds"][0]["train_loss"] == plain["rounds"][0]["train_loss"]
@@ -84,13 +120,21 @@ def test_cli_train_secagg_flag(federation, tmp_path, capsys):
     assert not (out / "rounds" / "001" / "updates").exists()
 
 
-def test_secagg_on_the_deployment_engine_matches_the_one_process_run(federation, tmp_path):
+def test_secagg_on_the_deployment_engine_matches_the_one_process_run(
+    federation, tmp_path, monkeypatch
+):
     """SecAgg+ through SuperLink + 3 SuperNodes (TLS, node auth): the same sites, seed and
-    DP training as a plain one-process run, so the aggregate differs only by quantisation."""
+    DP training as a plain one-process run, so the aggregate differs only by quantisation.
+    The SuperNodes inherit the test noise seed from this process's environment."""
     from dataspace.federated.deploy import run_deployment
 
-    a, b = federation(epsilon=4.0, rounds=1), federation(epsilon=4.0, rounds=1)
-    plain = run_simulation(a.contract_ids, a.sites, "bc-mlp", 1, tmp_path / "plain", seed=6)
+    monkeypatch.setenv(SEED_ENV, NOISE_SEED)
+    b = federation(epsilon=4.0, rounds=1)
+    swap = twin_sites(b)
+    plain = run_simulation(
+        b.contract_ids, b.sites, "bc-mlp", 1, tmp_path / "plain", seed=6, run_id="twin"
+    )
+    swap()
     sec = run_deployment(
         b.contract_ids,
         [s.root for s in b.sites],
@@ -98,6 +142,7 @@ def test_secagg_on_the_deployment_engine_matches_the_one_process_run(federation,
         1,
         tmp_path / "sec",
         seed=6,
+        run_id="twin",
         timeout=480,
         secagg=True,
     )

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dataspace
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.app.error import Error
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import RDPAccountant
 
+import dataspace
 from dataspace import accountant
 from dataspace.audit.events import Event, parse_event
 from dataspace.connectors.site import Site

@@ -11,7 +11,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
 from opacus.accountants import RDPAccountant
 
 from dataspace import accountant

@@ -17,6 +17,7 @@ import time
 import torch
 
 from dataspace.federated import dp
+from dataspace.federated.noise import NoiseSource
 from dataspace.federated.templates import get_template
 
 torch.set_num_threads(1)
@@ -52,9 +53,10 @@ def main() -> None:
     print(f"plain: {results['plain'] * 1e3:.3f} ms/step", file=sys.stderr)
 
     bk_net = tmpl.build(S, A, seed=1).net
+    rng = NoiseSource.seeded(0)  # the site's secret ChaCha20 noise, as in a real round
 
     def bk():
-        dp.bk_step(bk_net, xb, yb, 1.0, 1.0, 0.1, float(B), g)
+        dp.bk_step(bk_net, xb, yb, 1.0, 1.0, 0.1, float(B), rng)
 
     results["bk"] = _time(bk)
     print(f"bk: {results['bk'] * 1e3:.3f} ms/step", file=sys.stderr)

@@ -29,6 +29,7 @@ from fl_utility import UNITREE, central, frames, mse
 
 from dataspace.federated import dp, normalize
 from dataspace.federated.federation import make_federation
+from dataspace.federated.noise import NoiseSource
 from dataspace.federated.templates import get_template
 
 torch.set_num_threads(1)
@@ -60,9 +61,9 @@ def train(train_fr, held, unit: str, length: int | None, lr: float) -> tuple[flo
     n_units = int(torch.unique_consecutive(ep).numel())
     s = dp.TrainingSettings(batch_size=BATCH, max_epochs=EPOCHS, privacy_unit=unit)
     plan = dp.make_plan(8.0, 1e-5, ROUNDS, x.shape[0], s, episodes=n_units)
-    gen = torch.Generator().manual_seed(0)
+    gen = NoiseSource.seeded(0)
     for _ in range(ROUNDS):
-        dp.train_dp(policy.net, x, y, plan, lr=lr, generator=gen, episode=ep)
+        dp.train_dp(policy.net, x, y, plan, lr=lr, rng=gen, episode=ep)
     return mse(policy, held), plan
 
 

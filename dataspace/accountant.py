@@ -221,6 +221,24 @@ def compose_onto(curve: Sequence[float], releases: Iterable[Sequence[float]]) ->
         raise AccountantError(f"a curve has {len(ORDERS)} orders, got {len(curve)}")
     total = [float(v) for v in curve]
     for r in releases:
-        for k, v in enumerate(rdp(check_release(r))):
-            total[k] += v
+        total = [t + v for t, v in zip(total, rdp(check_release(r)), strict=True)]
     return total
+
+
+@functools.lru_cache(maxsize=64)
+def _conversion(delta: float) -> tuple[tuple[float, float], ...]:
+    """Per order, the two terms :func:`epsilon_of_curve` adds to the RDP at ``delta``."""
+    terms = (((math.log(delta) + math.log(a)) / (a - 1), math.log((a - 1) / a)) for a in ORDERS)
+    return tuple(terms)
+
+
+def epsilon_at(curve: Sequence[float], delta: float) -> float:
+    """:func:`epsilon_of_curve` to the last digit (the same operations in the same order),
+    with its per-order terms computed once per ``delta``: for callers that convert once
+    per release, such as the auditor over a long log."""
+    if not 0 < delta < 1:
+        raise AccountantError(f"delta must be in (0, 1), got {delta!r}")
+    if not any(curve):
+        return 0.0
+    best = min((r - x) + y for r, (x, y) in zip(curve, _conversion(delta), strict=True))
+    return max(0.0, best)

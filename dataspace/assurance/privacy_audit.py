@@ -35,6 +35,7 @@ from dataspace.connectors.site import Site
 from dataspace.errors import DataspaceError
 from dataspace.federated import data as fdata
 from dataspace.federated import dp, normalize
+from dataspace.federated.noise import NoiseSource
 from dataspace.federated.templates import get_template
 
 
@@ -125,7 +126,10 @@ def audit_frames(state: torch.Tensor, action: torch.Tensor, cfg: AuditConfig) ->
         )
         plan = dp.make_plan(cfg.epsilon, cfg.delta, cfg.rounds, x.shape[0], settings)
         for _ in range(cfg.rounds):
-            dp.train_dp(net, x, y, plan, lr=cfg.lr, generator=gen, mode="bk")
+            # the audit's own experiment (its result goes to the holder only): a seeded
+            # source keeps it repeatable for its seed
+            rng = NoiseSource.seeded(f"privacy-audit/{cfg.seed}")
+            dp.train_dp(net, x, y, plan, lr=cfg.lr, rng=rng, mode="bk")
         accountant, sigma = plan.epsilon_after(cfg.rounds), plan.noise_multiplier
     else:
         _train_plain(net, x, y, cfg, gen)

@@ -691,7 +691,7 @@ class RuleChecker:
                 )
             parsed = [accountant.check_release(r) for r in releases]
             curve = accountant.compose_onto(m.curve, parsed)
-            after = accountant.epsilon_of_curve(curve, c.delta)
+            after = accountant.epsilon_at(curve, c.delta)
         except (accountant.AccountantError, OverflowError, ValueError) as e:
             self._flag(i, "round-mechanism", f"round.started releases: {e}", **values)
             m.legacy += eps or 0.0  # what it charged still counts in the contract's epsilon

@@ -60,6 +60,12 @@ def _csv(value: str | None) -> list[str]:
 @click.option(
     "--manual-approval", is_flag=True, help="Hold every contract for the holder's approval."
 )
+@click.option(
+    "--require-secagg",
+    is_flag=True,
+    help="Every training round must run under SecAgg+ (ODRL: aggregation eq secure); "
+    "the sites refuse, logged and uncharged, a round without it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def policy(
     site: Path,
@@ -74,6 +80,7 @@ def policy(
     templates: str | None,
     actions: str,
     manual_approval: bool,
+    require_secagg: bool,
     as_json: bool,
 ) -> None:
     """Set DATASET's usage policy (from --file or from flags); without either, print it."""
@@ -82,7 +89,7 @@ def policy(
 
     s = Site.open(site)
     flags = (purpose, consumer, epsilon, delta, until, max_rounds, templates)
-    if file is None and all(f is None for f in flags) and not manual_approval:
+    if file is None and all(f is None for f in flags) and not (manual_approval or require_secagg):
         doc = current_policy(s, dataset).to_jsonld()
         click.echo(json.dumps(doc) if as_json else json.dumps(doc, indent=2))
         return
@@ -90,6 +97,11 @@ def policy(
     if file is not None:
         if any(f is not None for f in flags):
             raise click.UsageError("give --file or the policy flags, not both")
+        if require_secagg:  # a document states it itself, in its train permission
+            raise click.UsageError(
+                "--require-secagg is a policy flag: with --file, put the constraint "
+                "aggregation eq secure in the document's train permission"
+            )
         # the raw document goes to publish_policy, which reports and logs what is wrong
         doc: Any = file.read_bytes()
         if manual_approval:
@@ -114,6 +126,7 @@ def policy(
             templates=_csv(templates),
             actions=_csv(actions),
             manual_approval=manual_approval,
+            secure_aggregation=require_secagg,
         )
         pub = publish_policy(s, built)
     parsed = pub.policy
@@ -134,6 +147,7 @@ def policy(
             f"policy {pub.policy_sha256[:16]} published for {parsed.dataset_id}: "
             f"epsilon {parsed.budget_epsilon:g}, delta {parsed.budget_delta:g}"
             + (", manual approval" if parsed.manual_approval else "")
+            + (", SecAgg+ required" if require_secagg else "")
         )
 
 

@@ -99,9 +99,13 @@ SecAgg+):
   A server that makes up ``k - 1`` neighbours holds every share. SecAgg against
   a malicious server needs keys authenticated by the sites themselves (signed
   with their identity, checked against a roster the site trusts), which
-  Flower's protocol lacks; so does ``secaggplus_mod``'s masking PRG, seeded
-  with 32 bits (the XOR-fold of the 256-bit secret into numpy's Mersenne
-  Twister), so one pairwise mask can be searched exhaustively;
+  Flower's protocol lacks;
+* the masks' strength: Flower's ``pseudo_rand_gen`` XOR-folds each 256-bit
+  seed to 32 bits to seed numpy's Mersenne Twister, so one pairwise mask has
+  2**32 possible values. With two sites, a server that saw an honest round
+  can search the one pairwise seed and get both updates; with three, a
+  meet-in-the-middle over two seeds. Closing it needs a PRG keyed by the whole
+  seed on both sides (the sites' and :func:`train_round`);
 * that the sample is what the contract's consumer promised, or that the
   server really aggregates (it may drop every other site and keep one).
 

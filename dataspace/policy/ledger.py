@@ -13,8 +13,10 @@ The rules that make a budget mean something, whatever a server sends:
   the increase of that composed epsilon, so a contract's charges add up to the
   accountant's epsilon over what it released, and the dataset's spent is the sum
   of its contracts' (its lifetime budget is the sum of its contracts);
-* a (run, round) executes at most once: a second charge of it is refused and
-  logged, never answered again (a replay after revocation releases nothing).
+* a (run, round) releases at most once: a second charge of it is refused and
+  logged, never answered again (a replay after revocation releases nothing). A
+  charge whose process died before it released anything (recorded before any
+  reply leaves) runs again under that same charge, never twice at once.
 
 :func:`charge_round` is therefore the gate every release passes on the holder's
 machine:
@@ -46,10 +48,13 @@ re-check the contract (:func:`check_live`) and charge nothing more.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+import psutil
 
 from dataspace import accountant
 from dataspace.errors import DataspaceError, NotFoundError, RefusedError
@@ -151,21 +156,23 @@ def charge_round(
             contract = _contract(con, contract_id)
             fields |= {"dataset_id": contract.dataset_id, "consumer": contract.consumer.key_b64}
             _check_state(contract, now)  # revoked or expired: say so first
-            _not_charged(con, contract, run_id, round_no)
             _check(con, contract, run_id, round_no, release, purpose, template, now)
             _check_policy(con, contract, now, secure_aggregation)
             _check_unit(con, contract.dataset_id, run_id, round_no, privacy_unit)
+            taken_over = _not_charged(con, contract, run_id, round_no, entries)
+            if taken_over is not None:  # its first process died before releasing anything
+                return taken_over
             charge = _admit(con, contract, run_id, round_no, entries, now)
             fields["epsilon"] = charge.epsilon
             con.execute("BEGIN TRANSACTION")
             con.execute(
                 "INSERT INTO ledger (dataset_id, run_id, round_no, contract_id, epsilon, "
-                "charged_at, privacy_unit, release, releases, mechanism) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "charged_at, privacy_unit, release, releases, mechanism, executor) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     contract.dataset_id, run_id, round_no, contract_id, charge.epsilon,
                     store.to_db(now), privacy_unit, release, json.dumps(entries),
-                    json.dumps(mechanism or {}),
+                    json.dumps(mechanism or {}), _executor(),
                 ],
             )  # fmt: skip
             # COMMIT is the durability point: DuckDB writes and syncs its WAL here.
@@ -197,19 +204,66 @@ def charge_round(
     return charge
 
 
-def _not_charged(con: duckdb.DuckDBPyConnection, contract, run_id: str, round_no: int) -> None:
-    """A (run, round) executes at most once: any earlier charge of it refuses this one."""
+def _executor() -> str:
+    """This process, as a ledger row names the one executing its release."""
+    me = psutil.Process()
+    return f"{socket.gethostname()}:{me.pid}:{me.create_time():.3f}"
+
+
+def _executor_alive(executor: str | None) -> bool:
+    """Could the process that charged a release still be computing it? (Unknown: yes.)"""
+    if not executor:
+        return True  # charged before executors were recorded: cannot tell
+    host, pid, started = executor.rsplit(":", 2)
+    if host != socket.gethostname():
+        return True  # another machine's process: cannot tell
+    try:
+        proc = psutil.Process(int(pid))
+        return f"{proc.create_time():.3f}" == started  # a reused pid is another process
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def _not_charged(
+    con: duckdb.DuckDBPyConnection, contract, run_id: str, round_no: int, entries: list
+) -> Charge | None:
+    """A (run, round) releases at most once: refuse any earlier charge of it, unless
+    its process died before releasing anything; then return that charge, to be used.
+
+    A release is recorded finished (:func:`record_round_finished`) before its reply
+    is returned, so a charge without it never left the site. It may run again under
+    the same charge once the process that took it is gone (a crash, ``kill -9``) and
+    with the same mechanism; while that process lives, the release may be in flight.
+    """
     row = con.execute(
-        "SELECT contract_id, finished_at IS NOT NULL FROM ledger WHERE dataset_id = ? "
-        "AND run_id = ? AND round_no = ?",
+        "SELECT contract_id, finished_at IS NOT NULL, executor, releases, epsilon "
+        "FROM ledger WHERE dataset_id = ? AND run_id = ? AND round_no = ?",
         [contract.dataset_id, run_id, round_no],
     ).fetchone()
-    if row is not None:
-        what = "released" if row[1] else "charged (its work may have started)"
+    if row is None:
+        return None
+    cid, finished, executor, releases, epsilon = row
+    what = "released" if finished else "charged (its work may be in flight)"
+    if finished or cid != contract.contract_id or _executor_alive(executor):
         raise ReplayError(
             f"run {run_id} round {round_no} on dataset {contract.dataset_id} was already "
-            f"{what} under contract {row[0]}: a round executes at most once"
+            f"{what} under contract {cid}: a round executes at most once"
         )
+    if json.loads(releases or "[]") != entries:
+        raise ReplayError(
+            f"run {run_id} round {round_no} was charged for another mechanism; its "
+            "process died before releasing anything, but it runs again only as charged"
+        )
+    con.execute(
+        "UPDATE ledger SET executor = ? WHERE dataset_id = ? AND run_id = ? AND round_no = ?",
+        [_executor(), contract.dataset_id, run_id, round_no],
+    )
+    (total,) = con.execute(
+        "SELECT SUM(GREATEST(epsilon, COALESCE(epsilon_spent, 0))) FROM ledger "
+        "WHERE contract_id = ?",
+        [cid],
+    ).fetchone()  # type: ignore[misc]
+    return Charge(epsilon=float(epsilon), contract_epsilon=float(total))
 
 
 def _admit(

@@ -107,6 +107,9 @@ _DDL = (
     "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS mechanism JSON",
     "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS evaluated_at TIMESTAMP",
     "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS payload JSON",
+    # the process computing the release (host:pid:start): a charge whose process died
+    # before releasing anything may run again (dataspace.policy.ledger._not_charged)
+    "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS executor VARCHAR",
 )
 
 

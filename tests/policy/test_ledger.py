@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -381,10 +382,17 @@ def test_round_killed_after_its_charge_stays_charged(world: World, tmp_path: Pat
     (row,) = budget_report(world.site, now=T1)
     assert row.spent == pytest.approx(want) and row.reserved == pytest.approx(3.0 - want)
     assert [e.fields["run_id"] for e in world.events("round.started")] == ["crash-run"]
-    # the retried round is refused, never charged twice nor run again
-    with pytest.raises(ReplayError):
+    # its process died before releasing anything: the retry runs under the same charge,
+    # never charged twice, never logged twice, and never twice at once
+    again = charge_round(world.site, c.contract_id, "crash-run", 1, GAUSS, now=T1)
+    assert again.epsilon == pytest.approx(want)
+    assert len(ledger_rows(world)) == 1 and len(world.events("round.started")) == 1
+    with pytest.raises(ReplayError, match="in flight"):  # this process is computing it
         charge_round(world.site, c.contract_id, "crash-run", 1, GAUSS, now=T1)
-    assert len(ledger_rows(world)) == 1
+    with pytest.raises(ReplayError, match="another mechanism"):
+        with world.site.db() as con:  # as if its first process had died again
+            con.execute("UPDATE ledger SET executor = ?", [f"{socket.gethostname()}:999999999:0"])
+        charge_round(world.site, c.contract_id, "crash-run", 1, [(5.0, 1.0, 1)], now=T1)
 
 
 _RACE = textwrap.dedent(

@@ -395,7 +395,7 @@ class RuleChecker:
 
     Events come in as their parsed fields (the entry without ``sig``) and time.
     Rounds are tracked per contract by (run, round, dataset), with their strings
-    interned: a million rounds cost about 150 MB. Per contract, one composed RDP
+    interned: a million rounds cost about 200 MB. Per contract, one composed RDP
     curve (about 70 floats) stands for all its releases.
     """
 
@@ -658,10 +658,10 @@ class RuleChecker:
         contract's epsilon is the former. Returns the recomputed charge, or None when the
         entry gives nothing to recompute from (then flagged).
         """
-        values: dict[str, Any] = {"contract_id": cid, "run_id": f.get("run_id")}
-        values["round"] = f.get("round")
         release, round_no = f.get("release"), f.get("round")
-        if release not in RELEASES or (release == "stats") != (round_no == 0):
+        values: dict[str, Any] = {"contract_id": cid, "run_id": f.get("run_id"), "round": round_no}
+        zero = type(round_no) is int and round_no == 0
+        if release not in RELEASES or (release == "stats") != zero:
             self._flag(
                 i,
                 "round-mechanism",
@@ -692,7 +692,7 @@ class RuleChecker:
             parsed = [accountant.check_release(r) for r in releases]
             curve = accountant.compose_onto(m.curve, parsed)
             after = accountant.epsilon_at(curve, c.delta)
-        except (accountant.AccountantError, OverflowError, ValueError) as e:
+        except (ArithmeticError, ValueError) as e:  # AccountantError, or numbers past floats
             self._flag(i, "round-mechanism", f"round.started releases: {e}", **values)
             m.legacy += eps or 0.0  # what it charged still counts in the contract's epsilon
             return None
@@ -945,8 +945,9 @@ def audit(
 
     ``keep_rounds=False`` checks the same rules but keeps no per-round records in
     the report (``rounds`` stays empty, ``round_count`` counts them): memory then
-    grows only by the (run, round, dataset) key and charge of each round, which the
-    contract-rounds and round.finished rules need (about 100 bytes a round).
+    grows only by the (run, round, dataset) key, charge and state of each round, which
+    the contract-rounds, round.finished, round-repeated and round-evaluated rules need
+    (about 200 bytes a round), and by one RDP curve per contract.
     """
     report = AuditReport(quorum=quorum, unanchored_allowed=allow_unanchored)
     vio = report.violations

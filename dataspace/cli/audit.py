@@ -212,7 +212,12 @@ def verify_cmd(
         err.print(
             f"{status} {report.origin} size {report.size} root {report.root}; "
             f"{report.entries_checked} entries; witnesses: {', '.join(report.witnesses) or 'none'}"
-            f" (quorum {witness_quorum}); {report.round_count} rounds",
+            f" (quorum {witness_quorum}); {report.round_count} rounds"
+            + (
+                f"; kept checkpoint of size {report.previous_size}"
+                if report.previous_size is not None
+                else ""
+            ),
             highlight=False,
         )
         if report.latest_size is not None and report.latest_size > report.size:

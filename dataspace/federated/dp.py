@@ -568,7 +568,8 @@ def _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, rng) -> N
         for m, (sw, sb) in zip(linears, sums, strict=True):
             for p, s in ((m.weight, sw), (m.bias, sb)):
                 if sigma > 0:
-                    s += rng.normal(s.shape, dtype=s.dtype) * (sigma * clip_norm)
+                    # one draw a value: gradient noise never leaves by itself (noise.py)
+                    s += rng.normal(s.shape, dtype=s.dtype, draws=1) * (sigma * clip_norm)
                 p -= lr * s / expected_batch
 
 
@@ -726,7 +727,7 @@ def _secret_noise_optimizer(base: type, rng: NoiseSource, sanitise: bool) -> typ
             for p in self.params:
                 grad = p.summed_grad
                 if std > 0:  # as Opacus: no draw without noise (the stream stays aligned)
-                    grad = grad + rng.normal(grad.shape, dtype=grad.dtype) * std
+                    grad = grad + rng.normal(grad.shape, dtype=grad.dtype, draws=1) * std
                 p.grad = grad.view_as(p)
 
         def clip_and_accumulate(self) -> None:

@@ -8,12 +8,14 @@ from a :class:`NoiseSource`: a ChaCha20 keystream (RFC 8439, via
 system (``os.urandom``) for that release alone. Nothing in a message seeds it,
 and no two releases share a key, so two identical queries get independent noise.
 
-Gaussian noise is drawn as Opacus's ``secure_mode`` draws it (Holohan and
-Braghin 2021, "Secure random sampling in differential privacy", n = 2): the sum
-of four Box-Muller normals divided by two, which hides the low bits that a
-single floating-point Gaussian gives away (Jin et al. 2022, "Are we there yet?
-Timing and floating-point attacks on differential privacy systems"). Opacus's own
-``secure_mode`` needs torchcsprng, which has no build for current torch.
+Gaussian noise of a value that leaves as it is (the statistics, the losses) is
+drawn as Opacus's ``secure_mode`` draws it (Holohan and Braghin 2021, "Secure
+random sampling in differential privacy", n = 2): the sum of four Box-Muller
+normals divided by two, which hides the low bits that a single floating-point
+Gaussian gives away (Jin et al. 2022, "Are we there yet? Timing and
+floating-point attacks on differential privacy systems"). DP-SGD's gradient
+noise takes one normal per value (:meth:`NoiseSource.normal`, ``draws``).
+Opacus's own ``secure_mode`` needs torchcsprng, which has no build for current torch.
 
 Reproducible tests and benchmarks set ``DATASPACE_NOISE_SEED`` in the site
 process's environment (no message reaches it): each release's key is then
@@ -36,6 +38,10 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 #: the environment variable of a site process that makes its noise reproducible (tests)
 SEED_ENV = "DATASPACE_NOISE_SEED"
+#: numpy's dtype of each torch dtype a noise tensor may have
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
+#: normals drawn per chunk (64 KiB of floats per array: the math stays in cache)
+_CHUNK = 1 << 13
 
 
 def noise_kind() -> str:
@@ -69,23 +75,47 @@ class NoiseSource:
     def _bytes(self, n: int) -> bytes:
         return self._stream.update(bytes(n))
 
-    def uniform(self, n: int) -> torch.Tensor:
+    def _uniform64(self, n: int) -> np.ndarray:
         """``n`` float64 uniforms in (0, 1), 53 random bits each."""
         words = np.frombuffer(self._bytes(8 * n), dtype="<u8") >> np.uint64(11)
-        return torch.from_numpy((words.astype(np.float64) + 0.5) * 2.0**-53)
+        return (words.astype(np.float64) + 0.5) * 2.0**-53
 
-    def _box_muller(self, n: int) -> torch.Tensor:
-        m = (n + 1) // 2
-        u = self.uniform(2 * m)
-        r = torch.sqrt(-2.0 * torch.log(u[:m]))
-        theta = (2 * math.pi) * u[m:]
-        return torch.cat([r * torch.cos(theta), r * torch.sin(theta)])[:n]
+    def uniform(self, n: int) -> torch.Tensor:
+        """``n`` float64 uniforms in (0, 1), 53 random bits each."""
+        return torch.from_numpy(self._uniform64(n))
 
-    def normal(self, shape: tuple[int, ...] | torch.Size, dtype=torch.float32) -> torch.Tensor:
-        """Standard normals of ``shape``: (four Box-Muller draws summed) / 2, as ``dtype``."""
+    def _box_muller(self, n: int) -> np.ndarray:
+        """``n`` standard normals (numpy's float64 math: several times torch's here)."""
+        out = np.empty(n)
+        for at in range(0, n, _CHUNK):  # chunks that stay in cache
+            k = min(_CHUNK, n - at)
+            m = (k + 1) // 2
+            u = self._uniform64(2 * m)
+            r = np.sqrt(-2.0 * np.log(u[:m]))
+            theta = (2 * math.pi) * u[m:]
+            pair = np.concatenate([r * np.cos(theta), r * np.sin(theta)])
+            out[at : at + k] = pair[:k]
+        return out
+
+    def normal(
+        self, shape: tuple[int, ...] | torch.Size, dtype=torch.float32, draws: int = 4
+    ) -> torch.Tensor:
+        """Standard normals of ``shape`` as ``dtype``.
+
+        ``draws = 4`` (the default): four Box-Muller normals summed and halved,
+        Holohan and Braghin's secure sampling (module docstring), for every
+        release whose noisy value leaves as it is (statistics, losses).
+        ``draws = 1``: one normal, for DP-SGD's gradient noise, which never leaves
+        by itself: an update is float32 weights after a round of SGD steps, so
+        no noisy sum is ever observed exactly, which the low-bit attacks need;
+        four draws there would cost most of a step (bench/RESULTS.md, dp_overhead).
+        """
         n = math.prod(shape)
-        z = self._box_muller(4 * n).view(4, n).sum(0) / 2.0
-        return z.view(*shape).to(dtype)
+        if draws == 1:
+            z = self._box_muller(n)
+        else:
+            z = self._box_muller(draws * n).reshape(draws, n).sum(0) / math.sqrt(draws)
+        return torch.from_numpy(z.astype(_NUMPY[dtype], copy=False).reshape(tuple(shape)))
 
     def bernoulli(self, n: int, q: float) -> torch.Tensor:
         """A Poisson sample: each of ``n`` units in independently with probability ``q``."""

@@ -100,14 +100,16 @@ SecAgg+):
   a malicious server needs keys authenticated by the sites themselves (signed
   with their identity, checked against a roster the site trusts), which
   Flower's protocol lacks;
-* the masks' strength: Flower's ``pseudo_rand_gen`` XOR-folds each 256-bit
-  seed to 32 bits to seed numpy's Mersenne Twister, so one pairwise mask has
-  2**32 possible values. With two sites, a server that saw an honest round
-  can search the one pairwise seed and get both updates; with three, a
-  meet-in-the-middle over two seeds. Closing it needs a PRG keyed by the whole
-  seed on both sides (the sites' and :func:`train_round`);
 * that the sample is what the contract's consumer promised, or that the
   server really aggregates (it may drop every other site and keep one).
+
+Masks from the whole seed (:func:`mask_stream`): Flower's ``pseudo_rand_gen``
+XOR-folds each 256-bit seed to 32 bits to seed numpy's Mersenne Twister, so one
+pairwise mask has 2**32 possible values and a server that saw an honest round
+could search it (two sites: both updates; three: a meet-in-the-middle). Both
+sides here use a ChaCha20 keystream keyed by SHA-256 of the whole seed instead:
+the sites' mod (installed into Flower's mod by :func:`secagg_mod`) and
+:func:`train_round`. Flower's own ``SecAggPlusWorkflow`` is therefore not a peer.
 
 A policy may require SecAgg+ (ODRL ``aggregation eq secure``, ``dataspace
 connector policy --require-secagg``): the ledger then refuses, logged and
@@ -117,6 +119,8 @@ uncharged, a round the ClientApp charges outside :func:`in_secure_round`.
 from __future__ import annotations
 
 import contextvars
+import hashlib
+import importlib
 import math
 import random
 from collections.abc import Callable
@@ -124,6 +128,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS,
@@ -258,7 +263,7 @@ class SiteLimits:
 
 
 @dataclass
-class _Session:
+class GuardSession:
     """What this site accepted of the current SecAgg+ session (kept in the node's state)."""
 
     #: the last stage this site completed ("": none, only a setup may come)
@@ -274,7 +279,7 @@ class _Session:
     run_id: str = ""
 
 
-#: the node state's record of :class:`_Session` (next to Flower's ``secaggplus_state``)
+#: the node state's record of :class:`GuardSession` (next to Flower's ``secaggplus_state``)
 GUARD_KEY = "dataspace_secagg_guard"
 
 #: the stage each stage must follow (a setup may come at any time: it starts over)
@@ -285,12 +290,12 @@ _AFTER = {
 }
 
 
-def _load_session(ctxt: Context) -> _Session:
+def _load_session(ctxt: Context) -> GuardSession:
     rec = ctxt.state.config_records.get(GUARD_KEY)
-    return _Session(**dict(rec)) if rec is not None else _Session()
+    return GuardSession(**dict(rec)) if rec is not None else GuardSession()
 
 
-def _save_session(ctxt: Context, session: _Session) -> None:
+def _save_session(ctxt: Context, session: GuardSession) -> None:
     ctxt.state.config_records[GUARD_KEY] = ConfigRecord(asdict(session))
 
 
@@ -310,7 +315,7 @@ def _site_of(ctxt: Context) -> Site | None:
     return Site.open(str(root)) if root else None
 
 
-def _stage_of(msg: Message, ctxt: Context, session: _Session) -> str:
+def _stage_of(msg: Message, ctxt: Context, session: GuardSession) -> str:
     """The message's stage, if it may come now; else :class:`SecAggStageError`."""
     # Flower's mod hands any other type straight to the train callable: refuse, so the
     # train handler never runs as "secure" outside the collect stage
@@ -395,7 +400,7 @@ def _node_id(text: str) -> int:
 
 
 def check_share_keys(
-    cfg: ConfigRecord, session: _Session, own_keys: tuple[bytes, bytes]
+    cfg: ConfigRecord, session: GuardSession, own_keys: tuple[bytes, bytes]
 ) -> list[int]:
     """The public keys of exactly the sample, this node's own among them; returns the ids."""
     ids, keys = [], []
@@ -430,7 +435,7 @@ def _int_list(cfg: ConfigRecord, key: str, err: type[SecAggRefusedError]) -> lis
     return value
 
 
-def check_collect(cfg: ConfigRecord, session: _Session, ss2: dict[int, bytes]) -> list[int]:
+def check_collect(cfg: ConfigRecord, session: GuardSession, ss2: dict[int, bytes]) -> list[int]:
     """One valid share of every other neighbour (``ss2``: this node's pairwise keys from
     share keys, Flower's state); returns the sources. Checked before the train handler."""
     _only_keys(cfg, {Key.SOURCE_LIST, Key.CIPHERTEXT_LIST}, SecAggSourcesError)
@@ -464,7 +469,7 @@ def _check_share(ss2: dict[int, bytes], src: int, nid: int, ciphertext: bytes) -
         raise SecAggSourcesError(f"the share listed from {src} is ({actual} -> {dst})")
 
 
-def check_unmask(cfg: ConfigRecord, session: _Session) -> None:
+def check_unmask(cfg: ConfigRecord, session: GuardSession) -> None:
     """Lists this site can answer: each share it gives is of a seed or a key, never both."""
     _only_keys(cfg, {Key.ACTIVE_NODE_ID_LIST, Key.DEAD_NODE_ID_LIST}, SecAggUnmaskError)
     active = _int_list(cfg, Key.ACTIVE_NODE_ID_LIST, SecAggUnmaskError)
@@ -499,13 +504,13 @@ def _run_id_of(msg: Message) -> str:
     return value[:200] if isinstance(value, str) else ""
 
 
-def _guard(msg: Message, ctxt: Context, session: _Session, site: Site | None) -> _Session:
+def _guard(msg: Message, ctxt: Context, session: GuardSession, site: Site | None) -> GuardSession:
     """Check ``msg`` against the session so far; returns the session once Flower's mod ran."""
     stage = _stage_of(msg, ctxt, session)
     cfg = msg.content.config_records[RECORD_KEY_CONFIGS]
     if stage == Stage.SETUP:
         k, t = check_setup(cfg, SiteLimits.of(site))
-        return _Session(stage=stage, nid=ctxt.node_id, share_number=k, threshold=t)
+        return GuardSession(stage=stage, nid=ctxt.node_id, share_number=k, threshold=t)
     if stage == Stage.SHARE_KEYS:
         flower = _flower_state(ctxt)
         ids = check_share_keys(cfg, session, (flower.pk1, flower.pk2))
@@ -518,7 +523,7 @@ def _guard(msg: Message, ctxt: Context, session: _Session, site: Site | None) ->
 
 
 def _log_refusal(
-    site: Site | None, err: SecAggRefusedError, msg: Message, ctxt: Context, session: _Session
+    site: Site | None, err: SecAggRefusedError, msg: Message, ctxt: Context, session: GuardSession
 ) -> None:
     """``access.refused`` in the site's log (no site: a bare node, nothing to log to)."""
     if site is None:
@@ -541,11 +546,42 @@ def _log_refusal(
     )
 
 
+def mask_stream(
+    seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]
+) -> list[np.ndarray]:
+    """SecAgg+ masks from the whole seed (module docstring), in ``[0, num_range)``.
+
+    Flower's ``pseudo_rand_gen`` signature and output (int64 arrays of the given
+    shapes); ChaCha20 (RFC 8439) keyed by ``SHA-256("dataspace/secagg-mask/v1" || seed)``,
+    8 bytes a value reduced modulo ``num_range`` (exactly uniform for a power of two,
+    such as :data:`MODULUS_RANGE`).
+    """
+    key = hashlib.sha256(b"dataspace/secagg-mask/v1\0" + bytes(seed)).digest()
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    out = []
+    for dims in dimensions_list:
+        n = math.prod(dims)
+        words = np.frombuffer(stream.update(bytes(8 * n)), dtype="<u8")
+        values = (words % np.uint64(num_range)).astype(np.int64)
+        out.append(values.reshape(dims) if dims else np.array(values[0], dtype=np.int64))
+    return out
+
+
+def _strong_masks() -> None:
+    """Flower's site-side SecAgg+ mod masks with :func:`mask_stream` (this process runs
+    only the connector's apps, so replacing the module's generator is contained)."""
+    # the module (its package exports the mod function under the same name)
+    flower_mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
+    flower_mod.pseudo_rand_gen = mask_stream
+
+
 def secagg_mod(msg: Message, ctxt: Context, call_next: Callable) -> Message:
     """Guard, then run Flower's ``secaggplus_mod`` on SecAgg+ messages; pass others on."""
     if RECORD_KEY_CONFIGS not in msg.content.config_records:
         return call_next(msg, ctxt)
     from flwr.client.mod import secaggplus_mod
+
+    _strong_masks()
 
     site = _site_of(ctxt)
     session = _load_session(ctxt)
@@ -664,7 +700,6 @@ def train_round(
         parameters_subtraction,
     )
     from flwr.common.secure_aggregation.quantization import dequantize
-    from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
     from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
     n = len(nodes)
@@ -768,13 +803,13 @@ def train_round(
             raise SecAggError(f"SecAgg+ round {rnd}: too few shares to unmask node {nid}")
         secret = combine_shares(share_list)
         if nid in active:  # the live site's private mask
-            masked = parameters_subtraction(masked, pseudo_rand_gen(secret, modulus_range, shape))
+            masked = parameters_subtraction(masked, mask_stream(secret, modulus_range, shape))
             continue
         for j in state.neighbours[nid] - {nid}:  # a dropped site's pairwise masks
             key = generate_shared_key(
                 bytes_to_private_key(secret), bytes_to_public_key(state.public_keys[j][0])
             )
-            mask = pseudo_rand_gen(key, modulus_range, shape)
+            mask = mask_stream(key, modulus_range, shape)
             op = parameters_addition if nid > j else parameters_subtraction
             masked = op(masked, mask)
     total = parameters_mod(masked, modulus_range)

@@ -157,7 +157,8 @@ def charge_round(
             fields |= {"dataset_id": contract.dataset_id, "consumer": contract.consumer.key_b64}
             _check_state(contract, now)  # revoked or expired: say so first
             _check(con, contract, run_id, round_no, release, purpose, template, now)
-            _check_policy(con, contract, now, secure_aggregation)
+            # the statistics are no aggregated update: SecAgg+ requirements concern rounds
+            _check_policy(con, contract, now, secure_aggregation if release == "round" else None)
             _check_unit(con, contract.dataset_id, run_id, round_no, privacy_unit)
             taken_over = _not_charged(con, contract, run_id, round_no, entries)
             if taken_over is not None:  # its first process died before releasing anything

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dataspace import accountant
 from dataspace.audit.cosignature import witness_vkey
 from dataspace.audit.events import make_event
 from dataspace.audit.log import TransparencyLog
@@ -16,6 +17,38 @@ from dataspace.audit.witness import Witness, local_post, witness_log
 
 ORIGIN = "site-a.example/log"
 FP = "ab" * 32
+#: the contracts' delta in the hand-built logs
+DELTA = 1e-5
+#: one Gaussian release (noise multiplier 8, no sampling): what a hand-built round releases
+RELEASE = [[8.0, 1.0, 1]]
+
+
+def charge(earlier: list, releases: list, delta: float = DELTA, **over) -> dict:
+    """What a site's ledger logs on a round.started releasing ``releases`` after the
+    contract's ``earlier`` ones: the mechanism, the charge and the contract's epsilon."""
+    before = accountant.epsilon(earlier, delta)
+    after = accountant.epsilon([*earlier, *releases], delta)
+    noise, rate, steps = releases[0] if releases else (None, None, None)
+    return {
+        "release": "round",
+        "releases": releases,
+        "epsilon": max(0.0, after - before),
+        "contract_epsilon": after,
+        "mechanism": {
+            "noise_multiplier": noise,
+            "sample_rate": rate,
+            "steps": steps,
+            "clip_norm": 0.5,
+        },
+        "noise": "csprng",
+        "secure_aggregation": False,
+        **over,
+    }
+
+
+#: the two rounds of the scenario's contract c1, as its ledger charged them
+ROUND_1 = charge([], RELEASE)
+ROUND_2 = charge(RELEASE, RELEASE)
 
 
 @dataclass
@@ -29,7 +62,7 @@ class Scenario:
 
 
 def events(key: Ed25519PrivateKey, consumer: Ed25519PrivateKey) -> list[bytes]:
-    """A small, rule-abiding history: enrol, policy, contract, two rounds."""
+    """A small, rule-abiding history: enrol, policy, contract, two rounds (7 entries)."""
     site = ORIGIN
     cons = {"name": "robotco", "key": __import__("base64").b64encode(raw_public(consumer)).decode()}
     common = {"dataset_id": "ds1", "fingerprint": FP}
@@ -77,7 +110,7 @@ def events(key: Ed25519PrivateKey, consumer: Ed25519PrivateKey) -> list[bytes]:
             time="2026-11-03T09:00:00Z",
             run_id="r1",
             round=1,
-            epsilon=0.5,
+            **ROUND_1,
             **common,
         ),
         make_event(
@@ -89,7 +122,7 @@ def events(key: Ed25519PrivateKey, consumer: Ed25519PrivateKey) -> list[bytes]:
             time="2026-11-03T09:05:00Z",
             run_id="r1",
             round=1,
-            epsilon=0.5,
+            epsilon=ROUND_1["epsilon"],
             model_sha256="11" * 32,
             **common,
         ),
@@ -102,7 +135,7 @@ def events(key: Ed25519PrivateKey, consumer: Ed25519PrivateKey) -> list[bytes]:
             time="2026-11-03T10:00:00Z",
             run_id="r1",
             round=2,
-            epsilon=0.5,
+            **ROUND_2,
             **common,
         ),
         make_event(
@@ -114,7 +147,7 @@ def events(key: Ed25519PrivateKey, consumer: Ed25519PrivateKey) -> list[bytes]:
             time="2026-11-03T10:05:00Z",
             run_id="r1",
             round=2,
-            epsilon=0.5,
+            epsilon=ROUND_2["epsilon"],
             model_sha256="22" * 32,
             **common,
         ),

@@ -9,12 +9,17 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataspace.audit import merkle
+from dataspace.audit.bundle import write_bundle
 from dataspace.audit.checkpoint import checkpoint_of_note
+from dataspace.audit.events import make_event
+from dataspace.audit.log import TransparencyLog
+from dataspace.audit.witness import WitnessError, local_post, witness_log
 from dataspace.cli import main
 
-from .conftest import Scenario
+from .conftest import FP, ORIGIN, ROUND_1, ROUND_2, Scenario
 
 
 def run(capsysbinary, *args: str) -> tuple[int, bytes, bytes]:
@@ -42,6 +47,7 @@ def test_verify_checkpoint_proof_entries_export(
     assert code == 0, err
     report = json.loads(out)
     assert report["ok"] and report["witnesses"] == ["w1.example", "w2.example"]
+    assert report["anchored"] and report["verified"]
     code, out, _ = run(capsysbinary, "audit", "checkpoint", src)
     assert code == 0 and out == scenario.log.checkpoint()
     root = checkpoint_of_note(out).root
@@ -82,9 +88,11 @@ def test_verify_checkpoint_proof_entries_export(
         "11" * 32,
         "22" * 32,
     ]
-    assert shown["epsilon_total"] == 1.0 and all(r["verifies"] for r in shown["rounds"])
+    assert shown["epsilon_total"] == pytest.approx(ROUND_1["epsilon"] + ROUND_2["epsilon"])
+    assert all(r["verifies"] for r in shown["rounds"]) and shown["anchored"]
     code, out, _ = run(capsysbinary, "audit", "show", str(bundle), "--dataset", "ds1")
-    assert code == 0 and b"verifies" in out
+    # no trusted keys: no witness to anchor it, so it is said to be self-consistent only
+    assert code == 0 and b"log is self-consistent only" in out and b"verifies" not in out
 
 
 def test_verify_fails_naming_the_violation(
@@ -141,17 +149,75 @@ def test_site_folder_source(tmp_path: Path, capsysbinary) -> None:
     i = record(site, "dataset.enrolled", dataset_id="d1", fingerprint="ab" * 32, episodes=2)
     j = record(site, "quality.reported", dataset_id="d1", fingerprint="ab" * 32, score=0.8)
     assert (i, j) == (0, 1) or (i, j) == (i, i + 1)
-    code, out, err = run(
-        capsysbinary,
-        "audit",
-        "verify",
-        str(tmp_path / "site"),
-        "--trusted-keys",
-        str(site.vkey_path),
-    )
-    assert code == 0, err
+    args = ["audit", "verify", str(tmp_path / "site"), "--trusted-keys", str(site.vkey_path)]
+    code, out, err = run(capsysbinary, *args)  # no witness, nothing kept: not verified
+    assert code == 4 and b"unanchored" in err, err
+    code, out, err = run(capsysbinary, *args, "--allow-unanchored")
+    assert code == 0 and b"self-consistent only" in err and b"UNANCHORED" in err, err
     code, out, _ = run(capsysbinary, "audit", "entries", str(tmp_path / "site"))
     assert json.loads(out.splitlines()[-1])["kind"] == "quality.reported"
+
+
+def test_a_site_that_rebuilds_its_log_is_caught_only_when_anchored(
+    scenario: Scenario, tmp_path: Path, capsysbinary
+) -> None:
+    """A site hostile to its auditors rebuilds its log without its two rounds and signs it
+    again with its own key. The forgery is self-consistent: only --allow-unanchored takes
+    it (and says so); the checkpoint an auditor kept, or a trusted witness, catches it."""
+    kept = tmp_path / "kept.checkpoint"  # what the auditor kept from its last audit (size 7)
+    kept.write_bytes(scenario.log.checkpoint())
+    forged = TransparencyLog.create(tmp_path / "forged", ORIGIN, scenario.key)
+    filler = [
+        make_event(
+            "quality.reported",
+            scenario.key,
+            ORIGIN,
+            dataset_id="ds1",
+            fingerprint=FP,
+            time=f"2026-11-0{n}T12:00:00Z",
+            score=0.9,
+        )
+        for n in range(3, 8)
+    ]
+    forged.append_many([*scenario.entries[:3], *filler])  # as long as before: no rollback
+    # the witnesses saw the real history: they refuse to cosign the forged one
+    for w in scenario.witnesses:
+        with pytest.raises(WitnessError):
+            witness_log(forged, local_post(w))
+    bundle = tmp_path / "forged-bundle"
+    write_bundle(bundle, forged.checkpoint(), forged.iter_entries())
+    tk = str(scenario.trusted)
+    verify = ["audit", "verify", str(bundle), "--trusted-keys", tk]
+    # accepted only when the auditor explicitly settles for self-consistency, and said so
+    code, out, err = run(capsysbinary, *verify, "--allow-unanchored", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["ok"] and report["round_count"] == 0, err
+    assert not report["anchored"] and not report["verified"] and report["unanchored_allowed"]
+    code, _, err = run(capsysbinary, *verify, "--allow-unanchored")
+    assert code == 0 and b"self-consistent only" in err and b"verified" not in err, err
+    # by default it is not verified: nothing anchors it
+    code, out, err = run(capsysbinary, *verify, "--json")
+    report = json.loads(out)
+    assert code == 4 and [v["rule"] for v in report["violations"]] == ["unanchored"], err
+    assert not report["anchored"] and "self-consistency" in report["first_violation"]
+    # a kept checkpoint catches it, even with --allow-unanchored: the tree at 7 differs
+    code, out, err = run(
+        capsysbinary, *verify, "--allow-unanchored", "--previous-checkpoint", str(kept), "--json"
+    )
+    report = json.loads(out)
+    assert code == 4 and report["violations"][0]["rule"] == "fork", err
+    # so does a witness quorum: no trusted witness cosigned the forged checkpoint
+    code, out, _ = run(
+        capsysbinary, *verify, "--allow-unanchored", "--witness-quorum", "1", "--json"
+    )
+    report = json.loads(out)
+    assert code == 4 and report["violations"][0]["rule"] == "witness-quorum"
+    assert report["violations"][0]["values"]["missing"] == ["w1.example", "w2.example"]
+    # while the real log, anchored by its witnesses, verifies without any opt-in
+    code, out, err = run(
+        capsysbinary, "audit", "verify", str(tmp_path / "log"), "--trusted-keys", tk
+    )
+    assert code == 0 and b"verified" in err and b"UNANCHORED" not in err, err
 
 
 def _free_port() -> int:
@@ -199,3 +265,45 @@ def test_hub_url_source(scenario: Scenario, tmp_path: Path, capsysbinary) -> Non
     finally:
         server.should_exit = True
         t.join(timeout=5)
+
+
+def test_demo_and_dashboard_say_what_anchors_a_log(scenario: Scenario, tmp_path: Path) -> None:
+    """The demo's verify_log and the hub dashboard's check call a log "verified" only when
+    a trusted witness cosigned it; a log that has no witnesses at all is self-consistent
+    only, and says so; one whose witnesses the checker does not trust is not verified."""
+    import base64
+    from types import SimpleNamespace
+
+    from dataspace.demo.orchestrate import verify_log
+    from dataspace.hub.dashboard import Views
+
+    a = verify_log(str(tmp_path / "log"), scenario.trusted)  # witnessed: strict, verified
+    assert (a["ok"], a["anchored"], a["status"]) == (True, True, "verified"), a
+    lone = TransparencyLog.create(tmp_path / "lone", ORIGIN, scenario.key)
+    lone.append_many(scenario.entries)
+    a = verify_log(str(tmp_path / "lone"), scenario.trusted)  # no witnesses at all
+    assert (a["ok"], a["anchored"], a["status"]) == (True, False, "self-consistent only"), a
+    a = verify_log(str(tmp_path / "lone"), scenario.trusted, allow_unanchored=False)
+    assert a["status"] == "FAILED" and "unanchored" in a["first_violation"]
+
+    def views(log: TransparencyLog, witnesses) -> Views:
+        holders = {base64.b64encode(w.signer.public_key).decode(): w.name for w in witnesses}
+        store = SimpleNamespace(
+            catalog={f"d{i}": {"connector_url": "http://x", "holder": k} for i, k in
+                     enumerate(holders)},
+            participants={k: {"role": "holder", "name": n} for k, n in holders.items()},
+        )  # fmt: skip
+        return Views(store, SimpleNamespace(log=log, origin=ORIGIN, key=scenario.key))
+
+    log = scenario.log
+    log.append(make_event("quality.reported", scenario.key, ORIGIN, dataset_id="ds1", score=1))
+    got = views(log, scenario.witnesses).verify(log.size, log.checkpoint())
+    assert got["ok"] and got["anchored"] and got["entries"] == 7, got
+    assert "cosigned by w1.example, w2.example; entries 7..7 await" in got["detail"]
+    got = views(lone, []).verify(lone.size, lone.checkpoint())  # a hub with no holder yet
+    assert got["ok"] and not got["anchored"] and "self-consistent only" in got["detail"]
+    from dataspace.audit.witness import Witness
+
+    stranger = Witness(tmp_path / "w9", "w9.example", Ed25519PrivateKey.generate(), [])
+    got = views(log, [stranger]).verify(log.size, log.checkpoint())
+    assert not got["ok"] and "unanchored" in got["detail"], got

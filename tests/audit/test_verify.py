@@ -12,13 +12,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dataspace import accountant
+from dataspace.accountant import AccountantError
 from dataspace.audit.bundle import Bundle, write_bundle
 from dataspace.audit.events import EventError, _canonical_text, make_event, verify_event
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.note import raw_public, vkey_text
 from dataspace.audit.verify import AuditReport, TrustedKeysError, audit, load_trusted_keys
 
-from .conftest import FP, ORIGIN, Scenario, events
+from .conftest import DELTA, FP, ORIGIN, RELEASE, ROUND_1, ROUND_2, Scenario, charge, events
 
 
 def _bundle(s: Scenario, tmp_path: Path) -> Path:
@@ -52,14 +54,16 @@ def test_clean_log_verifies_with_quorum(scenario: Scenario, tmp_path: Path) -> N
     assert r.ok, r.violations
     assert r.witnesses == ["w1.example", "w2.example"] and r.size == 7
     assert [x.model_sha256 for x in r.rounds] == ["11" * 32, "22" * 32]
-    assert r.epsilon_by_dataset == {"ds1": 1.0}
+    spent = ROUND_1["epsilon"] + ROUND_2["epsilon"]
+    assert r.epsilon_by_dataset == {"ds1": pytest.approx(spent)}
+    assert r.anchored and r.verified and r.to_json()["verified"]
     assert not _audit_bundle(b, scenario, quorum=3).ok
 
 
 def test_one_changed_byte(scenario: Scenario, tmp_path: Path) -> None:
     b = _bundle(scenario, tmp_path)
     lines = _lines(b)
-    lines[3] = lines[3].replace(b'"epsilon":0.5', b'"epsilon":0.1')
+    lines[3] = lines[3].replace(b'"clip_norm":0.5', b'"clip_norm":0.1')
     _write(b, lines)
     r = _audit_bundle(b, scenario)
     assert r.first.index == 3 and r.first.rule == "entry-signature"
@@ -90,18 +94,14 @@ def test_reordered_entries(scenario: Scenario, tmp_path: Path) -> None:
 def test_inserted_entry(scenario: Scenario, tmp_path: Path) -> None:
     b = _bundle(scenario, tmp_path)
     lines = _lines(b)
-    extra = make_event(
-        "round.started",
+    extra = make_event(  # rule-abiding in itself: only the tree gives it away
+        "quality.reported",
         scenario.key,
         ORIGIN,
-        contract_id="c1",
-        purpose="research",
         dataset_id="ds1",
         fingerprint=FP,
         time="2026-11-03T09:30:00Z",
-        run_id="r9",
-        round=1,
-        epsilon=0.1,
+        score=0.9,
     )
     lines.insert(4, extra)
     _write(b, lines)
@@ -136,7 +136,7 @@ def test_forked_checkpoint_of_same_size(scenario: Scenario, tmp_path: Path) -> N
         time="2026-11-03T10:05:00Z",
         run_id="r1",
         round=2,
-        epsilon=0.5,
+        epsilon=ROUND_2["epsilon"],
         model_sha256="33" * 32,
     )
     fork.append_many(es)
@@ -181,9 +181,28 @@ def test_untrusted_or_malformed_checkpoint(scenario: Scenario, tmp_path: Path) -
         load_trusted_keys(bad)
 
 
-def _history(tmp_path: Path, tail: list[tuple[str, dict]], **contract) -> AuditReport:
+#: a field a tail event must not carry at all (``_history``)
+DROP = object()
+
+
+def _history(
+    tmp_path: Path,
+    tail: list[tuple[str, dict]],
+    allow_unanchored: bool = True,
+    **contract,
+) -> AuditReport:
+    """Audit a hand-built log: enrolment, policy (budget 4), contract c1 (epsilon 2, delta
+    1e-5, 3 rounds; ``contract`` overrides its terms), then ``tail`` from entry 3.
+
+    A tail event is a round of run r1 (round: its position, from 1); a round.started
+    charges what the ledger would for its releases (default ``RELEASE``) after its
+    contract's earlier ones, and a round.finished reports what its round.started charged,
+    unless their fields say otherwise (``DROP`` removes a field).
+    """
     key, consumer = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     es = events(key, consumer)[:3]
+    delta = contract.get("delta", DELTA)
+    delta = delta if type(delta) is float and 0 < delta < 1 else DELTA  # the rounds' own
     if contract:
         es[2] = make_event(
             "contract.agreed",
@@ -197,7 +216,7 @@ def _history(tmp_path: Path, tail: list[tuple[str, dict]], **contract) -> AuditR
                 "fingerprint": FP,
                 "template": "mlp",
                 "epsilon": 2.0,
-                "delta": 1e-5,
+                "delta": DELTA,
                 "rounds": 3,
                 "until": "2026-12-01T00:00:00Z",
                 **contract,
@@ -210,15 +229,45 @@ def _history(tmp_path: Path, tail: list[tuple[str, dict]], **contract) -> AuditR
         "fingerprint": FP,
         "time": "2026-11-03T09:00:00Z",
         "run_id": "r1",
-        "epsilon": 0.5,
     }
+    released: dict[str, list] = {}  # contract -> its releases so far, as its ledger composes
+    charged: dict[tuple, float] = {}
     for i, (kind, fields) in enumerate(tail):
-        es.append(make_event(kind, key, ORIGIN, **{**base, "round": i + 1, **fields}))
+        f = {**base, "round": i + 1, **fields}
+        cid = f["contract_id"]
+        rkey = (cid, f["run_id"], f["round"], f["dataset_id"])
+        if kind == "round.started":
+            releases = fields.get("releases", RELEASE)
+            try:
+                auto = charge(released.get(cid, []), releases, delta)
+                released[cid] = [*released.get(cid, []), *releases]
+            except (AccountantError, ArithmeticError, TypeError, ValueError):  # on purpose
+                auto = {"release": "round", "epsilon": 0.1, "contract_epsilon": 0.1}
+            f = {**base, "round": i + 1, **auto, **fields}
+            if type(f.get("epsilon")) is float:
+                charged.setdefault(rkey, f["epsilon"])
+        elif kind == "round.finished":
+            f = {"epsilon": charged.get(rkey, 0.5), **f}
+        f = {k: v for k, v in f.items() if v is not DROP}
+        es.append(make_event(kind, key, ORIGIN, **f))
     log = TransparencyLog.create(tmp_path / "h", ORIGIN, key)
     log.append_many(es)
     trusted = tmp_path / "t.keys"
     trusted.write_text(vkey_text(ORIGIN, raw_public(key)) + "\n")
-    return audit(log.iter_entries(), log.checkpoint(), load_trusted_keys(trusted))
+    return audit(
+        log.iter_entries(),
+        log.checkpoint(),
+        load_trusted_keys(trusted),
+        allow_unanchored=allow_unanchored,
+    )
+
+
+#: releases of a costly round (noise multiplier 2.5: epsilon 1.69, two of them 2.49)
+COSTLY = [[2.5, 1.0, 1]]
+#: ... and of a costlier one (noise 2: 2.17, 3.19 for two, 4.01 for three)
+COSTLIER = [[2.0, 1.0, 1]]
+#: a cheap one (noise 20)
+CHEAP = [[20.0, 1.0, 1]]
 
 
 @pytest.mark.parametrize(
@@ -235,10 +284,10 @@ def _history(tmp_path: Path, tail: list[tuple[str, dict]], **contract) -> AuditR
             "contract-consumer",
             3,
         ),
-        ([("round.started", {"epsilon": 1.5})] * 2, {}, "contract-epsilon", 4),
-        ([("round.started", {"epsilon": 0.1})] * 4, {}, "contract-rounds", 6),
+        ([("round.started", {"releases": COSTLY})] * 2, {}, "contract-epsilon", 4),
+        ([("round.started", {"releases": CHEAP})] * 4, {}, "contract-rounds", 6),
         (
-            [("round.started", {"epsilon": 1.5})] * 3,
+            [("round.started", {"releases": COSTLIER})] * 3,
             {"epsilon": 10.0, "rounds": 9},
             "budget-epsilon",
             5,
@@ -248,6 +297,19 @@ def _history(tmp_path: Path, tail: list[tuple[str, dict]], **contract) -> AuditR
             {},
             "after-expiry",
             3,
+        ),
+        (  # the one evaluation a round allows, after the contract expired
+            [
+                ("round.started", {}),
+                ("round.finished", {"round": 1, "model_sha256": "ab" * 32}),
+                (
+                    "round.evaluated",
+                    {"round": 1, "time": "2026-12-05T00:00:00Z", "model_sha256": "ab" * 32},
+                ),
+            ],
+            {},
+            "after-expiry",
+            5,
         ),
     ],
 )
@@ -267,7 +329,8 @@ def test_rules_hold_for_a_good_history(tmp_path: Path) -> None:
         ],
     )
     assert r.ok, r.violations
-    assert r.epsilon_by_dataset == {"ds1": 1.0}
+    assert r.epsilon_by_dataset == {"ds1": pytest.approx(ROUND_1["epsilon"] + ROUND_2["epsilon"])}
+    assert not r.anchored and not r.verified  # accepted as self-consistent only
 
 
 def test_untrusted_actor(scenario: Scenario, tmp_path: Path) -> None:
@@ -293,6 +356,8 @@ def test_untrusted_actor(scenario: Scenario, tmp_path: Path) -> None:
 
 
 H = "ab" * 32  # a model hash
+#: what the first round.started of a contract charges for RELEASE, and a bit more
+EPS_1 = ROUND_1["epsilon"]
 
 
 @pytest.mark.parametrize(
@@ -343,12 +408,12 @@ H = "ab" * 32  # a model hash
         (
             [
                 ("round.started", {}),
-                ("round.finished", {"round": 1, "epsilon": 0.7, "model_sha256": H}),
+                ("round.finished", {"round": 1, "epsilon": EPS_1 + 0.2, "model_sha256": H}),
             ],
             {},
             "round-epsilon",
             4,
-            {"charged": 0.5, "finished": 0.7},
+            {"charged": EPS_1, "finished": EPS_1 + 0.2},
         ),
         # a finished round names its epsilon and its model
         (
@@ -421,14 +486,15 @@ def test_finished_excess_epsilon_counts_against_the_contract(tmp_path: Path) -> 
         (4, "round-epsilon"),
         (4, "contract-epsilon"),
     ]
-    assert r.violations[1].values == {"contract_id": "c1", "spent": 2.5, "limit": 2.0}
-    assert r.epsilon_by_dataset == {"ds1": 2.5}
+    spent = pytest.approx(2.5)
+    assert r.violations[1].values == {"contract_id": "c1", "spent": spent, "limit": 2.0}
+    assert r.epsilon_by_dataset == {"ds1": pytest.approx(2.5)}
     (rec,) = r.rounds  # `audit show` marks the round as not verifying
     assert not rec.ok and rec.model_sha256 == H and rec.finished_index == 4
 
 
 def test_finished_rounds_that_hold(tmp_path: Path) -> None:
-    """Finished as started (retried once), or with less epsilon than charged: no violation."""
+    """Finished in any order, with less epsilon than charged, evaluated once: no violation."""
     r = _history(
         tmp_path,
         [
@@ -436,7 +502,8 @@ def test_finished_rounds_that_hold(tmp_path: Path) -> None:
             ("round.started", {"round": 2}),
             ("round.finished", {"round": 2, "model_sha256": H}),
             ("round.finished", {"round": 1, "epsilon": 0.4, "model_sha256": "cd" * 32}),
-            ("round.finished", {"round": 1, "epsilon": 0.4, "model_sha256": "cd" * 32}),
+            ("round.evaluated", {"round": 1, "model_sha256": "cd" * 32}),
+            ("round.evaluated", {"round": 2, "model_sha256": H}),
         ],
     )
     assert r.ok, r.violations
@@ -454,11 +521,260 @@ def test_finished_rounds_that_hold(tmp_path: Path) -> None:
         [("round.started", {"round": 1}), ("round.started", {"privacy_unit": "episode"})],
     )
     assert mixed.ok, mixed.violations
-    assert r.epsilon_by_dataset == {"ds1": 1.0}
+    assert r.epsilon_by_dataset == {"ds1": pytest.approx(ROUND_1["epsilon"] + ROUND_2["epsilon"])}
     assert [(x.round, x.model_sha256, x.ok) for x in r.rounds] == [
         (1, "cd" * 32, True),
         (2, H, True),
     ]
+
+
+#: the normalisation statistics (round 0) of run r1: three noisy sums
+STATS = {"round": 0, "release": "stats", "releases": [[8.0, 1.0, 3]]}
+REVOKED = {"reason": "holder ended it", "contract_state": "revoked"}
+
+
+@pytest.mark.parametrize(
+    ("tail", "contract", "rule", "index", "values"),
+    [
+        # round-repeated: one charge, its release sent twice (the replay attack)
+        (
+            [
+                ("round.started", {}),
+                ("round.finished", {"round": 1, "model_sha256": H}),
+                ("round.finished", {"round": 1, "model_sha256": "cd" * 32}),
+            ],
+            {},
+            "round-repeated",
+            5,
+            {"contract_id": "c1", "run_id": "r1", "round": 1, "dataset": "ds1"},
+        ),
+        # ... or charged twice (the ledger refuses a second charge of a run's round)
+        (
+            [("round.started", {"round": 1}), ("round.started", {"round": 1})],
+            {},
+            "round-repeated",
+            4,
+            {"run_id": "r1", "round": 1},
+        ),
+        # ... the statistics released twice in one run
+        ([("round.started", STATS), ("round.started", STATS)], {}, "round-repeated", 4, {}),
+        # round-evaluated: no evaluation before the round finished, none twice (a free
+        # oracle on the data), none of the statistics
+        (
+            [("round.started", {}), ("round.evaluated", {"round": 1, "model_sha256": H})],
+            {},
+            "round-evaluated",
+            4,
+            {"round": 1},
+        ),
+        (
+            [("round.evaluated", {"round": 1, "model_sha256": H})],
+            {},
+            "round-evaluated",
+            3,
+            {"round": 1},
+        ),
+        (
+            [
+                ("round.started", {}),
+                ("round.finished", {"round": 1, "model_sha256": H}),
+                ("round.evaluated", {"round": 1, "model_sha256": H}),
+                ("round.evaluated", {"round": 1, "model_sha256": H}),
+            ],
+            {},
+            "round-evaluated",
+            6,
+            {"contract_id": "c1", "round": 1},
+        ),
+        (
+            [
+                ("round.started", STATS),
+                ("round.finished", {"round": 0, "release": "stats", "model_sha256": H}),
+                ("round.evaluated", {"round": 0, "model_sha256": H}),
+            ],
+            {},
+            "round-evaluated",
+            5,
+            {"round": 0},
+        ),
+        (
+            [
+                ("round.started", {}),
+                ("round.finished", {"round": 1, "model_sha256": H}),
+                ("round.evaluated", {"round": 1}),
+            ],
+            {},
+            "round-model",
+            5,
+            {},
+        ),
+        # after-revocation: nothing of a round after the contract was revoked
+        (
+            [("access.refused", REVOKED), ("round.started", {"round": 1})],
+            {},
+            "after-revocation",
+            4,
+            {"contract_id": "c1", "revoked_index": 3},
+        ),
+        (
+            [
+                ("round.started", {}),
+                ("access.refused", REVOKED),
+                ("round.finished", {"round": 1, "model_sha256": H}),
+            ],
+            {},
+            "after-revocation",
+            5,
+            {"revoked_index": 4},
+        ),
+        (
+            [
+                ("round.started", {}),
+                ("round.finished", {"round": 1, "model_sha256": H}),
+                ("access.refused", REVOKED),
+                ("round.evaluated", {"round": 1, "model_sha256": H}),
+            ],
+            {},
+            "after-revocation",
+            6,
+            {"revoked_index": 5},
+        ),
+        # round-mechanism: the charge recomputed from the releases the entry logs
+        ([("round.started", {"releases": DROP})], {}, "round-mechanism", 3, {"round": 1}),
+        ([("round.started", {"releases": []})], {}, "round-mechanism", 3, {}),
+        ([("round.started", {"releases": [[0.0, 1.0, 1]]})], {}, "round-mechanism", 3, {}),
+        ([("round.started", {"releases": [[8.0, 1.5, 1]]})], {}, "round-mechanism", 3, {}),
+        ([("round.started", {"releases": [8.0, 1.0, 1]})], {}, "round-mechanism", 3, {}),
+        # numbers no float holds the curve of: named, not a crash of the auditor
+        ([("round.started", {"releases": [[1e-300, 1.0, 1]]})], {}, "round-mechanism", 3, {}),
+        ([("round.started", {"releases": [[1e300, 0.5, 1]]})], {}, "round-mechanism", 3, {}),
+        (  # a charge logged too low (as if this were the contract's first release)
+            [("round.started", {}), ("round.started", {"epsilon": EPS_1})],
+            {},
+            "round-mechanism",
+            4,
+            {"epsilon": EPS_1, "accountant": pytest.approx(ROUND_2["epsilon"], rel=1e-9)},
+        ),
+        (
+            [("round.started", {"contract_epsilon": EPS_1 / 2})],
+            {},
+            "round-mechanism",
+            3,
+            {"contract_epsilon": EPS_1 / 2},
+        ),
+        ([("round.started", {"contract_epsilon": DROP})], {}, "round-mechanism", 3, {}),
+        ([("round.started", {"release": DROP})], {}, "round-mechanism", 3, {"release": None}),
+        ([("round.started", {"release": "stats"})], {}, "round-mechanism", 3, {"round": 1}),
+        ([("round.started", {"round": 0})], {}, "round-mechanism", 3, {"release": "round"}),
+        ([("round.started", {})], {"delta": None}, "round-mechanism", 3, {"delta": None}),
+        ([("round.started", {})], {"delta": 2.0}, "round-mechanism", 3, {"delta": 2.0}),
+        # round 0 does not count as one of the contract's rounds, the rounds after it do
+        (
+            [("round.started", STATS), *[("round.started", {"releases": CHEAP})] * 4],
+            {},
+            "contract-rounds",
+            7,
+            {"rounds": 4, "limit": 3},
+        ),
+    ],
+)
+def test_round_rules(tmp_path: Path, tail, contract, rule, index, values) -> None:
+    r = _history(tmp_path, tail, **contract)
+    assert not r.ok and (r.first.rule, r.first.index) == (rule, index), r.violations
+    assert values.items() <= r.first.values.items(), r.first
+    assert str(r.first).startswith(f"entry {index}: {rule}")
+
+
+def test_round_rules_that_hold(tmp_path: Path) -> None:
+    """Statistics once, then the contract's 3 rounds, each finished and evaluated once;
+    a refusal that only says "revoked" in its text, or a rejected contract, ends nothing."""
+    r = _history(
+        tmp_path,
+        [
+            ("round.started", STATS),
+            ("round.finished", {"round": 0, "release": "stats", "model_sha256": H}),
+            ("access.refused", {"reason": "contract c1 revoked: not really"}),
+            ("access.refused", {"reason": "no", "contract_state": "rejected"}),
+            *[
+                event
+                for n in (1, 2, 3)
+                for event in (
+                    ("round.started", {"round": n}),
+                    ("round.finished", {"round": n, "model_sha256": H}),
+                    ("round.evaluated", {"round": n, "model_sha256": H}),
+                )
+            ],
+        ],
+    )
+    assert r.ok, r.violations
+    releases = [*STATS["releases"], *RELEASE * 3]
+    assert r.epsilon_by_dataset["ds1"] == pytest.approx(accountant.epsilon(releases, DELTA))
+    # another run's statistics are another release (once per run and dataset)
+    two = _history(
+        tmp_path / "two",
+        [("round.started", STATS), ("round.started", {**STATS, "run_id": "r2"})],
+    )
+    assert two.ok, two.violations
+
+
+def test_a_mechanism_logged_wrong_counts_what_left(tmp_path: Path) -> None:
+    """A charge logged lower than the accountant's: flagged, and the contract's epsilon and
+    the dataset's count what the releases cost (the larger), not what the entry says."""
+    r = _history(tmp_path, [("round.started", {"releases": COSTLY * 2, "epsilon": 0.5})])
+    cost = accountant.epsilon(COSTLY * 2, DELTA)
+    assert [v.rule for v in r.violations] == ["round-mechanism", "contract-epsilon"]
+    assert r.violations[1].values["spent"] == pytest.approx(cost)
+    assert r.epsilon_by_dataset == {"ds1": pytest.approx(cost)}
+
+
+def test_a_round_without_releases_still_counts(tmp_path: Path) -> None:
+    """An entry the accountant cannot read is flagged once: what it charged then counts on
+    top of the curve, as the ledger counts rows without releases, so the next entry holds."""
+    r = _history(
+        tmp_path,
+        [
+            ("round.started", {"releases": DROP, "epsilon": 0.3, "contract_epsilon": 0.3}),
+            ("round.started", {"contract_epsilon": ROUND_1["epsilon"] + 0.3}),
+        ],
+    )
+    assert [(v.index, v.rule) for v in r.violations] == [(3, "round-mechanism")], r.violations
+
+
+def test_mechanism_memory_is_one_curve_per_contract(tmp_path: Path) -> None:
+    """The checker keeps a contract's releases as one composed curve, whatever its rounds."""
+    from dataspace.audit.verify import RuleChecker
+
+    r = _history(tmp_path, [("round.started", {"releases": CHEAP})] * 3)
+    assert r.ok, r.violations
+    checker = RuleChecker(AuditReport())
+    key = Ed25519PrivateKey.generate()
+    es = [*events(key, Ed25519PrivateKey.generate())[2:3]]
+    earlier: list = []
+    for n in range(1, 4):
+        es.append(
+            make_event(
+                "round.started",
+                key,
+                ORIGIN,
+                contract_id="c1",
+                purpose="research",
+                dataset_id="ds1",
+                fingerprint=FP,
+                time="2026-11-03T09:00:00Z",
+                run_id="r1",
+                round=n,
+                **charge(earlier, RELEASE),
+            )
+        )
+        earlier += RELEASE
+    from dataspace.audit.events import check_entry
+
+    for i, e in enumerate(es):
+        f, *_, t = check_entry(e, None)
+        checker.feed(i, f, t)
+    assert not checker.r.violations, checker.r.violations
+    (m,) = checker.mechanisms.values()
+    assert m.curve == accountant.compose(earlier) and len(m.curve) == len(accountant.ORDERS)
 
 
 # The verifier's fast canonical check (one C encoder pass) must agree with rfc8785 exactly.
@@ -502,8 +818,8 @@ def test_fast_canonical_check_agrees_with_rfc8785(obj: dict) -> None:
 @pytest.mark.parametrize(
     ("old", "new"),
     [
-        (b'"epsilon":0.5', b'"epsilon":5e-1'),  # an exponent Python would not write either
-        (b'"epsilon":0.5', b'"epsilon":0.50'),
+        (b'"clip_norm":0.5', b'"clip_norm":5e-1'),  # an exponent Python would not write
+        (b'"clip_norm":0.5', b'"clip_norm":0.50'),
         (b'"round":1', b'"round":1.0'),  # Python writes 1.0 back as 1.0; RFC 8785 writes 1
         (b'"round":1', b'"round":1E0'),
         (b'"round":1', b'"round":9007199254740993'),  # beyond an exact double
@@ -515,7 +831,7 @@ def test_fast_canonical_check_agrees_with_rfc8785(obj: dict) -> None:
     ],
 )
 def test_non_canonical_entries_are_refused(scenario: Scenario, old: bytes, new: bytes) -> None:
-    entry = scenario.entries[3]  # round.started, epsilon 0.5, round 1
+    entry = scenario.entries[3]  # round.started, round 1, clip norm 0.5
     assert old in entry
     verify_event(entry)
     with pytest.raises(EventError, match=r"canonical|not JSON"):

@@ -340,6 +340,29 @@ def test_cross_check_names_what_one_side_left_out(two_logs) -> None:
     assert "hub entry 4" in str(r.mismatches[0])
 
 
+def test_cross_check_round_zero_is_the_runs_not_a_round(two_logs) -> None:
+    """The normalisation statistics (round 0, release "stats") belong to a run the hub
+    registered, but the hub registers training rounds only: no round.registered needed."""
+    site, _, _, common, site_log, hub_log = two_logs
+    stats = [
+        _ev(site, "site-a", kind, contract_id="c1", run_id=run, round=0, release="stats",
+            **common)
+        for run in ("r1",) for kind in ("round.started", "round.finished")
+    ]  # fmt: skip
+    r = cross_check([*site_log[:2], *stats, *site_log[2:]], hub_log)
+    assert r.ok and r.rounds_matched == 1, r.mismatches
+    # ... of a run the hub never registered: still named
+    other = _ev(site, "site-a", "round.started", contract_id="c1", run_id="r9", round=0,
+                release="stats", **common)  # fmt: skip
+    r = cross_check([*site_log, other], hub_log)
+    assert [m.rule for m in r.mismatches] == ["run-not-in-hub"]
+    # a round 0 that is not the statistics is a round: the hub must have registered it
+    zero = _ev(site, "site-a", "round.started", contract_id="c1", run_id="r1", round=0,
+               **common)  # fmt: skip
+    r = cross_check([*site_log, zero], hub_log)
+    assert [m.rule for m in r.mismatches] == ["round-not-in-hub"]
+
+
 @pytest.mark.slow
 def test_kill_9_while_cosigning_keeps_every_acknowledged_cosignature(tmp_path: Path) -> None:
     import signal

@@ -17,6 +17,8 @@ and masked vector it gets. Two kinds of nodes answer:
 
 from __future__ import annotations
 
+import importlib
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +44,7 @@ from flwr.supercore.primitives.asymmetric import (
 from flwr.supercore.task_identity import TaskIdentity
 
 import dataspace
+from dataspace.cli import main
 from dataspace.connectors.site import Site
 from dataspace.federated import secagg
 from dataspace.federated.client_app import app as client_app
@@ -58,10 +61,12 @@ from dataspace.federated.secagg import (
     SecAggUnmaskError,
 )
 from dataspace.federated.server_app import RunSpec
+
+#: Flower's site-side SecAgg+ module (its package exports the mod function under this name)
+flower_mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
 from dataspace.federated.templates import get_template
 from dataspace.policy.contracts import ContractError
-from dataspace.policy.odrl import build_policy
-from dataspace.policy.policies import publish_policy
+from dataspace.policy.policies import current_policy
 
 pytestmark = pytest.mark.slow
 
@@ -192,13 +197,14 @@ class Server:
         if not all(self.key_recovered(victim) or self.key_recovered(j) for j in srcs):
             return None
         mod, shape = self.setup[Key.MOD_RANGE], [a.shape for a in self.masked[victim]]
-        vec = [v - m for v, m in zip(self.masked[victim], pseudo_rand_gen(
-            combine_shares(seeds), mod, shape), strict=True)]  # fmt: skip
+        # the generator the sites' mod masks with (ours once a site ran: dataspace's mask_stream)
+        seed_mask = flower_mod.pseudo_rand_gen(combine_shares(seeds), mod, shape)
+        vec = [v - m for v, m in zip(self.masked[victim], seed_mask, strict=True)]
         for j in srcs:
             mine, theirs = (victim, j) if self.key_recovered(victim) else (j, victim)
             sk = bytes_to_private_key(combine_shares(self.key_shares[mine]))
             pk = bytes_to_public_key(self.public_keys[theirs][0])
-            mask = pseudo_rand_gen(generate_shared_key(sk, pk), mod, shape)
+            mask = flower_mod.pseudo_rand_gen(generate_shared_key(sk, pk), mod, shape)
             sign = -1 if victim > j else 1  # the victim added the mask when its id was larger
             vec = [v + sign * m for v, m in zip(vec, mask, strict=True)]
         q_ratio, quantised = factor_extract([np.mod(v, mod) for v in vec])
@@ -417,14 +423,26 @@ class Sites:
         return [e.fields for e in events if e.kind == kind]
 
 
-@pytest.fixture
-def sites(tmp_path: Path) -> Sites:
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Federation]:
+    """Three sites that released their statistics, and a copy of them as they were then.
+
+    Built once: each test gets the copy back at the same path (the ClientApp remembers
+    where it found a contract, so the sites must not move)."""
+    base = tmp_path_factory.mktemp("secagg-attacks")
     fed = make_federation(
-        tmp_path / "fed", SAMPLE, 3, epsilon=4.0, rounds=3, episodes_per_site=EPISODES
+        base / "fed", SAMPLE, 3, epsilon=4.0, rounds=3, episodes_per_site=EPISODES
     )
-    s = Sites(fed)
-    s.release_stats()
-    return s
+    Sites(fed).release_stats()
+    return base / "fed", Path(shutil.copytree(base / "fed", base / "pristine")), fed
+
+
+@pytest.fixture
+def sites(pristine: tuple[Path, Path, Federation]) -> Sites:
+    live, kept, fed = pristine
+    shutil.rmtree(live)
+    shutil.copytree(kept, live)
+    return Sites(fed)
 
 
 def assert_refused(sites: Sites, server: Server, want: dict[int, type], stage: str) -> None:
@@ -609,23 +627,17 @@ def test_a_message_alone_never_makes_a_secure_round(sites: Sites, mtype: str) ->
 
 
 def require_secagg(site: Site, dataset_id: str) -> None:
-    """The holder narrows its policy: every training round must run under SecAgg+."""
-    with site.db(read_only=True) as con:
-        (fp,) = con.execute(
-            "SELECT fingerprint FROM datasets WHERE dataset_id = ?", [dataset_id]
-        ).fetchone()
-    policy = build_policy(
-        dataset_id=dataset_id,
-        fingerprint=fp,
-        assigner=site.identity.key_b64,
-        epsilon=4.0,
-        delta=1e-5,
-        until=datetime.now(UTC) + timedelta(days=30),
-        max_rounds=3,
-        templates=["bc-mlp"],
-        secure_aggregation=True,
-    )
-    publish_policy(site, policy)
+    """The holder narrows its policy (``dataspace connector policy --require-secagg``):
+    every training round must run under SecAgg+; the contract's terms stay permitted."""
+    until = (datetime.now(UTC) + timedelta(days=31)).date().isoformat()
+    args = ["connector", "policy", str(site.root), dataset_id, "--epsilon", "4",
+            "--delta", "1e-5", "--until", until, "--max-rounds", "3",
+            "--templates", "bc-mlp", "--require-secagg", "--json"]  # fmt: skip
+    assert main(args) == 0
+    rules = current_policy(site, dataset_id).to_jsonld()["permission"]
+    assert {"leftOperand": "aggregation", "operator": "eq", "rightOperand": "secure"} in [
+        c for r in rules for c in r["constraint"]
+    ]
 
 
 def test_policy_requiring_secagg_refuses_a_plain_round_and_admits_a_secure_one(
@@ -644,12 +656,6 @@ def test_policy_requiring_secagg_refuses_a_plain_round_and_admits_a_secure_one(
         assert sites.events(nid, "round.started")[-1]["secure_aggregation"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ContractError,
-    reason="the statistics release (round 0) is charged as a plain round, so a policy "
-    "requiring SecAgg+ from the start refuses it and no SecAgg+ run can begin",
-)
 def test_policy_requiring_secagg_from_the_start_still_releases_statistics(
     tmp_path: Path,
 ) -> None:
@@ -659,3 +665,16 @@ def test_policy_requiring_secagg_from_the_start_still_releases_statistics(
     require_secagg(fed.sites[0], fed.dataset_ids[0])
     sites = Sites(fed)
     sites.deliver(1, RecordDict({"config": sites.spec.config(0)}), "query.stats")
+
+
+def test_a_mask_depends_on_its_whole_seed() -> None:
+    """Flower's generator folds a 256-bit seed to 32 bits (two seeds, one mask); the sites
+    and the server here mask with ChaCha20 keyed by the whole seed."""
+    seed = bytes(range(32))
+    other = bytes([seed[0] ^ 1]) + seed[1:4] + bytes([seed[4] ^ 1]) + seed[5:]  # same fold
+    weak = [pseudo_rand_gen(s, MODULUS_RANGE, [(8,)])[0] for s in (seed, other)]
+    assert np.array_equal(*weak)  # the weakness this replaces
+    strong = [secagg.mask_stream(s, MODULUS_RANGE, [(8,), ()]) for s in (seed, other)]
+    assert not np.array_equal(strong[0][0], strong[1][0])
+    assert strong[0][0].dtype == np.int64 and strong[0][1].shape == ()
+    assert all(0 <= v < MODULUS_RANGE for v in strong[0][0])

@@ -42,7 +42,7 @@ def summary_table(result) -> Table:
             f"{_f(s.epsilon_left, 2)} / {_f(s.epsilon_budget, 0)}",
             _f(s.heldout_mse, 4),
             f"{_f(s.contribution, 4)} ({_f((s.share or 0) * 100, 0)}%)",
-            f"[green]verified[/green] ({s.log_size})"
+            f"[green]{s.log_status}[/green] ({s.log_size})"
             if s.log_verified
             else f"[red]FAILED[/red] {s.log_problem}",
         )
@@ -173,9 +173,16 @@ def command(
             f"{result.source}" + (" (bundled sample)" if result.bundled_sample else ""),
             highlight=False,
         )
+        anchored = sum(a["ok"] and a["anchored"] for a in result.audit)
+        consistent = sum(a["ok"] and not a["anchored"] for a in result.audit)
         out.print(
-            f"audit: {sum(a['ok'] for a in result.audit)}/{len(result.audit)} logs verified "
-            f"with public keys only; took {result.seconds} s",
+            f"audit: {anchored}/{len(result.audit)} logs verified with public keys only"
+            + (
+                f", {consistent} self-consistent only (no witness ran: `--services` runs them)"
+                if consistent
+                else ""
+            )
+            + f"; took {result.seconds} s",
             highlight=False,
         )
         out.print(f"report: {result.report_html}", highlight=False)

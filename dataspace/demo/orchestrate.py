@@ -104,6 +104,8 @@ class SiteSummary:
     log_size: int = 0
     log_verified: bool = False
     log_problem: str | None = None
+    #: "verified" (anchored by witnesses), "self-consistent only" (no witness ran) or "FAILED"
+    log_status: str = "FAILED"
 
 
 @dataclass
@@ -503,6 +505,7 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
                 log_size=a["size"],
                 log_verified=a["ok"],
                 log_problem=a["first_violation"],
+                log_status=a["status"],
             )
         )
     result = DemoResult(

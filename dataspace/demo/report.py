@@ -53,7 +53,7 @@ their site: only DP-SGD updates, DP statistics and signed log events did.</p>
 <td>{{ fmt(s.epsilon_left, 2) }} / {{ fmt(s.epsilon_budget, 0) }}</td>
 <td>{{ fmt(s.heldout_mse, 4) }}</td><td>{{ fmt(s.contribution, 4) }}</td>
 <td>{{ pct(s.share) }}</td>
-<td class="{{ 'ok' if s.log_verified else 'bad' }}">{{ 'verified' if s.log_verified
+<td class="{{ 'ok' if s.log_verified else 'bad' }}">{{ s.log_status if s.log_verified
 else 'FAILED' }} ({{ s.log_size }})</td></tr>{% endfor %}
 </table>
 <p>Global model: held-out MSE (sites' own held-out episodes, DP-noised)
@@ -76,7 +76,7 @@ the consumer's validation MSE, summed over rounds; the share is the suggested re
 <th>verified</th></tr>
 {% for a in r.audit %}<tr><td>{{ a.origin }}</td><td>{{ a.size }}</td><td>{{ a.rounds }}</td>
 <td><code>{{ (a.root or '')[:16] }}…</code></td><td>{{ a.witnesses|join(', ') or '—' }}</td>
-<td class="{{ 'ok' if a.ok else 'bad' }}">{{ 'yes' if a.ok else a.first_violation }}</td>
+<td class="{{ 'ok' if a.ok else 'bad' }}">{{ a.status if a.ok else a.first_violation }}</td>
 </tr>{% endfor %}</table>
 <p class="sub">Checked as an auditor would, with only public keys
 (<code>{{ r.workdir }}/auditor/trusted-keys</code>): entry signatures, the Merkle tree against

@@ -290,7 +290,12 @@ class Services:
                         raise
                     time.sleep(0.5)
             value = _contribution(Path(history["spec"]["out_dir"]))
+            # what each round added to each contract's epsilon (round 1 includes the
+            # statistics released before it), so the hub's spent is the sites' ledgers'
+            before: dict[str, float] = {}
             for r in history.get("rounds", []):
+                added = {d: e - before.get(d, 0.0) for d, e in r["epsilon"].items()}
+                before.update(r["epsilon"])
                 call(
                     c,
                     "POST",
@@ -298,7 +303,7 @@ class Services:
                     json={
                         "round": r["round"],
                         "loss": r["eval_mse"],
-                        "epsilon": r["epsilon_round"],
+                        "epsilon": added,
                         "contributions": value if r is history["rounds"][-1] else {},
                     },
                 )

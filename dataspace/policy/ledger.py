@@ -156,13 +156,13 @@ def charge_round(
             contract = _contract(con, contract_id)
             fields |= {"dataset_id": contract.dataset_id, "consumer": contract.consumer.key_b64}
             _check_state(contract, now)  # revoked or expired: say so first
-            _check(con, contract, run_id, round_no, release, purpose, template, now)
             # the statistics are no aggregated update: SecAgg+ requirements concern rounds
             _check_policy(con, contract, now, secure_aggregation if release == "round" else None)
-            _check_unit(con, contract.dataset_id, run_id, round_no, privacy_unit)
             taken_over = _not_charged(con, contract, run_id, round_no, entries)
             if taken_over is not None:  # its first process died before releasing anything
                 return taken_over
+            _check(con, contract, run_id, round_no, release, purpose, template, now)
+            _check_unit(con, contract.dataset_id, run_id, round_no, privacy_unit)
             charge = _admit(con, contract, run_id, round_no, entries, now)
             fields["epsilon"] = charge.epsilon
             con.execute("BEGIN TRANSACTION")
@@ -536,6 +536,8 @@ def record_round_finished(
 ) -> None:
     """Record what a charged release produced, before it leaves; logs round.finished.
 
+    The contract is checked once more: one revoked or expired while the release was
+    computed refuses it (logged; the charge stands, nothing leaves).
     ``model_sha256`` names what leaves (the update, or the statistics' hash);
     ``payload`` is kept in the ledger only (the released statistics, sent again
     by :func:`released_stats`). A release is finished once: a second call is a
@@ -546,6 +548,19 @@ def record_round_finished(
     taken = {"run_id", "round", "epsilon", "model_sha256", "dataset_id", "fingerprint", "purpose"}
     if clash := sorted(taken.intersection(metrics)):
         raise DataspaceError(f"round.finished metrics may not be named {clash} (event fields)")
+    try:
+        with store.LOCK, site.db() as con:
+            store.ensure_tables(con)
+            store.expire_contracts(con, now)
+            contract = _contract(con, contract_id)
+            # revoked or expired while the release was computed: it does not leave
+            _check_state(contract, now)
+    except ContractError as e:
+        events.refused(
+            site, str(e), time=now, refusal=type(e).__name__, contract_id=contract_id,
+            run_id=run_id, round=round_no,
+        )  # fmt: skip
+        raise
     with store.LOCK, site.db() as con:
         store.ensure_tables(con)
         contract = _contract(con, contract_id)

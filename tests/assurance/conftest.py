@@ -30,8 +30,10 @@ def verify_site_log(site: Site) -> dict:
     r = CliRunner().invoke(
         cli,
         # self-consistency (the property under test): no witness runs in these tests
-        ["audit", "verify", str(site.root), "--trusted-keys", str(trusted), "--json",
-         "--allow-unanchored"],  # fmt: skip
-    )
+        [
+            "audit", "verify", str(site.root), "--trusted-keys", str(trusted), "--json",
+            "--allow-unanchored",
+        ],
+    )  # fmt: skip
     assert r.exit_code == 0, r.output
     return json.loads(r.stdout.strip().splitlines()[-1])

@@ -847,3 +847,24 @@ def test_non_canonical_entries_are_refused(scenario: Scenario, old: bytes, new: 
 def test_garbage_entries_are_malformed_not_a_crash(entry: bytes) -> None:
     with pytest.raises(EventError):
         verify_event(entry)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0.3, 50.0),
+            st.one_of(st.just(1.0), st.floats(1e-4, 1.0)),
+            st.integers(0, 300),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.sampled_from([1e-5, 1e-6, 3.75e-6, 0.01]),
+)
+def test_the_auditors_running_curve_is_the_ledgers_to_the_last_digit(releases, delta) -> None:
+    """What the auditor keeps per contract (one curve, converted with cached terms) gives
+    exactly what the ledger computes from every release (dataspace.accountant)."""
+    curve = accountant.compose_onto(accountant.compose(releases[:1]), releases[1:])
+    assert curve == accountant.compose(releases)
+    assert accountant.epsilon_at(curve, delta) == accountant.epsilon(releases, delta)

@@ -239,5 +239,7 @@ def test_simulated_episode_run_charges_within_contract_and_records_the_unit(tmp_
         assert res.exit_code == 0, res.output
         shown = json.loads(res.output.strip().splitlines()[-1])
         assert shown["log_verifies"]
-        assert [r["privacy_unit"] for r in shown["rounds"]] == ["episode", "episode"]
+        # the statistics (round 0) and the two rounds, each a release with its unit
+        assert [r["round"] for r in shown["rounds"]] == [0, 1, 2]
+        assert [r["privacy_unit"] for r in shown["rounds"]] == ["episode"] * 3
         assert all(r["verifies"] for r in shown["rounds"])

@@ -61,12 +61,12 @@ from dataspace.federated.secagg import (
     SecAggUnmaskError,
 )
 from dataspace.federated.server_app import RunSpec
-
-#: Flower's site-side SecAgg+ module (its package exports the mod function under this name)
-flower_mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
 from dataspace.federated.templates import get_template
 from dataspace.policy.contracts import ContractError
 from dataspace.policy.policies import current_policy
+
+#: Flower's site-side SecAgg+ module (its package exports the mod function under this name)
+flower_mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
 
 pytestmark = pytest.mark.slow
 

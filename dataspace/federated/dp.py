@@ -24,22 +24,22 @@ server cannot change it):
   losses (each episode adds the mean of its clipped frame losses,
   :func:`noisy_mean_loss`).
 
-Accounting uses Opacus's **RDP** accountant (``opacus.accountants.RDPAccountant``,
-Mironov 2017), not "prv": the history of a run mixes the DP-SGD steps with the
-Gaussian releases of normalisation statistics and evaluation losses, which RDP
-composes exactly and in milliseconds, so the same plan can be recomputed
-cheaply by every (possibly fresh) ClientApp process before every round. The
-plan, and so the noise, depends only on the contract, the site's settings and
-metadata (frame counts), never on the server's message: a server may ask for
-fewer local epochs or a smaller clip, never more. The whole history of a run
-is a pure function of the round number, so the accountant's state is carried
-across rounds (and across process restarts and resumes) by recomputation.
+Accounting is RDP (:mod:`dataspace.accountant`, Mironov 2017; held against
+Opacus's ``RDPAccountant`` in the tests), not "prv": a contract's releases mix
+DP-SGD steps with Gaussian releases of normalisation statistics and losses, which
+RDP composes exactly and in milliseconds. The plan, and so the noise, depends only
+on the contract (its epsilon, delta and rounds), the site's settings and metadata
+(frame counts), never on a message: a message may repeat the site's epochs and clip
+(:meth:`TrainingSettings.check_request`), never change them, and the noise is
+planned for the contract's rounds whatever a run says.
 
-Round ``r`` is charged ``eps(r) - eps(r - 1)`` where ``eps(r)`` is the
-accountant's epsilon after round ``r``'s history (round 1 includes the
-normalisation statistics); the charges of a run add up to the accountant's
-epsilon for the whole run, which is at most the contract's. Across runs the
-ledger adds epsilons (basic composition), which is conservative.
+The plan describes its releases in the accountant's form (:meth:`PrivacyPlan.stats_release`,
+:meth:`PrivacyPlan.round_release`); the site's ledger
+(:func:`dataspace.policy.ledger.charge_round`) charges each release before it is
+computed as the increase of the contract's composed epsilon over everything it
+released, in all its runs, and refuses the release that would cross the contract's
+(epsilon, delta). A plan whose statistics and rounds all happen spends at most the
+contract's epsilon (``epsilon_after(rounds)``).
 
 Training modes (``site.toml [training] grad_sample_mode``):
 ``"bk"`` (default) is our book-keeping clipping for the Linear/activation

@@ -83,6 +83,19 @@ class EgressRecord:
     shapes: dict[str, list[int]]
 
 
+def _run_of(request: Message) -> str:
+    """The run id a request names, as recorded (never raises: the sender chose it)."""
+    cfg = request.content.config_records.get("config", ConfigRecord())
+    return str(cfg.get("run-id", ""))[:200]
+
+
+def _round_of(request: Message) -> int:
+    """The round a request names, 0 when it is not a plausible whole number."""
+    cfg = request.content.config_records.get("config", ConfigRecord())
+    r = cfg.get("server-round", 0)
+    return r if type(r) is int and 0 <= r < 2**53 else 0
+
+
 def _kind(message_type: str) -> str:
     """Exact message types only: ``query.frames`` is not ``query.stats``."""
     return message_type
@@ -96,11 +109,10 @@ def check_reply(request: Message, reply: Message) -> EgressRecord:
     """Refuse ``reply`` unless it is exactly what a ``request`` of its type may get back."""
     mtype = request.metadata.message_type
     kind = _kind(mtype)
-    cfg = request.content.config_records.get("config", ConfigRecord())
     rec = EgressRecord(
-        message_type=mtype,
-        run_id=str(cfg.get("run-id", "")),
-        round_no=int(cfg.get("server-round", 0) or 0),
+        message_type=mtype[:200],
+        run_id=_run_of(request),
+        round_no=_round_of(request),
         bytes=reply_bytes(reply),
         shapes={},
     )
@@ -248,18 +260,20 @@ def guard_mod(
         rec = check_reply(message, reply)
     except EgressRefusedError as e:
         if site is not None:
-            cfg = message.content.config_records.get("config", ConfigRecord())
             bad = EgressRecord(
-                message.metadata.message_type,
-                str(cfg.get("run-id", "")),
-                int(cfg.get("server-round", 0) or 0),
+                message.metadata.message_type[:200],
+                _run_of(message),
+                _round_of(message),
                 reply_bytes(reply),
                 {},
             )
             record(site, bad, sent=False, reason=str(e))
-            from dataspace.connectors.sitelog import record as log
+            from dataspace.policy.events import refused
 
-            log(site, "access.refused", reason=f"egress: {e}", run_id=bad.run_id)
+            refused(
+                site, f"egress: {e}", run_id=bad.run_id, refusal=type(e).__name__,
+                release=bad.message_type,
+            )  # fmt: skip
         raise
     if site is not None:
         record(site, rec, sent=True)

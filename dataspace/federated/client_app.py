@@ -67,6 +67,7 @@ from dataspace.errors import NotFoundError, RefusedError
 from dataspace.federated import data as fdata
 from dataspace.federated import dp, guard, normalize, packing, public_stats, secagg
 from dataspace.federated.noise import NoiseSource, noise_kind
+from dataspace.federated.templates import REGISTRY as TEMPLATES
 from dataspace.federated.templates import Policy, Template, get_template
 from dataspace.policy import ledger
 from dataspace.quality.flags import flagged_episodes
@@ -120,25 +121,33 @@ def _site(context: Context) -> Site:
     return Site.open(Path(str(root)))
 
 
-#: contract id -> site root where it was found (a contract never moves between sites)
-_WHERE: dict[str, str] = {}
 #: dataset metadata and split: immutable for a dataset id (derived from its fingerprint)
 _META: dict[tuple, tuple[fdata.DatasetRef, fdata.Split]] = {}
 
+#: most contract ids one message may name (one a site; federations of this many sites)
+MAX_CONTRACTS = 1024
+
 
 def _find_contract(site: Site, ids: list[str]) -> Any:
-    mine = [c for c in ids if _WHERE.get(c) == str(site.root)]
-    for cid in mine + [c for c in ids if c not in _WHERE]:
-        try:
-            contract = guard.load_contract(site, cid)
-        except NotFoundError:
-            _WHERE[cid] = ""  # not this site's (a process serves one site)
-            continue
-        _WHERE[cid] = str(site.root)
-        return contract
+    """The first of ``ids`` that this site holds (one lookup, whatever the sender lists)."""
+    if len(ids) > MAX_CONTRACTS:
+        raise MessageRefusedError(
+            f"the message names {len(ids)} contracts; at most {MAX_CONTRACTS} are read"
+        )
+    held = guard.held_contracts(site, ids)
+    for cid in ids:
+        if cid in held:
+            return guard.load_contract(site, cid)
     raise MessageRefusedError(
-        f"none of contracts {', '.join(ids)[:400]} is held by site {site.name}"
+        f"none of the {len(ids)} contracts named ({_short(','.join(ids))}) is held by site "
+        f"{site.name}"
     )
+
+
+def _short(value: Any, n: int = 80) -> str:
+    """A sender's value as quoted in a refusal: never more than ``n`` characters."""
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + f"... ({len(text)} characters)"
 
 
 def _plan(
@@ -211,57 +220,85 @@ def _config(message: Message) -> ConfigRecord:
     return cfg
 
 
-def _int(cfg: ConfigRecord, key: str, default: int | None = None) -> int:
-    v = cfg.get(key, default)
-    if type(v) is not int:
-        raise MessageRefusedError(f"config {key!r} must be a whole number, got {v!r}")
-    return v
+#: the largest round number a message may name (far above any contract's rounds; keeps
+#: every logged round a JSON integer that RFC 8785 admits)
+MAX_ROUND = 1_000_000
 
 
 def _round_of(message: Message, cfg: ConfigRecord) -> int:
     """The release a message asks for: round 0 is the statistics query."""
     if message.metadata.message_type == "query.stats":
         return 0
-    r = _int(cfg, "server-round")
-    if r < 1:
-        raise MessageRefusedError(f"rounds are numbered from 1, got server-round {r}")
+    r = cfg.get("server-round")
+    if type(r) is not int or not 1 <= r <= MAX_ROUND:
+        raise MessageRefusedError(
+            f"server-round must be a whole number in 1..{MAX_ROUND}, got {_short(r)}"
+        )
     return r
 
 
-def resolve(message: Message, context: Context) -> Job:
+def resolve(message: Message, context: Context, kind: str) -> Job:
     """Everything decided before the charge: contract, template, mechanism (no data read).
 
+    ``kind`` is the handler's message type: Flower also routes ``train.x`` to the
+    train handler, which the egress guard would refuse only after the charge.
     Refusals are logged (``access.refused``) and charge nothing.
     """
     site = _site(context)
     cfg = message.content.config_records.get("config")
-    run_id = str(cfg.get("run-id", "")) if isinstance(cfg, ConfigRecord) else ""
+    run_id = cfg.get("run-id", "") if isinstance(cfg, ConfigRecord) else ""
+    run_id = run_id if isinstance(run_id, str) else _short(run_id)
     contract = None
     round_no = 0
     try:
+        if message.metadata.message_type != kind:
+            raise MessageRefusedError(
+                f"message type {_short(message.metadata.message_type)}: this handler answers "
+                f"{kind!r} only"
+            )
         cfg = _config(message)
         round_no = _round_of(message, cfg)
         if not run_id or len(run_id) > 200:
-            raise MessageRefusedError(f"run-id must be 1 to 200 characters, got {run_id[:40]!r}")
-        contract = _find_contract(site, str(cfg.get("contracts", "")).split(","))
-        template = get_template(str(cfg.get("template", "")))
+            raise MessageRefusedError(f"run-id must be 1 to 200 characters, got {_short(run_id)}")
+        contracts = cfg.get("contracts", "")
+        if not isinstance(contracts, str) or len(contracts) > 64 * MAX_CONTRACTS:
+            raise MessageRefusedError(f"contracts must be ids separated by commas, got "
+                                      f"{_short(contracts)}")  # fmt: skip
+        contract = _find_contract(site, contracts.split(","))
+        name = cfg.get("template", "")
+        if not isinstance(name, str) or name not in TEMPLATES:
+            raise MessageRefusedError(
+                f"unknown model template {_short(name)} (known: {', '.join(sorted(TEMPLATES))})"
+            )
+        template = get_template(name)
         if contract.template is not None and contract.template != template.name:
             raise MessageRefusedError(
                 f"contract {contract.contract_id} is for model template {contract.template!r}, "
                 f"not {template.name!r}"
             )
         settings = dp.TrainingSettings.from_config(site.config)
+        window = template.history + template.chunk - 1
+        if settings.privacy_unit == "frame" and window > 1:
+            # one frame is in `window` training pairs: it would move every release by up to
+            # `window` clips while the noise and the accountant count one
+            raise dp.MechanismError(
+                f"template {template.name} builds each pair from {window} frames: with "
+                "privacy_unit 'frame' one frame would move each release by up to "
+                f"{window} clips; this site trains it only with privacy_unit 'episode'"
+            )
         # the site fixes the mechanism: a message may repeat it, never change it
         settings.check_request(cfg.get("local-epochs"), cfg.get("clip-norm"))
         rounds = cfg.get("num-rounds")
         if rounds is not None and (type(rounds) is not int or not 1 <= rounds <= contract.rounds):
             raise dp.MechanismError(
-                f"the message plans {rounds!r} rounds; contract {contract.contract_id} "
+                f"the message plans {_short(rounds)} rounds; contract {contract.contract_id} "
                 f"allows 1..{contract.rounds}, and its noise is planned for {contract.rounds}"
             )
         lr = cfg.get("lr", 0.5)
         if type(lr) not in (int, float) or not (math.isfinite(lr) and 0 < lr <= MAX_LR):
-            raise MessageRefusedError(f"learning rate must be in (0, {MAX_LR:g}], got {lr!r}")
+            raise MessageRefusedError(
+                f"learning rate must be in (0, {MAX_LR:g}], got {_short(lr)}"
+            )
         exclude = flagged_episodes if settings.exclude_flagged else None
         key = (str(site.root), contract.dataset_id, settings.heldout_fraction, bool(exclude))
         if key not in _META or exclude:  # flags can change between rounds: re-read them
@@ -271,6 +308,10 @@ def resolve(message: Message, context: Context) -> Job:
         ref, split = _META[key]
         # checked before anything is charged: finite, this dataset's dims, positive scales
         public = public_stats.from_config(cfg, ref.state_dim, ref.action_dim)
+        try:
+            plan = _plan(contract, split, settings, public is not None)
+        except dp.PrivacyPlanError as e:  # e.g. a contract whose delta is 0: no plan meets it
+            raise MessageRefusedError(f"contract {contract.contract_id}: {e}") from e
     except (RefusedError, NotFoundError) as e:
         err = e if isinstance(e, RefusedError) else MessageRefusedError(str(e))
         log_refusal(site, contract, run_id, round_no, err)
@@ -284,7 +325,7 @@ def resolve(message: Message, context: Context) -> Job:
         ref=ref,
         split=split,
         settings=settings,
-        plan=_plan(contract, split, settings, public is not None),
+        plan=plan,
         lr=float(lr),
         public=public,
     )
@@ -354,16 +395,24 @@ def _policy_from(arrays: Any, job: Job) -> Policy:
     try:
         if not isinstance(arrays, ArrayRecord):
             raise ValueError("no arrays record")
-        if packing.is_packed(arrays):  # the deployment engine's wire form
-            state = packing.unpack_state_dict(arrays, own)
-        else:
-            if set(arrays.keys()) != set(own):
-                raise ValueError(f"keys {sorted(arrays.keys())[:6]} are not the template's")
-            state = arrays.to_torch_state_dict()
-        for k, want in own.items():
-            got = state[k]
-            if tuple(got.shape) != tuple(want.shape) or got.dtype != torch.float32:
-                raise ValueError(f"{k}: {tuple(got.shape)} {got.dtype}, want {tuple(want.shape)}")
+        # what each Array says of itself (the egress guard compares the reply with it)
+        # and what its bytes decode to must both be the template's float32 tensors
+        packed = packing.is_packed(arrays)  # the deployment engine's wire form
+        want = (
+            {packing.PACKED: ((sum(v.numel() for v in own.values()),), "float32")}
+            if packed
+            else {k: (tuple(v.shape), "float32") for k, v in own.items()}
+        )
+        for k, a in arrays.items():
+            if k not in want or (tuple(a.shape), str(a.dtype)) != want[k]:
+                raise ValueError(f"{_short(k, 40)}: {_short((a.shape, a.dtype), 60)}")
+            if tuple(a.numpy().shape) != want[k][0] or a.numpy().dtype != np.float32:
+                raise ValueError(f"{k}: its bytes are not what its metadata says")
+        if set(arrays.keys()) != set(want):
+            raise ValueError(f"keys {_short(sorted(arrays.keys()))} are not the template's")
+        state = (
+            packing.unpack_state_dict(arrays, own) if packed else arrays.to_torch_state_dict()
+        )
         params = {k for k, _ in policy.named_parameters()}
         if not all(bool(torch.isfinite(state[k]).all()) for k in params):
             raise ValueError("weights that are not finite")
@@ -502,7 +551,7 @@ def _stats_reply(job: Job, lists: dict[str, Any], charged: float, spent: float) 
 @app.query("stats")
 def stats(message: Message, context: Context) -> Message:
     """The site's DP sums for normalisation: released once per contract (round 0)."""
-    job = resolve(message, context)
+    job = resolve(message, context, "query.stats")
     if job.public is not None:
         raise _refuse(
             job,
@@ -547,13 +596,16 @@ def stats(message: Message, context: Context) -> Message:
 def train(message: Message, context: Context) -> Message:
     """One round of DP-SGD from the global weights; replies with the update only."""
     t0 = time.perf_counter()
-    job = resolve(message, context)
+    job = resolve(message, context, "train")
     cfg = message.content["config"]
     # a run keeps the stats source it started with (the two plans' charges do not compose)
     _fix_stats_source(job, job.stats_source)
     sent = message.content.array_records.get("arrays")
     policy = _policy_from(sent, job)  # checked before the charge: refusals cost nothing
-    charge = _authorize(job, "round", job.plan.round_release(), secagg.in_secure_round())
+    secure = secagg.in_secure_round()
+    charge = _authorize(job, "round", job.plan.round_release(), secure)
+    if secure:  # its unmask shares leave only while this contract may release
+        secagg.bind_contract(context, job.contract.contract_id)
     # folded evaluation: the global model sent is the previous round's; its held-out MSE
     # is that round's one evaluation, claimed (once) and computed before training here.
     # Only the round just before, and only if it was trained here: a resumed run's first
@@ -640,7 +692,7 @@ def train(message: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     """Held-out MSE of the global model: the round's one evaluation, clipped and noised."""
-    job = resolve(message, context)
+    job = resolve(message, context, "evaluate")
     mse, n = _evaluate(job, message.content.array_records.get("arrays"), job.round_no)
     # eval-frames: the same weight in frames (catalog metadata), for mixed federations
     frames = _frames_weight(job, heldout=True)

@@ -15,10 +15,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import duckdb
+
 from dataspace.connectors.site import Site
 from dataspace.policy.contracts import Contract
 from dataspace.policy.contracts import load_contract as _load_contract
 from dataspace.policy.ledger import Charge, charge_round
+
+
+def held_contracts(site: Site, contract_ids: Sequence[str]) -> set[str]:
+    """Which of ``contract_ids`` this site holds (one query, whatever their number)."""
+    ids = sorted(set(contract_ids))
+    if not ids:
+        return set()
+    with site.db(read_only=True) as con:
+        try:
+            rows = con.execute(
+                "SELECT contract_id FROM contracts WHERE list_contains(?, contract_id)", [ids]
+            ).fetchall()
+        except duckdb.CatalogException:  # a site with no contracts table yet
+            return set()
+    return {r[0] for r in rows}
 
 
 def load_contract(site: Site, contract_id: str) -> Contract:

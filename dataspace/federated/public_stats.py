@@ -131,7 +131,8 @@ def check_stats(
             raise PublicStatsError(f"{where}: {f} is not a list of numbers ({e})") from e
         if a.ndim != 1 or a.size == 0:
             raise PublicStatsError(f"{where}: {f} must be a non-empty list, got shape {a.shape}")
-        bad = np.flatnonzero(~np.isfinite(a))
+        # finite as the float32 the sites normalise with (1e300 is finite only in float64)
+        bad = np.flatnonzero(~np.isfinite(a) | ~np.isfinite(a.astype(np.float32)))
         if bad.size:
             raise PublicStatsError(f"{where}: {f}[{bad[0]}] = {a[bad[0]]} is not finite")
         arrs[f] = a
@@ -141,7 +142,10 @@ def check_stats(
             raise PublicStatsError(f"{where}: {kind}_mean has {m.size} values, {kind}_std {s.size}")
         if want is not None and m.size != want:
             raise PublicStatsError(f"{where}: {kind} has {m.size} dimensions, the dataset {want}")
-        bad = np.flatnonzero(s <= 0)
+        # > 0 as float32, and its inverse too: 1e-50 is 0 in float32, 1e-45 divides to inf
+        s32 = s.astype(np.float32)
+        with np.errstate(divide="ignore", over="ignore"):
+            bad = np.flatnonzero((s32 <= 0) | ~np.isfinite(np.float32(1) / s32))
         if bad.size:
             raise PublicStatsError(f"{where}: {kind}_std[{bad[0]}] = {s[bad[0]]} is not > 0")
     return Stats(**{f: arrs[f].astype(np.float32) for f in FIELDS})

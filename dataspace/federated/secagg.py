@@ -180,6 +180,10 @@ class SecAggUnmaskError(SecAggRefusedError):
     """Unmask stage: active and dead lists this site cannot answer without exposing a site."""
 
 
+class SecAggContractError(SecAggRefusedError):
+    """An unmask request after the contract that charged the round was revoked or expired."""
+
+
 class SecAggSettingsError(DataspaceError):
     """The site's own ``site.toml [training] secagg_*`` settings are invalid."""
 
@@ -281,6 +285,14 @@ class GuardSession:
 
 #: the node state's record of :class:`GuardSession` (next to Flower's ``secaggplus_state``)
 GUARD_KEY = "dataspace_secagg_guard"
+#: the node state's record of the contract whose round the session masked
+CONTRACT_KEY = "dataspace_secagg_contract"
+
+
+def bind_contract(ctxt: Context, contract_id: str) -> None:
+    """The ClientApp's train handler, inside a secure round: which contract charged it
+    (the unmask stage re-checks that contract before any share leaves)."""
+    ctxt.state.config_records[CONTRACT_KEY] = ConfigRecord({"contract_id": contract_id})
 
 #: the stage each stage must follow (a setup may come at any time: it starts over)
 _AFTER = {
@@ -510,6 +522,7 @@ def _guard(msg: Message, ctxt: Context, session: GuardSession, site: Site | None
     cfg = msg.content.config_records[RECORD_KEY_CONFIGS]
     if stage == Stage.SETUP:
         k, t = check_setup(cfg, SiteLimits.of(site))
+        ctxt.state.config_records.pop(CONTRACT_KEY, None)  # a new session, no round yet
         return GuardSession(stage=stage, nid=ctxt.node_id, share_number=k, threshold=t)
     if stage == Stage.SHARE_KEYS:
         flower = _flower_state(ctxt)
@@ -519,6 +532,16 @@ def _guard(msg: Message, ctxt: Context, session: GuardSession, site: Site | None
         srcs = check_collect(cfg, session, dict(_flower_state(ctxt).ss2_dict))
         return replace(session, stage=stage, sources=sorted(srcs), run_id=_run_id_of(msg))
     check_unmask(cfg, session)
+    # the unmask shares are key material of this site's masked update: none leave once
+    # the contract that charged the round was revoked or expired (logged by the ledger)
+    bound = ctxt.state.config_records.get(CONTRACT_KEY)
+    if site is not None and bound is not None:
+        from dataspace.policy.ledger import check_live
+
+        try:
+            check_live(site, str(bound["contract_id"]))
+        except RefusedError as e:
+            raise SecAggContractError(str(e)) from e
     return replace(session, stage=stage)
 
 

@@ -31,6 +31,13 @@ def record(site: Site, kind: str, **fields: Any) -> int:
     return sitelog_record(site, kind, **{k: _plain(v) for k, v in fields.items()})
 
 
+#: longest refusal reason logged: a refused message may quote what it was sent, and a
+#: hostile sender must not make the holder's log grow by more than this per message
+MAX_REASON_CHARS = 2000
+
+
 def refused(site: Site, reason: str, **request: Any) -> int:
-    """Log an ``access.refused`` event: the reason and the request's fields."""
+    """Log an ``access.refused`` event: the reason (bounded) and the request's fields."""
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[:MAX_REASON_CHARS] + f"... ({len(reason)} characters)"
     return record(site, "access.refused", reason=reason, **request)

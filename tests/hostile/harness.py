@@ -139,7 +139,8 @@ class HostileServer:
             self.refused.append(reply)
             return reply
         run_id = str((config or {}).get("run-id", ""))
-        rnd = int((config or {}).get("server-round", 0) or 0)
+        rnd = (config or {}).get("server-round", 0)
+        rnd = rnd if type(rnd) is int else 0  # a statistics query need not name a round
         if message_type == "query.stats":
             self.left.append(Left("stats", run_id, 0, reply))
         elif message_type == "train":

@@ -522,12 +522,13 @@ def bk_step(
         per = ((h - yb) ** 2).mean(dim=1)
         grads = torch.autograd.grad(per.sum(), outs)
         with torch.no_grad():
-            acts, grads = _drop_non_finite(acts, list(grads))
-            norm2 = sum(
-                (g * g).sum(1) * ((a * a).sum(1) + 1.0) for a, g in zip(acts, grads, strict=True)
-            )
+            grads = list(grads)
+            norm2 = _frame_norm2(acts, grads)
+            bad = ~torch.isfinite(norm2)
+            if bool(bad.any()):  # rare: crafted weights overflow some frames (_zero_rows)
+                acts, grads = _zero_rows(acts, bad), _zero_rows(grads, bad)
+                norm2 = _frame_norm2(acts, grads)
             scale = (clip_norm / (norm2.sqrt() + 1e-6)).clamp(max=1.0)
-            scale = torch.where(torch.isfinite(norm2), scale, torch.zeros_like(scale))
             for (sw, sb), a, g in zip(sums, acts, grads, strict=True):
                 gs = g * scale[:, None]
                 sw += gs.T @ a
@@ -537,40 +538,46 @@ def bk_step(
     return loss
 
 
-def _drop_non_finite(
-    acts: list[torch.Tensor], grads: list[torch.Tensor]
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Zero every unit whose layer inputs or output gradients are not all finite.
+def _frame_norm2(acts: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+    """Each row's squared gradient norm over the Linear layers: ``sum |g|^2 (|a|^2 + 1)``.
+
+    Not finite exactly when one of the row's inputs or output gradients is not
+    (every term is >= 0, so no inf cancels; an inf times a 0 is NaN), or when the
+    row's own values overflow the sum: both decided by the row alone.
+    """
+    return sum((g * g).sum(1) * ((a * a).sum(1) + 1.0) for a, g in zip(acts, grads, strict=True))
+
+
+def _zero_rows(tensors: list[torch.Tensor], rows: torch.Tensor) -> list[torch.Tensor]:
+    """``tensors`` with the ``rows`` (a bool mask) set to zero: those units contribute nothing.
 
     Crafted weights can overflow the forward or backward pass for some frames
     only; one NaN in the clipped sum would turn the whole update into NaN and
     tell the server that such a frame was sampled (a one-bit leak beside the
-    noise). A unit with any non-finite value contributes nothing instead: a
-    choice made from that unit alone, so the sum still moves by at most ``C``
-    when one unit is added or removed. The first dimension is the unit's
-    (a frame; or, flattened, an episode's frames, handled by the caller).
+    noise). A unit with a non-finite value contributes nothing instead: a choice
+    made from that unit alone, so the sum still moves by at most ``C`` when one
+    unit is added or removed. ``torch.where``, not a product: ``0 * inf`` is NaN.
     """
-    bad = torch.zeros(acts[0].shape[0], dtype=torch.bool)
-    for a, g in zip(acts, grads, strict=True):
-        bad |= ~torch.isfinite(a).all(1) | ~torch.isfinite(g).all(1)
-    if not bool(bad.any()):
-        return acts, grads
-    keep = (~bad)[:, None]
-    return (
-        [torch.where(keep, a, torch.zeros_like(a)) for a in acts],
-        [torch.where(keep, g, torch.zeros_like(g)) for g in grads],
-    )
+    keep = (~rows)[:, None]
+    return [torch.where(keep, t, torch.zeros_like(t)) for t in tensors]
 
 
 def _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, rng) -> None:
     """Add ``N(0, (sigma C)^2)`` to each clipped sum, step by ``lr * sum / expected_batch``."""
+    pairs = [(p, s) for m, (sw, sb) in zip(linears, sums, strict=True)
+             for p, s in ((m.weight, sw), (m.bias, sb))]  # fmt: skip
     with torch.no_grad():
-        for m, (sw, sb) in zip(linears, sums, strict=True):
-            for p, s in ((m.weight, sw), (m.bias, sb)):
-                if sigma > 0:
-                    # one draw a value: gradient noise never leaves by itself (noise.py)
-                    s += rng.normal(s.shape, dtype=s.dtype, draws=1) * (sigma * clip_norm)
-                p -= lr * s / expected_batch
+        if sigma > 0:
+            # one draw a value (gradient noise never leaves by itself, noise.py), all of a
+            # step's in one call: the source's cost is per call as much as per value
+            total = sum(s.numel() for _, s in pairs)
+            noise = rng.normal((total,), dtype=pairs[0][1].dtype, draws=1) * (sigma * clip_norm)
+            at = 0
+            for _, s in pairs:
+                s += noise[at : at + s.numel()].view_as(s)
+                at += s.numel()
+        for p, s in pairs:
+            p -= lr * s / expected_batch
 
 
 def episode_clipped_sums(
@@ -603,18 +610,18 @@ def episode_clipped_sums(
     per_episode = (per.view(k, mm) * weight).sum(1)
     grads = torch.autograd.grad(per_episode.sum(), outs)
     with torch.no_grad():
-        # an episode with any non-finite frame value contributes nothing (_drop_non_finite)
-        bad = torch.zeros(k * mm, dtype=torch.bool)
-        for a, g in zip(acts, grads, strict=True):
-            bad |= ~torch.isfinite(a).all(1) | ~torch.isfinite(g).all(1)
-        if bool(bad.any()):
-            keep = (~bad.view(k, mm).any(1)).repeat_interleave(mm)[:, None]
-            acts = [torch.where(keep, a, torch.zeros_like(a)) for a in acts]
-            grads = [torch.where(keep, g, torch.zeros_like(g)) for g in grads]
-        norm2 = torch.zeros(k, dtype=per.dtype)
-        for a, g in zip(acts, grads, strict=True):
-            a3, g3 = a.view(k, mm, -1), g.view(k, mm, -1)
-            norm2 += ((g3 @ g3.transpose(1, 2)) * (a3 @ a3.transpose(1, 2) + 1.0)).sum((1, 2))
+        grads = list(grads)
+        norm2 = _episode_norm2(acts, grads, k, mm)
+        if not bool(torch.isfinite(norm2).all()):
+            # rare: an episode with any non-finite value of its own frames contributes
+            # nothing (_zero_rows). Padding rows first: they repeat another episode's
+            # frame 0, whose values must not decide for this one
+            pad = weight.reshape(-1) == 0
+            acts, grads = _zero_rows(acts, pad), _zero_rows(grads, pad)
+            bad = ~torch.isfinite(_frame_norm2(acts, grads))
+            drop = bad.view(k, mm).any(1).repeat_interleave(mm)
+            acts, grads = _zero_rows(acts, drop), _zero_rows(grads, drop)
+            norm2 = _episode_norm2(acts, grads, k, mm)
         scale = (clip_norm / (norm2.clamp(min=0).sqrt() + 1e-6)).clamp(max=1.0)
         frame_scale = scale.repeat_interleave(mm)[:, None]
         for (sw, sb), a, g in zip(sums, acts, grads, strict=True):
@@ -622,6 +629,15 @@ def episode_clipped_sums(
             sw += gs.T @ a
             sb += gs.sum(0)
     return sums, per_episode.detach()
+
+
+def _episode_norm2(acts: list, grads: list, k: int, mm: int) -> torch.Tensor:
+    """Each episode's squared gradient norm from the Gram matrices of its frames."""
+    norm2 = torch.zeros(k, dtype=grads[0].dtype)
+    for a, g in zip(acts, grads, strict=True):
+        a3, g3 = a.view(k, mm, -1), g.view(k, mm, -1)
+        norm2 += ((g3 @ g3.transpose(1, 2)) * (a3 @ a3.transpose(1, 2) + 1.0)).sum((1, 2))
+    return norm2
 
 
 def bk_episode_step(
@@ -718,7 +734,7 @@ def _secret_noise_optimizer(base: type, rng: NoiseSource, sanitise: bool) -> typ
     Opacus draws from a ``torch.Generator`` (or torchcsprng in ``secure_mode``,
     which has no build for current torch); here the noise is the site's secret
     ChaCha20 source (:mod:`.noise`). ``sanitise``: a sample whose per-sample
-    gradient has a non-finite value contributes nothing (:func:`_drop_non_finite`).
+    gradient has a non-finite value contributes nothing (:func:`_zero_rows`).
     """
 
     class SecretNoiseOptimizer(base):  # type: ignore[misc, valid-type]

@@ -129,3 +129,30 @@ def test_fixed_bound_costs_three_releases_auto_four_within_the_same_share():
             plan
         )
         assert 8.0 * 0.99 <= plan.epsilon_after(4) <= 8.0
+
+
+def test_a_unit_that_overflows_contributes_nothing_and_decides_for_no_other():
+    """Crafted weights can overflow some frames only: such a unit (frame, or episode) adds
+    nothing to the clipped sum, and no other unit's contribution changes, not even the
+    padding rows of short episodes, which repeat the batch's frame 0 (here the bad one)."""
+    net = get_template("bc-mlp").build(4, 2, seed=0).net
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(9, 4, generator=g), torch.randn(9, 2, generator=g)
+    x[0] = 1e30  # overflows the first layer: inf activations, NaN gradients
+    # episodes: [0, 1, 2] (holds the bad frame 0), [3, 4], [5, 6, 7, 8]; m = 4 pads the short
+    index = dp.EpisodeIndex.of(torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2]))
+    idx, w = dp.episode_batch(index, torch.arange(3), 4, NoiseSource.seeded(0))
+    assert (idx[1, 2:] == 0).all() and (w[1, 2:] == 0).all()  # padding points at frame 0
+
+    def flat(sums):
+        return torch.cat([torch.cat([a.ravel(), b.ravel()]) for a, b in sums])
+
+    everyone, _ = dp.episode_clipped_sums(net, x[idx], y[idx], w, 1.0)
+    without, _ = dp.episode_clipped_sums(net, x[idx[1:]], y[idx[1:]], w[1:], 1.0)
+    assert torch.isfinite(flat(everyone)).all()
+    assert torch.equal(flat(everyone), flat(without))
+    # per frame (m = 1): the bad frame alone is left out
+    ones = torch.ones(9, 1)
+    frames, _ = dp.episode_clipped_sums(net, x[:, None], y[:, None], ones, 1.0)
+    rest, _ = dp.episode_clipped_sums(net, x[1:, None], y[1:, None], ones[1:], 1.0)
+    assert torch.isfinite(flat(frames)).all() and torch.allclose(flat(frames), flat(rest))

@@ -132,7 +132,8 @@ def check_stats(
         if a.ndim != 1 or a.size == 0:
             raise PublicStatsError(f"{where}: {f} must be a non-empty list, got shape {a.shape}")
         # finite as the float32 the sites normalise with (1e300 is finite only in float64)
-        bad = np.flatnonzero(~np.isfinite(a) | ~np.isfinite(a.astype(np.float32)))
+        with np.errstate(over="ignore"):
+            bad = np.flatnonzero(~np.isfinite(a) | ~np.isfinite(a.astype(np.float32)))
         if bad.size:
             raise PublicStatsError(f"{where}: {f}[{bad[0]}] = {a[bad[0]]} is not finite")
         arrs[f] = a

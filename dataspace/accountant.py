@@ -47,6 +47,11 @@ ORDERS: tuple[float, ...] = (
     *(float(a) for a in range(12, 64)), 80.0, 100.0, 128.0, 256.0, 512.0,
 )  # fmt: skip
 
+#: the largest noise multiplier a release may state: far past any plan (its epsilon is
+#: nil), and the fractional orders' series grows with it (1.4 s at 1e10): a log of such
+#: entries would only slow an auditor down
+MAX_NOISE = 1e6
+
 #: one release: (noise multiplier, sample rate, steps)
 Release = tuple[float, float, int]
 
@@ -67,14 +72,15 @@ def check_release(release: Sequence[float]) -> Release:
         all(type(v) in (int, float) for v in (noise, q))
         and type(steps) is int
         and math.isfinite(noise)
-        and noise > 0
+        and 0 < noise <= MAX_NOISE
         and math.isfinite(q)
         and 0 < q <= 1
         and steps >= 0
     )
     if not ok:
         raise AccountantError(
-            f"release {release!r}: need noise > 0, 0 < sample_rate <= 1, steps a whole number >= 0"
+            f"release {release!r}: need 0 < noise <= {MAX_NOISE:g}, 0 < sample_rate <= 1, "
+            "steps a whole number >= 0"
         )
     return float(noise), float(q), int(steps)
 

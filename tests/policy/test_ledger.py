@@ -128,7 +128,7 @@ REFUSALS = [
     ("round zero", {"round_no": 0}, ContractError, "outside contract .* rounds 1..3"),
     ("round too high", {"round_no": 4}, ContractError, "outside contract .* rounds 1..3"),
     ("stats not round 0", {"release": "stats"}, ContractError, "released as round 0"),
-    ("no noise", {"releases": [(0.0, 1.0, 1)]}, ContractError, "need noise > 0"),
+    ("no noise", {"releases": [(0.0, 1.0, 1)]}, ContractError, "need 0 < noise"),
     ("rate above 1", {"releases": [(1.0, 1.5, 1)]}, ContractError, "sample_rate <= 1"),
     ("unknown contract", {"contract_id": "nope"}, ContractError, "does not exist"),
 ]

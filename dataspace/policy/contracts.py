@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from dataspace.errors import NotFoundError, RefusedError
-from dataspace.policy import events, store
+from dataspace.policy import events, outbox, store
 from dataspace.policy.evaluate import Decision, Request, evaluate
 from dataspace.policy.identity import Identity, KeyError_, public_bytes
 from dataspace.policy.odrl import UsagePolicy, format_datetime, parse_policy
@@ -507,6 +507,7 @@ def accept(
     now = _now(now)
     t = agreement.terms
     fields = {"contract_id": t.contract_id, "dataset_id": t.dataset_id, "consumer": t.consumer}
+    outbox.flush(site)  # a retry after a crash completes the entry it left unwritten
     try:
         if t.holder != site.identity.key_b64:
             raise ContractError(
@@ -529,6 +530,7 @@ def accept(
             decision, _, sha, _ = _decide(con, _terms_request(t), now)
             if not decision.allowed:
                 raise OfferRefusedError("refused: " + decision.reason, decision.reasons)
+            con.execute("BEGIN TRANSACTION")
             _insert(
                 con,
                 t,
@@ -541,10 +543,12 @@ def accept(
                 decided_at=now,
             )
             contract = _load(con, t.contract_id)
+            oid = outbox.stage(con, "contract.agreed", **_agreed_fields(contract, now))
+            con.execute("COMMIT")
     except ContractError as e:
         events.refused(site, str(e), time=now, **fields)
         raise
-    _log_agreed(site, contract, now)
+    outbox.publish(site, oid)
     return contract
 
 
@@ -584,6 +588,8 @@ def negotiate(
 def approve(site: Site, contract_id: str, now: datetime | None = None) -> Contract:
     """The holder approves a pending contract: re-evaluate, sign, reserve, log."""
     now = _now(now)
+    outbox.flush(site)
+    oid = None
     with store.LOCK, site.db() as con:
         store.ensure_tables(con)
         store.expire_contracts(con, now)
@@ -601,12 +607,15 @@ def approve(site: Site, contract_id: str, now: datetime | None = None) -> Contra
             )
         else:
             refusal = None
+            con.execute("BEGIN TRANSACTION")
             con.execute(
                 "UPDATE contracts SET state = 'agreed', holder_signature = ?, policy_sha256 = ?, "
                 "decided_at = ? WHERE contract_id = ?",
                 [sign_terms(contract.terms, site.key), sha, store.to_db(now), contract_id],
             )
             contract = _load(con, contract_id)
+            oid = outbox.stage(con, "contract.agreed", **_agreed_fields(contract, now))
+            con.execute("COMMIT")
     if refusal is not None:
         events.refused(
             site,
@@ -617,7 +626,8 @@ def approve(site: Site, contract_id: str, now: datetime | None = None) -> Contra
             consumer=contract.consumer.key_b64,
         )
         raise refusal
-    _log_agreed(site, contract, now)
+    if oid is not None:
+        outbox.publish(site, oid)
     return contract
 
 
@@ -641,34 +651,38 @@ def revoke(
 def _end(
     site: Site, contract_id: str, state: str, allowed: tuple[str, ...], reason: str, now: datetime
 ) -> Contract:
+    outbox.flush(site)
     with store.LOCK, site.db() as con:
         store.ensure_tables(con)
         store.expire_contracts(con, now)
         contract = _load(con, contract_id)
         if contract.state not in allowed:
             raise ContractError(f"contract {contract_id} is {contract.state}, cannot be {state}")
+        con.execute("BEGIN TRANSACTION")
         con.execute(
             "UPDATE contracts SET state = ?, decided_at = ?, reason = ? WHERE contract_id = ?",
             [state, store.to_db(now), reason, contract_id],
         )
         contract = _load(con, contract_id)
-    events.refused(
-        site,
-        f"contract {contract_id} {state}: {reason}",
-        contract_id=contract_id,
-        dataset_id=contract.dataset_id,
-        consumer=contract.consumer.key_b64,
-        # what auditors branch on (rule after-revocation): nothing may leave after it
-        contract_state=state,
-        time=now,
-    )
+        oid = outbox.stage(
+            con,
+            "access.refused",
+            reason=f"contract {contract_id} {state}: {reason}"[: events.MAX_REASON_CHARS],
+            contract_id=contract_id,
+            dataset_id=contract.dataset_id,
+            consumer=contract.consumer.key_b64,
+            # what auditors branch on (rule after-revocation): nothing may leave after it
+            contract_state=state,
+            time=now,
+        )
+        con.execute("COMMIT")
+    outbox.publish(site, oid)
     return contract
 
 
-def _log_agreed(site: Site, c: Contract, now: datetime) -> None:
-    events.record(
-        site,
-        "contract.agreed",
+def _agreed_fields(c: Contract, now: datetime) -> dict[str, Any]:
+    """The ``contract.agreed`` event of ``c`` (staged in the outbox with the change)."""
+    return dict(
         contract_id=c.contract_id,
         dataset_id=c.dataset_id,
         fingerprint=c.fingerprint,

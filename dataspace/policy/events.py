@@ -16,11 +16,12 @@ if TYPE_CHECKING:
     from dataspace.connectors.site import Site
 
 
-def _plain(v: Any) -> Any:
+def plain(v: Any) -> Any:
+    """``v`` as logged: datetimes as RFC 3339 UTC strings, tuples as lists."""
     if isinstance(v, datetime):
         return format_datetime(v)
     if isinstance(v, tuple):
-        return [_plain(x) for x in v]
+        return [plain(x) for x in v]
     return v
 
 
@@ -28,7 +29,7 @@ def record(site: Site, kind: str, **fields: Any) -> int:
     """Append one event of ``kind`` to ``SITE/log``; returns its index."""
     from dataspace.connectors.sitelog import record as sitelog_record
 
-    return sitelog_record(site, kind, **{k: _plain(v) for k, v in fields.items()})
+    return sitelog_record(site, kind, **{k: plain(v) for k, v in fields.items()})
 
 
 #: longest refusal reason logged: a refused message may quote what it was sent, and a

@@ -58,7 +58,7 @@ import psutil
 
 from dataspace import accountant
 from dataspace.errors import DataspaceError, NotFoundError, RefusedError
-from dataspace.policy import events, store
+from dataspace.policy import events, outbox, store
 from dataspace.policy.contracts import ContractError, _from_row, _row, _terms_request
 from dataspace.policy.evaluate import evaluate
 from dataspace.policy.odrl import parse_policy
@@ -149,6 +149,7 @@ def charge_round(
         entries = [list(accountant.check_release(r)) for r in releases]
     except accountant.AccountantError as e:
         raise ContractError(f"round {round_no} of run {run_id}: {e}") from e
+    outbox.flush(site)  # an earlier crash's entries first (a retry completes them)
     try:
         with store.LOCK, site.db() as con:
             store.ensure_tables(con)
@@ -176,32 +177,33 @@ def charge_round(
                     json.dumps(mechanism or {}), _executor(),
                 ],
             )  # fmt: skip
+            oid = outbox.stage(
+                con,
+                "round.started",
+                contract_id=contract_id,
+                run_id=run_id,
+                round=round_no,
+                release=release,
+                epsilon=charge.epsilon,
+                contract_epsilon=charge.contract_epsilon,
+                releases=entries,
+                mechanism=mechanism or {},
+                noise=noise,
+                secure_aggregation=bool(secure_aggregation),
+                dataset_id=contract.dataset_id,
+                fingerprint=contract.fingerprint,
+                purpose=contract.purpose,
+                template=contract.template,
+                consumer=contract.consumer.key_b64,
+                privacy_unit=privacy_unit,
+                time=now,
+            )
             # COMMIT is the durability point: DuckDB writes and syncs its WAL here.
             con.execute("COMMIT")
     except (ContractError, BudgetExceededError, ReplayError) as e:
         events.refused(site, str(e), time=now, refusal=type(e).__name__, **fields)
         raise
-    events.record(
-        site,
-        "round.started",
-        contract_id=contract_id,
-        run_id=run_id,
-        round=round_no,
-        release=release,
-        epsilon=charge.epsilon,
-        contract_epsilon=charge.contract_epsilon,
-        releases=entries,
-        mechanism=mechanism or {},
-        noise=noise,
-        secure_aggregation=bool(secure_aggregation),
-        dataset_id=contract.dataset_id,
-        fingerprint=contract.fingerprint,
-        purpose=contract.purpose,
-        template=contract.template,
-        consumer=contract.consumer.key_b64,
-        privacy_unit=privacy_unit,
-        time=now,
-    )
+    outbox.publish(site, oid)  # the round.started entry, before anything is computed
     return charge
 
 
@@ -445,6 +447,7 @@ def claim_evaluation(
     """
     now = (now or datetime.now(UTC)).astimezone(UTC)
     fields: dict[str, Any] = {"contract_id": contract_id, "run_id": run_id, "round": round_no}
+    outbox.flush(site)
     try:
         with store.LOCK, site.db() as con:
             store.ensure_tables(con)
@@ -469,28 +472,31 @@ def claim_evaluation(
                     f"round {round_no} of run {run_id} was already evaluated: its charge "
                     "covers one evaluation"
                 )
+            con.execute("BEGIN TRANSACTION")
             con.execute(
                 "UPDATE ledger SET evaluated_at = ? WHERE dataset_id = ? AND run_id = ? "
                 "AND round_no = ?",
                 [store.to_db(now), contract.dataset_id, run_id, round_no],
             )
+            oid = outbox.stage(
+                con,
+                "round.evaluated",
+                contract_id=contract_id,
+                run_id=run_id,
+                round=round_no,
+                model_sha256=model_sha256,
+                dataset_id=contract.dataset_id,
+                fingerprint=contract.fingerprint,
+                purpose=contract.purpose,
+                time=now,
+            )
+            con.execute("COMMIT")
     except (ContractError, ReplayError) as e:
         events.refused(
             site, str(e), time=now, refusal=type(e).__name__, release="evaluation", **fields
         )
         raise
-    events.record(
-        site,
-        "round.evaluated",
-        contract_id=contract_id,
-        run_id=run_id,
-        round=round_no,
-        model_sha256=model_sha256,
-        dataset_id=contract.dataset_id,
-        fingerprint=contract.fingerprint,
-        purpose=contract.purpose,
-        time=now,
-    )
+    outbox.publish(site, oid)
 
 
 def contract_epsilon(site: Site, contract_id: str) -> float:
@@ -575,6 +581,7 @@ def record_round_finished(
             )
         if found[0]:
             raise ReplayError(f"run {run_id} round {round_no} was already released")
+        con.execute("BEGIN TRANSACTION")
         con.execute(
             "UPDATE ledger SET finished_at = ?, epsilon_spent = ?, model_sha256 = ?, "
             "metrics = ?, payload = ? WHERE dataset_id = ? AND run_id = ? AND round_no = ?",
@@ -589,20 +596,22 @@ def record_round_finished(
                 round_no,
             ],
         )
-    events.record(
-        site,
-        "round.finished",
-        contract_id=contract_id,
-        run_id=run_id,
-        round=round_no,
-        epsilon=float(epsilon_spent),
-        model_sha256=model_sha256,
-        dataset_id=contract.dataset_id,
-        fingerprint=contract.fingerprint,
-        purpose=contract.purpose,
-        time=now,
-        **metrics,
-    )
+        oid = outbox.stage(
+            con,
+            "round.finished",
+            contract_id=contract_id,
+            run_id=run_id,
+            round=round_no,
+            epsilon=float(epsilon_spent),
+            model_sha256=model_sha256,
+            dataset_id=contract.dataset_id,
+            fingerprint=contract.fingerprint,
+            purpose=contract.purpose,
+            time=now,
+            **metrics,
+        )
+        con.execute("COMMIT")
+    outbox.publish(site, oid)  # before the release leaves: no entry, no release
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from dataspace.errors import NotFoundError
-from dataspace.policy import events, store
+from dataspace.policy import events, outbox, store
 from dataspace.policy.odrl import PolicyError, UsagePolicy, parse_policy
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ def publish_policy(
     that dataset.
     """
     now = now or datetime.now(UTC)
+    outbox.flush(site)
     try:
         return _publish(site, policy, now, dataset_id)
     except (PolicyError, NotFoundError) as e:
@@ -120,21 +121,22 @@ def _publish(
                 store.to_db(now),
             ],
         )
+        oid = outbox.stage(
+            con,
+            "policy.published",
+            dataset_id=policy.dataset_id,
+            fingerprint=policy.fingerprint,
+            epsilon=policy.budget_epsilon,
+            delta=policy.budget_delta,
+            policy_sha256=sha,
+            purposes=sorted(_purposes(policy)),
+            policy=policy.to_jsonld(),
+            policy_uid=policy.uid,
+            manual_approval=policy.manual_approval,
+            time=now,
+        )
         con.execute("COMMIT")
-    index = events.record(
-        site,
-        "policy.published",
-        dataset_id=policy.dataset_id,
-        fingerprint=policy.fingerprint,
-        epsilon=policy.budget_epsilon,
-        delta=policy.budget_delta,
-        policy_sha256=sha,
-        purposes=sorted(_purposes(policy)),
-        policy=policy.to_jsonld(),
-        policy_uid=policy.uid,
-        manual_approval=policy.manual_approval,
-        time=now,
-    )
+    index = outbox.publish(site, oid)
     return PublishedPolicy(policy, sha, now, index)
 
 

@@ -110,6 +110,10 @@ _DDL = (
     # the process computing the release (host:pid:start): a charge whose process died
     # before releasing anything may run again (dataspace.policy.ledger._not_charged)
     "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS executor VARCHAR",
+    # events staged with the change they record, until SITE/log holds them
+    # (dataspace.policy.outbox: a crash between the two writes is completed, never lost)
+    "CREATE TABLE IF NOT EXISTS outbox (id BIGINT PRIMARY KEY, kind VARCHAR NOT NULL, "
+    "fields JSON NOT NULL, staged_at TIMESTAMP NOT NULL, log_index BIGINT)",
 )
 
 

@@ -16,15 +16,27 @@ key that signs correctly is a ``consumer``: in a data space anyone may browse
 the catalog and ask for a contract; the holder's policy decides what they get.
 
 Limits (documented in each service's OpenAPI description): request bodies up
-to :data:`MAX_BODY` bytes (413 above), signatures within ±300 s (401).
+to :data:`MAX_BODY` bytes (413 above), JSON nested at most :data:`MAX_JSON_DEPTH`
+levels with numbers of at most :data:`MAX_JSON_DIGITS` digits (400 ``malformed_json``
+otherwise, checked on the raw bytes before anything parses them), signatures
+within ±300 s (401).
+
+What a remote caller reads never names a local file: error details go through
+:func:`public_detail`, which replaces the service's own folders (and any other
+absolute path of this machine) with ``<local path>``, and :class:`PrivatePaths`
+applies it to every error response, also to those of routers that answer their
+errors themselves (the audit log's).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
+import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +56,13 @@ log = logging.getLogger("dataspace.service")
 
 #: largest request body a service reads (bytes); DCAT entries and contracts are a few kB
 MAX_BODY = 256 * 1024
+#: deepest JSON nesting a service parses; DCAT entries, ODRL policies and agreements
+#: nest a few levels, and deeper documents make recursive code (parsers, validators,
+#: canonical JSON) run out of stack
+MAX_JSON_DEPTH = 64
+#: most digits of one number in a JSON body: every numeric field has a range far
+#: below this, and longer integers overflow floats or Python's int parsing (4300)
+MAX_JSON_DIGITS = 300
 
 #: paths that need no signature (health, the API description)
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"})
@@ -64,7 +83,9 @@ characters, never reused), `keyid` (the raw public key in standard base64) and
 malformed, stale, replayed or wrong signature or a body that does not match its
 digest; 403 when the caller's role or the policy refuses; 404 for what does not
 exist (or is not the caller's to see); 413 for a body over {MAX_BODY} bytes;
-400/422 for malformed input.
+400/422 for malformed input (400 `malformed_json` also for JSON nested deeper
+than {MAX_JSON_DEPTH} levels or a number of more than {MAX_JSON_DIGITS} digits).
+No error detail names a file of the service's machine.
 """
 
 
@@ -99,6 +120,187 @@ class RoleError(RefusedError):
 class BodyTooLargeError(DataspaceError):
     http_status = 413
     code = "body_too_large"
+
+
+class MalformedJsonError(DataspaceError):
+    """A body that is not JSON the service will parse (e.g. nested too deeply)."""
+
+    code = "malformed_json"
+
+
+@functools.lru_cache(maxsize=8)
+def _json_patterns(max_digits: int) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
+    """(a digit run too long, the bytes that matter: brackets, quotes, backslashes, and
+    digit runs too long for any number of these APIs)."""
+    run = b"[0-9]{%d}" % (max_digits + 1)
+    return re.compile(run), re.compile(rb'[\[\]{}"\\]|' + run)
+
+
+def json_problem(
+    body: bytes, max_depth: int = MAX_JSON_DEPTH, max_digits: int = MAX_JSON_DIGITS
+) -> str | None:
+    """Why ``body`` is JSON no service will parse, or None: nested more than
+    ``max_depth`` brackets deep, or a number of more than ``max_digits`` digits
+    (outside strings both).
+
+    A linear scan of the raw bytes (no parsing, no recursion), exact for JSON and
+    for JSON lines; for other text it errs towards refusing only text that opens
+    more than ``max_depth`` brackets or holds such a digit run, which no body of
+    these services does. Most bodies pass on two byte counts and one search, in C.
+    """
+    long_run, tokens = _json_patterns(max_digits)
+    if body.count(b"[") + body.count(b"{") <= max_depth and long_run.search(body) is None:
+        return None  # the common case: cannot be deeper than that, no long number
+    depth = 0
+    in_string = False
+    escaped_at = -1
+    for m in tokens.finditer(body):
+        i = m.start()
+        if i == escaped_at:
+            continue
+        c = body[i]
+        if in_string:
+            if c == 0x5C:  # backslash: the next byte is escaped
+                escaped_at = i + 1
+            elif c == 0x22:
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c in (0x5B, 0x7B):
+            depth += 1
+            if depth > max_depth:
+                return f"request body nests JSON more than {max_depth} levels deep"
+        elif c in (0x5D, 0x7D):
+            depth = max(depth - 1, 0)
+        elif 0x30 <= c <= 0x39:
+            return f"request body has a number of more than {max_digits} digits"
+    return None
+
+
+# --- what a remote caller may read: no local paths ----------------------------------
+
+PATH_PLACEHOLDER = "<local path>"
+#: characters that end a path in a message (quotes, brackets, separators)
+_PATH_CHARS = r"[^\s'\"`<>|,;:()\[\]{}\\]"
+#: an absolute POSIX path: a slash not inside a word, a URL or a relative path
+_ABS_PATH = re.compile(rf"(?:(?<=file://)|(?<![\w.~:/\\-]))/{_PATH_CHARS}*")
+#: first path segments that are this API's routes, never local folders
+_ROUTE_ROOTS = frozenset({"v1", "dashboard", "healthz", "docs", "redoc", "openapi.json"})
+
+
+@functools.lru_cache(maxsize=1024)
+def _local_top(segment: str) -> bool:
+    """Whether ``/segment`` is a folder of this machine (/tmp, /home, /srv, ...)."""
+    if not segment or segment in _ROUTE_ROOTS:
+        return False
+    try:
+        return os.path.isdir("/" + segment)
+    except (OSError, ValueError):
+        return False
+
+
+def _roots(private: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
+    out: set[str] = set()
+    for p in private:
+        s = os.fspath(p)
+        if not s:
+            continue
+        out.add(s)
+        with contextlib.suppress(OSError, ValueError):
+            out.add(os.path.realpath(s))
+    # longest first, so that a folder inside another is replaced whole
+    return tuple(sorted((r for r in out if len(r) > 1), key=len, reverse=True))
+
+
+def public_detail(text: str, private: Iterable[str | os.PathLike[str]] = ()) -> str:
+    """``text`` with every local filesystem path replaced by ``<local path>``.
+
+    ``private``: the service's own folders (the site root, the hub's data folder),
+    replaced wherever they occur; any other absolute path whose top folder exists
+    on this machine (``/tmp/...``, ``/home/...``) is replaced too. API paths
+    (``/v1/...``) and URLs are kept.
+    """
+    for root in _roots(private):
+        if root in text:
+            text = re.sub(re.escape(root) + _PATH_CHARS + "*", PATH_PLACEHOLDER, text)
+    if "/" not in text:
+        return text
+
+    def repl(m: re.Match[str]) -> str:
+        path = m.group(0)
+        return PATH_PLACEHOLDER if _local_top(path[1:].split("/", 1)[0]) else path
+
+    return _ABS_PATH.sub(repl, text)
+
+
+def _scrub_json(value: Any, private: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return public_detail(value, private)
+    if isinstance(value, dict):
+        return {k: _scrub_json(v, private) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_json(v, private) for v in value]
+    return value
+
+
+class PrivatePaths:
+    """ASGI middleware: error responses (4xx, 5xx) never name a local path.
+
+    The error handlers already answer with :func:`public_detail`; this also covers
+    routers that build their error responses themselves (``dataspace.audit.api``:
+    ``{"error", "detail"}`` JSON and text/plain witness errors). Successful answers
+    pass untouched (they may be signed: nothing in them is rewritten).
+    """
+
+    def __init__(self, app: ASGIApp, *, private: Iterable[str | os.PathLike[str]] = ()) -> None:
+        self.app = app
+        self.private = _roots(private)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def scrubbing_send(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                if message["status"] < 400:
+                    await send(message)
+                    return
+                start = message
+                return
+            if start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = self._scrub(start, b"".join(chunks))
+            headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, scrubbing_send)
+
+    def _scrub(self, start: Message, body: bytes) -> bytes:
+        ctype = b""
+        for k, v in start.get("headers", []):
+            if k == b"content-type":
+                ctype = v
+        if b"json" in ctype:
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                doc = None
+            else:
+                clean = _scrub_json(doc, self.private)
+                return body if clean == doc else json.dumps(clean).encode()
+        text = body.decode("utf-8", "surrogateescape")
+        clean_text = public_detail(text, self.private)
+        return body if clean_text == text else clean_text.encode("utf-8", "surrogateescape")
 
 
 def error_code(e: DataspaceError) -> str:
@@ -141,10 +343,12 @@ class SignedRequests:
         directory: Directory,
         on_refused: RefusalHook | None = None,
         max_body: int = MAX_BODY,
+        max_json_depth: int = MAX_JSON_DEPTH,
         window_s: int = WINDOW_S,
         public_paths: frozenset[str] = PUBLIC_PATHS,
     ) -> None:
         self.app = app
+        self.max_json_depth = max_json_depth
         self.nonces = nonces
         self.directory = directory
         self.on_refused = on_refused
@@ -191,6 +395,10 @@ class SignedRequests:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        problem = json_problem(body, self.max_json_depth)
+        if problem is not None:  # before anything parses it, the signature check included
+            await _send_error(scope, receive, send, MalformedJsonError(problem))
+            return
 
         if scope["path"] not in self.public_paths:
             raw_path = scope.get("raw_path") or scope["path"].encode()
@@ -276,8 +484,23 @@ def require_unless_public(public: frozenset[str], *roles: str):
     return dependency
 
 
-def install_error_handlers(app: FastAPI, on_refused: RefusalHook | None = None) -> None:
-    """Every error becomes ``{"error", "detail"}``; refusals (401/403) go to ``on_refused``."""
+def install_error_handlers(
+    app: FastAPI,
+    on_refused: RefusalHook | None = None,
+    *,
+    private: Iterable[str | os.PathLike[str]] = (),
+) -> None:
+    """Every error becomes ``{"error", "detail"}``; refusals (401/403) go to ``on_refused``.
+
+    Details are :func:`public_detail`: ``private`` (the service's folders) and any
+    other local path are replaced by ``<local path>``. An exception may carry its
+    own remote-safe text as ``public_detail`` (a str attribute); it is used instead.
+    """
+    roots = _roots(private)
+
+    def detail_of(e: BaseException) -> str:
+        public = getattr(e, "public_detail", None)
+        return public_detail(public if isinstance(public, str) else str(e), roots)
 
     @app.exception_handler(DataspaceError)
     async def _dataspace_error(request: Request, e: DataspaceError) -> JSONResponse:
@@ -286,22 +509,54 @@ def install_error_handlers(app: FastAPI, on_refused: RefusalHook | None = None) 
                 on_refused(request.scope, e, getattr(request.state, "caller", None))
             except Exception:
                 log.exception("could not record a refusal")
-        return error_response(e.http_status, error_code(e), str(e))
+        return error_response(e.http_status, error_code(e), detail_of(e))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
         errors = e.errors()
         if any(err.get("type") == "json_invalid" for err in errors):
-            msg = next(err.get("ctx", {}).get("error", "") for err in errors)
-            return error_response(400, "malformed_json", f"request body is not JSON: {msg}")
+            msg = next(
+                (err.get("ctx", {}).get("error", "") for err in errors if err.get("ctx")), ""
+            )
+            return error_response(
+                400, "malformed_json", public_detail(f"request body is not JSON: {msg}", roots)
+            )
         parts = []
         for err in errors[:5]:
             where = ".".join(str(x) for x in err.get("loc", ()))
             parts.append(f"{where}: {err.get('msg', 'invalid')}")
-        return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+        detail = public_detail("; ".join(parts) or "invalid request", roots)
+        return error_response(422, "invalid_request", detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        if e.status_code == 400:
+            # FastAPI's answer to a body json.loads could not read for a reason other than
+            # a syntax error: not UTF-8, an integer of too many digits, too deep
+            return error_response(
+                400,
+                "malformed_json",
+                "request body could not be parsed as JSON (it must be UTF-8 JSON with "
+                f"numbers of at most {MAX_JSON_DIGITS} digits, nested at most "
+                f"{MAX_JSON_DEPTH} levels)",
+            )
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "body_too_large",
+        }.get(e.status_code, "http_error")
         detail = e.detail if isinstance(e.detail, str) else json.dumps(e.detail)
-        return error_response(e.status_code, code, detail)
+        return error_response(e.status_code, code, public_detail(detail, roots))
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, e: RecursionError) -> JSONResponse:
+        # the depth limit (SignedRequests) keeps bodies shallow; this is the net under it
+        return error_response(
+            400, "malformed_json", f"request nests too deeply (at most {MAX_JSON_DEPTH} levels)"
+        )
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, e: Exception) -> JSONResponse:
+        # a bug: logged here with its traceback, answered without any of its text
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=e)
+        return error_response(500, "internal_error", "internal error; see the service's log")

@@ -53,10 +53,12 @@ from dataspace.auth.service import (
     PUBLIC_PATHS,
     SIGNATURE_DOC,
     Caller,
+    PrivatePaths,
     SignedRequests,
     caller_of,
     error_code,
     install_error_handlers,
+    public_detail,
     require,
     require_unless_public,
 )
@@ -215,6 +217,7 @@ def create_app(
     site = site if isinstance(site, Site) else Site.open(site)
     service_dir = site.root / "service"
     service_dir.mkdir(exist_ok=True)
+    private = (site.root,)  # never named to a remote caller (auth.service.public_detail)
     known: dict[str, tuple[str, str]] = {site.identity.key_b64: (site.name, "holder")}
     for ident in trust:
         known[ident.key_b64] = (ident.name, ident.role)
@@ -232,7 +235,8 @@ def create_app(
     def on_refused(scope: Scope, e: DataspaceError, caller: Caller | None) -> None:
         what = {
             "reason": error_code(e),
-            "detail": str(e)[:500],
+            # the site log is read by remote auditors and the hub: no local paths in it
+            "detail": public_detail(str(e), private)[:500],
             "method": scope.get("method"),
             "path": scope.get("path"),
         }
@@ -278,7 +282,9 @@ def create_app(
         window_s=window_s,
         public_paths=PUBLIC_PATHS | PUBLIC_LOG,
     )
-    install_error_handlers(app, on_refused)
+    # error answers (the log router's own included) never name a local path
+    app.add_middleware(PrivatePaths, private=private)
+    install_error_handlers(app, on_refused, private=private)
 
     @app.get("/healthz", response_model=m.Health, summary="Liveness (no signature needed)")
     def healthz() -> m.Health:
@@ -286,7 +292,10 @@ def create_app(
             service="connector",
             name=site.name,
             published=None if publisher is None else publisher.done.is_set(),
-            publish_error=None if publisher is None else publisher.error,
+            # public (no signature): the error text without the site's paths
+            publish_error=None
+            if publisher is None or publisher.error is None
+            else public_detail(publisher.error, private),
         )
 
     # --- catalog -----------------------------------------------------------------
@@ -296,7 +305,11 @@ def create_app(
 
     @app.get("/v1/datasets/{dataset_id}", response_model=m.DatasetView, summary="One dataset")
     def dataset(dataset_id: str, caller: AnyCaller) -> dict[str, Any]:
-        return dataset_view(site, get_dataset(site, dataset_id))
+        try:
+            rec = get_dataset(site, dataset_id)
+        except NotFoundError as e:  # the store's text names the site folder; this one does not
+            raise NotFoundError(f"dataset {dataset_id!r} is not enrolled at this site") from e
+        return dataset_view(site, rec)
 
     @app.post("/v1/admin/publish", response_model=m.Published, summary="Publish to the hub now")
     def republish(caller: Holder) -> m.Published:

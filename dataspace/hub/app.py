@@ -55,10 +55,12 @@ from dataspace.auth.service import (
     PUBLIC_PATHS,
     SIGNATURE_DOC,
     Caller,
+    PrivatePaths,
     SignedRequests,
     caller_of,
     error_code,
     install_error_handlers,
+    public_detail,
     require,
     require_unless_public,
 )
@@ -198,6 +200,8 @@ def create_app(
     """The hub app over ``data_dir`` (created if missing). ``trust``: identities to register."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = data_dir.resolve()  # absolute: messages naming it are found and scrubbed
+    private = (data_dir,)  # never named to a remote caller (auth.service.public_detail)
     key = hub_key(data_dir, name)
     key_id = base64.b64encode(key.public_key().public_bytes_raw()).decode()
     store = HubStore(data_dir)
@@ -221,7 +225,8 @@ def create_app(
     def on_refused(scope: Scope, e: DataspaceError, caller: Caller | None) -> None:
         what = {
             "reason": error_code(e),
-            "detail": str(e)[:500],
+            # the log is read by remote auditors and holders: no local paths in it
+            "detail": public_detail(str(e), private)[:500],
             "method": scope.get("method"),
             "path": scope.get("path"),
         }
@@ -255,9 +260,11 @@ def create_app(
         public_paths=PUBLIC_PATHS | PUBLIC_LOG,
         window_s=window_s,
     )
+    # error answers (the log router's own included) never name a local path
+    app.add_middleware(PrivatePaths, private=private)
     # /dashboard: unsigned (a browser cannot sign), local clients holding the hub's token
     app.add_middleware(Dashboard, store=store, hub_log=hub_log, token=dashboard_token(data_dir))
-    install_error_handlers(app, on_refused)
+    install_error_handlers(app, on_refused, private=private)
     _mount_log(app, hub_log, data_dir, store)
 
     @app.get("/healthz", response_model=m.Health, summary="Liveness (no signature needed)")

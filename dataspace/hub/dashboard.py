@@ -405,21 +405,21 @@ def dashboard_app(store: Any, hub_log: Any) -> FastAPI:
     @app.post(PREFIX + "/api/contracts/{contract_id}/{decision}")
     async def decide(contract_id: str, decision: str, request: Request) -> JSONResponse:
         if decision not in ("approve", "reject"):
-            return JSONResponse({"error": f"unknown decision {decision!r}"}, status_code=404)
+            return _error(404, "not_found", f"unknown decision {decision!r}")
         if request.headers.get("x-dashboard") != "1":  # set by the page's JS: no cross-site forms
-            return JSONResponse({"error": "missing X-Dashboard header"}, status_code=403)
+            return _error(403, "dashboard_forbidden", "missing X-Dashboard header")
         catalog = views.catalog()
         contracts, _ = views.contracts(catalog)
         c = next((c for c in contracts if c["contract_id"] == contract_id), None)
         if c is None or not c.get("connector_url"):
-            return JSONResponse({"error": f"no pending contract {contract_id}"}, status_code=404)
+            return _error(404, "not_found", f"no pending contract {contract_id}")
         holder = next(
             (e["holder_key"] for e in catalog if e["dataset_id"] == c["dataset_id"]), None
         )
         key = _holder_keys().get(holder)
         if key is None:
-            return JSONResponse(
-                {"error": "this dashboard holds no key of that dataset's holder"}, status_code=403
+            return _error(
+                403, "dashboard_forbidden", "this dashboard holds no key of that dataset's holder"
             )
         from dataspace.auth.client import ServiceRefusedError, call, signed_client
 
@@ -428,9 +428,9 @@ def dashboard_app(store: Any, hub_log: Any) -> FastAPI:
             with signed_client(c["connector_url"], key) as cl:
                 out = call(cl, "POST", f"/v1/admin/contracts/{contract_id}/{decision}", json=body)
         except ServiceRefusedError as e:
-            return JSONResponse({"error": str(e)}, status_code=409)
+            return _error(409, "conflict", str(e))
         except httpx.HTTPError as e:
-            return JSONResponse({"error": f"connector unreachable: {e}"}, status_code=502)
+            return _error(502, "connector_unreachable", f"connector unreachable: {e}")
         return JSONResponse({"ok": True, "contract": out})
 
     return app
@@ -457,6 +457,7 @@ class Dashboard:
         self.dashboard = dashboard_app(store, hub_log)
         self.mode = os.environ.get("DATASPACE_DASHBOARD", "local")
         self.token = token
+        self._token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
@@ -465,44 +466,80 @@ class Dashboard:
             return
         client = (scope.get("client") or ("",))[0]
         if not (self.mode == "open" or (self.mode == "local" and client in _LOOPBACK)):
-            await _json(send, 403, "the dashboard is served to local clients only")
+            await _json(
+                send, 403, "dashboard_forbidden", "the dashboard is served to local clients only"
+            )
             return
-        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode())
-        given = query.get("token", [""])[0]
-        if given and hmac.compare_digest(given, self.token):
+        given = _query_value(scope.get("query_string", b""), b"token")
+        if given and _same(given, self._token):
             # trade the token in the URL for a cookie, and drop it from the address bar
             cookie = f"{COOKIE}={self.token}; HttpOnly; SameSite=Strict; Path={PREFIX}"
             await send(
                 {
                     "type": "http.response.start",
                     "status": 303,
-                    "headers": [(b"location", path.encode()), (b"set-cookie", cookie.encode())],
+                    "headers": [
+                        # percent-encoded: no byte of the path can end the header
+                        (b"location", urllib.parse.quote(path, safe="/").encode()),
+                        (b"set-cookie", cookie.encode()),
+                    ],
                 }
             )
             await send({"type": "http.response.body", "body": b""})
             return
-        if not hmac.compare_digest(_cookie(scope, COOKIE), self.token):
-            await _json(send, 401, "open the dashboard with its token: /dashboard?token=...")
+        if not _same(_cookie(scope, COOKIE.encode()), self._token):
+            await _json(
+                send,
+                401,
+                "dashboard_token",
+                "open the dashboard with its token: /dashboard?token=...",
+            )
             return
         await self.dashboard(scope, receive, send)
 
 
-def _cookie(scope: Scope, name: str) -> str:
+def _same(given: bytes, token: bytes) -> bool:
+    """Constant-time comparison of raw bytes: any header or query bytes (non-ASCII,
+    not UTF-8) compare, and are simply not the token."""
+    return hmac.compare_digest(given, token)
+
+
+def _query_value(query: bytes, name: bytes) -> bytes:
+    """The first value of ``name`` in a raw query string, percent-decoded, as bytes
+    (never decoded as text: a hostile query cannot make this fail)."""
+    for part in query.split(b"&"):
+        key, _, value = part.partition(b"=")
+        if urllib.parse.unquote_to_bytes(key.replace(b"+", b" ")) == name:
+            return urllib.parse.unquote_to_bytes(value.replace(b"+", b" "))
+    return b""
+
+
+def _cookie(scope: Scope, name: bytes) -> bytes:
+    """The value of cookie ``name`` in the request's Cookie headers, as raw bytes."""
     for k, v in scope.get("headers", []):
         if k == b"cookie":
-            for part in v.decode("latin-1").split(";"):
-                key, _, value = part.strip().partition("=")
+            for part in v.split(b";"):
+                key, _, value = part.strip().partition(b"=")
                 if key == name:
                     return value
-    return ""
+    return b""
 
 
-async def _json(send: Send, status: int, error: str) -> None:
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    """The services' one error shape (dataspace.auth.service.ErrorBody)."""
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+async def _json(send: Send, status: int, code: str, detail: str) -> None:
+    body = json.dumps({"error": code, "detail": detail}).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json")],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
         }
     )
-    await send({"type": "http.response.body", "body": json.dumps({"error": error}).encode()})
+    await send({"type": "http.response.body", "body": body})

@@ -35,25 +35,18 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from dataspace.audit.bundle import write_bundle
-from dataspace.audit.checkpoint import checkpoint_of_note
-from dataspace.audit.merkle import ProofError
-from dataspace.audit.note import Note, parse_note, parse_signature_lines
-from dataspace.audit.source import LogSource, open_source
-from dataspace.audit.verify import (
-    AuditReport,
-    TrustedKeys,
-    audit,
-    load_trusted_keys,
-    note_witnessing,
-)
+from dataspace.cli._ui import Col, escape, out_console, print_table
 from dataspace.errors import DataspaceError
+
+if TYPE_CHECKING:  # the audit modules load when a command runs (`--help` stays fast)
+    from dataspace.audit.source import LogSource
+    from dataspace.audit.verify import AuditReport, TrustedKeys
 
 err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: never split them
 
@@ -76,6 +69,8 @@ key_option = click.option(
 
 def _open(source: str) -> LogSource:
     """open_source, signing requests with --key when SOURCE is a URL."""
+    from dataspace.audit.source import open_source
+
     key_path = click.get_current_context().meta.get("audit_key")
     sign = None
     if key_path is not None and source.startswith(("http://", "https://")):
@@ -120,6 +115,8 @@ def _progress(it: Iterator[bytes], total: int, label: str) -> Iterator[bytes]:
 
 def _full_note(src: LogSource) -> bytes:
     """The checkpoint with every cosignature the source has, as one note."""
+    from dataspace.audit.note import Note, parse_note, parse_signature_lines
+
     note = src.checkpoint()
     extra = src.cosignatures()
     if not extra:
@@ -136,6 +133,9 @@ def _run_audit(
     keep_rounds: bool = True,
     allow_unanchored: bool = False,
 ) -> AuditReport:
+    from dataspace.audit.checkpoint import checkpoint_of_note
+    from dataspace.audit.verify import audit, note_witnessing
+
     note = src.checkpoint()
     size = checkpoint_of_note(note).size
     entries = _progress(src.iter_entries(0, size), size, "verifying")
@@ -200,6 +200,8 @@ def verify_cmd(
     The log must be anchored by a trusted witness's cosignature or by the checkpoint
     kept from the last audit (--previous-checkpoint), unless --allow-unanchored.
     """
+    from dataspace.audit.verify import load_trusted_keys
+
     trusted = load_trusted_keys(trusted_keys)
     previous = previous_checkpoint.read_bytes() if previous_checkpoint else None
     # per-round records only for --json (memory stays bounded for huge logs otherwise)
@@ -209,14 +211,18 @@ def verify_cmd(
         _line(report.to_json())
     else:
         status = _status_text(report)
+        witnesses = ", ".join(report.witnesses) or "none"
         err.print(
-            f"{status} {report.origin} size {report.size} root {report.root}; "
-            f"{report.entries_checked} entries; witnesses: {', '.join(report.witnesses) or 'none'}"
-            f" (quorum {witness_quorum}); {report.round_count} rounds"
-            + (
-                f"; kept checkpoint of size {report.previous_size}"
-                if report.previous_size is not None
-                else ""
+            status
+            + escape(
+                f" {report.origin} size {report.size} root {report.root}; "
+                f"{report.entries_checked} entries; witnesses: {witnesses}"
+                f" (quorum {witness_quorum}); {report.round_count} rounds"
+                + (
+                    f"; kept checkpoint of size {report.previous_size}"
+                    if report.previous_size is not None
+                    else ""
+                )
             ),
             highlight=False,
         )
@@ -297,6 +303,9 @@ def proof_cmd(source: str, index: int | None, old: int | None, size: int | None)
     """An RFC 9162 inclusion (--index) or consistency (--from) proof, one JSON line, hex."""
     if (index is None) == (old is None):
         raise click.UsageError("give exactly one of --index I or --from M")
+    from dataspace.audit.checkpoint import checkpoint_of_note
+    from dataspace.audit.merkle import ProofError
+
     src = _open(source)
     if size is None:
         size = checkpoint_of_note(src.checkpoint()).size
@@ -336,11 +345,14 @@ def entries_cmd(source: str, start: int, end: int | None) -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def export_cmd(source: str, directory: Path) -> None:
     """Write a portable bundle: entries.jsonl, checkpoint, cosignatures."""
+    from dataspace.audit.bundle import write_bundle
+    from dataspace.audit.checkpoint import checkpoint_of_note
+
     src = _open(source)
     note = _full_note(src)
     size = checkpoint_of_note(note).size
     n = write_bundle(directory, note, _progress(src.iter_entries(0, size), size, "exporting"))
-    err.print(f"exported {n} entries to {directory}", highlight=False)
+    err.print(f"exported {n} entries to {directory}", highlight=False, markup=False)
 
 
 @group.command("show")
@@ -367,6 +379,8 @@ def show_cmd(
     """Who trained on what, for which purpose, how much epsilon, which model; does it verify."""
     if sum(x is not None for x in (dataset, consumer, contract)) != 1:
         raise click.UsageError("give exactly one of --dataset, --consumer, --contract")
+    from dataspace.audit.verify import TrustedKeys, load_trusted_keys
+
     trusted = load_trusted_keys(trusted_keys) if trusted_keys else TrustedKeys()
     # show traces; whether the log is anchored is stated, not judged (verify judges it)
     report = _run_audit(_open(source), trusted, None, 0, allow_unanchored=True)
@@ -414,36 +428,39 @@ def show_cmd(
             }
         )
         return
-    t = Table(title=f"{report.origin} — {len(out)} rounds, epsilon {total:g}")
-    for col in (
-        "entry",
-        "time",
-        "contract",
-        "dataset",
-        "consumer",
-        "purpose",
-        "run/round",
-        "ε",
-        "unit",
-        "model",
-        "ok",
-    ):
-        t.add_column(col)
-    for r in out:
-        t.add_row(
+    # every id in full (an auditor copies them): a table where it fits, else one block a round
+    cols = [
+        Col("entry", justify="right"),
+        Col("time"),
+        Col("contract", ident=True),
+        Col("dataset", ident=True),
+        Col("consumer", ident=True),
+        Col("purpose"),
+        Col("run/round", ident=True),
+        Col("ε", justify="right"),
+        Col("unit"),
+        Col("model", ident=True),
+        Col("ok"),
+    ]
+    rows = [
+        (
             str(r["index"]),
             str(r["time"]),
             str(r["contract_id"]),
             str(r["dataset_id"]),
-            (r["consumer"] or "")[:12],
+            str(r["consumer"] or ""),
             str(r["purpose"]),
             f"{r['run_id']}/{r['round']}",
             f"{r['epsilon']:g}",
             str(r["privacy_unit"] or "-"),
-            (r["model_sha256"] or "")[:12],
+            str(r["model_sha256"] or ""),
             "yes" if r["verifies"] else "NO",
         )
-    Console().print(t)
+        for r in out
+    ]
+    print_table(
+        out_console(), f"{report.origin} — {len(out)} rounds, epsilon {total:g}", cols, rows
+    )
     state = "verifies" if report.ok else f"does NOT verify: {report.first}"
     if report.ok and not report.anchored:
         state = "is self-consistent only (unanchored: no trusted witness cosigned it)"
@@ -514,6 +531,7 @@ def witness_cmd(
     witness cosigned) and ``stale`` lists the log's stale witnesses (its service's
     witness set), with ``witnessed_size``, the size of the log's witnessed checkpoint.
     """
+    from dataspace.audit.checkpoint import checkpoint_of_note
     from dataspace.audit.log import TransparencyLog
     from dataspace.audit.storage import META, LogError
     from dataspace.audit.witnessing import (
@@ -581,9 +599,9 @@ def witness_cmd(
         for e in errors:
             last = seen.get(e.witness)
             since = f" (it cosigned up to size {last})" if last is not None else ""
-            err.print(f"[red]not cosigned[/red]: {e}{since}", highlight=False)
+            err.print(f"[red]not cosigned[/red]: {escape(f'{e}{since}')}", highlight=False)
         for w in stale:
-            err.print(f"stale witness of the log: {_stale_text(w)}", highlight=False)
+            err.print(f"stale witness of the log: {_stale_text(w)}", highlight=False, markup=False)
     if errors:
         raise WitnessingFailed(
             f"{len(errors)} of {len(peers)} witnesses did not cosign {cp.origin} size {cp.size}: "
@@ -620,7 +638,9 @@ def cross_check_cmd(
     Exits 0 when they match, 4 naming the first mismatch otherwise (rules:
     dataspace.audit.crosscheck).
     """
+    from dataspace.audit.checkpoint import checkpoint_of_note
     from dataspace.audit.crosscheck import cross_check
+    from dataspace.audit.verify import load_trusted_keys
 
     site, hub = _open(site_source), _open(hub_source)
     verified: dict[str, AuditReport] = {}
@@ -646,8 +666,11 @@ def cross_check_cmd(
     else:
         state = "[green]match[/green]" if report.ok else "[red]MISMATCH[/red]"
         err.print(
-            f"{state} site {report.site} ({report.site_entries} entries) and hub {report.hub} "
-            f"({report.hub_entries} entries); {report.rounds_matched} rounds matched",
+            state
+            + escape(
+                f" site {report.site} ({report.site_entries} entries) and hub {report.hub} "
+                f"({report.hub_entries} entries); {report.rounds_matched} rounds matched"
+            ),
             highlight=False,
         )
         for m in report.mismatches[:20]:

@@ -61,22 +61,32 @@ def command(
     if as_json:
         click.echo(json.dumps(page))
         return
-    from rich.console import Console
-    from rich.table import Table
+    from dataspace.cli._ui import Col, out_console, print_table
 
-    table = Table(title=f"{page['total']} dataset(s) at {hub_url}")
-    for col in ("dataset", "robot", "fps", "episodes", "frames", "quality", "holder", "connector"):
-        table.add_column(col)
+    # the dataset id and the connector URL are what a consumer copies: never cut
+    cols = [
+        Col("dataset", ident=True),
+        Col("robot"),
+        Col("fps", justify="right"),
+        Col("episodes", justify="right"),
+        Col("frames", justify="right"),
+        Col("quality", justify="right"),
+        Col("holder"),
+        Col("connector", ident=True),
+    ]
+    rows = []
     for e in page["entries"]:
         q = e.get("quality_score")
-        table.add_row(
-            e["dataset_id"],
-            e.get("robot_type") or "",
-            f"{e.get('fps') or ''}",
-            f"{e.get('episodes') or ''}",
-            f"{e.get('frames') or ''}",
-            "" if q is None else f"{q:.1f}",
-            e.get("holder_name") or e["holder"][:12],
-            e.get("connector_url") or "",
+        rows.append(
+            (
+                e["dataset_id"],
+                e.get("robot_type") or "",
+                f"{e.get('fps') or ''}",
+                f"{e.get('episodes') or ''}",
+                f"{e.get('frames') or ''}",
+                "" if q is None else f"{q:.1f}",
+                e.get("holder_name") or e["holder"],
+                e.get("connector_url") or "",
+            )
         )
-    Console().print(table)
+    print_table(out_console(), f"{page['total']} dataset(s) at {hub_url}", cols, rows)

@@ -1,20 +1,26 @@
-"""``dataspace connector``: a data holder's site (issue 2: init, enroll, list, show).
+"""``dataspace connector``: a data holder's site (issue 2: init, enroll, list, show;
+issue 14: licence, attachments).
 
 Other areas add their own subcommands (``policy``, ``budget``) to :data:`group`
 from their own modules. Errors are typed (``DataspaceError``) and turned into a
-message and exit code by :func:`dataspace.cli.main`.
+message and exit code by :func:`dataspace.cli.main`. Every command names the
+site by its folder, the positional ``SITE`` (``--site SITE`` is accepted too).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dataspace.connectors.site import Site
+from dataspace.cli._ui import escape, site_alias
+
+if TYPE_CHECKING:
+    from dataspace.connectors.site import Site
 
 #: the fields ``enroll --json`` prints (issue 2; a contract with other tools)
 ENROLL_FIELDS = (
@@ -31,12 +37,24 @@ ENROLL_FIELDS = (
 
 err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: never split them
 
+LICENCE_HELP = (
+    "The licence the holder grants, an SPDX id or expression (e.g. CC-BY-4.0, Apache-2.0, "
+    "LicenseRef-NAME); the quality check counts a stated licence."
+)
+
+
+def _open(site: Path):
+    from dataspace.connectors.site import Site
+
+    return Site.open(site)
+
 
 @click.group(name="connector")
 def group() -> None:
     """A data holder's connector site: create it, enroll datasets, inspect them."""
 
 
+@site_alias()
 @group.command(name="init")
 @click.argument("site", type=click.Path(path_type=Path))
 @click.option("--org", required=True, help="The holder organisation's name.")
@@ -44,6 +62,8 @@ def group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def init_cmd(site: Path, org: str, name: str | None, as_json: bool) -> None:
     """Create a site folder: Ed25519 key pair, DuckDB database, config. Refuses to overwrite."""
+    from dataspace.connectors.site import Site
+
     s = Site.init(site, org=org, name=name)
     ident = s.identity
     if as_json:
@@ -57,6 +77,7 @@ def init_cmd(site: Path, org: str, name: str | None, as_json: bool) -> None:
     click.echo(f"public key: {ident.key_b64}")
 
 
+@site_alias()
 @group.command(name="enroll")
 @click.argument("site", type=click.Path(path_type=Path))
 @click.argument("path", type=click.Path(path_type=Path))
@@ -84,6 +105,7 @@ def init_cmd(site: Path, org: str, name: str | None, as_json: bool) -> None:
 @click.option("--episode-column", default=None, help="Parquet/CSV: episode column.")
 @click.option("--frame-column", default=None, help="Parquet/CSV: frame column.")
 @click.option("--timestamp-column", default=None, help="Parquet/CSV: timestamp column (s).")
+@click.option("--licence", "--license", "licence", default=None, help=LICENCE_HELP)
 def enroll_cmd(
     site: Path,
     path: Path,
@@ -91,16 +113,21 @@ def enroll_cmd(
     name: str | None,
     as_json: bool,
     no_quality: bool,
+    licence: str | None,
     **options: object,
 ) -> None:
     """Read, validate, fingerprint and store the dataset at PATH in SITE.
 
     A newly enrolled dataset is quality-checked at once (issue: enrollment runs
     the check automatically); the dataset stays enrolled if the check fails.
+    --licence states its licence (else the one the source names, if any).
     """
     from dataspace.connectors.enroll import enroll
+    from dataspace.connectors.metadata import check_license, set_license
 
-    s = Site.open(site)
+    if licence is not None:
+        licence = check_license(licence)  # before the (long) enrollment
+    s = _open(site)
     with Progress(
         TextColumn("[bold]enrolling[/bold] {task.description}"),
         BarColumn(),
@@ -110,20 +137,30 @@ def enroll_cmd(
         console=err,
         transient=True,
     ) as bar:
-        task = bar.add_task(path.name, total=None)
+        task = bar.add_task(escape(path.name), total=None)
 
         def progress(done: int, total: int | None, episodes: int) -> None:
             bar.update(task, completed=done, total=total)
 
         result = enroll(s, path, format=fmt, name=name, progress=progress, **options)
+    relicensed = False
+    if licence is not None:
+        from dataspace.connectors.store import get_dataset
+
+        if get_dataset(s, result.dataset_id).license != licence:
+            set_license(s, result.dataset_id, licence)
+            relicensed = True
     quality, quality_error = None, None
-    if result.created and not no_quality:
+    if (result.created or relicensed) and not no_quality:
         quality, quality_error = _quality_after_enroll(s, result.dataset_id)
     if as_json:
         out = {k: getattr(result, k) for k in ENROLL_FIELDS}
         out["created"] = result.created
         out["notes"] = list(result.notes)
         out["quality"] = quality
+        if quality is not None:  # the checks that cost points (dataspace quality check: why)
+            out["quality_shortfalls"] = _SHORTFALLS.get(result.dataset_id, [])
+        out["license"] = licence if licence is not None else result_license(s, result.dataset_id)
         if quality_error:
             out["quality_error"] = quality_error
         click.echo(json.dumps(out))
@@ -138,11 +175,18 @@ def enroll_cmd(
     )
     click.echo(f"fingerprint {result.fingerprint}")
     if quality is not None:
-        click.echo(f"quality {quality} / 100 (details: dataspace quality check)")
+        click.echo(_quality_line(quality, site, result.dataset_id))
     elif quality_error:
         err.print(f"quality check failed: {quality_error}", highlight=False, markup=False)
 
 
+def result_license(site: Site, dataset_id: str) -> str | None:
+    from dataspace.connectors.store import get_dataset
+
+    return get_dataset(site, dataset_id).license
+
+
+@site_alias()
 @group.command(name="list")
 @click.argument("site", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -150,7 +194,7 @@ def list_cmd(site: Path, as_json: bool) -> None:
     """The site's enrolled datasets (metadata only)."""
     from dataspace.connectors.store import list_datasets
 
-    records = list_datasets(Site.open(site))
+    records = list_datasets(_open(site))
     if as_json:
         keys = (*ENROLL_FIELDS, "robot_type", "license", "enrolled_at")
         rows = [{k: r.to_json()[k] for k in keys} for r in records]
@@ -178,6 +222,7 @@ def list_cmd(site: Path, as_json: bool) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+@site_alias()
 @group.command(name="show")
 @click.argument("site", type=click.Path(path_type=Path))
 @click.argument("dataset")
@@ -186,7 +231,7 @@ def show_cmd(site: Path, dataset: str, as_json: bool) -> None:
     """One dataset's metadata and catalog entry (by id, fingerprint or name)."""
     from dataspace.connectors.store import get_dataset
 
-    r = get_dataset(Site.open(site), dataset)
+    r = get_dataset(_open(site), dataset)
     d = r.to_json()
     if as_json:
         click.echo(json.dumps(d))
@@ -201,17 +246,150 @@ def show_cmd(site: Path, dataset: str, as_json: bool) -> None:
     click.echo(f"{'action_names':13} {', '.join(r.action_names)}")
 
 
+@site_alias()
+@group.command(name="licence")
+@click.argument("site", type=click.Path(path_type=Path))
+@click.argument("dataset")
+@click.argument("licence", metavar="SPDX-ID")
+@click.option(
+    "--no-quality",
+    is_flag=True,
+    help="Do not re-run the quality check (it counts the licence from its next run).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def licence_cmd(site: Path, dataset: str, licence: str, no_quality: bool, as_json: bool) -> None:
+    """State the licence of DATASET at SITE: an SPDX id or expression.
+
+    E.g. CC-BY-4.0, Apache-2.0, "MIT OR Apache-2.0", LicenseRef-ACME-internal.
+    The catalog entry shows it; the quality check, re-run here, counts it
+    (accessibility: licence stated).
+    """
+    from dataspace.connectors.metadata import set_license
+
+    s = _open(site)
+    rec = set_license(s, dataset, licence)
+    quality, quality_error = (
+        (None, None) if no_quality else _quality_after_enroll(s, rec.dataset_id)
+    )
+    if as_json:
+        out = {"dataset_id": rec.dataset_id, "license": rec.license, "quality": quality}
+        if quality_error:
+            out["quality_error"] = quality_error
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"licence of {rec.dataset_id} ({rec.name}): {rec.license}")
+    if quality is not None:
+        click.echo(_quality_line(quality, site, rec.dataset_id))
+    elif quality_error:
+        err.print(f"quality check failed: {quality_error}", highlight=False, markup=False)
+
+
+# the US spelling, as the JSON field is spelt: same command, not listed twice
+group.add_command(
+    click.Command(
+        name="license",
+        params=licence_cmd.params,
+        callback=licence_cmd.callback,
+        help=licence_cmd.help,
+        hidden=True,
+    )
+)
+site_alias(note=None)(group.commands["license"])
+
+
+@site_alias()
+@group.command(name="attachments")
+@click.argument("site", type=click.Path(path_type=Path))
+@click.argument("dataset")
+@click.option(
+    "--refresh",
+    is_flag=True,
+    help="Look for the files again (they may have been added since enrollment).",
+)
+@click.option(
+    "--source",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="With --refresh: the folder they are in (default: the one enrolled from).",
+)
+@click.option(
+    "--no-quality",
+    is_flag=True,
+    help="With --refresh: do not re-run the quality check.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def attachments_cmd(
+    site: Path,
+    dataset: str,
+    refresh: bool,
+    source: Path | None,
+    no_quality: bool,
+    as_json: bool,
+) -> None:
+    """The files DATASET's source references (LeRobot videos): present or absent.
+
+    The quality check's completeness dimension counts the share present. Files
+    added after enrollment count once --refresh has found them.
+    """
+    from dataspace.connectors.metadata import refresh_attachments
+    from dataspace.connectors.store import get_dataset
+
+    if source is not None and not refresh:
+        raise click.UsageError("--source goes with --refresh")
+    s = _open(site)
+    rec = refresh_attachments(s, dataset, source) if refresh else get_dataset(s, dataset)
+    quality, quality_error = None, None
+    if refresh and rec.attachments and not no_quality:
+        quality, quality_error = _quality_after_enroll(s, rec.dataset_id)
+    present = sum(1 for a in rec.attachments if a.get("present"))
+    if as_json:
+        out = {
+            "dataset_id": rec.dataset_id,
+            "attachments": rec.attachments,
+            "present": present,
+            "referenced": len(rec.attachments),
+            "quality": quality,
+        }
+        if quality_error:
+            out["quality_error"] = quality_error
+        click.echo(json.dumps(out))
+        return
+    click.echo(
+        f"{rec.dataset_id}: {present} of {len(rec.attachments)} referenced files present"
+        + (f" (under {source or rec.source_path})" if rec.attachments else "")
+    )
+    for a in rec.attachments:
+        click.echo(f"  {'present' if a.get('present') else 'ABSENT '} {a.get('path')}")
+    if quality is not None:
+        click.echo(_quality_line(quality, site, rec.dataset_id))
+    elif quality_error:
+        err.print(f"quality check failed: {quality_error}", highlight=False, markup=False)
+
+
+#: the last quality check's checks that cost points, by dataset id (for _quality_line)
+_SHORTFALLS: dict[str, list[str]] = {}
+
+
 def _quality_after_enroll(site: Site, dataset_id: str) -> tuple[float | None, str | None]:
-    """Run the quality suite on a new dataset: (score, None) or (None, why it failed)."""
+    """Run the quality suite on a dataset: (score, None) or (None, why it failed)."""
     from dataspace.errors import DataspaceError
 
     with err.status("quality check (Great Expectations on DuckDB)"):
         from dataspace.quality.check import run_checks
 
         try:
-            return run_checks(site, dataset_id).score, None
+            out = run_checks(site, dataset_id)
         except DataspaceError as e:
             return None, str(e)
+    _SHORTFALLS[dataset_id] = [s["check"] for s in out.full.get("shortfalls") or []]
+    return out.score, None
+
+
+def _quality_line(quality: float, site: Path, dataset_id: str) -> str:
+    """``quality S / 100``, naming the checks that cost points and where the details are."""
+    lost = _SHORTFALLS.get(dataset_id) or []
+    why = f"; points lost to {', '.join(lost)}" if lost else ""
+    return f"quality {quality} / 100{why} (details: dataspace quality check {site} {dataset_id})"
 
 
 __import__("dataspace.cli.policy_cmds", fromlist=["register"]).register(group)  # policy area

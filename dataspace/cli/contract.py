@@ -1,32 +1,29 @@
 """``dataspace contract``: ask for, list, approve and reject contracts.
 
-``--site SITE`` runs both sides on this machine (the holder's site folder and
-the consumer's key). ``--connector URL`` talks to a holder's connector service
-(:func:`_request_via_connector`, provided with the services).
+``SITE`` (the holder's site folder, positional as in every command; the older
+``--site SITE`` is still accepted) runs both sides on this machine (the holder's
+site and the consumer's key). ``--connector URL`` talks to a holder's connector
+service (:func:`_request_via_connector`, provided with the services).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from dataspace.connectors.site import Site
-from dataspace.policy.contracts import (
-    Contract,
-    OfferRefusedError,
-    OfferRequest,
-    approve,
-    list_contracts,
-    load_contract,
-    negotiate,
-    reject,
-    revoke,
-)
-from dataspace.policy.identity import load_identity, load_private_key
-from dataspace.policy.odrl import ACTIONS
+from dataspace.cli._ui import ACTIONS, TEMPLATE_NAMES, site_alias
+
+if TYPE_CHECKING:
+    from dataspace.policy.contracts import Contract, OfferRequest
+
+
+def _open(site: Path):
+    from dataspace.connectors.site import Site
+
+    return Site.open(site)
 
 
 @click.group(name="contract")
@@ -39,6 +36,7 @@ def _request_via_connector(
 ) -> dict[str, Any]:
     """Ask a holder's connector service (dataspace.connectors.client, signed requests)."""
     from dataspace.connectors.client import request_via_connector
+    from dataspace.policy.identity import load_private_key
 
     return request_via_connector(
         connector,
@@ -54,10 +52,12 @@ def _request_via_connector(
     )
 
 
-@group.command(name="request")
-@click.option(
-    "--site", type=click.Path(path_type=Path), default=None, help="The holder's site folder."
+@site_alias(
+    note="SITE is the holder's site folder, on this machine (positional in every command; "
+    "the older spelling --site SITE is still accepted); --connector URL asks its service instead."
 )
+@group.command(name="request")
+@click.argument("site", type=click.Path(path_type=Path), required=False)
 @click.option("--connector", default=None, help="The holder's connector service URL.")
 @click.option("--dataset", required=True, help="Dataset id (or name).")
 @click.option(
@@ -70,7 +70,11 @@ def _request_via_connector(
 @click.option("--purpose", required=True)
 @click.option("--epsilon", type=float, required=True, help="Epsilon wanted for the contract.")
 @click.option("--rounds", type=int, required=True, help="Training rounds wanted.")
-@click.option("--template", default=None, help="Model template (e.g. mlp).")
+@click.option(
+    "--template",
+    default=None,
+    help=f"Model template the policy must allow ({', '.join(TEMPLATE_NAMES)}).",
+)
 @click.option("--until", required=True, help="Contract end (ISO 8601; a date is midnight UTC).")
 @click.option(
     "--delta",
@@ -96,9 +100,11 @@ def request_cmd(
 ) -> None:
     """Ask for a contract; prints the countersigned agreement or exits non-zero with the reason."""
     from dataspace.cli.policy_cmds import parse_until
+    from dataspace.policy.contracts import OfferRefusedError, OfferRequest, negotiate
+    from dataspace.policy.identity import load_identity, load_private_key
 
     if (site is None) == (connector is None):
-        raise click.UsageError("give either --site SITE or --connector URL")
+        raise click.UsageError("give either SITE (a site folder) or --connector URL")
     req = OfferRequest(
         dataset_id=dataset,
         purpose=purpose,
@@ -122,7 +128,7 @@ def request_cmd(
     else:
         assert site is not None
         try:
-            contract = negotiate(Site.open(site), req, load_private_key(key_file))
+            contract = negotiate(_open(site), req, load_private_key(key_file))
         except OfferRefusedError as e:
             if as_json:
                 click.echo(json.dumps({"allowed": False, "reasons": list(e.reasons)}))
@@ -151,8 +157,12 @@ def _summary(c: Contract) -> tuple[str, ...]:
     )
 
 
+@site_alias(
+    note="SITE is the holder's site folder (positional in every command; the older "
+    "spelling --site SITE is still accepted); --hub URL lists at the hub instead."
+)
 @group.command(name="list")
-@click.option("--site", type=click.Path(path_type=Path), default=None)
+@click.argument("site", type=click.Path(path_type=Path), required=False)
 @click.option("--hub", "hub_url", default=None, help="List at the hub instead (needs --key).")
 @click.option(
     "--key",
@@ -180,8 +190,11 @@ def list_cmd(
     as_json: bool,
 ) -> None:
     """The site's contracts, newest first (or, with --hub, those the hub shows --key)."""
+    from dataspace.policy.contracts import list_contracts
+    from dataspace.policy.identity import load_identity, load_private_key
+
     if (site is None) == (hub_url is None):
-        raise click.UsageError("give either --site SITE or --hub URL")
+        raise click.UsageError("give either SITE (a site folder) or --hub URL")
     if hub_url is not None:
         if key_file is None:
             raise click.UsageError("--hub needs --key (or $DATASPACE_KEY)")
@@ -200,7 +213,7 @@ def list_cmd(
             click.echo("no contracts")
         return
     consumer = load_identity(consumer_file).key_b64 if consumer_file else None
-    cs = list_contracts(Site.open(site), consumer=consumer, dataset_id=dataset)
+    cs = list_contracts(_open(site), consumer=consumer, dataset_id=dataset)
     if as_json:
         click.echo(json.dumps({"contracts": [c.to_json() for c in cs]}))
         return
@@ -226,39 +239,51 @@ def list_cmd(
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+@site_alias()
 @group.command(name="show")
-@click.option("--site", type=click.Path(path_type=Path), required=True)
+@click.argument("site", type=click.Path(path_type=Path))
 @click.argument("contract_id")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def show_cmd(site: Path, contract_id: str, as_json: bool) -> None:
     """One contract: terms, signatures and state."""
-    _emit(load_contract(Site.open(site), contract_id).to_json(), as_json)
+    from dataspace.policy.contracts import load_contract
+
+    _emit(load_contract(_open(site), contract_id).to_json(), as_json)
 
 
+@site_alias()
 @group.command(name="approve")
-@click.option("--site", type=click.Path(path_type=Path), required=True)
+@click.argument("site", type=click.Path(path_type=Path))
 @click.argument("contract_id")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def approve_cmd(site: Path, contract_id: str, as_json: bool) -> None:
     """Approve a pending contract (the holder signs; its epsilon is reserved)."""
-    _emit(approve(Site.open(site), contract_id).to_json(), as_json)
+    from dataspace.policy.contracts import approve
+
+    _emit(approve(_open(site), contract_id).to_json(), as_json)
 
 
+@site_alias()
 @group.command(name="reject")
-@click.option("--site", type=click.Path(path_type=Path), required=True)
+@click.argument("site", type=click.Path(path_type=Path))
 @click.argument("contract_id")
 @click.option("--reason", default="rejected by the holder", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def reject_cmd(site: Path, contract_id: str, reason: str, as_json: bool) -> None:
     """Reject a pending contract (logged as access.refused)."""
-    _emit(reject(Site.open(site), contract_id, reason).to_json(), as_json)
+    from dataspace.policy.contracts import reject
+
+    _emit(reject(_open(site), contract_id, reason).to_json(), as_json)
 
 
+@site_alias()
 @group.command(name="revoke")
-@click.option("--site", type=click.Path(path_type=Path), required=True)
+@click.argument("site", type=click.Path(path_type=Path))
 @click.argument("contract_id")
 @click.option("--reason", default="revoked by the holder", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def revoke_cmd(site: Path, contract_id: str, reason: str, as_json: bool) -> None:
     """End an agreed contract: no more rounds; its unspent epsilon is released."""
-    _emit(revoke(Site.open(site), contract_id, reason).to_json(), as_json)
+    from dataspace.policy.contracts import revoke
+
+    _emit(revoke(_open(site), contract_id, reason).to_json(), as_json)

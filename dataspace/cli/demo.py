@@ -17,7 +17,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.text import Text
+
+from dataspace.cli._ui import Col, escape, make_table, out_console, print_table
 
 err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: never split them
 
@@ -26,27 +28,55 @@ def _f(v: float | None, digits: int) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
-def summary_table(result) -> Table:
-    t = Table(title=f"dataspace demo — run {result.run_id} ({result.engine})")
-    for col in ("site", "episodes", "quality", "ε run", "ε spent", "ε left", "held-out (DP)"):
-        t.add_column(col, justify="left" if col == "site" else "right")
-    t.add_column("contribution (share)", justify="right")
-    t.add_column("log", justify="left")
+SUMMARY_COLUMNS = (
+    Col("site", ident=True),
+    Col("episodes", justify="right"),
+    Col("quality", justify="right"),
+    Col("ε run", justify="right"),
+    Col("ε spent", justify="right"),
+    Col("ε left", justify="right"),
+    Col("held-out (DP)", justify="right"),
+    Col("contribution (share)", justify="right"),
+    Col("log"),
+)
+
+
+def summary_rows(result) -> list[tuple[Text | str, ...]]:
+    """One row per site of the demo's summary (no markup: names print as they are)."""
+    rows = []
     for s in result.sites:
-        t.add_row(
-            f"{s.site} [dim]ep {s.episode_range}[/dim]",
-            f"{s.episodes} [dim]({s.frames} fr)[/dim]",
-            _f(s.quality, 0),
-            _f(s.epsilon_run, 2),
-            _f(s.epsilon_spent, 2),
-            f"{_f(s.epsilon_left, 2)} / {_f(s.epsilon_budget, 0)}",
-            _f(s.heldout_mse, 4),
-            f"{_f(s.contribution, 4)} ({_f((s.share or 0) * 100, 0)}%)",
-            f"[green]{s.log_status}[/green] ({s.log_size})"
-            if s.log_verified
-            else f"[red]FAILED[/red] {s.log_problem}",
+        if s.log_verified:
+            log = Text(str(s.log_status), style="green") + Text(f" ({s.log_size})")
+        else:
+            log = Text("FAILED", style="red") + Text(f" {s.log_problem}")
+        rows.append(
+            (
+                Text(str(s.site)) + Text(f" ep {s.episode_range}", style="dim"),
+                Text(str(s.episodes)) + Text(f" ({s.frames} fr)", style="dim"),
+                _f(s.quality, 0),
+                _f(s.epsilon_run, 2),
+                _f(s.epsilon_spent, 2),
+                f"{_f(s.epsilon_left, 2)} / {_f(s.epsilon_budget, 0)}",
+                _f(s.heldout_mse, 4),
+                f"{_f(s.contribution, 4)} ({_f((s.share or 0) * 100, 0)}%)",
+                log,
+            )
         )
-    return t
+    return rows
+
+
+def summary_title(result) -> str:
+    return f"dataspace demo — run {result.run_id} ({result.engine})"
+
+
+def summary_table(result):
+    """The summary as a rich Table (kept for callers; the command uses print_summary)."""
+    return make_table(summary_title(result), SUMMARY_COLUMNS, summary_rows(result))
+
+
+def print_summary(console: Console, result) -> None:
+    """A table when it fits the terminal unbroken, else one block per site."""
+    print_table(console, summary_title(result), SUMMARY_COLUMNS, summary_rows(result))
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -149,7 +179,7 @@ def command(
         task = progress.add_task("starting", total=None)
 
         def step(msg: str) -> None:
-            progress.update(task, description=msg)
+            progress.update(task, description=escape(msg))
             if not err.is_terminal:
                 err.print(f"· {msg}", highlight=False, markup=False)
 
@@ -157,21 +187,23 @@ def command(
     if as_json:
         click.echo(json.dumps(result.to_json(), sort_keys=True))
     else:
-        out = Console() if Console().is_terminal else Console(width=140)
-        out.print(summary_table(result))
+        out = out_console()
+        print_summary(out, result)
         if result.engine_note:
-            out.print(f"[yellow]note:[/yellow] {result.engine_note}")
+            out.print(f"[yellow]note:[/yellow] {escape(result.engine_note)}")
         out.print(
             f"global model: held-out MSE {_f(result.heldout_mse, 4)}; consumer's validation "
             f"MSE {_f(result.validation_mse['initial'], 4)} -> "
             f"{_f(result.validation_mse['final'], 4)}; sha256 {result.model_sha256}",
             highlight=False,
+            markup=False,
         )
         out.print(
             "data: one real recording (Unitree G1) split by episode ranges, i.e. recording "
             f"sessions, over {len(result.sites)} sites (one embodiment for one model): "
             f"{result.source}" + (" (bundled sample)" if result.bundled_sample else ""),
             highlight=False,
+            markup=False,
         )
         anchored = sum(a["ok"] and a["anchored"] for a in result.audit)
         consistent = sum(a["ok"] and not a["anchored"] for a in result.audit)
@@ -184,11 +216,16 @@ def command(
             )
             + f"; took {result.seconds} s",
             highlight=False,
+            markup=False,
         )
-        out.print(f"report: {result.report_html}", highlight=False)
+        out.print(f"report: {result.report_html}", highlight=False, markup=False)
     svc = getattr(result, "services", None)
     if svc is not None:
-        err.print(f"dashboard: {svc.dashboard_url} (Ctrl-C stops the services)", highlight=False)
+        err.print(
+            f"dashboard: {svc.dashboard_url} (Ctrl-C stops the services)",
+            highlight=False,
+            markup=False,
+        )
         try:
             signal.pause()
         except KeyboardInterrupt:

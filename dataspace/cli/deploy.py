@@ -28,6 +28,7 @@ from pathlib import Path
 
 import click
 
+from dataspace.cli._ui import site_alias
 from dataspace.errors import DataspaceError
 
 #: the SuperExec secret's file name, in the TLS directory (hub) and in a site folder
@@ -73,6 +74,7 @@ def tls_cmd(directory: Path, hosts: tuple[str, ...], nodes: int) -> None:
         click.echo(f"node key {key} ({key}.pub)")
 
 
+@site_alias()
 @group.command("site")
 @click.argument("site", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--org", required=True, help="The holder's organisation.")

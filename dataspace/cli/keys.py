@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dataspace.policy.identity import ROLES, load_identity, new_identity, rotate_identity
+from dataspace.cli._ui import ROLES
 
 
 @click.group(name="keys")
@@ -21,6 +21,8 @@ def group() -> None:
 @click.option("--role", required=True, type=click.Choice(ROLES), help="The participant's role.")
 def new_cmd(file: Path, name: str, role: str) -> None:
     """Make an identity: FILE (private, mode 0600) and FILE.pub; prints the public identity."""
+    from dataspace.policy.identity import new_identity
+
     ident = new_identity(file, name=name, role=role)
     click.echo(json.dumps(ident.to_json()))
 
@@ -29,27 +31,33 @@ def new_cmd(file: Path, name: str, role: str) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 def show_cmd(file: Path) -> None:
     """Print the public identity of FILE (or FILE.pub)."""
+    from dataspace.policy.identity import load_identity
+
     click.echo(json.dumps(load_identity(file).to_json()))
 
 
 @group.command(name="rotate")
-@click.argument("file", type=click.Path(path_type=Path), required=False)
-@click.option(
-    "--site",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Rotate this site's key instead (logged as key.rotated).",
-)
-def rotate_cmd(file: Path | None, site: Path | None) -> None:
-    """Replace a key by a new one signed by the old; prints the rotation statement."""
-    if (file is None) == (site is None):
-        raise click.UsageError("give either FILE or --site SITE")
+@click.argument("path", metavar="FILE|SITE", type=click.Path(path_type=Path), required=False)
+@click.option("--site", type=click.Path(path_type=Path), default=None, hidden=True)
+def rotate_cmd(path: Path | None, site: Path | None) -> None:
+    """Replace a key by a new one signed by the old; prints the rotation statement.
+
+    FILE is an identity's private key file; SITE, a site folder, rotates the
+    site's key (logged as key.rotated). The older spelling --site SITE is still
+    accepted.
+    """
+    from dataspace.policy.identity import rotate_identity
+
+    if (path is None) == (site is None):
+        raise click.UsageError("give either FILE or --site SITE (a key file, or a site folder)")
+    if site is None and path is not None and path.is_dir():
+        site, path = path, None
     if site is not None:
         from dataspace.connectors.site import Site
         from dataspace.policy.identity import rotate_site_key
 
         rotation = rotate_site_key(Site.open(site))
     else:
-        assert file is not None
-        rotation = rotate_identity(file)
+        assert path is not None
+        rotation = rotate_identity(path)
     click.echo(json.dumps(rotation.to_json()))

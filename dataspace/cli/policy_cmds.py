@@ -14,9 +14,13 @@ from typing import Any
 
 import click
 
-from dataspace.connectors.site import Site
-from dataspace.policy.identity import load_identity
-from dataspace.policy.odrl import ACTIONS, build_policy
+from dataspace.cli._ui import ACTIONS, TEMPLATE_NAMES, site_alias
+
+
+def _open(site: Path):
+    from dataspace.connectors.site import Site
+
+    return Site.open(site)
 
 
 def parse_until(value: str) -> datetime:
@@ -32,6 +36,7 @@ def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
 
+@site_alias()
 @click.command(name="policy")
 @click.argument("site", type=click.Path(path_type=Path))
 @click.argument("dataset")
@@ -50,7 +55,11 @@ def _csv(value: str | None) -> list[str]:
 @click.option("--delta", type=float, default=None, help="The dataset's whole-life delta.")
 @click.option("--until", default=None, help="Expiry date (ISO 8601; a date is midnight UTC).")
 @click.option("--max-rounds", type=int, default=None, help="Most rounds one contract may have.")
-@click.option("--templates", default=None, help="Permitted model templates, comma separated.")
+@click.option(
+    "--templates",
+    default=None,
+    help=f"Permitted model templates, comma separated ({', '.join(TEMPLATE_NAMES)}).",
+)
 @click.option(
     "--actions",
     default="train",
@@ -85,9 +94,11 @@ def policy(
 ) -> None:
     """Set DATASET's usage policy (from --file or from flags); without either, print it."""
     from dataspace.connectors.store import get_dataset
+    from dataspace.policy.identity import load_identity
+    from dataspace.policy.odrl import build_policy
     from dataspace.policy.policies import current_policy, publish_policy
 
-    s = Site.open(site)
+    s = _open(site)
     flags = (purpose, consumer, epsilon, delta, until, max_rounds, templates)
     if file is None and all(f is None for f in flags) and not (manual_approval or require_secagg):
         doc = current_policy(s, dataset).to_jsonld()
@@ -151,6 +162,7 @@ def policy(
         )
 
 
+@site_alias()
 @click.command(name="budget")
 @click.argument("site", type=click.Path(path_type=Path))
 @click.argument("dataset", required=False)
@@ -159,7 +171,7 @@ def budget(site: Path, dataset: str | None, as_json: bool) -> None:
     """Privacy budget, reserved, spent and remaining epsilon (and delta) per dataset."""
     from dataspace.policy.ledger import budget_report
 
-    rows = budget_report(Site.open(site), dataset)
+    rows = budget_report(_open(site), dataset)
     if as_json:
         click.echo(json.dumps({"datasets": [r.to_json() for r in rows]}))
         return

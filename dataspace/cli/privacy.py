@@ -20,11 +20,12 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from dataspace.connectors.site import Site
+from dataspace.cli._ui import site_alias
 
 err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: never split them
 
 
+@site_alias()
 @click.command(name="privacy-audit")
 @click.argument("site", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("dataset")
@@ -87,6 +88,7 @@ def command(
         raise click.BadParameter(f"{hidden!r}: widths must be 1..4096", param_hint="--hidden")
     # torch and Opacus load only when an audit really runs (not for `dataspace --help`)
     from dataspace.assurance.privacy_audit import AuditConfig, audit_site
+    from dataspace.connectors.site import Site
 
     cfg = AuditConfig(
         epsilon=None if no_dp else epsilon, delta=delta, canaries=canaries, rounds=rounds,

@@ -2,9 +2,13 @@
 
 ``dataspace quality check SITE DATASET [--html FILE] [--json] [--exclude CHECK ...]``
 runs the expectation suites, replaces the dataset's episode flags, signs and
-stores the publishable report and logs ``quality.reported``. ``--json`` prints
-one object: the publishable report plus ``report_sha256``, ``flags`` (count)
-and ``log_index``; ``--html`` writes the full on-site page.
+stores the publishable report and logs ``quality.reported``. It prints every
+check (the dataset-level ones too: licence stated, referenced files present,
+...) and then each check that cost points, how many and how to fix it.
+``--json`` prints one object: the publishable report plus ``report_sha256``,
+``flags`` (count), ``log_index`` and ``shortfalls`` (the checks that cost
+points, with ``points``, ``detail`` and ``fix``); ``--html`` writes the full
+on-site page.
 
 ``dataspace quality contribution RUN_DIR --validation PATH [--json]`` computes
 each dataset's contribution to a finished ``dataspace train`` run (GTG-Shapley,
@@ -22,7 +26,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dataspace.connectors.site import Site
+from dataspace.cli._ui import escape, site_alias
 
 err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: never split them
 
@@ -32,6 +36,13 @@ def group() -> None:
     """Data quality and value, computed on site; only aggregates leave."""
 
 
+def _open(site: Path):
+    from dataspace.connectors.site import Site
+
+    return Site.open(site)
+
+
+@site_alias()
 @group.command(name="check")
 @click.argument("site", type=click.Path(path_type=Path))
 @click.argument("dataset")
@@ -65,7 +76,7 @@ def check_cmd(
             param_hint="--exclude",
         )
 
-    s = Site.open(site)
+    s = _open(site)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -77,7 +88,7 @@ def check_cmd(
         task = bar.add_task("quality check", total=STEPS)
 
         def progress(done: int, total: int, msg: str) -> None:
-            bar.update(task, completed=done, total=total, description=msg)
+            bar.update(task, completed=done, total=total, description=escape(msg))
 
         out = run_checks(s, dataset, exclude=exclude, progress=progress)
         bar.update(task, completed=STEPS, description="done")
@@ -91,22 +102,52 @@ def check_cmd(
                     "report_sha256": out.report_sha256,
                     "flags": out.flags,
                     "log_index": out.log_index,
+                    "shortfalls": out.full.get("shortfalls", []),
                 }
             )
         )
         return
-    click.echo(
-        f"dataset {out.dataset_id}: score {out.score} / 100, "
-        f"{out.full['episodes_flagged']} of {out.full['episodes']} episodes flagged"
-    )
-    for d in out.full["dimensions"]:
-        click.echo(f"  {d['name']:<13} {d['gbt_36344']:<5} {d['score']}")
-    for c in out.full["checks"]:
-        mark = "ok  " if c["success"] else "FAIL"
-        click.echo(f"  {mark} {c['check']:<22} flagged {c['flagged']}")
+    for line in summary_lines(out.full, site, out.dataset_id):
+        click.echo(line)
     click.echo(f"report sha256 {out.report_sha256}" + (f", html {html}" if html else ""))
 
 
+def summary_lines(full: dict, site: Path | str, dataset_id: str) -> list[str]:
+    """The text summary of a full report: dimensions, every check, and what cost points.
+
+    A dataset-level facet (licence stated, referenced files present, joint
+    names, frames readable) is listed with the suite's checks: each one that
+    costs points says how many, what was found and how to fix it.
+    """
+    lines = [
+        f"dataset {dataset_id}: score {full['score']} / 100, "
+        f"{full['episodes_flagged']} of {full['episodes']} episodes flagged"
+    ]
+    for d in full["dimensions"]:
+        lines.append(f"  {d['name']:<13} {d['gbt_36344']:<5} {d['score']}")
+    suite = {c["check"] for c in full["checks"]}
+    for c in full["checks"]:
+        mark = "ok  " if c["success"] else "FAIL"
+        lines.append(f"  {mark} {c['check']:<22} flagged {c['flagged']}")
+    for d in full["dimensions"]:
+        for check, score in (d.get("checks") or {}).items():
+            if check in suite:
+                continue
+            mark = "ok  " if score >= 100 else "FAIL"
+            lines.append(f"  {mark} {check:<22} {d['name']} {score:g} / 100")
+    short = full.get("shortfalls") or []
+    if short:
+        lost = sum(s["points"] for s in short)
+        lines.append(f"points lost: about {lost:.1f} (the score is the mean of the dimensions)")
+        names = f"{site} {dataset_id}"
+        for s in short:
+            where = f"{s['dimension']} -{s['dimension_points']:.1f}"
+            lines.append(f"  -{s['points']:.1f}  {s['check']} ({where}): {s['detail']}")
+            lines.append(f"         fix: {s['fix'].replace('SITE DATASET', names)}")
+    return lines
+
+
+@site_alias()
 @group.command(name="flags")
 @click.argument("site", type=click.Path(path_type=Path))
 @click.argument("dataset")
@@ -116,7 +157,7 @@ def flags_cmd(site: Path, dataset: str, as_json: bool) -> None:
     from dataspace.quality.check import _dataset
     from dataspace.quality.flags import list_flags
 
-    s = Site.open(site)
+    s = _open(site)
     ds, _ = _dataset(s, dataset)
     rows = list_flags(s, ds["dataset_id"])
     if as_json:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from dataspace.cli._ui import site_alias
 from dataspace.errors import DataspaceError
 
 
@@ -90,6 +91,7 @@ def hub(
     run(app, sock, log_level)
 
 
+@site_alias()
 @group.command("connector")
 @click.argument("site", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--hub", "hub_url", required=True, help="the hub's URL, e.g. http://127.0.0.1:8000")

@@ -1,11 +1,13 @@
 """``dataspace train``: a consumer's federated DP training run (issue 5).
 
-    dataspace train --contract ID[,ID...] --template bc-mlp --rounds N
-                    [--simulate SITE...] [--hub URL] [--out DIR] [--seed S] [--secagg]
+    dataspace train [SITE...] --contract ID[,ID...] --template bc-mlp --rounds N
+                    [--hub URL] [--out DIR] [--seed S] [--secagg]
                     [--validation PATH] [--stats-from PATH] [--json]
 
-``--simulate SITE...`` runs the ServerApp and each site's ClientApp in this
-process (the connector's code, reading each site's own store and ledger).
+``SITE...`` (site folders, positional as in every command; the older spelling
+``--simulate SITE``, once per site, is still accepted) runs the ServerApp and
+each site's ClientApp in this process (the connector's code, reading each
+site's own store and ledger).
 ``--hub URL`` would submit the run to the hub's SuperLink; the hub service does
 not run a SuperLink yet, so it says so and exits. Writes into OUT the model
 (``model.pt``, its SHA-256 in ``report.json``), ``report.json`` and
@@ -34,6 +36,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from dataspace.cli._ui import TEMPLATE_NAMES, site_alias
 from dataspace.errors import DataspaceError
 
 err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: never split them
@@ -43,17 +46,27 @@ class HubNotAvailableError(DataspaceError):
     """Training through a hub's SuperLink is not there yet."""
 
 
-@click.command(name="train")
-@click.option("--contract", "contracts", required=True, help="Contract id(s), comma-separated.")
-@click.option("--template", default="bc-mlp", show_default=True, help="Model template name.")
-@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
-@click.option(
+@site_alias(
     "--simulate",
-    "sites",
-    multiple=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Site folder to train on in this process (repeat per site).",
+    "--site",
+    note="SITE... are the site folders to train on, in this process (positional as in every "
+    "command; the older spelling --simulate SITE, once per site, is still accepted).",
 )
+@click.command(name="train")
+@click.argument(
+    "sites",
+    metavar="[SITE]...",
+    nargs=-1,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@click.option("--contract", "contracts", required=True, help="Contract id(s), comma-separated.")
+@click.option(
+    "--template",
+    default="bc-mlp",
+    show_default=True,
+    help=f"Model template: {' or '.join(TEMPLATE_NAMES)} (the contracts' policies must allow it).",
+)
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--hub", default=None, help="Hub URL (its SuperLink runs the ServerApp).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -105,10 +118,11 @@ def command(
     if hub:
         raise HubNotAvailableError(
             f"training through the hub at {hub} is not available yet: the hub service does "
-            "not run a Flower SuperLink. Use --simulate SITE... (or dataspace.federated.deploy)."
+            "not run a Flower SuperLink. Give the site folders (SITE...) to train on in this "
+            "process (or use dataspace.federated.deploy)."
         )
     if not sites:
-        raise click.UsageError("give --simulate SITE... (one per site) or --hub URL")
+        raise click.UsageError("give the site folders (SITE...) to train on, or --hub URL")
     if validation is not None and secagg:
         raise click.UsageError("--validation needs each site's update; --secagg keeps none")
     if stats_from is not None and secagg:

@@ -239,10 +239,25 @@ def _prohibition_holds(c: Constraint, r: Request, now: datetime) -> bool:
     return _permission_holds(c, r, now)
 
 
+def _allowed(c: Constraint) -> tuple[str, ...]:
+    """The values an ``isAnyOf`` / ``eq`` constraint allows (a string is one value)."""
+    right = c.right
+    if isinstance(right, str):
+        return (right,)
+    if isinstance(right, tuple | list):
+        return tuple(str(v) for v in right)
+    return (str(right),)
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    """``allowed: a, b`` (``none`` for an empty list), for refusal messages."""
+    return "allowed: " + (", ".join(values) if values else "none")
+
+
 def _describe(c: Constraint) -> str:
     right = c.right
-    if isinstance(right, tuple):
-        right = "[" + ", ".join(right) + "]"
+    if isinstance(right, tuple | list):
+        right = "[" + ", ".join(str(v) for v in right) + "]"
     elif isinstance(right, datetime):
         right = format_datetime(right)
     return f"{c.left} {c.operator} {right}"
@@ -250,11 +265,11 @@ def _describe(c: Constraint) -> str:
 
 def _failure(c: Constraint, r: Request, now: datetime) -> str:
     if c.left == "purpose":
-        return f"purpose {r.purpose!r} is not permitted ({_describe(c)})"
+        return f"purpose {r.purpose!r} is not permitted ({_one_of(_allowed(c))})"
     if c.left == "assignee":
         return f"consumer {r.consumer} is not an assignee of this policy"
     if c.left == "modelTemplate":
-        return f"model template {r.template!r} is not permitted ({_describe(c)})"
+        return f"model template {r.template!r} is not permitted ({_one_of(_allowed(c))})"
     if c.left == "maxRounds":
         return f"{r.rounds} rounds asked, at most {c.right} permitted"
     if c.left == "aggregation":

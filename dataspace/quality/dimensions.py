@@ -118,3 +118,99 @@ def score_dimensions(scores: Sequence[CheckScore]) -> tuple[list[DimensionScore]
     available = [d.score for d in dims if d.score is not None]
     overall = round(sum(available) / len(available), 1) if available else None
     return dims, overall
+
+
+# --- what cost points, and how to win them back (the summary of `dataspace quality check`) ---
+
+#: per dataset-level facet: what it measures (its detail when it costs points)
+FACETS: dict[str, str] = {
+    "attachments": "files the source references (e.g. videos) that are present",
+    "license_stated": "a licence is stated",
+    "joint_names": "state and action joints have names, not only numbers",
+    "frames_readable": "the stored frames can be read",
+}
+
+#: how a holder wins back the points a check costs; SITE DATASET are the command's own
+FIXES: dict[str, str] = {
+    "license_stated": "state it: dataspace connector licence SITE DATASET SPDX-ID "
+    "(e.g. CC-BY-4.0), or enroll with --licence",
+    "attachments": "put the missing files in the folder enrolled from (or give another with "
+    "--source), then: dataspace connector attachments SITE DATASET --refresh",
+    "joint_names": "name the joints in the source's metadata (LeRobot: meta/info.json "
+    "features.*.names) before enrolling it",
+    "frames_readable": "the dataset's folder under SITE/store/datasets/ is missing or empty: "
+    "restore it from a backup",
+}
+#: for a failed expectation (episode or frames suite)
+FIX_EPISODES = (
+    "list them: dataspace quality flags SITE DATASET (a recording fixed at the source "
+    "enrolls as a new dataset); a check that does not fit this robot: --exclude {check}"
+)
+FIX_FRAMES = "the stored frames disagree with their metadata ({check}): enroll the source again"
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """A check that scored under 100: the points it costs, why, and how to fix it."""
+
+    check: str
+    dimension: str
+    score: float
+    #: points of its dimension's score it costs (100 - score, shared by the dimension's checks)
+    dimension_points: float
+    #: points of the overall score it costs
+    points: float
+    detail: str
+    fix: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "dimension": self.dimension,
+            "score": self.score,
+            "dimension_points": self.dimension_points,
+            "points": self.points,
+            "detail": self.detail,
+            "fix": self.fix,
+        }
+
+
+def shortfalls(
+    dims: Sequence[DimensionScore],
+    details: Mapping[str, str] | None = None,
+    episode_checks: Sequence[str] = (),
+) -> list[Shortfall]:
+    """Every check under 100, the largest cost first (``details``: check -> what was found).
+
+    A check's cost follows the scoring (module docstring): ``100 - score`` over
+    the number of checks in its dimension, then over the number of dimensions.
+    """
+    details = details or {}
+    n_dims = sum(1 for d in dims if d.score is not None)
+    out = []
+    for d in dims:
+        if d.score is None or not d.checks:
+            continue
+        for check, score in d.checks.items():
+            if score >= 100.0:
+                continue
+            dim_points = (100.0 - score) / len(d.checks)
+            if check in FIXES:
+                fix = FIXES[check]
+            elif check in episode_checks:
+                fix = FIX_EPISODES.format(check=check)
+            else:
+                fix = FIX_FRAMES.format(check=check)
+            detail = details.get(check) or FACETS.get(check, check)
+            out.append(
+                Shortfall(
+                    check=check,
+                    dimension=d.name,
+                    score=round(score, 1),
+                    dimension_points=round(dim_points, 1),
+                    points=round(dim_points / max(n_dims, 1), 1),
+                    detail=detail,
+                    fix=fix,
+                )
+            )
+    return sorted(out, key=lambda s: (-s.points, s.dimension, s.check))

@@ -37,8 +37,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dataspace.connectors.site import Site
 from dataspace.errors import DataspaceError
-from dataspace.quality.dimensions import DimensionScore
-from dataspace.quality.suite import HARD_CHECKS, SuiteResult
+from dataspace.quality.dimensions import DimensionScore, shortfalls
+from dataspace.quality.suite import CHECKS, HARD_CHECKS, SuiteResult
 
 REPORT_VERSION = 1
 #: coarse episode-duration bins (seconds) of the publishable histogram
@@ -127,6 +127,10 @@ def full_report(
         "frames": suite.frames,
         "score": overall,
         "dimensions": [d.to_json() for d in dims],
+        # what cost points and how to win them back (the summary names them)
+        "shortfalls": [
+            s.to_json() for s in shortfalls(dims, _shortfall_details(ds, suite), tuple(CHECKS))
+        ],
         "checks": checks,
         "skipped": suite.skipped,
         "thresholds": suite.thresholds,
@@ -141,6 +145,30 @@ def full_report(
         "value": value,
         "explain": EXPLAIN,
     }
+
+
+def _shortfall_details(ds: dict[str, Any], suite: SuiteResult) -> dict[str, str]:
+    """What each check found, in words, for the checks that may cost points."""
+    n = suite.episodes
+    out: dict[str, str] = {}
+    for c in suite.checks:
+        if c.check in CHECKS:
+            out[c.check] = f"{c.flagged} of {n} episodes flagged"
+        else:
+            observed = json.dumps(c.observed, default=str) if c.observed is not None else ""
+            out[c.check] = "failed" + (f" (observed {observed[:120]})" if observed else "")
+    att = ds.get("attachments") or []
+    absent = [str(a.get("path")) for a in att if not a.get("present")]
+    if att:
+        more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+        out["attachments"] = f"{len(att) - len(absent)} of {len(att)} referenced files present" + (
+            f"; absent: {absent[0]}{more}" if absent else ""
+        )
+    if not ds.get("license"):
+        out["license_stated"] = "no licence stated"
+    out["joint_names"] = "the joints are named only by number"
+    out["frames_readable"] = "the stored frames are missing"
+    return out
 
 
 def publishable_report(full: dict[str, Any]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ _COMMANDS = {
     "demo": "dataspace.cli.demo",
     "privacy-audit": "dataspace.cli.privacy",
     "deploy": "dataspace.cli.deploy",
+    "sample": "dataspace.cli.sample",
 }
 #: commands that run services: Flower's INFO lines go to their log (as before issue 14)
 SERVICES = ("serve",)

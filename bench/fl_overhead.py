@@ -25,7 +25,8 @@ from dataspace.federated.deploy import run_deployment
 from dataspace.federated.federation import make_federation
 from dataspace.federated.run import run_simulation
 
-UNITREE = Path(__file__).resolve().parents[2] / "shared" / "data" / "unitree-g1-lerobot-v2.1"
+#: the real G1 recording committed with the tests (the same files as ../shared/data's)
+UNITREE = Path(__file__).resolve().parents[1] / "tests" / "data" / "unitree-g1-lerobot-v2.1"
 ROUNDS = 5
 
 

@@ -51,7 +51,8 @@ from dataspace.federated.run import run_simulation
 from dataspace.federated.templates import Policy, get_template
 
 torch.set_num_threads(1)
-UNITREE = Path(__file__).resolve().parents[2] / "shared" / "data" / "unitree-g1-lerobot-v2.1"
+#: the real G1 recording committed with the tests (the same files as ../shared/data's)
+UNITREE = Path(__file__).resolve().parents[1] / "tests" / "data" / "unitree-g1-lerobot-v2.1"
 ROUNDS = 10
 LR = 2.0
 #: the holders' own settings (site.toml [training]): large Poisson batches, several

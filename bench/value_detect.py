@@ -1,7 +1,7 @@
 """Does contribution single out a bad site? (issue 6, bench/value_detect.py)
 
 For each of 10 seeds: 4 federated sites each hold PER_SITE (20) episodes of the
-real Unitree G1 recording (/work/shared/data); one site (a different one per
+real Unitree G1 recording (tests/data); one site (a different one per
 seed) has its actions shuffled across frames (every frame keeps a real action,
 so the action distribution is intact, but actions no longer follow the states).
 A Flower simulation (dataspace.federated.run.run_simulation: bc-mlp, DP-SGD,
@@ -50,7 +50,8 @@ from dataspace.quality import inject
 from dataspace.quality.contribution import run_contributions
 from dataspace.schema import Episode
 
-DATA = Path("/work/shared/data/unitree-g1-lerobot-v2.1")
+#: the real G1 recording committed with the tests (the same files as ../shared/data's)
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "unitree-g1-lerobot-v2.1"
 SEEDS = range(int(os.environ.get("SEEDS", "10")))
 SITES = 4
 PER_SITE = int(os.environ.get("PER_SITE", "20"))

@@ -25,16 +25,26 @@ import pyarrow as pa
 from dataspace.connectors import store
 from dataspace.connectors.catalog import catalog_entry
 from dataspace.connectors.detect import open_reader
-from dataspace.connectors.reader import DimensionError, EnrollError, FpsError, Reader
+from dataspace.connectors.reader import (
+    CorruptFileError,
+    DimensionError,
+    EnrollError,
+    FpsError,
+    Reader,
+)
 from dataspace.connectors.site import Site
 from dataspace.connectors.validate import Validator
-from dataspace.errors import NotFoundError
+from dataspace.errors import DataspaceError, NotFoundError
 from dataspace.schema import DatasetInfo, Episode, dataset_id_for, episode_hash, fingerprint
 
 log = logging.getLogger(__name__)
 
 #: progress(frames_done, frames_total_or_None, episodes_done)
 Progress = Callable[[int, int | None, int], None]
+
+#: what a reader might still raise on input no test foresaw; enrollment turns it into
+#: a CorruptFileError naming the source and episode (the readers' own checks come first)
+_UNFORESEEN = (ArithmeticError, LookupError, TypeError, ValueError, RuntimeError, MemoryError)
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,12 @@ def enroll(
     path = Path(path)
     if not path.exists():
         raise NotFoundError(f"{path}: no such file or folder")
-    reader = open_reader(path, format, **reader_options)
+    try:
+        reader = open_reader(path, format, **reader_options)
+    except DataspaceError:
+        raise
+    except (*_UNFORESEEN, OSError) as e:
+        raise CorruptFileError(f"cannot be read ({type(e).__name__}: {_first(e)})", path) from e
     return enroll_reader(site, reader, str(path.resolve()), name=name, progress=progress)
 
 
@@ -131,7 +146,7 @@ def enroll_reader(
     ep_durations: list[float] = []
     with store.staging(site) as st:
         writer: store.FrameWriter | None = None
-        for index, ep in enumerate(reader.episodes()):
+        for index, ep in enumerate(_guarded(reader.episodes(), path)):
             validator.check(ep, index)
             if writer is None:
                 writer = store.FrameWriter(st.directory, ep.state.shape[1], ep.action.shape[1])
@@ -220,6 +235,33 @@ def enroll_reader(
         created=created,
         notes=tuple(info.notes),
     )
+
+
+def _guarded(episodes: Iterable[Episode], path: str) -> Iterator[Episode]:
+    """The reader's episodes; anything but a DataspaceError raised while reading one
+    becomes a CorruptFileError (never a traceback). Only reading is guarded, not the
+    store's writes."""
+    it = iter(episodes)
+    index = 0
+    while True:
+        try:
+            ep = next(it)
+        except StopIteration:
+            return
+        except DataspaceError:
+            raise
+        except (*_UNFORESEEN, OSError) as e:
+            log.debug("reader raised %r on %s episode %d", e, path, index, exc_info=True)
+            raise CorruptFileError(
+                f"cannot be read ({type(e).__name__}: {_first(e)})", path, index
+            ) from e
+        yield ep
+        index += 1
+
+
+def _first(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return text[:200]
 
 
 def _check_declared(

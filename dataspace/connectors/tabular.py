@@ -19,6 +19,11 @@ streamed in record batches. Columns (options name them where they differ):
 * ``task_index``, ``next.reward``/``reward``, ``next.done``/``done``: kept
   when present.
 * fps: ``fps`` option, else estimated from the median timestamp interval.
+
+Columns must have the types their role needs (an integer episode column, numeric
+clocks and vectors; ``reader.check_columns``), Parquet column chunks may not
+declare more values than their rows and widths allow, and one episode may hold
+at most ``reader.MAX_EPISODE_VALUES`` values (issue 14).
 """
 
 from __future__ import annotations
@@ -32,17 +37,23 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from dataspace.connectors.arrowcols import Rows, assemble, runs, to_matrix
 from dataspace.connectors.reader import (
+    ARROW_ERRORS,
     ColumnError,
     CorruptFileError,
+    DtypeError,
     EnrollError,
     MissingFileError,
     TimestampError,
+    cap_rows,
+    check_columns,
+    check_parquet,
     inside,
     make_episode,
+    meta_fps,
+    open_parquet,
     walk_files,
 )
 from dataspace.schema import DatasetInfo, Episode
@@ -58,6 +69,8 @@ OPTIONS = (
 )
 BATCH_ROWS = 65_536
 _SUFFIXES = (".parquet", ".csv")
+#: kept when present (numbers); the task index must be an integer
+_OPTIONAL = {"next.reward": "number", "reward": "number", "next.done": "bool", "done": "bool"}
 
 
 @dataclass(frozen=True)
@@ -123,7 +136,7 @@ class TabularReader:
         self.episode_column = episode_column or "episode_index"
         self.frame_column = frame_column or "frame_index"
         self.timestamp_column = timestamp_column or "timestamp"
-        self.fps = float(fps) if fps is not None else None
+        self.fps = meta_fps(fps, path, "--fps")
         schema = self._schema(self.files[0])
         self.state = find_vector(
             schema,
@@ -165,14 +178,14 @@ class TabularReader:
             if f.suffix.lower() == ".csv":
                 with pacsv.open_csv(f) as r:
                     return r.schema
-            return pq.ParquetFile(f).schema_arrow
+            return open_parquet(f).schema_arrow
         except FileNotFoundError as e:
             raise MissingFileError("missing", f) from e
-        except (pa.ArrowException, OSError) as e:
+        except ARROW_ERRORS as e:
             raise CorruptFileError(f"not a readable table ({e})", f) from e
 
     def episodes(self) -> Iterator[Episode]:
-        for rows in assemble(self._pieces()):
+        for rows in assemble(cap_rows(self._pieces(), lambda _ep: None)):
             yield make_episode(
                 rows.timestamps,
                 "s",
@@ -185,21 +198,40 @@ class TabularReader:
                 done=rows.done,
             )
 
+    def _kinds(self) -> dict[str, str]:
+        """What each column the reader converts must hold (reader.check_columns)."""
+        kinds = {
+            self.episode_column: "int",
+            self.frame_column: "number",
+            self.timestamp_column: "number",
+            "task_index": "int",
+        }
+        for v in (self.state, self.action):
+            kinds.update(dict.fromkeys(v.columns, "vector" if v.is_list else "number"))
+        return kinds
+
     def _batches(self, f: Path) -> Iterator[pa.RecordBatch]:
         try:
             if f.suffix.lower() == ".csv":
                 with pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 24)) as r:
                     yield from r
             else:
-                yield from pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS)
-        except (pa.ArrowException, OSError) as e:
+                pf = open_parquet(f)
+                columns = [c for c in pf.schema_arrow.names if c in self._kinds()]
+                columns += [c for c in _OPTIONAL if c in pf.schema_arrow.names]
+                widths = {c: 1 for c in columns if c not in (self.state.name, self.action.name)}
+                check_parquet(pf, f, columns, widths)
+                yield from pf.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+        except ARROW_ERRORS as e:
             raise CorruptFileError(f"cannot read ({e})", f) from e
 
     def _pieces(self) -> Iterator[Rows]:
         last_frame: tuple[int, float] | None = None
+        kinds = self._kinds()
         for f in self.files:
-            self._schema(f)
+            check_columns(self._schema(f), kinds | _OPTIONAL, f)
             for batch in self._batches(f):
+                check_columns(batch.schema, kinds | _OPTIONAL, f)
                 cols = dict(zip(batch.schema.names, batch.columns, strict=True))
                 missing = [
                     c
@@ -208,6 +240,9 @@ class TabularReader:
                 ]
                 if missing:
                     raise ColumnError(f"missing columns {missing}", f)
+                for name in (self.episode_column, self.frame_column, self.timestamp_column):
+                    if name in cols and cols[name].null_count:
+                        raise ColumnError(f"column {name!r} has null values", f)
                 ep = cols[self.episode_column].to_numpy(zero_copy_only=False).astype(np.int64)
                 state = self._matrix(cols, self.state, f, ep)
                 action = self._matrix(cols, self.action, f, ep)
@@ -255,8 +290,9 @@ class TabularReader:
         parts = [cols[c].to_numpy(zero_copy_only=False) for c in v.columns]
         for c, p in zip(v.columns, parts, strict=True):
             if p.dtype.kind not in "fiu":
-                raise ColumnError(f"column {c!r} is {p.dtype}, not numeric", f)
-        return np.column_stack(parts).astype(np.float32, copy=False)
+                raise DtypeError(f"column {c!r} is {p.dtype}, not numeric", f)
+        with np.errstate(over="ignore"):  # out of float32's range: inf, refused as non-finite
+            return np.column_stack(parts).astype(np.float32, copy=False)
 
 
 def _col(cols: dict[str, pa.Array], *names: str) -> np.ndarray | None:

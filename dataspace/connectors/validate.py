@@ -7,6 +7,7 @@ increasing timestamps, and one frame rate for the whole dataset.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,11 @@ class Validator:
     fps: float | None = None
     state_dim: int | None = None
     action_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        # a declared rate divides below: refuse 0, negative, NaN or infinite ones here
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+            raise FpsError(f"declared frame rate {self.fps!r} is not a positive number")
 
     def check(self, ep: Episode, index: int) -> None:
         src = ep.source

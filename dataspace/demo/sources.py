@@ -7,6 +7,9 @@ different recording sessions, i.e. a non-IID split by session / operator.
 Each range is written as a LeRobot v2.1 folder of its own, which the site
 then *enrolls* with the connector's reader, exactly as a holder would.
 
+A LeRobot v3.0 recording (``--data``; many episodes per file) is split the same
+way: its episodes' rows are written out as v2.1 files, one per episode.
+
 Search order for the recording: ``$DATASPACE_DEMO_DATA``; ``../shared/data``
 beside the repository (tests and CI have it); the small sample shipped in the
 package (``dataspace/data/unitree-g1-sample``, a few real episodes) so that
@@ -23,11 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dataspace.connectors.reader import CorruptFileError, path_template
 from dataspace.errors import NotFoundError
 
 RECORDING = "unitree-g1-lerobot-v2.1"
+V2_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "unitree-g1-sample"
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -56,7 +62,9 @@ def find_source(explicit: Path | None = None) -> Source:
     for path, bundled in candidates:
         info = path / "meta" / "info.json"
         if info.exists():
-            n = int(json.loads(info.read_text())["total_episodes"])
+            n = _info(path).get("total_episodes")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise CorruptFileError(f"total_episodes must be a count, not {n!r}", info)
             return Source(path, n, bundled or path.resolve() == SAMPLE)
     raise NotFoundError(
         "no robot recording found: looked in "
@@ -83,6 +91,60 @@ def episode_ranges(n_episodes: int, sites: int, per_site: int | None = None) -> 
     return out
 
 
+def _info(src: Path) -> dict:
+    """``meta/info.json`` of a LeRobot folder, as an object (else a typed error)."""
+    path = src / "meta" / "info.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as e:
+        raise CorruptFileError(f"not readable JSON ({e})", path) from e
+    if not isinstance(info, dict):
+        raise CorruptFileError("not a JSON object", path)
+    return info
+
+
+def _is_v3(src: Path, info: dict) -> bool:
+    version = str(info.get("codebase_version", ""))
+    return version.startswith("v3") or (
+        not version.startswith("v2") and (src / "meta" / "episodes").is_dir()
+    )
+
+
+def _v3_tables(src: Path, episodes: range) -> dict[int, pa.Table]:
+    """The rows of each wanted episode of a v3.0 folder (many episodes per data file)."""
+    wanted = set(episodes)
+    out: dict[int, list[pa.Table]] = {}
+    files = sorted((src / "data").glob("chunk-*/*.parquet"))
+    if not files:
+        raise CorruptFileError("no data/chunk-*/*.parquet files (LeRobot v3.0)", src)
+    for f in files:
+        try:
+            t = pq.read_table(f)
+        except (pa.ArrowException, OSError) as e:
+            raise CorruptFileError(f"not a readable Parquet file ({e})", f) from e
+        if "episode_index" not in t.column_names:
+            raise CorruptFileError("no episode_index column", f)
+        eps = t["episode_index"]
+        for old in sorted(wanted & set(pc.unique(eps).to_pylist())):
+            out.setdefault(old, []).append(t.filter(pc.equal(eps, old)))
+    missing = sorted(wanted - set(out))
+    if missing:
+        raise CorruptFileError(f"episodes {missing[:10]} have no rows in the data files", src)
+    return {ep: pa.concat_tables(parts) for ep, parts in out.items()}
+
+
+def _v3_tasks(src: Path) -> list[dict]:
+    path = src / "meta" / "tasks.parquet"
+    if not path.exists():
+        return []
+    t = pq.read_table(path)
+    name = next((c for c in ("task", "__index_level_0__") if c in t.column_names), None)
+    if name is None or "task_index" not in t.column_names:
+        return []
+    pairs = zip(t["task_index"].to_pylist(), t[name].to_pylist(), strict=True)
+    return [{"task_index": i, "task": str(n)} for i, n in sorted(pairs, key=lambda p: p[0])]
+
+
 def _jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -94,7 +156,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def export_range(src: Path, dst: Path, episodes: range, compression: str = "zstd") -> Path:
-    """Write episodes ``episodes`` of the v2.1 folder ``src`` as a v2.1 folder at ``dst``.
+    """Write episodes ``episodes`` of the LeRobot folder ``src`` (v2.1, or v3.0) as a
+    v2.1 folder at ``dst``.
 
     Episodes are renumbered from 0 (``episode_index`` and the global ``index``
     rewritten); every other column and the metadata are kept. Idempotent: an
@@ -103,16 +166,32 @@ def export_range(src: Path, dst: Path, episodes: range, compression: str = "zstd
     """
     if (dst / "meta" / "info.json").exists():
         return dst
-    info = json.loads((src / "meta" / "info.json").read_text())
+    info = _info(src)
+    v3 = _is_v3(src, info)
     tmp = dst.with_name(dst.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "meta").mkdir(parents=True)
-    chunk = int(info.get("chunks_size", 1000))
+    chunk = info.get("chunks_size", 1000)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise CorruptFileError(f"chunks_size must be a positive integer, not {chunk!r}", src)
+    # a v3.0 folder is written out in the v2.1 layout (one file per episode)
+    data_path = V2_DATA_PATH if v3 else (info.get("data_path") or V2_DATA_PATH)
+    fields = {"episode_chunk": int, "episode_index": int}
+    path_template(data_path, fields, "data_path", src / "meta" / "info.json")
+    tables = _v3_tables(src, episodes) if v3 else {}
+    lengths: list[int] = []
     frames = 0
     for new, old in enumerate(episodes):
-        rel = info["data_path"].format(episode_chunk=old // chunk, episode_index=old)
-        t = pq.read_table(src / rel)
+        if v3:
+            t = tables.pop(old)
+        else:
+            rel = data_path.format(episode_chunk=old // chunk, episode_index=old)
+            try:
+                t = pq.read_table(src / rel)
+            except (pa.ArrowException, OSError) as e:
+                raise CorruptFileError(f"not a readable Parquet file ({e})", src / rel) from e
         n = t.num_rows
+        lengths.append(n)
         t = t.set_column(
             t.schema.get_field_index("episode_index"),
             "episode_index",
@@ -124,20 +203,31 @@ def export_range(src: Path, dst: Path, episodes: range, compression: str = "zstd
                 "index",
                 pa.array(np.arange(frames, frames + n, dtype=np.int64)),
             )
-        out = tmp / info["data_path"].format(episode_chunk=new // chunk, episode_index=new)
+        out = tmp / data_path.format(episode_chunk=new // chunk, episode_index=new)
         out.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(t, out, compression=compression)
         frames += n
     meta = src / "meta"
     keep = set(episodes)
-    for name in ("episodes.jsonl", "episodes_stats.jsonl"):
+    if v3:
+        tasks = _v3_tasks(src)
+        _write_jsonl(tmp / "meta" / "tasks.jsonl", tasks)
+        names = [t["task"] for t in tasks[:1]]
+        _write_jsonl(
+            tmp / "meta" / "episodes.jsonl",
+            [{"episode_index": i, "tasks": names, "length": n} for i, n in enumerate(lengths)],
+        )
+        info.update(codebase_version="v2.1", data_path=data_path, video_path=None)
+        for key in ("data_files_size_in_mb", "video_files_size_in_mb"):
+            info.pop(key, None)
+    for name in ("episodes.jsonl", "episodes_stats.jsonl") if not v3 else ():
         rows = [r for r in _jsonl(meta / name) if r["episode_index"] in keep]
         rows.sort(key=lambda r: r["episode_index"])
         for new, r in enumerate(rows):
             r["episode_index"] = new
         if (meta / name).exists():
             _write_jsonl(tmp / "meta" / name, rows)
-    if (meta / "tasks.jsonl").exists():
+    if not v3 and (meta / "tasks.jsonl").exists():
         shutil.copy(meta / "tasks.jsonl", tmp / "meta" / "tasks.jsonl")
     if (src / "LICENSE").exists():
         shutil.copy(src / "LICENSE", tmp / "LICENSE")

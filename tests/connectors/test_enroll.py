@@ -1,4 +1,9 @@
-"""Enrolling the real LeRobot datasets: counts, canonical store, catalog, idempotence."""
+"""Enrolling LeRobot datasets: counts, canonical store, catalog, idempotence.
+
+UNITREE is a real recording (tests/data); SO101 and BIMANUAL are generated
+stand-ins (tests/datagen.py); the real SO-101 and bimanual recordings join the
+counts test where ../shared has them.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,28 @@ from dataspace.connectors.enroll import enroll
 from dataspace.connectors.reader import ColumnError
 from dataspace.connectors.site import Site
 from dataspace.schema import dataset_id_for, fingerprint, frame_schema
-from tests.conftest import BIMANUAL, SO101, UNITREE
+from tests.conftest import (
+    BIMANUAL,
+    REAL_BIMANUAL,
+    REAL_SO101,
+    SO101,
+    UNITREE,
+    needs_shared,
+)
 from tests.connectors.conftest import snapshot
 
 
-@pytest.mark.parametrize("root", [SO101, BIMANUAL, UNITREE], ids=lambda p: p.name)
-def test_real_dataset_counts_match_info_json(site: Site, root: Path) -> None:
+@pytest.mark.parametrize(
+    "root",
+    [
+        pytest.param(SO101, id="so101-standin"),
+        pytest.param(BIMANUAL, id="bimanual-standin"),
+        pytest.param(UNITREE, id=UNITREE.name),
+        pytest.param(REAL_SO101, id="so101-real", marks=needs_shared),
+        pytest.param(REAL_BIMANUAL, id="bimanual-real", marks=needs_shared),
+    ],
+)
+def test_dataset_counts_match_info_json(site: Site, root: Path) -> None:
     info = json.loads((root / "meta/info.json").read_text())
     dim = info["features"].get("observation.state", info["features"].get("state"))["shape"][0]
     r = enroll(site, root)

@@ -10,6 +10,7 @@ as ``dataspace quality contribution`` and the demo call it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,13 @@ def shuffled_run(real_site, tmp_path_factory) -> ShuffledRun:
     args += ["--out", str(out), "--validation", str(UNITREE), "--json"]
     for site in sites:
         args += ["--simulate", str(site.root)]
-    assert main(args) == 0
+    # the sites' noise is secret and fresh (federated/noise.py): a site-side seed makes
+    # this run, and so its per-round ranking, repeatable
+    os.environ["DATASPACE_NOISE_SEED"] = "contribution"
+    try:
+        assert main(args) == 0
+    finally:
+        del os.environ["DATASPACE_NOISE_SEED"]
     return ShuffledRun(out, datasets[1], datasets, eps[-6:])
 
 

@@ -13,7 +13,6 @@ staging folder is removed (or swept by the next enrollment), and no row exists.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -220,8 +219,8 @@ def enroll_reader(
         )
         record, created = store.commit(site, st, row, episodes)
 
-    if created:
-        _log_enrolled(site, record)
+    # created or not: an enrollment whose entry a crash left unwritten is completed here
+    _log_enrolled(site, record)
     return EnrollResult(
         dataset_id=record.dataset_id,
         name=record.name,
@@ -286,15 +285,26 @@ def _org(site: Site) -> str | None:
 
 
 def _log_enrolled(site: Site, record: store.DatasetRecord) -> None:
-    """Append ``dataset.enrolled`` to the site's transparency log (DESIGN.md, Audit log)."""
-    try:
-        sitelog = importlib.import_module("dataspace.connectors.sitelog")
-    except ModuleNotFoundError as e:  # the audit area not built yet
-        if e.name != "dataspace.connectors.sitelog":
-            raise
-        log.warning("site log not available; dataset.enrolled for %s not logged", record.dataset_id)
-        return
-    sitelog.record(
+    """Append ``dataset.enrolled`` to the site's log once per dataset (DESIGN.md, Audit log).
+
+    The dataset is committed first (the store's transaction); the entry follows and
+    is marked in ``enroll_log``. A crash between the two leaves no mark, so the next
+    enrollment of the same content (a retry) appends it; a crash between the append
+    and the mark makes that retry append a second, identical ``dataset.enrolled``,
+    which states nothing new. No entry can be written: the error reaches the caller.
+    """
+    from dataspace.connectors import sitelog
+
+    with site.db() as con:
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS enroll_log (dataset_id VARCHAR PRIMARY KEY, "
+            "log_index BIGINT)"
+        )
+        if con.execute(
+            "SELECT 1 FROM enroll_log WHERE dataset_id = ?", [record.dataset_id]
+        ).fetchone():
+            return
+    index = sitelog.record(
         site,
         "dataset.enrolled",
         dataset_id=record.dataset_id,
@@ -303,6 +313,11 @@ def _log_enrolled(site: Site, record: store.DatasetRecord) -> None:
         episodes=record.episodes,
         frames=record.frames,
     )
+    with site.db() as con:
+        con.execute(
+            "INSERT INTO enroll_log VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [record.dataset_id, index],
+        )
 
 
 __all__ = ["EnrollError", "EnrollResult", "enroll", "enroll_episodes", "enroll_reader"]

@@ -298,12 +298,10 @@ def store_report(site: Site, full: dict[str, Any], public: dict[str, Any]) -> No
         )
 
 
-def log_report(site: Site, public: dict[str, Any]) -> int | None:
-    """Append ``quality.reported`` to the site log; None when the audit area is absent."""
-    try:
-        from dataspace.connectors.sitelog import record
-    except ModuleNotFoundError:
-        return None
+def log_report(site: Site, public: dict[str, Any]) -> int:
+    """Append ``quality.reported`` to the site log; its index (an error if it cannot be)."""
+    from dataspace.connectors.sitelog import record
+
     return record(
         site,
         "quality.reported",

@@ -206,3 +206,34 @@ def test_enroll_episodes_in_canonical_form(site: Site) -> None:
     with pytest.raises(NonFiniteError, match="episode 1"):
         enroll_episodes(site, [ep(5), bad], info)
     assert snapshot(site) == before
+
+
+def test_an_enrollment_whose_entry_was_not_written_is_completed_by_its_retry(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dataset is committed before its ``dataset.enrolled`` entry: a failure (or a
+    crash) between the two is completed, once, by enrolling the same content again."""
+    from dataspace.audit.events import parse_event
+    from dataspace.connectors import sitelog
+    from dataspace.errors import DataspaceError
+
+    def enrolled() -> list:
+        with sitelog.open_site_log(site, writable=False) as log:
+            evs = [parse_event(e) for e in log.entries(0, log.size)]
+        return [e for e in evs if e.kind == "dataset.enrolled"]
+
+    real = sitelog.record
+
+    def broken(*a, **k):
+        raise DataspaceError("the log's disk is full")
+
+    monkeypatch.setattr(sitelog, "record", broken)
+    with pytest.raises(DataspaceError, match="disk is full"):
+        enroll(site, UNITREE)
+    monkeypatch.setattr(sitelog, "record", real)
+    assert enrolled() == []
+    again = enroll(site, UNITREE)
+    assert not again.created  # the same content: the dataset was committed the first time
+    assert [e.dataset_id for e in enrolled()] == [again.dataset_id]
+    enroll(site, UNITREE)
+    assert len(enrolled()) == 1  # never twice

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fl_utility import UNITREE, central, frames, mse
 
+from dataspace.demo.federation import make_federation
 from dataspace.federated import dp, normalize
-from dataspace.federated.federation import make_federation
 from dataspace.federated.noise import NoiseSource
 from dataspace.federated.templates import get_template
 

@@ -1,7 +1,7 @@
 """Deployment engine wall time / the same computation in one process (issue 5).
 
 5 rounds of bc-mlp DP training, 3 sites holding thirds of the Unitree G1
-recording. Denominator: the one-process engine (run_simulation) running the
+recording. Denominator: the one-process engine (SimulationEngine) running the
 same apps, data and seed. Numerator: ``flwr run`` on a SuperLink with 3
 SuperNodes (TLS, node authentication, the sites' and the hub's warm workers as
 SuperExecs, see dataspace.federated.deploy) already started, as they are in a
@@ -21,9 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dataspace.federated.deploy import run_deployment
-from dataspace.federated.federation import make_federation
-from dataspace.federated.run import run_simulation
+from dataspace.demo.federation import make_federation
+from dataspace.federated import DeploymentEngine, RunSpec, train
 
 #: the real G1 recording committed with the tests (the same files as ../shared/data's)
 UNITREE = Path(__file__).resolve().parents[1] / "tests" / "data" / "unitree-g1-lerobot-v2.1"
@@ -36,8 +35,8 @@ def main() -> None:
     ap.add_argument(
         "--database",
         default=":flwr-in-memory:",
-        help="SuperLink state: Flower's default in-memory state, or 'file' (run_deployment's "
-        "default, kept for audit)",
+        help="SuperLink state: Flower's default in-memory state, or 'file' (the deployment "
+        "engine's default, kept for audit)",
     )
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:
@@ -49,13 +48,32 @@ def main() -> None:
         a = make_federation(tmp / "a", UNITREE, epsilon=8.0, rounds=ROUNDS)
         b = make_federation(tmp / "b", UNITREE, epsilon=8.0, rounds=ROUNDS)
         t = time.perf_counter()
-        ha = run_simulation(a.contract_ids, a.sites, "bc-mlp", ROUNDS, tmp / "ra", seed=0)
+        ha = train(
+            RunSpec(
+                contracts=a.contract_ids,
+                template="bc-mlp",
+                rounds=ROUNDS,
+                out_dir=tmp / "ra",
+                seed=0,
+            ),
+            a.sites,
+            "simulation",
+        )
         local = time.perf_counter() - t
         print(f"one process: {local:.1f}s", file=sys.stderr)
-        hb = run_deployment(
-            b.contract_ids, [s.root for s in b.sites], "bc-mlp", ROUNDS, tmp / "rb", seed=0,
-            timeout=1500, database=None if args.database == "file" else args.database,
-        )  # fmt: skip
+        hb = train(
+            RunSpec(
+                contracts=b.contract_ids,
+                template="bc-mlp",
+                rounds=ROUNDS,
+                out_dir=tmp / "rb",
+                seed=0,
+            ),
+            [s.root for s in b.sites],
+            DeploymentEngine(
+                timeout=1500, database=None if args.database == "file" else args.database
+            ),
+        )
         tm = hb["timing"]
         print(f"deployment: {tm}", file=sys.stderr)
         assert ha["status"] == hb["status"] == "finished", hb.get("error")

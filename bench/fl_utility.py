@@ -22,7 +22,7 @@ reference), ``privacy_unit``, ``frames_per_episode``, ``plan_site0`` (site 0's n
 sample rate, expected batch and steps per round, per epsilon) and ``federated_seconds``.
 
 ``--public-stats`` gives the sites public normalisation statistics instead of
-their DP ones (``run_simulation(public_stats=...)``, dataspace.federated.public_stats):
+their DP ones (``RunSpec(public_stats=...)``, dataspace.federated.public_stats):
 the consumer's, here the exact means and scales of the **central training pool**
 (the pooled train episodes of all three sites, the data the central baseline
 trains on; never the held-out episodes that measure MSE). Assumption: the
@@ -43,11 +43,10 @@ from pathlib import Path
 
 import torch
 
+from dataspace.demo.federation import make_federation
+from dataspace.federated import RunSpec, normalize, public_stats, train
 from dataspace.federated import data as fdata
-from dataspace.federated import normalize, public_stats
-from dataspace.federated.federation import make_federation
 from dataspace.federated.report import load_policy
-from dataspace.federated.run import run_simulation
 from dataspace.federated.templates import Policy, get_template
 
 torch.set_num_threads(1)
@@ -123,18 +122,28 @@ def federated(
             f.write("\n[training]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in training.items()))
     idx = sites if sites is not None else [0, 1, 2]
     t = time.perf_counter()
-    h = run_simulation(
-        [fed.contract_ids[i] for i in idx], [fed.sites[i] for i in idx], "bc-mlp", ROUNDS,
-        root / "run", seed=0, lr=lr, min_nodes=1, local_epochs=training["max_epochs"],
-        public_stats=public,
-    )  # fmt: skip
+    h = train(
+        RunSpec(
+            contracts=[fed.contract_ids[i] for i in idx],
+            template="bc-mlp",
+            rounds=ROUNDS,
+            out_dir=root / "run",
+            seed=0,
+            lr=lr,
+            min_nodes=1,
+            local_epochs=training["max_epochs"],
+            public_stats=public,
+        ),
+        [fed.sites[i] for i in idx],
+        "simulation",
+    )
     return load_policy(root / "run"), time.perf_counter() - t, h
 
 
 def _noise(root: Path, eps: float, public: bool = False) -> dict:
     """Site 0's privacy plan, as its ClientApp computes it (settings + metadata only)."""
-    from dataspace.connectors.site import Site
     from dataspace.federated import dp
+    from dataspace.site.folder import Site
 
     site = Site.open(root / "site-0")
     with site.db(read_only=True) as con:

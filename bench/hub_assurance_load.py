@@ -23,7 +23,6 @@ import asyncio
 import collections
 import json
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -38,13 +37,8 @@ import psutil
 from dataspace.audit.events import parse_event
 from dataspace.audit.log import TransparencyLog
 from dataspace.auth.httpsig import HttpSigAuth
-from dataspace.policy.identity import load_private_key, new_identity
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from dataspace.net import free_port
+from dataspace.site.identity import load_private_key, new_identity
 
 
 def entry(pub: int, n: int) -> dict:

@@ -35,7 +35,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dataspace.auth.httpsig import HttpSigAuth, sign_request  # noqa: E402
-from dataspace.policy.identity import load_identity, load_private_key, new_identity  # noqa: E402
+from dataspace.net import free_port  # noqa: E402
+from dataspace.site.identity import load_identity, load_private_key, new_identity  # noqa: E402
 
 ROBOTS = ["so101_follower", "unitree_g1", "franka", "aloha", "ur5e"]
 TASKS = ["pick", "place", "open", "pour", "wave", "fold", "stack", "wipe"]
@@ -69,12 +69,6 @@ async def bare(path: str, request: Request) -> Response:
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:

@@ -38,9 +38,9 @@ from dataspace.connectors.synthetic import write_lerobot_v3  # noqa: E402
 
 CHILD = """
 import json, sys, time
-from dataspace.connectors.site import Site
+from dataspace.site import Site, create_site
 from dataspace.connectors.enroll import enroll
-site = Site.init(sys.argv[1], org="bench")
+site = create_site(sys.argv[1], org="bench")
 t = time.perf_counter()
 r = enroll(site, sys.argv[2])
 print(json.dumps({"seconds": time.perf_counter() - t, "frames": r.frames,

@@ -29,7 +29,7 @@ import torch
 
 from dataspace.assurance.privacy_audit import AuditConfig, audit_site
 from dataspace.connectors.enroll import enroll
-from dataspace.connectors.site import Site
+from dataspace.site import create_site
 
 SO101 = Path(__file__).resolve().parents[1].parent / "shared/data/so101-record-test-lerobot-v3"
 
@@ -43,7 +43,7 @@ def main() -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        site = Site.init(Path(tmp) / "site", org="audit")
+        site = create_site(Path(tmp) / "site", org="audit")
         ds = enroll(site, args.data).dataset_id
         print(f"enrolled {ds} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         dp_cfg = AuditConfig(epsilon=8.0, canaries=args.canaries, seed=args.seed)

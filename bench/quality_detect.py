@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from dataspace.connectors.enroll import enroll
-from dataspace.connectors.site import Site
 from dataspace.quality import inject
 from dataspace.quality.check import run_checks
 from dataspace.schema import Episode
+from dataspace.site import Site, create_site
 
 DATA = Path("/work/shared/data")
 RATE = 0.03
@@ -85,7 +85,7 @@ def main() -> None:
     t0 = time.perf_counter()
     totals: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        site = Site.init(Path(tmp) / "site", org="bench")
+        site = create_site(Path(tmp) / "site", org="bench")
         sources = []
         for folder in ("so101-record-test-lerobot-v3", "unitree-g1-lerobot-v2.1"):
             did = enroll(site, DATA / folder).dataset_id

@@ -37,8 +37,6 @@ def generate(root: Path, frames: int) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from dataspace.connectors import store
-    from dataspace.connectors.site import Site
     from dataspace.schema import (
         Episode,
         dataset_id_for,
@@ -46,8 +44,9 @@ def generate(root: Path, frames: int) -> str:
         fingerprint,
         frame_schema,
     )
+    from dataspace.site import create_site, store
 
-    site = Site.init(root, org="bench")
+    site = create_site(root, org="bench")
     rng = np.random.default_rng(0)
     n_eps = frames // EP_LEN
     hashes = []
@@ -119,10 +118,10 @@ def generate(root: Path, frames: int) -> str:
 def measure(root: Path, did: str) -> dict:
     import duckdb
 
-    from dataspace.connectors.site import Site
     from dataspace.quality.check import _dataset, layout_for
     from dataspace.quality.profile import frames_view_sql, profile_select_sql
     from dataspace.quality.suite import run_suites
+    from dataspace.site import Site
 
     site = Site.open(root)
     ds, hashes = _dataset(site, did)

@@ -4,9 +4,9 @@ For each of 10 seeds: 4 federated sites each hold PER_SITE (20) episodes of the
 real Unitree G1 recording (tests/data); one site (a different one per
 seed) has its actions shuffled across frames (every frame keeps a real action,
 so the action distribution is intact, but actions no longer follow the states).
-A Flower simulation (dataspace.federated.run.run_simulation: bc-mlp, DP-SGD,
+A Flower simulation (dataspace.federated.train on the simulation engine: bc-mlp, DP-SGD,
 epsilon 8 per contract) trains for ROUNDS (5) rounds; then the product's own
-code, dataspace.quality.contribution.run_contributions (what ``dataspace train
+code, dataspace.federated.contribution.run_contributions (what ``dataspace train
 --validation`` and the demo call), computes GTG-Shapley over the rounds' stored
 updates with the consumer's MSE on 10 held-out clean episodes (held by no site)
 as the utility.
@@ -42,13 +42,13 @@ from pathlib import Path
 import numpy as np
 
 from dataspace.connectors.enroll import enroll
-from dataspace.connectors.site import Site
-from dataspace.federated.federation import grant
-from dataspace.federated.run import run_simulation
-from dataspace.policy.identity import load_private_key, new_identity
+from dataspace.demo.federation import grant
+from dataspace.federated import RunSpec, train
+from dataspace.federated.contribution import run_contributions
 from dataspace.quality import inject
-from dataspace.quality.contribution import run_contributions
 from dataspace.schema import Episode
+from dataspace.site import Site, create_site
+from dataspace.site.identity import load_private_key, new_identity
 
 #: the real G1 recording committed with the tests (the same files as ../shared/data's)
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "unitree-g1-lerobot-v2.1"
@@ -94,7 +94,7 @@ def noisy_actions(eps: list[Episode], rng: np.random.Generator) -> list[Episode]
 
 
 def make_site(root: Path, i: int, eps: list[Episode]) -> tuple[Site, str]:
-    site = Site.init(root / f"site-{i}", f"holder-{i}", name=f"holder-{i}")
+    site = create_site(root / f"site-{i}", f"holder-{i}", name=f"holder-{i}")
     cfg = site.root / "site.toml"
     if STATS_BOUND != "auto":
         cfg.write_text(cfg.read_text() + f"\n[training]\nstats_bound = {float(STATS_BOUND)}\n")
@@ -121,7 +121,11 @@ def one_seed(tmp: Path, source: list[Episode], valid: list[Episode], seed: int) 
         names[did] = i
     out = tmp / "run"
     t0 = time.perf_counter()
-    run_simulation(contracts, sites, "bc-mlp", ROUNDS, out, seed=seed)
+    train(
+        RunSpec(contracts=contracts, template="bc-mlp", rounds=ROUNDS, out_dir=out, seed=seed),
+        sites,
+        "simulation",
+    )
     t_train = time.perf_counter() - t0
     value = run_contributions(out, "bc-mlp", valid)
     c = {names[d]: v for d, v in value["contribution"].items()}
@@ -145,7 +149,7 @@ def main() -> None:
         raise SystemExit(f"CORRUPTION={CORRUPTION!r}: expected one of {', '.join(CORRUPTIONS)}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        base = Site.init(Path(tmp) / "src", org="src")
+        base = create_site(Path(tmp) / "src", org="src")
         did = enroll(base, DATA).dataset_id
         eps = list(inject.read_episodes(base, did))
     valid, source = eps[-VALIDATION:], eps[:-VALIDATION]

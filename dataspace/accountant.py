@@ -3,7 +3,7 @@
 One module, pure math, imported by every layer that counts privacy: the site's
 ledger (:mod:`dataspace.policy.ledger`, which refuses a release that would cross a
 contract's (epsilon, delta)), the training plan (:mod:`dataspace.federated.dp`,
-which picks noise to meet it) and the auditor (:mod:`dataspace.audit.verify`,
+which picks noise to meet it) and the auditor (:mod:`dataspace.audit.rules`,
 which recomputes every charge from the mechanism a ``round.started`` records).
 All three must agree to the last digit, so there is one implementation.
 

@@ -72,7 +72,7 @@ def test_escape_prints_literally() -> None:
 
 
 def test_catalog_at_80_columns_prints_ids_and_urls_whole(tmp_path: Path, monkeypatch) -> None:
-    import dataspace.auth.client as client
+    import dataspace.cli.catalog as client  # the command calls what it imported
 
     key = tmp_path / "bob.key"
     assert run("keys", "new", key, "--name", "bob", "--role", "consumer").exit_code == 0
@@ -336,7 +336,7 @@ def test_refusal_text_for_one_or_no_allowed_value() -> None:
     from dataspace.policy.evaluate import _failure
     from dataspace.policy.odrl import Constraint
 
-    req = SimpleNamespace(template="mlp", purpose="ads")
+    req = SimpleNamespace(terms=SimpleNamespace(template="mlp", purpose="ads"))
     one = Constraint("modelTemplate", "isAnyOf", ("bc-mlp",))
     assert _failure(one, req, None).endswith("(allowed: bc-mlp)")
     none = Constraint("modelTemplate", "isAnyOf", ())
@@ -350,8 +350,8 @@ def test_refusal_text_for_one_or_no_allowed_value() -> None:
 
 def test_help_names_real_templates() -> None:
     from dataspace.federated.templates import REGISTRY
-    from dataspace.policy.identity import ROLES as IDENTITY_ROLES
     from dataspace.policy.odrl import ACTIONS as ODRL_ACTIONS
+    from dataspace.site.identity import ROLES as IDENTITY_ROLES
 
     assert set(TEMPLATE_NAMES) == set(REGISTRY)
     assert tuple(ACTIONS) == tuple(ODRL_ACTIONS) and tuple(ROLES) == tuple(IDENTITY_ROLES)

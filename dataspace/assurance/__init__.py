@@ -2,6 +2,7 @@
 
 * :mod:`.privacy_audit` / :mod:`.mia`: an empirical privacy audit of the DP
   training (canaries, a membership-inference attack, an epsilon lower bound);
-* :mod:`.egress`: what a connector sends per round, checked and recorded;
+* the egress guard (what a connector sends per round, checked and recorded) is a
+  Flower mod beside the ClientApp it wraps: :mod:`dataspace.federated.egress`;
 * :mod:`.canary`: canary values planted in raw data, searched for in captured bytes.
 """

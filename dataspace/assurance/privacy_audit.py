@@ -31,12 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from dataspace.connectors.site import Site
+from dataspace.assurance.mia import auc, one_run_bound
 from dataspace.errors import DataspaceError
 from dataspace.federated import data as fdata
 from dataspace.federated import dp, normalize
 from dataspace.federated.noise import NoiseSource
 from dataspace.federated.templates import get_template
+from dataspace.site.folder import Site
 
 
 class AuditError(DataspaceError):
@@ -134,7 +135,6 @@ def audit_frames(state: torch.Tensor, action: torch.Tensor, cfg: AuditConfig) ->
     else:
         _train_plain(net, x, y, cfg, gen)
     scores = -per_sample_loss(net, cs, ca)
-    from dataspace.assurance.mia import auc, one_run_bound
 
     bound = one_run_bound(scores, member, cfg.confidence)
     return AuditResult(

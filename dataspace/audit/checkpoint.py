@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dataspace.audit.merkle import HASH_SIZE
@@ -107,7 +106,3 @@ def open_checkpoint(note: bytes, log_key: Verifier) -> Checkpoint:
 def checkpoint_of_note(note: bytes) -> Checkpoint:
     """Parse the body of a signed checkpoint without verifying it (for display and routing)."""
     return parse_checkpoint(parse_note(note).text)
-
-
-def verifiers_for(origin: str, verifiers: Iterable[Verifier]) -> list[Verifier]:
-    return [v for v in verifiers if v.name == origin]

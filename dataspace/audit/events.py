@@ -39,6 +39,7 @@ quality.reported   dataset_id, fingerprint; score, report_sha256
 access.refused     contract_id and dataset_id when known; reason, consumer
 key.rotated        new_key (BASE64), new_name
 catalog.published  (hub) dataset_id, fingerprint; holder (BASE64), quality_score
+catalog.withdrawn  (hub) dataset_id; holder (BASE64)
 contract.registered (hub) contract_id, dataset_id, fingerprint, purpose; holder, consumer,
                    epsilon, state (a copy of what the holder's connector agreed)
 run.registered     (hub) run_id, consumer, contracts (list of contract ids)
@@ -59,7 +60,6 @@ import base64
 import binascii
 import json
 import re
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -84,6 +84,7 @@ KINDS = (
     "key.rotated",
     # the hub's own log (dataspace.hub.app; added by the services helper)
     "catalog.published",
+    "catalog.withdrawn",
     "contract.registered",
     "run.registered",
     "round.registered",
@@ -100,6 +101,11 @@ class EventError(DataspaceError):
 
 class EventSignatureError(EventError):
     """An event whose signature does not verify under its actor's key."""
+
+
+class UntrustedActorError(EventSignatureError):
+    """An event signed by an actor whose key is not among the trusted ones (rule
+    ``actor-untrusted``)."""
 
 
 @dataclass(slots=True)
@@ -140,6 +146,20 @@ def format_time(t: datetime | str | None = None) -> str:
     t = t.astimezone(UTC)
     spec = "microseconds" if t.microsecond else "seconds"
     return t.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+def plain(v: Any) -> Any:
+    """``v`` as an event carries it: datetimes as RFC 3339 UTC strings, tuples as lists.
+
+    The one rule for every detail of every event, so callers pass what they have.
+    """
+    if isinstance(v, datetime):
+        return format_time(v)
+    if isinstance(v, (tuple, list)):
+        return [plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items()}
+    return v
 
 
 def parse_time(s: str) -> datetime:
@@ -198,7 +218,7 @@ def make_event(
         "fingerprint": fingerprint,
         "contract_id": contract_id,
         "purpose": purpose,
-        **details,
+        **{name: plain(value) for name, value in details.items()},
     }
     try:
         message = rfc8785.dumps(obj)
@@ -273,39 +293,9 @@ def _plain_numbers(value: dict[str, Any] | list[Any]) -> bool:
     return True
 
 
-_tl = threading.local()
-
-
-def _note_float(text: str) -> float:
-    # Python writes exponents, integral floats and -0.0 unlike RFC 8785 (ES6 number form)
-    if "e" in text or "E" in text or text.endswith(".0") or text.startswith("-0"):
-        _tl.suspect = True
-    return float(text)
-
-
-def _note_int(text: str) -> int:
-    if len(text) > 15:  # beyond what an IEEE double holds exactly: RFC 8785 decides
-        _tl.suspect = True
-    return int(text)
-
-
-#: parses like json.loads, flagging the numbers whose Python form may differ from RFC 8785
-_DECODER = json.JSONDecoder(parse_float=_note_float, parse_int=_note_int)
+_JSON = json.JSONDecoder()
 #: the plain C scanner (no Python hooks): json.loads without its wrappers
-_SCAN = json.JSONDecoder().scan_once
-
-
-def is_canonical(entry: bytes, obj: Any, suspect: bool = True) -> bool:
-    """RFC 8785: ``entry`` is the canonical serialization of ``obj``.
-
-    Fast path (``suspect`` false: :func:`_loads` saw no exponent, integral or
-    negative-zero float and no long integer, and the text is ASCII): Python's
-    json.dumps with sorted keys then writes exactly what RFC 8785 writes.
-    Otherwise the rfc8785 package decides.
-    """
-    if not suspect and _FAST.encode(obj).encode() == entry:
-        return True
-    return _canonical_exact(entry, obj)
+_SCAN = _JSON.scan_once
 
 
 def _canonical_exact(entry: bytes, obj: Any) -> bool:
@@ -316,7 +306,8 @@ def _canonical_exact(entry: bytes, obj: Any) -> bool:
 
 
 def _canonical_text(text: str, entry: bytes, obj: Any) -> bool:
-    """:func:`is_canonical` for an entry already decoded to ``text``, with one C encoder call.
+    """RFC 8785: ``entry`` (decoded to ``text``) is the canonical serialization of ``obj``,
+    decided with one C encoder call where that is exact.
 
     The fast answer is exact: for ASCII text (no UTF-16 key-order or escaping question)
     whose numbers are all plain (:func:`_plain_numbers`), RFC 8785 and Python's compact
@@ -336,20 +327,14 @@ def _canonical_text(text: str, entry: bytes, obj: Any) -> bool:
 
 
 def _loads(entry: bytes) -> dict[str, Any]:
-    obj, _ = _loads_flagged(entry)
-    return obj
-
-
-def _loads_flagged(entry: bytes) -> tuple[dict[str, Any], bool]:
-    """Parse an entry; also says whether the fast canonical check is unsafe for it."""
-    _tl.suspect = not entry.isascii()
+    """Parse an entry that must be one JSON object."""
     try:
-        obj = _DECODER.decode(entry.decode("utf-8"))
+        obj = _JSON.decode(entry.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise EventError(f"entry is not JSON: {e}") from e
     if not isinstance(obj, dict):
         raise EventError("entry is not a JSON object")
-    return obj, _tl.suspect
+    return obj
 
 
 def parse_event(entry: bytes) -> Event:
@@ -448,7 +433,8 @@ def check_entry(
     One C parse of the entry drives both the canonical-form check (one C encoder
     call compared with the text) and the fields. Returns ``(fields, actor name,
     actor key, signature, time)``; ``fields`` is the parsed entry without ``sig``.
-    Raises :class:`EventError` / :class:`EventSignatureError`.
+    Raises :class:`EventError`, :class:`EventSignatureError`, and
+    :class:`UntrustedActorError` for an actor not in ``trusted_keys``.
     """
     try:
         text = entry.decode()
@@ -467,7 +453,7 @@ def check_entry(
     sig_b64 = obj.pop("sig", None)
     name, key, sig, t = _checked(obj, sig_b64)
     if trusted_keys is not None and key not in trusted_keys:
-        raise EventSignatureError(
+        raise UntrustedActorError(
             f"actor {name} ({base64.b64encode(key).decode()}) is not a trusted key"
         )
     message = signed_message(entry, sig_b64)

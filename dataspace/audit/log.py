@@ -4,22 +4,11 @@
 and the hub's log: append (single or batched, durable before it returns, safe
 across processes through ``fcntl.flock``), read entries by range, sign C2SP
 checkpoints, answer RFC 9162 inclusion and consistency proofs in O(log n)
-reads, collect witness cosignatures, and ``fsck`` every stored hash against the
-entries (a single flipped bit in a stored leaf hash froze CT log Yeti2022 for
-good; this finds it).
-
-Growing past one machine
-------------------------
-The folder is already the C2SP tlog-tiles data model in another packing: the
-post-order ``hashes`` file holds every full tile's hashes, ``entries`` holds the
-entry bundles, ``checkpoint`` is the tiles ``checkpoint`` file. Publishing the
-log for any number of readers is a static export of ``tile/L/N`` (256 hashes per
-full tile, N in 3-digit groups ``x001/x234/067``), ``tile/entries/N`` (uint16
-big-endian length-prefixed entries) and ``checkpoint`` to an object store or CDN,
-as Trillian Tessera and Sunlight do: reads then never touch the appender. Writes
-stay with one sequencer per log (it is cheap: one fsync'd batch), and more logs
-(one per site already, sharded by time for the hub) scale writes out; witnesses
-keep each shard honest. :meth:`TransparencyLog.export_tiles` writes such tiles.
+reads, keep witness cosignatures and serve the witnessed checkpoint
+(:mod:`.cosigning`), and ``fsck`` every stored hash against the entries (a
+single flipped bit in a stored leaf hash froze CT log Yeti2022 for good; this
+finds it). Growing past one machine: :mod:`.tiles` exports the folder as C2SP
+tlog-tiles static files.
 """
 
 from __future__ import annotations
@@ -31,17 +20,23 @@ import struct
 import time as _time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataspace.audit import merkle
-from dataspace.audit.checkpoint import Checkpoint, check_origin, open_checkpoint, parse_checkpoint
+from dataspace.audit import cosigning, merkle
+from dataspace.audit.checkpoint import (
+    Checkpoint,
+    check_origin,
+    checkpoint_of_note,
+    open_checkpoint,
+    parse_checkpoint,
+)
 from dataspace.audit.merkle import ProofError
 from dataspace.audit.note import (
     NoteError,
+    Signature,
     Signer,
     Verifier,
     parse_note,
@@ -56,24 +51,17 @@ from dataspace.audit.storage import (
     HASH,
     HASHES,
     INDEX,
-    KEEP_COSIGNED,
     META,
     WITNESSES,
     Files,
     LogCorruptError,
     LogError,
     atomic_write,
-    fsync_dir,
     locked,
     peaks_of,
     stored_nodes,
 )
-from dataspace.audit.witnesspolicy import (
-    WitnessPolicy,
-    WitnessPolicyError,
-    WitnessState,
-    parse_policy,
-)
+from dataspace.audit.witnesspolicy import WitnessPolicy, WitnessPolicyError, parse_policy
 
 __all__ = ["FsckReport", "LogCorruptError", "LogError", "TransparencyLog"]
 
@@ -111,6 +99,7 @@ class TransparencyLog:
         self.signer = Signer(origin, key) if key is not None else None
         self.verifier = Verifier(origin, public_key)
         self._files = Files(self.directory, writable=key is not None)
+        self._kept = cosigning.KeptCheckpoints(self.directory)
         self._peaks: tuple[int, list[bytes]] | None = None
 
     # --- lifecycle ----------------------------------------------------------------
@@ -256,19 +245,10 @@ class TransparencyLog:
         _pwrite_all(f.entries, blob, start)
         os.fsync(f.entries)
         # 2. hashes, post-order: each leaf, then the perfect subtrees it completes
-        peaks = list(self._peak_hashes(n))
+        tree = merkle.RootAccumulator(n, self._peak_hashes(n))
         out = bytearray()
-        size = n
         for e in batch:
-            h = sha256(b"\x00" + e).digest()
-            out += h
-            size += 1
-            m = size
-            while not m & 1:
-                h = sha256(b"\x01" + peaks.pop() + h).digest()
-                out += h
-                m >>= 1
-            peaks.append(h)
+            tree.add(e, out)
         _pwrite_all(f.hashes, bytes(out), stored_nodes(n) * HASH)
         os.fsync(f.hashes)
         # 3. the index: the commit record
@@ -278,7 +258,7 @@ class TransparencyLog:
             ends.append(off)
         _pwrite_all(f.index, struct.pack(f">{len(ends)}Q", *ends), n * 8)
         os.fsync(f.index)
-        self._peaks = (size, peaks)
+        self._peaks = (tree.size, tree.peaks)
 
     def _peak_hashes(self, n: int) -> list[bytes]:
         if self._peaks is not None and self._peaks[0] == n:
@@ -326,7 +306,7 @@ class TransparencyLog:
     def checkpoint(self) -> bytes:
         """The latest signed checkpoint (with any cosignatures); newly signed if the tree grew."""
         note = self.stored_checkpoint()
-        if self.signer is not None and (note is None or _size_of(note) < self.size):
+        if self.signer is not None and (note is None or checkpoint_of_note(note).size < self.size):
             with locked(self.directory):
                 self._recover()
                 note = self._publish()
@@ -338,7 +318,7 @@ class TransparencyLog:
         """Under the lock: sign and atomically store a checkpoint of the current size."""
         note = self.stored_checkpoint()
         n = self._files.committed_size()
-        if note is not None and _size_of(note) >= n:
+        if note is not None and checkpoint_of_note(note).size >= n:
             return note
         cp = Checkpoint(self.origin, n, self.root(n))
         body = cp.body()
@@ -352,7 +332,7 @@ class TransparencyLog:
         if note is None:
             return
         try:
-            cp = open_checkpoint(_log_signed_part(note, self.verifier), self.verifier)
+            cp = open_checkpoint(cosigning.log_signed_part(note, self.verifier), self.verifier)
         except NoteError as e:
             raise LogCorruptError(f"{self.checkpoint_path}: {e}") from e
         n = self.size
@@ -365,6 +345,7 @@ class TransparencyLog:
                 f"{self.checkpoint_path}: root of size {cp.size} differs from the stored tree"
             )
 
+    # --- cosigned checkpoints (kept per size: witnesses answer after the log moved on) ----
     def add_cosignature(self, body: bytes, line: bytes) -> bytes:
         """Attach a witness's cosignature line to the stored checkpoint with this ``body``.
 
@@ -382,11 +363,6 @@ class TransparencyLog:
                     f"{self.checkpoint_path} moved on; cosignature by {sig.name} is for another one"
                 )
             return self._keep(self._own_checkpoint(body), body, sig)
-
-    # --- cosigned checkpoints (kept per size: witnesses answer after the log moved on) ----
-    @property
-    def cosigned_dir(self) -> Path:
-        return self.directory / COSIGNED
 
     def keep_cosignature(self, body: bytes, line: bytes, signed: bytes | None = None) -> bytes:
         """Keep a witness's cosignature of the checkpoint ``body`` (any size this log signed).
@@ -418,114 +394,82 @@ class TransparencyLog:
             )
         return cp
 
-    def _keep(self, cp: Checkpoint, body: bytes, sig, signed: bytes | None = None) -> bytes:
+    def _keep(
+        self, cp: Checkpoint, body: bytes, sig: Signature, signed: bytes | None = None
+    ) -> bytes:
         """Under the lock: merge ``sig`` into cosigned/N and, if it is that one, ``checkpoint``."""
-        path = self.cosigned_dir / str(cp.size)
         current = self.stored_checkpoint()
-        parsed = [parse_note(n) for n in (_read(path), current, signed) if n is not None]
-        sigs = [s for n in parsed if n.text == body for s in n.signatures]
-        own = [
-            s
-            for s in sigs
-            if (s.name, s.key_id) == (self.origin, self.verifier.key_id)
-            and self.verifier.verify(body, s.sig)
-        ]
-        if not own:
+        found = (self._kept.read(cp.size), current, signed)
+        notes = [parse_note(n) for n in found if n is not None]
+        own = cosigning.log_signature(body, notes, self.verifier)
+        if own is None:
             if self.signer is None:
                 raise LogError(f"{self.directory}: no log signature for size {cp.size} to keep")
-            own = [self.signer.sign(body)]
-        merged: dict[tuple[str, bytes], Any] = {(own[0].name, own[0].key_id): own[0]}
-        for s in sigs:
-            merged.setdefault((s.name, s.key_id), s)
-        merged[(sig.name, sig.key_id)] = sig  # a newer cosignature of the same witness wins
-        note = body + b"\n" + b"".join(s.line() for s in merged.values())
-        if not self.cosigned_dir.is_dir():
-            self.cosigned_dir.mkdir(exist_ok=True)
-            fsync_dir(self.directory)
-        atomic_write(path, note)
+            own = self.signer.sign(body)
+        note = cosigning.merge_cosignature(body, notes, own, sig)
+        self._kept.write(cp.size, note)
         if current is not None and parse_note(current).text == body:
             atomic_write(self.checkpoint_path, note)
-        for old in self._cosigned_sizes()[:-KEEP_COSIGNED]:
-            (self.cosigned_dir / str(old)).unlink(missing_ok=True)
+        self._kept.prune()
         return note
-
-    def _cosigned_sizes(self) -> list[int]:
-        try:
-            names = os.listdir(self.cosigned_dir)
-        except FileNotFoundError:
-            return []
-        return sorted(int(n) for n in names if n.isdigit())
 
     def cosigned_checkpoints(self) -> list[bytes]:
         """The kept cosigned checkpoints, smallest first: those whose log signature
         verifies and whose root is the stored tree's (``fsck`` names the others)."""
         out = []
-        for size in self._cosigned_sizes():
-            note = _read(self.cosigned_dir / str(size))
+        for size in self._kept.sizes():
+            note = self._kept.read(size)
             if note is not None and self._cosigned_problem(size, note) is None:
                 out.append(note)
         return out
 
     def _cosigned_problem(self, size: int, note: bytes) -> str | None:
         try:
-            cp = open_checkpoint(_log_signed_part(note, self.verifier), self.verifier)
+            cp = open_checkpoint(cosigning.log_signed_part(note, self.verifier), self.verifier)
         except NoteError as e:
             return str(e)
         if cp.size != size or cp.size > self.size or self.root(cp.size) != cp.root:
             return f"checkpoint of size {cp.size} is not the stored tree's"
         return None
 
+    def _latest(self) -> tuple[bytes | None, list[bytes]]:
+        """The latest checkpoint (signed now if the tree grew and the key is here) and the
+        kept cosigned ones; raises :class:`LogError` when there is neither."""
+        latest = self.stored_checkpoint() if self.signer is None else self.checkpoint()
+        kept = self.cosigned_checkpoints()
+        if latest is None and not kept:
+            raise LogError(f"{self.directory} has no checkpoint yet")
+        return latest, kept
+
     def witnessed_checkpoint(
         self, policy: WitnessPolicy | None = None, now: float | None = None
     ) -> bytes:
-        """The newest checkpoint its witnesses cosigned, with its cosignatures.
+        """The newest checkpoint its witnesses cosigned, with its cosignatures
+        (:func:`.cosigning.witnessed`).
 
-        With a witness policy (``policy``, else ``witnesses.json`` as the pusher wrote
-        it; :mod:`.witnesspolicy`): the newest kept or latest checkpoint that
-        satisfies it, so a witness that is gone for good stops holding it back
-        once stale, and a witness removed from the configuration at once; when
-        none satisfies it, the newest one cosigned by any current witness.
-
-        Without a policy (a log nobody pushes as a service): "fully" cosigned,
-        by every witness that cosigned any checkpoint kept in ``cosigned/``. The
-        latest checkpoint is returned when it is fully cosigned or when no
-        cosigned checkpoint is kept; when none is fully cosigned, the one with
-        the most witnesses (then the largest).
+        The witness policy is ``policy``, else ``witnesses.json`` as the pusher wrote
+        it (:mod:`.witnesspolicy`); without either, "fully" cosigned: by every witness
+        that cosigned any checkpoint kept in ``cosigned/``.
         """
-        latest = self.stored_checkpoint() if self.signer is None else self.checkpoint()
-        return self._witnessed(latest, self.cosigned_checkpoints(), policy, now)
-
-    def _witnessed(
-        self,
-        latest: bytes | None,
-        kept: list[bytes],
-        policy: WitnessPolicy | None,
-        now: float | None,
-    ) -> bytes:
-        if latest is None:
-            if not kept:
-                raise LogError(f"{self.directory} has no checkpoint yet")
-            latest = kept[-1]
-        cands = [latest, *reversed(kept)]
-        names = [self._witness_names(n) for n in cands]
+        latest, kept = self._latest()
         policy = self.witness_policy() if policy is None else policy
-        if policy is not None and not policy.witnesses:
-            return latest  # every witness was removed: nothing to wait for
-        if policy is not None:
-            now = _time.time() if now is None else now
-            sizes = [_size_of(n) for n in cands]
-            for note, size, who in zip(cands, sizes, names, strict=True):
-                if policy.satisfied(size, who, now):
-                    return note
-            current = policy.names
-            best = max(range(len(cands)), key=lambda i: (bool(names[i] & current), sizes[i]))
-            return cands[best]
-        everyone = set().union(*names)
-        for note, who in zip(cands, names, strict=True):
-            if who >= everyone:
-                return note
-        best = max(range(len(cands)), key=lambda i: (len(names[i]), _size_of(cands[i])))
-        return cands[best]
+        now = _time.time() if now is None else now
+        shown = latest if latest is not None else kept[-1]
+        return cosigning.witnessed(shown, kept, self.origin, policy, now)
+
+    def last_cosigned(self) -> dict[str, int]:
+        """Witness name -> the largest kept (or latest) checkpoint size it cosigned."""
+        latest = self.stored_checkpoint()
+        notes = [*self.cosigned_checkpoints(), *([latest] if latest else [])]
+        return cosigning.last_cosigned(notes, self.origin)
+
+    def witnessing_status(self, now: float | None = None) -> dict[str, Any]:
+        """Who witnesses this log, how far, and which witness is stale since which size
+        (:func:`.cosigning.witnessing_status`)."""
+        now = _time.time() if now is None else now
+        policy = self.witness_policy()
+        latest, kept = self._latest()  # the kept checkpoints are read and checked once
+        return cosigning.witnessing_status(self.origin, latest, kept, policy, now)
 
     # --- the witness policy (written by the pusher; dataspace.audit.witnesspolicy) --------
     @property
@@ -546,72 +490,6 @@ class TransparencyLog:
         """Store the current witness set and its state (atomically; one pusher per log)."""
         atomic_write(self.policy_path, policy.encode())
 
-    def last_cosigned(self, kept: list[bytes] | None = None) -> dict[str, int]:
-        """Witness name -> the largest kept (or latest) checkpoint size it cosigned."""
-        out: dict[str, int] = {}
-        latest = self.stored_checkpoint()
-        kept = self.cosigned_checkpoints() if kept is None else kept
-        for note in [*kept, *([latest] if latest else [])]:
-            size = _size_of(note)
-            for name in self._witness_names(note):
-                out[name] = max(out.get(name, 0), size)
-        return out
-
-    def witnessing_status(self, now: float | None = None) -> dict[str, Any]:
-        """Who witnesses this log, how far, and which witness is stale since which size.
-
-        ``witnesses`` lists the current witnesses (from the policy; without one,
-        every witness of a kept checkpoint), each with the largest size it
-        cosigned, whether it cosigned the witnessed checkpoint, whether it is
-        stale (failing for ``stale_after_s`` s: it no longer holds the
-        witnessed checkpoint back), since when it fails and why.
-        """
-        now = _time.time() if now is None else now
-        policy = self.witness_policy()
-        latest = self.stored_checkpoint() if self.signer is None else self.checkpoint()
-        kept = self.cosigned_checkpoints()  # read and checked once for all three uses
-        witnessed = self._witnessed(latest, kept, policy, now)
-        wsize = _size_of(witnessed)
-        cosigners = self._witness_names(witnessed)
-        seen = self.last_cosigned(kept)
-        states = (
-            list(policy.witnesses)
-            if policy is not None and policy.witnesses
-            else [WitnessState(n) for n in sorted(seen)]
-        )
-        stale_after = policy.stale_after if policy is not None else None
-        rows = []
-        for w in states:
-            sizes = [x for x in (w.size, seen.get(w.name)) if x is not None]
-            size = max(sizes) if sizes else None
-            stale = stale_after is not None and w.stale(now, stale_after)
-            rows.append(
-                {
-                    "witness": w.name,
-                    "url": w.url,
-                    "size": size,
-                    "cosigned_witnessed": w.name in cosigners,
-                    "stale": stale,
-                    "stale_since_size": size if stale else None,
-                    "failing_since": w.failing_since,
-                    "error": w.error,
-                    "status": w.status,
-                }
-            )
-        return {
-            "origin": self.origin,
-            "size": _size_of(latest) if latest else 0,
-            "witnessed_size": wsize,
-            "witnesses": rows,
-            "stale": [r["witness"] for r in rows if r["stale"]],
-            "quorum": policy.quorum if policy is not None else None,
-            "stale_after_s": stale_after,
-            "policy": policy is not None,
-        }
-
-    def _witness_names(self, note: bytes) -> set[str]:
-        return {s.name for s in parse_note(note).signatures} - {self.origin}
-
     # --- integrity --------------------------------------------------------------------
     def fsck(self) -> FsckReport:
         """Re-derive every stored hash from the entries and compare; check the checkpoint.
@@ -621,32 +499,25 @@ class TransparencyLog:
         n = self.size
         report = FsckReport(n)
         f = self._files
-        peaks: list[bytes] = []
-        pos, size = 0, 0
+        tree = merkle.RootAccumulator()
+        pos = 0
         expect = stored_nodes(n)
         if f.length(f.hashes) < expect * HASH:
             report.problems.append(f"{HASHES}: {f.length(f.hashes) // HASH} hashes, need {expect}")
             return report
         try:
             for e in f.iter_entries(0, n):
-                nodes = [sha256(b"\x00" + e).digest()]
-                size += 1
-                m = size
-                h = nodes[0]
-                while not m & 1:
-                    h = sha256(b"\x01" + peaks.pop() + h).digest()
-                    nodes.append(h)
-                    m >>= 1
-                peaks.append(h)
-                stored = f.read_hashes(pos, len(nodes))
-                if stored != b"".join(nodes):
+                nodes = bytearray()  # the hashes this entry adds, in the file's post-order
+                tree.add(e, nodes)
+                count = len(nodes) // HASH
+                if f.read_hashes(pos, count) != nodes:
                     report.problems.append(
-                        f"entry {size - 1}: stored hashes at nodes {pos}..{pos + len(nodes) - 1} "
+                        f"entry {tree.size - 1}: stored hashes at nodes {pos}..{pos + count - 1} "
                         "differ from the hashes re-derived from the entry"
                     )
                     if len(report.problems) >= 20:
                         return report
-                pos += len(nodes)
+                pos += count
         except LogCorruptError as e:
             report.problems.append(str(e))
             return report
@@ -654,8 +525,8 @@ class TransparencyLog:
             self._check_checkpoint()
         except LogCorruptError as e:
             report.problems.append(str(e))
-        for size in self._cosigned_sizes():
-            note = _read(self.cosigned_dir / str(size)) or b""
+        for size in self._kept.sizes():
+            note = self._kept.read(size) or b""
             problem = self._cosigned_problem(size, note)
             if problem is not None:
                 report.problems.append(f"{COSIGNED}/{size}: {problem}")
@@ -670,52 +541,6 @@ class TransparencyLog:
                 )
         return report
 
-    # --- tiles (C2SP tlog-tiles static export) ---------------------------------------------
-    def export_tiles(self, out: Path | str) -> int:
-        """Write the log as C2SP tlog-tiles static files under ``out``; returns files written.
-
-        Full tiles only are hashed upward; partial tiles are written as ``.p/W``.
-        """
-        out = Path(out)
-        note = self.checkpoint()
-        size = _size_of(note)
-        written = 0
-        level = 0
-        while True:
-            # tile level L covers tree levels 8L .. 8L+7; its hashes are nodes at level 8L
-            tree_level = 8 * level
-            count = size >> tree_level
-            if count == 0:
-                break
-            for t in range(0, (count + 255) // 256):
-                w = min(256, count - t * 256)
-                data = b"".join(self._files.node(tree_level, t * 256 + i) for i in range(w))
-                path = out / "tile" / str(level) / _tile_path(t, None if w == 256 else w)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
-                written += 1
-            level += 1
-        for t in range(0, (size + 255) // 256):
-            w = min(256, size - t * 256)
-            es = self._files.read_entries(t * 256, t * 256 + w)
-            data = b"".join(struct.pack(">H", len(e)) + e for e in es if len(e) < 65536)
-            path = out / "tile" / "entries" / _tile_path(t, None if w == 256 else w)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-            written += 1
-        (out / "checkpoint").write_bytes(note)
-        return written + 1
-
-
-def _tile_path(n: int, partial: int | None) -> str:
-    """tlog-tiles: N in 3-digit path elements, all but the last prefixed with x."""
-    digits = f"{n:03d}"
-    while len(digits) % 3:
-        digits = "0" + digits
-    groups = [digits[i : i + 3] for i in range(0, len(digits), 3)]
-    p = "/".join([*(f"x{g}" for g in groups[:-1]), groups[-1]])
-    return p + (f".p/{partial}" if partial else "")
-
 
 def _read(path: Path) -> bytes | None:
     try:
@@ -726,19 +551,6 @@ def _read(path: Path) -> bytes | None:
 
 def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode()
-
-
-def _size_of(note: bytes) -> int:
-    return parse_checkpoint(parse_note(note).text).size
-
-
-def _log_signed_part(note: bytes, verifier: Verifier) -> bytes:
-    """The note with only the log's own signature line (drops cosignatures)."""
-    parsed = parse_note(note)
-    own = [s for s in parsed.signatures if (s.name, s.key_id) == (verifier.name, verifier.key_id)]
-    if not own:
-        raise LogCorruptError(f"checkpoint carries no signature of the log key {verifier.name}")
-    return parsed.text + b"\n" + b"".join(s.line() for s in own)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

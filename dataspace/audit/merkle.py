@@ -10,12 +10,13 @@ O(log n) reads, and an in-memory :class:`MemoryTree` answers it for small trees.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from dataspace.errors import DataspaceError
 
+_sha256 = hashlib.sha256
 #: RFC 9162 2.1.1: MTH({}) = SHA-256() -- the hash of the empty string.
-EMPTY_ROOT = hashlib.sha256(b"").digest()
+EMPTY_ROOT = _sha256(b"").digest()
 HASH_SIZE = 32
 
 #: ``subtree(start, end)`` returns MTH(D[start:end]) of the tree being proved.
@@ -41,54 +42,71 @@ def split_point(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def root_from_leaf_hashes(leaf_hashes: Sequence[bytes]) -> bytes:
-    """RFC 9162 2.1.1 MTH(D[n]) given the leaf hashes, bottom-up in O(n).
-
-    Pairing adjacent nodes level by level and carrying an odd last node up
-    unchanged gives the same tree as the RFC's split at the largest power of
-    two smaller than n.
-    """
-    if not leaf_hashes:
-        return EMPTY_ROOT
-    level = list(leaf_hashes)
-    while len(level) > 1:
-        nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0]
+def root_from_leaf_hashes(leaf_hashes: Iterable[bytes]) -> bytes:
+    """RFC 9162 2.1.1 MTH(D[n]) given the leaf hashes, in O(n) time and O(log n) memory."""
+    acc = RootAccumulator()
+    for h in leaf_hashes:
+        acc.add_leaf_hash(h)
+    return acc.root()
 
 
-def root_hash(entries: Sequence[bytes]) -> bytes:
+def root_hash(entries: Iterable[bytes]) -> bytes:
     """RFC 9162 2.1.1 MTH over the entries themselves."""
-    return root_from_leaf_hashes([leaf_hash(e) for e in entries])
+    acc = RootAccumulator()
+    for e in entries:
+        acc.add(e)
+    return acc.root()
 
 
 class RootAccumulator:
     """RFC 9162 2.1.1 MTH computed while leaves stream past, in O(log n) memory.
 
-    Keeps the roots of the perfect subtrees on the right edge of the tree
-    (one per set bit of the size), as a compact range does.
+    The one Merkle fold of the package: the log's appends and ``fsck``, the auditor's
+    loop and :func:`root_hash` all use it. It keeps the roots of the perfect subtrees on
+    the right edge of the tree (``peaks``, largest first: one per set bit of ``size``),
+    as a compact range does. Adding leaf ``n`` hashes it, then closes one subtree per
+    trailing zero bit of ``n + 1``: on average one node hash per leaf.
+
+    ``out`` collects the hashes an added leaf produces in post-order (the leaf hash,
+    then each perfect subtree it completes, smallest first): exactly what
+    :mod:`dataspace.audit.storage` appends to the ``hashes`` file.
     """
 
-    def __init__(self) -> None:
-        self.size = 0
-        self._peaks: list[bytes] = []  # largest subtree first
+    __slots__ = ("peaks", "size")
 
-    def add_leaf_hash(self, h: bytes) -> None:
-        self.size += 1
-        self._peaks.append(h)
-        n = self.size
-        while n % 2 == 0:  # each trailing zero bit of the new size closes a subtree
-            right = self._peaks.pop()
-            self._peaks[-1] = node_hash(self._peaks[-1], right)
-            n //= 2
+    def __init__(self, size: int = 0, peaks: Iterable[bytes] = ()) -> None:
+        """Resume a tree of ``size`` leaves from its right-edge subtree roots (largest first)."""
+        peaks = list(peaks)
+        if size < 0 or len(peaks) != size.bit_count():
+            want = max(size, 0).bit_count()
+            raise ProofError(f"a tree of size {size} has {want} right-edge peaks, not {len(peaks)}")
+        self.peaks = peaks
+        self.size = size
+
+    def add(self, entry: bytes, out: bytearray | None = None) -> None:
+        """Add the leaf of ``entry`` (RFC 9162 2.1.1: SHA-256(0x00 || entry))."""
+        self.add_leaf_hash(_sha256(b"\x00" + entry).digest(), out)
+
+    def add_leaf_hash(self, h: bytes, out: bytearray | None = None) -> None:
+        """Add a leaf by its hash; closes every perfect subtree it completes."""
+        if out is not None:
+            out += h
+        peaks = self.peaks
+        self.size = n = self.size + 1
+        while not n & 1:  # each trailing zero bit of the new size closes a subtree
+            h = _sha256(b"\x01" + peaks.pop() + h).digest()  # RFC 9162 2.1.1 node hash
+            if out is not None:
+                out += h
+            n >>= 1
+        peaks.append(h)
 
     def root(self) -> bytes:
-        if not self._peaks:
+        """MTH of the leaves added so far: the peaks folded right to left."""
+        peaks = self.peaks
+        if not peaks:
             return EMPTY_ROOT
-        h = self._peaks[-1]
-        for left in reversed(self._peaks[:-1]):
+        h = peaks[-1]
+        for left in reversed(peaks[:-1]):
             h = node_hash(left, h)
         return h
 

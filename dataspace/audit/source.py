@@ -2,13 +2,14 @@
 
 Every source answers the same questions: the latest signed checkpoint (with its
 cosignatures), its entries by range, and RFC 9162 proofs. Remote sources speak
-the HTTP API of :mod:`dataspace.audit.api` (stdlib ``urllib``; the audit package
+the HTTP API of :mod:`dataspace.auth.log_api` (stdlib ``urllib``; the audit package
 depends on nothing else).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from dataspace.audit.bundle import Bundle, split_cosignatures
+from dataspace.audit.bundle import Bundle
 from dataspace.audit.checkpoint import checkpoint_of_note
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.merkle import MemoryTree, ProofError, leaf_hash
@@ -27,6 +28,8 @@ PAGE = 1000
 
 
 class LogSource(Protocol):
+    """What an auditor reads of a log, wherever it lies (module docstring)."""
+
     description: str
 
     def checkpoint(self) -> bytes: ...
@@ -39,11 +42,14 @@ class LogSource(Protocol):
 
 
 class FolderSource:
-    """A log folder (or SITE/log), opened read-only."""
+    """A log folder (or SITE/log), opened read-only; or a log already open (the hub's)."""
 
-    def __init__(self, directory: Path) -> None:
-        self.log = TransparencyLog.open(directory)
-        self.description = f"log folder {directory}"
+    def __init__(self, directory: str | os.PathLike[str] | TransparencyLog) -> None:
+        if isinstance(directory, str | os.PathLike):
+            self.log = TransparencyLog.open(directory)
+        else:
+            self.log = directory
+        self.description = f"log folder {self.log.directory}"
 
     def checkpoint(self) -> bytes:
         # the latest fully cosigned checkpoint (the latest one when no witness answered yet)
@@ -116,7 +122,7 @@ RequestSigner = Callable[[str, str, bytes], Mapping[str, str]]
 
 
 class RemoteSource:
-    """A log served over HTTP by :func:`dataspace.audit.api.log_router`.
+    """A log served over HTTP by :func:`dataspace.auth.log_api.log_router`.
 
     ``url`` is the log's base URL, or a hub's or connector's root URL, whose
     log lives under ``/v1/log``. The services serve entries and proofs only to
@@ -192,7 +198,7 @@ class RemoteSource:
         return obj if isinstance(obj, dict) else None
 
 
-def open_source(spec: str | Path, sign: RequestSigner | None = None) -> LogSource:
+def open_source(spec: str | os.PathLike[str], sign: RequestSigner | None = None) -> LogSource:
     """SOURCE: an http(s) URL, a site folder (uses SITE/log), a log folder, or a bundle.
 
     ``sign`` signs the requests to a URL (see :class:`RemoteSource`).
@@ -208,8 +214,3 @@ def open_source(spec: str | Path, sign: RequestSigner | None = None) -> LogSourc
     if (p / "entries.jsonl").is_file():
         return BundleSource(p)
     raise LogError(f"{p} is not a site folder, a log folder, an audit bundle or a URL")
-
-
-def split_note(note: bytes) -> tuple[bytes, bytes]:
-    """A checkpoint note split into (log-signed note, cosignature lines)."""
-    return split_cosignatures(note, checkpoint_of_note(note).origin)

@@ -114,12 +114,10 @@ class Witness:
         log-signed note, which an auditor can use as its ``--previous-checkpoint``."""
         return self.directory / (hashlib.sha256(origin.encode()).hexdigest()[:32] + ".checkpoint")
 
-    _state_path = state_path
-
     def latest(self, origin: str) -> Checkpoint | None:
         """The latest checkpoint of ``origin`` this witness has cosigned, if any."""
         try:
-            return parse_checkpoint(parse_note(self._state_path(origin).read_bytes()).text)
+            return parse_checkpoint(parse_note(self.state_path(origin).read_bytes()).text)
         except FileNotFoundError:
             return None
 
@@ -168,7 +166,7 @@ class Witness:
                 except ProofError as e:
                     self._keep_refused(cp, stored)
                     raise WitnessError(422, f"{cp.origin}: bad consistency proof: {e}") from e
-            atomic_write(self._state_path(cp.origin), stored)  # persist before answering
+            atomic_write(self.state_path(cp.origin), stored)  # persist before answering
         return cosign(parsed.text, self.signer, int(self.clock())).line()
 
     # --- evidence: the log-signed checkpoints refused as inconsistent ---------------------

@@ -1,8 +1,16 @@
-"""Authentication of every service request: RFC 9421 HTTP message signatures with identity keys.
+"""Who is calling, and what every service does alike: the transport layer of the data space.
 
 Its own package (not ``dataspace.policy``) because it is transport: headers,
 digests, nonce stores and ASGI middleware, used by the hub, the connector
-service and every client. It depends only on ``dataspace.policy.identity``
-(who a key is) and ``cryptography``; policy decides what a role may do with
-data, this package only establishes who is calling.
+service and every client. Policy decides what a role may do with data; this
+package only establishes who is calling. The modules:
+
+* :mod:`dataspace.auth.httpsig`: RFC 9421 HTTP message signatures with identity keys;
+* :mod:`dataspace.auth.nonces`: the replay guard's nonce stores;
+* :mod:`dataspace.auth.service`: the one front door of both services' shared
+  setup (``service_app``: signatures, limits, the one error shape, refusals);
+* :mod:`dataspace.auth.client`: signed clients, and services' errors as typed exceptions.
+
+Of our own modules it imports only ``errors`` and ``site.identity`` (who a key
+is); besides, cryptography, httpx and FastAPI.
 """

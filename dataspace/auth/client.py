@@ -3,7 +3,8 @@
 A service answers errors as ``{"error": CODE, "detail": MESSAGE}``;
 :func:`check` turns such an answer into the matching :class:`ServiceError`
 subclass (401/403: refused, exit code 3; 404: not found), so the CLI prints
-the service's own precise message.
+the service's own precise message. A service that cannot be reached is a
+:class:`ServiceUnavailableError`. Callers branch on these types, never on text.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
 
 class ServiceError(DataspaceError):
-    """A service answered with an error (its code and detail are in the message)."""
+    """A service answered with an error (``status``, ``code``, ``detail``), or could not
+    be reached (:class:`ServiceUnavailableError`: no status)."""
 
-    def __init__(self, url: str, status: int, code: str, detail: str) -> None:
-        super().__init__(f"{url}: {status} {code}: {detail}")
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str = "", detail: str = ""
+    ) -> None:
+        super().__init__(message)
         self.status = status
         self.code = code
         self.detail = detail
-        self.http_status = status
+        if status is not None:
+            self.http_status = status
 
 
 class ServiceRefusedError(ServiceError, RefusedError):
@@ -35,10 +40,10 @@ class ServiceRefusedError(ServiceError, RefusedError):
 
 
 class ServiceNotFoundError(ServiceError, NotFoundError):
-    pass
+    """404 from a service."""
 
 
-class ServiceUnavailableError(DataspaceError):
+class ServiceUnavailableError(ServiceError):
     """The service could not be reached."""
 
 
@@ -60,7 +65,8 @@ def check(resp: httpx.Response) -> Any:
         cls = ServiceRefusedError
     elif resp.status_code == 404:
         cls = ServiceNotFoundError
-    raise cls(str(resp.request.url), resp.status_code, code, detail)
+    url, status = resp.request.url, resp.status_code
+    raise cls(f"{url}: {status} {code}: {detail}", status=status, code=code, detail=detail)
 
 
 def call(client: httpx.Client, method: str, path: str, **kw: Any) -> Any:

@@ -1,7 +1,7 @@
 """HTTP message signatures (RFC 9421) with Ed25519 keys, over a Content-Digest (RFC 9530).
 
 Every request to the hub or a connector is signed by its caller's identity key
-(``dataspace.policy.identity``): a participant *is* its public key, so the key
+(``dataspace.site.identity``): a participant *is* its public key, so the key
 id is the raw 32-byte Ed25519 public key in standard base64.
 
 What is signed (RFC 9421 section 2.5, the signature base), always these
@@ -51,7 +51,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from dataspace.errors import DataspaceError
-from dataspace.policy.identity import public_bytes
+from dataspace.site.identity import public_bytes
 
 LABEL = "sig1"
 COMPONENTS = ("@method", "@path", "@query", "content-digest")

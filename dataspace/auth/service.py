@@ -1,14 +1,23 @@
-"""What every dataspace service shares: signed callers, roles, JSON errors, body limits.
+"""What both services share (the hub, the connector service): one front door, :func:`service_app`.
 
-* :class:`SignedRequests` is a pure ASGI middleware that reads the body (up to
-  a limit), verifies the RFC 9421 signature (:mod:`dataspace.auth.httpsig`)
-  and puts the :class:`Caller` into the request's state, before any route
-  code or body parsing runs: an unsigned request never reaches a handler.
-* :func:`require` is the FastAPI dependency that lets a route name the roles
-  that may call it (403 otherwise).
-* :func:`install_error_handlers` turns every error into one JSON shape,
-  ``{"error": CODE, "detail": MESSAGE}``, the :class:`ErrorBody` model that
-  each route documents in OpenAPI.
+:func:`service_app` builds a FastAPI app with everything the two services do alike,
+so each ``create_app`` adds only its own routers and state:
+
+* :class:`SignedRequests`, a pure ASGI middleware that reads the body (up to a
+  limit), refuses JSON nested too deeply or with absurd numbers, verifies the
+  RFC 9421 signature (:mod:`dataspace.auth.httpsig`) and puts the :class:`Caller`
+  into the request's state, before any route code or body parsing runs: an
+  unsigned request never reaches a handler;
+* :class:`PrivatePaths`, which keeps local paths out of every error answer;
+* :func:`install_error_handlers`: every error of either service is one JSON
+  shape, ``{"error": CODE, "detail": MESSAGE}``, the :class:`ErrorBody` model
+  that each route documents in OpenAPI (:data:`ERROR_RESPONSES`);
+* :class:`Refusals`: every 401/403 is recorded, a known caller's in the
+  service's signed log, an unauthenticated one's in a local JSON-lines file.
+
+Routes name the roles that may call them with :func:`require` (403 otherwise)
+or take any signed caller with :data:`AnyCaller`; the audit log's routes are
+guarded by :func:`log_access`.
 
 Roles: a key the service knows (its directory: registered participants, the
 site's own key, the hub's key) has the role it was registered with. Any other
@@ -36,21 +45,25 @@ import json
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from dataspace.auth.httpsig import WINDOW_S, NonceStore, SignatureError, verify_request
+from dataspace.auth.nonces import FileNonceStore
 from dataspace.errors import DataspaceError, RefusedError
-from dataspace.policy.identity import ROLES
+from dataspace.site.identity import ROLES
 
 log = logging.getLogger("dataspace.service")
 
@@ -247,7 +260,7 @@ class PrivatePaths:
     """ASGI middleware: error responses (4xx, 5xx) never name a local path.
 
     The error handlers already answer with :func:`public_detail`; this also covers
-    routers that build their error responses themselves (``dataspace.audit.api``:
+    routers that build their error responses themselves (``dataspace.auth.log_api``:
     ``{"error", "detail"}`` JSON and text/plain witness errors). Successful answers
     pass untouched (they may be signed: nothing in them is rewritten).
     """
@@ -366,7 +379,7 @@ class SignedRequests:
         except ValueError:
             declared = 0
         if declared > self.max_body:
-            await _send_error(
+            await send_error(
                 scope,
                 receive,
                 send,
@@ -385,7 +398,7 @@ class SignedRequests:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                await _send_error(
+                await send_error(
                     scope,
                     receive,
                     send,
@@ -397,7 +410,7 @@ class SignedRequests:
         body = b"".join(chunks)
         problem = json_problem(body, self.max_json_depth)
         if problem is not None:  # before anything parses it, the signature check included
-            await _send_error(scope, receive, send, MalformedJsonError(problem))
+            await send_error(scope, receive, send, MalformedJsonError(problem))
             return
 
         if scope["path"] not in self.public_paths:
@@ -416,7 +429,7 @@ class SignedRequests:
                 )
             except SignatureError as e:
                 self._refused(scope, e, None)
-                await _send_error(scope, receive, send, e)
+                await send_error(scope, receive, send, e)
                 return
             known = self.directory(v.key_id)
             name, role = known if known else ("", "consumer")
@@ -443,7 +456,7 @@ class SignedRequests:
                 log.exception("could not record a refusal")
 
 
-async def _send_error(scope: Scope, receive: Receive, send: Send, e: DataspaceError) -> None:
+async def send_error(scope: Scope, receive: Receive, send: Send, e: DataspaceError) -> None:
     await error_response(e.http_status, error_code(e), str(e))(scope, receive, send)
 
 
@@ -472,14 +485,28 @@ def require(*roles: str) -> Callable[[Request], Awaitable[Caller]]:
     return dependency
 
 
-def require_unless_public(public: frozenset[str], *roles: str):
-    """Like :func:`require`, but paths in ``public`` (also public in the middleware) pass."""
-    inner = require(*roles)
+#: a route parameter: the signed caller, whatever its role
+AnyCaller = Annotated[Caller, Depends(caller_of)]
 
-    async def dependency(request: Request) -> Caller | None:
-        if request.url.path in public:
-            return None
-        return await inner(request)
+
+def log_access(appender: str) -> Callable[[Request], Awaitable[None]]:
+    """FastAPI dependency of the audit log's routes (``/v1/log/...``).
+
+    Appends by the role ``appender`` only (the hub's operator, the site's holder).
+    The checkpoint and the C2SP witness endpoint (:data:`PUBLIC_LOG`) are public:
+    the checkpoint is a size and a root, and a witness request is authenticated by
+    the log signature it carries. Entries and proofs name consumers and contracts,
+    so they need a holder, auditor or operator key.
+    """
+    append = require(appender)
+    read = require("holder", "auditor", "operator")
+
+    async def dependency(request: Request) -> None:
+        path = request.url.path
+        if path.endswith("/append"):
+            await append(request)
+        elif path not in PUBLIC_LOG:
+            await read(request)
 
     return dependency
 
@@ -493,70 +520,162 @@ def install_error_handlers(
     """Every error becomes ``{"error", "detail"}``; refusals (401/403) go to ``on_refused``.
 
     Details are :func:`public_detail`: ``private`` (the service's folders) and any
-    other local path are replaced by ``<local path>``. An exception may carry its
-    own remote-safe text as ``public_detail`` (a str attribute); it is used instead.
+    other local path are replaced by ``<local path>``. The handlers read both from
+    ``app.state`` (``on_refused``, ``private_roots``).
     """
-    roots = _roots(private)
+    app.state.on_refused = on_refused
+    app.state.private_roots = _roots(private)
+    app.add_exception_handler(DataspaceError, _dataspace_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RecursionError, _too_deep)
+    app.add_exception_handler(Exception, _internal_error)
 
-    def detail_of(e: BaseException) -> str:
-        public = getattr(e, "public_detail", None)
-        return public_detail(public if isinstance(public, str) else str(e), roots)
 
-    @app.exception_handler(DataspaceError)
-    async def _dataspace_error(request: Request, e: DataspaceError) -> JSONResponse:
-        if e.http_status in (401, 403) and on_refused is not None:
-            try:
-                on_refused(request.scope, e, getattr(request.state, "caller", None))
-            except Exception:
-                log.exception("could not record a refusal")
-        return error_response(e.http_status, error_code(e), detail_of(e))
+def _scrubbed(request: Request, text: str) -> str:
+    return public_detail(text, getattr(request.app.state, "private_roots", ()))
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
-        errors = e.errors()
-        if any(err.get("type") == "json_invalid" for err in errors):
-            msg = next(
-                (err.get("ctx", {}).get("error", "") for err in errors if err.get("ctx")), ""
-            )
-            return error_response(
-                400, "malformed_json", public_detail(f"request body is not JSON: {msg}", roots)
-            )
-        parts = []
-        for err in errors[:5]:
-            where = ".".join(str(x) for x in err.get("loc", ()))
-            parts.append(f"{where}: {err.get('msg', 'invalid')}")
-        detail = public_detail("; ".join(parts) or "invalid request", roots)
-        return error_response(422, "invalid_request", detail)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        if e.status_code == 400:
-            # FastAPI's answer to a body json.loads could not read for a reason other than
-            # a syntax error: not UTF-8, an integer of too many digits, too deep
-            return error_response(
-                400,
-                "malformed_json",
-                "request body could not be parsed as JSON (it must be UTF-8 JSON with "
-                f"numbers of at most {MAX_JSON_DIGITS} digits, nested at most "
-                f"{MAX_JSON_DEPTH} levels)",
-            )
-        code = {
-            404: "not_found",
-            405: "method_not_allowed",
-            413: "body_too_large",
-        }.get(e.status_code, "http_error")
-        detail = e.detail if isinstance(e.detail, str) else json.dumps(e.detail)
-        return error_response(e.status_code, code, public_detail(detail, roots))
+async def _dataspace_error(request: Request, e: DataspaceError) -> JSONResponse:
+    on_refused: RefusalHook | None = getattr(request.app.state, "on_refused", None)
+    if e.http_status in (401, 403) and on_refused is not None:
+        try:
+            on_refused(request.scope, e, getattr(request.state, "caller", None))
+        except Exception:  # a failing log must not turn a 403 into a 500
+            log.exception("could not record a refusal")
+    return error_response(e.http_status, error_code(e), _scrubbed(request, str(e)))
 
-    @app.exception_handler(RecursionError)
-    async def _too_deep(request: Request, e: RecursionError) -> JSONResponse:
-        # the depth limit (SignedRequests) keeps bodies shallow; this is the net under it
+
+async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+    errors = e.errors()
+    if any(err.get("type") == "json_invalid" for err in errors):
+        msg = next((err.get("ctx", {}).get("error", "") for err in errors if err.get("ctx")), "")
+        detail = _scrubbed(request, f"request body is not JSON: {msg}")
+        return error_response(400, "malformed_json", detail)
+    parts = []
+    for err in errors[:5]:
+        where = ".".join(str(x) for x in err.get("loc", ()))
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    detail = _scrubbed(request, "; ".join(parts) or "invalid request")
+    return error_response(422, "invalid_request", detail)
+
+
+#: the ``error`` code of an HTTP error Starlette or FastAPI raise themselves
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+    if e.status_code == 400:
+        # FastAPI's answer to a body json.loads could not read for a reason other than
+        # a syntax error: not UTF-8, an integer of too many digits, too deep
         return error_response(
-            400, "malformed_json", f"request nests too deeply (at most {MAX_JSON_DEPTH} levels)"
+            400,
+            "malformed_json",
+            "request body could not be parsed as JSON (it must be UTF-8 JSON with "
+            f"numbers of at most {MAX_JSON_DIGITS} digits, nested at most "
+            f"{MAX_JSON_DEPTH} levels)",
         )
+    code = _HTTP_CODES.get(e.status_code, "http_error")
+    detail = e.detail if isinstance(e.detail, str) else json.dumps(e.detail)
+    return error_response(e.status_code, code, _scrubbed(request, detail))
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, e: Exception) -> JSONResponse:
-        # a bug: logged here with its traceback, answered without any of its text
-        log.error("internal error on %s %s", request.method, request.url.path, exc_info=e)
-        return error_response(500, "internal_error", "internal error; see the service's log")
+
+async def _too_deep(request: Request, e: Exception) -> JSONResponse:
+    # the depth limit (SignedRequests) keeps bodies shallow; this is the net under it
+    return error_response(
+        400, "malformed_json", f"request nests too deeply (at most {MAX_JSON_DEPTH} levels)"
+    )
+
+
+async def _internal_error(request: Request, e: Exception) -> JSONResponse:
+    # a bug: logged here with its traceback, answered without any of its text
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=e)
+    return error_response(500, "internal_error", "internal error; see the service's log")
+
+
+# --- refusals and the app itself ------------------------------------------------------
+
+
+class Refusals:
+    """Records every refusal (401/403) of a service: the :data:`RefusalHook` it installs.
+
+    A known caller's refusal goes to the service's signed log through ``to_log(caller,
+    error, what)`` (``what``: reason, detail, method, path); one refused before the
+    caller was authenticated goes to the local JSON-lines file ``path`` instead, with
+    the time (a bad signature must not make the signed log grow). The detail is
+    :func:`public_detail`: the log is read by remote auditors.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        to_log: Callable[[Caller, DataspaceError, dict[str, Any]], None],
+        private: Iterable[str | os.PathLike[str]] = (),
+    ) -> None:
+        self.path, self.to_log, self.private = path, to_log, _roots(private)
+
+    def __call__(self, scope: Scope, e: DataspaceError, caller: Caller | None) -> None:
+        what = {
+            "reason": error_code(e),
+            "detail": public_detail(str(e), self.private)[:500],
+            "method": scope.get("method"),
+            "path": scope.get("path"),
+        }
+        if caller is not None:
+            self.to_log(caller, e, what)
+            return
+        line = {"time": datetime.now(UTC).isoformat(timespec="seconds"), **what}
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (json.dumps(line) + "\n").encode())
+        finally:
+            os.close(fd)
+
+
+def service_app(
+    *,
+    title: str,
+    summary: str,
+    doc: str | None,
+    nonces: Path,
+    directory: Directory,
+    refusals: Refusals,
+    private: Sequence[str | os.PathLike[str]],
+    window_s: int = WINDOW_S,
+    inner: Sequence[Middleware] = (),
+    outer: Sequence[Middleware] = (),
+    lifespan: Lifespan[FastAPI] | None = None,
+) -> FastAPI:
+    """A service's FastAPI app with everything both services share; routers come next.
+
+    ``doc``: the service module's docstring (its first paragraph describes the API);
+    ``nonces``: the file of nonces seen (replay guard); ``directory``: who a key is;
+    ``private``: the service's folders, never named to a remote caller. ``inner``
+    middleware runs after the signature check (the caller is known), ``outer``
+    before anything else (e.g. the hub's unsigned dashboard). The middleware, from
+    the outside in: ``outer``, :class:`PrivatePaths`, :class:`SignedRequests`, ``inner``.
+    """
+    app = FastAPI(
+        title=title,
+        version="1",
+        summary=summary,
+        description=(doc or "").split("\n\n", 1)[0] + "\n" + SIGNATURE_DOC,
+        responses=ERROR_RESPONSES,
+        lifespan=lifespan,
+        middleware=[
+            *outer,
+            # error answers (the log router's own included) never name a local path
+            Middleware(PrivatePaths, private=private),
+            Middleware(
+                SignedRequests,
+                nonces=FileNonceStore(nonces),
+                directory=directory,
+                on_refused=refusals,
+                public_paths=PUBLIC_PATHS | PUBLIC_LOG,
+                window_s=window_s,
+            ),
+            *inner,
+        ],
+    )
+    install_error_handlers(app, refusals, private=private)
+    return app

@@ -47,8 +47,6 @@ _COMMANDS = {
 }
 #: commands that run services: Flower's INFO lines go to their log (as before issue 14)
 SERVICES = ("serve",)
-#: the areas' modules (kept for code that read this name)
-_AREAS = tuple(dict.fromkeys(_COMMANDS.values()))
 
 
 class _LazyCommands(dict):
@@ -68,12 +66,7 @@ class _LazyCommands(dict):
             return
         for n in [n for n, m in self._pending.items() if m == module]:
             del self._pending[n]
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:  # that area is not built yet
-                return
-            raise
+        mod = importlib.import_module(module)
         for attr in ("group", "command", "commands"):
             obj = getattr(mod, attr, None)
             if obj is None:

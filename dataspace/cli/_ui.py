@@ -35,7 +35,7 @@ from rich.text import Text
 TEMPLATE_NAMES = ("bc-mlp", "bc-chunk")
 #: policy actions (dataspace.policy.odrl.ACTIONS; a test keeps them equal)
 ACTIONS = ("train", "compute-statistics")
-#: identity roles (dataspace.policy.identity.ROLES; a test keeps them equal)
+#: identity roles (dataspace.site.identity.ROLES; a test keeps them equal)
 ROLES = ("holder", "consumer", "auditor", "operator")
 
 #: how a command's help names the site argument

@@ -2,8 +2,10 @@
 cross-check (issue 3).
 
 SOURCE is a site folder (its SITE/log), a log folder, an exported bundle, or the
-base URL of a log served by :func:`dataspace.audit.api.log_router` (http...).
-The ``--trusted-keys`` file format is documented in :mod:`dataspace.audit.verify`.
+base URL of a log served by :func:`dataspace.auth.log_api.log_router` (http...).
+The ``--trusted-keys`` file format is documented in :mod:`dataspace.audit.trust`.
+``verify``, ``show`` and ``cross-check --trusted-keys`` check a log through one function,
+:func:`dataspace.audit.verify_source`; this module turns its report into text and exit codes.
 ``verify`` exits 0 only when every check holds; otherwise it exits 4 and names
 the first violation (entry index, rule, values). Other errors exit 1.
 
@@ -35,18 +37,42 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from dataspace.audit import (
+    AuditReport,
+    LogError,
+    LogSource,
+    ProofError,
+    TransparencyLog,
+    TrustedKeys,
+    checkpoint_of_note,
+    cross_check,
+    load_trusted_keys,
+    verify_source,
+    write_bundle,
+)
+from dataspace.audit.cosignature import witness_verifier
+from dataspace.audit.note import Note, parse_note, parse_signature_lines
+from dataspace.audit.report import stale_witness_text
+from dataspace.audit.source import open_source
+from dataspace.audit.storage import META
+from dataspace.audit.witnessing import (
+    Peer,
+    WitnessPusher,
+    add_checkpoint_url,
+    http_post,
+    policy_settings,
+    read_witness_key,
+    witness_all,
+)
+from dataspace.auth.httpsig import sign_url_request
 from dataspace.cli._ui import Col, escape, out_console, print_table
 from dataspace.errors import DataspaceError
-
-if TYPE_CHECKING:  # the audit modules load when a command runs (`--help` stays fast)
-    from dataspace.audit.source import LogSource
-    from dataspace.audit.verify import AuditReport, TrustedKeys
+from dataspace.site.identity import load_private_key
 
 err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: never split them
 
@@ -69,14 +95,9 @@ key_option = click.option(
 
 def _open(source: str) -> LogSource:
     """open_source, signing requests with --key when SOURCE is a URL."""
-    from dataspace.audit.source import open_source
-
     key_path = click.get_current_context().meta.get("audit_key")
     sign = None
     if key_path is not None and source.startswith(("http://", "https://")):
-        from dataspace.auth.httpsig import sign_url_request
-        from dataspace.policy.identity import load_private_key
-
         key = load_private_key(key_path)
 
         def sign(method: str, url: str, body: bytes) -> dict[str, str]:
@@ -115,8 +136,6 @@ def _progress(it: Iterator[bytes], total: int, label: str) -> Iterator[bytes]:
 
 def _full_note(src: LogSource) -> bytes:
     """The checkpoint with every cosignature the source has, as one note."""
-    from dataspace.audit.note import Note, parse_note, parse_signature_lines
-
     note = src.checkpoint()
     extra = src.cosignatures()
     if not extra:
@@ -125,32 +144,9 @@ def _full_note(src: LogSource) -> bytes:
     return Note(parsed.text, parsed.signatures + tuple(parse_signature_lines(extra))).to_bytes()
 
 
-def _run_audit(
-    src: LogSource,
-    trusted: TrustedKeys,
-    previous: bytes | None,
-    quorum: int,
-    keep_rounds: bool = True,
-    allow_unanchored: bool = False,
-) -> AuditReport:
-    from dataspace.audit.checkpoint import checkpoint_of_note
-    from dataspace.audit.verify import audit, note_witnessing
-
-    note = src.checkpoint()
-    size = checkpoint_of_note(note).size
-    entries = _progress(src.iter_entries(0, size), size, "verifying")
-    report = audit(
-        entries,
-        note,
-        trusted,
-        src.cosignatures(),
-        previous=previous,
-        quorum=quorum,
-        keep_rounds=keep_rounds,
-        allow_unanchored=allow_unanchored,
-    )
-    note_witnessing(report, src.witnessing())
-    return report
+def _verifying(label: str):
+    """A progress bar over the entries a verification streams (``verify_source(progress=)``)."""
+    return lambda entries, total: _progress(entries, total, label)
 
 
 @click.group("audit")
@@ -166,7 +162,7 @@ def group() -> None:
     "trusted_keys",
     required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Log, witness and actor keys (format: dataspace.audit.verify).",
+    help="Log, witness and actor keys (format: dataspace.audit.trust).",
 )
 @click.option(
     "--previous-checkpoint",
@@ -200,13 +196,17 @@ def verify_cmd(
     The log must be anchored by a trusted witness's cosignature or by the checkpoint
     kept from the last audit (--previous-checkpoint), unless --allow-unanchored.
     """
-    from dataspace.audit.verify import load_trusted_keys
-
     trusted = load_trusted_keys(trusted_keys)
     previous = previous_checkpoint.read_bytes() if previous_checkpoint else None
-    # per-round records only for --json (memory stays bounded for huge logs otherwise)
-    report = _run_audit(_open(source), trusted, previous, witness_quorum, as_json, allow_unanchored)
-    name_missing_witnesses(report, trusted)
+    report = verify_source(
+        _open(source),
+        trusted,
+        previous=previous,
+        quorum=witness_quorum,
+        allow_unanchored=allow_unanchored,
+        keep_rounds=as_json,  # per-round records only for --json (bounded memory otherwise)
+        progress=_verifying("verifying"),
+    )
     if as_json:
         _line(report.to_json())
     else:
@@ -233,7 +233,7 @@ def verify_cmd(
                 highlight=False,
             )
         for w in report.stale_witnesses:
-            err.print(f"  stale witness: {_stale_text(w)}", highlight=False, markup=False)
+            err.print(f"  stale witness: {stale_witness_text(w)}", highlight=False, markup=False)
         if report.ok and not report.anchored:
             err.print(f"  {UNANCHORED_TEXT}", highlight=False, markup=False)
         for v in report.violations[:20]:
@@ -261,26 +261,6 @@ def _status_text(report: AuditReport) -> str:
     return "[green]verified[/green]"
 
 
-def _stale_text(w: dict) -> str:
-    since = w.get("since_size")
-    why = f": {w['error']}" if w.get("error") else ""
-    return f"{w.get('witness')} (stale since size {since if since is not None else '?'}{why})"
-
-
-def name_missing_witnesses(report: AuditReport, trusted: TrustedKeys) -> None:
-    """A ``witness-quorum`` violation names the trusted witnesses that did not cosign,
-    and which of them the source reports stale (since which size)."""
-    missing = sorted({w.name for w in trusted.witnesses} - set(report.witnesses))
-    stale = {w["witness"]: w for w in report.stale_witnesses}
-    for v in report.violations:
-        if v.rule == "witness-quorum":
-            v.values["missing"] = missing
-            v.values["stale"] = sorted(n for n in missing if n in stale)
-            if missing:
-                names = [_stale_text(stale[n]) if n in stale else n for n in missing]
-                v.message += f"; missing: {', '.join(names)}"
-
-
 @group.command("checkpoint")
 @click.argument("source")
 @key_option
@@ -303,8 +283,6 @@ def proof_cmd(source: str, index: int | None, old: int | None, size: int | None)
     """An RFC 9162 inclusion (--index) or consistency (--from) proof, one JSON line, hex."""
     if (index is None) == (old is None):
         raise click.UsageError("give exactly one of --index I or --from M")
-    from dataspace.audit.checkpoint import checkpoint_of_note
-    from dataspace.audit.merkle import ProofError
 
     src = _open(source)
     if size is None:
@@ -345,9 +323,6 @@ def entries_cmd(source: str, start: int, end: int | None) -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def export_cmd(source: str, directory: Path) -> None:
     """Write a portable bundle: entries.jsonl, checkpoint, cosignatures."""
-    from dataspace.audit.bundle import write_bundle
-    from dataspace.audit.checkpoint import checkpoint_of_note
-
     src = _open(source)
     note = _full_note(src)
     size = checkpoint_of_note(note).size
@@ -379,11 +354,12 @@ def show_cmd(
     """Who trained on what, for which purpose, how much epsilon, which model; does it verify."""
     if sum(x is not None for x in (dataset, consumer, contract)) != 1:
         raise click.UsageError("give exactly one of --dataset, --consumer, --contract")
-    from dataspace.audit.verify import TrustedKeys, load_trusted_keys
 
     trusted = load_trusted_keys(trusted_keys) if trusted_keys else TrustedKeys()
     # show traces; whether the log is anchored is stated, not judged (verify judges it)
-    report = _run_audit(_open(source), trusted, None, 0, allow_unanchored=True)
+    report = verify_source(
+        _open(source), trusted, allow_unanchored=True, progress=_verifying("verifying")
+    )
     if trusted_keys is None:  # only the log's own consistency can be judged
         report.violations = [v for v in report.violations if v.rule != "checkpoint-signature"]
     names = {c: (info.get("consumer")) for c, info in report.contracts.items()}
@@ -476,9 +452,6 @@ class WitnessingFailed(DataspaceError):
 
 def _witness_key(path: Path):
     """A witness key file: vkey text (type 0x04), or an identity file (X.pub, JSON)."""
-    from dataspace.audit.cosignature import witness_verifier
-    from dataspace.audit.witnessing import read_witness_key
-
     text = path.read_text()
     if text.lstrip().startswith("{"):
         obj = json.loads(text)
@@ -531,18 +504,6 @@ def witness_cmd(
     witness cosigned) and ``stale`` lists the log's stale witnesses (its service's
     witness set), with ``witnessed_size``, the size of the log's witnessed checkpoint.
     """
-    from dataspace.audit.checkpoint import checkpoint_of_note
-    from dataspace.audit.log import TransparencyLog
-    from dataspace.audit.storage import META, LogError
-    from dataspace.audit.witnessing import (
-        Peer,
-        WitnessPusher,
-        add_checkpoint_url,
-        http_post,
-        policy_settings,
-        witness_all,
-    )
-
     if len(witness_keys) > len(witnesses):
         raise click.UsageError("more --witness-key than --witness options")
     if record_policy and len(witness_keys) != len(witnesses):
@@ -601,7 +562,9 @@ def witness_cmd(
             since = f" (it cosigned up to size {last})" if last is not None else ""
             err.print(f"[red]not cosigned[/red]: {escape(f'{e}{since}')}", highlight=False)
         for w in stale:
-            err.print(f"stale witness of the log: {_stale_text(w)}", highlight=False, markup=False)
+            err.print(
+                f"stale witness of the log: {stale_witness_text(w)}", highlight=False, markup=False
+            )
     if errors:
         raise WitnessingFailed(
             f"{len(errors)} of {len(peers)} witnesses did not cosign {cp.origin} size {cp.size}: "
@@ -638,16 +601,18 @@ def cross_check_cmd(
     Exits 0 when they match, 4 naming the first mismatch otherwise (rules:
     dataspace.audit.crosscheck).
     """
-    from dataspace.audit.checkpoint import checkpoint_of_note
-    from dataspace.audit.crosscheck import cross_check
-    from dataspace.audit.verify import load_trusted_keys
-
     site, hub = _open(site_source), _open(hub_source)
     verified: dict[str, AuditReport] = {}
     if trusted_keys is not None:
         trusted = load_trusted_keys(trusted_keys)
-        verified = {"site": _run_audit(site, trusted, None, 0, False, allow_unanchored)}
-        verified["hub"] = _run_audit(hub, trusted, None, 0, False, allow_unanchored)
+        for name, src in (("site", site), ("hub", hub)):
+            verified[name] = verify_source(
+                src,
+                trusted,
+                allow_unanchored=allow_unanchored,
+                keep_rounds=False,
+                progress=_verifying("verifying"),
+            )
 
     def entries(src: LogSource) -> Iterator[bytes]:
         size = checkpoint_of_note(src.checkpoint()).size

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import click
 
+from dataspace.auth.client import call, signed_client
+from dataspace.cli._ui import Col, out_console, print_table
+from dataspace.site.identity import load_private_key
+
 KEY_HELP = "identity key that signs the request (default: $DATASPACE_KEY)"
 
 
@@ -44,8 +48,6 @@ def command(
     as_json: bool,
 ) -> None:
     """Search the data space's catalog: metadata and quality scores, never data."""
-    from dataspace.auth.client import call, signed_client
-    from dataspace.policy.identity import load_private_key
 
     params = {
         "q": query,
@@ -61,7 +63,6 @@ def command(
     if as_json:
         click.echo(json.dumps(page))
         return
-    from dataspace.cli._ui import Col, out_console, print_table
 
     # the dataset id and the connector URL are what a consumer copies: never cut
     cols = [

@@ -18,9 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dataspace.cli._ui import escape, site_alias
+from dataspace.errors import DataspaceError
 
 if TYPE_CHECKING:
-    from dataspace.connectors.site import Site
+    from dataspace.site import Site
 
 #: the fields ``enroll --json`` prints (issue 2; a contract with other tools)
 ENROLL_FIELDS = (
@@ -44,7 +45,7 @@ LICENCE_HELP = (
 
 
 def _open(site: Path):
-    from dataspace.connectors.site import Site
+    from dataspace.site import Site
 
     return Site.open(site)
 
@@ -62,9 +63,9 @@ def group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def init_cmd(site: Path, org: str, name: str | None, as_json: bool) -> None:
     """Create a site folder: Ed25519 key pair, DuckDB database, config. Refuses to overwrite."""
-    from dataspace.connectors.site import Site
+    from dataspace.site import create_site
 
-    s = Site.init(site, org=org, name=name)
+    s = create_site(site, org=org, name=name)
     ident = s.identity
     if as_json:
         click.echo(
@@ -145,7 +146,7 @@ def enroll_cmd(
         result = enroll(s, path, format=fmt, name=name, progress=progress, **options)
     relicensed = False
     if licence is not None:
-        from dataspace.connectors.store import get_dataset
+        from dataspace.site.store import get_dataset
 
         if get_dataset(s, result.dataset_id).license != licence:
             set_license(s, result.dataset_id, licence)
@@ -181,7 +182,7 @@ def enroll_cmd(
 
 
 def result_license(site: Site, dataset_id: str) -> str | None:
-    from dataspace.connectors.store import get_dataset
+    from dataspace.site.store import get_dataset
 
     return get_dataset(site, dataset_id).license
 
@@ -192,7 +193,7 @@ def result_license(site: Site, dataset_id: str) -> str | None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def list_cmd(site: Path, as_json: bool) -> None:
     """The site's enrolled datasets (metadata only)."""
-    from dataspace.connectors.store import list_datasets
+    from dataspace.site.store import list_datasets
 
     records = list_datasets(_open(site))
     if as_json:
@@ -229,7 +230,7 @@ def list_cmd(site: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def show_cmd(site: Path, dataset: str, as_json: bool) -> None:
     """One dataset's metadata and catalog entry (by id, fingerprint or name)."""
-    from dataspace.connectors.store import get_dataset
+    from dataspace.site.store import get_dataset
 
     r = get_dataset(_open(site), dataset)
     d = r.to_json()
@@ -332,7 +333,7 @@ def attachments_cmd(
     added after enrollment count once --refresh has found them.
     """
     from dataspace.connectors.metadata import refresh_attachments
-    from dataspace.connectors.store import get_dataset
+    from dataspace.site.store import get_dataset
 
     if source is not None and not refresh:
         raise click.UsageError("--source goes with --refresh")
@@ -372,8 +373,6 @@ _SHORTFALLS: dict[str, list[str]] = {}
 
 def _quality_after_enroll(site: Site, dataset_id: str) -> tuple[float | None, str | None]:
     """Run the quality suite on a dataset: (score, None) or (None, why it failed)."""
-    from dataspace.errors import DataspaceError
-
     with err.status("quality check (Great Expectations on DuckDB)"):
         from dataspace.quality.check import run_checks
 

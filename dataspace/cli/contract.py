@@ -14,14 +14,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from dataspace.auth.client import ServiceRefusedError
 from dataspace.cli._ui import ACTIONS, TEMPLATE_NAMES, site_alias
+from dataspace.cli.policy_cmds import parse_until
+from dataspace.connectors.client import contracts_via_hub, request_via_connector
+from dataspace.policy.terms import ContractTerms
+from dataspace.site.identity import load_identity, load_private_key
 
 if TYPE_CHECKING:
     from dataspace.policy.contracts import Contract, OfferRequest
 
 
 def _open(site: Path):
-    from dataspace.connectors.site import Site
+    from dataspace.site.folder import Site
 
     return Site.open(site)
 
@@ -35,20 +40,11 @@ def _request_via_connector(
     connector: str, request: OfferRequest, key_file: Path, as_json: bool
 ) -> dict[str, Any]:
     """Ask a holder's connector service (dataspace.connectors.client, signed requests)."""
-    from dataspace.connectors.client import request_via_connector
-    from dataspace.policy.identity import load_private_key
-
     return request_via_connector(
         connector,
         load_private_key(key_file),
         dataset=request.dataset_id,
-        purpose=request.purpose,
-        epsilon=request.epsilon,
-        rounds=request.rounds,
-        until=request.until,
-        template=request.template,
-        delta=request.delta,
-        action=request.action,
+        **request.terms.as_dict(),
     )
 
 
@@ -99,26 +95,24 @@ def request_cmd(
     as_json: bool,
 ) -> None:
     """Ask for a contract; prints the countersigned agreement or exits non-zero with the reason."""
-    from dataspace.cli.policy_cmds import parse_until
     from dataspace.policy.contracts import OfferRefusedError, OfferRequest, negotiate
-    from dataspace.policy.identity import load_identity, load_private_key
 
     if (site is None) == (connector is None):
         raise click.UsageError("give either SITE (a site folder) or --connector URL")
     req = OfferRequest(
         dataset_id=dataset,
-        purpose=purpose,
-        epsilon=epsilon,
-        rounds=rounds,
-        until=parse_until(until),
         consumer=load_identity(key_file),
-        template=template,
-        action=action,
-        delta=delta,
+        terms=ContractTerms(
+            purpose=purpose,
+            epsilon=epsilon,
+            rounds=rounds,
+            until=parse_until(until),
+            template=template,
+            action=action,
+            delta=delta,
+        ),
     )
     if connector is not None:
-        from dataspace.auth.client import ServiceRefusedError
-
         try:
             out = _request_via_connector(connector, req, key_file, as_json)
         except ServiceRefusedError as e:
@@ -145,15 +139,15 @@ def _emit(obj: dict[str, Any], as_json: bool) -> None:
 
 def _summary(c: Contract) -> tuple[str, ...]:
     return (
-        c.contract_id,
+        c.terms.contract_id,
         c.state,
-        c.dataset_id,
+        c.terms.dataset_id,
         c.consumer.name,
-        c.purpose,
-        c.template or "-",
-        f"{c.epsilon:g}",
-        str(c.rounds),
-        c.until.date().isoformat(),
+        c.terms.purpose,
+        c.terms.template or "-",
+        f"{c.terms.epsilon:g}",
+        str(c.terms.rounds),
+        c.terms.until.date().isoformat(),
     )
 
 
@@ -191,14 +185,12 @@ def list_cmd(
 ) -> None:
     """The site's contracts, newest first (or, with --hub, those the hub shows --key)."""
     from dataspace.policy.contracts import list_contracts
-    from dataspace.policy.identity import load_identity, load_private_key
 
     if (site is None) == (hub_url is None):
         raise click.UsageError("give either SITE (a site folder) or --hub URL")
     if hub_url is not None:
         if key_file is None:
             raise click.UsageError("--hub needs --key (or $DATASPACE_KEY)")
-        from dataspace.connectors.client import contracts_via_hub
 
         rows = contracts_via_hub(hub_url, load_private_key(key_file), dataset)
         if as_json:

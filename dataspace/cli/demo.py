@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from dataspace.cli._ui import Col, escape, make_table, out_console, print_table
+from dataspace.cli._ui import Col, escape, out_console, print_table
 
 err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: never split them
 
@@ -67,11 +67,6 @@ def summary_rows(result) -> list[tuple[Text | str, ...]]:
 
 def summary_title(result) -> str:
     return f"dataspace demo — run {result.run_id} ({result.engine})"
-
-
-def summary_table(result):
-    """The summary as a rich Table (kept for callers; the command uses print_summary)."""
-    return make_table(summary_title(result), SUMMARY_COLUMNS, summary_rows(result))
 
 
 def print_summary(console: Console, result) -> None:

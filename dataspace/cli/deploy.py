@@ -30,6 +30,7 @@ import click
 
 from dataspace.cli._ui import site_alias
 from dataspace.errors import DataspaceError
+from dataspace.federated.pki import make_node_key, make_superexec_secret, make_tls
 
 #: the SuperExec secret's file name, in the TLS directory (hub) and in a site folder
 SECRET = "superexec.secret"
@@ -58,8 +59,6 @@ def group() -> None:
 def tls_cmd(directory: Path, hosts: tuple[str, ...], nodes: int) -> None:
     """CA + SuperLink certificate in DIR, NODES SuperNode keys and the SuperLink's
     SuperExec secret (each kept if present)."""
-    from dataspace.federated.pki import make_node_key, make_superexec_secret, make_tls
-
     if not (directory / "ca.crt").exists():
         files = make_tls(directory, tuple(hosts))
         click.echo(f"CA {files.ca_cert}, server {files.server_cert} for {', '.join(hosts)}")
@@ -81,10 +80,9 @@ def tls_cmd(directory: Path, hosts: tuple[str, ...], nodes: int) -> None:
 def site_cmd(site: Path, org: str) -> None:
     """Make the connector site SITE unless it exists, and its SuperExec secret; print
     its public key."""
-    from dataspace.connectors.site import Site
-    from dataspace.federated.pki import make_superexec_secret
+    from dataspace.site import Site, create_site
 
-    s = Site.open(site) if (site / "site.toml").exists() else Site.init(site, org)
+    s = Site.open(site) if (site / "site.toml").exists() else create_site(site, org)
     if not (s.root / SECRET).exists():
         make_superexec_secret(s.root / SECRET)
     click.echo(f"site {s.root} ({s.org}) key {s.identity.key_b64}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from dataspace.cli._ui import ROLES
+from dataspace.site.identity import load_identity, new_identity, rotate_identity
 
 
 @click.group(name="keys")
@@ -21,8 +22,6 @@ def group() -> None:
 @click.option("--role", required=True, type=click.Choice(ROLES), help="The participant's role.")
 def new_cmd(file: Path, name: str, role: str) -> None:
     """Make an identity: FILE (private, mode 0600) and FILE.pub; prints the public identity."""
-    from dataspace.policy.identity import new_identity
-
     ident = new_identity(file, name=name, role=role)
     click.echo(json.dumps(ident.to_json()))
 
@@ -31,8 +30,6 @@ def new_cmd(file: Path, name: str, role: str) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 def show_cmd(file: Path) -> None:
     """Print the public identity of FILE (or FILE.pub)."""
-    from dataspace.policy.identity import load_identity
-
     click.echo(json.dumps(load_identity(file).to_json()))
 
 
@@ -46,15 +43,13 @@ def rotate_cmd(path: Path | None, site: Path | None) -> None:
     site's key (logged as key.rotated). The older spelling --site SITE is still
     accepted.
     """
-    from dataspace.policy.identity import rotate_identity
-
     if (path is None) == (site is None):
         raise click.UsageError("give either FILE or --site SITE (a key file, or a site folder)")
     if site is None and path is not None and path.is_dir():
         site, path = path, None
     if site is not None:
-        from dataspace.connectors.site import Site
-        from dataspace.policy.identity import rotate_site_key
+        from dataspace.site.folder import Site
+        from dataspace.site.rotation import rotate_site_key
 
         rotation = rotate_site_key(Site.open(site))
     else:

@@ -15,10 +15,12 @@ from typing import Any
 import click
 
 from dataspace.cli._ui import ACTIONS, TEMPLATE_NAMES, site_alias
+from dataspace.policy.odrl import build_policy
+from dataspace.site.identity import load_identity
 
 
 def _open(site: Path):
-    from dataspace.connectors.site import Site
+    from dataspace.site.folder import Site
 
     return Site.open(site)
 
@@ -93,10 +95,8 @@ def policy(
     as_json: bool,
 ) -> None:
     """Set DATASET's usage policy (from --file or from flags); without either, print it."""
-    from dataspace.connectors.store import get_dataset
-    from dataspace.policy.identity import load_identity
-    from dataspace.policy.odrl import build_policy
     from dataspace.policy.policies import current_policy, publish_policy
+    from dataspace.site.store import get_dataset
 
     s = _open(site)
     flags = (purpose, consumer, epsilon, delta, until, max_rounds, templates)

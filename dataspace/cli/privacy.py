@@ -88,7 +88,7 @@ def command(
         raise click.BadParameter(f"{hidden!r}: widths must be 1..4096", param_hint="--hidden")
     # torch and Opacus load only when an audit really runs (not for `dataspace --help`)
     from dataspace.assurance.privacy_audit import AuditConfig, audit_site
-    from dataspace.connectors.site import Site
+    from dataspace.site.folder import Site
 
     cfg = AuditConfig(
         epsilon=None if no_dp else epsilon, delta=delta, canaries=canaries, rounds=rounds,

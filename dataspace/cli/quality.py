@@ -12,7 +12,7 @@ on-site page.
 
 ``dataspace quality contribution RUN_DIR --validation PATH [--json]`` computes
 each dataset's contribution to a finished ``dataspace train`` run (GTG-Shapley,
-:mod:`dataspace.quality.contribution`) on the consumer's own episodes at PATH,
+:mod:`dataspace.federated.contribution`) on the consumer's own episodes at PATH,
 writes ``RUN_DIR/contribution.json`` and ``value.json`` and refreshes the run's
 ``report.json`` / ``report.png``. ``--json`` prints ``value.json``'s object.
 """
@@ -37,7 +37,7 @@ def group() -> None:
 
 
 def _open(site: Path):
-    from dataspace.connectors.site import Site
+    from dataspace.site.folder import Site
 
     return Site.open(site)
 
@@ -185,10 +185,11 @@ def flags_cmd(site: Path, dataset: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def contribution_cmd(run_dir: Path, validation: Path, as_json: bool) -> None:
     """Each dataset's contribution to the run in RUN_DIR and a suggested revenue split."""
+    from dataspace.connectors.detect import read_episodes
+    from dataspace.federated.contribution import contribution_for_run
     from dataspace.federated.report import write_report
-    from dataspace.quality.contribution import contribution_for_run
 
-    value = contribution_for_run(run_dir, validation)
+    value = contribution_for_run(run_dir, read_episodes(validation))
     write_report(run_dir)
     if as_json:
         click.echo(json.dumps(value, sort_keys=True))

@@ -12,32 +12,16 @@ a clear error and a non-zero exit, not a traceback from inside uvicorn.
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 
 import click
 
 from dataspace.cli._ui import site_alias
 from dataspace.errors import DataspaceError
-
-
-class ServeError(DataspaceError):
-    """A service that cannot start (port in use, bad address)."""
-
-    exit_code = 2
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e} (port in use?)") from e
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
+from dataspace.federated.hub_worker import execute
+from dataspace.net import bind
+from dataspace.site.identity import load_identity
 
 
 def run(app, sock: socket.socket, log_level: str) -> None:
@@ -48,8 +32,6 @@ def run(app, sock: socket.socket, log_level: str) -> None:
 
 
 def _trusted(paths: tuple[Path, ...]):
-    from dataspace.policy.identity import load_identity
-
     return [load_identity(p) for p in paths]
 
 
@@ -162,6 +144,25 @@ def site_worker(runtime_api: str, secret_file: Path) -> None:
 def hub_worker(runtime_api: str, root_certificates: Path, secret_file: Path) -> None:
     """The hub's SuperExec: runs only the project's own ServerApp, for a SuperLink
     started with ``--isolation process``."""
-    from dataspace.federated.hub_worker import execute
-
     execute(runtime_api, root_certificates.read_bytes(), secret_file.read_bytes())
+
+
+# ``python -m dataspace.cli.serve hub|connector ...``: ``dataspace serve`` alone, with
+# the error handling of :func:`dataspace.cli.main` but without loading every other
+# command: the demo starts four services at once on a small machine.
+def main(argv: list[str] | None = None) -> int:
+    try:
+        group.main(args=argv, prog_name="dataspace serve", standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except DataspaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

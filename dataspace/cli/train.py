@@ -16,7 +16,7 @@ not run a SuperLink yet, so it says so and exits. Writes into OUT the model
 single site's update reaches the server, and none is kept in OUT.
 ``--validation PATH`` (the consumer's own episodes, held by no site) computes
 each dataset's contribution after the run (GTG-Shapley,
-:func:`dataspace.quality.contribution.run_contributions`) into
+:func:`dataspace.federated.contribution.run_contributions`) into
 ``OUT/contribution.json`` and ``value.json``; ``report.json`` shows it.
 ``--stats-from PATH`` (the consumer's own episodes in any format the
 connectors read, or a JSON file ``{"state_mean", "state_std", "action_mean",
@@ -109,8 +109,8 @@ def command(
     as_json: bool,
 ) -> None:
     """Train a policy across the contracts' sites with DP-SGD and FedAvg."""
+    from dataspace.federated import RunSpec, train
     from dataspace.federated.report import write_report
-    from dataspace.federated.run import run_simulation
     from dataspace.federated.templates import get_template
 
     get_template(template)  # unknown names fail before anything starts
@@ -132,9 +132,7 @@ def command(
         )
     public = None
     if stats_from is not None:
-        from dataspace.federated.public_stats import load_public_stats
-
-        public = load_public_stats(stats_from)  # before anything starts
+        public = _public_stats(stats_from)  # before anything starts
     run_id = run_id or f"run-{uuid.uuid4().hex[:12]}"
     out = out_dir or Path("runs") / run_id
     with Progress(
@@ -159,15 +157,17 @@ def command(
             )
 
         try:
-            run_simulation(
-                ids, list(sites), template, rounds, out, seed=seed, run_id=run_id, lr=lr,
-                on_round=on_round, secagg=secagg, public_stats=public,
+            spec = RunSpec(
+                contracts=ids, template=template, rounds=rounds, out_dir=str(out), run_id=run_id,
+                seed=seed, lr=lr, secagg=secagg, public_stats=public,
             )  # fmt: skip
+            train(spec, list(sites), "simulation", on_round)
             if validation is not None:
-                from dataspace.quality.contribution import contribution_for_run
+                from dataspace.connectors.detect import read_episodes
+                from dataspace.federated.contribution import contribution_for_run
 
                 progress.update(task, description="contributions (GTG-Shapley)")
-                contribution_for_run(out, validation)
+                contribution_for_run(out, read_episodes(validation))
         finally:
             if (out / "history.json").exists():
                 report = write_report(out)
@@ -185,3 +185,16 @@ def command(
         share = (report.get("contribution_split") or {}).get(d, 0.0)
         click.echo(f"contribution {d}: {c:+.4f} (suggested share {share * 100:.0f}%)")
     click.echo(f"report: {out / 'report.json'}, plot: {out / 'report.png'}")
+
+
+def _public_stats(path: Path):
+    """``--stats-from``: a JSON file of the four lists, or a dataset of the consumer's own
+    in any enrollable format (its statistics computed exactly: the data is the consumer's)."""
+    from dataspace.federated import public_stats
+
+    if path.is_file() and path.suffix.lower() == ".json":
+        return public_stats.load_public_stats(path)
+    from dataspace.connectors.detect import read_episodes
+
+    episodes = read_episodes(path)
+    return public_stats.check_stats(public_stats.stats_from_episodes(episodes), where=str(path))

@@ -17,21 +17,6 @@ import pyarrow.compute as pc
 from dataspace.connectors.reader import DimensionError, EnrollError
 
 
-def vector_width(t: pa.DataType) -> int | None:
-    """The width of a fixed-size vector type, None for a variable list, 1 for a scalar."""
-    if pa.types.is_fixed_size_list(t):
-        return t.list_size
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return None
-    return 1
-
-
-def is_float_vector(t: pa.DataType) -> bool:
-    if pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
-        return pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)
-    return pa.types.is_floating(t)
-
-
 def to_matrix(
     col: pa.Array | pa.ChunkedArray,
     dim: int | None,

@@ -16,9 +16,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dataspace import policy
 from dataspace.auth.client import call, signed_client
-from dataspace.policy import contracts as pc
-from dataspace.policy.identity import public_bytes
 
 
 def _until(until: datetime | str) -> str:
@@ -57,22 +56,16 @@ def request_via_connector(
         "delta": delta,
     }
     with signed_client(connector_url, key) as c:
-        offer = pc.Agreement.from_json(call(c, "POST", "/v1/offers", json=body))
+        offer = policy.Agreement.from_json(call(c, "POST", "/v1/offers", json=body))
         if expected_holder is not None and offer.terms.holder != expected_holder:
-            raise pc.BadSignatureError(
+            raise policy.BadSignatureError(
                 f"offer {offer.contract_id} is from holder {offer.terms.holder}, "
                 f"not the expected {expected_holder}"
             )
-        signed = pc.countersign(offer, key)  # checks the holder's signature first
+        signed = policy.countersign(offer, key)  # checks the holder's signature first
         return call(
             c, "POST", f"/v1/contracts/{offer.contract_id}/countersign", json=signed.to_json()
         )
-
-
-def contracts_via_connector(connector_url: str, key: Ed25519PrivateKey) -> list[dict[str, Any]]:
-    """The caller's contracts as the connector stores them."""
-    with signed_client(connector_url, key) as c:
-        return call(c, "GET", "/v1/contracts")["contracts"]
 
 
 def contracts_via_hub(
@@ -82,9 +75,3 @@ def contracts_via_hub(
     params = {"dataset_id": dataset_id} if dataset_id else {}
     with signed_client(hub_url, key) as c:
         return call(c, "GET", "/v1/contracts", params=params)["contracts"]
-
-
-def key_id(key: Ed25519PrivateKey) -> str:
-    import base64
-
-    return base64.b64encode(public_bytes(key)).decode()

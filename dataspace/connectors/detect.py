@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dataspace.connectors.reader import EnrollError, Reader, UnknownFormatError
+from dataspace.schema import Episode
 
 #: format name -> module with ``OPTIONS`` and ``open_reader(path, **options)``
 FORMATS = {
@@ -78,3 +79,11 @@ def open_reader(path: Path, format: str = "auto", **options: Any) -> Reader:
         flags = ", ".join("--" + w.replace("_", "-") for w in wrong)
         raise EnrollError(f"{flags} does not apply to the {fmt} format", path)
     return module.open_reader(path, **given)
+
+
+def read_episodes(path: Path | str) -> list[Episode]:
+    """Every episode at ``path`` (a folder or file in any enrollable format), in memory.
+
+    For a consumer's own data (``--validation``, ``--public-stats``), never a site's.
+    """
+    return list(open_reader(Path(path)).episodes())

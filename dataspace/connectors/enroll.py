@@ -21,7 +21,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from dataspace.connectors import store
 from dataspace.connectors.catalog import catalog_entry
 from dataspace.connectors.detect import open_reader
 from dataspace.connectors.reader import (
@@ -31,10 +30,12 @@ from dataspace.connectors.reader import (
     FpsError,
     Reader,
 )
-from dataspace.connectors.site import Site
 from dataspace.connectors.validate import Validator
 from dataspace.errors import DataspaceError, NotFoundError
 from dataspace.schema import DatasetInfo, Episode, dataset_id_for, episode_hash, fingerprint
+from dataspace.site import log as sitelog
+from dataspace.site import store
+from dataspace.site.folder import Site
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +294,6 @@ def _log_enrolled(site: Site, record: store.DatasetRecord) -> None:
     and the mark makes that retry append a second, identical ``dataset.enrolled``,
     which states nothing new. No entry can be written: the error reaches the caller.
     """
-    from dataspace.connectors import sitelog
-
     with site.db() as con:
         con.execute(
             "CREATE TABLE IF NOT EXISTS enroll_log (dataset_id VARCHAR PRIMARY KEY, "

@@ -67,17 +67,6 @@ OPTIONS = ("state_column", "action_column")
 BATCH_ROWS = 65_536
 
 
-def looks_like(path: Path) -> bool:
-    """A folder with meta/info.json that declares a LeRobot codebase version."""
-    info = path / "meta" / "info.json"
-    if not info.is_file():
-        return False
-    try:
-        return "codebase_version" in json.loads(read_capped(info))
-    except (OSError, ValueError, RecursionError, EnrollError):
-        return True  # claim it, so the reader reports the broken info.json by name
-
-
 class LeRobotReader:
     """Reads one LeRobot dataset folder (see module docstring)."""
 

@@ -16,9 +16,10 @@ import json
 import re
 from pathlib import Path
 
-from dataspace.connectors.site import Site
-from dataspace.connectors.store import DatasetRecord, ensure_tables, get_dataset
+from dataspace.connectors.reader import inside, sha256_file
 from dataspace.errors import DataspaceError
+from dataspace.site.folder import Site
+from dataspace.site.store import DatasetRecord, ensure_tables, get_dataset
 
 #: longest licence text (the hub's catalog model allows 200 characters)
 MAX_LICENSE = 200
@@ -82,8 +83,6 @@ def refresh_attachments(site: Site, dataset: str, source: Path | None = None) ->
     They are looked for under ``source`` (default: the folder it was enrolled
     from), each must resolve inside it; ``present`` and ``sha256`` are updated.
     """
-    from dataspace.connectors.reader import inside, sha256_file
-
     rec = get_dataset(site, dataset)
     if not rec.attachments:
         return rec

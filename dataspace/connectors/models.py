@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dataspace.policy.odrl import ACTIONS, ODRL_CONTEXT, POLICY_TYPES, PROFILE, PROFILE_CONTEXT
+
 Id = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/+=-]+$")
 
 
@@ -106,15 +108,13 @@ class BudgetReport(BaseModel):
 
 
 def policy_body_schema() -> dict[str, Any]:
-    """The PUT policy body as JSON Schema: the shape ``dataspace.policy.odrl.parse_policy``
+    """The PUT policy body as JSON Schema: the shape ``dataspace.policy.odrl.parse_usage_policy``
     accepts (docs/odrl-profile.md), so a fuzzer or client sees the profile, not "any object".
 
-    The handler still parses with ``parse_policy`` (400 with the JSON path at fault); what
+    The handler still parses with ``parse_usage_policy`` (400 with the JSON path at fault); what
     no schema can say stays its job: the target must be the path's enrolled dataset with its
     fingerprint, and each rule's constraints must be ones the profile defines.
     """
-    from dataspace.policy.odrl import ACTIONS, ODRL_CONTEXT, POLICY_TYPES, PROFILE, PROFILE_CONTEXT
-
     key_urn = r"^urn:dataspace:key:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
     rule = {
         "type": "object",

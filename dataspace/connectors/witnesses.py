@@ -29,15 +29,16 @@ import binascii
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.note import Verifier
 from dataspace.audit.witnessing import Peer, WitnessPusher, peer_for_identity, policy_settings
-from dataspace.connectors.site import Site
+from dataspace.auth.client import call, signed_client
+from dataspace.connectors.publisher import Publisher
 from dataspace.errors import DataspaceError
+from dataspace.site.folder import Site
 
 #: seconds between checks of SITE/log's size
 INTERVAL_S = 1.0
@@ -57,7 +58,7 @@ class Holders:
     """The other holders of the data space, as the hub's catalog names them."""
 
     site: Site
-    publisher: Any  # dataspace.connectors.service.Publisher | None
+    publisher: Publisher | None
     holders: list[Holder] = field(default_factory=list)
     _read_at: float = float("-inf")
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -68,8 +69,6 @@ class Holders:
         if p is None or p.hub_key is None or time.monotonic() - self._read_at < CATALOG_S:
             return self.holders
         self._read_at = time.monotonic()
-        from dataspace.auth.client import call, signed_client
-
         own = self.site.identity.key_b64
         found: dict[str, Holder] = {}
         try:
@@ -100,7 +99,7 @@ class Holders:
             return [Verifier(h.name, h.key) for h in self.holders]
 
 
-def hub_peers(publisher) -> list[Peer]:  # publisher: dataspace.connectors.service.Publisher
+def hub_peers(publisher: Publisher | None) -> list[Peer]:
     """The hub's witness, once the publisher has learned the hub's name and key."""
     if publisher is None or publisher.hub_key is None or publisher.hub_name is None:
         return []
@@ -111,7 +110,9 @@ def hub_peers(publisher) -> list[Peer]:  # publisher: dataspace.connectors.servi
     ]
 
 
-def site_pusher(log: TransparencyLog, publisher, holders: Holders | None = None) -> WitnessPusher:
+def site_pusher(
+    log: TransparencyLog, publisher: Publisher | None, holders: Holders | None = None
+) -> WitnessPusher:
     """The pusher of SITE/log: to the hub's witness and the other holders' connectors."""
 
     def peers() -> list[Peer]:

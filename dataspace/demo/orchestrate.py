@@ -6,7 +6,7 @@ areas' public functions, never around them:
 1. data: one real recording split into ``sites`` episode ranges (different
    recording sessions, :mod:`.sources`), plus a few episodes the consumer keeps
    as its own validation set;
-2. holders: a connector site each (``Site.init``), enrollment of its range
+2. holders: a connector site each (``create_site``), enrollment of its range
    with the connector's LeRobot reader, the quality suite (signed report in
    the site's log), an ODRL usage policy with a lifetime privacy budget;
 3. consumer: a contract per dataset (offer, holder's signature, countersign,
@@ -15,9 +15,9 @@ areas' public functions, never around them:
 4. training: Flower ServerApp + the connectors' ClientApps with DP-SGD, in
    simulation or on the deployment engine when it is available;
 5. value: held-out loss on the consumer's validation episodes and GTG-Shapley
-   contributions (:mod:`.value`);
-6. auditor: every log verified with only public keys
-   (``dataspace.audit.verify.audit``, the code of ``dataspace audit verify``);
+   contributions (:mod:`dataspace.federated.contribution`);
+6. auditor: every log verified with only public keys (:mod:`.auditor`:
+   :func:`dataspace.audit.verify_source`, what ``dataspace audit verify`` calls);
 7. report: ``WORKDIR/summary.json`` and ``WORKDIR/report.html`` (:mod:`.report`).
 
 Rerunning in the same workdir reuses the sites, their datasets, quality
@@ -27,7 +27,6 @@ from each dataset's lifetime budget, which the holder's connector enforces.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import subprocess
@@ -39,9 +38,24 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from dataspace.connectors.site import Site
+from dataspace.connectors.enroll import enroll
+from dataspace.connectors.publisher import quality_score
+from dataspace.connectors.shards import read_lerobot_episodes
+from dataspace.demo.auditor import trusted_keys_file, verify_log
+from dataspace.demo.report import write_html
+from dataspace.demo.services import Services, check_port, reachable
 from dataspace.demo.sources import Source, episode_ranges, export_range, find_source
+from dataspace.demo.witnessing import await_witnesses, cross_check_sites
 from dataspace.errors import DataspaceError, NotFoundError, RefusedError
+from dataspace.federated import DeploymentEngine, RunSpec, SimulationEngine
+from dataspace.federated import train as train_run
+from dataspace.policy.contracts import OfferRequest, negotiate
+from dataspace.policy.ledger import budget_report
+from dataspace.policy.odrl import build_policy
+from dataspace.policy.policies import current_policy, publish_policy
+from dataspace.policy.terms import ContractTerms
+from dataspace.site import Site, create_site
+from dataspace.site.identity import load_identity, load_private_key, new_identity
 
 PURPOSE = "robot-policy-training"
 TEMPLATE = "bc-mlp"
@@ -166,17 +180,16 @@ def prepare_sources(opts: DemoOptions, source: Source, step: Step) -> tuple[list
 def open_or_init_site(root: Path, org: str) -> Site:
     if (root / "site.toml").exists():
         return Site.open(root)
-    return Site.init(root, org, name=org.lower().replace(" ", "-"))
+    return create_site(root, org, name=org.lower().replace(" ", "-"))
 
 
 def enroll_site(site: Site, path: Path, step: Step) -> dict[str, Any]:
     """Enroll (idempotent on content) and quality-check once; the dataset's row."""
-    from dataspace.connectors.enroll import enroll
-
     step(f"{site.name}: enrolling {path.name}")
     res = enroll(site, path, name=f"G1 pick-bottle, {path.name.split('-episodes-')[-1]}")
     score = _quality_score(site, res.dataset_id)
     if score is None:
+        # heavy (Great Expectations): only when the dataset has no report yet
         from dataspace.quality.check import run_checks
 
         step(f"{site.name}: quality suite on {res.episodes} episodes")
@@ -185,16 +198,11 @@ def enroll_site(site: Site, path: Path, step: Step) -> dict[str, Any]:
 
 
 def _quality_score(site: Site, dataset_id: str) -> float | None:
-    from dataspace.connectors.service import quality_score
-
     return quality_score(site, dataset_id)
 
 
 def ensure_policy(site: Site, ds: dict[str, Any], opts: DemoOptions, consumer_b64: str) -> None:
     """Publish the dataset's usage policy unless one is in force already."""
-    from dataspace.policy.odrl import build_policy
-    from dataspace.policy.policies import current_policy, publish_policy
-
     try:
         current_policy(site, ds["dataset_id"])
         return
@@ -221,8 +229,6 @@ def ensure_policy(site: Site, ds: dict[str, Any], opts: DemoOptions, consumer_b6
 
 
 def consumer_identity(workdir: Path):
-    from dataspace.policy.identity import load_identity, load_private_key, new_identity
-
     path = workdir / "consumer" / "consumer.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,42 +237,34 @@ def consumer_identity(workdir: Path):
 
 
 def contract_locally(site: Site, dataset_id: str, opts: DemoOptions, consumer, key) -> str:
-    from dataspace.policy.contracts import OfferRequest, negotiate
-
     c = negotiate(
         site,
         OfferRequest(
             dataset_id=dataset_id,
-            purpose=PURPOSE,
-            epsilon=opts.epsilon,
-            rounds=opts.rounds,
-            until=datetime.now(UTC) + timedelta(days=30),
             consumer=consumer,
-            template=TEMPLATE,
-            delta=opts.delta,
+            terms=ContractTerms(
+                purpose=PURPOSE,
+                epsilon=opts.epsilon,
+                rounds=opts.rounds,
+                until=datetime.now(UTC) + timedelta(days=30),
+                template=TEMPLATE,
+                delta=opts.delta,
+            ),
         ),
         key,
     )
-    return c.contract_id
+    return c.terms.contract_id
 
 
 # -- 4. training --------------------------------------------------------------------------
-
-
-def deployment_engine() -> Callable[..., dict[str, Any]] | None:
-    """The federated area's deployment-engine runner, when it exists."""
-    try:
-        from dataspace.federated import deploy  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return getattr(deploy, "run_deployment", None)
 
 
 def train(
     opts: DemoOptions, contract_ids: list[str], sites: list[Site], out: Path, run_id: str,
     step: Step,
 ) -> tuple[dict[str, Any], str, str | None]:  # fmt: skip
-    from dataspace.federated.run import run_simulation
+    """Train on the deployment engine (or in one process with ``--simulate``)."""
+    # the federated area pulls torch, Opacus and Flower: only when the demo trains
 
     # Flower logs every aggregation at INFO; the demo shows rounds in its own progress
     logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -274,111 +272,28 @@ def train(
     def on_round(r: dict[str, Any]) -> None:
         step(f"round {r['round']}/{opts.rounds}: held-out MSE {r['eval_mse']:.4f}")
 
-    note = None
-    if not opts.simulate:
-        runner = deployment_engine()
-        if runner is not None:
-            step("training on Flower's deployment engine (SuperLink + SuperNodes on 127.0.0.1)")
-            kw: dict[str, Any] = {"seed": opts.seed, "run_id": run_id, "lr": opts.lr}
-            if "timeout" in inspect.signature(runner).parameters:
-                kw["timeout"] = opts.deploy_timeout
-            if "on_round" in inspect.signature(runner).parameters:
-                kw["on_round"] = on_round
-            try:
-                h = runner(contract_ids, [s.root for s in sites], TEMPLATE, opts.rounds, out, **kw)
-            except (DataspaceError, subprocess.TimeoutExpired) as e:
-                raise DemoError(
-                    f"the deployment engine did not finish run {run_id}: {e} (logs in "
-                    f"{out / 'deploy' / 'logs'}); `dataspace demo --simulate` runs the same "
-                    "apps in one process"
-                ) from e
-            if h.get("status") != "finished":
-                raise DemoError(
-                    f"the deployment-engine run {run_id} {h.get('status')}: {h.get('error')} "
-                    f"(logs in {out / 'deploy' / 'logs'})"
-                )
-            for r in h.get("rounds", []):
-                on_round(r)
-            return h, "deployment", None
-        note = (
-            "Flower's deployment engine runner (dataspace.federated.deploy.run_deployment) "
-            "is not available in this build; trained in simulation instead (same ServerApp "
-            "and ClientApps, one process)"
-        )
-    step("training in simulation (Flower ServerApp + the connectors' ClientApps)")
-    h = run_simulation(
-        contract_ids, sites, TEMPLATE, opts.rounds, out, seed=opts.seed, run_id=run_id,
-        lr=opts.lr, on_round=on_round,
+    spec = RunSpec(
+        contracts=contract_ids, template=TEMPLATE, rounds=opts.rounds, out_dir=str(out),
+        run_id=run_id, seed=opts.seed, lr=opts.lr,
     )  # fmt: skip
-    return h, "simulation", note
-
-
-# -- 6. auditor ---------------------------------------------------------------------------
-
-
-def trusted_keys_file(workdir: Path, sites: list[Site], extra: list[Path]) -> Path:
-    """The auditor's trusted keys: each log's vkey and every actor's public key."""
-    path = workdir / "auditor" / "trusted-keys"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["# written by dataspace demo: log keys (vkey) and actor keys (X.pub)"]
-    for s in sites:
-        lines += [str(s.vkey_path.resolve()), f"actor {(s.root / 'site.key.pub').resolve()}"]
-        lines.append(f"witness {(s.root / 'site.key.pub').resolve()}")  # it cosigns the hub's
-    for p in extra:
-        lines.append(f"actor {p.resolve()}" if p.suffix == ".pub" else str(p.resolve()))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def verify_log(source: str, trusted: Path, allow_unanchored: bool | None = None) -> dict[str, Any]:
-    """What ``dataspace audit verify SOURCE --trusted-keys FILE`` checks, as a dict.
-
-    A log counts as verified only when a trusted witness cosigned it (DESIGN.md,
-    "Threat model"). ``allow_unanchored``: True accepts a log no trusted witness
-    cosigned as self-consistent only (``--allow-unanchored``); False requires the
-    anchor; None (default) requires it where the log has witnesses (its witness set,
-    or any witness of a kept checkpoint: the demo with services) and accepts it where
-    it has none at all (the demo without services, the notebooks). Either way the dict
-    says ``anchored`` and ``status``: "verified", "self-consistent only" or "FAILED".
-    """
-    from dataspace.audit.checkpoint import checkpoint_of_note
-    from dataspace.audit.source import open_source
-    from dataspace.audit.verify import audit, load_trusted_keys
-
-    src = open_source(source)
-    note = src.checkpoint()
-    size = checkpoint_of_note(note).size
-    if allow_unanchored is None:
-        status = src.witnessing()
-        allow_unanchored = not (status and status.get("witnesses"))
-    rep = audit(
-        src.iter_entries(0, size),
-        note,
-        load_trusted_keys(trusted),
-        src.cosignatures(),
-        allow_unanchored=allow_unanchored,
-    )
-    return {
-        "source": source,
-        "origin": rep.origin,
-        "size": rep.size,
-        "root": rep.root,
-        "ok": rep.ok,
-        "anchored": rep.anchored,
-        "status": _audit_status(rep.ok, rep.anchored),
-        "rounds": len(rep.rounds),
-        "witnesses": rep.witnesses,
-        "kinds": rep.kinds,
-        "epsilon_by_dataset": rep.epsilon_by_dataset,
-        "first_violation": str(rep.first) if rep.first else None,
-    }
-
-
-def _audit_status(ok: bool, anchored: bool) -> str:
-    """How a log's audit may be described: only an anchored one is "verified"."""
-    if not ok:
-        return "FAILED"
-    return "verified" if anchored else "self-consistent only"
+    if opts.simulate:
+        step("training in simulation (Flower ServerApp + the connectors' ClientApps)")
+        return train_run(spec, sites, SimulationEngine(), on_round), "simulation", None
+    step("training on Flower's deployment engine (SuperLink + SuperNodes on 127.0.0.1)")
+    try:
+        h = train_run(spec, sites, DeploymentEngine(timeout=opts.deploy_timeout), on_round)
+    except (DataspaceError, subprocess.TimeoutExpired) as e:
+        raise DemoError(
+            f"the deployment engine did not finish run {run_id}: {e} (logs in "
+            f"{out / 'deploy' / 'logs'}); `dataspace demo --simulate` runs the same "
+            "apps in one process"
+        ) from e
+    if h.get("status") != "finished":
+        raise DemoError(
+            f"the deployment-engine run {run_id} {h.get('status')}: {h.get('error')} "
+            f"(logs in {out / 'deploy' / 'logs'})"
+        )
+    return h, "deployment", None
 
 
 # -- the whole demo -----------------------------------------------------------------------
@@ -386,10 +301,9 @@ def _audit_status(ok: bool, anchored: bool) -> str:
 
 def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
     """Run the demo (module docstring); raises DataspaceError subclasses on bad input."""
-    from dataspace.demo.value import run_contributions
+    # heavy (torch): the run's report and the contributions evaluate models
+    from dataspace.federated.contribution import run_contributions
     from dataspace.federated.report import write_report
-    from dataspace.federated.shards import read_lerobot_episodes
-    from dataspace.policy.ledger import budget_report
 
     t0 = time.monotonic()
     if opts.sites < 1 or opts.sites > len(ORGS):
@@ -399,8 +313,6 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
     if not opts.epsilon > 0:
         raise DemoError(f"--epsilon must be positive, not {opts.epsilon}")
     if opts.hub_url or (opts.services and opts.port):
-        from dataspace.demo.services import check_port, reachable
-
         # fail before any work: a hub that is not there, a port that is taken
         if opts.hub_url:
             reachable(opts.hub_url)
@@ -426,8 +338,6 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
     services = None
     witness_keys: list[Path] = []  # the hub's witness key, when it cosigned the sites' logs
     if opts.services or opts.hub_url:
-        from dataspace.demo.services import Services
-
         services = Services.start(wd, sites, opts, step)
     try:
         contract_ids = []
@@ -455,8 +365,6 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
         if services is not None:
             step("hub: registering the run and its rounds")
             services.register_run(run_id, contract_ids, history, ckey)
-            from dataspace.demo.witnessing import await_witnesses
-
             witness_keys = await_witnesses(services, sites, step)
     except BaseException:
         if services is not None:
@@ -474,8 +382,6 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
     if services is not None:
         audits.append(services.verify_hub(trusted))
         if witness_keys:  # a hub this demo ran: a site's rounds must be the hub's run's
-            from dataspace.demo.witnessing import cross_check_sites
-
             cross_check_sites(audits, sites, wd / "hub" / "log")
 
     last = history["rounds"][-1] if history.get("rounds") else {}
@@ -527,8 +433,6 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
     )
     if services is not None and opts.keep_services:
         result.services = services  # type: ignore[attr-defined]  # not a field: not in JSON
-    from dataspace.demo.report import write_html
-
     result.seconds = round(time.monotonic() - t0, 1)
     write_html(result, out, wd / "report.html")
     (wd / "summary.json").write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))

@@ -26,45 +26,40 @@ from typing import Any
 
 import httpx
 
-from dataspace.connectors.site import Site
+from dataspace.auth.client import call, signed_client
+from dataspace.connectors.client import request_via_connector
+from dataspace.demo.auditor import verify_log
 from dataspace.errors import DataspaceError, NotFoundError
+from dataspace.net import bind, free_port
+from dataspace.site.folder import Site
+from dataspace.site.identity import load_identity, load_private_key, new_identity
 
 PYTHON = sys.executable
 
 
-class ServiceError(DataspaceError):
+class DemoServiceError(DataspaceError):
     """A service that would not start or cannot be reached."""
 
     exit_code = 2
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def check_port(port: int) -> None:
     """Fail clearly, before anything starts, when ``port`` is taken."""
-    from dataspace.cli.serve import bind
-
     bind("127.0.0.1", port).close()
 
 
 def reachable(url: str, timeout: float = 3.0) -> dict[str, Any]:
-    """The ``/healthz`` answer of a service, or a ServiceError naming the URL."""
+    """The ``/healthz`` answer of a service, or a DemoServiceError naming the URL."""
     try:
         r = httpx.get(url.rstrip("/") + "/healthz", timeout=timeout)
     except (httpx.HTTPError, ValueError) as e:
-        raise ServiceError(f"cannot reach the hub at {url}: {e}") from e
+        raise DemoServiceError(f"cannot reach the hub at {url}: {e}") from e
     if r.status_code != 200:
-        raise ServiceError(f"{url}/healthz answered HTTP {r.status_code}: not a dataspace hub")
+        raise DemoServiceError(f"{url}/healthz answered HTTP {r.status_code}: not a dataspace hub")
     try:
         return r.json()
     except ValueError as e:
-        raise ServiceError(f"{url}/healthz did not answer JSON: not a dataspace hub") from e
+        raise DemoServiceError(f"{url}/healthz did not answer JSON: not a dataspace hub") from e
 
 
 @dataclass
@@ -82,7 +77,7 @@ class Process:
         log = logs / f"{name}.log"
         f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
         proc = subprocess.Popen(
-            [PYTHON, "-m", "dataspace.demo.serve_main", *args, "--port", str(port)],
+            [PYTHON, "-m", "dataspace.cli.serve", *args, "--port", str(port)],
             stdout=f,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
@@ -94,7 +89,7 @@ class Process:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
-                raise ServiceError(
+                raise DemoServiceError(
                     f"{self.name} exited with {self.proc.returncode}: {' / '.join(tail)} "
                     f"(log {self.log})"
                 )
@@ -103,7 +98,7 @@ class Process:
                 if r.status_code == 200 and until(r.json() or {"ok": True}):
                     return
             time.sleep(0.2)
-        raise ServiceError(
+        raise DemoServiceError(
             f"{self.name} at {self.url} not ready in {timeout:.0f}s (log {self.log})"
         )
 
@@ -125,17 +120,17 @@ class Threaded:
 
         import uvicorn
 
-        from dataspace.cli.serve import bind
-        from dataspace.policy.identity import load_identity
 
         self.name, self.url = name, f"http://127.0.0.1:{port}"
         opts = _parse(args)
         trust = [load_identity(Path(p)) for p in opts.get("--trust", [])]
+        # heavy (FastAPI, uvicorn): only the service this thread runs
         if args[0] == "hub":
             from dataspace.hub.app import create_app as hub_app
 
             app = hub_app(Path(opts["--data"][0]), trust=trust)
         else:
+            # heavy (FastAPI)
             from dataspace.connectors.service import create_app as connector_app
 
             app = connector_app(Path(args[1]), opts["--hub"][0], public_url=self.url, trust=trust)
@@ -155,7 +150,7 @@ class Threaded:
                 if r.status_code == 200:
                     return
             time.sleep(0.1)
-        raise ServiceError(f"{self.name} at {self.url} not ready in {timeout:.0f}s")
+        raise DemoServiceError(f"{self.name} at {self.url} not ready in {timeout:.0f}s")
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -188,6 +183,7 @@ class Services:
     @property
     def dashboard_url(self) -> str:
         """The dashboard's address with the hub's token (only a hub we started has it here)."""
+        # heavy (FastAPI): the dashboard module, for one file name
         from dataspace.hub.dashboard import TOKEN_FILE
 
         token = self.workdir / "hub" / TOKEN_FILE
@@ -246,8 +242,6 @@ class Services:
             self.hub.stop()
 
     def request_contract(self, site: Site, dataset_id: str, key) -> str:
-        from dataspace.connectors.client import request_via_connector
-
         p = self.connectors[site.name]
         c = request_via_connector(
             p.url,
@@ -262,7 +256,7 @@ class Services:
             expected_holder=site.identity.key_b64,
         )
         if c.get("state") not in (None, "agreed", "active"):
-            raise ServiceError(
+            raise DemoServiceError(
                 f"contract {c.get('contract_id')} for {dataset_id} is {c.get('state')}: "
                 "the holder must approve it first (dashboard or `dataspace contract approve`)"
             )
@@ -270,8 +264,6 @@ class Services:
 
     def register_run(self, run_id: str, contract_ids: list[str], history: dict, key) -> None:
         """Register the run and its rounds with the hub (aggregates only)."""
-        from dataspace.auth.client import call, signed_client
-
         with signed_client(self.hub_url, key) as c:
             # the connectors register contracts with the hub in the background
             deadline = time.monotonic() + 30
@@ -310,8 +302,6 @@ class Services:
 
     def fetch_hub_keys(self) -> None:
         """The hub log's vkey and identity, as an auditor gets them: ``GET /v1/hub``."""
-        from dataspace.auth.client import call, signed_client
-        from dataspace.policy.identity import load_private_key
 
         key = load_private_key(auditor_identity(self.workdir))
         with signed_client(self.hub_url, key) as c:
@@ -326,8 +316,6 @@ class Services:
         return [vk] if vk.exists() else []
 
     def verify_hub(self, trusted: Path) -> dict[str, Any]:
-        from dataspace.demo.orchestrate import verify_log
-
         return verify_log(str(self.workdir / "hub" / "log"), trusted)
 
 
@@ -337,8 +325,6 @@ def _contribution(out: Path) -> dict[str, float]:
 
 
 def auditor_identity(workdir: Path) -> Path:
-    from dataspace.policy.identity import new_identity
-
     path = workdir / "auditor" / "auditor.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,12 @@ from typing import Any
 
 from dataspace.audit.checkpoint import checkpoint_of_note
 from dataspace.audit.cosignature import witness_vkey
+from dataspace.audit.crosscheck import cross_check
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.note import parse_note
-from dataspace.connectors.site import Site
+from dataspace.audit.source import open_source
+from dataspace.errors import DataspaceError
+from dataspace.site.folder import Site
 
 #: how long the demo waits for the witnesses (they push within about a second)
 TIMEOUT_S = 60.0
@@ -79,9 +82,6 @@ def cross_check_sites(audits: list[dict[str, Any]], sites: list[Site], hub_log: 
     """Each site's log against the hub's (:mod:`dataspace.audit.crosscheck`): adds a
     ``cross_check`` member to each site's audit dict (information: the run's rounds must
     be in both; earlier runs without the hub show up as ``run-not-in-hub``)."""
-    from dataspace.audit.crosscheck import cross_check
-    from dataspace.audit.source import open_source
-    from dataspace.errors import DataspaceError
 
     def entries(folder: Path) -> list[bytes]:
         src = open_source(folder)

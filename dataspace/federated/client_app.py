@@ -61,16 +61,16 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from dataspace.assurance import egress
-from dataspace.connectors.site import Site
 from dataspace.errors import NotFoundError, RefusedError
 from dataspace.federated import data as fdata
-from dataspace.federated import dp, guard, normalize, packing, public_stats, secagg
+from dataspace.federated import dp, egress, guard, normalize, packing, public_stats, secagg
 from dataspace.federated.noise import NoiseSource, noise_kind
 from dataspace.federated.templates import REGISTRY as TEMPLATES
 from dataspace.federated.templates import Policy, Template, get_template
 from dataspace.policy import ledger
 from dataspace.quality.flags import flagged_episodes
+from dataspace.site import log as events
+from dataspace.site.folder import Site
 
 # the egress guard checks and records every reply before it leaves (dataspace.assurance);
 # under SecAgg+ (:mod:`.secagg`) it checks the plain update, which is then masked
@@ -159,9 +159,9 @@ def _plan(
     """
     make = public_stats.plan_without_stats if public else dp.make_plan
     return make(
-        float(contract.epsilon),
-        float(contract.delta),
-        int(contract.rounds),
+        float(contract.terms.epsilon),
+        float(contract.terms.delta),
+        int(contract.terms.rounds),
         split.train_frames,
         s,
         episodes=len(split.train),
@@ -179,13 +179,11 @@ def log_refusal(
     template the contract does not allow) are logged with the same fields,
     before the refusal is raised. Nothing is charged for any of them.
     """
-    from dataspace.policy import events
-
     extra = {}
     if contract is not None:
         extra = {
-            "contract_id": contract.contract_id,
-            "dataset_id": contract.dataset_id,
+            "contract_id": contract.terms.contract_id,
+            "dataset_id": contract.terms.dataset_id,
             "consumer": contract.consumer.key_b64,
         }
     events.refused(
@@ -271,9 +269,10 @@ def resolve(message: Message, context: Context, kind: str) -> Job:
                 f"unknown model template {_short(name)} (known: {', '.join(sorted(TEMPLATES))})"
             )
         template = get_template(name)
-        if contract.template is not None and contract.template != template.name:
+        terms = contract.terms
+        if terms.template is not None and terms.template != template.name:
             raise MessageRefusedError(
-                f"contract {contract.contract_id} is for model template {contract.template!r}, "
+                f"contract {terms.contract_id} is for model template {terms.template!r}, "
                 f"not {template.name!r}"
             )
         settings = dp.TrainingSettings.from_config(site.config)
@@ -289,10 +288,10 @@ def resolve(message: Message, context: Context, kind: str) -> Job:
         # the site fixes the mechanism: a message may repeat it, never change it
         settings.check_request(cfg.get("local-epochs"), cfg.get("clip-norm"))
         rounds = cfg.get("num-rounds")
-        if rounds is not None and (type(rounds) is not int or not 1 <= rounds <= contract.rounds):
+        if rounds is not None and (type(rounds) is not int or not 1 <= rounds <= terms.rounds):
             raise dp.MechanismError(
-                f"the message plans {_short(rounds)} rounds; contract {contract.contract_id} "
-                f"allows 1..{contract.rounds}, and its noise is planned for {contract.rounds}"
+                f"the message plans {_short(rounds)} rounds; contract {terms.contract_id} "
+                f"allows 1..{terms.rounds}, and its noise is planned for {terms.rounds}"
             )
         lr = cfg.get("lr", 0.5)
         if type(lr) not in (int, float) or not (math.isfinite(lr) and 0 < lr <= MAX_LR):
@@ -300,9 +299,9 @@ def resolve(message: Message, context: Context, kind: str) -> Job:
                 f"learning rate must be in (0, {MAX_LR:g}], got {_short(lr)}"
             )
         exclude = flagged_episodes if settings.exclude_flagged else None
-        key = (str(site.root), contract.dataset_id, settings.heldout_fraction, bool(exclude))
+        key = (str(site.root), contract.terms.dataset_id, settings.heldout_fraction, bool(exclude))
         if key not in _META or exclude:  # flags can change between rounds: re-read them
-            ref = fdata.dataset_ref(site, contract.dataset_id)
+            ref = fdata.dataset_ref(site, contract.terms.dataset_id)
             split = fdata.split_episodes(site, ref.dataset_id, settings.heldout_fraction, exclude)
             _META[key] = (ref, split)
         ref, split = _META[key]
@@ -311,7 +310,7 @@ def resolve(message: Message, context: Context, kind: str) -> Job:
         try:
             plan = _plan(contract, split, settings, public is not None)
         except dp.PrivacyPlanError as e:  # e.g. a contract whose delta is 0: no plan meets it
-            raise MessageRefusedError(f"contract {contract.contract_id}: {e}") from e
+            raise MessageRefusedError(f"contract {contract.terms.contract_id}: {e}") from e
     except (RefusedError, NotFoundError) as e:
         err = e if isinstance(e, RefusedError) else MessageRefusedError(str(e))
         log_refusal(site, contract, run_id, round_no, err)
@@ -364,12 +363,12 @@ def _site_stats(job: Job) -> normalize.Stats:
     statistics, or its own DP statistics exactly as its contract released them."""
     if job.public is not None:
         return job.public
-    released = ledger.released_stats(job.site, job.contract.contract_id)
+    released = ledger.released_stats(job.site, job.contract.terms.contract_id)
     if released is None:
         raise _refuse(
             job,
             MessageRefusedError(
-                f"contract {job.contract.contract_id} has released no normalisation "
+                f"contract {job.contract.terms.contract_id} has released no normalisation "
                 "statistics at this site: the run must ask for them (query.stats) first"
             ),
         )
@@ -461,7 +460,7 @@ def _evaluate(job: Job, arrays: ArrayRecord, round_no: int) -> tuple[float, int]
     """Spend round ``round_no``'s one evaluation on ``arrays`` (claimed first, logged)."""
     policy = _policy_from(arrays, job)
     ledger.claim_evaluation(
-        job.site, job.contract.contract_id, job.run_id, round_no, arrays_sha256(arrays)
+        job.site, job.contract.terms.contract_id, job.run_id, round_no, arrays_sha256(arrays)
     )
     return _heldout_mse(job, policy, round_no)
 
@@ -471,7 +470,7 @@ def _info(job: Job) -> ConfigRecord:
         {
             "site": job.site.name,
             "dataset-id": job.ref.dataset_id,
-            "contract-id": job.contract.contract_id,
+            "contract-id": job.contract.terms.contract_id,
             "fingerprint": job.ref.fingerprint,
             "privacy-unit": job.settings.privacy_unit,
             "stats": job.stats_source,
@@ -516,7 +515,7 @@ def _authorize(job: Job, release: str, releases: list, secure: bool = False) -> 
     """Charge ``releases`` (the accountant's form) before anything is computed."""
     return guard.authorize_round(
         job.site,
-        job.contract.contract_id,
+        job.contract.terms.contract_id,
         job.run_id,
         job.round_no,
         releases,
@@ -561,7 +560,7 @@ def stats(message: Message, context: Context) -> Message:
             stats="public",
         )
     _fix_stats_source(job, "dp")
-    cid = job.contract.contract_id
+    cid = job.contract.terms.contract_id
     released = ledger.released_stats(job.site, cid)
     if released is not None:  # the same noisy answer again: post-processing, free
         ledger.check_live(job.site, cid)
@@ -605,7 +604,7 @@ def train(message: Message, context: Context) -> Message:
     secure = secagg.in_secure_round()
     charge = _authorize(job, "round", job.plan.round_release(), secure)
     if secure:  # its unmask shares leave only while this contract may release
-        secagg.bind_contract(context, job.contract.contract_id)
+        secagg.bind_contract(context, job.contract.terms.contract_id)
     # folded evaluation: the global model sent is the previous round's; its held-out MSE
     # is that round's one evaluation, claimed (once) and computed before training here.
     # Only the round just before, and only if it was trained here: a resumed run's first
@@ -658,7 +657,7 @@ def train(message: Message, context: Context) -> Message:
     arrays = _reply_arrays(policy, sent)
     ledger.record_round_finished(
         job.site,
-        job.contract.contract_id,
+        job.contract.terms.contract_id,
         job.run_id,
         job.round_no,
         epsilon_spent=charge.epsilon,

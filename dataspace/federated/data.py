@@ -21,9 +21,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import torch
 
-from dataspace.connectors.site import Site
 from dataspace.errors import DataspaceError, NotFoundError
 from dataspace.schema import ACTION, STATE
+from dataspace.site.folder import Site
 
 
 class DataError(DataspaceError):

@@ -35,14 +35,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ import psutil
 
 from dataspace.errors import DataspaceError
 from dataspace.federated.pki import TlsFiles, make_node_key, make_superexec_secret, make_tls
+from dataspace.net import free_port
 
 BIN = Path(sys.executable).parent
 CONNECTION = "dataspace"
@@ -58,12 +58,6 @@ CONNECTION = "dataspace"
 
 class DeploymentError(DataspaceError):
     """A SuperLink or SuperNode that would not start, or a run that did not finish."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
@@ -392,93 +386,3 @@ class Deployment:
         return out
 
 
-def run_deployment(
-    contracts: Sequence[str],
-    sites: Sequence[Path | str],
-    template: str,
-    rounds: int,
-    out_dir: Path | str,
-    seed: int = 0,
-    run_id: str | None = None,
-    lr: float = 0.5,
-    min_nodes: int | None = None,
-    round_timeout: float = 300.0,
-    timeout: float = 900.0,
-    trusted_entities: Path | None = None,
-    warm: bool = True,
-    guarded_sites: Sequence[Path] = (),
-    guard_trust: Path | None = None,
-    isolation: str = "process",
-    fast_poll: bool = True,
-    fold_evaluate: bool = True,
-    secagg: bool = False,
-    pack_arrays: bool = True,
-    database: str | None = None,
-    public_stats: Any = None,
-) -> dict[str, Any]:
-    """Train on the deployment engine; returns the run's history (see :mod:`.server_app`).
-
-    ``public_stats`` as in :func:`.run.run_simulation` (sent as the run config's
-    ``public-stats``, a JSON object).
-    """
-    from dataspace.federated.run import public_lists
-
-    public = public_lists(public_stats)
-    out = Path(out_dir).resolve()
-    roots = [Path(s).resolve() for s in sites]
-    app_dir = write_app(out / "deploy" / "app")
-    dep = Deployment(
-        out / "deploy",
-        roots,
-        trusted_entities,
-        warm=warm,
-        guarded_sites=guarded_sites,
-        guard_trust=guard_trust,
-        isolation=isolation,
-        fast_poll=fast_poll,
-        database=database,
-    )
-    t0 = time.perf_counter()
-    with dep as d:
-        t1 = time.perf_counter()
-        d.run(
-            app_dir,
-            {
-                "run-id": run_id or f"run-{uuid.uuid4().hex[:12]}",
-                "contracts": ",".join(contracts),
-                "template": template,
-                "num-rounds": rounds,
-                "out-dir": str(out),
-                "seed": seed,
-                "lr": lr,
-                "min-nodes": min_nodes if min_nodes is not None else len(roots),
-                "expected-nodes": len(roots) + len(guarded_sites),
-                "round-timeout": round_timeout,
-                "fold-evaluate": fold_evaluate,
-                "secagg": secagg,
-                "pack-arrays": pack_arrays,
-                **({"public-stats": json.dumps(public, separators=(",", ":"))} if public else {}),
-            },
-            timeout=timeout,
-        )
-        t2 = time.perf_counter()
-    hist = out / "history.json"
-    if not hist.exists():
-        raise DeploymentError(f"the run wrote no history; see {out / 'deploy' / 'logs'}")
-    history = json.loads(hist.read_text())
-    # not written to history.json: engine timings for benchmarks
-    history["timing"] = {"start_s": t1 - t0, "run_s": t2 - t1, "total_s": time.perf_counter() - t0}
-    return history
-
-
-def cleanup(out_dir: Path) -> None:
-    shutil.rmtree(Path(out_dir) / "deploy" / "flwr-home", ignore_errors=True)
-
-
-@contextlib.contextmanager
-def deployment(root: Path, sites: Sequence[Path], **kw: Any) -> Iterator[Deployment]:
-    d = Deployment(root, sites, **kw).start()
-    try:
-        yield d
-    finally:
-        d.stop()

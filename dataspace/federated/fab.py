@@ -31,11 +31,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataspace.errors import DataspaceError, RefusedError
-
-
-class FabError(DataspaceError):
-    """A bundle that cannot be built or whose signature does not verify."""
+from dataspace.errors import RefusedError
 
 
 class UntrustedBundleError(RefusedError):

@@ -17,10 +17,10 @@ from typing import Any
 
 import duckdb
 
-from dataspace.connectors.site import Site
 from dataspace.policy.contracts import Contract
 from dataspace.policy.contracts import load_contract as _load_contract
 from dataspace.policy.ledger import Charge, charge_round
+from dataspace.site.folder import Site
 
 
 def held_contracts(site: Site, contract_ids: Sequence[str]) -> set[str]:

@@ -92,6 +92,7 @@ def execute(runtime_api: str, certificates: bytes, secret: bytes, poll: float = 
     """Act as the SuperLink's SuperExec for ServerApp tasks until killed."""
     from flwr.supercore.constant import TaskType
 
+    # heavy (torch), and only in the SuperExec process
     from dataspace.federated.server_app import app
 
     serve_tasks(

@@ -41,10 +41,10 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from dataspace.connectors.site import Site
 from dataspace.errors import DataspaceError, RefusedError
 from dataspace.federated import dp
 from dataspace.federated.normalize import Stats
+from dataspace.site.folder import Site
 
 #: the stats sources a run may name (run spec ``stats``)
 SOURCES = ("dp", "public")
@@ -153,25 +153,23 @@ def check_stats(
 
 
 def load_public_stats(path: Path | str) -> Stats:
-    """The consumer's statistics from a JSON file or a dataset (folder or file, any format).
+    """The consumer's statistics from a JSON file holding the four lists (:data:`FIELDS`).
 
-    A ``.json`` file holds the four lists (:data:`FIELDS`); anything else is
-    read with the connectors' own readers (``dataspace.connectors.detect``,
-    as ``--validation`` is) and the statistics computed exactly from its
-    episodes: the consumer's own data, so exact is fine.
+    For statistics computed from a dataset of the consumer's own, the caller reads
+    its episodes (``dataspace.connectors.detect.read_episodes``, as ``--validation``
+    is) and passes them to :func:`stats_from_episodes`: exact, since the data is
+    the consumer's.
     """
     p = Path(path)
-    if p.is_file() and p.suffix.lower() == ".json":
-        try:
-            values = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise PublicStatsError(f"{p}: not JSON ({e})") from e
-        if not isinstance(values, dict):
-            raise PublicStatsError(f"{p}: expected an object with {', '.join(FIELDS)}")
-        return check_stats(values, where=str(p))
-    from dataspace.connectors.detect import open_reader
-
-    return check_stats(stats_from_episodes(open_reader(p).episodes()), where=str(p))
+    if not (p.is_file() and p.suffix.lower() == ".json"):
+        raise PublicStatsError(f"{p}: expected a .json file with {', '.join(FIELDS)}")
+    try:
+        values = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise PublicStatsError(f"{p}: not JSON ({e})") from e
+    if not isinstance(values, dict):
+        raise PublicStatsError(f"{p}: expected an object with {', '.join(FIELDS)}")
+    return check_stats(values, where=str(p))
 
 
 def to_lists(stats: Stats) -> dict[str, list[float]]:

@@ -6,7 +6,7 @@
 ``epsilon`` (per dataset, after the last round), ``heldout_mse`` (the last
 round's aggregated held-out MSE, normalised action units), and
 ``contribution`` (per dataset, when the quality area has computed it into
-``OUT/contribution.json``: :func:`dataspace.quality.contribution.run_contributions`,
+``OUT/contribution.json``: :func:`dataspace.federated.contribution.run_contributions`,
 GTG-Shapley, in units of the consumer's validation MSE), with
 ``contribution_split`` (suggested revenue shares) and ``contribution_meaning``
 (one sentence on what the number means) from ``OUT/value.json``, and

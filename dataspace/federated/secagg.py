@@ -125,7 +125,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
@@ -138,9 +138,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 )
 
 from dataspace.errors import DataspaceError, RefusedError
-
-if TYPE_CHECKING:
-    from dataspace.connectors.site import Site
+from dataspace.policy.ledger import check_live
+from dataspace.site import log as events
+from dataspace.site.folder import Site
 
 #: Flower's defaults (SecAggPlusWorkflow)
 QUANTIZATION_RANGE = 2**22
@@ -321,8 +321,6 @@ def _end_session(ctxt: Context) -> None:
 
 
 def _site_of(ctxt: Context) -> Site | None:
-    from dataspace.connectors.site import Site
-
     root = ctxt.node_config.get("site")
     return Site.open(str(root)) if root else None
 
@@ -536,8 +534,6 @@ def _guard(msg: Message, ctxt: Context, session: GuardSession, site: Site | None
     # the contract that charged the round was revoked or expired (logged by the ledger)
     bound = ctxt.state.config_records.get(CONTRACT_KEY)
     if site is not None and bound is not None:
-        from dataspace.policy.ledger import check_live
-
         try:
             check_live(site, str(bound["contract_id"]))
         except RefusedError as e:
@@ -551,8 +547,6 @@ def _log_refusal(
     """``access.refused`` in the site's log (no site: a bare node, nothing to log to)."""
     if site is None:
         return
-    from dataspace.policy import events
-
     cfg = msg.content.config_records.get(RECORD_KEY_CONFIGS)
     stage = cfg.get(Key.STAGE) if isinstance(cfg, ConfigRecord) else None
     run_id = _run_id_of(msg) or session.run_id

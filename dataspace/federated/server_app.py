@@ -46,12 +46,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
@@ -59,6 +59,7 @@ from dataspace.errors import DataspaceError
 from dataspace.federated import packing, public_stats, secagg
 from dataspace.federated.latency import fast_object_pulls
 from dataspace.federated.normalize import NoisySums, Stats, apply_stats, combine
+from dataspace.federated.spec import RunSpec
 from dataspace.federated.templates import get_template
 
 app = ServerApp()
@@ -66,101 +67,6 @@ app = ServerApp()
 
 class RunError(DataspaceError):
     """A run that cannot go on (too few sites, every site refused)."""
-
-
-@dataclass
-class RunSpec:
-    """A run's configuration (Flower run config keys in parentheses)."""
-
-    run_id: str  # run-id
-    contracts: list[str]  # contracts (comma-separated)
-    template: str  # template
-    rounds: int  # num-rounds
-    out_dir: str  # out-dir
-    seed: int = 0  # seed
-    lr: float = 0.5  # lr
-    #: the sites' local epochs: 0 says nothing (each site trains its own site.toml
-    #: max_epochs); a number is checked by every site, which refuses a mismatch
-    local_epochs: int = 0  # local-epochs
-    min_nodes: int = 1  # min-nodes
-    expected_nodes: int = 0  # expected-nodes (wait for these before round 0)
-    round_timeout: float = 600.0  # round-timeout
-    connect_timeout: float = 120.0  # connect-timeout
-    #: evaluate round r's global model inside round r+1's train message (one message per
-    #: site per round; the last round gets its own evaluate message)
-    fold_evaluate: bool = False  # fold-evaluate
-    #: SecAgg+ (:mod:`.secagg`): the server sees only the weighted sum of the updates
-    secagg: bool = False  # secagg
-    secagg_clipping_range: float = 8.0  # secagg-clipping-range (updates are clipped to it)
-    secagg_max_weight: float = 0.0  # secagg-max-weight (0: 1.5 x the largest DP count)
-    #: send the model as one flat tensor (:mod:`.packing`; not with SecAgg+)
-    pack_arrays: bool = False  # pack-arrays
-    #: the consumer's public normalisation statistics (:mod:`.public_stats`; lists
-    #: ``state_mean`` ... ``action_std``); None: the sites release DP statistics
-    public_stats: dict[str, list[float]] | None = None  # public-stats (a JSON object)
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def stats_source(self) -> str:
-        return "dp" if self.public_stats is None else "public"
-
-    def public(self) -> Stats | None:
-        """The public statistics, checked (finite, paired lengths, scales > 0)."""
-        if self.public_stats is None:
-            return None
-        return public_stats.check_stats(self.public_stats, where="the run's public-stats")
-
-    @classmethod
-    def from_config(cls, c: dict[str, Any]) -> RunSpec:
-        return cls(
-            run_id=str(c["run-id"]),
-            contracts=[x for x in str(c["contracts"]).split(",") if x],
-            template=str(c.get("template", "bc-mlp")),
-            rounds=int(c.get("num-rounds", 3)),
-            out_dir=str(c["out-dir"]),
-            seed=int(c.get("seed", 0)),
-            lr=float(c.get("lr", 0.5)),
-            local_epochs=int(c.get("local-epochs", 0)),
-            min_nodes=int(c.get("min-nodes", 1)),
-            expected_nodes=int(c.get("expected-nodes", 0)),
-            round_timeout=float(c.get("round-timeout", 600.0)),
-            connect_timeout=float(c.get("connect-timeout", 120.0)),
-            fold_evaluate=bool(c.get("fold-evaluate", False)),
-            secagg=bool(c.get("secagg", False)),
-            secagg_clipping_range=float(c.get("secagg-clipping-range", 8.0)),
-            secagg_max_weight=float(c.get("secagg-max-weight", 0.0)),
-            pack_arrays=bool(c.get("pack-arrays", False)),
-            public_stats=_public_from_config(c.get("public-stats", "")),
-        )
-
-    def config(self, server_round: int) -> ConfigRecord:
-        public = self.public()
-        extra = public_stats.to_config(public) if public is not None else {}
-        return ConfigRecord(
-            {
-                **extra,
-                "run-id": self.run_id,
-                "contracts": ",".join(self.contracts),
-                "template": self.template,
-                "num-rounds": self.rounds,
-                "server-round": server_round,
-                "seed": self.seed,
-                "lr": self.lr,
-                **({"local-epochs": self.local_epochs} if self.local_epochs else {}),
-            }
-        )
-
-
-def _public_from_config(value: Any) -> dict[str, list[float]] | None:
-    """Run config ``public-stats``: a JSON object (a string: run configs hold no lists)."""
-    if not value:
-        return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise public_stats.PublicStatsError(f"run config public-stats: not JSON ({e})") from e
-    return public_stats.to_lists(public_stats.check_stats(value, where="run config public-stats"))
 
 
 @app.main()
@@ -297,6 +203,8 @@ def run_training(
 
     ``on_round`` is called with each completed round's record (progress display).
     """
+    # a spec that leaves the engine's choices open runs as Flower's defaults would
+    spec = spec.completed(spec.min_nodes or 1, fold_evaluate=False, pack_arrays=False)
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     template = get_template(spec.template)

@@ -75,6 +75,7 @@ def _read(sock: socket.socket, n: int) -> bytes:
 def _forward(message: Message, context: Context) -> Message:
     path = context.node_config.get("worker")
     if not path:
+        # heavy (torch, Opacus): only a SuperNode without a warm worker loads the full app
         from dataspace.federated.client_app import app as full
 
         return full(message, context)
@@ -106,6 +107,7 @@ def stats(message: Message, context: Context) -> Message:
 
 def serve(socket_path: Path) -> None:
     """Serve messages one at a time until killed (the SuperNode sends one at a time)."""
+    # heavy (torch, Opacus): the warm worker loads the full app once; this module stays lean
     from dataspace.federated.client_app import app as full
 
     if socket_path.exists():
@@ -262,6 +264,7 @@ def execute(runtime_api: str, secret: bytes, poll: float = 0.05) -> None:
     """Act as the SuperNode's SuperExec for ClientApp tasks until killed."""
     from flwr.supercore.constant import TaskType
 
+    # heavy (torch, Opacus), and only in the SuperExec process
     from dataspace.federated.client_app import app as full
 
     serve_tasks(

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
 import os
 import secrets
 import threading
@@ -46,6 +45,20 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dataspace.audit import TrustedKeys, Verifier, checkpoint_of_note, verify_source
+from dataspace.audit.note import raw_public
+from dataspace.auth.client import (
+    ServiceRefusedError,
+    ServiceUnavailableError,
+    call,
+    signed_client,
+)
+from dataspace.auth.service import install_error_handlers, send_error
+from dataspace.errors import DataspaceError, NotFoundError, RefusedError
+from dataspace.hub.store import ConflictError
+from dataspace.hub.witnesses import holder_peers
+from dataspace.site.identity import load_private_key
+
 PREFIX = "/dashboard"
 TOKEN_FILE = "dashboard.token"
 COOKIE = "dataspace_dashboard"
@@ -56,10 +69,24 @@ _ENV = jinja2.Environment(
 )
 
 
+class DashboardForbiddenError(RefusedError):
+    code = "dashboard_forbidden"
+
+
+class DashboardTokenError(DataspaceError):
+    """No dashboard token, or the wrong one."""
+
+    http_status = 401
+    code = "dashboard_token"
+
+
+class ConnectorUnreachableError(DataspaceError):
+    http_status = 502
+    code = "connector_unreachable"
+
+
 def _holder_keys() -> dict[str, Any]:
     """Holder keys this dashboard may sign admin calls with, by key id (base64)."""
-    from dataspace.policy.identity import load_private_key
-
     out = {}
     for p in filter(None, os.environ.get("DATASPACE_DASHBOARD_HOLDER_KEYS", "").split(os.pathsep)):
         key = load_private_key(Path(p))
@@ -109,8 +136,6 @@ class Views:
                 continue
             seen.add((url, holder))
             try:
-                from dataspace.auth.client import call, signed_client
-
                 with signed_client(url, keys[holder]) as c:
                     body = call(c, "GET", "/v1/admin/contracts")
                 for k in body.get("contracts", []):
@@ -252,11 +277,6 @@ class Views:
         without any, only the log's self-consistency can be checked, and ``anchored``
         and ``detail`` say so.
         """
-        from dataspace.audit.checkpoint import checkpoint_of_note
-        from dataspace.audit.note import Verifier, raw_public
-        from dataspace.audit.verify import TrustedKeys, audit
-        from dataspace.hub.witnesses import holder_peers
-
         witnesses = [p.verifier for p in holder_peers(self.store) if p.verifier is not None]
         log = self.hub_log.log
         if size and witnesses:  # what they cosigned (it may trail the latest checkpoint)
@@ -274,7 +294,7 @@ class Views:
                     witnesses=witnesses,
                 )
                 # strict where witnesses exist; none at all: self-consistency, said as such
-                rep = audit(log.entries(0, checked), note, trusted, allow_unanchored=not witnesses)
+                rep = verify_source(log, trusted, checkpoint=note, allow_unanchored=not witnesses)
                 result = {
                     "ok": rep.ok,
                     "anchored": rep.anchored,
@@ -387,6 +407,7 @@ def budget_svg(rows: list[dict[str, Any]], w: int = 1000) -> str:
 def dashboard_app(store: Any, hub_log: Any) -> FastAPI:
     views = Views(store, hub_log)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)  # the services' one error shape, here too
 
     @app.get(PREFIX, response_class=HTMLResponse)
     @app.get(PREFIX + "/", response_class=HTMLResponse)
@@ -405,32 +426,28 @@ def dashboard_app(store: Any, hub_log: Any) -> FastAPI:
     @app.post(PREFIX + "/api/contracts/{contract_id}/{decision}")
     async def decide(contract_id: str, decision: str, request: Request) -> JSONResponse:
         if decision not in ("approve", "reject"):
-            return _error(404, "not_found", f"unknown decision {decision!r}")
+            raise NotFoundError(f"unknown decision {decision!r}")
         if request.headers.get("x-dashboard") != "1":  # set by the page's JS: no cross-site forms
-            return _error(403, "dashboard_forbidden", "missing X-Dashboard header")
+            raise DashboardForbiddenError("missing X-Dashboard header")
         catalog = views.catalog()
         contracts, _ = views.contracts(catalog)
         c = next((c for c in contracts if c["contract_id"] == contract_id), None)
         if c is None or not c.get("connector_url"):
-            return _error(404, "not_found", f"no pending contract {contract_id}")
+            raise NotFoundError(f"no pending contract {contract_id}")
         holder = next(
             (e["holder_key"] for e in catalog if e["dataset_id"] == c["dataset_id"]), None
         )
         key = _holder_keys().get(holder)
         if key is None:
-            return _error(
-                403, "dashboard_forbidden", "this dashboard holds no key of that dataset's holder"
-            )
-        from dataspace.auth.client import ServiceRefusedError, call, signed_client
-
+            raise DashboardForbiddenError("this dashboard holds no key of that dataset's holder")
         body = {} if decision == "approve" else {"reason": "rejected on the hub dashboard"}
         try:
             with signed_client(c["connector_url"], key) as cl:
                 out = call(cl, "POST", f"/v1/admin/contracts/{contract_id}/{decision}", json=body)
         except ServiceRefusedError as e:
-            return _error(409, "conflict", str(e))
-        except httpx.HTTPError as e:
-            return _error(502, "connector_unreachable", f"connector unreachable: {e}")
+            raise ConflictError(str(e)) from e
+        except (ServiceUnavailableError, httpx.HTTPError) as e:
+            raise ConnectorUnreachableError(f"connector unreachable: {e}") from e
         return JSONResponse({"ok": True, "contract": out})
 
     return app
@@ -466,9 +483,8 @@ class Dashboard:
             return
         client = (scope.get("client") or ("",))[0]
         if not (self.mode == "open" or (self.mode == "local" and client in _LOOPBACK)):
-            await _json(
-                send, 403, "dashboard_forbidden", "the dashboard is served to local clients only"
-            )
+            error = DashboardForbiddenError("the dashboard is served to local clients only")
+            await send_error(scope, receive, send, error)
             return
         given = _query_value(scope.get("query_string", b""), b"token")
         if given and _same(given, self._token):
@@ -488,12 +504,8 @@ class Dashboard:
             await send({"type": "http.response.body", "body": b""})
             return
         if not _same(_cookie(scope, COOKIE.encode()), self._token):
-            await _json(
-                send,
-                401,
-                "dashboard_token",
-                "open the dashboard with its token: /dashboard?token=...",
-            )
+            error = DashboardTokenError("open the dashboard with its token: /dashboard?token=...")
+            await send_error(scope, receive, send, error)
             return
         await self.dashboard(scope, receive, send)
 
@@ -523,23 +535,3 @@ def _cookie(scope: Scope, name: bytes) -> bytes:
                 if key == name:
                     return value
     return b""
-
-
-def _error(status: int, code: str, detail: str) -> JSONResponse:
-    """The services' one error shape (dataspace.auth.service.ErrorBody)."""
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)
-
-
-async def _json(send: Send, status: int, code: str, detail: str) -> None:
-    body = json.dumps({"error": code, "detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

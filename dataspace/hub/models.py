@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Id = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/+=-]+$")
 KeyB64 = Field(min_length=44, max_length=44, description="Ed25519 public key, standard base64")
-#: @type values that name a DCAT dataset (hub/app.py check_dcat accepts any "...:Dataset")
+#: @type values that name a DCAT dataset (hub/routes/catalog.py check_dcat: any "...:Dataset")
 DATASET_TYPES = ("dcat:Dataset", "Dataset", "http://www.w3.org/ns/dcat#Dataset")
 Hex = Field(min_length=1, max_length=128, pattern=r"^[0-9a-f]+$")
 
@@ -69,7 +69,7 @@ class PublishRequest(Strict):
     fingerprint: str = Hex
     dcat: dict[str, Any] = Field(
         description="the DCAT-AP JSON-LD entry (@context, @type)",
-        # what check_dcat in hub/app.py accepts: an @context, and an @type naming dcat:Dataset
+        # what check_dcat (hub/routes/catalog.py) accepts: an @context, an @type naming dcat:Dataset
         json_schema_extra={
             "required": ["@context", "@type"],
             "properties": {

@@ -27,7 +27,7 @@ from typing import Any
 
 import duckdb
 
-from dataspace.errors import DataspaceError, NotFoundError, RefusedError
+from dataspace.errors import DataspaceError, NotFoundError
 
 DB = "hub.duckdb"
 
@@ -143,17 +143,8 @@ class HubStore:
         return (p["name"], p["role"]) if p else None
 
     # --- catalog ------------------------------------------------------------
-    def publish(self, holder: str, entry: dict[str, Any]) -> None:
-        with self._lock, self.db() as con:
-            con.execute(
-                "INSERT OR REPLACE INTO catalog VALUES (?, ?, ?, ?)",
-                [holder, entry["dataset_id"], json.dumps(entry), datetime.now(UTC)],
-            )
-            self.catalog[(holder, entry["dataset_id"])] = entry
-            self.generation += 1
-
     def publish_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
-        """Several ``publish`` calls in one transaction (one open, commit and checkpoint)."""
+        """Store catalog entries (holder, entry) in one transaction (one commit, one checkpoint)."""
         rows = [[holder, e["dataset_id"], json.dumps(e), datetime.now(UTC)] for holder, e in items]
         last = list({(r[0], r[1]): r for r in rows}.values())  # a batch may repeat a key
         # one statement with a VALUES list: executemany runs one statement per row (~30 ms
@@ -343,8 +334,3 @@ class GroupCommit:
             return
         for (_, fut), r in zip(batch, results, strict=True):
             fut.set_result(r)
-
-
-def owner_check(caller_key: str, owner_key: str, what: str) -> None:
-    if caller_key != owner_key:
-        raise RefusedError(f"{what} belongs to another participant")

@@ -20,8 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 
-from fastapi import FastAPI
-
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.witnessing import Peer, WitnessPusher, peer_for_identity, policy_settings
 from dataspace.hub.store import HubStore
@@ -50,12 +48,6 @@ def holder_peers(store: HubStore) -> list[Peer]:
     return peers
 
 
-def start_witnessing(app: FastAPI, log: TransparencyLog, store: HubStore) -> WitnessPusher:
-    """Run a :class:`WitnessPusher` for the hub's log while the app runs (startup/shutdown)."""
-    pusher = WitnessPusher(
-        log, lambda: holder_peers(store), interval=INTERVAL_S, **policy_settings()
-    )
-    app.state.witnessing = pusher
-    app.router.add_event_handler("startup", pusher.start)
-    app.router.add_event_handler("shutdown", pusher.stop)
-    return pusher
+def hub_pusher(log: TransparencyLog, store: HubStore) -> WitnessPusher:
+    """The :class:`WitnessPusher` of the hub's log (the hub's app starts and stops it)."""
+    return WitnessPusher(log, lambda: holder_peers(store), interval=INTERVAL_S, **policy_settings())

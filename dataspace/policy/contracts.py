@@ -7,7 +7,8 @@ The flow (docs/odrl-profile.md, "Contracts"):
    against it and what the dataset has already committed
    (:func:`request_offer`). A refusal is logged (``access.refused``) and
    raised with the reasons. Otherwise the holder fixes the :class:`Terms`
-   (a new contract id, the fingerprint, the delta share, the time) and signs them.
+   (the granted :class:`~dataspace.policy.terms.ContractTerms`, with a new
+   contract id, the fingerprint, the delta share, the time) and signs them.
 2. The consumer checks the holder's signature and countersigns (:func:`countersign`).
 3. The holder checks both signatures and the policy again (the budget may
    have moved meanwhile), stores the contract as ``agreed`` (which reserves
@@ -26,8 +27,8 @@ an auditor runs.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
-import math
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -38,18 +39,19 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from dataspace.errors import NotFoundError, RefusedError
-from dataspace.policy import events, outbox, store
+from dataspace.policy import outbox, store
 from dataspace.policy.evaluate import Decision, Request, evaluate
-from dataspace.policy.identity import Identity, KeyError_, public_bytes
-from dataspace.policy.odrl import UsagePolicy, format_datetime, parse_policy
+from dataspace.policy.odrl import UsagePolicy, format_datetime, parse_usage_policy
+from dataspace.policy.terms import ContractTerms, as_number, as_str, as_time
+from dataspace.site import log as events
+from dataspace.site.identity import Identity, IdentityKeyError, public_bytes
 
 if TYPE_CHECKING:
     import duckdb
 
-    from dataspace.connectors.site import Site
+    from dataspace.site.folder import Site
 
 CONTRACT_TYPE = "dataspace/contract/v1"
-STATES = ("pending", "agreed", "rejected", "expired", "revoked")
 #: how long a holder-signed offer may wait for the consumer's countersignature
 OFFER_TTL = timedelta(minutes=15)
 #: tolerated clock difference between parties
@@ -74,30 +76,18 @@ class BadSignatureError(ContractError):
 
 @dataclass(frozen=True)
 class OfferRequest:
-    """What a consumer asks of a holder's dataset."""
+    """What a consumer asks of a holder's dataset: the terms it wants."""
 
     dataset_id: str
-    purpose: str
-    epsilon: float
-    rounds: int
-    until: datetime
     consumer: Identity
-    template: str | None = None
-    action: str = "train"
-    delta: float | None = None
+    terms: ContractTerms
 
     def to_json(self) -> dict[str, Any]:
-        """The request as sent to a connector service."""
+        """The request as sent to a connector service (the terms as flat fields)."""
         return {
             "dataset_id": self.dataset_id,
-            "purpose": self.purpose,
-            "epsilon": self.epsilon,
-            "rounds": self.rounds,
-            "until": format_datetime(self.until),
+            **self.terms.to_json(),
             "consumer": self.consumer.to_json(),
-            "template": self.template,
-            "action": self.action,
-            "delta": self.delta,
         }
 
     @classmethod
@@ -112,18 +102,16 @@ class OfferRequest:
             raise ContractError(f"offer request: missing fields {missing}, unknown fields {extra}")
         try:
             return cls(
-                dataset_id=_str(obj["dataset_id"]),
-                purpose=_str(obj["purpose"]),
-                epsilon=_num(obj["epsilon"]),
-                rounds=_int(obj["rounds"]),
-                until=_time(obj["until"]),
+                dataset_id=as_str(obj["dataset_id"]),
+                terms=ContractTerms.from_json(obj),
                 consumer=Identity.from_json(obj["consumer"]),
-                template=None if obj.get("template") is None else _str(obj["template"]),
-                action=_str(obj.get("action", "train")),
-                delta=None if obj.get("delta") is None else _num(obj["delta"]),
             )
-        except (TypeError, ValueError, KeyError_) as e:
+        except (TypeError, ValueError, IdentityKeyError) as e:
             raise ContractError(f"offer request: {e}") from e
+
+    def as_request(self) -> Request:
+        """The request as :func:`~dataspace.policy.evaluate.evaluate` reads it."""
+        return Request(dataset_id=self.dataset_id, consumer=self.consumer.key_b64, terms=self.terms)
 
     def fields(self) -> dict[str, Any]:
         """The request as log fields (for access.refused)."""
@@ -131,13 +119,7 @@ class OfferRequest:
             "dataset_id": self.dataset_id,
             "consumer": self.consumer.key_b64,
             "consumer_name": self.consumer.name,
-            "action": self.action,
-            "purpose": self.purpose,
-            "template": self.template,
-            "epsilon": self.epsilon,
-            "delta": self.delta,
-            "rounds": self.rounds,
-            "until": self.until,
+            **self.terms.as_dict(),
         }
 
 
@@ -145,22 +127,16 @@ def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode()
 
 
-@dataclass(frozen=True)
-class Terms:
-    """The signed content of a contract (DESIGN.md, "Identity, policy, contract, budget")."""
+@dataclass(frozen=True, kw_only=True)
+class Terms(ContractTerms):
+    """The signed content of a contract (DESIGN.md, "Identity, policy, contract, budget"):
+    the granted terms, between whom, on which data, made when; one flat JSON object."""
 
     contract_id: str
     holder: str  # base64 Ed25519 public key
     consumer: str  # base64 Ed25519 public key
     dataset_id: str
     fingerprint: str
-    action: str
-    purpose: str
-    template: str | None
-    epsilon: float
-    delta: float
-    rounds: int
-    until: datetime
     created: datetime
 
     def to_json(self) -> dict[str, Any]:
@@ -171,19 +147,22 @@ class Terms:
             "consumer": self.consumer,
             "dataset_id": self.dataset_id,
             "fingerprint": self.fingerprint,
-            "action": self.action,
-            "purpose": self.purpose,
-            "template": self.template,
-            "epsilon": self.epsilon,
-            "delta": self.delta,
-            "rounds": self.rounds,
-            "until": format_datetime(self.until),
+            **super().to_json(),
             "created": format_datetime(self.created),
         }
 
     def canonical_bytes(self) -> bytes:
         """RFC 8785 canonical JSON: the bytes both parties sign."""
         return rfc8785.dumps(self.to_json())
+
+    def as_request(self) -> Request:
+        """These terms as a request, to evaluate against the policy in force."""
+        return Request(
+            dataset_id=self.dataset_id,
+            consumer=self.consumer,
+            terms=self,
+            fingerprint=self.fingerprint,
+        )
 
     @classmethod
     def from_json(cls, obj: Any) -> Terms:
@@ -196,52 +175,19 @@ class Terms:
             extra, missing = sorted(set(obj) - want), sorted(want - set(obj))
             raise ContractError(f"terms: unexpected fields {extra}, missing fields {missing}")
         try:
-            terms = cls(
-                contract_id=_str(obj["contract_id"]),
-                holder=_str(obj["holder"]),
-                consumer=_str(obj["consumer"]),
-                dataset_id=_str(obj["dataset_id"]),
-                fingerprint=_str(obj["fingerprint"]),
-                action=_str(obj["action"]),
-                purpose=_str(obj["purpose"]),
-                template=None if obj["template"] is None else _str(obj["template"]),
-                epsilon=_num(obj["epsilon"]),
-                delta=_num(obj["delta"]),
-                rounds=_int(obj["rounds"]),
-                until=_time(obj["until"]),
-                created=_time(obj["created"]),
-            )
+            parties = {
+                k: as_str(obj[k])
+                for k in ("contract_id", "holder", "consumer", "dataset_id", "fingerprint")
+            }
+            granted = ContractTerms.from_json(obj)
+            as_number(obj["delta"])  # signed terms always have a delta
+            terms = cls(**granted.as_dict(), **parties, created=as_time(obj["created"]))
         except (TypeError, ValueError) as e:
             raise ContractError(f"terms: {e}") from e
         # Whatever we accept must re-serialise to the same bytes, or signatures break.
         if rfc8785.dumps(terms.to_json()) != rfc8785.dumps(obj):
             raise ContractError("terms: not in canonical form (times must be UTC with 'Z')")
         return terms
-
-
-def _str(v: Any) -> str:
-    if not isinstance(v, str):
-        raise TypeError(f"expected a string, got {v!r}")
-    return v
-
-
-def _num(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise TypeError(f"expected a finite number, got {v!r}")
-    return float(v)
-
-
-def _int(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"expected a whole number, got {v!r}")
-    return v
-
-
-def _time(v: Any) -> datetime:
-    dt = datetime.fromisoformat(_str(v))
-    if dt.tzinfo is None:
-        raise ValueError(f"time {v!r} has no time zone")
-    return dt
 
 
 def sign_terms(terms: Terms, key: Ed25519PrivateKey) -> str:
@@ -301,7 +247,8 @@ class Agreement:
 
 @dataclass(frozen=True)
 class Contract:
-    """A contract as the holder's site stores it (``contracts`` table)."""
+    """A contract as the holder's site stores it (``contracts`` table); what it permits,
+    with whom, on which data, is its signed ``terms`` (``contract.terms.epsilon``)."""
 
     terms: Terms
     state: str
@@ -312,51 +259,6 @@ class Contract:
     policy_sha256: str | None
     decided_at: datetime | None
     reason: str | None
-
-    # the terms, flat, for callers (the ledger, the ClientApp, the services)
-    @property
-    def contract_id(self) -> str:
-        return self.terms.contract_id
-
-    @property
-    def dataset_id(self) -> str:
-        return self.terms.dataset_id
-
-    @property
-    def fingerprint(self) -> str:
-        return self.terms.fingerprint
-
-    @property
-    def action(self) -> str:
-        return self.terms.action
-
-    @property
-    def purpose(self) -> str:
-        return self.terms.purpose
-
-    @property
-    def template(self) -> str | None:
-        return self.terms.template
-
-    @property
-    def epsilon(self) -> float:
-        return self.terms.epsilon
-
-    @property
-    def delta(self) -> float:
-        return self.terms.delta
-
-    @property
-    def rounds(self) -> int:
-        return self.terms.rounds
-
-    @property
-    def until(self) -> datetime:
-        return self.terms.until
-
-    @property
-    def created(self) -> datetime:
-        return self.terms.created
 
     def state_at(self, now: datetime) -> str:
         """The state at ``now``: a pending or agreed contract past its end is expired."""
@@ -398,40 +300,11 @@ def _decide(
     if row is None:
         reason = f"dataset {ds.dataset_id} has no usage policy"
         return Decision(False, (reason,)), None, None, ds.fingerprint
-    policy = parse_policy(row[1])
+    policy = parse_usage_policy(row[1])
     if request.fingerprint is None:
         request = replace(request, fingerprint=ds.fingerprint)
     used = store.committed(con, ds.dataset_id, now).usage
     return evaluate(policy, request, now, used), policy, row[0], ds.fingerprint
-
-
-def _to_request(r: OfferRequest) -> Request:
-    return Request(
-        dataset_id=r.dataset_id,
-        consumer=r.consumer.key_b64,
-        purpose=r.purpose,
-        epsilon=r.epsilon,
-        until=r.until,
-        action=r.action,
-        template=r.template,
-        rounds=r.rounds,
-        delta=r.delta,
-    )
-
-
-def _terms_request(t: Terms) -> Request:
-    return Request(
-        dataset_id=t.dataset_id,
-        consumer=t.consumer,
-        purpose=t.purpose,
-        epsilon=t.epsilon,
-        until=t.until,
-        action=t.action,
-        template=t.template,
-        rounds=t.rounds,
-        delta=t.delta,
-        fingerprint=t.fingerprint,
-    )
 
 
 def _refuse(
@@ -455,23 +328,17 @@ def request_offer(site: Site, request: OfferRequest, now: datetime | None = None
             with site.db() as con:
                 store.ensure_tables(con)
                 store.expire_contracts(con, now)
-                decision, policy, sha, fingerprint = _decide(con, _to_request(request), now)
+                decision, policy, sha, fingerprint = _decide(con, request.as_request(), now)
                 if decision.allowed:
                     g = decision.granted
                     assert g is not None and policy is not None
                     terms = Terms(
+                        **(g.terms.as_dict() | {"until": g.terms.until.astimezone(UTC)}),
                         contract_id=str(uuid.uuid4()),
                         holder=site.identity.key_b64,
                         consumer=request.consumer.key_b64,
                         dataset_id=policy.dataset_id,
                         fingerprint=fingerprint,
-                        action=g.action,
-                        purpose=g.purpose,
-                        template=g.template,
-                        epsilon=g.epsilon,
-                        delta=g.delta,
-                        rounds=g.rounds,
-                        until=g.until.astimezone(UTC),
                         created=now.replace(microsecond=0),
                     )
                     if policy.manual_approval:
@@ -518,7 +385,7 @@ def accept(
         with store.LOCK, site.db() as con:
             store.ensure_tables(con)
             store.expire_contracts(con, now)
-            existing = _row(con, t.contract_id)
+            existing = find_contract(con, t.contract_id)
             if existing is not None:
                 return _accept_existing(con, site, existing, agreement, now)
             verify_signature(t, t.holder, agreement.holder_signature, "holder")
@@ -527,7 +394,7 @@ def accept(
                     f"offer {t.contract_id} was made at {format_datetime(t.created)}; offers "
                     f"are open for {OFFER_TTL} (now {format_datetime(now)})"
                 )
-            decision, _, sha, _ = _decide(con, _terms_request(t), now)
+            decision, _, sha, _ = _decide(con, t.as_request(), now)
             if not decision.allowed:
                 raise OfferRefusedError("refused: " + decision.reason, decision.reasons)
             con.execute("BEGIN TRANSACTION")
@@ -555,22 +422,22 @@ def accept(
 def _accept_existing(
     con: duckdb.DuckDBPyConnection,
     site: Site,
-    row: tuple[Any, ...],
+    contract: Contract,
     agreement: Agreement,
     now: datetime,
 ) -> Contract:
-    contract = _from_row(row)
+    cid = contract.terms.contract_id
     if contract.terms != agreement.terms:
-        raise ContractError(f"contract {contract.contract_id} exists with other terms")
+        raise ContractError(f"contract {cid} exists with other terms")
     if contract.state == "pending" and contract.consumer_signature is None:
         con.execute(
             "UPDATE contracts SET consumer_signature = ? WHERE contract_id = ?",
-            [agreement.consumer_signature, contract.contract_id],
+            [agreement.consumer_signature, cid],
         )
-        return _load(con, contract.contract_id)
+        return _load(con, cid)
     if contract.consumer_signature == agreement.consumer_signature:
         return contract  # a retried message: same answer, nothing changes
-    raise ContractError(f"contract {contract.contract_id} is already {contract.state}")
+    raise ContractError(f"contract {cid} is already {contract.state}")
 
 
 def negotiate(
@@ -600,7 +467,7 @@ def approve(site: Site, contract_id: str, now: datetime | None = None) -> Contra
             raise ContractError(f"contract {contract_id}: the consumer has not countersigned yet")
         t = contract.terms
         verify_signature(t, t.consumer, contract.consumer_signature, "consumer")
-        decision, _, sha, _ = _decide(con, _terms_request(contract.terms), now)
+        decision, _, sha, _ = _decide(con, contract.terms.as_request(), now)
         if not decision.allowed:
             refusal = OfferRefusedError(
                 f"cannot approve contract {contract_id}: {decision.reason}", decision.reasons
@@ -622,7 +489,7 @@ def approve(site: Site, contract_id: str, now: datetime | None = None) -> Contra
             str(refusal),
             time=now,
             contract_id=contract_id,
-            dataset_id=contract.dataset_id,
+            dataset_id=contract.terms.dataset_id,
             consumer=contract.consumer.key_b64,
         )
         raise refusal
@@ -669,7 +536,7 @@ def _end(
             "access.refused",
             reason=f"contract {contract_id} {state}: {reason}"[: events.MAX_REASON_CHARS],
             contract_id=contract_id,
-            dataset_id=contract.dataset_id,
+            dataset_id=contract.terms.dataset_id,
             consumer=contract.consumer.key_b64,
             # what auditors branch on (rule after-revocation): nothing may leave after it
             contract_state=state,
@@ -682,30 +549,19 @@ def _end(
 
 def _agreed_fields(c: Contract, now: datetime) -> dict[str, Any]:
     """The ``contract.agreed`` event of ``c`` (staged in the outbox with the change)."""
+    t = c.terms
     return dict(
-        contract_id=c.contract_id,
-        dataset_id=c.dataset_id,
-        fingerprint=c.fingerprint,
+        contract_id=t.contract_id,
+        dataset_id=t.dataset_id,
+        fingerprint=t.fingerprint,
         consumer=c.consumer.key_b64,
-        action=c.action,
-        purpose=c.purpose,
-        template=c.template,
-        epsilon=c.epsilon,
-        delta=c.delta,
-        rounds=c.rounds,
-        until=c.until,
-        created=c.created,
-        terms_sha256=_sha256(c.terms.canonical_bytes()),
+        **t.as_dict(),
+        created=t.created,
+        terms_sha256=hashlib.sha256(t.canonical_bytes()).hexdigest(),
         holder_signature=c.holder_signature,
         consumer_signature=c.consumer_signature,
         time=now,
     )
-
-
-def _sha256(b: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(b).hexdigest()
 
 
 def verify_agreement(agreement: Agreement | Contract) -> None:
@@ -765,10 +621,13 @@ def _insert(
     )
 
 
-def _row(con: duckdb.DuckDBPyConnection, contract_id: str) -> tuple[Any, ...] | None:
-    return con.execute(
+def find_contract(con: duckdb.DuckDBPyConnection, contract_id: str) -> Contract | None:
+    """The contract stored as ``contract_id`` in the site's database (its stored state), or
+    None; for the policy area's own read-decide-write sequences (the ledger's)."""
+    row = con.execute(
         f"SELECT {_COLUMNS} FROM contracts WHERE contract_id = ?", [contract_id]
     ).fetchone()
+    return None if row is None else _from_row(row)
 
 
 def _from_row(row: tuple[Any, ...]) -> Contract:
@@ -796,10 +655,10 @@ def _from_row(row: tuple[Any, ...]) -> Contract:
 
 
 def _load(con: duckdb.DuckDBPyConnection, contract_id: str) -> Contract:
-    row = _row(con, contract_id)
-    if row is None:
+    contract = find_contract(con, contract_id)
+    if contract is None:
         raise NotFoundError(f"contract {contract_id} does not exist at this site")
-    return _from_row(row)
+    return contract
 
 
 def load_contract(site: Site, contract_id: str, now: datetime | None = None) -> Contract:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from dataspace.policy.odrl import ACTIONS, Constraint, Rule, UsagePolicy, format_datetime
+from dataspace.policy.terms import ContractTerms
 
 #: relative slack for float sums of epsilons (8 contracts of 1.0 fill a budget of 8.0)
 _REL_TOL = 1e-9
@@ -32,17 +33,12 @@ _REL_TOL = 1e-9
 
 @dataclass(frozen=True)
 class Request:
-    """What a consumer asks of a dataset (the terms it wants)."""
+    """What a consumer asks of a dataset: the terms it wants (``terms.delta`` None: a
+    share of delta proportional to epsilon)."""
 
     dataset_id: str
     consumer: str  # base64 Ed25519 public key (Identity.key_b64)
-    purpose: str
-    epsilon: float
-    until: datetime
-    action: str = "train"
-    template: str | None = None
-    rounds: int = 1
-    delta: float | None = None  # None: a share of delta proportional to epsilon
+    terms: ContractTerms
     fingerprint: str | None = None  # None: whatever the policy targets
     #: how a round combines the sites' updates: "secure" (SecAgg+) or "plain"; None for a
     #: contract (the requirement holds then, and is checked at every round by the ledger)
@@ -62,16 +58,10 @@ NO_USAGE = Usage()
 
 @dataclass(frozen=True)
 class Grant:
-    """The terms a permission grants (what a contract will say)."""
+    """The terms a permission grants (what a contract will say; ``delta`` always set)."""
 
     permission: int
-    action: str
-    purpose: str
-    template: str | None
-    epsilon: float
-    delta: float
-    rounds: int
-    until: datetime
+    terms: ContractTerms
 
 
 @dataclass(frozen=True)
@@ -115,49 +105,43 @@ def evaluate(
             ),
         )
     for i, rule in enumerate(policy.prohibitions):
-        if rule.action == request.action and all(
+        if rule.action == request.terms.action and all(
             _prohibition_holds(c, request, now) for c in rule.constraints
         ):
             what = ", ".join(_describe(c) for c in rule.constraints) or "always"
             return Decision(False, (f"prohibition[{i}] forbids {rule.action} ({what})",))
     reasons: list[str] = []
-    candidates = [(i, r) for i, r in enumerate(policy.permissions) if r.action == request.action]
+    action = request.terms.action
+    candidates = [(i, r) for i, r in enumerate(policy.permissions) if r.action == action]
     if not candidates:
-        return Decision(False, (f"the policy permits no {request.action!r} action",))
+        return Decision(False, (f"the policy permits no {action!r} action",))
     for i, rule in candidates:
         failures, delta = _permission_failures(rule, request, now, used, check_budget)
         if not failures:
-            grant = Grant(
-                permission=i,
-                action=request.action,
-                purpose=request.purpose,
-                template=request.template,
-                epsilon=float(request.epsilon),
-                delta=delta,
-                rounds=request.rounds,
-                until=request.until,
-            )
-            return Decision(True, (f"permission[{i}] permits {request.action}",), grant)
+            granted = request.terms.as_dict() | {"epsilon": float(request.terms.epsilon)}
+            grant = Grant(permission=i, terms=ContractTerms(**(granted | {"delta": delta})))
+            return Decision(True, (f"permission[{i}] permits {action}",), grant)
         reasons.extend(f"permission[{i}]: {f}" for f in failures)
     return Decision(False, tuple(reasons))
 
 
 def _malformed(r: Request, now: datetime) -> list[str]:
+    t = r.terms
     bad = []
-    if r.action not in ACTIONS:
-        bad.append(f"unknown action {r.action!r} (known: {', '.join(ACTIONS)})")
-    if isinstance(r.epsilon, bool) or not (math.isfinite(r.epsilon) and r.epsilon > 0):
-        bad.append(f"epsilon must be a finite number > 0, got {r.epsilon!r}")
-    if r.delta is not None and not (math.isfinite(r.delta) and 0 <= r.delta < 1):
-        bad.append(f"delta must be in [0, 1), got {r.delta!r}")
-    if isinstance(r.rounds, bool) or not isinstance(r.rounds, int) or r.rounds < 1:
-        bad.append(f"rounds must be a whole number >= 1, got {r.rounds!r}")
-    if not r.purpose:
+    if t.action not in ACTIONS:
+        bad.append(f"unknown action {t.action!r} (known: {', '.join(ACTIONS)})")
+    if isinstance(t.epsilon, bool) or not (math.isfinite(t.epsilon) and t.epsilon > 0):
+        bad.append(f"epsilon must be a finite number > 0, got {t.epsilon!r}")
+    if t.delta is not None and not (math.isfinite(t.delta) and 0 <= t.delta < 1):
+        bad.append(f"delta must be in [0, 1), got {t.delta!r}")
+    if isinstance(t.rounds, bool) or not isinstance(t.rounds, int) or t.rounds < 1:
+        bad.append(f"rounds must be a whole number >= 1, got {t.rounds!r}")
+    if not t.purpose:
         bad.append("no purpose given")
-    if r.until.tzinfo is None:
-        bad.append(f"until {r.until.isoformat()} has no time zone")
-    elif r.until <= now:
-        bad.append(f"until {format_datetime(r.until)} is not after now ({format_datetime(now)})")
+    if t.until.tzinfo is None:
+        bad.append(f"until {t.until.isoformat()} has no time zone")
+    elif t.until <= now:
+        bad.append(f"until {format_datetime(t.until)} is not after now ({format_datetime(now)})")
     return bad
 
 
@@ -173,19 +157,20 @@ def _permission_failures(
     delta_cap = float(rule.value("delta"))  # type: ignore[arg-type]
     # A request that names no delta gets the share of delta its epsilon is of the
     # budget: then reserving epsilon within budget also keeps delta within budget.
-    if r.delta is not None:
-        delta = r.delta
+    eps = r.terms.epsilon
+    if r.terms.delta is not None:
+        delta = r.terms.delta
     else:  # 12 significant digits: 1e-5 * 3/8 is 3.75e-06, not 3.7500000000000005e-06
-        delta = float(f"{delta_cap * min(1.0, r.epsilon / eps_cap):.12g}")
+        delta = float(f"{delta_cap * min(1.0, eps / eps_cap):.12g}")
     failures = []
     for c in rule.constraints:
         if c.left == "epsilon":
-            if not _le(r.epsilon, eps_cap):
-                failures.append(f"epsilon {r.epsilon:g} exceeds the budget {eps_cap:g}")
-            elif check_budget and not _le(used.epsilon + r.epsilon, eps_cap):
+            if not _le(eps, eps_cap):
+                failures.append(f"epsilon {eps:g} exceeds the budget {eps_cap:g}")
+            elif check_budget and not _le(used.epsilon + eps, eps_cap):
                 left = max(0.0, eps_cap - used.epsilon)
                 failures.append(
-                    f"epsilon {r.epsilon:g} wanted but only {left:g} of the dataset's budget "
+                    f"epsilon {eps:g} wanted but only {left:g} of the dataset's budget "
                     f"{eps_cap:g} is unreserved"
                 )
         elif c.left == "delta":
@@ -210,21 +195,21 @@ def _in(c: Constraint, value: str | None) -> bool:
 def _permission_holds(c: Constraint, r: Request, now: datetime) -> bool:
     """Does ``c`` hold at every instant of [now, until)?"""
     if c.left == "purpose":
-        return _in(c, r.purpose)
+        return _in(c, r.terms.purpose)
     if c.left == "assignee":
         return _in(c, r.consumer)
     if c.left == "modelTemplate":
-        return _in(c, r.template)
+        return _in(c, r.terms.template)
     if c.left == "maxRounds":
-        return r.rounds <= c.right  # type: ignore[operator]
+        return r.terms.rounds <= c.right  # type: ignore[operator]
     if c.left == "aggregation":
         return r.aggregation is None or r.aggregation == c.right
     if c.left == "dateTime":
         x: datetime = c.right  # type: ignore[assignment]
         if c.operator in ("lt", "lteq"):  # an expiry: the contract must end by then
-            return r.until <= x and (now < x if c.operator == "lt" else now <= x)
+            return r.terms.until <= x and (now < x if c.operator == "lt" else now <= x)
         return now > x if c.operator == "gt" else now >= x  # not before
-    raise AssertionError(f"unhandled left operand {c.left!r}")  # parse_policy forbids it
+    raise AssertionError(f"unhandled left operand {c.left!r}")  # parse_usage_policy forbids it
 
 
 def _prohibition_holds(c: Constraint, r: Request, now: datetime) -> bool:
@@ -235,7 +220,7 @@ def _prohibition_holds(c: Constraint, r: Request, now: datetime) -> bool:
             return now < x
         if c.operator == "lteq":
             return now <= x
-        return r.until > x  # gt / gteq: some instant before `until` is after x
+        return r.terms.until > x  # gt / gteq: some instant before `until` is after x
     return _permission_holds(c, r, now)
 
 
@@ -265,18 +250,18 @@ def _describe(c: Constraint) -> str:
 
 def _failure(c: Constraint, r: Request, now: datetime) -> str:
     if c.left == "purpose":
-        return f"purpose {r.purpose!r} is not permitted ({_one_of(_allowed(c))})"
+        return f"purpose {r.terms.purpose!r} is not permitted ({_one_of(_allowed(c))})"
     if c.left == "assignee":
         return f"consumer {r.consumer} is not an assignee of this policy"
     if c.left == "modelTemplate":
-        return f"model template {r.template!r} is not permitted ({_one_of(_allowed(c))})"
+        return f"model template {r.terms.template!r} is not permitted ({_one_of(_allowed(c))})"
     if c.left == "maxRounds":
-        return f"{r.rounds} rounds asked, at most {c.right} permitted"
+        return f"{r.terms.rounds} rounds asked, at most {c.right} permitted"
     if c.left == "aggregation":
         return f"the policy requires {c.right} aggregation (SecAgg+); this round is {r.aggregation}"
     x = format_datetime(c.right)  # type: ignore[arg-type]
     if c.operator in ("lt", "lteq"):
         if not (now < c.right if c.operator == "lt" else now <= c.right):  # type: ignore[operator]
             return f"the policy expired at {x}"
-        return f"until {format_datetime(r.until)} is after the policy's expiry {x}"
+        return f"until {format_datetime(r.terms.until)} is after the policy's expiry {x}"
     return f"the policy is not valid before {x} (now {format_datetime(now)})"

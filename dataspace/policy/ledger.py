@@ -58,15 +58,16 @@ import psutil
 
 from dataspace import accountant
 from dataspace.errors import DataspaceError, NotFoundError, RefusedError
-from dataspace.policy import events, outbox, store
-from dataspace.policy.contracts import ContractError, _from_row, _row, _terms_request
+from dataspace.policy import outbox, store
+from dataspace.policy.contracts import Contract, ContractError, find_contract
 from dataspace.policy.evaluate import evaluate
-from dataspace.policy.odrl import parse_policy
+from dataspace.policy.odrl import parse_usage_policy
+from dataspace.site import log as events
 
 if TYPE_CHECKING:
     import duckdb
 
-    from dataspace.connectors.site import Site
+    from dataspace.site.folder import Site
 
 __all__ = [
     "BudgetExceededError",
@@ -155,7 +156,8 @@ def charge_round(
             store.ensure_tables(con)
             store.expire_contracts(con, now)
             contract = _contract(con, contract_id)
-            fields |= {"dataset_id": contract.dataset_id, "consumer": contract.consumer.key_b64}
+            t = contract.terms
+            fields |= {"dataset_id": t.dataset_id, "consumer": contract.consumer.key_b64}
             _check_state(contract, now)  # revoked or expired: say so first
             # the statistics are no aggregated update: SecAgg+ requirements concern rounds
             _check_policy(con, contract, now, secure_aggregation if release == "round" else None)
@@ -163,7 +165,7 @@ def charge_round(
             if taken_over is not None:  # its first process died before releasing anything
                 return taken_over
             _check(con, contract, run_id, round_no, release, purpose, template, now)
-            _check_unit(con, contract.dataset_id, run_id, round_no, privacy_unit)
+            _check_unit(con, t.dataset_id, run_id, round_no, privacy_unit)
             charge = _admit(con, contract, run_id, round_no, entries, now)
             fields["epsilon"] = charge.epsilon
             con.execute("BEGIN TRANSACTION")
@@ -172,7 +174,7 @@ def charge_round(
                 "charged_at, privacy_unit, release, releases, mechanism, executor) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    contract.dataset_id, run_id, round_no, contract_id, charge.epsilon,
+                    t.dataset_id, run_id, round_no, contract_id, charge.epsilon,
                     store.to_db(now), privacy_unit, release, json.dumps(entries),
                     json.dumps(mechanism or {}), _executor(),
                 ],
@@ -190,10 +192,10 @@ def charge_round(
                 mechanism=mechanism or {},
                 noise=noise,
                 secure_aggregation=bool(secure_aggregation),
-                dataset_id=contract.dataset_id,
-                fingerprint=contract.fingerprint,
-                purpose=contract.purpose,
-                template=contract.template,
+                dataset_id=t.dataset_id,
+                fingerprint=t.fingerprint,
+                purpose=t.purpose,
+                template=t.template,
                 consumer=contract.consumer.key_b64,
                 privacy_unit=privacy_unit,
                 time=now,
@@ -228,7 +230,7 @@ def _executor_alive(executor: str | None) -> bool:
 
 
 def _not_charged(
-    con: duckdb.DuckDBPyConnection, contract, run_id: str, round_no: int, entries: list
+    con: duckdb.DuckDBPyConnection, contract: Contract, run_id: str, round_no: int, entries: list
 ) -> Charge | None:
     """A (run, round) releases at most once: refuse any earlier charge of it, unless
     its process died before releasing anything; then return that charge, to be used.
@@ -238,18 +240,19 @@ def _not_charged(
     the same charge once the process that took it is gone (a crash, ``kill -9``) and
     with the same mechanism; while that process lives, the release may be in flight.
     """
+    t = contract.terms
     row = con.execute(
         "SELECT contract_id, finished_at IS NOT NULL, executor, releases, epsilon "
         "FROM ledger WHERE dataset_id = ? AND run_id = ? AND round_no = ?",
-        [contract.dataset_id, run_id, round_no],
+        [t.dataset_id, run_id, round_no],
     ).fetchone()
     if row is None:
         return None
     cid, finished, executor, releases, epsilon = row
     what = "released" if finished else "charged (its work may be in flight)"
-    if finished or cid != contract.contract_id or _executor_alive(executor):
+    if finished or cid != t.contract_id or _executor_alive(executor):
         raise ReplayError(
-            f"run {run_id} round {round_no} on dataset {contract.dataset_id} was already "
+            f"run {run_id} round {round_no} on dataset {t.dataset_id} was already "
             f"{what} under contract {cid}: a round executes at most once"
         )
     if json.loads(releases or "[]") != entries:
@@ -259,7 +262,7 @@ def _not_charged(
         )
     con.execute(
         "UPDATE ledger SET executor = ? WHERE dataset_id = ? AND run_id = ? AND round_no = ?",
-        [_executor(), contract.dataset_id, run_id, round_no],
+        [_executor(), t.dataset_id, run_id, round_no],
     )
     (total,) = con.execute(
         "SELECT SUM(GREATEST(epsilon, COALESCE(epsilon_spent, 0))) FROM ledger "
@@ -270,10 +273,16 @@ def _not_charged(
 
 
 def _admit(
-    con: duckdb.DuckDBPyConnection, contract, run_id: str, round_no: int, entries: list, now
+    con: duckdb.DuckDBPyConnection,
+    contract: Contract,
+    run_id: str,
+    round_no: int,
+    entries: list,
+    now: datetime,
 ) -> Charge:
     """The filter: the contract's releases so far plus this one within its (epsilon, delta)."""
-    cid = contract.contract_id
+    t = contract.terms
+    cid = t.contract_id
     rows = con.execute(
         "SELECT releases, GREATEST(epsilon, COALESCE(epsilon_spent, 0)) FROM ledger "
         "WHERE contract_id = ?",
@@ -282,24 +291,24 @@ def _admit(
     spent = [r for (js, _) in rows if js for r in json.loads(js)]
     # rows charged before the filter existed carry no releases: their epsilons add on top
     legacy = sum(eps for (js, eps) in rows if not js)
-    _, before, after = accountant.admits(spent, entries, contract.delta, contract.epsilon)
+    _, before, after = accountant.admits(spent, entries, t.delta, t.epsilon)
     before, after = before + legacy, after + legacy
-    if not _le(after, contract.epsilon):
+    if not _le(after, t.epsilon):
         raise BudgetExceededError(
             f"round {round_no} of run {run_id} would bring contract {cid} to epsilon "
-            f"{after:g} (delta {contract.delta:g}) over everything it released; it allows "
-            f"{contract.epsilon:g} ({max(0.0, contract.epsilon - before):g} left)"
+            f"{after:g} (delta {t.delta:g}) over everything it released; it allows "
+            f"{t.epsilon:g} ({max(0.0, t.epsilon - before):g} left)"
         )
     charge = Charge(epsilon=max(0.0, after - before), contract_epsilon=after)
     budget = con.execute(
-        "SELECT epsilon FROM budgets WHERE dataset_id = ?", [contract.dataset_id]
+        "SELECT epsilon FROM budgets WHERE dataset_id = ?", [t.dataset_id]
     ).fetchone()
-    spent_ds = store.committed(con, contract.dataset_id, now).spent
+    spent_ds = store.committed(con, t.dataset_id, now).spent
     if budget is None or not _le(spent_ds + charge.epsilon, budget[0]):
         have = 0.0 if budget is None else budget[0]
         raise BudgetExceededError(
             f"round {round_no} of run {run_id} wants epsilon {charge.epsilon:g} but dataset "
-            f"{contract.dataset_id} has {max(0.0, have - spent_ds):g} of its budget {have:g} left"
+            f"{t.dataset_id} has {max(0.0, have - spent_ds):g} of its budget {have:g} left"
         )
     return charge
 
@@ -326,16 +335,16 @@ def _check_unit(
         )
 
 
-def _contract(con: duckdb.DuckDBPyConnection, contract_id: str):  # -> Contract
-    row = _row(con, contract_id)
-    if row is None:
+def _contract(con: duckdb.DuckDBPyConnection, contract_id: str) -> Contract:
+    contract = find_contract(con, contract_id)
+    if contract is None:
         raise ContractError(f"contract {contract_id} does not exist at this site")
-    return _from_row(row)
+    return contract
 
 
 def _check(
     con: duckdb.DuckDBPyConnection,
-    contract,
+    contract: Contract,
     run_id: str,
     round_no: int,
     release: str,
@@ -343,69 +352,73 @@ def _check(
     template: str | None,
     now: datetime,
 ) -> None:
-    cid = contract.contract_id
+    t = contract.terms
+    cid = t.contract_id
     _check_state(contract, now)
     if not run_id:
         raise ContractError("a round needs a run id")
     if release not in RELEASES:
         raise ContractError(f"release must be one of {', '.join(RELEASES)}, got {release!r}")
-    if purpose is not None and purpose != contract.purpose:
-        raise ContractError(f"contract {cid} is for purpose {contract.purpose!r}, not {purpose!r}")
-    if template is not None and template != contract.template:
+    if purpose is not None and purpose != t.purpose:
+        raise ContractError(f"contract {cid} is for purpose {t.purpose!r}, not {purpose!r}")
+    if template is not None and template != t.template:
         raise ContractError(
-            f"contract {cid} is for model template {contract.template!r}, not {template!r}"
+            f"contract {cid} is for model template {t.template!r}, not {template!r}"
         )
     if release == "stats":
         if round_no != 0:
             raise ContractError(f"statistics are released as round 0, not round {round_no}")
         return
-    if not 1 <= round_no <= contract.rounds:
-        raise ContractError(
-            f"round {round_no} is outside contract {cid}'s rounds 1..{contract.rounds}"
-        )
+    if not 1 <= round_no <= t.rounds:
+        raise ContractError(f"round {round_no} is outside contract {cid}'s rounds 1..{t.rounds}")
     (done,) = con.execute(
         "SELECT COUNT(*) FROM ledger WHERE contract_id = ? AND round_no >= 1", [cid]
     ).fetchone()  # type: ignore[misc]
-    if done >= contract.rounds:
-        raise ContractError(f"contract {cid} has used all its {contract.rounds} rounds")
+    if done >= t.rounds:
+        raise ContractError(f"contract {cid} has used all its {t.rounds} rounds")
 
 
-def _check_state(contract, now: datetime) -> None:
+def _check_state(contract: Contract, now: datetime) -> None:
     """The contract is agreed, has started and has not ended (revoked, expired)."""
-    cid = contract.contract_id
+    t = contract.terms
+    cid = t.contract_id
     if contract.state_at(now) != "agreed":
         raise ContractError(f"contract {cid} is {contract.state_at(now)}, not agreed")
     if not contract.is_live(now):
         raise ContractError(
-            f"contract {cid} is not yet valid: it starts at {contract.created.isoformat()}"
+            f"contract {cid} is not yet valid: it starts at {t.created.isoformat()}"
         )
 
 
 def _check_policy(
-    con: duckdb.DuckDBPyConnection, contract, now: datetime, secure_aggregation: bool | None
+    con: duckdb.DuckDBPyConnection,
+    contract: Contract,
+    now: datetime,
+    secure_aggregation: bool | None,
 ) -> None:
     """The data is the contract's and the policy in force still permits it.
 
     ``secure_aggregation`` None: not a round (an evaluation, re-sent statistics),
     so a policy's aggregation requirement does not apply.
     """
-    cid = contract.contract_id
-    ds = store.dataset_ref(con, contract.dataset_id)
-    if ds.fingerprint != contract.fingerprint:
+    t = contract.terms
+    cid = t.contract_id
+    ds = store.dataset_ref(con, t.dataset_id)
+    if ds.fingerprint != t.fingerprint:
         raise ContractError(
             f"dataset {ds.dataset_id} now has fingerprint {ds.fingerprint}; contract {cid} "
-            f"covers {contract.fingerprint}"
+            f"covers {t.fingerprint}"
         )
-    row = store.current_policy_row(con, contract.dataset_id)
+    row = store.current_policy_row(con, t.dataset_id)
     if row is None:
-        raise ContractError(f"dataset {contract.dataset_id} no longer has a usage policy")
+        raise ContractError(f"dataset {t.dataset_id} no longer has a usage policy")
     # The holder may have narrowed the policy since the contract was agreed (a
     # purpose withdrawn, a consumer removed, secure aggregation required): the
     # policy in force decides.
-    request = _terms_request(contract.terms)
+    request = t.as_request()
     if secure_aggregation is not None:
         request = replace(request, aggregation="secure" if secure_aggregation else "plain")
-    decision = evaluate(parse_policy(row[1]), request, now, check_budget=False)
+    decision = evaluate(parse_usage_policy(row[1]), request, now, check_budget=False)
     if not decision.allowed:
         raise ContractError(
             f"the policy in force no longer permits contract {cid}: {decision.reason}"
@@ -422,7 +435,8 @@ def check_live(site: Site, contract_id: str, now: datetime | None = None) -> Non
             store.ensure_tables(con)
             store.expire_contracts(con, now)
             contract = _contract(con, contract_id)
-            fields |= {"dataset_id": contract.dataset_id, "consumer": contract.consumer.key_b64}
+            t = contract.terms
+            fields |= {"dataset_id": t.dataset_id, "consumer": contract.consumer.key_b64}
             _check_state(contract, now)
             _check_policy(con, contract, now, None)
     except ContractError as e:
@@ -453,14 +467,15 @@ def claim_evaluation(
             store.ensure_tables(con)
             store.expire_contracts(con, now)
             contract = _contract(con, contract_id)
-            fields |= {"dataset_id": contract.dataset_id, "consumer": contract.consumer.key_b64}
+            t = contract.terms
+            fields |= {"dataset_id": t.dataset_id, "consumer": contract.consumer.key_b64}
             _check_state(contract, now)
             _check_policy(con, contract, now, None)
             row = con.execute(
                 "SELECT finished_at IS NOT NULL, evaluated_at IS NOT NULL FROM ledger "
                 "WHERE dataset_id = ? AND run_id = ? AND round_no = ? AND contract_id = ? "
                 "AND release = 'round'",
-                [contract.dataset_id, run_id, round_no, contract_id],
+                [t.dataset_id, run_id, round_no, contract_id],
             ).fetchone()
             if row is None or not row[0]:
                 raise ContractError(
@@ -476,7 +491,7 @@ def claim_evaluation(
             con.execute(
                 "UPDATE ledger SET evaluated_at = ? WHERE dataset_id = ? AND run_id = ? "
                 "AND round_no = ?",
-                [store.to_db(now), contract.dataset_id, run_id, round_no],
+                [store.to_db(now), t.dataset_id, run_id, round_no],
             )
             oid = outbox.stage(
                 con,
@@ -485,9 +500,9 @@ def claim_evaluation(
                 run_id=run_id,
                 round=round_no,
                 model_sha256=model_sha256,
-                dataset_id=contract.dataset_id,
-                fingerprint=contract.fingerprint,
-                purpose=contract.purpose,
+                dataset_id=t.dataset_id,
+                fingerprint=t.fingerprint,
+                purpose=t.purpose,
                 time=now,
             )
             con.execute("COMMIT")
@@ -570,10 +585,11 @@ def record_round_finished(
     with store.LOCK, site.db() as con:
         store.ensure_tables(con)
         contract = _contract(con, contract_id)
+        t = contract.terms
         found = con.execute(
             "SELECT finished_at IS NOT NULL FROM ledger WHERE dataset_id = ? AND run_id = ? "
             "AND round_no = ? AND contract_id = ?",
-            [contract.dataset_id, run_id, round_no, contract_id],
+            [t.dataset_id, run_id, round_no, contract_id],
         ).fetchone()
         if found is None:
             raise ContractError(
@@ -591,7 +607,7 @@ def record_round_finished(
                 model_sha256,
                 json.dumps(metrics),
                 None if payload is None else json.dumps(payload),
-                contract.dataset_id,
+                t.dataset_id,
                 run_id,
                 round_no,
             ],
@@ -604,9 +620,9 @@ def record_round_finished(
             round=round_no,
             epsilon=float(epsilon_spent),
             model_sha256=model_sha256,
-            dataset_id=contract.dataset_id,
-            fingerprint=contract.fingerprint,
-            purpose=contract.purpose,
+            dataset_id=t.dataset_id,
+            fingerprint=t.fingerprint,
+            purpose=t.purpose,
             time=now,
             **metrics,
         )

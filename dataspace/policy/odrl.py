@@ -18,7 +18,7 @@ processors are told to reject what they do not understand (ODRL 2.2 IM §2.1,
 the holder meant.
 
 Parsing yields a frozen :class:`UsagePolicy`; :meth:`UsagePolicy.to_jsonld`
-writes the same document back (``parse_policy(p.to_jsonld()) == p``).
+writes the same document back (``parse_usage_policy(p.to_jsonld()) == p``).
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def build_policy(
     Empty ``purposes``/``consumers``/``templates`` and ``None`` mean "no
     constraint". ``until`` becomes ``dateTime lteq until``; ``secure_aggregation``
     adds ``aggregation eq secure`` (the sites refuse a round without SecAgg+). Built through
-    :func:`parse_policy` so flags and files obey exactly the same checks.
+    :func:`parse_usage_policy` so flags and files obey exactly the same checks.
     """
     if not actions:
         raise PolicyError("a policy needs at least one permitted action")
@@ -227,7 +227,7 @@ def build_policy(
     }
     if assigner:
         doc["assigner"] = KEY_URN + assigner
-    return parse_policy(doc)
+    return parse_usage_policy(doc)
 
 
 def _c(left: str, op: str, right: Any) -> dict[str, Any]:
@@ -247,7 +247,7 @@ def load_context() -> dict[str, Any]:
     return json.loads(text)
 
 
-def parse_policy(doc: dict[str, Any] | str | bytes) -> UsagePolicy:
+def parse_usage_policy(doc: dict[str, Any] | str | bytes) -> UsagePolicy:
     """Parse and check an ODRL JSON-LD usage policy (a dict or its JSON text).
 
     Raises :class:`PolicyError` naming the JSON path (``$.permission[0]...``)

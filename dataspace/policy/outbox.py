@@ -31,12 +31,14 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from dataspace.policy import events, store
+from dataspace.audit.events import parse_event, plain
+from dataspace.policy import store
+from dataspace.site import log as events
 
 if TYPE_CHECKING:
     import duckdb
 
-    from dataspace.connectors.site import Site
+    from dataspace.site.folder import Site
 
 #: how far before an unmarked row's time :func:`flush` looks for its entry (clock slack)
 SLACK = timedelta(minutes=5)
@@ -51,10 +53,10 @@ def _fault(kind: str, point: str) -> None:
 def stage(con: duckdb.DuckDBPyConnection, kind: str, **fields: Any) -> int:
     """Put one event in the outbox, inside the caller's transaction; returns its id."""
     (oid,) = con.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()  # type: ignore[misc]
-    plain = {k: events.plain(v) for k, v in fields.items()}
+    as_json = {k: plain(v) for k, v in fields.items()}
     con.execute(
         "INSERT INTO outbox (id, kind, fields, staged_at) VALUES (?, ?, ?, ?)",
-        [oid, kind, json.dumps(plain), datetime.now(UTC).replace(tzinfo=None)],
+        [oid, kind, json.dumps(as_json), datetime.now(UTC).replace(tzinfo=None)],
     )
     return int(oid)
 
@@ -90,9 +92,6 @@ def flush(site: Site) -> int:
     :data:`SLACK`), for entries that carry their outbox id: those rows are only
     marked, the others appended.
     """
-    from dataspace.audit.events import parse_event
-    from dataspace.connectors.sitelog import open_site_log
-
     with site.db() as con:
         store.ensure_tables(con)
         rows = con.execute(
@@ -103,7 +102,7 @@ def flush(site: Site) -> int:
     oldest = rows[0][1].replace(tzinfo=UTC) - SLACK
     pending = {int(r[0]) for r in rows}
     found: dict[int, int] = {}
-    with open_site_log(site, writable=False) as log:
+    with events.open_site_log(site, writable=False) as log:
         end = log.size
         while end > 0 and len(found) < len(pending):
             start = max(0, end - 512)

@@ -15,11 +15,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from dataspace.errors import NotFoundError
-from dataspace.policy import events, outbox, store
-from dataspace.policy.odrl import PolicyError, UsagePolicy, parse_policy
+from dataspace.policy import outbox, store
+from dataspace.policy.odrl import PolicyError, UsagePolicy, parse_usage_policy
+from dataspace.site import log as events
 
 if TYPE_CHECKING:
-    from dataspace.connectors.site import Site
+    from dataspace.site.folder import Site
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def _publish(
     expected: str | None,
 ) -> PublishedPolicy:
     if not isinstance(policy, UsagePolicy):
-        policy = parse_policy(policy)
+        policy = parse_usage_policy(policy)
     holder = site.identity.key_b64
     if policy.assigner is not None and policy.assigner != holder:
         raise PolicyError(
@@ -148,7 +149,7 @@ def current_policy(site: Site, dataset_id: str) -> UsagePolicy:
         row = store.current_policy_row(con, ds.dataset_id)
     if row is None:
         raise NotFoundError(f"dataset {ds.dataset_id} has no usage policy")
-    return parse_policy(row[1])
+    return parse_usage_policy(row[1])
 
 
 def _purposes(policy: UsagePolicy) -> set[str]:

@@ -25,11 +25,13 @@ import os
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import duckdb
+from typing import TYPE_CHECKING
 
 from dataspace.errors import NotFoundError
 from dataspace.policy.evaluate import Usage
+
+if TYPE_CHECKING:
+    import duckdb
 
 #: serialises read-decide-write sequences (reservation, charge) within a process
 LOCK = threading.RLock()
@@ -158,6 +160,10 @@ class DatasetRef:
 
 def dataset_ref(con: duckdb.DuckDBPyConnection, dataset_id: str) -> DatasetRef:
     """The dataset by id (or by unique name), from the connectors' ``datasets`` table."""
+    # heavy: DuckDB (already loaded by the connection ``con``), so that importing the
+    # policy area does not load it
+    import duckdb
+
     try:
         rows = con.execute(
             "SELECT dataset_id, name, fingerprint FROM datasets WHERE dataset_id = ? OR name = ?",

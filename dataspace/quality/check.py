@@ -26,7 +26,6 @@ from typing import Any
 
 import duckdb
 
-from dataspace.connectors.site import Site
 from dataspace.errors import NotFoundError
 from dataspace.quality import dimensions as dm
 from dataspace.quality import flags as fl
@@ -34,6 +33,7 @@ from dataspace.quality import report as rp
 from dataspace.quality import value as val
 from dataspace.quality.profile import Layout, frames_view_sql
 from dataspace.quality.suite import CHECKS, SuiteResult, run_suites
+from dataspace.site.folder import Site
 
 #: progress(step_done, steps_total, message)
 Progress = Callable[[int, int, str], None]

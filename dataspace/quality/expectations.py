@@ -89,10 +89,6 @@ class EpisodeRowsExpectation(UnexpectedRowsExpectation):
         }
 
 
-def _sql_list(values: Sequence[float]) -> str:
-    return "[" + ", ".join(repr(float(v)) for v in values) + "]"
-
-
 def _detail(*parts: str) -> str:
     """SQL for a detail string (concat_ws skips NULL parts)."""
     return "concat_ws(' ', " + ", ".join(parts) + ")"

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import duckdb
 
-from dataspace.connectors.site import Site
+from dataspace.site.folder import Site
 
 
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:

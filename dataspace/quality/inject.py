@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from dataspace.connectors import store
-from dataspace.connectors.site import Site
 from dataspace.schema import Episode, dataset_id_for, episode_hash, fingerprint
+from dataspace.site import store
+from dataspace.site.folder import Site
 
 KINDS = (
     "nan",

@@ -35,10 +35,10 @@ import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from dataspace.connectors.site import Site
-from dataspace.errors import DataspaceError
 from dataspace.quality.dimensions import DimensionScore, shortfalls
 from dataspace.quality.suite import CHECKS, HARD_CHECKS, SuiteResult
+from dataspace.site.folder import Site
+from dataspace.site.log import record
 
 REPORT_VERSION = 1
 #: coarse episode-duration bins (seconds) of the publishable histogram
@@ -58,10 +58,6 @@ EXPLAIN = {
     "its update brings, over coalitions of the other sites. Positive = helped, negative = hurt; "
     "the suggested revenue split is proportional to the positive parts.",
 }
-
-
-class ReportError(DataspaceError):
-    """A report that cannot be signed, verified or stored."""
 
 
 # --- building -------------------------------------------------------------------------
@@ -300,8 +296,6 @@ def store_report(site: Site, full: dict[str, Any], public: dict[str, Any]) -> No
 
 def log_report(site: Site, public: dict[str, Any]) -> int:
     """Append ``quality.reported`` to the site log; its index (an error if it cannot be)."""
-    from dataspace.connectors.sitelog import record
-
     return record(
         site,
         "quality.reported",
@@ -310,19 +304,6 @@ def log_report(site: Site, public: dict[str, Any]) -> int:
         report_sha256=report_sha256(public),
         score=public["score"],
     )
-
-
-def latest_report(site: Site, dataset_id: str, full: bool = False) -> dict[str, Any] | None:
-    """The latest stored report of a dataset (publishable by default), or None."""
-    col = "full_report" if full else "report"
-    with site.db() as con:
-        ensure_tables(con)
-        row = con.execute(
-            f"SELECT {col} FROM quality_reports WHERE dataset_id = ? "
-            "ORDER BY created_at DESC LIMIT 1",
-            [dataset_id],
-        ).fetchone()
-    return json.loads(row[0]) if row else None
 
 
 def latest_score(site: Site, dataset_id: str) -> float | None:

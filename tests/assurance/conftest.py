@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from dataspace.connectors.enroll import enroll
-from dataspace.connectors.site import Site
+from dataspace.site import Site, create_site
 from tests.conftest import SO101
 
 
 @pytest.fixture
 def so101_site(tmp_path: Path) -> tuple[Site, str]:
-    site = Site.init(tmp_path / "site", org="holder")
+    site = create_site(tmp_path / "site", org="holder")
     return site, enroll(site, SO101).dataset_id
 
 

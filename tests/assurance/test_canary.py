@@ -6,7 +6,7 @@ per-dimension means of every episode, shard and the whole dataset (exact
 statistics). The site then goes through enrollment, a quality check, catalog
 publication to a real hub process, a contract negotiation over HTTP with a real
 connector process, and a 2-round federated DP training on the deployment engine
-(``run_deployment``: a SuperLink and one SuperNode per site as processes on
+(``train(spec, sites, DeploymentEngine())``: a SuperLink and one SuperNode per site as processes on
 127.0.0.1, TLS, node authentication, the sites' warm workers running the
 connector's ClientApp). Captured: every byte through a recording TCP proxy
 in front of the hub (what the connector process sends it) and in front of the
@@ -17,7 +17,7 @@ guard (``DATASPACE_EGRESS_CAPTURE``), plus what the consumer ends up holding
 
 Why the egress guard and not the proxy for Flower's traffic: the deployment
 always runs TLS between SuperNodes and the SuperLink (it is part of what is
-under test, and ``run_deployment`` has no plaintext mode), so a proxy there would
+under test, and the deployment engine has no plaintext mode), so a proxy there would
 hold ciphertext, in which no needle can be searched. The guard sits at the last
 point where a reply is plaintext: it serialises the reply's content exactly as
 Flower does (``recorddict_to_proto``), and it is the only producer of content a
@@ -36,24 +36,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dataspace.assurance import egress
 from dataspace.assurance.canary import find, float_encodings, stat_encodings
 from dataspace.assurance.proxy import RecordingProxy
 from dataspace.audit.events import parse_event
 from dataspace.audit.log import TransparencyLog
 from dataspace.connectors.client import request_via_connector
 from dataspace.connectors.enroll import enroll
-from dataspace.connectors.site import Site
+from dataspace.connectors.shards import shard_to_sites
+from dataspace.demo.federation import grant
+from dataspace.federated import DeploymentEngine, RunSpec, egress, train
 from dataspace.federated.data import dataset_ref
-from dataspace.federated.deploy import run_deployment
-from dataspace.federated.federation import grant
-from dataspace.federated.shards import shard_to_sites
-from dataspace.policy.identity import load_private_key, new_identity
+from dataspace.net import free_port
 from dataspace.policy.odrl import build_policy
 from dataspace.policy.policies import publish_policy
 from dataspace.quality.check import run_checks
+from dataspace.site import create_site
+from dataspace.site.identity import load_private_key, new_identity
 from tests.conftest import SO101
-from tests.services.conftest import Service, free_port
+from tests.services.conftest import Service
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +96,7 @@ def plant(src: Path, dst: Path) -> list[bytes]:
 def test_no_canary_leaves_the_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     raw = tmp_path / "raw"
     needles = plant(SO101, raw)
-    sites = [Site.init(tmp_path / f"site-{i}", f"holder-{i}") for i in range(2)]
+    sites = [create_site(tmp_path / f"site-{i}", f"holder-{i}") for i in range(2)]
     # enrollment: the connector's reader for site 0 (its catalog entry is published to the
     # hub below), a shard of episodes 2-3 for site 1 (write_shard's catalog entries lack
     # @context, so only site 0 publishes)
@@ -154,8 +154,11 @@ def test_no_canary_leaves_the_site(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     capture = tmp_path / "flower.bin"
     monkeypatch.setenv("DATASPACE_EGRESS_CAPTURE", str(capture))
     run = tmp_path / "run"
-    hist = run_deployment(contracts, [s.root for s in sites], "bc-mlp", 2, run, seed=0,
-                          min_nodes=2, timeout=600)  # fmt: skip
+    hist = train(
+        RunSpec(contracts=contracts, template="bc-mlp", rounds=2, out_dir=run, seed=0, min_nodes=2),
+        [s.root for s in sites],
+        DeploymentEngine(timeout=600),
+    )
     assert hist["status"] == "finished", hist.get("error")
     assert len(hist["rounds"]) == 2 and all(len(r["sites"]) == 2 for r in hist["rounds"])
     # the consumer's side: the SuperLink's state, the run's outputs and the server's logs

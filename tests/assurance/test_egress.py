@@ -7,10 +7,10 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from dataspace.assurance import egress
 from dataspace.audit.events import parse_event
 from dataspace.audit.log import TransparencyLog
-from dataspace.connectors.site import Site
+from dataspace.federated import egress
+from dataspace.site import create_site
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +98,7 @@ def test_sums_wider_than_the_data_are_refused() -> None:
 
 def test_mod_refuses_logs_and_records(tmp_path) -> None:
     """A ClientApp handler that tries to send extra data: the reply never leaves."""
-    site = Site.init(tmp_path / "site", org="holder")
+    site = create_site(tmp_path / "site", org="holder")
     app = ClientApp(mods=[egress.guard_mod])
 
     @app.train()

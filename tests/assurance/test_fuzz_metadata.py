@@ -40,8 +40,8 @@ from mcap_ros2.writer import Writer as Ros2Writer
 
 from dataspace.connectors.detect import open_reader
 from dataspace.connectors.enroll import enroll
-from dataspace.connectors.site import Site
 from dataspace.errors import DataspaceError
+from dataspace.site import create_site
 from tests.connectors.conftest import snapshot
 from tests.connectors.test_hostile_files import (
     mcap_records,
@@ -77,7 +77,7 @@ class Sandbox:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.site = Site.init(root / "site", org="Fuzzed Holder")
+        self.site = create_site(root / "site", org="Fuzzed Holder")
         # a site that already holds a dataset, so a failure has something to disturb
         enroll(self.site, tiny_v3(root / "held", episodes=2, frames=8, seed=99))
         self.state = snapshot(self.site)

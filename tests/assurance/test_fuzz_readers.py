@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from dataspace.connectors.detect import open_reader
 from dataspace.errors import DataspaceError
-from dataspace.policy.odrl import build_policy, parse_policy
+from dataspace.policy.odrl import build_policy, parse_usage_policy
 from tests.conftest import SO101
 from tests.connectors.writers import read_lerobot, write_hdf5, write_mcap, write_parquet
 
@@ -149,11 +149,11 @@ def test_malformed_policies_give_typed_errors(data) -> None:
             continue
     for form in (doc, json.dumps(doc)):
         with contextlib.suppress(DataspaceError):
-            parse_policy(form)
+            parse_usage_policy(form)
 
 
 @CASES
 @given(doc=json_values)
 def test_random_json_is_not_a_policy(doc) -> None:
     with pytest.raises(DataspaceError):
-        parse_policy(json.dumps(doc))
+        parse_usage_policy(json.dumps(doc))

@@ -15,7 +15,7 @@ import pytest
 
 from dataspace.audit.events import parse_event
 from dataspace.audit.log import TransparencyLog
-from dataspace.hub.app import HubLog, hub_key
+from dataspace.hub.state import HubLog, hub_key
 from dataspace.hub.store import GroupCommit, HubStore
 
 

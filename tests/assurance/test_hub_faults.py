@@ -22,7 +22,8 @@ from dataspace.audit.log import TransparencyLog
 from dataspace.audit.merkle import root_hash
 from dataspace.audit.note import parse_note
 from dataspace.auth.httpsig import HttpSigAuth
-from tests.services.conftest import Service, free_port, make_party
+from dataspace.net import free_port
+from tests.services.conftest import Service, make_party
 
 
 def _entry(n: int) -> dict:
@@ -259,7 +260,7 @@ def test_kill_9_hub_while_registering_a_contract(
 
 def test_recovery_finishes_a_registration_cut_after_its_log_append(tmp_path: Path) -> None:
     """Killed after the log append but before the row was marked: no second entry."""
-    from dataspace.hub.app import HubLog, hub_key, recover_contracts
+    from dataspace.hub.state import HubLog, hub_key, recover_contracts
     from dataspace.hub.store import HubStore
 
     key = hub_key(tmp_path, "hub")

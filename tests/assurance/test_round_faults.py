@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dataspace.audit.log import TransparencyLog
-from dataspace.federated.federation import make_federation
+from dataspace.demo.federation import make_federation
 from tests.assurance.conftest import verify_site_log
 from tests.conftest import UNITREE
 

@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 from dataspace.auth.httpsig import sign_url_request
 from dataspace.connectors.service import create_app as connector_app
 from dataspace.hub.app import create_app as hub_app
-from dataspace.policy.identity import Identity
+from dataspace.site.identity import Identity
 from tests.services.conftest import make_party
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
@@ -78,10 +78,10 @@ def connector_schema(so101_site_module):
 @pytest.fixture(scope="module")
 def so101_site_module(tmp_path_factory):
     from dataspace.connectors.enroll import enroll
-    from dataspace.connectors.site import Site
+    from dataspace.site import create_site
     from tests.conftest import SO101
 
-    site = Site.init(Path(tmp_path_factory.mktemp("conn")) / "site", org="holder")
+    site = create_site(Path(tmp_path_factory.mktemp("conn")) / "site", org="holder")
     enroll(site, SO101)
     return site
 

@@ -21,10 +21,11 @@ from dataspace.audit.checkpoint import checkpoint_of_note
 from dataspace.audit.cosignature import witness_vkey
 from dataspace.audit.note import parse_note
 from dataspace.cli import main
-from dataspace.connectors.site import Site
-from dataspace.policy.identity import load_identity
+from dataspace.net import free_port
+from dataspace.site.folder import Site
+from dataspace.site.identity import load_identity
 from tests.conftest import SO101
-from tests.services.conftest import Service, free_port, make_party, run_cli
+from tests.services.conftest import Service, make_party, run_cli
 
 SITES = ("site-a", "site-b")
 

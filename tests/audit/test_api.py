@@ -9,11 +9,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from dataspace.audit import merkle
-from dataspace.audit.api import log_router
 from dataspace.audit.checkpoint import open_checkpoint
 from dataspace.audit.events import make_event
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.witness import Witness, request_body, witness_log
+from dataspace.auth.log_api import log_router
 
 
 def _app(tmp_path: Path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from dataspace.audit.events import make_event
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.witness import WitnessError, local_post, witness_log
 from dataspace.cli import main
+from dataspace.net import free_port
 
 from .conftest import FP, ORIGIN, ROUND_1, ROUND_2, Scenario
 
@@ -140,10 +140,10 @@ def test_bad_inputs_are_clear_errors(scenario: Scenario, tmp_path: Path, capsysb
 
 def test_site_folder_source(tmp_path: Path, capsysbinary) -> None:
     from dataspace.audit.note import parse_vkey
-    from dataspace.connectors.site import Site
-    from dataspace.connectors.sitelog import record
+    from dataspace.site import create_site
+    from dataspace.site.log import record
 
-    site = Site.init(tmp_path / "site", "acme")
+    site = create_site(tmp_path / "site", "acme")
     v = parse_vkey(site.vkey_path.read_text())
     assert v.name == site.name and v.public_key == site.identity.public_key
     i = record(site, "dataset.enrolled", dataset_id="d1", fingerprint="ab" * 32, episodes=2)
@@ -220,22 +220,16 @@ def test_a_site_that_rebuilds_its_log_is_caught_only_when_anchored(
     assert code == 0 and b"verified" in err and b"UNANCHORED" not in err, err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_hub_url_source(scenario: Scenario, tmp_path: Path, capsysbinary) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    from dataspace.audit.api import log_router
+    from dataspace.auth.log_api import log_router
 
     app = FastAPI()
     app.include_router(log_router(lambda: scenario.log), prefix="/log")
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
@@ -274,7 +268,7 @@ def test_demo_and_dashboard_say_what_anchors_a_log(scenario: Scenario, tmp_path:
     import base64
     from types import SimpleNamespace
 
-    from dataspace.demo.orchestrate import verify_log
+    from dataspace.demo.auditor import verify_log
     from dataspace.hub.dashboard import Views
 
     a = verify_log(str(tmp_path / "log"), scenario.trusted)  # witnessed: strict, verified

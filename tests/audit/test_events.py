@@ -13,6 +13,7 @@ from dataspace.audit.events import (
     KINDS,
     EventError,
     EventSignatureError,
+    UntrustedActorError,
     make_event,
     parse_event,
     signed_message,
@@ -53,9 +54,10 @@ def test_tampering_is_detected() -> None:
         verify_event(e.replace(b'"epsilon":0.25', b'"epsilon":0.35'))
     other = make_event("round.started", Edkey := Ed25519PrivateKey.generate(), "s", epsilon=0.25)
     sig = json.loads(other)["sig"]
-    with pytest.raises(EventSignatureError):
+    with pytest.raises(EventSignatureError) as bad:
         verify_event(e.replace(json.loads(e)["sig"].encode(), sig.encode()))
-    with pytest.raises(EventSignatureError, match="not a trusted key"):
+    assert not isinstance(bad.value, UntrustedActorError)  # the auditor's rule is by type
+    with pytest.raises(UntrustedActorError, match="not a trusted key"):
         verify_event(e, {raw_public(Edkey)})
     with pytest.raises(EventError, match="canonical"):
         verify_event(e.replace(b'{"actor"', b'{ "actor"'))

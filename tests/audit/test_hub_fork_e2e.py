@@ -29,7 +29,8 @@ from dataspace.audit.log import TransparencyLog
 from dataspace.audit.note import parse_note
 from dataspace.audit.witness import Witness
 from dataspace.auth.httpsig import HttpSigAuth
-from dataspace.policy.identity import load_private_key
+from dataspace.net import free_port
+from dataspace.site.identity import load_private_key
 from tests.audit.space import (
     SITES,
     cli,
@@ -39,7 +40,7 @@ from tests.audit.space import (
     wait_for,
     witnesses_of,
 )
-from tests.services.conftest import Service, free_port
+from tests.services.conftest import Service
 
 pytestmark = pytest.mark.slow
 

@@ -18,6 +18,7 @@ from dataspace.audit.checkpoint import open_checkpoint
 from dataspace.audit.log import LogError, TransparencyLog
 from dataspace.audit.merkle import MemoryTree, ProofError
 from dataspace.audit.storage import LogCorruptError, node_position, stored_nodes
+from dataspace.audit.tiles import export_tiles, tile_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -233,10 +234,12 @@ def test_cosignature_attached_to_current_checkpoint(tmp_path: Path) -> None:
 
 def test_export_tiles(tmp_path: Path) -> None:
     log, _, entries = _log(tmp_path, 600)
-    n = log.export_tiles(tmp_path / "tiles")
+    n = export_tiles(log, tmp_path / "tiles")
     t = tmp_path / "tiles" / "tile"
     assert (t / "0" / "000").stat().st_size == 256 * 32
     assert (t / "0" / "002.p" / "88").stat().st_size == 88 * 32
     assert (t / "1" / "000.p" / "2").is_file()
     assert (t / "entries" / "000").read_bytes().startswith(len(entries[0]).to_bytes(2, "big"))
     assert n >= 7
+    # tlog-tiles paths: N in 3-digit groups, all but the last prefixed with x
+    assert tile_path(1234067) == "x001/x234/067" and tile_path(5, 88) == "005.p/88"

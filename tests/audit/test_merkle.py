@@ -189,3 +189,30 @@ def test_bad_requests_raise_typed_errors() -> None:
         merkle.verify_inclusion(9, 5, merkle.EMPTY_ROOT, [], tree.root())
     with pytest.raises(ProofError):
         merkle.verify_inclusion(0, 1, b"short", [], tree.root())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 300), st.integers(0, 300))
+def test_the_one_fold_resumes_and_emits_the_stored_post_order(start: int, more: int) -> None:
+    """RootAccumulator: the root of every prefix, resumed from a tree's right-edge peaks,
+    emitting each leaf's hashes in the order the log's ``hashes`` file stores them."""
+    from dataspace.audit.storage import node_position, peaks_of, stored_nodes
+
+    entries = [i.to_bytes(4, "big") for i in range(start + more)]
+    tree = MemoryTree.from_entries(entries)
+    peaks = [tree.node(level, k) for level, k in peaks_of(start)]
+    acc = merkle.RootAccumulator(start, peaks)
+    assert acc.root() == tree.root(start) == merkle.root_hash(entries[:start])
+    out = bytearray()
+    for e in entries[start:]:
+        acc.add(e, out)
+    assert acc.size == start + more and acc.root() == tree.root()
+    assert merkle.root_from_leaf_hashes(map(merkle.leaf_hash, entries)) == tree.root()
+    stored = {}  # the post-order file of the whole tree, from its node positions
+    for level, row in enumerate(tree.levels):
+        for k, h in enumerate(row):
+            stored[node_position(level, k)] = h
+    expect = [stored[p] for p in range(stored_nodes(start), stored_nodes(start + more))]
+    assert bytes(out) == b"".join(expect)
+    with pytest.raises(ProofError):  # one peak per set bit of the size, or it is no tree
+        merkle.RootAccumulator(start, [*peaks, merkle.EMPTY_ROOT])

@@ -7,7 +7,6 @@ log names consumers and contracts), so `dataspace audit verify URL` needs
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -19,13 +18,8 @@ import uvicorn
 from dataspace.auth.httpsig import HttpSigAuth
 from dataspace.cli import main
 from dataspace.hub.app import create_app
-from dataspace.policy.identity import load_private_key, new_identity
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from dataspace.net import free_port
+from dataspace.site.identity import load_private_key, new_identity
 
 
 @pytest.fixture
@@ -34,7 +28,7 @@ def hub(tmp_path: Path):
     consumer_key = tmp_path / "keys" / "bob.key"
     new_identity(consumer_key, name="bob", role="consumer")
     app = create_app(tmp_path / "hub", trust=[auditor])
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=server.run, daemon=True)
     t.start()

@@ -21,7 +21,8 @@ import pytest
 
 from dataspace.audit.log import TransparencyLog
 from dataspace.auth.httpsig import HttpSigAuth
-from dataspace.connectors.sitelog import record
+from dataspace.net import free_port
+from dataspace.site.log import record
 from tests.audit.space import (
     SITES,
     cli,
@@ -31,7 +32,7 @@ from tests.audit.space import (
     wait_for,
     witnesses_of,
 )
-from tests.services.conftest import Service, free_port
+from tests.services.conftest import Service
 
 pytestmark = pytest.mark.slow
 

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 from dataspace import accountant
 from dataspace.accountant import AccountantError
+from dataspace.audit import AuditReport, TrustedKeysError, audit, load_trusted_keys
 from dataspace.audit.bundle import Bundle, write_bundle
 from dataspace.audit.events import EventError, _canonical_text, make_event, verify_event
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.note import raw_public, vkey_text
-from dataspace.audit.verify import AuditReport, TrustedKeysError, audit, load_trusted_keys
 
 from .conftest import DELTA, FP, ORIGIN, RELEASE, ROUND_1, ROUND_2, Scenario, charge, events
 
@@ -742,7 +742,7 @@ def test_a_round_without_releases_still_counts(tmp_path: Path) -> None:
 
 def test_mechanism_memory_is_one_curve_per_contract(tmp_path: Path) -> None:
     """The checker keeps a contract's releases as one composed curve, whatever its rounds."""
-    from dataspace.audit.verify import RuleChecker
+    from dataspace.audit.rules import RuleChecker
 
     r = _history(tmp_path, [("round.started", {"releases": CHEAP})] * 3)
     assert r.ok, r.violations
@@ -868,3 +868,49 @@ def test_the_auditors_running_curve_is_the_ledgers_to_the_last_digit(releases, d
     curve = accountant.compose_onto(accountant.compose(releases[:1]), releases[1:])
     assert curve == accountant.compose(releases)
     assert accountant.epsilon_at(curve, delta) == accountant.epsilon(releases, delta)
+
+
+def test_verify_source_is_the_one_front_door(
+    scenario: Scenario, tmp_path: Path, capsysbinary
+) -> None:
+    """Folder, path string, bundle or an open log: one function, the report `verify` prints."""
+    from dataspace.audit import LogError, TrustedKeysError, verify_source
+    from dataspace.audit.source import FolderSource
+    from dataspace.cli import main
+
+    bundle = tmp_path / "bundle"
+    write_bundle(bundle, scenario.log.checkpoint(), scenario.log.iter_entries())
+    n = len(scenario.entries)
+    for src in (tmp_path / "log", str(tmp_path / "log"), bundle, FolderSource(scenario.log)):
+        r = verify_source(src, scenario.trusted, quorum=2)
+        assert r.verified and r.entries_checked == n, (src, r.violations)
+        assert r.witnesses == ["w1.example", "w2.example"]
+    args = ["audit", "verify", str(tmp_path / "log"), "--trusted-keys", str(scenario.trusted)]
+    assert main([*args, "--witness-quorum", "3", "--json"]) == 4
+    printed = json.loads(capsysbinary.readouterr().out)
+    r = verify_source(tmp_path / "log", load_trusted_keys(scenario.trusted), quorum=3)
+    assert printed == json.loads(json.dumps(r.to_json()))
+    assert r.first.rule == "witness-quorum" and r.first.values["missing"] == []
+    # an earlier checkpoint of the source, on request (the hub's dashboard pins its own)
+    early = TransparencyLog.create(tmp_path / "early", ORIGIN, scenario.key)
+    early.append_many(scenario.entries[:3])
+    r = verify_source(scenario.log, scenario.trusted, checkpoint=early.checkpoint())
+    assert r.size == r.entries_checked == 3 and r.first.rule == "unanchored"
+    # None: strict only where the source has witnesses
+    assert verify_source(early.directory, scenario.trusted, allow_unanchored=None).ok
+    assert not verify_source(tmp_path / "log", scenario.trusted, allow_unanchored=None).first
+    with pytest.raises(LogError, match="not a site folder"):
+        verify_source(tmp_path / "nothing", scenario.trusted)
+    with pytest.raises(TrustedKeysError):
+        verify_source(tmp_path / "log", tmp_path / "no.keys")
+
+
+def test_a_broken_trusted_keys_file_is_a_typed_error(tmp_path) -> None:
+    """A line that is not JSON, or a .vkey include that cannot be read, is a
+    TrustedKeysError naming the line (never a raw JSONDecodeError or OSError)."""
+    from dataspace.audit import TrustedKeysError
+    from dataspace.audit.trust import parse_trusted_keys
+
+    for text, what in (("{not json", "line 1"), ("\n missing.vkey", "line 2")):
+        with pytest.raises(TrustedKeysError, match=what):
+            parse_trusted_keys(text, tmp_path)

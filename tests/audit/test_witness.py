@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dataspace.audit import TrustedKeys, audit
 from dataspace.audit.checkpoint import checkpoint_of_note
 from dataspace.audit.cosignature import verified_witnesses, witness_verifier
 from dataspace.audit.events import make_event
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.note import open_note, parse_note, parse_signature_line
-from dataspace.audit.verify import TrustedKeys, audit
 from dataspace.audit.witness import Witness, WitnessError, local_post, request_body, witness_log
 
 

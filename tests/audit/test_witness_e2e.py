@@ -19,8 +19,8 @@ import pytest
 
 from dataspace.audit.checkpoint import checkpoint_of_note
 from dataspace.audit.log import TransparencyLog
-from dataspace.connectors.sitelog import log_key, record
-from dataspace.policy.identity import load_private_key
+from dataspace.site.identity import load_private_key
+from dataspace.site.log import log_key, record
 from tests.audit.space import SITES, cli, running_space, wait_for, witnesses_of
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from dataspace.audit.api import log_router
 from dataspace.audit.checkpoint import checkpoint_of_note
 from dataspace.audit.events import make_event
 from dataspace.audit.log import TransparencyLog
@@ -39,6 +38,7 @@ from dataspace.audit.witnesspolicy import (
     WitnessState,
     parse_policy,
 )
+from dataspace.auth.log_api import log_router
 from dataspace.cli import main
 from tests.audit.test_witnessing import ORIGIN, Local, _witness
 

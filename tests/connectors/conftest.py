@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from dataspace.connectors import store
-from dataspace.connectors.site import Site
+from dataspace.site import Site, create_site, store
 from tests.conftest import SO101, UNITREE
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Site:
-    return Site.init(tmp_path / "site", org="Test Holder")
+    return create_site(tmp_path / "site", org="Test Holder")
 
 
 def snapshot(site: Site) -> tuple[list[str], list[tuple], list[tuple]]:

@@ -27,8 +27,8 @@ from dataspace.connectors.reader import (
     TimestampError,
     UnknownFormatError,
 )
-from dataspace.connectors.site import Site
 from dataspace.errors import DataspaceError
+from dataspace.site import Site, create_site
 from tests.conftest import SO101
 from tests.connectors import writers
 from tests.connectors.conftest import copy_so101, small_v21, snapshot
@@ -37,7 +37,7 @@ from tests.connectors.conftest import copy_so101, small_v21, snapshot
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A site that already holds one dataset (so a failure has something to disturb)."""
-    site = Site.init(tmp_path_factory.mktemp("tpl") / "site", org="Holder")
+    site = create_site(tmp_path_factory.mktemp("tpl") / "site", org="Holder")
     enroll(site, SO101)
     return site.root
 

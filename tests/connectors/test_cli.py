@@ -15,10 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from dataspace.cli.connector import group
-from dataspace.connectors import store
 from dataspace.connectors.enroll import enroll
-from dataspace.connectors.site import Site
 from dataspace.connectors.synthetic import write_lerobot_v3
+from dataspace.site import Site, create_site, store
 from tests.conftest import SO101, UNITREE
 from tests.connectors.conftest import small_v21, snapshot
 
@@ -91,7 +90,7 @@ def test_enroll_json_list_show(tmp_path: Path) -> None:
 
 
 def test_enroll_error_exit_code_and_message(tmp_path: Path) -> None:
-    site = Site.init(tmp_path / "s", org="H")
+    site = create_site(tmp_path / "s", org="H")
     root = small_v21(tmp_path / "g1")
     (root / "meta/episodes.jsonl").unlink()
     res = dataspace("connector", "enroll", str(site.root), str(root), "--json")
@@ -117,7 +116,7 @@ def _interrupted_enrollment(tmp_path: Path, big: Path, sig: int) -> tuple[Site, 
     first); then it tries again on a fresh site, at most three times.
     """
     for attempt in range(3):
-        site = Site.init(tmp_path / f"s{attempt}", org="H")
+        site = create_site(tmp_path / f"s{attempt}", org="H")
         enroll(site, SO101)
         before = snapshot(site)
         proc = subprocess.Popen(
@@ -192,7 +191,7 @@ def test_live_staging_is_not_swept(site: Site) -> None:
 @pytest.mark.slow
 def test_concurrent_enrollments_of_the_same_content(tmp_path: Path) -> None:
     """Two processes enrolling the same data at once: one dataset, created once."""
-    site = Site.init(tmp_path / "s", org="H")
+    site = create_site(tmp_path / "s", org="H")
     # the connector group alone: `dataspace` itself also imports every other area
     launcher = "from dataspace.cli.connector import group; group()"
     cmd = [sys.executable, "-c", launcher, "enroll", str(site.root), str(SO101)]

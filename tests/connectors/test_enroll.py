@@ -15,11 +15,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dataspace.connectors import store
 from dataspace.connectors.enroll import enroll
 from dataspace.connectors.reader import ColumnError
-from dataspace.connectors.site import Site
 from dataspace.schema import dataset_id_for, fingerprint, frame_schema
+from dataspace.site import Site, create_site, store
 from tests.conftest import (
     BIMANUAL,
     REAL_BIMANUAL,
@@ -96,7 +95,7 @@ def test_nonstandard_column_names_are_mapped_and_noted(site: Site) -> None:
     assert rec.state_dim == 34 and rec.state_names[0] == "left.joint_1.pos"
     assert rec.robot_type == "lingzu_highcam_pi05"
     # the override spells the same mapping out and gives the same content
-    site2 = Site.init(site.root.parent / "other", org="Other")
+    site2 = create_site(site.root.parent / "other", org="Other")
     r2 = enroll(site2, BIMANUAL, state_column="state", action_column="actions")
     assert r2.fingerprint == r.fingerprint
     # swapping them is different content
@@ -214,8 +213,8 @@ def test_an_enrollment_whose_entry_was_not_written_is_completed_by_its_retry(
     """The dataset is committed before its ``dataset.enrolled`` entry: a failure (or a
     crash) between the two is completed, once, by enrolling the same content again."""
     from dataspace.audit.events import parse_event
-    from dataspace.connectors import sitelog
     from dataspace.errors import DataspaceError
+    from dataspace.site import log as sitelog
 
     def enrolled() -> list:
         with sitelog.open_site_log(site, writable=False) as log:

@@ -6,8 +6,8 @@ import json
 
 from dataspace.audit.events import parse_event
 from dataspace.cli import main
-from dataspace.connectors.site import Site
-from dataspace.connectors.sitelog import open_site_log
+from dataspace.site import Site, create_site
+from dataspace.site.log import open_site_log
 from tests.conftest import SO101
 
 
@@ -17,7 +17,7 @@ def _kinds(site: Site) -> list[str]:
 
 
 def test_enroll_runs_quality_and_logs_it(tmp_path, capsys) -> None:
-    site = Site.init(tmp_path / "s", org="ACME")
+    site = create_site(tmp_path / "s", org="ACME")
     assert main(["connector", "enroll", str(site.root), str(SO101), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert 0 < out["quality"] <= 100
@@ -30,7 +30,7 @@ def test_enroll_runs_quality_and_logs_it(tmp_path, capsys) -> None:
 
 
 def test_no_quality_skips_the_check(tmp_path, capsys) -> None:
-    site = Site.init(tmp_path / "s", org="ACME")
+    site = create_site(tmp_path / "s", org="ACME")
     assert main(["connector", "enroll", str(site.root), str(SO101), "--json", "--no-quality"]) == 0
     assert json.loads(capsys.readouterr().out)["quality"] is None
     assert "quality.reported" not in _kinds(site)

@@ -8,12 +8,11 @@ import h5py
 import numpy as np
 import pytest
 
-from dataspace.connectors import store
 from dataspace.connectors.detect import detect
 from dataspace.connectors.enroll import enroll
 from dataspace.connectors.hdf5 import demo_names
-from dataspace.connectors.site import Site
 from dataspace.schema import fingerprint
+from dataspace.site import Site, create_site, store
 from tests.conftest import BIMANUAL, SO101, UNITREE
 from tests.connectors import writers
 
@@ -29,7 +28,7 @@ CASES = {
 def references(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, list]]:
     """Per dataset: the fingerprint the LeRobot original gives for the episodes used,
     and those episodes read straight from its Parquet files."""
-    site = Site.init(tmp_path_factory.mktemp("ref") / "site", org="Ref")
+    site = create_site(tmp_path_factory.mktemp("ref") / "site", org="Ref")
     out = {}
     for key, (root, s, a, subset) in CASES.items():
         r = enroll(site, root)

@@ -40,9 +40,9 @@ from dataspace.connectors.reader import (
     OutsideFolderError,
     SizeLimitError,
 )
-from dataspace.connectors.site import Site
 from dataspace.connectors.synthetic import write_lerobot_v3
 from dataspace.errors import DataspaceError
+from dataspace.site import Site, create_site
 from tests.connectors.conftest import snapshot
 from tests.connectors.writers import RawEpisode, write_mcap
 
@@ -135,7 +135,7 @@ def mcap_records(data: bytes) -> list[tuple[int, int, int]]:
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A site that already holds one dataset (so a failure has something to disturb)."""
     root = tmp_path_factory.mktemp("tpl")
-    site = Site.init(root / "site", org="Holder")
+    site = create_site(root / "site", org="Holder")
     enroll(site, tiny_v3(root / "held", seed=1))
     return site.root
 
@@ -287,7 +287,7 @@ def test_demo_splits_a_lerobot_v3_recording(tmp_path: Path) -> None:
     source = find_source(src)
     assert source.episodes == 5
     out = export_range(source.path, tmp_path / "range", range(2, 4))
-    site = Site.init(tmp_path / "site", org="x")
+    site = create_site(tmp_path / "site", org="x")
     res = enroll(site, out)
     assert (res.episodes, res.frames, res.state_dim, res.action_dim) == (2, 24, 4, 3)
     original = pq.read_table(src / "data/chunk-000/file-000.parquet")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from dataspace.connectors.site import Site
+from dataspace.site.folder import Site
 
 
 def test_reader_joins_a_writer_open_in_another_thread(site: Site) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dataspace.federated.federation import Federation, make_federation
+from dataspace.demo.federation import Federation, make_federation
 from tests.conftest import UNITREE
 
 #: three non-overlapping sessions of the Unitree G1 recording, 5 episodes each (~1.9k frames)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataspace.federated.deploy import run_deployment, write_app
+from dataspace.federated import DeploymentEngine, RunSpec, train
+from dataspace.federated.deploy import write_app
 from dataspace.federated.fab import (
     build_fab,
     openssh_public,
@@ -35,17 +36,17 @@ def test_three_supernodes_tls_auth_real_data_and_untrusted_fab_refused(federatio
         tmp_path / "trusted.yaml", {"holder-0": openssh_public(Ed25519PrivateKey.generate())}
     )
     # a 4th SuperNode names its trusted keys: it must refuse the (unsigned) bundle
-    h = run_deployment(
-        fed.contract_ids,
+    h = train(
+        RunSpec(
+            contracts=fed.contract_ids,
+            template="bc-mlp",
+            rounds=1,
+            out_dir=tmp_path / "run",
+            seed=3,
+            min_nodes=3,
+        ),
         [s.root for s in fed.sites],
-        "bc-mlp",
-        1,
-        tmp_path / "run",
-        seed=3,
-        min_nodes=3,
-        timeout=480,
-        guarded_sites=[fed.sites[0].root],
-        guard_trust=trust,
+        DeploymentEngine(timeout=480, guarded_sites=[fed.sites[0].root], guard_trust=trust),
     )
     assert h["status"] == "finished", h.get("error")
     assert len(h["rounds"]) == 1 and len(h["rounds"][0]["sites"]) == 3

@@ -204,9 +204,9 @@ def test_simulated_episode_run_charges_within_contract_and_records_the_unit(tmp_
     from dataspace.audit.events import parse_event
     from dataspace.audit.log import TransparencyLog
     from dataspace.cli import cli
-    from dataspace.federated.federation import make_federation
+    from dataspace.demo.federation import make_federation
+    from dataspace.federated import RunSpec, train
     from dataspace.federated.report import write_report
-    from dataspace.federated.run import run_simulation
 
     fed = make_federation(
         tmp_path / "fed", UNITREE, n_sites=2, epsilon=3.0, rounds=2,
@@ -215,7 +215,8 @@ def test_simulated_episode_run_charges_within_contract_and_records_the_unit(tmp_
     for site in fed.sites:
         with open(site.config_path, "a") as f:
             f.write('\n[training]\nprivacy_unit = "episode"\nframes_per_episode = 16\n')
-    h = run_simulation(fed.contract_ids, fed.sites, "bc-mlp", 2, tmp_path / "run", seed=3)
+    spec = RunSpec(contracts=fed.contract_ids, rounds=2, out_dir=tmp_path / "run", seed=3)
+    h = train(spec, fed.sites, "simulation")
     assert h["status"] == "finished"
     assert all(s["privacy_unit"] == "episode" for r in h["rounds"] for s in r["sites"])
     report = write_report(tmp_path / "run")

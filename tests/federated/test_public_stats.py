@@ -19,14 +19,15 @@ import pytest
 from flwr.app import Message, RecordDict
 
 from dataspace import accountant
-from dataspace.connectors.site import Site
+from dataspace.connectors.detect import read_episodes
 from dataspace.errors import DataspaceError, RefusedError
+from dataspace.federated import DeploymentEngine, RunSpec, SimulationEngine, dp, public_stats, train
 from dataspace.federated import data as fdata
-from dataspace.federated import dp, public_stats
 from dataspace.federated.client_app import app as client_app
+from dataspace.federated.local_grid import LocalGrid
 from dataspace.federated.normalize import Stats
-from dataspace.federated.run import LocalGrid, run_simulation
-from dataspace.federated.server_app import RunError, RunSpec
+from dataspace.federated.server_app import RunError
+from dataspace.site.folder import Site
 from tests.conftest import UNITREE
 
 #: dims of the Unitree G1 recording
@@ -64,7 +65,7 @@ def _charges(releases: list, rounds: int, delta: float = 1e-5) -> list[float]:
 def _refusals(site) -> list:
     """The site log's ``access.refused`` events, oldest first."""
     from dataspace.audit.events import parse_event
-    from dataspace.connectors.sitelog import open_site_log
+    from dataspace.site.log import open_site_log
 
     with open_site_log(site, writable=False) as log:
         events = [parse_event(e) for e in log.entries(0, log.size)]
@@ -194,8 +195,17 @@ def test_public_stats_run_releases_no_statistics_and_uses_them_exactly(federatio
     stats = _g1_stats()
     grid = SpyGrid(client_app, [s.root for s in fed.sites])
     out = tmp_path / "run"
-    h = run_simulation(
-        fed.contract_ids, fed.sites, "bc-mlp", 2, out, seed=4, grid=grid, public_stats=stats
+    h = train(
+        RunSpec(
+            contracts=fed.contract_ids,
+            template="bc-mlp",
+            rounds=2,
+            out_dir=out,
+            seed=4,
+            public_stats=stats,
+        ),
+        fed.sites,
+        SimulationEngine(grid=grid),
     )
     assert h["status"] == "finished"
     assert h["stats"]["source"] == h["stats_source"] == "public"
@@ -237,16 +247,31 @@ def test_malformed_public_stats_are_refused_and_nothing_is_charged(federation, t
         {**good, "action_mean": [math.nan] * A_DIM},
     ):
         with pytest.raises(public_stats.PublicStatsError):
-            run_simulation(
-                fed.contract_ids, fed.sites, "bc-mlp", 1, tmp_path / "r0", grid=grid,
-                public_stats=bad,
-            )  # fmt: skip
+            train(
+                RunSpec(
+                    contracts=fed.contract_ids,
+                    template="bc-mlp",
+                    rounds=1,
+                    out_dir=tmp_path / "r0",
+                    public_stats=bad,
+                ),
+                fed.sites,
+                SimulationEngine(grid=grid),
+            )
     assert grid.sent == []
     # well formed but the wrong width for the sites' dataset: every site refuses
     short = {k: v[:-2] for k, v in good.items()}
     with pytest.raises(RunError, match=r"PublicStatsError.*26"):
-        run_simulation(
-            fed.contract_ids, fed.sites, "bc-mlp", 1, tmp_path / "r1", public_stats=short
+        train(
+            RunSpec(
+                contracts=fed.contract_ids,
+                template="bc-mlp",
+                rounds=1,
+                out_dir=tmp_path / "r1",
+                public_stats=short,
+            ),
+            fed.sites,
+            "simulation",
         )
     assert json.loads((tmp_path / "r1" / "history.json").read_text())["status"] == "stopped"
     # a server that skips the check: the site itself refuses NaN, zero and short scales
@@ -352,7 +377,8 @@ def test_cli_stats_from_json_file_and_dataset_folder(federation, tmp_path, capsy
     stats = _g1_stats()
     path = tmp_path / "robot-stats.json"
     path.write_text(json.dumps(public_stats.to_lists(stats)))
-    folder_stats = public_stats.load_public_stats(UNITREE)  # the LeRobot folder, all episodes
+    # the LeRobot folder, all episodes, as `--stats-from FOLDER` reads it
+    folder_stats = public_stats.stats_from_episodes(read_episodes(UNITREE))
     for i, (source, want) in enumerate(((path, stats), (UNITREE, folder_stats))):
         fed = federation(epsilon=2.0, rounds=1, n_sites=2, episodes_per_site=TWO)
         out = tmp_path / f"out{i}"
@@ -388,10 +414,19 @@ def test_mixed_privacy_units_are_weighed_in_frames(federation, tmp_path, fold):
     with open(fed.sites[1].config_path, "a") as f:
         f.write('\n[training]\nprivacy_unit = "episode"\nframes_per_episode = 16\n')
     out = tmp_path / "run"
-    h = run_simulation(
-        fed.contract_ids, fed.sites, "bc-mlp", rounds, out, seed=2, public_stats=_g1_stats(),
-        fold_evaluate=fold,
-    )  # fmt: skip
+    h = train(
+        RunSpec(
+            contracts=fed.contract_ids,
+            template="bc-mlp",
+            rounds=rounds,
+            out_dir=out,
+            seed=2,
+            public_stats=_g1_stats(),
+            fold_evaluate=fold,
+        ),
+        fed.sites,
+        "simulation",
+    )
     rec = h["rounds"][0]
     assert rec["weights"] == "frames"
     by = {s["dataset-id"]: s for s in rec["sites"]}
@@ -433,15 +468,24 @@ def test_mixed_privacy_units_are_weighed_in_frames(federation, tmp_path, fold):
 
 @pytest.mark.slow
 def test_public_stats_on_the_deployment_engine(federation, tmp_path):
-    """run_deployment(public_stats=...): the JSON travels in flwr's --run-config to the sites."""
-    from dataspace.federated.deploy import run_deployment
+    """The deployment engine with public_stats: the JSON travels in flwr's --run-config to
+    the sites."""
+    from dataspace.federated import RunSpec, train
 
     fed = federation(epsilon=3.0, rounds=1, n_sites=2, episodes_per_site=TWO)
     stats = _g1_stats()
-    h = run_deployment(
-        fed.contract_ids, [s.root for s in fed.sites], "bc-mlp", 1, tmp_path / "run", seed=1,
-        timeout=480, public_stats=stats,
-    )  # fmt: skip
+    h = train(
+        RunSpec(
+            contracts=fed.contract_ids,
+            template="bc-mlp",
+            rounds=1,
+            out_dir=tmp_path / "run",
+            seed=1,
+            public_stats=stats,
+        ),
+        [s.root for s in fed.sites],
+        DeploymentEngine(timeout=480),
+    )
     assert h["status"] == "finished", h.get("error")
     assert h["stats"]["source"] == "public" and h["stats"]["sites"] == []
     assert all(s["stats"] == "public" for s in h["rounds"][0]["sites"])
@@ -472,10 +516,18 @@ def test_mixed_privacy_units_under_secagg_are_refused_after_the_statistics_query
         f.write('\n[training]\nprivacy_unit = "episode"\n')
     grid = SpyGrid(client_app, [s.root for s in fed.sites])
     with pytest.raises(RunError, match=r"mix privacy units.*charged its statistics"):
-        run_simulation(
-            fed.contract_ids, fed.sites, "bc-mlp", 2, tmp_path / "r", run_id="r-mix",
-            secagg=True, grid=grid,
-        )  # fmt: skip
+        train(
+            RunSpec(
+                contracts=fed.contract_ids,
+                template="bc-mlp",
+                rounds=2,
+                out_dir=tmp_path / "r",
+                run_id="r-mix",
+                secagg=True,
+            ),
+            fed.sites,
+            SimulationEngine(grid=grid),
+        )
     assert grid.sent == ["query.stats", "query.stats"]  # no train message, no SecAgg+ stage
     assert not (tmp_path / "r" / "rounds" / "001").exists()
     # each site holds exactly the statistics' charge of round 1 (its plan's), no round 2

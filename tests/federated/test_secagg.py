@@ -12,10 +12,11 @@ import pytest
 from flwr.app import Message
 
 from dataspace.cli import main
+from dataspace.demo.federation import Federation
+from dataspace.federated import DeploymentEngine, RunSpec, SimulationEngine, train
 from dataspace.federated.client_app import app as client_app
-from dataspace.federated.federation import Federation
+from dataspace.federated.local_grid import LocalGrid
 from dataspace.federated.noise import SEED_ENV
-from dataspace.federated.run import LocalGrid, run_simulation
 from dataspace.federated.secagg import error_bound
 
 pytestmark = pytest.mark.slow
@@ -72,15 +73,33 @@ def test_secagg_matches_weighted_fedavg_within_quantization_and_hides_updates(
     monkeypatch.setenv(SEED_ENV, NOISE_SEED)
     fed = federation(epsilon=4.0, rounds=1)
     swap = twin_sites(fed)
-    plain = run_simulation(
-        fed.contract_ids, fed.sites, "bc-mlp", 1, tmp_path / "plain", seed=4, run_id="twin"
+    plain = train(
+        RunSpec(
+            contracts=fed.contract_ids,
+            template="bc-mlp",
+            rounds=1,
+            out_dir=tmp_path / "plain",
+            seed=4,
+            run_id="twin",
+        ),
+        fed.sites,
+        "simulation",
     )
     swap()  # the same sites again, fresh ledgers: the same DP training, noise included
     grid = RecordingGrid(client_app, [s.root for s in fed.sites])
-    sec = run_simulation(
-        fed.contract_ids, fed.sites, "bc-mlp", 1, tmp_path / "sec", seed=4, grid=grid,
-        secagg=True, run_id="twin",
-    )  # fmt: skip
+    sec = train(
+        RunSpec(
+            contracts=fed.contract_ids,
+            template="bc-mlp",
+            rounds=1,
+            out_dir=tmp_path / "sec",
+            seed=4,
+            secagg=True,
+            run_id="twin",
+        ),
+        fed.sites,
+        SimulationEngine(grid=grid),
+    )
     assert plain["status"] == sec["status"] == "finished", sec.get("error")
     # the sites' DP training is the same (same seed): only the aggregation differs
     assert sec["rounds"][0]["train_loss"] == plain["rounds"][0]["train_loss"]
@@ -126,25 +145,36 @@ def test_secagg_on_the_deployment_engine_matches_the_one_process_run(
     """SecAgg+ through SuperLink + 3 SuperNodes (TLS, node auth): the same sites, seed and
     DP training as a plain one-process run, so the aggregate differs only by quantisation.
     The SuperNodes inherit the test noise seed from this process's environment."""
-    from dataspace.federated.deploy import run_deployment
+    from dataspace.federated import RunSpec, train
 
     monkeypatch.setenv(SEED_ENV, NOISE_SEED)
     b = federation(epsilon=4.0, rounds=1)
     swap = twin_sites(b)
-    plain = run_simulation(
-        b.contract_ids, b.sites, "bc-mlp", 1, tmp_path / "plain", seed=6, run_id="twin"
+    plain = train(
+        RunSpec(
+            contracts=b.contract_ids,
+            template="bc-mlp",
+            rounds=1,
+            out_dir=tmp_path / "plain",
+            seed=6,
+            run_id="twin",
+        ),
+        b.sites,
+        "simulation",
     )
     swap()
-    sec = run_deployment(
-        b.contract_ids,
+    sec = train(
+        RunSpec(
+            contracts=b.contract_ids,
+            template="bc-mlp",
+            rounds=1,
+            out_dir=tmp_path / "sec",
+            seed=6,
+            run_id="twin",
+            secagg=True,
+        ),
         [s.root for s in b.sites],
-        "bc-mlp",
-        1,
-        tmp_path / "sec",
-        seed=6,
-        run_id="twin",
-        timeout=480,
-        secagg=True,
+        DeploymentEngine(timeout=480),
     )
     assert sec["status"] == "finished", sec.get("error")
     assert sec["rounds"][0]["train_loss"] == plain["rounds"][0]["train_loss"]

@@ -45,11 +45,10 @@ from flwr.supercore.task_identity import TaskIdentity
 
 import dataspace
 from dataspace.cli import main
-from dataspace.connectors.site import Site
+from dataspace.demo.federation import Federation, make_federation
 from dataspace.federated import secagg
 from dataspace.federated.client_app import app as client_app
-from dataspace.federated.federation import Federation, make_federation
-from dataspace.federated.run import LocalGrid
+from dataspace.federated.local_grid import LocalGrid
 from dataspace.federated.secagg import (
     CLIPPING_RANGE,
     MODULUS_RANGE,
@@ -60,10 +59,11 @@ from dataspace.federated.secagg import (
     SecAggStageError,
     SecAggUnmaskError,
 )
-from dataspace.federated.server_app import RunSpec
+from dataspace.federated.spec import RunSpec
 from dataspace.federated.templates import get_template
 from dataspace.policy.contracts import ContractError
 from dataspace.policy.policies import current_policy
+from dataspace.site.folder import Site
 
 #: Flower's site-side SecAgg+ module (its package exports the mod function under this name)
 flower_mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
@@ -379,7 +379,7 @@ class Sites:
         self.fed = fed
         self.grid = LocalGrid(client_app, [s.root for s in fed.sites])
         self.nodes = sorted(self.grid.nodes)
-        self.spec = RunSpec(RUN, fed.contract_ids, "bc-mlp", 3, out_dir="unused")
+        self.spec = RunSpec(run_id=RUN, contracts=fed.contract_ids, rounds=3, out_dir="unused")
         state = get_template("bc-mlp").build(26, 26).state_dict()  # the sample: 26 + 26
         self.model = ArrayRecord(state)
 
@@ -416,7 +416,7 @@ class Sites:
 
     def events(self, nid: int, kind: str) -> list[dict[str, Any]]:
         from dataspace.audit.events import parse_event
-        from dataspace.connectors.sitelog import open_site_log
+        from dataspace.site.log import open_site_log
 
         with open_site_log(self.site(nid), writable=False) as log:
             events = [parse_event(e) for e in log.entries(0, log.size)]

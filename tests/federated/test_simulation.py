@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from dataspace.errors import RefusedError
+from dataspace.federated import RunSpec, SimulationEngine, train
 from dataspace.federated import data as fdata
 from dataspace.federated.client_app import app as client_app
-from dataspace.federated.run import LocalGrid, run_simulation
+from dataspace.federated.local_grid import LocalGrid
 from dataspace.federated.server_app import RunError
 
 pytestmark = pytest.mark.slow
@@ -33,8 +34,30 @@ def test_site_seed_repeats_a_run_else_the_noise_is_fresh(federation, tmp_path, m
     runs bit-identical; without it the same messages get fresh, secret noise."""
     monkeypatch.setenv("DATASPACE_NOISE_SEED", "test-seed")
     a, b = federation(epsilon=4.0, rounds=2), federation(epsilon=4.0, rounds=2)
-    ha = run_simulation(a.contract_ids, a.sites, "bc-mlp", 2, tmp_path / "ra", seed=5, run_id="r")
-    hb = run_simulation(b.contract_ids, b.sites, "bc-mlp", 2, tmp_path / "rb", seed=5, run_id="r")
+    ha = train(
+        RunSpec(
+            contracts=a.contract_ids,
+            template="bc-mlp",
+            rounds=2,
+            out_dir=tmp_path / "ra",
+            seed=5,
+            run_id="r",
+        ),
+        a.sites,
+        "simulation",
+    )
+    hb = train(
+        RunSpec(
+            contracts=b.contract_ids,
+            template="bc-mlp",
+            rounds=2,
+            out_dir=tmp_path / "rb",
+            seed=5,
+            run_id="r",
+        ),
+        b.sites,
+        "simulation",
+    )
     assert ha["status"] == hb["status"] == "finished"
     za, zb = _final(tmp_path / "ra"), _final(tmp_path / "rb")
     assert za.keys() == zb.keys()
@@ -42,7 +65,18 @@ def test_site_seed_repeats_a_run_else_the_noise_is_fresh(federation, tmp_path, m
         assert np.array_equal(za[k], zb[k]), k
     monkeypatch.delenv("DATASPACE_NOISE_SEED")
     c = federation(epsilon=4.0, rounds=2)
-    run_simulation(c.contract_ids, c.sites, "bc-mlp", 2, tmp_path / "rc", seed=5, run_id="r")
+    train(
+        RunSpec(
+            contracts=c.contract_ids,
+            template="bc-mlp",
+            rounds=2,
+            out_dir=tmp_path / "rc",
+            seed=5,
+            run_id="r",
+        ),
+        c.sites,
+        "simulation",
+    )
     assert not np.array_equal(_final(tmp_path / "rc")["net.0.weight"], za["net.0.weight"])
     # every site charged its statistics and both rounds, summing to the accountant's
     # epsilon <= contract
@@ -59,14 +93,30 @@ def test_site_seed_repeats_a_run_else_the_noise_is_fresh(federation, tmp_path, m
 
 def test_budget_exhausted_refused_before_any_data_is_read(federation, tmp_path, monkeypatch):
     fed = federation(epsilon=4.0, rounds=2)
-    run_simulation(fed.contract_ids, fed.sites, "bc-mlp", 2, tmp_path / "r1", seed=1)
+    train(
+        RunSpec(
+            contracts=fed.contract_ids, template="bc-mlp", rounds=2, out_dir=tmp_path / "r1", seed=1
+        ),
+        fed.sites,
+        "simulation",
+    )
     reads = []
     monkeypatch.setattr(fdata, "load_frames", lambda *a, **k: reads.append(a) or 1 / 0)
     monkeypatch.setattr(
         "dataspace.federated.client_app._FRAMES", {}
     )  # a warm cache must not hide a read
     with pytest.raises(RunError, match=r"BudgetExceededError|ContractError"):
-        run_simulation(fed.contract_ids, fed.sites, "bc-mlp", 2, tmp_path / "r2", seed=1)
+        train(
+            RunSpec(
+                contracts=fed.contract_ids,
+                template="bc-mlp",
+                rounds=2,
+                out_dir=tmp_path / "r2",
+                seed=1,
+            ),
+            fed.sites,
+            "simulation",
+        )
     assert reads == []
     hist = json.loads((tmp_path / "r2" / "history.json").read_text())
     assert hist["status"] == "stopped"
@@ -75,7 +125,17 @@ def test_budget_exhausted_refused_before_any_data_is_read(federation, tmp_path, 
 def test_wrong_template_refused(federation, tmp_path):
     fed = federation(epsilon=2.0, rounds=1)
     with pytest.raises(RunError, match="template"):
-        run_simulation(fed.contract_ids, fed.sites, "bc-chunk", 1, tmp_path / "r", seed=1)
+        train(
+            RunSpec(
+                contracts=fed.contract_ids,
+                template="bc-chunk",
+                rounds=1,
+                out_dir=tmp_path / "r",
+                seed=1,
+            ),
+            fed.sites,
+            "simulation",
+        )
     assert all(_ledger(s) == [] for s in fed.sites)
 
 
@@ -89,16 +149,34 @@ def test_dead_site_does_not_hang_and_run_resumes(federation, tmp_path):
         grid.dead.add(3)
 
     with pytest.raises(RunError, match=r"sites (replied|connected)"):
-        run_simulation(
-            fed.contract_ids, fed.sites, "bc-mlp", 3, out, seed=2, run_id="r-1",
-            grid=grid, on_round=stop_after_first,
-        )  # fmt: skip
+        train(
+            RunSpec(
+                contracts=fed.contract_ids,
+                template="bc-mlp",
+                rounds=3,
+                out_dir=out,
+                seed=2,
+                run_id="r-1",
+            ),
+            fed.sites,
+            SimulationEngine(grid=grid),
+            on_round=stop_after_first,
+        )
     assert json.loads((out / "history.json").read_text())["status"] == "stopped"
     # resume with min-nodes 2: rounds 2..3 run on the two live sites (round 2 never went out)
-    h = run_simulation(
-        fed.contract_ids, fed.sites, "bc-mlp", 3, out, seed=2, run_id="r-1", grid=grid,
-        min_nodes=2,
-    )  # fmt: skip
+    h = train(
+        RunSpec(
+            contracts=fed.contract_ids,
+            template="bc-mlp",
+            rounds=3,
+            out_dir=out,
+            seed=2,
+            run_id="r-1",
+            min_nodes=2,
+        ),
+        fed.sites,
+        SimulationEngine(grid=grid),
+    )
     assert h["status"] == "finished" and h["resumed_from"] == 1 and "lost_rounds" not in h
     assert [r["round"] for r in h["rounds"]] == [1, 2, 3]
     assert len(h["rounds"][1]["sites"]) == 2

@@ -28,11 +28,11 @@ from opacus.accountants import RDPAccountant
 import dataspace
 from dataspace import accountant
 from dataspace.audit.events import Event, parse_event
-from dataspace.connectors.site import Site
-from dataspace.connectors.sitelog import open_site_log
+from dataspace.demo.federation import Federation, make_federation
 from dataspace.federated.client_app import app as client_app
-from dataspace.federated.federation import Federation, make_federation
 from dataspace.federated.templates import get_template
+from dataspace.site.folder import Site
+from dataspace.site.log import open_site_log
 
 #: the sample the package ships (16 Unitree G1 episodes): the suite needs nothing beside it
 SAMPLE = Path(dataspace.__file__).parent / "data" / "unitree-g1-sample"

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from dataspace.federated.deploy import deployment, write_app
+from dataspace.federated.deploy import Deployment, write_app
 from tests.hostile.harness import events, federation, ledger
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ def _history(out) -> dict:
 def test_replayed_run_and_changed_mechanism_through_the_deployment_engine(tmp_path):
     fed = federation(tmp_path / "fed", n_sites=2, epsilon=4.0, rounds=2)
     app = write_app(tmp_path / "app")
-    with deployment(tmp_path / "deploy", [s.root for s in fed.sites]) as d:
+    with Deployment(tmp_path / "deploy", [s.root for s in fed.sites]) as d:
         honest = tmp_path / "honest"
         d.run(app, _config(fed, honest, "run-1"), timeout=400)
         assert _history(honest)["status"] == "finished", _history(honest).get("error")

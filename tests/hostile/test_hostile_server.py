@@ -38,11 +38,11 @@ pytestmark = pytest.mark.slow
 
 
 def delta_of(s: HostileServer) -> float:
-    return load_contract(s.site, s.contracts[0]).delta
+    return load_contract(s.site, s.contracts[0]).terms.delta
 
 
 def epsilon_of(s: HostileServer) -> float:
-    return load_contract(s.site, s.contracts[0]).epsilon
+    return load_contract(s.site, s.contracts[0]).terms.epsilon
 
 
 def weights(reply) -> np.ndarray:

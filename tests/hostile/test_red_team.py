@@ -29,7 +29,6 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from dataspace.connectors.sitelog import open_site_log
 from dataspace.errors import NotFoundError
 from dataspace.federated import client_app, dp, guard, packing
 from dataspace.federated import data as fdata
@@ -40,6 +39,8 @@ from dataspace.policy import ledger as policy_ledger
 from dataspace.policy.contracts import OfferRequest, negotiate
 from dataspace.policy.odrl import build_policy
 from dataspace.policy.policies import publish_policy
+from dataspace.policy.terms import ContractTerms
+from dataspace.site.log import open_site_log
 from tests.hostile.harness import (
     A_DIM,
     S_DIM,
@@ -57,11 +58,11 @@ pytestmark = pytest.mark.slow
 
 
 def delta_of(s: HostileServer, cid: str | None = None) -> float:
-    return load_contract(s.site, cid or s.contracts[0]).delta
+    return load_contract(s.site, cid or s.contracts[0]).terms.delta
 
 
 def epsilon_of(s: HostileServer, cid: str | None = None) -> float:
-    return load_contract(s.site, cid or s.contracts[0]).epsilon
+    return load_contract(s.site, cid or s.contracts[0]).terms.epsilon
 
 
 def refusal(reply) -> str:
@@ -487,10 +488,11 @@ def _second_contract(s: HostileServer, epsilon: float, rounds: int) -> str:
                      templates=["bc-mlp"]),
     )  # fmt: skip
     offer = OfferRequest(
-        dataset_id=did, purpose="robot-policy-training", epsilon=epsilon, rounds=rounds,
-        until=until - timedelta(days=1), consumer=s.fed.consumer, template="bc-mlp", delta=1e-5,
+        dataset_id=did, consumer=s.fed.consumer,
+        terms=ContractTerms(purpose="robot-policy-training", epsilon=epsilon, rounds=rounds,
+                            until=until - timedelta(days=1), template="bc-mlp", delta=1e-5),
     )  # fmt: skip
-    return negotiate(site, offer, s.fed.consumer_key).contract_id
+    return negotiate(site, offer, s.fed.consumer_key).terms.contract_id
 
 
 def test_several_contracts_on_one_dataset_each_stay_within_their_own(hostile):

@@ -11,12 +11,12 @@ import pytest
 
 from dataspace.audit.events import Event, parse_event
 from dataspace.connectors.enroll import enroll
-from dataspace.connectors.site import Site
-from dataspace.connectors.sitelog import open_site_log
-from dataspace.connectors.store import get_dataset
-from dataspace.policy.identity import Identity, load_private_key, new_identity
 from dataspace.policy.odrl import build_policy
 from dataspace.policy.policies import publish_policy
+from dataspace.site import Site, create_site
+from dataspace.site.identity import Identity, load_private_key, new_identity
+from dataspace.site.log import open_site_log
+from dataspace.site.store import get_dataset
 from tests.conftest import SO101
 
 #: a fixed "now" for library tests (contracts and policies are dated relative to it)
@@ -26,7 +26,7 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 @pytest.fixture(scope="session")
 def _enrolled_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("policy-template") / "site"
-    site = Site.init(root, org="acme", name="acme-site")
+    site = create_site(root, org="acme", name="acme-site")
     enroll(site, SO101)
     return root
 

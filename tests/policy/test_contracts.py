@@ -31,34 +31,33 @@ from dataspace.policy.contracts import (
 )
 from dataspace.policy.ledger import budget_report
 from dataspace.policy.odrl import PolicyError
+from dataspace.policy.terms import ContractTerms
 from tests.policy.conftest import NOW, World
 
 
-def req(w: World, who: str = "alice", **kw) -> OfferRequest:
-    args = dict(
-        dataset_id=w.dataset_id,
-        purpose="research",
-        epsilon=2.0,
-        rounds=3,
-        until=NOW + timedelta(days=7),
-        consumer=w.alice if who == "alice" else w.bob,
-        template="mlp",
+def req(w: World, who: str = "alice", dataset_id: str | None = None, **kw) -> OfferRequest:
+    """Alice's (or Bob's) request; ``kw`` changes its terms."""
+    terms = ContractTerms(
+        purpose="research", epsilon=2.0, rounds=3, until=NOW + timedelta(days=7), template="mlp"
     )
-    args.update(kw)
-    return OfferRequest(**args)
+    return OfferRequest(
+        dataset_id=dataset_id or w.dataset_id,
+        consumer=w.alice if who == "alice" else w.bob,
+        terms=replace(terms, **kw),
+    )
 
 
 def test_agreed_contract_is_signed_stored_and_logged(world: World) -> None:
     world.publish()
     c = negotiate(world.site, req(world), world.key(), now=NOW)
-    assert c.state == "agreed" and c.fingerprint == world.fingerprint
+    assert c.state == "agreed" and c.terms.fingerprint == world.fingerprint
     assert c.holder.public_key == world.site.identity.public_key
     assert c.consumer.key_b64 == world.alice.key_b64 and c.consumer.name == "alice"
     verify_agreement(c)  # both signatures over the canonical terms
-    again = load_contract(world.site, c.contract_id, now=NOW)
+    again = load_contract(world.site, c.terms.contract_id, now=NOW)
     assert again == c
     (ev,) = world.events("contract.agreed")
-    assert ev.contract_id == c.contract_id and ev.dataset_id == world.dataset_id
+    assert ev.contract_id == c.terms.contract_id and ev.dataset_id == world.dataset_id
     assert ev.fingerprint == world.fingerprint and ev.purpose == "research"
     f = ev.fields
     assert (f["consumer"], f["template"], f["epsilon"], f["rounds"]) == (
@@ -103,50 +102,50 @@ def test_manual_approval_pending_then_approve(world: World) -> None:
     assert c.state == "pending" and c.holder_signature is None and c.consumer_signature
     assert world.events("contract.agreed") == []
     assert budget_report(world.site, now=NOW)[0].reserved == 0  # pending reserves nothing
-    a = approve(world.site, c.contract_id, now=NOW + timedelta(hours=1))
+    a = approve(world.site, c.terms.contract_id, now=NOW + timedelta(hours=1))
     assert a.state == "agreed"
     verify_agreement(a)
     assert budget_report(world.site, now=NOW + timedelta(hours=1))[0].reserved == 2.0
-    assert [e.contract_id for e in world.events("contract.agreed")] == [c.contract_id]
+    assert [e.contract_id for e in world.events("contract.agreed")] == [c.terms.contract_id]
     with pytest.raises(ContractError, match="is agreed, not pending"):
-        approve(world.site, c.contract_id, now=NOW)
+        approve(world.site, c.terms.contract_id, now=NOW)
 
 
 def test_manual_approval_reject(world: World) -> None:
     world.publish(manual=True)
     c = negotiate(world.site, req(world), world.key(), now=NOW)
-    r = reject(world.site, c.contract_id, "not this quarter", now=NOW)
+    r = reject(world.site, c.terms.contract_id, "not this quarter", now=NOW)
     assert r.state == "rejected" and r.reason == "not this quarter"
     assert "not this quarter" in world.events("access.refused")[-1].fields["reason"]
     with pytest.raises(ContractError, match="is rejected, not pending"):
-        approve(world.site, c.contract_id, now=NOW)
+        approve(world.site, c.terms.contract_id, now=NOW)
 
 
 def test_approval_reevaluates_the_budget(world: World) -> None:
     world.publish(manual=True)
     a = negotiate(world.site, req(world, epsilon=5.0), world.key(), now=NOW)
     b = negotiate(world.site, req(world, epsilon=5.0), world.key(), now=NOW)
-    approve(world.site, a.contract_id, now=NOW)
+    approve(world.site, a.terms.contract_id, now=NOW)
     with pytest.raises(OfferRefusedError, match="unreserved"):
-        approve(world.site, b.contract_id, now=NOW)
-    assert load_contract(world.site, b.contract_id, now=NOW).state == "pending"
+        approve(world.site, b.terms.contract_id, now=NOW)
+    assert load_contract(world.site, b.terms.contract_id, now=NOW).state == "pending"
 
 
 def test_pending_contract_expires(world: World) -> None:
     world.publish(manual=True)
     c = negotiate(world.site, req(world), world.key(), now=NOW)
     later = NOW + timedelta(days=8)
-    assert load_contract(world.site, c.contract_id, now=later).state == "expired"
+    assert load_contract(world.site, c.terms.contract_id, now=later).state == "expired"
     with pytest.raises(ContractError, match="is expired, not pending"):
-        approve(world.site, c.contract_id, now=later)
+        approve(world.site, c.terms.contract_id, now=later)
 
 
 def test_expired_contract_releases_its_reservation(world: World) -> None:
     world.publish()
     c = negotiate(world.site, req(world, epsilon=3.0), world.key(), now=NOW)
     assert budget_report(world.site, now=NOW)[0].reserved == 3.0
-    end = c.until + timedelta(seconds=1)
-    assert load_contract(world.site, c.contract_id, now=end).state == "expired"
+    end = c.terms.until + timedelta(seconds=1)
+    assert load_contract(world.site, c.terms.contract_id, now=end).state == "expired"
     row = budget_report(world.site, now=end)[0]
     assert (row.reserved, row.spent, row.remaining) == (0.0, 0.0, 8.0)
 
@@ -196,7 +195,7 @@ def test_offer_rechecked_against_budget_at_acceptance(world: World) -> None:
     accept(world.site, o1, now=NOW)
     with pytest.raises(OfferRefusedError, match="unreserved"):
         accept(world.site, o2, now=NOW)
-    assert [c.contract_id for c in list_contracts(world.site, now=NOW)] == [o1.contract_id]
+    assert [c.terms.contract_id for c in list_contracts(world.site, now=NOW)] == [o1.contract_id]
 
 
 def test_terms_round_trip_and_reject_non_canonical(world: World) -> None:
@@ -214,13 +213,13 @@ def test_list_contracts_by_consumer(world: World) -> None:
     world.publish(consumers=[world.alice.key_b64, world.bob.key_b64])
     a = negotiate(world.site, req(world), world.key(), now=NOW)
     b = negotiate(world.site, req(world, who="bob"), world.key("bob"), now=NOW)
-    assert {c.contract_id for c in list_contracts(world.site)} == {a.contract_id, b.contract_id}
-    assert [c.contract_id for c in list_contracts(world.site, consumer=world.bob)] == [
-        b.contract_id
-    ]
-    assert [c.contract_id for c in list_contracts(world.site, consumer=world.alice.key_b64)] == [
-        a.contract_id
-    ]
+
+    def ids(**kw) -> list[str]:
+        return [c.terms.contract_id for c in list_contracts(world.site, **kw)]
+
+    assert set(ids()) == {a.terms.contract_id, b.terms.contract_id}
+    assert ids(consumer=world.bob) == [b.terms.contract_id]
+    assert ids(consumer=world.alice.key_b64) == [a.terms.contract_id]
     with pytest.raises(NotFoundError):
         load_contract(world.site, "no-such-contract")
 
@@ -230,7 +229,7 @@ def test_revoke_frees_the_reservation(world: World) -> None:
     c = negotiate(world.site, req(world, epsilon=8.0), world.key(), now=NOW)
     with pytest.raises(OfferRefusedError):
         negotiate(world.site, req(world, epsilon=1.0), world.key(), now=NOW)
-    assert revoke(world.site, c.contract_id, now=NOW).state == "revoked"
+    assert revoke(world.site, c.terms.contract_id, now=NOW).state == "revoked"
     assert negotiate(world.site, req(world, epsilon=1.0), world.key(), now=NOW).state == "agreed"
 
 
@@ -277,13 +276,13 @@ def test_reservations_never_exceed_the_budget(world: World) -> None:
                 pass
         elif agreed:
             c = rng.choice(agreed)
-            if load_contract(world.site, c.contract_id, now=now).state == "agreed":
-                revoke(world.site, c.contract_id, now=now)
+            if load_contract(world.site, c.terms.contract_id, now=now).state == "agreed":
+                revoke(world.site, c.terms.contract_id, now=now)
         (row,) = budget_report(world.site, now=now)
         assert row.reserved + row.spent <= row.budget + 1e-9
         assert row.delta_reserved + row.delta_spent <= row.delta_budget * (1 + 1e-9)
         live = [c for c in list_contracts(world.site, now=now) if c.state == "agreed"]
-        assert sum(c.epsilon for c in live) <= 6.0 + 1e-9
+        assert sum(c.terms.epsilon for c in live) <= 6.0 + 1e-9
     assert len(agreed) >= 3  # the walk did exercise agreements
 
 

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from dataspace.policy.evaluate import Request, Usage, evaluate
-from dataspace.policy.odrl import KEY_URN, UsagePolicy, build_policy, parse_policy
+from dataspace.policy.odrl import KEY_URN, UsagePolicy, build_policy, parse_usage_policy
+from dataspace.policy.terms import ContractTerms
 
 ALICE = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
 BOB = "ZTeNDSFnYyL3LKklOzYMbk0L45nxW220mBlQhf5rPgk="
@@ -42,7 +43,7 @@ def with_rules(permissions: list[dict] | None = None, prohibitions: list[dict] |
         d["permission"] = permissions
     if prohibitions is not None:
         d["prohibition"] = prohibitions
-    return parse_policy(d)
+    return parse_usage_policy(d)
 
 
 def c(left: str, op: str, right: Any) -> dict:
@@ -58,12 +59,17 @@ BUDGET = [c("epsilon", "lteq", 8), c("delta", "lteq", 1e-5)]
 REQ = Request(
     dataset_id="ds-1",
     consumer=ALICE,
-    purpose="research",
-    epsilon=2.0,
-    until=NOW + timedelta(days=7),
-    template="mlp",
-    rounds=3,
+    terms=ContractTerms(
+        purpose="research", epsilon=2.0, until=NOW + timedelta(days=7), template="mlp", rounds=3
+    ),
 )
+
+
+def ask(**change: Any) -> Request:
+    """REQ with ``change`` (its own fields, or terms)."""
+    own = {k: change.pop(k) for k in ("dataset_id", "consumer", "fingerprint") if k in change}
+    return replace(REQ, **own, terms=replace(REQ.terms, **change))
+
 
 # (id, policy, request changes, now, used, allowed, words in the reasons)
 TABLE: list[tuple[str, UsagePolicy, dict, datetime, Usage, bool, str]] = [
@@ -397,7 +403,7 @@ TABLE: list[tuple[str, UsagePolicy, dict, datetime, Usage, bool, str]] = [
 def test_evaluation_table(
     name: str, pol: UsagePolicy, change: dict, now: datetime, used: Usage, allowed: bool, words: str
 ) -> None:
-    d = evaluate(pol, replace(REQ, **change), now, used)
+    d = evaluate(pol, ask(**change), now, used)
     assert d.allowed is allowed, d.reasons
     assert any(words in r for r in d.reasons), d.reasons
     assert (d.granted is not None) is allowed
@@ -407,17 +413,18 @@ def test_grant_carries_the_terms_and_a_proportional_delta() -> None:
     d = evaluate(policy(), REQ, NOW)
     g = d.granted
     assert g is not None
-    assert (g.action, g.purpose, g.template, g.epsilon, g.rounds, g.until) == (
+    t = g.terms
+    assert (t.action, t.purpose, t.template, t.epsilon, t.rounds, t.until) == (
         "train",
         "research",
         "mlp",
         2.0,
         3,
-        REQ.until,
+        REQ.terms.until,
     )
-    assert g.delta == 2.5e-06  # 1e-5 * 2/8
-    explicit = evaluate(policy(), replace(REQ, delta=1e-6), NOW).granted
-    assert explicit is not None and explicit.delta == 1e-6
+    assert t.delta == 2.5e-06  # 1e-5 * 2/8
+    explicit = evaluate(policy(), ask(delta=1e-6), NOW).granted
+    assert explicit is not None and explicit.terms.delta == 1e-6
 
 
 def test_check_budget_false_ignores_usage_only() -> None:
@@ -425,13 +432,11 @@ def test_check_budget_false_ignores_usage_only() -> None:
     assert not evaluate(policy(), REQ, NOW, full).allowed
     assert evaluate(policy(), REQ, NOW, full, check_budget=False).allowed
     # ... but still refuses what the policy forbids
-    assert not evaluate(
-        policy(), replace(REQ, purpose="ads"), NOW, full, check_budget=False
-    ).allowed
+    assert not evaluate(policy(), ask(purpose="ads"), NOW, full, check_budget=False).allowed
 
 
 def test_many_small_reservations_fill_the_budget_exactly() -> None:
     # 0.1 added 80 times is not 8.0 in floating point; the tolerance must allow it
     used = Usage(sum([0.1] * 79), 0.0)
-    assert evaluate(policy(), replace(REQ, epsilon=0.1, delta=0.0), NOW, used).allowed
-    assert not evaluate(policy(), replace(REQ, epsilon=0.1, delta=0.0), NOW, Usage(8.0, 0)).allowed
+    assert evaluate(policy(), ask(epsilon=0.1, delta=0.0), NOW, used).allowed
+    assert not evaluate(policy(), ask(epsilon=0.1, delta=0.0), NOW, Usage(8.0, 0)).allowed

@@ -11,19 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from dataspace.connectors.sitelog import open_site_log
 from dataspace.policy.contracts import OfferRequest, negotiate
-from dataspace.policy.identity import (
-    KeyError_,
+from dataspace.policy.terms import ContractTerms
+from dataspace.site.identity import (
+    IdentityKeyError,
     load_identity,
     load_private_key,
     load_rotations,
     new_identity,
     public_bytes,
     rotate_identity,
-    rotate_site_key,
     rotations_path,
 )
+from dataspace.site.log import open_site_log
+from dataspace.site.rotation import rotate_site_key
 from tests.policy.conftest import NOW, World
 
 
@@ -57,13 +58,13 @@ def test_forged_rotation_does_not_verify(tmp_path: Path) -> None:
     r = rotate_identity(path)
     other = new_identity(tmp_path / "mallory", "mallory", "consumer")
     forged = replace(r, new_key=other.key_b64)  # swap in another key, keep the signatures
-    with pytest.raises(KeyError_, match="does not verify"):
+    with pytest.raises(IdentityKeyError, match="does not verify"):
         forged.verify()
     lines = rotations_path(path).read_text().splitlines()
     obj = json.loads(lines[0])
     obj["old_signature"] = base64.b64encode(b"\0" * 64).decode()
     rotations_path(path).write_text(json.dumps(obj) + "\n")
-    with pytest.raises(KeyError_, match="old key's signature"):
+    with pytest.raises(IdentityKeyError, match="old key's signature"):
         load_rotations(path)
 
 
@@ -88,12 +89,14 @@ def test_rotate_site_key_is_logged_and_the_log_keeps_working(world: World) -> No
         site,
         OfferRequest(
             dataset_id=world.dataset_id,
-            purpose="research",
-            epsilon=1.0,
-            rounds=1,
-            until=NOW + timedelta(days=1),
             consumer=world.alice,
-            template="mlp",
+            terms=ContractTerms(
+                purpose="research",
+                epsilon=1.0,
+                rounds=1,
+                until=NOW + timedelta(days=1),
+                template="mlp",
+            ),
         ),
         world.key(),
         now=NOW,
@@ -102,7 +105,7 @@ def test_rotate_site_key_is_logged_and_the_log_keeps_working(world: World) -> No
 
 
 def test_new_identity_creates_missing_folders(tmp_path):
-    from dataspace.policy.identity import load_identity, new_identity
+    from dataspace.site.identity import load_identity, new_identity
 
     ident = new_identity(tmp_path / "keys" / "deep" / "bob.key", name="bob", role="consumer")
     assert load_identity(tmp_path / "keys" / "deep" / "bob.key") == ident

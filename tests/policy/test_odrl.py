@@ -17,7 +17,7 @@ from dataspace.policy.odrl import (
     UsagePolicy,
     build_policy,
     load_context,
-    parse_policy,
+    parse_usage_policy,
 )
 
 KEY = "ZTeNDSFnYyL3LKklOzYMbk0L45nxW220mBlQhf5rPgk="
@@ -83,7 +83,7 @@ def doc() -> dict[str, Any]:
 
 
 def test_parse_reads_every_part() -> None:
-    p = parse_policy(doc())
+    p = parse_usage_policy(doc())
     assert p.dataset_id == "ds-1" and p.fingerprint == FP and p.assigner == KEY
     assert p.manual_approval and p.policy_type == "Offer"
     assert [r.action for r in p.permissions] == ["train", "compute-statistics"]
@@ -98,10 +98,10 @@ def test_parse_reads_every_part() -> None:
 
 def test_round_trip_document_and_object() -> None:
     d = doc()
-    p = parse_policy(d)
+    p = parse_usage_policy(d)
     assert p.to_jsonld() == json.loads(json.dumps(d))  # same document back
-    assert parse_policy(p.to_jsonld()) == p
-    assert parse_policy(json.dumps(p.to_jsonld())) == p  # from text too
+    assert parse_usage_policy(p.to_jsonld()) == p
+    assert parse_usage_policy(json.dumps(p.to_jsonld())) == p  # from text too
     assert len(p.sha256()) == 64
 
 
@@ -120,7 +120,7 @@ def test_build_policy_round_trips_and_is_frozen() -> None:
         actions=["train", "compute-statistics"],
     )
     assert isinstance(p, UsagePolicy)
-    assert parse_policy(p.to_jsonld()) == p
+    assert parse_usage_policy(p.to_jsonld()) == p
     assert p.permissions[1].value("maxRounds") is None  # rounds and templates are for train
     with pytest.raises(AttributeError):
         p.uid = "x"  # type: ignore[misc]
@@ -245,7 +245,7 @@ def test_malformed_policy_names_the_json_path(
     path: list, value: Any, where: str, words: str
 ) -> None:
     with pytest.raises(PolicyError) as e:
-        parse_policy(_set(doc(), path, value))
+        parse_usage_policy(_set(doc(), path, value))
     msg = str(e.value)
     assert msg.startswith(where + ":") or msg.startswith(where + " "), msg
     assert words in msg
@@ -253,9 +253,9 @@ def test_malformed_policy_names_the_json_path(
 
 def test_not_json_reports_line_and_column() -> None:
     with pytest.raises(PolicyError, match=r"\$: not JSON \(line 2, column"):
-        parse_policy('{"@type": "Offer",\n  oops}')
+        parse_usage_policy('{"@type": "Offer",\n  oops}')
     with pytest.raises(PolicyError, match="a policy is a JSON object"):
-        parse_policy("[1, 2]")
+        parse_usage_policy("[1, 2]")
 
 
 def test_context_file_defines_every_profile_term() -> None:
@@ -275,7 +275,7 @@ def test_context_file_defines_every_profile_term() -> None:
     # the inline context is accepted in place of its URL
     d = doc()
     d["@context"] = ["http://www.w3.org/ns/odrl.jsonld", ctx]
-    assert parse_policy(d) == parse_policy(doc())
+    assert parse_usage_policy(d) == parse_usage_policy(doc())
 
 
 def test_example_in_docs_parses() -> None:
@@ -283,5 +283,5 @@ def test_example_in_docs_parses() -> None:
 
     text = (REPO / "docs" / "odrl-profile.md").read_text()
     block = text.split("```json\n", 1)[1].split("```", 1)[0]
-    p = parse_policy(block)
+    p = parse_usage_policy(block)
     assert p.permissions and p.budget_epsilon > 0

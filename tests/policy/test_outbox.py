@@ -22,12 +22,13 @@ import pytest
 
 from dataspace.errors import DataspaceError
 from dataspace.policy import outbox
-from dataspace.policy.contracts import OfferRequest, negotiate, revoke
+from dataspace.policy.contracts import Contract, OfferRequest, negotiate, revoke
 from dataspace.policy.ledger import (
     charge_round,
     claim_evaluation,
     record_round_finished,
 )
+from dataspace.policy.terms import ContractTerms
 from tests.conftest import REPO
 from tests.policy.conftest import NOW, World
 
@@ -40,9 +41,10 @@ _ACT = textwrap.dedent(
     """
     import sys
     from datetime import datetime, timedelta
-    from dataspace.connectors.site import Site
+    from dataspace.site.folder import Site
     from dataspace.policy.contracts import OfferRequest, negotiate, revoke
-    from dataspace.policy.identity import load_identity, load_private_key
+    from dataspace.policy.terms import ContractTerms
+    from dataspace.site.identity import load_identity, load_private_key
     from dataspace.policy.ledger import charge_round, claim_evaluation, record_round_finished
     from dataspace.policy.odrl import build_policy
     from dataspace.policy.policies import publish_policy
@@ -57,9 +59,9 @@ _ACT = textwrap.dedent(
     elif what == "agree":
         key = load_private_key(sys.argv[6])
         negotiate(site, OfferRequest(
-            dataset_id=sys.argv[5], purpose="research", epsilon=1.0, rounds=2,
-            until=now + timedelta(days=7), consumer=load_identity(sys.argv[6] + ".pub"),
-            template="mlp"), key, now=now)
+            dataset_id=sys.argv[5], consumer=load_identity(sys.argv[6] + ".pub"),
+            terms=ContractTerms(purpose="research", epsilon=1.0, rounds=2,
+                                until=now + timedelta(days=7), template="mlp")), key, now=now)
     elif what == "revoke":
         revoke(site, cid, now=now)
     elif what == "charge":
@@ -107,13 +109,12 @@ def _verify(w: World) -> None:
     assert r.exit_code == 0, r.output
 
 
-def _contract(w: World, **kw):
-    args = dict(
-        dataset_id=w.dataset_id, purpose="research", epsilon=3.0, rounds=3,
-        until=NOW + timedelta(days=7), consumer=w.alice, template="mlp",
-    )  # fmt: skip
-    args.update(kw)
-    return negotiate(w.site, OfferRequest(**args), w.key(), now=NOW)
+def _contract(w: World) -> Contract:
+    terms = ContractTerms(
+        purpose="research", epsilon=3.0, rounds=3, until=NOW + timedelta(days=7), template="mlp"
+    )
+    request = OfferRequest(dataset_id=w.dataset_id, consumer=w.alice, terms=terms)
+    return negotiate(w.site, request, w.key(), now=NOW)
 
 
 CASES = [
@@ -135,7 +136,7 @@ def test_a_crash_between_database_and_log_is_completed_once(
     world.publish()
     cid = ""
     if first != "nothing":
-        cid = _contract(world).contract_id
+        cid = _contract(world).terms.contract_id
     if first in ("charged", "finished"):
         charged = charge_round(world.site, cid, "run", 1, GAUSS, now=T1)
     if first == "finished":
@@ -157,7 +158,7 @@ def test_a_retried_charge_after_a_crash_completes_the_entry_and_charges_once(
     world: World,
 ) -> None:
     world.publish()
-    cid = _contract(world).contract_id
+    cid = _contract(world).terms.contract_id
     _die_during(world, "charge", "round.started", "committed", cid)
     assert world.events("round.started") == []  # charged in the database, not yet logged
     # the resumed round: its entry is appended, and it runs under the same charge
@@ -173,12 +174,12 @@ def test_an_entry_that_cannot_be_written_leaves_the_action_unacknowledged(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     world.publish()
-    cid = _contract(world).contract_id
+    cid = _contract(world).terms.contract_id
 
     def broken(*a, **k):
         raise DataspaceError("the log's disk is full")
 
-    monkeypatch.setattr("dataspace.policy.events.record", broken)
+    monkeypatch.setattr("dataspace.site.log.record", broken)
     with pytest.raises(DataspaceError, match="disk is full"):
         charge_round(world.site, cid, "run", 1, GAUSS, now=T1)  # the caller computes nothing
     with pytest.raises(DataspaceError, match="disk is full"):
@@ -199,10 +200,10 @@ def test_an_entry_that_cannot_be_written_leaves_the_action_unacknowledged(
 def test_flush_finds_an_entry_far_back_in_a_long_log(world: World, tmp_path: Path) -> None:
     """The entry of a crash after the append is found, not appended twice, behind
     hundreds of later entries (flush reads back in batches of 512)."""
-    from dataspace.policy import events
+    from dataspace.site import log as events
 
     world.publish()
-    cid = _contract(world).contract_id
+    cid = _contract(world).terms.contract_id
     _die_during(world, "charge", "round.started", "appended", cid)
     for i in range(700):
         events.refused(world.site, f"noise {i}", contract_id=cid)

@@ -68,7 +68,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
             ),
         )
         from dataspace.connectors.client import request_via_connector
-        from dataspace.policy.identity import load_private_key
+        from dataspace.site.identity import load_private_key
 
         key = load_private_key(wd / "consumer" / "consumer.key")
         url = services.connectors[site.name].url
@@ -87,7 +87,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _sites(wd: Path):
-    from dataspace.connectors.site import Site
+    from dataspace.site.folder import Site
 
     return [Site.open(p) for p in sorted((wd / "sites").iterdir())]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dataspace.federated.deploy import free_port
+from dataspace.net import free_port
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

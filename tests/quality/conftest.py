@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dataspace.connectors.enroll import enroll
-from dataspace.connectors.site import Site
+from dataspace.site import Site, create_site
 from tests.conftest import SO101, UNITREE
 
 
@@ -13,7 +13,7 @@ from tests.conftest import SO101, UNITREE
 def real_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Site, dict[str, str]]:
     """A site holding so101 (the generated stand-in, 4 episodes) and unitree-g1 (the real
     recording, 100 episodes), enrolled for real."""
-    site = Site.init(tmp_path_factory.mktemp("q") / "site", org="quality-test")
+    site = create_site(tmp_path_factory.mktemp("q") / "site", org="quality-test")
     ids = {}
     for root in (SO101, UNITREE):
         ids[root.name.split("-")[0]] = enroll(site, root).dataset_id

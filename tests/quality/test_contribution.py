@@ -3,7 +3,7 @@
 Three sites hold disjoint Unitree G1 episodes; one site's actions are shuffled
 across frames. One real DP run with ``dataspace train --validation`` (which
 computes contributions after the run), then
-dataspace.quality.contribution.run_contributions again on held-out episodes,
+dataspace.federated.contribution.run_contributions again on held-out episodes,
 as ``dataspace quality contribution`` and the demo call it.
 """
 
@@ -19,18 +19,18 @@ import numpy as np
 import pytest
 
 from dataspace.cli import main
-from dataspace.connectors.site import Site
-from dataspace.federated.federation import grant
-from dataspace.federated.report import write_report
-from dataspace.policy.identity import load_private_key, new_identity
-from dataspace.quality import inject
-from dataspace.quality.contribution import (
+from dataspace.demo.federation import grant
+from dataspace.federated.contribution import (
     CONTRIBUTION,
     ContributionError,
     read_run,
     run_contributions,
 )
+from dataspace.federated.report import write_report
+from dataspace.quality import inject
 from dataspace.schema import Episode
+from dataspace.site import create_site
+from dataspace.site.identity import load_private_key, new_identity
 from tests.conftest import UNITREE
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def shuffled_run(real_site, tmp_path_factory) -> ShuffledRun:
         part = eps[start : start + 12]
         if i == 1:
             part = _shuffle_actions(part, rng)
-        site = Site.init(root / f"site-{i}", f"holder-{i}", name=f"holder-{i}")
+        site = create_site(root / f"site-{i}", f"holder-{i}", name=f"holder-{i}")
         # the holder's clip bound for its DP statistics: G1 values lie within +-1.36
         cfg = site.root / "site.toml"
         cfg.write_text(cfg.read_text() + "\n[training]\nstats_bound = 1.5\n")

@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
+from dataspace.federated.contribution import contributions, revenue_split
 from dataspace.quality import inject
 from dataspace.quality.check import run_checks
-from dataspace.quality.contribution import contributions, revenue_split
 from dataspace.quality.flags import flagged_episodes, list_flags
 from dataspace.quality.report import latest_score, render_html, verify_report
 from dataspace.quality.suite import HARD_CHECKS
@@ -96,7 +96,7 @@ def test_report_json_html_and_signature(corrupted):
     assert "data:image/png;base64," in html and "规范性" in html
     assert "data:image/png;base64," in render_html(pub)
     # the report hash is in the site log as quality.reported
-    from dataspace.connectors.sitelog import open_site_log
+    from dataspace.site.log import open_site_log
 
     with open_site_log(site, writable=False) as log:
         entry = json.loads(log.entries(out.log_index, out.log_index + 1)[0])
@@ -126,7 +126,7 @@ def test_publishable_report_leaks_no_per_episode_value(corrupted):
     # nor any episode hash or index list
     for f in out.full["flags"][:50]:
         assert f["detail"] not in text
-    from dataspace.connectors import store
+    from dataspace.site import store
 
     for row in store.episode_rows(corrupted[0], out.dataset_id):
         assert row["hash"] not in text

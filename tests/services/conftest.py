@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,8 +26,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataspace.cli import main as cli_main
-from dataspace.connectors.site import Site
-from dataspace.policy.identity import load_identity, load_private_key, new_identity
+from dataspace.site.folder import Site
+from dataspace.site.identity import load_identity, load_private_key, new_identity
 from tests.conftest import SO101
 
 #: planted in the raw frames: observation.state[0] and action[3] of a few rows
@@ -114,15 +113,15 @@ def parties(tmp_path: Path) -> dict[str, Party]:
 
 
 def dataset_id(site: Site) -> str:
-    from dataspace.connectors.store import list_datasets
+    from dataspace.site.store import list_datasets
 
     return list_datasets(site)[0].dataset_id
 
 
 def set_policy(site: Site, *, consumers: list[str], manual: bool = False, epsilon: float = 8.0):
-    from dataspace.connectors.store import list_datasets
     from dataspace.policy.odrl import build_policy
     from dataspace.policy.policies import publish_policy
+    from dataspace.site.store import list_datasets
 
     rec = list_datasets(site)[0]
     policy = build_policy(
@@ -146,12 +145,6 @@ def until(days: int = 7) -> str:
 
 
 # --- real processes ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Service:

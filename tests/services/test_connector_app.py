@@ -9,9 +9,9 @@ from starlette.testclient import TestClient
 
 from dataspace.auth.httpsig import HttpSigAuth
 from dataspace.connectors.service import create_app
-from dataspace.connectors.site import Site
-from dataspace.connectors.sitelog import open_site_log
 from dataspace.policy import contracts as pc
+from dataspace.site.folder import Site
+from dataspace.site.log import open_site_log
 from tests.services.conftest import dataset_id, set_policy, until
 
 

@@ -35,11 +35,11 @@ from starlette.testclient import TestClient
 from dataspace.auth.httpsig import HttpSigAuth, sign_request
 from dataspace.auth.service import MAX_JSON_DEPTH, MAX_JSON_DIGITS, json_problem, public_detail
 from dataspace.connectors.service import create_app as connector_app
-from dataspace.connectors.site import Site
 from dataspace.errors import NotFoundError
 from dataspace.hub.app import create_app as hub_app
 from dataspace.hub.dashboard import COOKIE, TOKEN_FILE
-from dataspace.policy.identity import Identity, load_private_key
+from dataspace.site.folder import Site
+from dataspace.site.identity import Identity, load_private_key
 from tests.services.conftest import Party, dataset_id, make_party, set_policy, until
 
 FP = "ab" * 32
@@ -615,14 +615,14 @@ def test_hub_not_found_answers_name_no_path(hub):
 def test_a_library_error_naming_the_site_folder_is_scrubbed(connector, monkeypatch):
     """Library code names files in its messages (for the holder's CLI); over HTTP the
     service answers the same error without them, however it got there."""
-    import dataspace.policy.ledger as ledger
+    import dataspace.policy as policy  # the front door the connector's routes call through
 
     site: Site = connector.extra["site"]
 
     def broken(*a, **kw):
         raise NotFoundError(f"{site.root / 'store' / 'budget.duckdb'}: no ledger in {site.root}")
 
-    monkeypatch.setattr(ledger, "budget_report", broken)
+    monkeypatch.setattr(policy, "budget_report", broken)
     r = connector.send("GET", "/v1/admin/budget", role="auditor")
     assert r.status_code == 404
     assert r.json()["detail"] == "<local path>: no ledger in <local path>"
@@ -633,7 +633,7 @@ def test_a_log_router_error_naming_the_data_folder_is_scrubbed(hub, monkeypatch)
     handlers): the service's outer middleware scrubs those too."""
     from dataspace.audit.log import LogError
 
-    log = hub.extra["app"].state.log.log
+    log = hub.extra["app"].state.hub.log.log
     data: Path = hub.extra["data"]
 
     def broken(*a, **kw):
@@ -648,7 +648,7 @@ def test_a_log_router_error_naming_the_data_folder_is_scrubbed(hub, monkeypatch)
 def test_a_bug_is_a_json_500_without_its_text(hub, monkeypatch):
     """Not a hostile input's doing: an unexpected exception still answers the one shape,
     and its text (an OSError names its file) stays in the service's log."""
-    store = hub.extra["app"].state.store
+    store = hub.extra["app"].state.hub.store
     data: Path = hub.extra["data"]
 
     def broken(*a, **kw):

@@ -14,7 +14,7 @@ from dataspace.audit.log import TransparencyLog
 from dataspace.auth.httpsig import HttpSigAuth, sign_url_request
 from dataspace.auth.service import MAX_BODY
 from dataspace.hub.app import create_app
-from dataspace.policy.identity import Identity
+from dataspace.site.identity import Identity
 from tests.services.conftest import make_party
 
 FP = "ab" * 32
@@ -83,6 +83,22 @@ def test_publish_and_search(hub):
     assert ids(q="SO101 demo") == ["so101"]
     assert ids(q="nothing-like-it") == []
     assert _kinds(data).count("catalog.published") == 2
+
+
+def test_withdrawal_is_logged_and_only_by_the_entrys_holder(hub):
+    """A withdrawal is an action of the log: entry first, then the row (it once deleted the
+    row and then failed to log an unknown kind, leaving no trace)."""
+    c, auth, _, data = hub
+    assert c.post("/v1/catalog", json=entry(), auth=auth["holder"]).status_code == 200
+    # another holder cannot withdraw it, nor can anyone withdraw what is not there
+    r = c.delete("/v1/catalog/so101", auth=auth["holder2"])
+    assert r.status_code == 404 and r.json()["error"] == "not_found", r.text
+    assert c.delete("/v1/catalog/nope", auth=auth["holder"]).status_code == 404
+    assert "catalog.withdrawn" not in _kinds(data)
+    r = c.delete("/v1/catalog/so101", auth=auth["holder"])
+    assert r.status_code == 200, r.text
+    assert _kinds(data).count("catalog.withdrawn") == 1
+    assert c.get("/v1/catalog", auth=auth["alice"]).json()["total"] == 0
 
 
 def test_catalog_states_each_holders_privacy_unit(hub):
@@ -242,9 +258,9 @@ def test_log_checkpoint_public_entries_restricted(hub):
 
 def test_hub_witnesses_a_registered_site_log(hub, tmp_path):
     """A holder's log gets cosigned by the hub (C2SP tlog-witness over HTTP)."""
-    from dataspace.audit.api import http_post  # noqa: F401 - the real client is urllib
     from dataspace.audit.events import make_event
     from dataspace.audit.witness import witness_log
+    from dataspace.auth.log_api import http_post  # noqa: F401 - the real client is urllib
 
     c, _, parties, _ = hub
     log = TransparencyLog.create(tmp_path / "site-log", "site-a", parties["holder"].key)

@@ -21,13 +21,13 @@ import pytest
 from dataspace.auth.client import ServiceRefusedError
 from dataspace.auth.httpsig import HttpSigAuth, sign_url_request
 from dataspace.connectors.client import contracts_via_hub, request_via_connector
-from dataspace.connectors.site import Site
+from dataspace.net import free_port
+from dataspace.site.folder import Site
 from tests.services.conftest import (
     PYTHON,
     Service,
     canary_texts,
     dataset_id,
-    free_port,
     make_party,
     set_policy,
     until,

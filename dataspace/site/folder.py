@@ -26,7 +26,6 @@ import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import duckdb
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataspace.errors import DataspaceError, NotFoundError
-from dataspace.policy.identity import Identity, load_identity, load_private_key, new_identity
+from dataspace.site.identity import Identity, load_identity, load_private_key
 
 CONFIG = "site.toml"
 KEY = "site.key"
@@ -154,55 +153,3 @@ class Site:
         if not (root / CONFIG).is_file() or not (root / KEY).is_file():
             raise NotFoundError(f"{root} is not a site folder (run `dataspace connector init`)")
         return cls(root.resolve())
-
-    @classmethod
-    def init(cls, root: Path | str, org: str, name: str | None = None) -> Site:
-        """Create a site folder; refuses to touch an existing one.
-
-        Everything is built in a temporary sibling folder and renamed into
-        place, so an interrupted init leaves no half site.
-        """
-        root = Path(root)
-        if root.exists() and (not root.is_dir() or any(root.iterdir())):
-            raise SiteError(f"{root} already exists and is not empty; refusing to overwrite")
-        name = name or _default_name(org, root)
-        if any(c.isspace() or c == "+" for c in name):
-            raise SiteError(f"site name {name!r} may not contain spaces or '+' (it is a key name)")
-        tmp = root.with_name(f".{root.name}.init-{random.getrandbits(32):08x}")
-        tmp.mkdir(parents=True)
-        try:
-            new_identity(tmp / KEY, name=name, role="holder")
-            created = datetime.now(UTC).isoformat(timespec="seconds")
-            (tmp / CONFIG).write_text(
-                f'[site]\norg = {_toml_str(org)}\nname = {_toml_str(name)}\ncreated = "{created}"\n'
-            )
-            (tmp / "store" / "datasets").mkdir(parents=True)
-            (tmp / "store" / "staging").mkdir(parents=True)
-            site = cls(tmp)
-            from dataspace.connectors.store import ensure_tables
-
-            with site.db() as con:
-                ensure_tables(con)
-            # the log and its vkey are part of the site: made before the rename, so a
-            # crash never leaves a site without its log
-            from dataspace.connectors.sitelog import init_site_log
-
-            init_site_log(site)
-            if root.exists():
-                root.rmdir()
-            tmp.rename(root)
-        except BaseException:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return cls(root.resolve())
-
-
-def _default_name(org: str, root: Path) -> str:
-    base = "".join(c if c.isalnum() or c in "-._" else "-" for c in f"{org}-{root.name}".lower())
-    return base.strip("-") or "site"
-
-
-def _toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'

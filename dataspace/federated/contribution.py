@@ -64,14 +64,15 @@ import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
 
 from dataspace.errors import DataspaceError, NotFoundError
-
-if TYPE_CHECKING:
-    from dataspace.schema import Episode
+from dataspace.federated.normalize import normalised
+from dataspace.federated.templates import get_template
+from dataspace.schema import Episode
 
 
 class ContributionError(DataspaceError):
@@ -250,11 +251,6 @@ class Validation:
     """
 
     def __init__(self, template: str, arrays: Mapping[str, np.ndarray], episodes: list[Episode]):
-        # imported here: the Shapley functions above need numpy only
-        import torch
-
-        from dataspace.federated.templates import get_template
-
         if not episodes:
             raise NotFoundError("contribution: no validation episodes given")
         self.keys = sorted(arrays)
@@ -275,8 +271,6 @@ class Validation:
         )
 
     def unflat(self, theta: np.ndarray) -> dict[str, Any]:
-        import torch
-
         out, i = {}, 0
         for k in self.keys:
             n = int(np.prod(self.shapes[k]))
@@ -285,10 +279,6 @@ class Validation:
         return out
 
     def loss(self, theta: np.ndarray) -> float:
-        import torch
-
-        from dataspace.federated.normalize import normalised
-
         with torch.no_grad():
             self.policy.load_state_dict(self.unflat(theta))
             xs, ys = normalised(self.policy, self.state, self.action)
@@ -351,8 +341,6 @@ def run_contributions(
     returns ``{"contribution", "split", "validation_mse": {"initial", "final"},
     "per_round", "method", "meaning"}``.
     """
-    import torch
-
     out = Path(out_dir)
     run = read_run(out)
     val = Validation(template, run.initial, episodes)
@@ -389,18 +377,15 @@ def run_contributions(
     return result
 
 
-def read_validation(path: Path | str) -> list[Episode]:
-    """The consumer's validation episodes from a folder or file in any enrollable format."""
-    from dataspace.connectors.detect import open_reader
+def contribution_for_run(out_dir: Path | str, validation: list[Episode]) -> dict[str, Any]:
+    """:func:`run_contributions` for a run directory, its template read from ``history.json``.
 
-    return list(open_reader(Path(path)).episodes())
-
-
-def contribution_for_run(out_dir: Path | str, validation: Path | str) -> dict[str, Any]:
-    """:func:`run_contributions` for a run directory, its template read from ``history.json``."""
+    ``validation`` is the consumer's own episodes (the CLI reads them with
+    :func:`dataspace.connectors.detect.read_episodes`, in any enrollable format).
+    """
     out = Path(out_dir)
     hist = out / "history.json"
     if not hist.exists():
         raise NotFoundError(f"{hist}: not a run directory (no history.json)")
     template = json.loads(hist.read_text())["spec"]["template"]
-    return run_contributions(out, template, read_validation(validation))
+    return run_contributions(out, template, validation)

@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.common.serde import recorddict_to_proto
 
 from dataspace.errors import RefusedError
+from dataspace.site import Site, refused
 
 RECORDS: dict[str, frozenset[str]] = {
     "train": frozenset({"arrays", "metrics", "info"}),
@@ -180,8 +182,6 @@ def _check_sums(mtype: str, value: Any) -> None:
 
 def reply_bytes(reply: Message) -> int:
     """Size of the reply's serialised content (protobuf), as it goes on the wire."""
-    from flwr.common.serde import recorddict_to_proto
-
     if reply.has_error():
         return len(reply.error.reason.encode())
     return int(recorddict_to_proto(reply.content).ByteSize())
@@ -208,7 +208,7 @@ def ensure_tables(con: Any) -> None:
     )
 
 
-def record(site: Any, rec: EgressRecord, sent: bool, reason: str | None = None) -> None:
+def record_egress(site: Site, rec: EgressRecord, sent: bool, reason: str | None = None) -> None:
     """One row in the site's ``egress`` table (a unit of work of its own)."""
     with site.db() as con:
         ensure_tables(con)
@@ -241,12 +241,10 @@ def totals(site: Any, run_id: str | None = None) -> list[dict[str, Any]]:
     return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
-def _site_of(context: Context) -> Any:
+def _site_of(context: Context) -> Site | None:
     root = context.node_config.get("site")
     if not root:
         return None
-    from dataspace.connectors.site import Site
-
     return Site.open(Path(str(root)))
 
 
@@ -267,16 +265,14 @@ def guard_mod(
                 reply_bytes(reply),
                 {},
             )
-            record(site, bad, sent=False, reason=str(e))
-            from dataspace.policy.events import refused
-
+            record_egress(site, bad, sent=False, reason=str(e))
             refused(
                 site, f"egress: {e}", run_id=bad.run_id, refusal=type(e).__name__,
                 release=bad.message_type,
             )  # fmt: skip
         raise
     if site is not None:
-        record(site, rec, sent=True)
+        record_egress(site, rec, sent=True)
     _capture(reply)
     return reply
 
@@ -286,8 +282,6 @@ def _capture(reply: Message) -> None:
     path = os.environ.get("DATASPACE_EGRESS_CAPTURE")
     if not path or reply.has_error():
         return
-    from flwr.common.serde import recorddict_to_proto
-
     # one write(2) on an O_APPEND descriptor: the site workers of a deployment share the
     # file, and a reply split by another's write could hide a needle across the seam
     data = recorddict_to_proto(reply.content).SerializeToString()

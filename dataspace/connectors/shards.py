@@ -22,9 +22,9 @@ import numpy as np
 
 from dataspace.connectors.enroll import enroll_episodes
 from dataspace.connectors.lerobot import LeRobotReader
-from dataspace.connectors.site import Site
 from dataspace.errors import DataspaceError
 from dataspace.schema import DatasetInfo, Episode
+from dataspace.site.folder import Site
 
 
 class ShardError(DataspaceError):

@@ -1,9 +1,9 @@
 """A ready federation for demos, tests and benchmarks: N sites, one dataset split
 over them, a usage policy per shard and an agreed contract per site.
 
-Uses only the public APIs of the other areas: :func:`Site.init`, the policy
+Uses only the public APIs of the other areas: :func:`dataspace.site.create_site`, the policy
 area's ``build_policy`` / ``publish_policy`` / ``negotiate`` and
-:func:`.shards.shard_to_sites`.
+:func:`dataspace.connectors.shards.shard_to_sites`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataspace.connectors.site import Site
-from dataspace.federated.shards import shard_to_sites
+from dataspace.connectors.shards import shard_to_sites
 from dataspace.policy.contracts import OfferRequest, negotiate
-from dataspace.policy.identity import Identity, load_private_key, new_identity
 from dataspace.policy.odrl import build_policy
 from dataspace.policy.policies import publish_policy
+from dataspace.policy.terms import ContractTerms
+from dataspace.site import Site, create_site
+from dataspace.site.identity import Identity, load_private_key, new_identity
 
 
 @dataclass(frozen=True)
@@ -68,17 +69,19 @@ def grant(
         site,
         OfferRequest(
             dataset_id=dataset_id,
-            purpose=purpose,
-            epsilon=epsilon,
-            rounds=rounds,
-            until=until - timedelta(days=1),
             consumer=consumer,
-            template=template,
-            delta=delta,
+            terms=ContractTerms(
+                purpose=purpose,
+                epsilon=epsilon,
+                rounds=rounds,
+                until=until - timedelta(days=1),
+                template=template,
+                delta=delta,
+            ),
         ),
         consumer_key,
     )
-    return contract.contract_id
+    return contract.terms.contract_id
 
 
 def make_federation(
@@ -96,7 +99,7 @@ def make_federation(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     sites = [
-        Site.init(root / f"site-{i}", f"holder-{i}", name=f"holder-{i}") for i in range(n_sites)
+        create_site(root / f"site-{i}", f"holder-{i}", name=f"holder-{i}") for i in range(n_sites)
     ]
     ids = shard_to_sites(source, sites, episodes_per_site)
     key_path = root / "consumer.key"

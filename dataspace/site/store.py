@@ -33,9 +33,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dataspace.connectors.site import Site
 from dataspace.errors import NotFoundError
 from dataspace.schema import Episode, frame_schema
+from dataspace.site.folder import Site
 
 #: frames per Parquet row group, and per Parquet file
 ROW_GROUP_FRAMES = 65_536

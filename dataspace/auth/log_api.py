@@ -18,13 +18,17 @@ GET  /proof/consistency?from=M&size=N  {"from","size","hashes"} (hex)
 POST /add-checkpoint                   C2SP tlog-witness (when a witness is given)
 =====================================  ==============================================
 
-This module imports FastAPI, so it is the one part of ``dataspace.audit`` with a
-dependency beyond the standard library, cryptography and rfc8785; nothing else
-in the package imports it.
+It lives with the services' shared set-up, not in ``dataspace.audit`` (standard
+library, cryptography and rfc8785 only): it is the log as both services serve it over
+HTTP. Its error bodies have the services' shape, ``{"error", "detail"}``, with the
+audit error's class name as the code (``LogError``, ``ProofError``, ``EventError``),
+as clients have always read them.
 """
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -175,8 +179,6 @@ def log_router(
 def http_post(url: str, timeout: float = 30.0) -> Callable[[bytes], tuple[int, bytes]]:
     """A ``post`` for :func:`dataspace.audit.witness.witness_log` that talks to a remote
     witness's add-checkpoint URL (stdlib urllib)."""
-    import urllib.error
-    import urllib.request
 
     def post(body: bytes) -> tuple[int, bytes]:
         req = urllib.request.Request(url, data=body, method="POST")

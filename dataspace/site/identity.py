@@ -12,23 +12,26 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import rfc8785
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from dataspace.errors import DataspaceError, NotFoundError
 
-if TYPE_CHECKING:
-    from dataspace.connectors.site import Site
-
 ROLES = ("holder", "consumer", "auditor", "operator")
 
 
-class KeyError_(DataspaceError):
-    """A key file that is missing, unreadable, of the wrong kind or too open."""
+class IdentityKeyError(DataspaceError):
+    """A key or identity file, or a key rotation, that is malformed, of the wrong kind,
+    already there where a new one is made, or whose signatures do not verify."""
+
+    #: the ``error`` field of a service's answer (dataspace.auth.service.error_code)
+    code = "key"
 
 
 @dataclass(frozen=True)
@@ -55,13 +58,15 @@ class Identity:
         try:
             role = obj["role"]
             if role not in ROLES:
-                raise KeyError_(f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
+                raise IdentityKeyError(
+                    f"unknown role {role!r} (expected one of {', '.join(ROLES)})"
+                )
             raw = base64.b64decode(obj["public_key"], validate=True)
             if len(raw) != 32:
-                raise KeyError_(f"public key has {len(raw)} bytes, Ed25519 needs 32")
+                raise IdentityKeyError(f"public key has {len(raw)} bytes, Ed25519 needs 32")
             return cls(name=str(obj["name"]), role=role, public_key=raw)
         except (KeyError, ValueError, TypeError) as e:
-            raise KeyError_(f"malformed identity {obj!r}: {e}") from e
+            raise IdentityKeyError(f"malformed identity {obj!r}: {e}") from e
 
 
 def public_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
@@ -86,14 +91,14 @@ def new_identity(path: Path, name: str, role: str) -> Identity:
     path = Path(path)
     pub_path = public_path(path)
     if role not in ROLES:
-        raise KeyError_(f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        raise IdentityKeyError(f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
     for p in (path, pub_path):
         if p.exists():
-            raise KeyError_(f"{p} already exists; refusing to overwrite a key")
+            raise IdentityKeyError(f"{p} already exists; refusing to overwrite a key")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise KeyError_(f"cannot create the folder for {path}: {e.strerror}") from e
+        raise IdentityKeyError(f"cannot create the folder for {path}: {e.strerror}") from e
     key = Ed25519PrivateKey.generate()
     write_private_key(path, key)
     ident = Identity(name=name, role=role, public_key=public_bytes(key))
@@ -114,9 +119,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except ValueError as e:
-        raise KeyError_(f"{path} is not a PEM private key: {e}") from e
+        raise IdentityKeyError(f"{path} is not a PEM private key: {e}") from e
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyError_(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
+        raise IdentityKeyError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
     return key
 
 
@@ -130,7 +135,7 @@ def load_identity(path: Path) -> Identity:
     except FileNotFoundError as e:
         raise NotFoundError(f"identity file {path} does not exist") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise KeyError_(f"{path} is not an identity JSON file: {e}") from e
+        raise IdentityKeyError(f"{path} is not an identity JSON file: {e}") from e
     return Identity.from_json(obj)
 
 
@@ -167,8 +172,6 @@ class KeyRotation:
         }
 
     def message(self) -> bytes:
-        import rfc8785
-
         return rfc8785.dumps(self.statement())
 
     def to_json(self) -> dict[str, str]:
@@ -182,15 +185,13 @@ class KeyRotation:
     def from_json(cls, obj: dict[str, str]) -> KeyRotation:
         try:
             if obj["type"] != ROTATION_TYPE:
-                raise KeyError_(f"not a key rotation: type {obj['type']!r}")
+                raise IdentityKeyError(f"not a key rotation: type {obj['type']!r}")
             return cls(**{k: str(obj[k]) for k in cls.__dataclass_fields__})
         except (KeyError, TypeError) as e:
-            raise KeyError_(f"malformed key rotation {obj!r}: {e}") from e
+            raise IdentityKeyError(f"malformed key rotation {obj!r}: {e}") from e
 
     def verify(self) -> None:
-        """Both signatures verify over the statement; raises :class:`KeyError_` if not."""
-        from cryptography.exceptions import InvalidSignature
-
+        """Both signatures verify over the statement; raises :class:`IdentityKeyError` if not."""
         for who, key, sig in (
             ("old", self.old_key, self.old_signature),
             ("new", self.new_key, self.new_signature),
@@ -199,7 +200,7 @@ class KeyRotation:
                 pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(key, validate=True))
                 pub.verify(base64.b64decode(sig, validate=True), self.message())
             except (InvalidSignature, ValueError) as e:
-                raise KeyError_(
+                raise IdentityKeyError(
                     f"key rotation of {self.name}: the {who} key's signature does not verify"
                 ) from e
 
@@ -218,8 +219,6 @@ def sign_rotation(
         new_key=base64.b64encode(public_bytes(new)).decode(),
         time=time,
     )
-    from dataclasses import replace
-
     msg = r.message()
     return replace(
         r,
@@ -238,14 +237,12 @@ def rotate_identity(
     written first, then the new private key replaces the old by an atomic
     rename, then the public file. The statement is appended to ``FILE.rotations``.
     """
-    from datetime import UTC, datetime
-
     path = Path(path)
     old = load_private_key(path)
     ident = load_identity(path)
     new = new_key or Ed25519PrivateKey.generate()
     if public_bytes(new) == public_bytes(old):
-        raise KeyError_(f"{path}: the new key is the old key")
+        raise IdentityKeyError(f"{path}: the new key is the old key")
     time = time or datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     rotation = sign_rotation(old, new, ident, time)
     archive = Path(f"{path}.old-{public_bytes(old)[:4].hex()}")
@@ -279,33 +276,3 @@ def load_rotations(path: Path) -> list[KeyRotation]:
             r.verify()
             out.append(r)
     return out
-
-
-def rotate_site_key(site: Site, new_key: Ed25519PrivateKey | None = None) -> KeyRotation:
-    """Rotate a site's identity key; logs ``key.rotated`` (signed by the old key) first.
-
-    The site's transparency log keeps its own key: witnesses and auditors pin
-    a log's verifier key (``SITE/public.vkey``), so it must not change with
-    the identity. Before the first rotation the current key is copied to
-    ``SITE/log.key`` (0600) for the log to keep signing with.
-    """
-    from dataspace.policy import events
-
-    log_key = site.root / "log.key"
-    if not log_key.exists():
-        write_private_key(log_key, site.key)
-    old_ident = site.identity
-    new = new_key or Ed25519PrivateKey.generate()
-    events.record(
-        site,
-        "key.rotated",
-        new_key=base64.b64encode(public_bytes(new)).decode(),
-        new_name=old_ident.name,
-        old_key=old_ident.key_b64,
-        role=old_ident.role,
-    )
-    rotation = rotate_identity(site.key_path, new_key=new)
-    # Site caches its key and identity; drop them so this object sees the new key.
-    for attr in ("key", "identity"):
-        site.__dict__.pop(attr, None)
-    return rotation

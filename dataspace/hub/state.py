@@ -1,0 +1,168 @@
+"""The hub's state over ``DATA``: its key, its store, its log, kept consistent (see hub.app).
+
+:class:`Hub` is opened once by ``create_app`` and reached by every route through
+the :data:`HubDep` dependency (``app.state.hub``). Writes that touch both the
+store and the log go through here, so that a registration is never half done:
+:func:`log_contract` and, at start, :func:`recover_contracts`.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import Depends, Request
+
+from dataspace.audit.events import make_event, parse_event
+from dataspace.audit.log import TransparencyLog
+from dataspace.audit.note import Verifier, raw_public, vkey_text
+from dataspace.audit.witness import Witness
+from dataspace.auth.service import Caller
+from dataspace.errors import DataspaceError
+from dataspace.hub.read_cache import ReadCache
+from dataspace.hub.store import GroupCommit, HubStore
+from dataspace.site.identity import Identity, load_private_key, new_identity
+
+DEFAULT_NAME = "dataspace-hub"
+KEY = "hub.key"
+
+
+def hub_key(data_dir: Path, name: str) -> Ed25519PrivateKey:
+    """The hub's private key, made (role operator) on first start."""
+    path = data_dir / KEY
+    if not path.exists():
+        new_identity(path, name=name, role="operator")
+    return load_private_key(path)
+
+
+class HubLog:
+    """The hub's transparency log and the events it appends (dataspace.audit)."""
+
+    def __init__(self, directory: Path, origin: str, key: Ed25519PrivateKey) -> None:
+        self.key = key
+        self.origin = origin
+        self._lock = threading.Lock()
+        if directory.exists() and any(directory.iterdir()):
+            self.log = TransparencyLog.open(directory, key=key)
+        else:
+            self.log = TransparencyLog.create(directory, origin, key)
+
+    def record(self, kind: str, **fields: Any) -> int:
+        entry = make_event(kind, self.key, self.origin, **fields)
+        with self._lock:
+            return self.log.append(entry)
+
+    def record_many(self, events: list[tuple[str, dict[str, Any]]]) -> list[int]:
+        """Several events in one ``append_many`` (one commit, one signed checkpoint)."""
+        entries = [make_event(kind, self.key, self.origin, **f) for kind, f in events]
+        with self._lock:
+            return self.log.append_many(entries)
+
+    def vkey(self) -> str:
+        """The log's verifier key, C2SP vkey text (what witnesses and auditors trust)."""
+        return vkey_text(self.origin, raw_public(self.key))
+
+
+class Hub:
+    """Everything a hub request needs: name, key, store, log, publication queue, read cache.
+
+    Opening it makes ``data_dir`` (and the hub's key) if missing, registers the hub
+    as operator and the ``trust`` identities with their roles, and finishes any
+    contract registration a previous process died in (:func:`recover_contracts`).
+    """
+
+    def __init__(self, data_dir: Path, name: str, trust: Iterable[Identity] = ()) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        #: absolute: messages naming it are found and scrubbed (auth.service.public_detail)
+        self.data_dir = data_dir.resolve()
+        self.name = name
+        key = hub_key(self.data_dir, name)
+        self.key_id = base64.b64encode(key.public_key().public_bytes_raw()).decode()
+        self.store = HubStore(self.data_dir)
+        for key_b64, who, role in [(self.key_id, name, "operator")] + [
+            (i.key_b64, i.name, i.role) for i in trust
+        ]:
+            if self.store.lookup(key_b64) != (who, role):
+                self.store.register(key_b64, who, role)
+        self.log = HubLog(self.data_dir / "log", name, key)
+        recover_contracts(self.store, self.log)
+        self.publications = GroupCommit(
+            self._commit_publications, name="hub-publications", burst=self.store.burst
+        )
+        self.read_cache = ReadCache(self.store)
+
+    def _commit_publications(
+        self, batch: list[tuple[str, dict[str, Any], dict[str, Any]]]
+    ) -> list[int]:
+        # the catalog rows first, then their log entries: an acknowledged publication
+        # is in both (a kill between the two loses only unacknowledged log entries)
+        self.store.publish_many([(holder, entry) for holder, entry, _ in batch])
+        return self.log.record_many([("catalog.published", event) for _, _, event in batch])
+
+    def record_refusal(self, caller: Caller, e: DataspaceError, what: dict[str, Any]) -> None:
+        """A signed caller's refusal, in the hub's log (auth.service.Refusals)."""
+        self.log.record("access.refused", caller=caller.key_id, **what)
+
+    def witness(self) -> Witness:
+        """The hub's C2SP witness for the registered holders' site logs (DATA/witness)."""
+        holders = [
+            Verifier(p["name"], base64.b64decode(k))
+            for k, p in self.store.participants.items()
+            if p["role"] == "holder"
+        ]
+        return Witness(self.data_dir / "witness", self.log.origin, self.log.key, holders)
+
+
+async def hub_of(request: Request) -> Hub:
+    """FastAPI dependency: the app's :class:`Hub` (async: read routes stay in the event loop)."""
+    return request.app.state.hub
+
+
+#: a route parameter: the hub's state
+HubDep = Annotated[Hub, Depends(hub_of)]
+
+
+def log_contract(store: HubStore, hub_log: HubLog, record: dict[str, Any]) -> int:
+    """Append a stored contract's ``contract.registered`` event, then mark it logged."""
+    idx = hub_log.record(
+        "contract.registered",
+        contract_id=record["contract_id"],
+        dataset_id=record["dataset_id"],
+        fingerprint=record["fingerprint"],
+        purpose=record["purpose"],
+        holder=record["holder"],
+        consumer=record["consumer"],
+        epsilon=record["epsilon"],
+        state=record["state"],
+    )
+    store.mark_logged(record["contract_id"], idx)
+    return idx
+
+
+def recover_contracts(store: HubStore, hub_log: HubLog) -> None:
+    """Finish registrations the hub died in (stored, not marked logged): no half contract.
+
+    A registration is three writes: the row (log_index NULL), the log entry, the
+    mark. After a kill between the first two, the entry is appended now; between
+    the last two, it is found in the log and only the mark is written. Either
+    way the contract is served only with its log entry (tests/assurance/test_hub_faults.py).
+    """
+    pending = store.unlogged_contracts()
+    if not pending:
+        return
+    logged: dict[tuple[str, str], int] = {}
+    log_ = hub_log.log
+    for i, raw in enumerate(log_.entries(0, log_.size)):
+        ev = parse_event(raw)
+        if ev.kind == "contract.registered":
+            logged[(ev.fields.get("contract_id"), ev.fields.get("state"))] = i
+    for rec in pending:
+        idx = logged.get((rec["contract_id"], rec["state"]))
+        if idx is None:
+            log_contract(store, hub_log, rec)
+        else:
+            store.mark_logged(rec["contract_id"], idx)

@@ -61,7 +61,7 @@ from dataspace.audit.storage import (
     peaks_of,
     stored_nodes,
 )
-from dataspace.audit.witnesspolicy import WitnessPolicy, WitnessPolicyError, parse_policy
+from dataspace.audit.witnesspolicy import WitnessPolicy, WitnessPolicyError, parse_witness_policy
 
 __all__ = ["FsckReport", "LogCorruptError", "LogError", "TransparencyLog"]
 
@@ -482,7 +482,7 @@ class TransparencyLog:
         if data is None:
             return None
         try:
-            return parse_policy(data)
+            return parse_witness_policy(data)
         except WitnessPolicyError:
             return None
 
@@ -533,7 +533,7 @@ class TransparencyLog:
         policy = _read(self.policy_path)
         if policy is not None:
             try:
-                parse_policy(policy)
+                parse_witness_policy(policy)
             except WitnessPolicyError as e:
                 report.problems.append(
                     f"{WITNESSES}: {e} (ignored: the witnessed checkpoint "

@@ -127,7 +127,7 @@ def _opt(obj: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
     return v
 
 
-def parse_policy(data: bytes) -> WitnessPolicy:
+def parse_witness_policy(data: bytes) -> WitnessPolicy:
     """Read ``witnesses.json``; raises :class:`WitnessPolicyError` naming what is wrong."""
     try:
         obj = json.loads(data)

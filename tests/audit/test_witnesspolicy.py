@@ -36,7 +36,7 @@ from dataspace.audit.witnesspolicy import (
     WitnessPolicy,
     WitnessPolicyError,
     WitnessState,
-    parse_policy,
+    parse_witness_policy,
 )
 from dataspace.auth.log_api import log_router
 from dataspace.cli import main
@@ -289,12 +289,12 @@ def test_policy_file_round_trip_and_malformed(world: World) -> None:
     log, clock, pusher = (world.log, world.clock, world.pusher)
     pusher.push()
     policy = log.witness_policy()
-    assert policy is not None and parse_policy(policy.encode()) == policy
+    assert policy is not None and parse_witness_policy(policy.encode()) == policy
     assert policy.state("w1").since == 5 and policy.quorum is None
     with pytest.raises(WitnessPolicyError, match="size"):
-        parse_policy(b'{"witnesses": [{"name": "w1", "size": "5"}]}')
+        parse_witness_policy(b'{"witnesses": [{"name": "w1", "size": "5"}]}')
     with pytest.raises(WitnessPolicyError):
-        parse_policy(b"not json")
+        parse_witness_policy(b"not json")
     (log.directory / WITNESSES).write_bytes(b'{"witnesses": 7}')
     report = log.fsck()
     assert not report.ok and WITNESSES in report.problems[0]

@@ -143,8 +143,11 @@ class RawClient:
 
     async def get(self, target: str) -> tuple[int, bytes]:
         path, _, query = target.partition("?")
-        headers = sign_request(self.key, "GET", path, query, b"") if self.key else {}
-        head = f"GET {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+        host = f"{self.host}:{self.port}"
+        headers: dict[str, str] = {}
+        if self.key:  # signed for this hub: the Host below
+            headers = sign_request(self.key, "GET", path, query, b"", authority=host)
+        head = f"GET {target} HTTP/1.1\r\nHost: {host}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
         self.writer.write(head.encode())
         raw = await self.reader.readuntil(b"\r\n\r\n")

@@ -119,7 +119,7 @@ def measure(root: Path, did: str) -> dict:
     import duckdb
 
     from dataspace.quality.check import _dataset, layout_for
-    from dataspace.quality.profile import frames_view_sql, profile_select_sql
+    from dataspace.quality.profile import dataset_scales, frames_view_sql, profile_select_sql
     from dataspace.quality.suite import run_suites
     from dataspace.site import Site
 
@@ -128,9 +128,12 @@ def measure(root: Path, did: str) -> dict:
     layout = layout_for(site, ds)
     con = duckdb.connect()
     con.execute(frames_view_sql(layout))
+    # the dataset's scales (ranges, motion partners) shape the profile's SQL; the suite
+    # measures them too (a sample of whole episodes), inside its own time
+    scales = dataset_scales(con, layout)
     t0 = time.perf_counter()
     # materialise every column: a count(*) over it would let DuckDB prune the aggregates
-    con.sql(profile_select_sql(layout)).to_arrow_table()
+    con.sql(profile_select_sql(layout, scales)).to_arrow_table()
     baseline = time.perf_counter() - t0
     con.close()
     print(f"baseline scan {baseline:.2f}s", file=sys.stderr)

@@ -27,7 +27,18 @@ of NOISE_SCALE (1.0) times each action coordinate's standard deviation over the
 site's frames is added to every action (the states are untouched, the actions
 still follow them on average, only with a poor signal-to-noise ratio).
 
-Last stdout line: {"last_in": seeds where the bad site ranked last, "seeds": 10, ...}.
+Value that reflects quality (issue 18): after the run each site checks its own
+dataset (dataspace.quality.check.run_checks, on site) and the value report
+combines contribution with the signed quality reports
+(``run_contributions(..., quality=...)``, dataspace.quality.value.quality_adjusted:
+a positive contribution is credited only for the dataset's usable share, the
+share of its motion in unflagged episodes). ``identified_in`` counts the seeds
+in which the bad site has the lowest quality-adjusted value; ``clean_usable_min``
+is the smallest usable share of any clean site (1.0: clean sites lose nothing).
+
+Last stdout line: {"last_in": seeds where the bad site ranked last (contribution
+alone), "identified_in": seeds where it ranked last by quality-adjusted value,
+"seeds": 10, ...}.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ from dataspace.demo.federation import grant
 from dataspace.federated import RunSpec, train
 from dataspace.federated.contribution import run_contributions
 from dataspace.quality import inject
+from dataspace.quality.check import run_checks
 from dataspace.schema import Episode
 from dataspace.site import Site, create_site
 from dataspace.site.identity import load_private_key, new_identity
@@ -108,7 +120,7 @@ def one_seed(tmp: Path, source: list[Episode], valid: list[Episode], seed: int) 
     key_path = tmp / "consumer.key"
     consumer = new_identity(key_path, name="robotco", role="consumer")
     key = load_private_key(key_path)
-    sites, contracts, names = [], [], {}
+    sites, contracts, names, reports = [], [], {}, {}
     for i in range(SITES):
         eps = [source[j] for j in order[i * PER_SITE : (i + 1) * PER_SITE]]
         if i == bad:
@@ -116,6 +128,8 @@ def one_seed(tmp: Path, source: list[Episode], valid: list[Episode], seed: int) 
                 shuffled_actions(eps, rng) if CORRUPTION == "shuffled" else noisy_actions(eps, rng)
             )
         site, did = make_site(tmp, i, eps)
+        # each holder checks its own data on site; only the signed report leaves
+        reports[did] = run_checks(site, did).public
         contracts.append(grant(site, did, consumer, key, epsilon=EPSILON, rounds=ROUNDS))
         sites.append(site)
         names[did] = i
@@ -127,15 +141,23 @@ def one_seed(tmp: Path, source: list[Episode], valid: list[Episode], seed: int) 
         "simulation",
     )
     t_train = time.perf_counter() - t0
-    value = run_contributions(out, "bc-mlp", valid)
+    value = run_contributions(out, "bc-mlp", valid, quality=reports)
     c = {names[d]: v for d, v in value["contribution"].items()}
+    adjusted = {names[d]: v for d, v in value["quality_adjusted"].items()}
+    usable = {names[d]: v for d, v in value["usable_share"].items()}
     ranked = sorted(c, key=c.get)
     bad_id = next(d for d, i in names.items() if i == bad)
     per_round_last = sum(min(r, key=r.get) == bad_id for r in value["per_round"])
     return {
         "bad": bad,
         "last": ranked[0] == bad,
+        "identified": min(adjusted, key=adjusted.get) == bad,
         "contributions": {str(k): round(c[k], 4) for k in sorted(c)},
+        "quality_adjusted": {str(k): round(adjusted[k], 4) for k in sorted(adjusted)},
+        "usable_share": {str(k): usable[k] for k in sorted(usable)},
+        "adjusted_split": {
+            str(names[d]): round(v, 3) for d, v in sorted(value["quality_adjusted_split"].items())
+        },
         "split": {str(names[d]): round(v, 3) for d, v in sorted(value["split"].items())},
         "rounds_bad_last": int(per_round_last),
         "validation_mse": {k: round(v, 4) for k, v in value["validation_mse"].items()},
@@ -161,13 +183,19 @@ def main() -> None:
         runs.append(info)
         print(
             f"seed {seed}: bad site {info['bad']} last={info['last']} "
-            f"{info['contributions']} ({info['train_s']}s train, {info['value_s']}s value)",
+            f"identified={info['identified']} {info['contributions']} "
+            f"usable {info['usable_share']} ({info['train_s']}s train, {info['value_s']}s value)",
             file=sys.stderr,
         )
     print(
         json.dumps(
             {
                 "last_in": sum(r["last"] for r in runs),
+                "identified_in": sum(r["identified"] for r in runs),
+                "clean_usable_min": min(
+                    (u for r in runs for k, u in r["usable_share"].items() if int(k) != r["bad"]),
+                    default=None,
+                ),
                 "seeds": len(SEEDS),
                 "method": "GTG-Shapley per round, consumer validation MSE",
                 "corruption": CORRUPTIONS[CORRUPTION],

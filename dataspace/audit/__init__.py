@@ -21,7 +21,7 @@ One module per spec section or job:
 ``rules``           the data space's business rules over the events
 ``report``          what an audit finds
 ``verify``          the auditor: :func:`verify_source`, the front door, and :func:`audit`
-``crosscheck``      a site's log against the hub's
+``crosscheck``      a site's log against the hub's; the models the hub's runs released
 ==================  ==============================================================
 
 Everything here imports only the standard library, cryptography, rfc8785 and
@@ -32,7 +32,13 @@ from __future__ import annotations
 
 from dataspace.audit.bundle import BundleError, write_bundle
 from dataspace.audit.checkpoint import Checkpoint, CheckpointError, checkpoint_of_note
-from dataspace.audit.crosscheck import CrossCheckReport, Mismatch, cross_check
+from dataspace.audit.crosscheck import (
+    CrossCheckReport,
+    Mismatch,
+    Released,
+    cross_check,
+    released_models,
+)
 from dataspace.audit.events import (
     Event,
     EventError,
@@ -76,6 +82,7 @@ __all__ = [
     "Mismatch",
     "NoteError",
     "ProofError",
+    "Released",
     "RoundRecord",
     "TransparencyLog",
     "TrustedKeys",
@@ -98,6 +105,7 @@ __all__ = [
     "make_event",
     "open_source",
     "parse_event",
+    "released_models",
     "verify_event",
     "verify_source",
     "write_bundle",

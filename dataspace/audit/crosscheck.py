@@ -24,20 +24,31 @@ the keys that signed its events, the hub names holders by key):
                          fingerprint the site never enrolled (``dataset.enrolled``)
 
 The comparison is pure (entries in, report out); entries that do not parse
-are skipped here (verify names them).
+are skipped here (verify names them). :func:`released_models` reads the models a
+hub's runs released (``run.finished``), which ``dataspace audit show --hub`` ties
+to the site's rounds.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dataspace.audit.events import Event, EventError, parse_event
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
 #: kinds only a hub's log holds (dataspace.hub.app)
 HUB_KINDS = frozenset(
-    {"catalog.published", "contract.registered", "run.registered", "round.registered"}
+    {
+        "catalog.published",
+        "contract.registered",
+        "run.registered",
+        "round.registered",
+        "run.finished",
+    }
 )
 
 
@@ -102,6 +113,32 @@ def is_hub_log(events: list[tuple[int, Event]]) -> bool:
 class _Hub:
     runs: dict[str, tuple[int, set[str]]] = field(default_factory=dict)
     rounds: dict[tuple[str, Any], tuple[int, dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Released:
+    """A run's released model, as the hub's ``run.finished`` entry states it."""
+
+    run_id: str
+    model_sha256: str
+    contracts: frozenset[str]
+    status: Any
+    index: int
+
+
+def released_models(hub_entries: Iterable[bytes]) -> dict[str, Released]:
+    """Run id -> the model its ``run.finished`` released (the first entry of a run; one
+    without a 64-hex-digit ``model_sha256`` released none)."""
+    out: dict[str, Released] = {}
+    for i, ev in parse_all(hub_entries):
+        sha = ev.get("model_sha256")
+        if ev.kind != "run.finished" or not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+            continue
+        contracts = ev.get("contracts")
+        ids = frozenset(map(str, contracts)) if isinstance(contracts, list) else frozenset()
+        run_id = str(ev.get("run_id"))
+        out.setdefault(run_id, Released(run_id, sha, ids, ev.get("status"), i))
+    return out
 
 
 def _hub_index(hub: list[tuple[int, Event]]) -> _Hub:

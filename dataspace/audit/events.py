@@ -43,7 +43,16 @@ catalog.withdrawn  (hub) dataset_id; holder (BASE64)
 contract.registered (hub) contract_id, dataset_id, fingerprint, purpose; holder, consumer,
                    epsilon, state (a copy of what the holder's connector agreed)
 run.registered     (hub) run_id, consumer, contracts (list of contract ids)
-round.registered   (hub) run_id, round, loss, epsilon_per_dataset (as the trainer reports)
+round.registered   (hub) run_id, round, loss, epsilon_per_dataset, contributions: claims of
+                   claimed_by (the key that posted them), unchecked by the hub; the
+                   sites' round.started say what each charged (audit cross-check)
+run.finished       (hub) run_id, consumer, contracts (list of contract ids), status
+                   ("finished" or "stopped"), rounds (training rounds completed),
+                   model_sha256 (SHA-256 of the released model file: the last completed
+                   round's rounds/NNN/global.npz in the hub's run directory; null if none)
+budget.reported    a site's signed budget statement, never a log entry: the connector
+                   sends it to the hub (``POST /v1/budget``), which keeps the latest per
+                   dataset (dataspace.policy.budget_statement: the fields)
 =================  ================================================================
 
 What is signed: the RFC 8785 canonical JSON of the event object *without* its
@@ -88,6 +97,9 @@ KINDS = (
     "contract.registered",
     "run.registered",
     "round.registered",
+    "run.finished",
+    # a site's signed budget statement (sent to the hub, kept there; not a log entry)
+    "budget.reported",
 )
 #: members every event has (besides the kind's details)
 STANDARD = ("v", "kind", "actor", "time", "dataset_id", "fingerprint", "contract_id", "purpose")

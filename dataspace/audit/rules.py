@@ -33,6 +33,9 @@ Step 3 of an audit (:mod:`dataspace.audit.verify`); each rule is named in the re
   charge); a ``round.evaluated`` follows its round's round.finished, once, never of
   round 0 (``round-evaluated``: a round's charge covers one evaluation, more would
   be a free oracle on the data), naming the model evaluated (``round-model``);
+* runs (the hub's log): a ``run.finished`` names a run an earlier ``run.registered``
+  of the same log registered (``run-unknown``), with a status "finished" or "stopped"
+  and a model hash that is null or 64 lower-case hex digits (``run-malformed``);
 * units: no round counts its epsilon per "frame" (the unit when an event names none)
   on a dataset whose first round counted it per "episode" (``round-privacy-unit``: a
   frame-level epsilon does not bound one episode; the reverse composes, as the
@@ -165,6 +168,8 @@ class RuleChecker:
         self.open_rounds: dict[tuple[str | None, tuple], RoundRecord] = {}
         #: dataset -> (privacy unit of its first round, that round's entry index)
         self.units: dict[str, tuple[str, int]] = {}
+        #: run ids of the log's run.registered entries (rule run-unknown)
+        self.runs: set[str] = set()
 
     def _flag(self, index: int, rule: str, msg: str, **values: Any) -> None:
         self.r.violations.append(Violation(rule, msg, index, values))
@@ -189,6 +194,13 @@ class RuleChecker:
             return
         if kind == "contract.agreed":
             self._contract(i, f)
+            return
+        if kind == "run.registered":
+            if type(f.get("run_id")) is str:
+                self.runs.add(f["run_id"])
+            return
+        if kind == "run.finished":
+            self._run_finished(i, f)
             return
         cid = f["contract_id"]
         if kind == "access.refused":
@@ -226,6 +238,27 @@ class RuleChecker:
             self._finished(i, f)
         elif kind == "round.evaluated":
             self._evaluated(i, f)
+
+    def _run_finished(self, i: int, f: dict[str, Any]) -> None:
+        run_id = f.get("run_id")
+        if type(run_id) is not str or run_id not in self.runs:
+            self._flag(
+                i,
+                "run-unknown",
+                f"run.finished of run {run_id!r}, which no earlier run.registered registered",
+                run_id=run_id,
+            )
+        model = f.get("model_sha256")
+        if f.get("status") not in ("finished", "stopped") or (
+            model is not None and (type(model) is not str or not _SHA256_HEX.fullmatch(model))
+        ):
+            self._flag(
+                i,
+                "run-malformed",
+                "run.finished needs status finished or stopped and a null or SHA-256 model hash",
+                status=f.get("status"),
+                model_sha256=model,
+            )
 
     def _contract(self, i: int, f: dict[str, Any]) -> None:
         cid = f["contract_id"]

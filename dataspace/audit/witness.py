@@ -15,6 +15,13 @@ is not the witness's latest (body: that size, ``text/x.tlog.size``); 422 bad
 consistency proof, or the same size with a different root (a fork). A
 checkpoint refused with 422 is kept (``refused/``, :meth:`Witness.refused`): with
 the one the witness cosigned, it is the evidence that the log showed two histories.
+
+A log is its key, not its name: the witness trusts one key per origin (the first it
+is given: a key it was configured with, pinned, is never replaced by one learned
+later, e.g. from a catalog), and keeps its state and its evidence per (origin, key).
+A second key that signs under a log's name therefore starts a history of its own; it
+can neither move the real log's state nor have the real log's checkpoints refused
+and kept as "fork evidence" against it.
 """
 
 from __future__ import annotations
@@ -82,7 +89,8 @@ def parse_request(body: bytes) -> tuple[int, list[bytes], bytes]:
 class Witness:
     """A witness keeping its state in a folder (e.g. SITE/witness).
 
-    ``logs`` are the trusted log keys (type 0x01); a log's key name is its origin.
+    ``logs`` are the trusted log keys (type 0x01); a log's key name is its origin. Pinned
+    keys come first: for a name given twice with different keys, the first is kept.
     """
 
     def __init__(
@@ -96,7 +104,9 @@ class Witness:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.signer = cosigner(name, key)
-        self.logs = {v.name: v for v in logs}
+        self.logs: dict[str, Verifier] = {}
+        for v in logs:
+            self.trust(v)
         self.clock = clock
 
     @property
@@ -106,20 +116,60 @@ class Witness:
     def vkey(self) -> str:
         return witness_vkey(self.name, self.signer.public_key)
 
-    def trust(self, log: Verifier) -> None:
-        self.logs[log.name] = log
+    def trust(self, log: Verifier) -> bool:
+        """Trust ``log`` for its name, unless another key is trusted for that name already
+        (that one stays: a log is its key). Returns whether ``log`` is trusted now."""
+        have = self.logs.setdefault(log.name, log)
+        return have.public_key == log.public_key
 
-    def state_path(self, origin: str) -> Path:
-        """Where the latest checkpoint of ``origin`` this witness cosigned is kept: the
-        log-signed note, which an auditor can use as its ``--previous-checkpoint``."""
-        return self.directory / (hashlib.sha256(origin.encode()).hexdigest()[:32] + ".checkpoint")
+    def _key(self, origin: str, key: bytes | None) -> bytes | None:
+        if key is not None:
+            return key
+        v = self.logs.get(origin)
+        return v.public_key if v is not None else None
 
-    def latest(self, origin: str) -> Checkpoint | None:
-        """The latest checkpoint of ``origin`` this witness has cosigned, if any."""
+    def state_path(self, origin: str, key: bytes | None = None) -> Path:
+        """Where the latest checkpoint of ``origin`` signed by ``key`` (default: the key
+        trusted for it) this witness cosigned is kept: the log-signed note, which an
+        auditor can use as its ``--previous-checkpoint``. With no key known, the one
+        state kept for ``origin`` (of whichever key), if there is exactly one."""
+        k = self._key(origin, key)
+        if k is not None:
+            return self.directory / f"{_origin_id(origin)}.{_key_id(k)}.checkpoint"
+        kept = sorted(self.directory.glob(f"{_origin_id(origin)}.*.checkpoint"))
+        if len(kept) > 1:
+            raise WitnessError(409, f"{origin} has states for {len(kept)} keys: name the key")
+        return kept[0] if kept else self._legacy_path(origin)
+
+    def _legacy_path(self, origin: str) -> Path:
+        """Where witnesses kept a log's state before it was kept per key (by name only)."""
+        return self.directory / f"{_origin_id(origin)}.checkpoint"
+
+    def latest(self, origin: str, key: bytes | None = None) -> Checkpoint | None:
+        """The latest checkpoint of ``origin`` (signed by ``key``, default: the key trusted
+        for it) this witness has cosigned, if any."""
+        note = self._latest_note(origin, key)
+        return None if note is None else parse_checkpoint(parse_note(note).text)
+
+    def _latest_note(self, origin: str, key: bytes | None) -> bytes | None:
         try:
-            return parse_checkpoint(parse_note(self.state_path(origin).read_bytes()).text)
+            return self.state_path(origin, key).read_bytes()
+        except FileNotFoundError:
+            pass
+        # a state kept by name only (before states were per key) is this key's if this
+        # key signed it; a note another key signed there is not
+        k = self._key(origin, key)
+        try:
+            note = self._legacy_path(origin).read_bytes()
         except FileNotFoundError:
             return None
+        if k is None:
+            return note
+        try:
+            open_note(note, [Verifier(origin, k)])
+        except NoteError:
+            return None
+        return note
 
     def add_checkpoint(self, body: bytes) -> bytes:
         """Answer a tlog-witness add-checkpoint request body; returns the cosignature line."""
@@ -147,7 +197,7 @@ class Witness:
         own = [s for s in parsed.signatures if (s.name, s.key_id) == (log.name, log.key_id)]
         stored = parsed.text + b"\n" + b"".join(s.line() for s in own)
         with locked(self.directory):
-            latest = self.latest(cp.origin)
+            latest = self.latest(cp.origin, log.public_key)
             have = latest.size if latest else 0
             if old_size != have:
                 raise WitnessError(
@@ -158,41 +208,44 @@ class Witness:
             old_root = latest.root if latest else merkle.EMPTY_ROOT
             if latest is not None and cp.size == latest.size:
                 if cp.root != latest.root:
-                    self._keep_refused(cp, stored)
+                    self._keep_refused(cp, stored, log.public_key)
                     raise WitnessError(422, f"fork: {cp.origin} has two roots for size {cp.size}")
             else:
                 try:
                     merkle.verify_consistency(have, cp.size, proof, old_root, cp.root)
                 except ProofError as e:
-                    self._keep_refused(cp, stored)
+                    self._keep_refused(cp, stored, log.public_key)
                     raise WitnessError(422, f"{cp.origin}: bad consistency proof: {e}") from e
-            atomic_write(self.state_path(cp.origin), stored)  # persist before answering
+            # persist before answering
+            atomic_write(self.state_path(cp.origin, log.public_key), stored)
         return cosign(parsed.text, self.signer, int(self.clock())).line()
 
     # --- evidence: the log-signed checkpoints refused as inconsistent ---------------------
-    def _refused_prefix(self, origin: str) -> str:
-        return hashlib.sha256(origin.encode()).hexdigest()[:32] + "."
+    def _refused_prefix(self, origin: str, key: bytes | None = None) -> str:
+        k = self._key(origin, key)
+        return f"{_origin_id(origin)}." + (f"{_key_id(k)}." if k is not None else "")
 
-    def _keep_refused(self, cp: Checkpoint, note: bytes) -> None:
+    def _keep_refused(self, cp: Checkpoint, note: bytes, key: bytes) -> None:
         """Under the lock: keep a refused checkpoint (its log signature only), the newest
         KEEP_REFUSED per origin. With the kept one of the same size it proves a fork
         (two signed roots for one size); a larger one is for an auditor to check
         (``dataspace audit verify LOG --previous-checkpoint THAT``)."""
         d = self.directory / REFUSED
         d.mkdir(exist_ok=True)
-        prefix = self._refused_prefix(cp.origin)
+        prefix = self._refused_prefix(cp.origin, key)
         atomic_write(d / f"{prefix}{cp.size}.{cp.root.hex()[:16]}.checkpoint", note)
         mine = sorted(d.glob(prefix + "*.checkpoint"), key=lambda p: p.stat().st_mtime_ns)
         for old in mine[:-KEEP_REFUSED]:
             old.unlink(missing_ok=True)
 
-    def refused(self, origin: str) -> list[bytes]:
-        """The signed checkpoints of ``origin`` this witness refused as inconsistent with
-        what it cosigned (422), oldest first: evidence that the log showed two histories."""
+    def refused(self, origin: str, key: bytes | None = None) -> list[bytes]:
+        """The signed checkpoints of ``origin`` (signed by ``key``, default: the key trusted
+        for it; with none known, by any key) this witness refused as inconsistent with what
+        it cosigned (422), oldest first: evidence that the log showed two histories."""
         d = self.directory / REFUSED
         if not d.is_dir():
             return []
-        mine = sorted(d.glob(self._refused_prefix(origin) + "*.checkpoint"), key=_mtime)
+        mine = sorted(d.glob(self._refused_prefix(origin, key) + "*.checkpoint"), key=_mtime)
         out = []
         for p in mine:
             try:
@@ -239,6 +292,16 @@ def local_post(witness: Witness) -> PostFn:
             return e.status, e.body or str(e).encode()
 
     return post
+
+
+def _origin_id(origin: str) -> str:
+    """A log's name as a file name part."""
+    return hashlib.sha256(origin.encode()).hexdigest()[:32]
+
+
+def _key_id(public_key: bytes) -> str:
+    """A log's key as a file name part."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
 
 
 def _mtime(path: Path) -> int:

@@ -8,21 +8,29 @@ What is signed (RFC 9421 section 2.5, the signature base), always these
 components in this order::
 
     "@method": POST
+    "@authority": hub.example:8000
     "@path": /v1/contracts
     "@query": ?dataset=so101
     "content-digest": sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:
-    "@signature-params": ("@method" "@path" "@query" "content-digest");created=1764082800;\
-                         nonce="...";keyid="...";alg="ed25519"   (one line)
+    "@signature-params": ("@method" "@authority" "@path" "@query" "content-digest");\
+                         created=1764082800;nonce="...";keyid="...";alg="ed25519"   (one line)
 
 sent as ``Signature-Input: sig1=(...);created=...;nonce=...;keyid=...;alg="ed25519"``,
 ``Signature: sig1=:BASE64:`` and ``Content-Digest: sha-256=:BASE64:`` (RFC 9530
 section 2, the digest of the body as sent; the empty body has one too, so a
 body cannot be added to a signed GET). ``@query`` is ``?`` for no query
-(RFC 9421 section 2.2.7).
+(RFC 9421 section 2.2.7). ``@authority`` (section 2.2.3) is the ``Host`` the request
+is sent to, lower case, without the scheme's default port: it binds the request to the
+one service the client meant, so a service that received it cannot replay it to
+another (each service accepts only its own names, :func:`verify_request`'s
+``authorities``).
 
 A verifier (:func:`verify_request`) checks, in this order: the headers parse;
 the covered components are exactly the ones above (so nothing security
-relevant can be left out); ``alg`` is ed25519; the key id is a 32-byte key;
+relevant can be left out; a signature of the older profile, without
+``@authority``, is :class:`UnboundSignatureError`); the ``Host`` is one of the
+service's own names (:class:`MisdirectedRequestError`); ``alg`` is ed25519; the
+key id is a 32-byte key;
 ``created`` lies within ``window_s`` of the verifier's clock (section 7.2.2);
 the digest matches the body received; the signature verifies; and only then
 that the (key, nonce) pair was never seen within the window (section 7.2.2,
@@ -42,7 +50,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Collection, Generator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,7 +62,9 @@ from dataspace.errors import DataspaceError
 from dataspace.site.identity import public_bytes
 
 LABEL = "sig1"
-COMPONENTS = ("@method", "@path", "@query", "content-digest")
+COMPONENTS = ("@method", "@authority", "@path", "@query", "content-digest")
+#: what clients signed before requests were bound to their service (issue 20)
+UNBOUND_COMPONENTS = ("@method", "@path", "@query", "content-digest")
 ALG = "ed25519"
 #: how far ``created`` may lie from the verifier's clock, either way (seconds)
 WINDOW_S = 300
@@ -88,6 +98,19 @@ class ReplayedRequestError(SignatureError):
     code = "replayed_request"
 
 
+class UnboundSignatureError(MalformedSignatureError):
+    """A signature that does not cover ``@authority``: from a client that predates
+    requests bound to one service (it must be updated)."""
+
+    code = "unbound_signature"
+
+
+class MisdirectedRequestError(SignatureError):
+    """A request signed for (or sent with the ``Host`` of) another service."""
+
+    code = "misdirected_request"
+
+
 class NonceStore(Protocol):
     def check_and_add(self, key_id: str, nonce: str, expires: float, now: float) -> bool:
         """Record (key_id, nonce) until ``expires``; False if it was already there."""
@@ -118,10 +141,27 @@ def signature_params(created: int, nonce: str, key_id: str) -> str:
     return f'({comps});created={created};nonce="{nonce}";keyid="{key_id}";alg="{ALG}"'
 
 
-def signature_base(method: str, path: str, query: str, digest: str, params: str) -> bytes:
-    """The signature base (RFC 9421 section 2.5); ``query`` without its leading ``?``."""
+def normalize_authority(host: str, scheme: str = "http") -> str:
+    """``@authority`` (RFC 9421 section 2.2.3): the Host in lower case, without the
+    scheme's default port (``hub.example:80`` over http is ``hub.example``)."""
+    value = host.strip().lower()
+    default = _DEFAULT_PORTS.get(scheme.lower())
+    if default and value.endswith(default):
+        value = value[: -len(default)]
+    return value
+
+
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def signature_base(
+    method: str, authority: str, path: str, query: str, digest: str, params: str
+) -> bytes:
+    """The signature base (RFC 9421 section 2.5); ``query`` without its leading ``?``,
+    ``authority`` normalised (:func:`normalize_authority`)."""
     lines = [
         f'"@method": {method.upper()}',
+        f'"@authority": {authority}',
         f'"@path": {path or "/"}',
         f'"@query": ?{query}',
         f'"content-digest": {digest}',
@@ -145,19 +185,23 @@ def sign_request(
     query: str,
     body: bytes,
     *,
+    authority: str,
+    scheme: str = "http",
     created: int | None = None,
     nonce: str | None = None,
 ) -> dict[str, str]:
     """The three headers that sign one request (any HTTP client can send them).
 
     ``path`` and ``query`` exactly as they go on the wire (percent-encoded,
-    query without ``?``).
+    query without ``?``); ``authority``: the ``Host`` the request goes to (the
+    service it is meant for), e.g. ``127.0.0.1:8000``.
     """
     created = int(time.time()) if created is None else created
     nonce = nonce or new_nonce()
     digest = content_digest(body)
     params = signature_params(created, nonce, key_id_of(key))
-    sig = key.sign(signature_base(method, path, query, digest, params))
+    target = normalize_authority(authority, scheme)
+    sig = key.sign(signature_base(method, target, path, query, digest, params))
     return {
         "Content-Digest": digest,
         "Signature-Input": f"{LABEL}={params}",
@@ -168,9 +212,18 @@ def sign_request(
 def sign_url_request(
     key: Ed25519PrivateKey, method: str, url: str, body: bytes = b""
 ) -> dict[str, str]:
-    """:func:`sign_request` for a full URL (e.g. from a ``requests`` or schemathesis hook)."""
+    """:func:`sign_request` for a full URL (e.g. from a ``requests`` or schemathesis hook):
+    signed for the URL's host and port, which the client must send as its ``Host``."""
     u = httpx.URL(url)
-    return sign_request(key, method, u.raw_path.split(b"?")[0].decode(), u.query.decode(), body)
+    path = u.raw_path.split(b"?")[0].decode()
+    return sign_request(
+        key, method, path, u.query.decode(), body, authority=_netloc(u), scheme=u.scheme
+    )
+
+
+def _netloc(u: httpx.URL) -> str:
+    """The URL's host[:port] as httpx sends it in ``Host``."""
+    return u.netloc.decode("ascii")
 
 
 class HttpSigAuth(httpx.Auth):
@@ -186,8 +239,16 @@ class HttpSigAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         path = request.url.raw_path.split(b"?")[0].decode()
+        # signed for the Host it is sent to: the one service this request is meant for
+        host = request.headers.get("host") or _netloc(request.url)
         headers = sign_request(
-            self.key, request.method, path, request.url.query.decode(), request.content
+            self.key,
+            request.method,
+            path,
+            request.url.query.decode(),
+            request.content,
+            authority=host,
+            scheme=request.url.scheme,
         )
         request.headers.update(headers)
         yield request
@@ -263,12 +324,16 @@ def verify_request(
     body: bytes,
     nonces: NonceStore,
     *,
+    authorities: Collection[str],
+    scheme: str = "http",
     now: float | None = None,
     window_s: int = WINDOW_S,
 ) -> VerifiedRequest:
     """Check one received request; raise a :class:`SignatureError` subclass naming what failed.
 
-    ``headers`` must be case-insensitive (Starlette's and httpx's are).
+    ``headers`` must be case-insensitive (Starlette's and httpx's are) and hold the
+    ``Host`` the request was sent to; ``authorities``: this service's own names
+    (normalised ``host[:port]``), the only ``@authority`` it accepts.
     """
     now = time.time() if now is None else now
     label, comps, params = parse_signature_input(_header(headers, "signature-input"))
@@ -277,10 +342,16 @@ def verify_request(
         raise MalformedSignatureError(
             f"signature label is {label!r}/{sig_label!r}; this service reads {LABEL!r} only"
         )
+    if comps == UNBOUND_COMPONENTS:
+        raise UnboundSignatureError(
+            f"signature covers {list(comps)} but not @authority: it is not bound to this "
+            f"service; sign {list(COMPONENTS)} (update the client: dataspace.auth.httpsig)"
+        )
     if comps != COMPONENTS:
         raise MalformedSignatureError(
             f"signature covers {list(comps)}; it must cover exactly {list(COMPONENTS)}"
         )
+    authority = _authority(headers, scheme, authorities)
     if set(params) != {"created", "nonce", "keyid", "alg"}:
         raise MalformedSignatureError(
             f"signature parameters are {sorted(params)}; expected alg, created, keyid, nonce"
@@ -318,15 +389,36 @@ def verify_request(
         _public_key(raw_key).verify(
             sig,
             signature_base(
-                method, path, query, digest.strip(), signature_params(created, nonce, key_id)
+                method,
+                authority,
+                path,
+                query,
+                digest.strip(),
+                signature_params(created, nonce, key_id),
             ),
         )
     except (InvalidSignature, ValueError) as e:
         raise SignatureError(
-            f"signature does not verify for key {key_id} over {method.upper()} {path}"
+            f"signature does not verify for key {key_id} over {method.upper()} {authority}{path}"
         ) from e
     if not nonces.check_and_add(key_id, nonce, created + window_s + 1, now):
         raise ReplayedRequestError(
             f"nonce {nonce!r} of key {key_id} was already used; the request is a replay"
         )
     return VerifiedRequest(key_id=key_id, public_key=raw_key, created=created, nonce=nonce)
+
+
+def _authority(headers: Mapping[str, str], scheme: str, authorities: Collection[str]) -> str:
+    """The request's ``@authority``, if it names this service (one of ``authorities``)."""
+    host = headers.get("host")
+    if not host:
+        raise MalformedSignatureError("request has no Host header; @authority is signed")
+    authority = normalize_authority(host, scheme)
+    if authority not in authorities:
+        # its own names are not listed: they may be internal addresses
+        raise MisdirectedRequestError(
+            f"request is for {authority[:200]!r}, which is not a name of this service: a "
+            "signed request is valid only at the service it was signed for (a service "
+            "behind another name lists it with `dataspace serve ... --authority`)"
+        )
+    return authority

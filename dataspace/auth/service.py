@@ -28,7 +28,15 @@ Limits (documented in each service's OpenAPI description): request bodies up
 to :data:`MAX_BODY` bytes (413 above), JSON nested at most :data:`MAX_JSON_DEPTH`
 levels with numbers of at most :data:`MAX_JSON_DIGITS` digits (400 ``malformed_json``
 otherwise, checked on the raw bytes before anything parses them), signatures
-within ±300 s (401).
+within ±300 s (401), the body received within :data:`BODY_TIMEOUT_S` s of its
+headers (408 ``request_timeout``). What the connection layer bounds before a request
+reaches the app (header deadline, header size, number of connections) is
+:class:`dataspace.auth.limits.ConnectionLimits`, enforced by :mod:`dataspace.auth.connections`.
+
+Each service accepts only requests signed for itself: the signature covers
+``@authority`` (the ``Host``), which must be one of the service's names, those it is
+given (``authorities``: ``--authority``, a connector's public URL) and the address
+the connection arrived at (``localhost:PORT`` too when that is a loopback address).
 
 What a remote caller reads never names a local file: error details go through
 :func:`public_detail`, which replaces the service's own folders (and any other
@@ -39,8 +47,10 @@ errors themselves (the audit log's).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import ipaddress
 import json
 import logging
 import os
@@ -60,7 +70,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
-from dataspace.auth.httpsig import WINDOW_S, NonceStore, SignatureError, verify_request
+from dataspace.auth.httpsig import (
+    WINDOW_S,
+    NonceStore,
+    SignatureError,
+    normalize_authority,
+    verify_request,
+)
+from dataspace.auth.limits import BODY_TIMEOUT_S, DEFAULT_LIMITS, ConnectionLimits
 from dataspace.auth.nonces import FileNonceStore
 from dataspace.errors import DataspaceError, RefusedError
 from dataspace.site.identity import ROLES
@@ -86,16 +103,19 @@ PUBLIC_LOG = frozenset({"/v1/log/checkpoint", "/v1/log/add-checkpoint"})
 SIGNATURE_DOC = f"""
 **Authentication.** Every request except `/healthz` and the API description is
 signed with the caller's Ed25519 identity key, HTTP message signatures (RFC 9421)
-over `@method`, `@path`, `@query` and `content-digest` (RFC 9530, sha-256 of the
-body, present even when the body is empty), with parameters `created` (UNIX
+over `@method`, `@authority`, `@path`, `@query` and `content-digest` (RFC 9530, sha-256
+of the body, present even when the body is empty), with parameters `created` (UNIX
 seconds, within ±{WINDOW_S} s of the server clock), `nonce` (16–128 base64url
 characters, never reused), `keyid` (the raw public key in standard base64) and
-`alg="ed25519"`, label `sig1`. See `dataspace.auth.httpsig`.
+`alg="ed25519"`, label `sig1`. See `dataspace.auth.httpsig`. `@authority` is the `Host`
+the request is sent to; a service accepts only its own names (401 `misdirected_request`
+otherwise; 401 `unbound_signature` for a signature without `@authority`).
 
 **Errors** are JSON `{{"error": CODE, "detail": MESSAGE}}`: 401 for a missing,
-malformed, stale, replayed or wrong signature or a body that does not match its
-digest; 403 when the caller's role or the policy refuses; 404 for what does not
-exist (or is not the caller's to see); 413 for a body over {MAX_BODY} bytes;
+malformed, stale, replayed, misdirected or wrong signature or a body that does not
+match its digest; 403 when the caller's role or the policy refuses; 404 for what does
+not exist (or is not the caller's to see); 408 for a body not received within
+{BODY_TIMEOUT_S:.0f} s of its headers; 413 for a body over {MAX_BODY} bytes;
 400/422 for malformed input (400 `malformed_json` also for JSON nested deeper
 than {MAX_JSON_DEPTH} levels or a number of more than {MAX_JSON_DIGITS} digits).
 No error detail names a file of the service's machine.
@@ -139,6 +159,39 @@ class MalformedJsonError(DataspaceError):
     """A body that is not JSON the service will parse (e.g. nested too deeply)."""
 
     code = "malformed_json"
+
+
+class RequestTimeoutError(DataspaceError):
+    """A request whose body (or headers) did not arrive within the service's deadline."""
+
+    http_status = 408
+    code = "request_timeout"
+
+
+@functools.lru_cache(maxsize=256)
+def local_authorities(host: str, port: int | None, scheme: str) -> frozenset[str]:
+    """The names a connection that arrived at ``host:port`` reached this service by: the
+    address itself, and ``localhost:PORT`` when it is a loopback address."""
+    if port is None:
+        return frozenset()
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return frozenset({normalize_authority(f"{host}:{port}", scheme)})
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    names = [f"[{ip}]" if ip.version == 6 else str(ip)]
+    if ip.is_loopback:
+        names.append("localhost")
+    return frozenset(normalize_authority(f"{n}:{port}", scheme) for n in names)
+
+
+def authority_of(url_or_name: str) -> str:
+    """``host[:port]`` of a URL (``http://hub:8000/x`` -> ``hub:8000``) or of a bare name."""
+    if "://" not in url_or_name:
+        return normalize_authority(url_or_name)
+    scheme, rest = url_or_name.split("://", 1)
+    return normalize_authority(rest.split("/", 1)[0].rsplit("@", 1)[-1], scheme)
 
 
 @functools.lru_cache(maxsize=8)
@@ -359,8 +412,13 @@ class SignedRequests:
         max_json_depth: int = MAX_JSON_DEPTH,
         window_s: int = WINDOW_S,
         public_paths: frozenset[str] = PUBLIC_PATHS,
+        authorities: Iterable[str] = (),
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ) -> None:
         self.app = app
+        #: the names of this service besides the address a connection arrives at
+        self.authorities = frozenset(authority_of(a) for a in authorities)
+        self.body_timeout_s = body_timeout_s
         self.max_json_depth = max_json_depth
         self.nonces = nonces
         self.directory = directory
@@ -378,36 +436,24 @@ class SignedRequests:
             declared = int(headers.get("content-length", "0"))
         except ValueError:
             declared = 0
-        if declared > self.max_body:
-            await send_error(
-                scope,
-                receive,
-                send,
-                BodyTooLargeError(
+        try:
+            if declared > self.max_body:
+                raise BodyTooLargeError(
                     f"request body of {declared} bytes is over the limit of {self.max_body}"
-                ),
-            )
-            return
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                await send_error(
-                    scope,
-                    receive,
-                    send,
-                    BodyTooLargeError(f"request body is over the limit of {self.max_body} bytes"),
                 )
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+            async with asyncio.timeout(self.body_timeout_s):
+                body = await self._read_body(receive)
+        except TimeoutError:
+            late = RequestTimeoutError(
+                f"request body not received within {self.body_timeout_s:g} s of its headers"
+            )
+            await send_error(scope, receive, send, late, close=True)
+            return
+        except BodyTooLargeError as e:
+            await send_error(scope, receive, send, e, close=True)
+            return
+        if body is None:  # the client went away
+            return
         problem = json_problem(body, self.max_json_depth)
         if problem is not None:  # before anything parses it, the signature check included
             await send_error(scope, receive, send, MalformedJsonError(problem))
@@ -425,6 +471,8 @@ class SignedRequests:
                     headers,
                     body,
                     self.nonces,
+                    authorities=self._names(scope),
+                    scheme=scope.get("scheme", "http"),
                     window_s=self.window_s,
                 )
             except SignatureError as e:
@@ -447,6 +495,31 @@ class SignedRequests:
 
         await self.app(scope, replay, send)
 
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body, or None if the client disconnected; over the limit: 413."""
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise BodyTooLargeError(f"request body is over the limit of {self.max_body} bytes")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    def _names(self, scope: Scope) -> frozenset[str]:
+        """Every ``@authority`` this service accepts on this request's connection."""
+        server = scope.get("server")
+        if not server:
+            return self.authorities
+        scheme = scope.get("scheme", "http")
+        return self.authorities | local_authorities(str(server[0]), server[1], scheme)
+
     def _refused(self, scope: Scope, e: DataspaceError, caller: Caller | None) -> None:
         log.warning("refused %s %s: %s", scope.get("method"), scope.get("path"), e)
         if self.on_refused is not None:
@@ -456,8 +529,15 @@ class SignedRequests:
                 log.exception("could not record a refusal")
 
 
-async def send_error(scope: Scope, receive: Receive, send: Send, e: DataspaceError) -> None:
-    await error_response(e.http_status, error_code(e), str(e))(scope, receive, send)
+async def send_error(
+    scope: Scope, receive: Receive, send: Send, e: DataspaceError, *, close: bool = False
+) -> None:
+    """Answer ``e`` in the one error shape; ``close``: and end the connection (its body
+    was not read to the end, so the next bytes on it are not a request)."""
+    response = error_response(e.http_status, error_code(e), str(e))
+    if close:
+        response.headers["connection"] = "close"
+    await response(scope, receive, send)
 
 
 async def caller_of(request: Request) -> Caller:
@@ -642,6 +722,8 @@ def service_app(
     refusals: Refusals,
     private: Sequence[str | os.PathLike[str]],
     window_s: int = WINDOW_S,
+    authorities: Iterable[str] = (),
+    limits: ConnectionLimits = DEFAULT_LIMITS,
     inner: Sequence[Middleware] = (),
     outer: Sequence[Middleware] = (),
     lifespan: Lifespan[FastAPI] | None = None,
@@ -650,7 +732,10 @@ def service_app(
 
     ``doc``: the service module's docstring (its first paragraph describes the API);
     ``nonces``: the file of nonces seen (replay guard); ``directory``: who a key is;
-    ``private``: the service's folders, never named to a remote caller. ``inner``
+    ``private``: the service's folders, never named to a remote caller;
+    ``authorities``: the names (``host[:port]`` or URLs) clients reach it by besides
+    the address they connect to (signed requests name one, :mod:`~.httpsig`);
+    ``limits``: its body deadline (the rest is the connection layer's). ``inner``
     middleware runs after the signature check (the caller is known), ``outer``
     before anything else (e.g. the hub's unsigned dashboard). The middleware, from
     the outside in: ``outer``, :class:`PrivatePaths`, :class:`SignedRequests`, ``inner``.
@@ -673,6 +758,8 @@ def service_app(
                 on_refused=refusals,
                 public_paths=PUBLIC_PATHS | PUBLIC_LOG,
                 window_s=window_s,
+                authorities=authorities,
+                body_timeout_s=limits.body_timeout_s,
             ),
             *inner,
         ],

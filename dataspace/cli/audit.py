@@ -47,11 +47,14 @@ from dataspace.audit import (
     LogError,
     LogSource,
     ProofError,
+    Released,
+    RoundRecord,
     TransparencyLog,
     TrustedKeys,
     checkpoint_of_note,
     cross_check,
     load_trusted_keys,
+    released_models,
     verify_source,
     write_bundle,
 )
@@ -342,6 +345,13 @@ def export_cmd(source: str, directory: Path) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Check the checkpoint signature and witnesses too.",
 )
+@click.option(
+    "--hub",
+    "hub_source",
+    default=None,
+    help="The hub's log (folder, bundle or URL): the model column then shows each run's "
+    "released model (SHA-256 of the model file, from the hub's run.finished).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def show_cmd(
     source: str,
@@ -349,19 +359,22 @@ def show_cmd(
     consumer: str | None,
     contract: str | None,
     trusted_keys: Path | None,
+    hub_source: str | None,
     as_json: bool,
 ) -> None:
-    """Who trained on what, for which purpose, how much epsilon, which model; does it verify."""
+    """Who trained on what, for which purpose, how much epsilon, which model; does it verify.
+
+    The model of a round is the model its run released, as the hub's ``run.finished``
+    says (with --hub, when the hub's log verifies and the run lists the round's
+    contract); otherwise the round's own update, as the site's ``round.finished`` says.
+    The ``model of`` column (``model_source`` in --json) says which.
+    """
     if sum(x is not None for x in (dataset, consumer, contract)) != 1:
         raise click.UsageError("give exactly one of --dataset, --consumer, --contract")
 
     trusted = load_trusted_keys(trusted_keys) if trusted_keys else TrustedKeys()
-    # show traces; whether the log is anchored is stated, not judged (verify judges it)
-    report = verify_source(
-        _open(source), trusted, allow_unanchored=True, progress=_verifying("verifying")
-    )
-    if trusted_keys is None:  # only the log's own consistency can be judged
-        report.violations = [v for v in report.violations if v.rule != "checkpoint-signature"]
+    report = _shown_report(source, trusted, trusted_keys is not None, "verifying")
+    hub = None if hub_source is None else _hub_releases(hub_source, trusted, trusted_keys)
     names = {c: (info.get("consumer")) for c, info in report.contracts.items()}
 
     def keep(r) -> bool:
@@ -386,6 +399,7 @@ def show_cmd(
             "round": r.round,
             "epsilon": r.epsilon,
             "model_sha256": r.model_sha256,
+            **_model_of(r, hub),
             "privacy_unit": r.privacy_unit,
             "verifies": r.ok and r.index not in bad and report.ok,
         }
@@ -400,6 +414,7 @@ def show_cmd(
                 "first_violation": str(report.first) if report.first else None,
                 "checkpoint_checked": trusted_keys is not None,
                 "epsilon_total": total,
+                "hub_log": None if hub is None else hub.summary(),
                 "rounds": out,
             }
         )
@@ -415,7 +430,8 @@ def show_cmd(
         Col("run/round", ident=True),
         Col("ε", justify="right"),
         Col("unit"),
-        Col("model", ident=True),
+        Col("model of"),
+        Col("model sha256", ident=True),
         Col("ok"),
     ]
     rows = [
@@ -429,7 +445,8 @@ def show_cmd(
             f"{r['run_id']}/{r['round']}",
             f"{r['epsilon']:g}",
             str(r["privacy_unit"] or "-"),
-            str(r["model_sha256"] or ""),
+            MODEL_OF[r["model_source"]],
+            str(r["model"] or ""),
             "yes" if r["verifies"] else "NO",
         )
         for r in out
@@ -442,6 +459,78 @@ def show_cmd(
         state = "is self-consistent only (unanchored: no trusted witness cosigned it)"
     checked = "" if trusted_keys else " (checkpoint signature not checked: no --trusted-keys)"
     click.echo(f"log {state}{checked}")
+    click.echo(_model_note(hub))
+
+
+#: the ``model of`` column: where the model hash of a round comes from
+MODEL_OF = {"run.finished": "released model", "round.finished": "round update"}
+
+
+def _shown_report(source: str, trusted: TrustedKeys, checked: bool, label: str) -> AuditReport:
+    """A log verified as ``show`` does: traced, its anchoring stated, not judged."""
+    report = verify_source(
+        _open(source), trusted, allow_unanchored=True, progress=_verifying(label)
+    )
+    if not checked:  # only the log's own consistency can be judged
+        report.violations = [v for v in report.violations if v.rule != "checkpoint-signature"]
+    return report
+
+
+class _HubReleases:
+    """What ``show --hub`` read of the hub's log: its verification and released models."""
+
+    def __init__(self, source: str, report: AuditReport, released: dict[str, Released]) -> None:
+        self.source, self.report, self.released = source, report, released
+
+    def model(self, r: RoundRecord) -> Released | None:
+        """The released model of ``r``'s run, if the hub's log verifies and lists its contract."""
+        rel = self.released.get(str(r.run_id)) if self.report.ok else None
+        return rel if rel is not None and r.contract_id in rel.contracts else None
+
+    def summary(self) -> dict[str, object]:
+        rep = self.report
+        return {
+            "source": self.source,
+            "origin": rep.origin,
+            "verifies": rep.ok,
+            "anchored": rep.anchored,
+            "first_violation": str(rep.first) if rep.first else None,
+            "runs_finished": len(self.released),
+        }
+
+
+def _hub_releases(source: str, trusted: TrustedKeys, trusted_keys: Path | None) -> _HubReleases:
+    """Verify the hub's log and read its ``run.finished`` entries (the checked ones only)."""
+    report = _shown_report(source, trusted, trusted_keys is not None, "verifying the hub's log")
+    released = released_models(_open(source).iter_entries(0, report.size))
+    return _HubReleases(source, report, released)
+
+
+def _model_of(r: RoundRecord, hub: _HubReleases | None) -> dict[str, object]:
+    """The model a row shows: the run's released model, else the round's update."""
+    rel = None if hub is None else hub.model(r)
+    return {
+        "released_model_sha256": None if rel is None else rel.model_sha256,
+        "model": r.model_sha256 if rel is None else rel.model_sha256,
+        "model_source": "round.finished" if rel is None else "run.finished",
+    }
+
+
+def _model_note(hub: _HubReleases | None) -> str:
+    """One line on what the model column shows."""
+    base = (
+        "model: 'released model' is the SHA-256 of the model file a run released "
+        "(the hub's run.finished); 'round update' is the hash of a round's update "
+        "(the site's round.finished)"
+    )
+    if hub is None:
+        return base + "; give --hub HUB_LOG to show released models"
+    rep = hub.report
+    if not rep.ok:
+        return base + f"; the hub's log does NOT verify ({rep.first}), so none is shown"
+    anchored = "" if rep.anchored else ", self-consistent only (unanchored)"
+    n = len(hub.released)
+    return base + f"; the hub's log verifies{anchored}; runs that released a model: {n}"
 
 
 class WitnessingFailed(DataspaceError):

@@ -13,10 +13,17 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
+from dataspace.auth.limits import (
+    BODY_TIMEOUT_S,
+    HEADER_TIMEOUT_S,
+    MAX_CONNECTIONS,
+    ConnectionLimits,
+)
 from dataspace.cli._ui import site_alias
 from dataspace.errors import DataspaceError
 from dataspace.federated.hub_worker import execute
@@ -24,11 +31,58 @@ from dataspace.net import bind
 from dataspace.site.identity import load_identity
 
 
-def run(app, sock: socket.socket, log_level: str) -> None:
-    import uvicorn
+def run(app, sock: socket.socket, log_level: str, limits: ConnectionLimits) -> None:
+    # uvicorn under the connection limits: header deadline, header size, connections
+    from dataspace.auth.connections import serve
 
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_keep_alive=30)
-    uvicorn.Server(config).run(sockets=[sock])
+    serve(app, sock, limits, log_level)
+
+
+def service_options(f: Callable[..., None]) -> Callable[..., None]:
+    """The options both services share: their names, and what a client may hold of them."""
+    options = [
+        click.option(
+            "--authority",
+            "authorities",
+            multiple=True,
+            help="a HOST[:PORT] (or URL) clients reach this service by, besides the address "
+            "they connect to: signed requests name the service they are for (repeatable)",
+        ),
+        click.option(
+            "--max-connections",
+            type=click.IntRange(min=1),
+            default=None,
+            help=f"connections held at once [default: {MAX_CONNECTIONS}, or half the file "
+            "limit if smaller]; at the limit the one waiting longest for its headers is closed",
+        ),
+        click.option(
+            "--header-timeout",
+            type=click.FloatRange(min=0.1),
+            default=HEADER_TIMEOUT_S,
+            show_default=True,
+            help="seconds a request's headers may take (the connection is closed after)",
+        ),
+        click.option(
+            "--body-timeout",
+            type=click.FloatRange(min=0.1),
+            default=BODY_TIMEOUT_S,
+            show_default=True,
+            help="seconds a request's body may take after its headers (408 after)",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _limits(
+    max_connections: int | None, header_timeout: float, body_timeout: float
+) -> ConnectionLimits:
+    return ConnectionLimits(
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        max_connections=max_connections,
+    )
 
 
 def _trusted(paths: tuple[Path, ...]):
@@ -60,17 +114,63 @@ def group() -> None:
     multiple=True,
     help="identity file (X.pub) to register with its role (holder, auditor, ...)",
 )
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="the hub worker's run directories (its --runs-dir), served to each run's "
+    "consumer  [default: DATA/runs]",
+)
+@click.option(
+    "--superlink",
+    default=None,
+    help="HOST:PORT of the hub's Flower SuperLink, as consumers reach it (GET /v1/hub)",
+)
+@click.option(
+    "--superlink-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CA certificate of the SuperLink's TLS (PEM), handed to consumers with --superlink",
+)
+@service_options
 @click.option("--log-level", default="warning", show_default=True)
 def hub(
-    data_dir: Path, port: int, host: str, name: str, trust: tuple[Path, ...], log_level: str
+    data_dir: Path,
+    port: int,
+    host: str,
+    name: str,
+    trust: tuple[Path, ...],
+    runs_dir: Path | None,
+    superlink: str | None,
+    superlink_ca: Path | None,
+    authorities: tuple[str, ...],
+    max_connections: int | None,
+    header_timeout: float,
+    body_timeout: float,
+    log_level: str,
 ) -> None:
     """The hub: catalog, contract and run registries, audit log."""
+    if (superlink is None) != (superlink_ca is None):
+        raise click.UsageError("--superlink and --superlink-ca go together")
     sock = bind(host, port)
     from dataspace.hub.app import create_app
+    from dataspace.hub.state import SuperLink
 
-    app = create_app(data_dir, name=name, trust=_trusted(trust))
+    link = None
+    if superlink is not None and superlink_ca is not None:
+        link = SuperLink(superlink, superlink_ca.read_text())
+    limits = _limits(max_connections, header_timeout, body_timeout)
+    app = create_app(
+        data_dir,
+        name=name,
+        trust=_trusted(trust),
+        runs_dir=runs_dir,
+        superlink=link,
+        authorities=authorities,
+        limits=limits,
+    )
     click.echo(f"hub {name} listening on http://{host}:{port} (data {data_dir})", err=True)
-    run(app, sock, log_level)
+    run(app, sock, log_level, limits)
 
 
 @site_alias()
@@ -91,6 +191,7 @@ def hub(
     multiple=True,
     help="identity file (X.pub) to give its role here (auditor, operator, holder)",
 )
+@service_options
 @click.option("--log-level", default="warning", show_default=True)
 def connector(
     site: Path,
@@ -99,6 +200,10 @@ def connector(
     host: str,
     public_url: str | None,
     trust: tuple[Path, ...],
+    authorities: tuple[str, ...],
+    max_connections: int | None,
+    header_timeout: float,
+    body_timeout: float,
     log_level: str,
 ) -> None:
     """A site's connector: publishes its catalog, negotiates contracts, admin API."""
@@ -106,9 +211,12 @@ def connector(
     from dataspace.connectors.service import create_app
 
     url = public_url or f"http://{host}:{port}"
-    app = create_app(site, hub_url, public_url=url, trust=_trusted(trust))
+    limits = _limits(max_connections, header_timeout, body_timeout)
+    app = create_app(
+        site, hub_url, public_url=url, trust=_trusted(trust), authorities=authorities, limits=limits
+    )
     click.echo(f"connector {site} listening on {url} (hub {hub_url})", err=True)
-    run(app, sock, log_level)
+    run(app, sock, log_level, limits)
 
 
 @group.command("site-worker")
@@ -141,10 +249,27 @@ def site_worker(runtime_api: str, secret_file: Path) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="the SuperExec secret the SuperLink was given (--superexec-auth-secret-file)",
 )
-def hub_worker(runtime_api: str, root_certificates: Path, secret_file: Path) -> None:
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="write every run to RUNS/<run-id> whatever its config says, and run only runs "
+    "the hub registered there (the hub's --runs-dir); without it: the run's out-dir",
+)
+def hub_worker(
+    runtime_api: str, root_certificates: Path, secret_file: Path, runs_dir: Path | None
+) -> None:
     """The hub's SuperExec: runs only the project's own ServerApp, for a SuperLink
     started with ``--isolation process``."""
-    execute(runtime_api, root_certificates.read_bytes(), secret_file.read_bytes())
+    if runs_dir is not None:
+        runs_dir = runs_dir.resolve()
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    execute(
+        runtime_api,
+        root_certificates.read_bytes(),
+        secret_file.read_bytes(),
+        runs_dir=runs_dir,
+    )
 
 
 # ``python -m dataspace.cli.serve hub|connector ...``: ``dataspace serve`` alone, with

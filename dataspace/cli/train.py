@@ -1,17 +1,32 @@
 """``dataspace train``: a consumer's federated DP training run (issue 5).
 
-    dataspace train [SITE...] --contract ID[,ID...] --template bc-mlp --rounds N
-                    [--hub URL] [--out DIR] [--seed S] [--secagg]
+    dataspace train --hub URL --key KEY --contract ID[,ID...] [--template bc-mlp]
+                    [--rounds N] [--out DIR] [--run-id R] [--min-sites N]
+                    [--superlink HOST:PORT --root-certificates CA] [--seed S] [--secagg]
                     [--validation PATH] [--stats-from PATH] [--json]
+    dataspace train SITE... --contract ID[,ID...] ...        (local mode)
 
-``SITE...`` (site folders, positional as in every command; the older spelling
-``--simulate SITE``, once per site, is still accepted) runs the ServerApp and
-each site's ClientApp in this process (the connector's code, reading each
-site's own store and ledger).
-``--hub URL`` would submit the run to the hub's SuperLink; the hub service does
-not run a SuperLink yet, so it says so and exits. Writes into OUT the model
-(``model.pt``, its SHA-256 in ``report.json``), ``report.json`` and
-``report.png``; each site's ledger logs round.started / round.finished.
+Two modes, one report:
+
+* ``--hub URL --key KEY`` (the consumer's): from the consumer's own machine,
+  through the hub. The hub's registry says each contract's holder (a contract that
+  is not the caller's, or not agreed, is refused); the run is registered at the hub
+  and submitted to its Flower SuperLink (``flwr run``; address and CA from the hub,
+  or ``--superlink HOST:PORT --root-certificates CA``); rounds are reported as the
+  hub's copy of the run directory grows; at the end its files are downloaded into
+  OUT and the hub logs ``run.finished`` with the final model's SHA-256
+  (:class:`dataspace.federated.remote.HubEngine`). The consumer reads no site
+  folder and reaches no site. A run that cannot go on names the holders that took
+  no part (offline or refused); ``--min-sites N`` lets it go on with N of them.
+  ``--run-id R`` resubmits run R, which resumes after its last completed round.
+* ``SITE...`` (the holder's or a developer's local mode: site folders on this
+  machine, positional as in every command; the older spelling ``--simulate SITE``,
+  once per site, is still accepted) runs the ServerApp and each site's ClientApp in
+  this process (the connector's code, reading each site's own store and ledger).
+
+Both write into OUT the model (``model.pt``, its SHA-256 in ``report.json``),
+``report.json`` and ``report.png``; each site's ledger logs round.started /
+round.finished.
 ``--secagg`` aggregates with SecAgg+ (:mod:`dataspace.federated.secagg`): no
 single site's update reaches the server, and none is kept in OUT.
 ``--validation PATH`` (the consumer's own episodes, held by no site) computes
@@ -36,14 +51,10 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dataspace.cli._ui import TEMPLATE_NAMES, site_alias
-from dataspace.errors import DataspaceError
+from dataspace.cli._ui import TEMPLATE_NAMES, escape, site_alias
+from dataspace.site.identity import load_private_key
 
 err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: never split them
-
-
-class HubNotAvailableError(DataspaceError):
-    """Training through a hub's SuperLink is not there yet."""
 
 
 @site_alias(
@@ -67,7 +78,36 @@ class HubNotAvailableError(DataspaceError):
     help=f"Model template: {' or '.join(TEMPLATE_NAMES)} (the contracts' policies must allow it).",
 )
 @click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--hub", default=None, help="Hub URL (its SuperLink runs the ServerApp).")
+@click.option(
+    "--hub",
+    default=None,
+    help="Hub URL: train from this machine through the hub (its SuperLink runs the run).",
+)
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="DATASPACE_KEY",
+    default=None,
+    help="With --hub: the consumer's identity key (default: $DATASPACE_KEY).",
+)
+@click.option(
+    "--superlink",
+    default=None,
+    help="With --hub: HOST:PORT of the hub's SuperLink (default: what the hub names).",
+)
+@click.option(
+    "--root-certificates",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="With --hub: CA certificate of the SuperLink's TLS (default: the hub's).",
+)
+@click.option(
+    "--min-sites",
+    type=click.IntRange(1),
+    default=None,
+    help="With --hub: go on with at least N sites (default: every contract's).",
+)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--lr", type=float, default=0.5, show_default=True)
@@ -99,6 +139,10 @@ def command(
     rounds: int,
     sites: tuple[Path, ...],
     hub: str | None,
+    key_path: Path | None,
+    superlink: str | None,
+    root_certificates: Path | None,
+    min_sites: int | None,
     out_dir: Path | None,
     seed: int,
     lr: float,
@@ -115,14 +159,14 @@ def command(
 
     get_template(template)  # unknown names fail before anything starts
     ids = [c.strip() for c in contracts.split(",") if c.strip()]
-    if hub:
-        raise HubNotAvailableError(
-            f"training through the hub at {hub} is not available yet: the hub service does "
-            "not run a Flower SuperLink. Give the site folders (SITE...) to train on in this "
-            "process (or use dataspace.federated.deploy)."
-        )
-    if not sites:
-        raise click.UsageError("give the site folders (SITE...) to train on, or --hub URL")
+    if hub and sites:
+        raise click.UsageError("give either --hub URL (a consumer) or SITE... (local mode)")
+    if not hub and not sites:
+        raise click.UsageError("give --hub URL (train through the hub) or SITE... (local mode)")
+    if not hub and (key_path or superlink or root_certificates or min_sites):
+        raise click.UsageError("--key, --superlink, --root-certificates, --min-sites need --hub")
+    if hub and key_path is None:
+        raise click.UsageError("--hub needs --key (the consumer's key, or $DATASPACE_KEY)")
     if validation is not None and secagg:
         raise click.UsageError("--validation needs each site's update; --secagg keeps none")
     if stats_from is not None and secagg:
@@ -135,6 +179,11 @@ def command(
         public = _public_stats(stats_from)  # before anything starts
     run_id = run_id or f"run-{uuid.uuid4().hex[:12]}"
     out = out_dir or Path("runs") / run_id
+    engine = "simulation"
+    if hub:
+        from dataspace.federated.remote import HubEngine
+
+        engine = HubEngine(hub, load_private_key(key_path), superlink, root_certificates, min_sites)
     with Progress(
         TextColumn("[bold]round"),
         BarColumn(),
@@ -161,7 +210,7 @@ def command(
                 contracts=ids, template=template, rounds=rounds, out_dir=str(out), run_id=run_id,
                 seed=seed, lr=lr, secagg=secagg, public_stats=public,
             )  # fmt: skip
-            train(spec, list(sites), "simulation", on_round)
+            history = train(spec, list(sites), engine, on_round)
             if validation is not None:
                 from dataspace.connectors.detect import read_episodes
                 from dataspace.federated.contribution import contribution_for_run
@@ -171,6 +220,8 @@ def command(
         finally:
             if (out / "history.json").exists():
                 report = write_report(out)
+    for site in history.get("absent", []):  # through the hub, with --min-sites
+        err.print(f"[yellow]took no part:[/yellow] {escape(site)}", highlight=False)
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))
         return

@@ -1,23 +1,41 @@
-"""What a connector tells the hub: its catalog entries and its agreed contracts.
+"""What a connector tells the hub: its catalog, its contracts and its datasets' budgets.
 
-:class:`Publisher` publishes the site's catalog to the hub on start (signed with
-the site's key; retried in the background while the hub is unreachable) and
-copies each agreed contract to the hub's contract registry. It is also where the
-connector learns the hub's name and key (``GET /v1/hub``), which its witness trusts.
+:class:`Publisher` publishes the site to the hub on start (signed with the site's
+key; retried in the background while the hub is unreachable): every catalog entry,
+the agreed contracts the hub's registry lacks, and each published dataset's budget
+as the site's ledger says it (:func:`dataspace.policy.budget_report`), in a
+statement signed by the site (:mod:`dataspace.policy.budget_statement`,
+``POST /v1/budget``). It is also where the connector learns the hub's name and key
+(``GET /v1/hub``), which its witness trusts.
+
+Then it follows the site: every change that moves a budget or a contract (an
+agreement, an approval, a rejection, a revocation, a charged round, a new policy or
+enrollment) appends to SITE/log, whichever process made it (this service, the
+``dataspace`` CLI, a training process), so the publisher watches the log's size
+(every :data:`POLL_S` s, a file size read) and, when it grew, publishes what changed
+since the last pass: new or changed catalog entries, contracts the hub holds in
+another state (or not at all, once agreed), and budgets whose figures moved. A full
+pass also runs every :data:`REFRESH_S` s (contracts expire, and their reservations
+end, without a log entry). What the hub refuses is logged and not sent again until
+it changes; while the hub cannot be reached, the pass is retried.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 import httpx
 
 from dataspace import policy
-from dataspace.auth.client import ServiceUnavailableError, call, signed_client
+from dataspace.audit.log import TransparencyLog
+from dataspace.auth.client import ServiceError, ServiceUnavailableError, call, signed_client
 from dataspace.errors import DataspaceError
+from dataspace.policy.budget_statement import figures_of, sign_budget_statement
 from dataspace.site.folder import Site
 from dataspace.site.store import DatasetRecord, list_datasets
 
@@ -25,6 +43,12 @@ log = logging.getLogger("dataspace.connector")
 
 #: seconds between attempts to publish to an unreachable hub (doubling up to the last)
 RETRY_S = (0.5, 1, 2, 5, 10, 30)
+#: seconds between looks at SITE/log's size (a change there is what moves a budget)
+POLL_S = 0.5
+#: seconds between full passes even when SITE/log did not grow (expiries)
+REFRESH_S = 30.0
+#: the states in which a contract the hub never held is registered there
+REGISTERED_FROM = ("agreed",)
 
 
 def publish_request(site: Site, rec: DatasetRecord, public_url: str | None) -> dict[str, Any]:
@@ -95,63 +119,208 @@ def hub_record(c: policy.Contract, connector_url: str | None) -> dict[str, Any]:
     }
 
 
-class Publisher:
-    """Publishes the site's catalog to the hub; retried in a daemon thread until it succeeds."""
+def transient(e: BaseException) -> bool:
+    """An error worth retrying: the hub unreachable or failing (5xx), or the request's
+    signature not accepted now (401: a clock off, a restart); not a refusal of it."""
+    if isinstance(e, ServiceUnavailableError | httpx.HTTPError | OSError):
+        return True
+    return isinstance(e, ServiceError) and (e.status is None or e.status >= 500 or e.status == 401)
 
-    def __init__(self, site: Site, hub_url: str, public_url: str | None) -> None:
+
+@dataclass
+class AtHub:
+    """What the hub holds of this site, as the publisher last sent it (or read it back)."""
+
+    #: dataset id -> the PublishRequest sent
+    catalog: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: contract id -> its state at the hub
+    contracts: dict[str, str] = field(default_factory=dict)
+    #: dataset id -> the budget figures sent (without the log size)
+    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Publisher:
+    """Publishes the site to the hub and follows it (module docstring), in a daemon thread."""
+
+    def __init__(
+        self,
+        site: Site,
+        hub_url: str,
+        public_url: str | None,
+        *,
+        poll_s: float = POLL_S,
+        refresh_s: float = REFRESH_S,
+    ) -> None:
         self.site = site
         self.hub_url = hub_url
         self.public_url = public_url
+        self.poll_s = poll_s
+        self.refresh_s = refresh_s
         self.published = 0
         self.error: str | None = None
         self.done = threading.Event()
         self.hub_key: str | None = None
         self.hub_name: str | None = None
+        self.at_hub = AtHub()
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        #: one publication pass at a time (the follower's, POST /v1/admin/publish's)
+        self._pass = threading.Lock()
+        #: guards at_hub.contracts (route threads register contracts too)
+        self._lock = threading.Lock()
+        self._log: TransparencyLog | None = None
 
+    # --- passes ------------------------------------------------------------------------
     def publish_once(self) -> int:
-        with signed_client(self.hub_url, self.site.key) as hub:
+        """Publish everything now: catalog, contracts the hub lacks, every budget."""
+        with self._pass, signed_client(self.hub_url, self.site.key) as hub:
             info = call(hub, "GET", "/v1/hub")
             self.hub_key = info["public_key"]
             self.hub_name = info["name"]
-            n = 0
-            for rec in list_datasets(self.site):
-                call(
-                    hub,
-                    "POST",
-                    "/v1/catalog",
-                    json=publish_request(self.site, rec, self.public_url),
-                )
-                n += 1
+            size = self.log_size()
+            n = self._publish_catalog(hub, everything=True)
+            self._read_contracts(hub)
+            self._publish_contracts(hub)
+            self._publish_budgets(hub, size, everything=True)
         self.published = n
         self.error = None
         self.done.set()
         return n
 
+    def sync(self) -> None:
+        """One pass: what changed at the site since the last one reaches the hub."""
+        with self._pass, signed_client(self.hub_url, self.site.key) as hub:
+            size = self.log_size()
+            self._publish_catalog(hub)
+            self._publish_contracts(hub)
+            self._publish_budgets(hub, size)
+
+    def _publish_catalog(self, hub: httpx.Client, everything: bool = False) -> int:
+        """Post the catalog entries: all (a refusal fails the publication, as at start),
+        or those new or changed (a refusal is logged); returns how many there are."""
+        recs = list_datasets(self.site)
+        for rec in recs:
+            req = publish_request(self.site, rec, self.public_url)
+            if everything:
+                call(hub, "POST", "/v1/catalog", json=req)
+            elif self.at_hub.catalog.get(rec.dataset_id) != req:
+                self._post(hub, "/v1/catalog", req, f"catalog entry {rec.dataset_id}")
+            self.at_hub.catalog[rec.dataset_id] = req
+        return len(recs)
+
+    def _read_contracts(self, hub: httpx.Client) -> None:
+        """Learn which of this site's contracts the hub holds, in which state."""
+        body = call(hub, "GET", "/v1/contracts")
+        own = self.site.identity.key_b64
+        with self._lock:
+            for c in body.get("contracts", []):
+                if c.get("holder") == own:
+                    self.at_hub.contracts[c["contract_id"]] = c["state"]
+
+    def _publish_contracts(self, hub: httpx.Client) -> None:
+        """Register agreed contracts the hub lacks, and the new state of those it holds."""
+        for c in policy.list_contracts(self.site):
+            cid, state = c.terms.contract_id, c.state
+            with self._lock:
+                have = self.at_hub.contracts.get(cid)
+            if have == state or (have is None and state not in REGISTERED_FROM):
+                continue
+            self._post(hub, "/v1/contracts", hub_record(c, self.public_url), f"contract {cid}")
+            with self._lock:
+                self.at_hub.contracts[cid] = state
+
+    def _publish_budgets(self, hub: httpx.Client, size: int, everything: bool = False) -> None:
+        """Post a signed statement for each published dataset whose budget moved."""
+        for row in policy.budget_report(self.site):
+            did = row.dataset_id
+            if did not in self.at_hub.catalog:
+                continue  # the hub keeps budgets of catalog entries only
+            figures = figures_of(row, size)
+            figures.pop("site_log_size")
+            if not everything and self.at_hub.budgets.get(did) == figures:
+                continue
+            body = {"statement": sign_budget_statement(self.site, row, max(size, 0))}
+            self._post(hub, "/v1/budget", body, f"budget of {did}")
+            self.at_hub.budgets[did] = figures
+
+    @staticmethod
+    def _post(hub: httpx.Client, path: str, body: dict[str, Any], what: str) -> None:
+        """POST; a refusal is logged (it is not sent again until it changes), a
+        transient failure raised (the pass is retried)."""
+        try:
+            call(hub, "POST", path, json=body)
+        except DataspaceError as e:
+            if transient(e):
+                raise
+            log.warning("the hub refused the %s: %s", what, e)
+
+    # --- the thread ----------------------------------------------------------------------
+    def log_size(self) -> int:
+        """SITE/log's size now (-1 while it cannot be read): what the follower watches."""
+        try:
+            if self._log is None:
+                self._log = TransparencyLog.open(self.site.log_dir)
+            return self._log.size
+        except (DataspaceError, OSError):
+            return -1
+
+    def notify(self) -> None:
+        """Run a pass soon (a route changed something)."""
+        self._wake.set()
+
     def run(self) -> None:
+        """Publish everything (retried until the hub answers), then follow the site."""
         attempt = 0
         while not self._stop.is_set():
             try:
                 n = self.publish_once()
                 log.info("published %d catalog entries to %s", n, self.hub_url)
-                return
-            except (DataspaceError, httpx.HTTPError, OSError) as e:
+                break
+            except (DataspaceError, httpx.HTTPError, OSError, duckdb.Error) as e:
                 self.error = str(e)
                 log.warning("publishing to %s failed: %s", self.hub_url, e)
             self._stop.wait(RETRY_S[min(attempt, len(RETRY_S) - 1)])
             attempt += 1
+        self.follow()
+
+    def follow(self) -> None:
+        """Until stopped: a pass whenever SITE/log grew, on :meth:`notify`, or when due."""
+        seen, last, attempt = self.log_size(), time.monotonic(), 0
+        dirty = False
+        while not self._stop.is_set():
+            woke = self._wake.wait(self.poll_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            size = self.log_size()
+            due = time.monotonic() - last >= self.refresh_s
+            if not (woke or dirty or due or size != seen):
+                continue
+            try:
+                self.sync()
+            except (DataspaceError, httpx.HTTPError, OSError, duckdb.Error) as e:
+                self.error = str(e)
+                dirty = True
+                log.warning("publishing to %s failed: %s", self.hub_url, e)
+                self._stop.wait(RETRY_S[min(attempt, len(RETRY_S) - 1)])
+                attempt += 1
+                continue
+            seen, last, attempt, dirty = size, time.monotonic(), 0, False
+            self.error = None
 
     def start(self) -> None:
         threading.Thread(target=self.run, name="catalog-publisher", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     def register_agreed(self, c: policy.Contract) -> None:
         """Copy ``c`` to the hub's registry in the background, once it is agreed."""
         if c.state == "agreed":
             record = hub_record(c, self.public_url)
             threading.Thread(target=self.register_contract, args=(record,), daemon=True).start()
+        self.notify()  # its budget moved (a reservation): the follower reports it
 
     def register_contract(self, record: dict[str, Any]) -> None:
         """Copy an agreed contract to the hub's registry (the site is the truth).
@@ -164,6 +333,8 @@ class Publisher:
             try:
                 with signed_client(self.hub_url, self.site.key) as hub:
                     call(hub, "POST", "/v1/contracts", json=record)
+                with self._lock:
+                    self.at_hub.contracts[record["contract_id"]] = record["state"]
                 return
             except (ServiceUnavailableError, httpx.HTTPError, OSError) as e:
                 log.warning("registering contract %s at the hub: %s", record["contract_id"], e)

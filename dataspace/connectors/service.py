@@ -1,9 +1,11 @@
 """The connector service: a site's face to the data space (FastAPI over the site folder).
 
 ``create_app(site, hub_url)`` builds it; ``dataspace serve connector SITE --hub URL
---port N`` runs it. On start it publishes the site's catalog entries to the hub
+--port N`` runs it. On start it publishes the site to the hub: catalog entries, agreed
+contracts, each dataset's budget in a statement the site signs
 (``dataspace.connectors.publisher``: signed with the site's key; retried in the
-background while the hub is unreachable). It wraps the libraries, never
+background while the hub is unreachable), then follows the site, so that what the
+CLI or a training process changes reaches the hub within a second. It wraps the libraries, never
 reimplements them: enrollment records (``dataspace.site.store``), policies,
 contracts and the budget ledger (``dataspace.policy``), the site's transparency
 log (``dataspace.audit``). The routes are in ``dataspace.connectors.routes`` (one
@@ -34,13 +36,14 @@ requests refused before the caller is known go to ``SITE/service/refusals.jsonl`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
 from dataspace.auth.httpsig import WINDOW_S
+from dataspace.auth.limits import DEFAULT_LIMITS, ConnectionLimits
 from dataspace.auth.log_api import log_router
 from dataspace.auth.service import Refusals, log_access, service_app
 from dataspace.connectors.routes import admin, contracts, datasets
@@ -74,8 +77,14 @@ def create_app(
     trust: list[Identity] | tuple[Identity, ...] = (),
     publish: bool = True,
     window_s: int = WINDOW_S,
+    authorities: Iterable[str] = (),
+    limits: ConnectionLimits = DEFAULT_LIMITS,
 ) -> FastAPI:
-    """The connector app over a site folder; publishes to ``hub_url`` on start if given."""
+    """The connector app over a site folder; publishes to ``hub_url`` on start if given.
+
+    Signed requests must name it: by ``public_url``, one of ``authorities`` (names
+    clients reach it by, ``host[:port]`` or URLs) or the address they connect to.
+    ``limits``: its body deadline."""
     site = site if isinstance(site, Site) else Site.open(site)
     service_dir = site.root / "service"
     service_dir.mkdir(exist_ok=True)
@@ -90,6 +99,8 @@ def create_app(
         refusals=Refusals(service_dir / "refusals.jsonl", conn.record_refusal, private),
         private=private,
         window_s=window_s,
+        authorities=[*authorities, *([public_url] if public_url else [])],
+        limits=limits,
         lifespan=lifespan,
     )
     app.state.connector = conn

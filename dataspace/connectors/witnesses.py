@@ -6,6 +6,9 @@ tlog-witness at ``HUB/v1/log/add-checkpoint`` under its name and identity key
 (``GET /v1/hub``). Every connector runs one too (``/v1/log/add-checkpoint``,
 state in ``SITE/witness``), which trusts the hub's log and the logs of the other
 holders in the hub's catalog (key name = the holder's name, key = its identity).
+A log is its key: the hub's key, learned first, is pinned for the hub's name, and a
+catalog name that is the hub's, this site's or held by two keys is trusted for none
+of them (the hub keeps names unique; a catalog that does not is not believed).
 
 A background :class:`WitnessPusher` pushes the site log's latest checkpoint to
 the hub's witness and to every other holder's connector whenever SITE/log grew,
@@ -94,9 +97,21 @@ class Holders:
         return self.holders
 
     def log_verifiers(self) -> list[Verifier]:
-        """The other holders' log keys (what this connector's witness trusts besides the hub)."""
+        """The other holders' log keys (what this connector's witness trusts besides the
+        hub): never under the hub's name or this site's, nor a name two keys claim."""
         with self._lock:
-            return [Verifier(h.name, h.key) for h in self.holders]
+            holders = list(self.holders)
+        keys: dict[str, set[bytes]] = {}
+        for h in holders:
+            keys.setdefault(h.name, set()).add(h.key)
+        taken = {self.site.name}
+        if self.publisher is not None and self.publisher.hub_name is not None:
+            taken.add(self.publisher.hub_name)
+        return [
+            Verifier(h.name, h.key)
+            for h in holders
+            if h.name not in taken and len(keys[h.name]) == 1
+        ]
 
 
 def hub_peers(publisher: Publisher | None) -> list[Peer]:

@@ -25,9 +25,12 @@ Apps (what runs) are kept apart from the engines (how they run):
 * engines: :mod:`.engines` (:func:`train`), :mod:`.local_grid` (one process),
   :mod:`.deploy` (SuperLink + SuperNodes, TLS, node auth; keys from :mod:`.pki`),
   :mod:`.site_worker` (warm per-site worker behind a lean ClientApp), :mod:`.fab`
-  (FAB signatures in Flower's format);
+  (FAB signatures in Flower's format), :mod:`.remote` (:class:`~.remote.HubEngine`:
+  the consumer's run through the hub's SuperLink, from its own machine) and
+  :mod:`.rundir` (where a run may write on the hub's host, what of it is served);
 * outputs: :mod:`.report`, :mod:`.contribution` (each dataset's contribution to a
-  run, GTG-Shapley, and a revenue split).
+  run, GTG-Shapley, and a revenue split), :mod:`.export` (the policy in LeRobot's
+  layout, ``DIR/lerobot/``) and :mod:`.inference` (``dataspace.load_policy``).
 """
 
 from typing import TYPE_CHECKING

@@ -72,6 +72,7 @@ import torch
 from dataspace.errors import DataspaceError, NotFoundError
 from dataspace.federated.normalize import normalised
 from dataspace.federated.templates import get_template
+from dataspace.quality.value import quality_adjusted, report_usable_share
 from dataspace.schema import Episode
 
 
@@ -330,8 +331,20 @@ def read_run(out_dir: Path | str) -> RunUpdates:
     return RunUpdates(keys, g0, updates, weights, prev)
 
 
+#: how the value report combines contribution and quality (dataspace.quality.value)
+QUALITY_MEANING = (
+    "quality_adjusted = contribution x usable_share for a positive contribution (usable_share: "
+    "the share of the dataset's motion in episodes its signed quality report does not flag), "
+    "the contribution itself when negative; quality_adjusted_split = shares of its positive parts"
+)
+
+
 def run_contributions(
-    out_dir: Path | str, template: str, episodes: list[Episode], permutations: int = 20
+    out_dir: Path | str,
+    template: str,
+    episodes: list[Episode],
+    permutations: int = 20,
+    quality: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Contribution per dataset of the run in ``out_dir``; writes ``contribution.json``.
 
@@ -339,7 +352,9 @@ def run_contributions(
     ``OUT/contribution.json`` ({dataset: value}, plotted and reported by
     :func:`dataspace.federated.report.write_report`) and ``OUT/value.json``;
     returns ``{"contribution", "split", "validation_mse": {"initial", "final"},
-    "per_round", "method", "meaning"}``.
+    "per_round", "method", "meaning"}``. With ``quality`` ({dataset_id: its
+    publishable quality report}) the value also holds ``usable_share``,
+    ``quality_adjusted`` and ``quality_adjusted_split`` (QUALITY_MEANING).
     """
     out = Path(out_dir)
     run = read_run(out)
@@ -372,12 +387,24 @@ def run_contributions(
         "method": METHOD,
         "meaning": MEANING,
     }
+    if quality is not None:
+        usable = {d: report_usable_share(quality[d]) for d in contrib if d in quality}
+        adjusted = quality_adjusted(contrib, usable)
+        result["usable_share"] = usable
+        result["quality_adjusted"] = adjusted
+        split = revenue_split(adjusted)
+        result["quality_adjusted_split"] = {str(k): float(v) for k, v in split.items()}
+        result["quality_meaning"] = QUALITY_MEANING
     (out / CONTRIBUTION).write_text(json.dumps(contrib, indent=2, sort_keys=True))
     (out / VALUE).write_text(json.dumps(result, indent=2, sort_keys=True))
     return result
 
 
-def contribution_for_run(out_dir: Path | str, validation: list[Episode]) -> dict[str, Any]:
+def contribution_for_run(
+    out_dir: Path | str,
+    validation: list[Episode],
+    quality: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """:func:`run_contributions` for a run directory, its template read from ``history.json``.
 
     ``validation`` is the consumer's own episodes (the CLI reads them with
@@ -388,4 +415,4 @@ def contribution_for_run(out_dir: Path | str, validation: list[Episode]) -> dict
     if not hist.exists():
         raise NotFoundError(f"{hist}: not a run directory (no history.json)")
     template = json.loads(hist.read_text())["spec"]["template"]
-    return run_contributions(out, template, validation)
+    return run_contributions(out, template, validation, quality=quality)

@@ -137,6 +137,38 @@ def _toml(v: Any) -> str:
     return json.dumps(str(v))
 
 
+def flwr_run_args(app_dir: Path, config: dict[str, Any]) -> list[str]:
+    """``flwr run APP CONNECTION --stream --run-config ...`` for a run config."""
+    cfg = " ".join(f"{k}={_toml(v)}" for k, v in config.items())
+    return [str(BIN / "flwr"), "run", str(app_dir), CONNECTION, "--stream", "--run-config", cfg]
+
+
+def flwr_env(home: Path) -> dict[str, str]:
+    """The environment of a ``flwr`` command whose connections are in ``home/config.toml``."""
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(home),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        PYTHONUNBUFFERED="1",
+        # Flower starts its helpers (flower-superexec, flwr-serverapp, ...) by name
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    return env
+
+
+def write_connection(home: Path, address: str, ca_cert: Path) -> Path:
+    """``home/config.toml`` naming the SuperLink at ``address`` (TLS with ``ca_cert``)."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f"address = {json.dumps(address)}\n"
+        f"root-certificates = {json.dumps(str(ca_cert.resolve()))}\n"
+    )
+    return home
+
+
 @dataclass
 class Deployment:
     """A running SuperLink + SuperNodes; use as a context manager (stops them all)."""
@@ -165,22 +197,16 @@ class Deployment:
     #: the SuperLink's state: a file under ``root`` if None (kept for audit), or Flower's
     #: ":flwr-in-memory:" (no disk writes: faster on a loaded machine)
     database: str | None = None
+    #: the hub's deployment: the hub worker confines every run to ``runs_dir/<run-id>``
+    #: and runs only runs the hub registered there (:mod:`.rundir`); None: ``out-dir``
+    runs_dir: Path | None = None
 
     @property
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            FLWR_HOME=str(self.root / "flwr-home"),
-            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-            FLWR_TELEMETRY_ENABLED="0",
-            FLWR_DISABLE_UPDATE_CHECK="1",
-            # without the warm hub worker, the SuperLink's SuperExec starts the ServerApp
-            # within 0.2 s of `flwr run` (default 1 s)
-            FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.2",
-            PYTHONUNBUFFERED="1",
-            # Flower starts its helpers (flower-superexec, flwr-serverapp, ...) by name
-            PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        )
+        env = flwr_env(self.root / "flwr-home")
+        # without the warm hub worker, the SuperLink's SuperExec starts the ServerApp
+        # within 0.2 s of `flwr run` (default 1 s)
+        env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = "0.2"
         return env
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
@@ -205,13 +231,8 @@ class Deployment:
         self.tls = make_tls(self.root / "tls")
         # one HTTPS port serves the Control, Fleet and Runtime APIs (Flower 1.42)
         self.control_port = free_port()
-        home = self.root / "flwr-home"
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.control_port}"\n'
-            f'root-certificates = "{self.tls.ca_cert}"\n'
-        )
+        address = f"127.0.0.1:{self.control_port}"
+        write_connection(self.root / "flwr-home", address, self.tls.ca_cert)
         hub_args: list[str] = []
         if self.warm_hub:
             hub_secret = self._secret("hub")
@@ -239,6 +260,7 @@ class Deployment:
                     "--runtime-api", f"127.0.0.1:{self.control_port}",
                     "--root-certificates", str(self.tls.ca_cert),
                     "--secret-file", str(hub_secret),
+                    *(["--runs-dir", str(self.runs_dir)] if self.runs_dir else []),
                 ],
             )  # fmt: skip
         nodes = [(Path(s), self.trusted_entities) for s in self.sites]
@@ -373,9 +395,8 @@ class Deployment:
 
     def run(self, app_dir: Path, config: dict[str, Any], timeout: float = 900) -> str:
         """``flwr run APP CONNECTION --stream --run-config ...``; returns its output."""
-        cfg = " ".join(f"{k}={_toml(v)}" for k, v in config.items())
         r = subprocess.run(
-            [str(BIN / "flwr"), "run", str(app_dir), CONNECTION, "--stream", "--run-config", cfg],
+            flwr_run_args(app_dir, config),
             env=self.env,
             capture_output=True,
             text=True,

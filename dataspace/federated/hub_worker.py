@@ -12,6 +12,13 @@ task's token, ``HttpGrid``, heartbeats, push the final status). It runs only
 :data:`dataspace.federated.server_app.app`: a bundle whose ``serverapp``
 component names other code fails. Logs are not streamed to ``flwr run
 --stream`` (the run's outcome is in its run directory, as before).
+
+With ``--runs-dir RUNS`` (the hub's deployment) every run writes to
+``RUNS/<run-id>``, whatever its run config's ``out-dir`` says, and only a run the
+hub registered with the same contracts runs at all (:func:`.rundir.confine`): a
+consumer chooses its run's id, never a path on the hub's host. Without it the run
+config's ``out-dir`` is used as given (the local deployment engine, whose caller
+is the machine's owner).
 """
 
 from __future__ import annotations
@@ -22,14 +29,19 @@ from pathlib import Path
 from typing import Any
 
 from dataspace.federated.fab import bundle_component
-from dataspace.federated.superexec import serve_tasks
+from dataspace.federated.rundir import confine
+from dataspace.federated.superexec import TaskHeartbeat, serve_tasks
 
 #: ``[tool.flwr.app.components] serverapp`` of bundles this executor runs
 OWN_SERVERAPPS = frozenset({"dataspace.federated.server_app:app"})
 
 
-def run_task(runtime_api: str, certificates: bytes, token: str, app: Any) -> str:
-    """One ServerApp task in this process (``flwr.superlink.runtime.run_serverapp``, 1.42)."""
+def run_task(
+    runtime_api: str, certificates: bytes, token: str, app: Any, runs_dir: Path | None = None
+) -> str:
+    """One ServerApp task in this process (``flwr.superlink.runtime.run_serverapp``, 1.42).
+
+    ``runs_dir``: confine the run to ``runs_dir/<run-id>`` (module docstring)."""
     from flwr.common.config import get_fused_config_from_fab
     from flwr.common.constant import SubStatus
     from flwr.common.serde import (
@@ -42,14 +54,12 @@ def run_task(runtime_api: str, certificates: bytes, token: str, app: Any) -> str
         PullTaskInputRequest,
         PushTaskOutputRequest,
     )
-    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
     from flwr.supercore.task_identity import TaskIdentity
     from flwr.superlink.grid import HttpGrid
 
     grid = HttpGrid(runtime_api, insecure=False, root_certificates=certificates, token=token)
     client = grid._runtime_client
-    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
-    heartbeat.start()
+    heartbeat = TaskHeartbeat(client).start()  # never signals this warm process
     context = None
     status, details = SubStatus.FAILED, "ServerApp task failed"
     try:
@@ -63,6 +73,8 @@ def run_task(runtime_api: str, certificates: bytes, token: str, app: Any) -> str
         grid.set_run(run)
         bundle_component(fab.content, "serverapp", OWN_SERVERAPPS)
         context.run_config = get_fused_config_from_fab(fab.content, run)
+        if runs_dir is not None:  # before anything of the run happens
+            context.run_config = confine(context.run_config, runs_dir)
         app(grid=grid, context=context)
         status, details = SubStatus.COMPLETED, ""
     except Exception as e:  # reported as the run's failure, as flwr-serverapp does
@@ -88,8 +100,15 @@ def run_task(runtime_api: str, certificates: bytes, token: str, app: Any) -> str
 IDLE_POLL = 0.25
 
 
-def execute(runtime_api: str, certificates: bytes, secret: bytes, poll: float = 0.05) -> None:
-    """Act as the SuperLink's SuperExec for ServerApp tasks until killed."""
+def execute(
+    runtime_api: str,
+    certificates: bytes,
+    secret: bytes,
+    poll: float = 0.05,
+    runs_dir: Path | None = None,
+) -> None:
+    """Act as the SuperLink's SuperExec for ServerApp tasks until killed (``runs_dir``:
+    see the module docstring)."""
     from flwr.supercore.constant import TaskType
 
     # heavy (torch), and only in the SuperExec process
@@ -99,7 +118,7 @@ def execute(runtime_api: str, certificates: bytes, secret: bytes, poll: float = 
         runtime_api,
         secret,
         str(TaskType.SERVER_APP),
-        lambda token: run_task(runtime_api, certificates, token, app),
+        lambda token: run_task(runtime_api, certificates, token, app, runs_dir),
         certificates=certificates,
         poll=poll,
         idle_poll=IDLE_POLL,
@@ -113,12 +132,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--root-certificates", required=True, type=Path, help="CA of its TLS")
     p.add_argument("--secret-file", required=True, type=Path, help="SuperExec HMAC secret")
     p.add_argument("--poll", type=float, default=0.05, help="seconds between AcquireTask calls")
+    p.add_argument("--runs-dir", type=Path, default=None, help="confine runs to RUNS/<run-id>")
     args = p.parse_args(argv)
     execute(
         args.runtime_api,
         args.root_certificates.read_bytes(),
         args.secret_file.read_bytes(),
         args.poll,
+        args.runs_dir,
     )
 
 

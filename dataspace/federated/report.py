@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from dataspace.federated.export import EXPORT_DIR, write_lerobot_export
 from dataspace.federated.server_app import load_arrays
 from dataspace.federated.templates import Policy, get_template
 
@@ -64,6 +65,7 @@ def write_report(out_dir: Path | str) -> dict[str, Any]:
         policy = load_policy(out)
         torch.save(policy.state_dict(), out / MODEL)
         model_sha = sha256_file(out / MODEL)
+        write_lerobot_export(policy, spec["template"], out / EXPORT_DIR)
     rounds = history.get("rounds", [])
     epsilon = dict(history.get("stats", {}).get("epsilon", {}))
     for r in rounds:

@@ -56,7 +56,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from dataspace.errors import DataspaceError
-from dataspace.federated import packing, public_stats, secagg
+from dataspace.federated import packing, public_stats, rundir, secagg
 from dataspace.federated.latency import fast_object_pulls
 from dataspace.federated.normalize import NoisySums, Stats, apply_stats, combine
 from dataspace.federated.spec import RunSpec
@@ -66,7 +66,19 @@ app = ServerApp()
 
 
 class RunError(DataspaceError):
-    """A run that cannot go on (too few sites, every site refused)."""
+    """A run that cannot go on (too few sites, every site refused).
+
+    ``replied``: the sites whose replies came in for the step that stopped the run
+    (:func:`_site_of` records); ``failed``: the failures (node, reason). Both go into
+    ``history.json`` (``stopped``), so a consumer can name the sites that took no part.
+    """
+
+    def __init__(
+        self, message: str, *, replied: list[dict] | None = None, failed: list[dict] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.replied = replied or []
+        self.failed = failed or []
 
 
 @app.main()
@@ -80,7 +92,8 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _wait_nodes(grid: Grid, spec: RunSpec, rnd: int) -> list[int]:
-    # every expected site before statistics; afterwards the run goes on with min-nodes
+    # every expected site before statistics (up to connect-timeout: a site that is
+    # offline then is left out if min-nodes others are there); afterwards min-nodes
     want = max(spec.min_nodes, spec.expected_nodes) if rnd == 0 else spec.min_nodes
     deadline = time.monotonic() + spec.connect_timeout
     while True:
@@ -88,8 +101,11 @@ def _wait_nodes(grid: Grid, spec: RunSpec, rnd: int) -> list[int]:
         if len(nodes) >= want:
             return nodes
         if time.monotonic() > deadline:
+            if len(nodes) >= spec.min_nodes:
+                return nodes
             raise RunError(
-                f"only {len(nodes)} of {want} sites connected in {spec.connect_timeout}s"
+                f"only {len(nodes)} of {want} sites connected in {spec.connect_timeout}s",
+                failed=[{"reason": f"{want - len(nodes)} site(s) never connected"}],
             )
         time.sleep(0.2)
 
@@ -142,13 +158,31 @@ def _exchange(
         for n in nodes
         if n not in answered
     ]
+    # a dataset id names the site's update file in the run directory: one that could
+    # name another path (a hostile site's "../x") is a failed reply, never a file
+    bad = [m for m in ok if not rundir.safe_dataset_file(_dataset_of(m))]
+    ok = [m for m in ok if m not in bad]
+    failed += [
+        {"node": m.metadata.src_node_id, "reason": f"malformed dataset id {_dataset_of(m)!r}"}
+        for m in bad
+    ]
     if len(ok) < spec.min_nodes:
         why = "; ".join(f"node {f['node']}: {f['reason']}" for f in failed)
         raise RunError(
             f"{kind} round {rnd}: {len(ok)} of {len(nodes)} sites replied, "
-            f"{spec.min_nodes} needed ({why})"
+            f"{spec.min_nodes} needed ({why})",
+            replied=[_site_of(m) for m in ok],
+            failed=failed,
         )
     return ok, failed
+
+
+def _dataset_of(m: Message) -> str:
+    """The dataset id a reply names ("" when it names none)."""
+    try:
+        return str(m.content["info"]["dataset-id"])
+    except (KeyError, TypeError):
+        return ""
 
 
 def _site_of(m: Message) -> dict[str, str]:
@@ -253,6 +287,8 @@ def run_training(
     except DataspaceError as e:
         history["status"] = "stopped"
         history["error"] = str(e)
+        if isinstance(e, RunError):  # who replied to the step that stopped, who failed
+            history["stopped"] = {"replied": e.replied, "failed": e.failed}
         raise
     finally:
         _write_json(out / "history.json", history)

@@ -47,7 +47,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from dataspace.federated.fab import bundle_component
-from dataspace.federated.superexec import serve_tasks
+from dataspace.federated.superexec import TaskHeartbeat, serve_tasks
 
 app = ClientApp()
 
@@ -204,7 +204,6 @@ def run_task(runtime_api: str, token: str, full: ClientApp) -> str:
     """
     from flwr.app.error import Error
     from flwr.common.constant import ErrorCode, SubStatus
-    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
     from flwr.supercore.interceptors import (
         RuntimeTokenHttpInterceptor,
         RuntimeVersionHttpInterceptor,
@@ -223,8 +222,7 @@ def run_task(runtime_api: str, token: str, full: ClientApp) -> str:
         ],
         retry_invoker=make_simple_http_retry_invoker(),
     )
-    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
-    heartbeat.start()
+    heartbeat = TaskHeartbeat(client).start()  # never signals this warm process
     message = context = reply = None
     status, details = SubStatus.FAILED, "ClientApp task failed"
     t = [time.perf_counter()]

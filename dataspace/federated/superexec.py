@@ -12,10 +12,61 @@ in the process that already has torch, the data and the plans loaded.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from dataspace.federated.latency import Pacer
+
+
+class TaskHeartbeat:
+    """Heartbeats for the task ``client`` runs, in a thread, until :meth:`stop`.
+
+    Not Flower's ``HeartbeatSender`` with ``make_task_heartbeat_fn_http``: that one
+    raises SIGINT in the process when the SuperLink or SuperNode declines a beat (the
+    task ended, failed or was stopped), right for a ``flwr-clientapp`` process per task,
+    fatal for a warm worker serving every task. A run refused at once (one the hub never
+    registered) ended before its first beat was answered, and that SIGINT stopped the hub
+    worker for every later run. Here a declined beat only ends the beats. Intervals as
+    Flower's: a beat at start, then every ~0.8 x (interval - call timeout); a failed call
+    is retried after 1, 2, 4 ... 20 s.
+    """
+
+    def __init__(self, client: Any) -> None:
+        from flwr.common.constant import HEARTBEAT_CALL_TIMEOUT, HEARTBEAT_DEFAULT_INTERVAL
+
+        self._client = client
+        self._every = 0.8 * (HEARTBEAT_DEFAULT_INTERVAL - HEARTBEAT_CALL_TIMEOUT)
+        self._join_s = 2.0 * HEARTBEAT_CALL_TIMEOUT
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="task-heartbeat", daemon=True)
+
+    def start(self) -> TaskHeartbeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self._join_s)  # at most one call in flight, bounded by its timeout
+
+    def _run(self) -> None:
+        from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest  # pylint: disable=E0611
+
+        req = SendTaskHeartbeatRequest()
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                res = self._client.SendTaskHeartbeat(req)
+            except Exception as e:  # the server is busy or restarting: try again soon
+                print(f"task heartbeat: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                self._stop.wait(backoff)
+                backoff = min(2 * backoff, 20.0)
+                continue
+            if not res.success:  # the task is over for the server: no more beats
+                return
+            backoff = 1.0
+            self._stop.wait(self._every)
 
 
 def serve_tasks(
@@ -68,7 +119,10 @@ def serve_tasks(
         if res.HasField("task") and res.token:
             pacer.active()
             t0 = time.perf_counter()
-            status = run_task(res.token)
+            try:
+                status = run_task(res.token)
+            except Exception as e:  # one task's failure never stops the worker
+                status = f"error {type(e).__name__}: {e}"
             print(
                 f"{time.time():.3f} run {res.task.run_id} task {res.task.task_id}: {status} "
                 f"in {time.perf_counter() - t0:.3f}s",

@@ -2,7 +2,8 @@
 
 Views: the catalog with quality scores; contracts and their state (pending
 requests from the holders' connectors, with approve / reject); the privacy
-budget spent, reserved and left per dataset (inline SVG chart); runs with loss
+budget spent, reserved and left per dataset, as each holder's site reported it
+in a statement it signed (dataspace.hub.budgets; inline SVG chart); runs with loss
 curves and contributions; the hub log's size, latest checkpoint, witnesses and
 whether it verifies. Server-rendered HTML (jinja2) with inline SVG and a few
 lines of vanilla JS: no CDN, no build step, works offline.
@@ -181,31 +182,36 @@ class Views:
         rows.sort(key=lambda r: (order.get(r["state"], 2), r["holder"] or "", r["contract_id"]))
         return rows, errors
 
-    def budgets(self, catalog: list[dict], contracts: list[dict]) -> list[dict[str, Any]]:
-        """Per dataset: epsilon granted by live contracts, spent by registered rounds, left."""
-        spent: dict[str, float] = {}
-        for run in self.store.runs.values():
-            for r in run.get("rounds", []):
-                for d, e in (r.get("epsilon") or {}).items():
-                    spent[d] = spent.get(d, 0.0) + float(e)
+    def budgets(self, catalog: list[dict]) -> list[dict[str, Any]]:
+        """Per catalog entry: its budget as the holder's site last reported it (signed).
+
+        Only the sites' own statements (``POST /v1/budget``, dataspace.hub.budgets):
+        lifetime, spent, reserved and left from the ledger, never the contracts' grants.
+        A dataset whose connector has not reported yet says so.
+        """
         out = []
         for e in catalog:
-            d = e["dataset_id"]
-            granted = sum(
-                float(c["epsilon"] or 0)
-                for c in contracts
-                if c["dataset_id"] == d and c["state"] in ("agreed", "active", "finished")
-            )
-            s = spent.get(d, 0.0)
-            out.append(
-                {
-                    "dataset_id": d,
-                    "holder": e["holder"],
-                    "granted": granted,
-                    "spent": s,
-                    "left": max(0.0, granted - s),
+            r = self.store.budgets.get((e.get("holder_key"), e["dataset_id"]))
+            row: dict[str, Any] = {
+                "dataset_id": e["dataset_id"],
+                "holder": e["holder"],
+                "reported": r is not None,
+            }
+            if r is not None:
+                row |= {
+                    "budget": r["budget"],
+                    "spent": r["spent"],
+                    "reserved": r["reserved"],
+                    "left": r["remaining"],
+                    "delta_budget": r["delta_budget"],
+                    "delta_spent": r["delta_spent"],
+                    "delta_left": r["delta_remaining"],
+                    "live_contracts": r["live_contracts"],
+                    "rounds": r["rounds"],
+                    "reported_at": r["reported_at"][:19].replace("T", " "),
+                    "site_log_size": r["site_log_size"],
                 }
-            )
+            out.append(row)
         return out
 
     def runs(self) -> list[dict[str, Any]]:
@@ -321,7 +327,7 @@ class Views:
     def page(self) -> dict[str, Any]:
         catalog = self.catalog()
         contracts, errors = self.contracts(catalog)
-        budgets = self.budgets(catalog, contracts)
+        budgets = self.budgets(catalog)
         return {
             "catalog": catalog,
             "contracts": contracts,
@@ -370,37 +376,47 @@ def loss_svg(losses: list[float | None], w: int = 340, h: int = 130) -> str:
 
 
 def budget_svg(rows: list[dict[str, Any]], w: int = 1000) -> str:
-    """Horizontal stacked bars per dataset: spent, left of what contracts granted."""
+    """Horizontal stacked bars per dataset: spent, reserved and left of its lifetime budget,
+    as the holder's site reported them; a dataset without a report says so."""
     if not rows:
         return ""
     bar, gap, label = 22, 14, 280
     h = len(rows) * (bar + gap) + 24
-    top = max(max(r["granted"], r["spent"]) for r in rows) or 1.0
-    scale = (w - label - 240) / top
+    top = max((r["budget"] for r in rows if r["reported"]), default=0.0) or 1.0
+    scale = (w - label - 300) / top
     parts = [
         f'<svg class="chart" viewBox="0 0 {w} {h}" width="100%" role="img" '
-        'aria-label="privacy budget per dataset">'
+        'aria-label="privacy budget per dataset, as each site reported it">'
     ]
     for i, r in enumerate(rows):
         y = 8 + i * (bar + gap)
-        sw, lw = r["spent"] * scale, r["left"] * scale
         name = jinja2.utils.markupsafe.escape(f"{r['holder']} · {r['dataset_id']}")
         parts.append(f'<text x="0" y="{y + 15}" class="lbl">{name}</text>')
-        parts.append(f'<rect x="{label}" y="{y}" width="{sw:.1f}" height="{bar}" class="spent"/>')
+        if not r["reported"]:
+            text = "no budget report from the holder&#39;s site yet"
+            parts.append(f'<text x="{label}" y="{y + 15}" class="none">{text}</text>')
+            continue
+        x = float(label)
+        for part, cls in (("spent", "spent"), ("reserved", "reserved"), ("left", "left")):
+            width = max(0.0, r[part]) * scale
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y}" width="{width:.1f}" height="{bar}" class="{cls}"/>'
+            )
+            x += width
         parts.append(
-            f'<rect x="{label + sw:.1f}" y="{y}" width="{lw:.1f}" height="{bar}" class="left"/>'
-        )
-        parts.append(
-            f'<text x="{label + sw + lw + 6:.1f}" y="{y + 15}">ε {r["spent"]:.2f} spent · '
-            f"{r['left']:.2f} left</text>"
+            f'<text x="{x + 6:.1f}" y="{y + 15}">ε {r["spent"]:.2f} spent · '
+            f"{r['reserved']:.2f} reserved · {r['left']:.2f} left of {r['budget']:.2f}</text>"
         )
     ly = h - 10
-    parts.append(
-        f'<rect x="{label}" y="{ly - 9}" width="10" height="10" class="spent"/>'
-        f'<text x="{label + 14}" y="{ly}">spent</text>'
-        f'<rect x="{label + 70}" y="{ly - 9}" width="10" height="10" class="left"/>'
-        f'<text x="{label + 84}" y="{ly}">granted by contracts, not yet spent</text></svg>'
-    )
+    legend = (("spent", "spent"), ("reserved", "reserved by live contracts"), ("left", "left"))
+    x = label
+    for cls, text in legend:
+        parts.append(
+            f'<rect x="{x}" y="{ly - 9}" width="10" height="10" class="{cls}"/>'
+            f'<text x="{x + 14}" y="{ly}">{text}</text>'
+        )
+        x += 30 + 7 * len(text)
+    parts.append("</svg>")
     return "".join(parts)
 
 

@@ -42,11 +42,21 @@ class Strict(BaseModel):
         return self
 
 
+class SuperLinkInfo(BaseModel):
+    address: str = Field(description="HOST:PORT of the hub's Flower SuperLink (Control API)")
+    root_certificates: str = Field(description="PEM of the CA that signed its TLS certificate")
+
+
 class HubInfo(BaseModel):
     name: str = Field(description="the hub's key name and its log's origin")
     public_key: str = Field(description="the hub's Ed25519 key (base64): its operator identity")
     vkey: str | None = Field(None, description="the hub log's verifier key (C2SP vkey text)")
     log_size: int | None = None
+    superlink: SuperLinkInfo | None = Field(
+        None,
+        description="where consumers submit runs (`dataspace train --hub`); null when the "
+        "hub was started without --superlink",
+    )
 
 
 class Participant(Strict):
@@ -153,15 +163,22 @@ class RunRequest(Strict):
 
 
 class RoundRequest(Strict):
-    """One finished round: aggregates only (a loss, epsilons, per-site contributions)."""
+    """One finished round: aggregates only (a loss, epsilons, per-site contributions).
+
+    Every figure is the poster's claim, unchecked by the hub and logged as such
+    (``round.registered`` with ``claimed_by``); what each site charged is in its own
+    signed log (``round.started``), which ``dataspace audit cross-check`` compares."""
 
     round: int = Field(ge=0, le=10_000_000)
-    loss: float | None = None
+    loss: float | None = Field(None, description="the round's loss, as the consumer claims it")
     epsilon: dict[str, float] = Field(
-        default_factory=dict, description="epsilon charged this round, per dataset or site"
+        default_factory=dict,
+        description="epsilon charged this round, per dataset or site, as the consumer claims "
+        "it (the sites' logs hold what they charged)",
     )
     contributions: dict[str, float] = Field(
-        default_factory=dict, description="per-site contribution scores"
+        default_factory=dict,
+        description="per-site contribution scores, as the consumer claims them (unchecked)",
     )
 
 
@@ -173,6 +190,30 @@ class Run(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
     created_at: str
     rounds: list[RoundRequest] = Field(default_factory=list)
+    status: str | None = Field(
+        None, description="as its run directory said when run.finished was logged"
+    )
+    model_sha256: str | None = Field(
+        None, description="SHA-256 of the last completed round's global.npz (run.finished)"
+    )
+    rounds_completed: int | None = None
+    finished_at: str | None = None
+    finished_log_index: int | None = Field(None, description="the run.finished entry")
+
+
+class RunFinished(BaseModel):
+    """What the hub logged as ``run.finished``, read from its own copy of the run directory."""
+
+    run_id: str
+    consumer: str
+    contracts: list[str]
+    status: str = Field(description="the run directory's history: finished or stopped")
+    rounds: int = Field(description="training rounds completed")
+    last_round: int | None = None
+    model_sha256: str | None = Field(
+        None, description="SHA-256 of rounds/<last>/global.npz, the final global model's bytes"
+    )
+    log_index: int | None = None
 
 
 class RunList(BaseModel):
@@ -188,3 +229,55 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
     service: str
     name: str
+
+
+# --- budget reports (dataspace.hub.budgets) ----------------------------------------------
+
+
+class BudgetReportBody(Strict):
+    """A holder's budget statement, as its site signed it (dataspace.policy.budget_statement)."""
+
+    statement: str = Field(
+        min_length=2,
+        max_length=8192,
+        description="the budget.reported event: RFC 8785 canonical JSON signed by the site's key",
+    )
+
+
+class BudgetReport(BaseModel):
+    """The latest budget statement of one dataset, as the hub keeps it."""
+
+    model_config = ConfigDict(extra="ignore")
+    holder: str = Field(description="the holder's key (base64): the statement's signer")
+    holder_name: str = ""
+    dataset_id: str
+    fingerprint: str
+    reported_at: str = Field(description="when the site made the report (its clock)")
+    budget: float = Field(description="lifetime epsilon of the dataset (the policy in force)")
+    reserved: float = Field(description="epsilon live contracts may still charge")
+    spent: float = Field(description="epsilon charged so far")
+    remaining: float = Field(description="budget - reserved - spent")
+    delta_budget: float
+    delta_reserved: float
+    delta_spent: float
+    delta_remaining: float
+    live_contracts: int
+    rounds: int
+    policy_sha256: str
+    site_log_size: int = Field(description="SITE/log's size when the report was made")
+    statement: str = Field(description="the signed statement itself (check it with the key)")
+    received_at: str
+
+
+class BudgetReports(BaseModel):
+    reports: list[BudgetReport]
+
+
+class BudgetAck(BaseModel):
+    ok: bool = True
+    status: Literal["stored", "unchanged", "stale"] = Field(
+        description="stored; unchanged (the same statement again); stale (not newer than "
+        "the report kept: ignored)"
+    )
+    reported_at: str = Field(description="the kept report's time")
+    site_log_size: int = Field(description="the kept report's SITE/log size")

@@ -26,7 +26,7 @@ class ReadCache:
     without routing, validation or encoding. Failed requests are never stored.
     """
 
-    PATHS = ("/v1/catalog", "/v1/contracts", "/v1/runs")
+    PATHS = ("/v1/catalog", "/v1/contracts", "/v1/runs", "/v1/budget")
 
     def __init__(self, store: HubStore, size: int = PAGE_CACHE) -> None:
         self.store, self.size = store, size

@@ -9,8 +9,10 @@ store and the log go through here, so that a registration is never half done:
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,9 +25,12 @@ from dataspace.audit.note import Verifier, raw_public, vkey_text
 from dataspace.audit.witness import Witness
 from dataspace.auth.service import Caller
 from dataspace.errors import DataspaceError
+from dataspace.federated.rundir import MAX_RUN_FILE
 from dataspace.hub.read_cache import ReadCache
 from dataspace.hub.store import GroupCommit, HubStore
 from dataspace.site.identity import Identity, load_private_key, new_identity
+
+logger = logging.getLogger("dataspace.hub")
 
 DEFAULT_NAME = "dataspace-hub"
 KEY = "hub.key"
@@ -67,6 +72,14 @@ class HubLog:
         return vkey_text(self.origin, raw_public(self.key))
 
 
+@dataclass(frozen=True)
+class SuperLink:
+    """Where consumers submit runs: the SuperLink's Control API and the CA of its TLS."""
+
+    address: str
+    root_certificates: str  # PEM
+
+
 class Hub:
     """Everything a hub request needs: name, key, store, log, publication queue, read cache.
 
@@ -75,19 +88,29 @@ class Hub:
     contract registration a previous process died in (:func:`recover_contracts`).
     """
 
-    def __init__(self, data_dir: Path, name: str, trust: Iterable[Identity] = ()) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        name: str,
+        trust: Iterable[Identity] = (),
+        *,
+        runs_dir: Path | None = None,
+        superlink: SuperLink | None = None,
+        max_run_file: int = MAX_RUN_FILE,
+    ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         #: absolute: messages naming it are found and scrubbed (auth.service.public_detail)
         self.data_dir = data_dir.resolve()
         self.name = name
+        #: the run directories the hub worker writes (``serve hub-worker --runs-dir``)
+        self.runs_dir = (runs_dir or self.data_dir / "runs").resolve()
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.superlink = superlink
+        self.max_run_file = max_run_file
         key = hub_key(self.data_dir, name)
         self.key_id = base64.b64encode(key.public_key().public_bytes_raw()).decode()
         self.store = HubStore(self.data_dir)
-        for key_b64, who, role in [(self.key_id, name, "operator")] + [
-            (i.key_b64, i.name, i.role) for i in trust
-        ]:
-            if self.store.lookup(key_b64) != (who, role):
-                self.store.register(key_b64, who, role)
+        register_participants(self.store, self.key_id, name, trust)
         self.log = HubLog(self.data_dir / "log", name, key)
         recover_contracts(self.store, self.log)
         self.publications = GroupCommit(
@@ -115,6 +138,26 @@ class Hub:
             if p["role"] == "holder"
         ]
         return Witness(self.data_dir / "witness", self.log.origin, self.log.key, holders)
+
+
+def register_participants(
+    store: HubStore, hub_key_id: str, name: str, trust: Iterable[Identity]
+) -> None:
+    """Register the hub (operator, under its own name) and the ``trust`` identities.
+
+    The hub's name is its own: a key that holds it in a store from before names were
+    unique is forgotten (it could pass for the hub's log at witnesses). A ``trust``
+    identity whose name is taken by another key is refused (ConflictError)."""
+    other = store.holder_of_name(name)
+    while other is not None and other != hub_key_id:
+        logger.warning("participant %s held the hub's name %r: forgotten", other, name)
+        store.forget(other)
+        other = store.holder_of_name(name)
+    for key_b64, who, role in [(hub_key_id, name, "operator")] + [
+        (i.key_b64, i.name, i.role) for i in trust
+    ]:
+        if store.lookup(key_b64) != (who, role):
+            store.register(key_b64, who, role)
 
 
 async def hub_of(request: Request) -> Hub:

@@ -9,7 +9,9 @@ cost of a bare endpoint (bench/hub_load.py).
 
 Nothing here holds data rows: a catalog entry is metadata (DCAT, counts,
 robot type, tasks, a quality score); a contract is its terms; a run is its
-per-round aggregate loss, epsilon and per-site contributions.
+per-round aggregate loss, epsilon and per-site contributions; a budget report is
+the latest statement a holder's site signed of a dataset's budget
+(dataspace.policy.budget_statement).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ CREATE TABLE IF NOT EXISTS runs(
 CREATE TABLE IF NOT EXISTS run_rounds(
   run_id VARCHAR, round_no BIGINT, record JSON, posted_at TIMESTAMP,
   PRIMARY KEY(run_id, round_no));
+CREATE TABLE IF NOT EXISTS budget_reports(
+  holder VARCHAR, dataset_id VARCHAR, record JSON, received_at TIMESTAMP,
+  PRIMARY KEY(holder, dataset_id));
 """
 
 
@@ -93,6 +98,12 @@ class HubStore:
                 r: json.loads(rec)
                 for r, rec in con.execute("SELECT run_id, record FROM runs").fetchall()
             }
+            self.budgets: dict[tuple[str, str], dict[str, Any]] = {
+                (h, d): json.loads(r)
+                for h, d, r in con.execute(
+                    "SELECT holder, dataset_id, record FROM budget_reports"
+                ).fetchall()
+            }
             for run_id, rec in con.execute(
                 "SELECT run_id, record FROM run_rounds ORDER BY run_id, round_no"
             ).fetchall():
@@ -130,12 +141,34 @@ class HubStore:
 
     # --- participants -------------------------------------------------------
     def register(self, key_id: str, name: str, role: str) -> None:
-        with self._lock, self.db() as con:
-            con.execute(
-                "INSERT OR REPLACE INTO participants VALUES (?, ?, ?, ?)",
-                [key_id, name, role, datetime.now(UTC)],
-            )
+        """Give ``key_id`` its name and role. Names are unique (the hub's included): a
+        name is a log's origin and key name, which witnesses and auditors go by, so
+        a second key under one name could pass for the first (ConflictError)."""
+        with self._lock:
+            other = self.holder_of_name(name)
+            if other is not None and other != key_id:
+                raise ConflictError(
+                    f"participant name {name!r} is another key's ({other}); names are unique"
+                )
+            with self.db() as con:
+                con.execute(
+                    "INSERT OR REPLACE INTO participants VALUES (?, ?, ?, ?)",
+                    [key_id, name, role, datetime.now(UTC)],
+                )
             self.participants[key_id] = {"name": name, "role": role}
+            self.generation += 1
+
+    def holder_of_name(self, name: str) -> str | None:
+        """The key registered under ``name`` (the first, should a store from before names
+        were unique hold several), or None."""
+        return next((k for k, p in self.participants.items() if p["name"] == name), None)
+
+    def forget(self, key_id: str) -> None:
+        """Remove a participant: its key is a plain consumer from now on."""
+        with self._lock:
+            with self.db() as con:
+                con.execute("DELETE FROM participants WHERE key_id = ?", [key_id])
+            self.participants.pop(key_id, None)
             self.generation += 1
 
     def lookup(self, key_id: str) -> tuple[str, str] | None:
@@ -228,6 +261,20 @@ class HubStore:
             self.runs[run_id] = {**stored, "rounds": []}
             self.generation += 1
 
+    def update_run(self, run_id: str, fields: dict[str, Any]) -> None:
+        """Set ``fields`` (status, model hash, ...) on a registered run's record."""
+        with self._lock:
+            run = self.runs.get(run_id)
+            if run is None:
+                raise NotFoundError(f"run {run_id} does not exist")
+            stored = {k: v for k, v in run.items() if k != "rounds"} | fields
+            with self.db() as con:
+                con.execute(
+                    "UPDATE runs SET record = ? WHERE run_id = ?", [json.dumps(stored), run_id]
+                )
+            run.update(fields)
+            self.generation += 1
+
     def add_round(self, run_id: str, consumer: str | None, rnd: dict[str, Any]) -> None:
         with self._lock:
             run = self.runs.get(run_id)
@@ -243,6 +290,36 @@ class HubStore:
             run["rounds"].append(rnd)
             run["rounds"].sort(key=lambda r: r["round"])
             self.generation += 1
+
+    # --- budget reports ---------------------------------------------------------
+    def put_budget(self, record: dict[str, Any]) -> str:
+        """Keep ``record`` (a verified statement's JSON) if it is newer than the one kept.
+
+        Returns ``"stored"``, ``"unchanged"`` (the same statement again) or ``"stale"``
+        (not newer than the one kept: ignored). Newer: a larger (site_log_size,
+        reported_at) (dataspace.policy.budget_statement, "Order").
+        """
+        key = (record["holder"], record["dataset_id"])
+        with self._lock:
+            old = self.budgets.get(key)
+            if old is not None:
+                if old["statement"] == record["statement"]:
+                    return "unchanged"
+                if report_order(record) <= report_order(old):
+                    return "stale"
+            with self.db() as con:
+                con.execute(
+                    "INSERT OR REPLACE INTO budget_reports VALUES (?, ?, ?, ?)",
+                    [key[0], key[1], json.dumps(record), datetime.now(UTC)],
+                )
+            self.budgets[key] = record
+            self.generation += 1
+            return "stored"
+
+
+def report_order(record: dict[str, Any]) -> tuple[int, datetime]:
+    """A kept budget report's order: (site_log_size, reported_at); larger is newer."""
+    return (int(record["site_log_size"]), datetime.fromisoformat(record["reported_at"]))
 
 
 #: queued by :meth:`GroupCommit.close`: the committer stops once it takes it

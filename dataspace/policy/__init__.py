@@ -14,7 +14,8 @@ The front doors:
 * the budget: every release is charged first (:func:`charge_round`), re-checked
   (:func:`check_live`, :func:`claim_evaluation`) and recorded
   (:func:`record_round_finished`); :func:`budget_report` and
-  :func:`contract_epsilon` say what is spent.
+  :func:`contract_epsilon` say what is spent; :func:`sign_budget_statement` and
+  :func:`read_budget_statement` carry a dataset's budget, signed by its site, to the hub.
 
 Refusals are typed (all :class:`~dataspace.errors.RefusedError` but
 :class:`PolicyError`): :class:`ContractError` (:class:`OfferRefusedError`,
@@ -26,6 +27,13 @@ from typing import TYPE_CHECKING
 from dataspace import lazy
 
 if TYPE_CHECKING:
+    from dataspace.policy.budget_statement import (
+        BudgetSignatureError,
+        BudgetStatement,
+        BudgetStatementError,
+        read_budget_statement,
+        sign_budget_statement,
+    )
     from dataspace.policy.contracts import (
         Agreement,
         BadSignatureError,
@@ -67,6 +75,9 @@ __all__ = [
     "BadSignatureError",
     "BudgetExceededError",
     "BudgetRow",
+    "BudgetSignatureError",
+    "BudgetStatement",
+    "BudgetStatementError",
     "Charge",
     "Contract",
     "ContractError",
@@ -93,11 +104,13 @@ __all__ = [
     "negotiate",
     "parse_usage_policy",
     "publish_policy",
+    "read_budget_statement",
     "record_round_finished",
     "reject",
     "released_stats",
     "request_offer",
     "revoke",
+    "sign_budget_statement",
     "verify_agreement",
 ]
 
@@ -122,6 +135,11 @@ __getattr__ = lazy.exports(
         "request_offer": "dataspace.policy.contracts",
         "revoke": "dataspace.policy.contracts",
         "verify_agreement": "dataspace.policy.contracts",
+        "BudgetSignatureError": "dataspace.policy.budget_statement",
+        "BudgetStatement": "dataspace.policy.budget_statement",
+        "BudgetStatementError": "dataspace.policy.budget_statement",
+        "read_budget_statement": "dataspace.policy.budget_statement",
+        "sign_budget_statement": "dataspace.policy.budget_statement",
         "BudgetExceededError": "dataspace.policy.ledger",
         "BudgetRow": "dataspace.policy.ledger",
         "Charge": "dataspace.policy.ledger",

@@ -142,6 +142,8 @@ def run_checks(
 
     step("estimating intrinsic value")
     task_counts = Counter(int(h[3]) for h in hashes if h[3] is not None)
+    flagged = {f.episode_index for f in suite.flags}
+    episode_ids = suite.profile.get("episode_index", [])
     hist = _histograms(layout, suite)
     value = val.intrinsic_value(
         episodes=suite.episodes,
@@ -152,6 +154,9 @@ def run_checks(
         hist=hist,
         quality_score=overall,
         epsilon=epsilon,
+        usable=val.usable_share(
+            suite.profile.get("n_motion", []), [int(e) in flagged for e in episode_ids]
+        ),
     )
 
     step("writing flags")

@@ -18,7 +18,7 @@ workspace (quality/profile.py) or its ``episode_hashes`` table.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from great_expectations.core.metric_domain_types import MetricDomainTypes
@@ -211,13 +211,21 @@ class ExpectEpisodeJointsWithinLimits(EpisodeRowsExpectation):
 
 
 class ExpectEpisodeNoFrozenJoint(EpisodeRowsExpectation):
-    """No joint that normally moves stays constant for most of the moving frames.
+    """No joint that moves with its partners, or never rests, stays put for long.
 
-    ``frozen_s_j`` counts the frames in which some state joint moves but joint
-    j keeps its value. An episode fails when that count reaches
-    ``max_fraction`` of its moving frames for a joint listed in ``live``
-    (joints that move in most episodes; a joint that never moves, such as an
-    unused hand, is a property of the dataset, not a fault of one episode).
+    Over windows of about one second (profile.Scales.window): ``pmove_s_j``
+    counts those in which one of joint j's partners (the joints it normally
+    moves with, learnt from the dataset) travels more than 2 % of its usual
+    range, ``frozen_s_j`` those of them in which j kept exactly its value;
+    ``still_s_j`` counts the windows of all ``n_windows`` in which j kept
+    exactly its value. An episode fails when, for a joint in ``partners``
+    (joints that move when their partners do), its frozen share of partner
+    motion reaches the joint's threshold (at least 60 %), or, for a joint in
+    ``still`` (channels that are never constant over a window: noise, fast
+    joints), its still share does; once there are ``min_windows`` windows.
+    Holding still is no partner motion, so idle phases do not count on the
+    first reference; a slow joint changes its encoder count within a second,
+    so slow motions do not either.
     """
 
     check: ClassVar[str] = "frozen_joint"
@@ -225,28 +233,44 @@ class ExpectEpisodeNoFrozenJoint(EpisodeRowsExpectation):
 
     @classmethod
     def build(
-        cls, live: Sequence[str], max_fraction: float, min_moving: int
+        cls, partners: Mapping[str, float], still: Mapping[str, float], min_windows: int
     ) -> ExpectEpisodeNoFrozenJoint:
-        conds = [f"frozen_{c} >= {max_fraction!r} * n_moving" for c in live]
-        names = [f"CASE WHEN {x} THEN '{c}' END" for x, c in zip(conds, live, strict=True)]
-        where = " OR ".join(conds) or "false"
+        least = int(min_windows)
+        by_joint: dict[str, list[str]] = {}
+        for c, t in partners.items():
+            by_joint.setdefault(c, []).append(
+                f"(pmove_{c} >= {least} AND frozen_{c} >= {t!r} * pmove_{c})"
+            )
+        for c, t in still.items():
+            by_joint.setdefault(c, []).append(
+                f"(n_windows >= {least} AND still_{c} >= {t!r} * n_windows)"
+            )
+        conds = {c: " OR ".join(x) for c, x in sorted(by_joint.items())}
+        names = [f"CASE WHEN {x} THEN '{c}' END" for c, x in conds.items()]
+        where = " OR ".join(f"({x})" for x in conds.values()) or "false"
         q = (
-            "SELECT episode_index, 'frozen while others move: ' || "
+            "SELECT episode_index, 'frozen: ' || "
             + _detail(*names or ["NULL"])
-            + f" AS detail FROM {{batch}} WHERE n_moving >= {int(min_moving)} AND ({where})"
+            + f" AS detail FROM {{batch}} WHERE {where}"
         )
         return cls(unexpected_rows_query=q, description=cls.__doc__)
 
 
 class ExpectEpisodeNoActionJump(EpisodeRowsExpectation):
-    """No frame-to-frame action change above the joint's outlier threshold."""
+    """No one-frame action excursion (out and back) above the joint's outlier threshold.
+
+    ``spike_a_j`` (profile) is the height of the largest excursion that goes out
+    and comes back at the next frame; a step (a gripper closing, a saturated or
+    bang-bang command switching) is none. The threshold (suite.spike_thresholds)
+    is relative to the joint's usual range and to the dataset's own excursions.
+    """
 
     check: ClassVar[str] = "action_jump"
     dimension: ClassVar[str] = "accuracy"
 
     @classmethod
     def build(cls, thresholds: Mapping[str, float]) -> ExpectEpisodeNoActionJump:
-        conds = [f"jump_{c} > {t!r}" for c, t in thresholds.items()]
+        conds = [f"spike_{c} > {t!r}" for c, t in thresholds.items()]
         names = [f"CASE WHEN {x} THEN '{c}' END" for x, c in zip(conds, thresholds, strict=True)]
         where = " OR ".join(conds) or "false"
         q = (
@@ -260,24 +284,38 @@ class ExpectEpisodeNoActionJump(EpisodeRowsExpectation):
 class ExpectEpisodeActionsNotNoise(EpisodeRowsExpectation):
     """The episode's actions follow a trajectory: roughness at most the threshold.
 
-    Roughness (``profile.action_roughness_sql``) is about one minus the lag-1
-    autocorrelation of the typical action joint. Recorded teleoperation and
-    policy actions lie at 0.001-0.03; actions with sensor-scale noise added, or
-    shuffled across frames, at 0.45-1. Such actions keep their distribution, so
-    range and jump checks can miss them, yet a policy learns noise from them.
-    The threshold is absolute, not fitted to the dataset, so a dataset whose
-    every episode is noisy is flagged too.
+    Roughness (``profile.action_roughness``) is the median over action joints
+    of the mean squared frame-to-frame change over twice the joint's variance
+    *over the dataset* (``variance``, pooled within episodes). Measured against
+    the dataset, not the episode: an episode that holds still under a little
+    command jitter has a tiny variance of its own, and its jitter would look
+    like noise against it (issue 18). Recorded actions lie at 0.0005-0.03;
+    actions with noise of the action's own spread added, or shuffled across
+    frames, at 0.5 and above. Such actions keep their distribution, so range
+    and jump checks can miss them, yet a policy learns noise from them. The
+    threshold is absolute, not fitted to the dataset, so a dataset whose every
+    episode is noisy is flagged too.
     """
 
     check: ClassVar[str] = "action_noise"
     dimension: ClassVar[str] = "accuracy"
 
     @classmethod
-    def build(cls, max_roughness: float) -> ExpectEpisodeActionsNotNoise:
+    def build(
+        cls, variance: Mapping[str, float], max_roughness: float
+    ) -> ExpectEpisodeActionsNotNoise:
+        terms = [f"dsq_{c} / {2.0 * v!r}" for c, v in variance.items() if v > 0]
+        if not terms:
+            return cls(
+                unexpected_rows_query="SELECT episode_index, '' AS detail FROM {batch} WHERE false",
+                description=cls.__doc__,
+            )
+        # list_median skips NULLs, as the median aggregate does
+        rough = f"list_median([{', '.join(terms)}])"
         q = (
-            "SELECT episode_index, 'action roughness ' || round(action_roughness, 3) || "
+            f"SELECT episode_index, 'action roughness ' || round({rough}, 3) || "
             f"' > {max_roughness!r}' AS detail FROM {{batch}} "
-            f"WHERE action_roughness > {max_roughness!r}"
+            f"WHERE {rough} > {max_roughness!r}"
         )
         return cls(unexpected_rows_query=q, description=cls.__doc__)
 

@@ -114,21 +114,53 @@ def dropped_frames(ep: Episode, rng: np.random.Generator) -> Episode:
     )
 
 
-def frozen_joint(ep: Episode, rng: np.random.Generator, joints: Sequence[int]) -> Episode:
-    """A live state joint sticks at its value from 15 % of the episode to its end."""
+def frozen_joint(
+    ep: Episode,
+    rng: np.random.Generator,
+    joints: Sequence[int],
+    travel: Sequence[float] | None = None,
+) -> Episode:
+    """A live state joint sticks at its value from 15 % of the episode to its end.
+
+    One of ``joints`` that still moves after that point: by more than
+    ``travel[j]`` (2 % of its usual range in :func:`corrupt_dataset`) if
+    given, else at all. When none does (the robot holds still from there on) a
+    stuck reading cannot be told from a working one and changes nothing a
+    policy learns from: the episode is returned unchanged, no defect.
+    """
     out = _copy(ep)
-    j = int(rng.choice(list(joints)))
     t = int(0.15 * ep.frames)
+    moving = [
+        j for j in joints if np.ptp(ep.state[t:, j]) > (travel[j] if travel is not None else 0.0)
+    ]
+    if not moving:
+        return out
+    j = int(rng.choice(moving))
     out.state[t:, j] = out.state[t, j]
     return out
 
 
 def action_jump(ep: Episode, rng: np.random.Generator, joint: int, lo: float, hi: float) -> Episode:
-    """One frame's action on ``joint`` jumps to the far end of its usual range and back."""
+    """One frame's action on ``joint`` jumps to the far end of its usual range and back.
+
+    The frame is one whose neighbours both lie at least half the range away from
+    the end it jumps to: on an on/off or bang-bang command, setting the frame
+    just before a switch to the value after it moves the switch by one frame,
+    which is no glitch (issue 18). Smooth joints accept any frame.
+    """
     out = _copy(ep)
-    t = int(rng.integers(1, ep.frames - 1))
-    v = float(out.action[t, joint])
-    out.action[t, joint] = lo if abs(v - lo) > abs(v - hi) else hi
+    a = out.action[:, joint].astype(float)
+    frames = 1 + rng.permutation(max(ep.frames - 2, 1))
+    t, end = int(frames[0]), lo
+    for cand in frames:
+        near = (a[cand - 1], a[min(cand + 1, ep.frames - 1)])
+        t, end = (
+            int(cand),
+            lo if min(abs(x - lo) for x in near) > min(abs(x - hi) for x in near) else hi,
+        )
+        if min(abs(x - end) for x in near) >= 0.5 * (hi - lo):
+            break
+    out.action[t, joint] = end
     return out
 
 
@@ -218,6 +250,15 @@ def write_dataset(
     return dataset_id
 
 
+def _same(a: Episode, b: Episode) -> bool:
+    return (
+        a.task_index == b.task_index
+        and np.array_equal(a.timestamps_us, b.timestamps_us)
+        and np.array_equal(a.state, b.state, equal_nan=True)
+        and np.array_equal(a.action, b.action, equal_nan=True)
+    )
+
+
 def corrupt_dataset(
     episodes: Sequence[Episode], plan: dict[int, str], seed: int = 0
 ) -> tuple[list[Episode], dict[int, str], dict[int, int]]:
@@ -225,7 +266,8 @@ def corrupt_dataset(
 
     ``duplicate`` and ``near_duplicate`` *append* a copy of the planned episode
     (the copy is the corrupted one). Returns the episodes, ``truth`` (final
-    index of every corrupted episode -> kind) and ``sources`` (index of each
+    index of every corrupted episode -> kind; a corruption that changed nothing,
+    e.g. freezing a joint while the robot holds still, is left out) and ``sources`` (index of each
     appended copy -> the episode it copies: a copy of an episode that was
     already an outlier is one too).
     """
@@ -240,9 +282,11 @@ def corrupt_dataset(
     rough = np.nanquantile(da, 0.999, axis=0) / np.maximum(a_hi - a_lo, 1e-9)
     rough[(a_hi - a_lo) <= 1e-6] = np.inf
     jump_joint = int(np.argmin(rough))
-    # live joints: change in almost every frame (the check only watches joints that do)
+    # live joints: change in almost every frame; a robot with none (every joint rests
+    # at times) gets the joint that changes most often, not an arbitrary one
     ds = np.concatenate([np.diff(e.state, axis=0) != 0 for e in episodes if e.frames > 1])
-    live = [j for j in range(st.shape[1]) if ds[:, j].mean() > 0.85] or [0]
+    rate = ds.mean(axis=0)
+    live = [j for j in range(st.shape[1]) if rate[j] > 0.85] or [int(np.argmax(rate))]
     # out-of-range joint: the one with the widest usual range
     oor_joint = int(np.argmax(s_hi - s_lo))
     truth: dict[int, str] = {}
@@ -261,7 +305,7 @@ def corrupt_dataset(
         elif kind == "dropped_frames":
             new = dropped_frames(ep, rng)
         elif kind == "frozen_joint":
-            new = frozen_joint(ep, rng, live)
+            new = frozen_joint(ep, rng, live, 0.02 * (s_hi - s_lo))
         elif kind == "action_jump":
             new = action_jump(ep, rng, jump_joint, float(a_lo[jump_joint]), float(a_hi[jump_joint]))
         elif kind == "action_noise":
@@ -273,5 +317,6 @@ def corrupt_dataset(
         else:
             raise ValueError(f"unknown corruption {kind!r}")
         eps[idx] = new
-        truth[idx] = kind
+        if not _same(new, ep):  # a corruption that changed nothing is no defect
+            truth[idx] = kind
     return eps, truth, sources

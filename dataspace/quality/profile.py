@@ -11,7 +11,7 @@ own under ``SITE/quality/work/`` holding
   joint (``s_0 .. s_{S-1}``, ``a_0 .. a_{A-1}``), so GE sees plain columns;
 * ``episode_profile``: one row per episode, computed in **one** scan of the
   frames with window functions (interval, monotonicity, per-joint extremes,
-  frame-to-frame action change and roughness, frozen-joint counts, signatures);
+  action spikes and frame-to-frame change, frozen-joint counts, signatures);
 * ``episode_hashes``: the episode hashes copied from the site's ``episodes``
   table (a few bytes per episode);
 
@@ -19,19 +19,48 @@ then closes its connection before GE connects (DuckDB allows one writer per
 file). The profile follows Deequ's execution model: one pass for ungrouped
 statistics plus one pass per grouping (here: the episode); the expectations
 then run on the small profile table, not on 10^7 frames again.
+
+Before the profile, :func:`dataset_scales` reads a deterministic sample of whole
+episodes (every m-th episode, at most ``SAMPLE_FRAMES`` frames; all of them for
+smaller datasets) and measures the dataset's own scales (issue 18): each
+joint's usual range (q01..q99 of its frames) and, for each state joint, the
+joints it normally moves with (its *partners*). A statistic of one episode is
+then compared with those scales, never only with the episode's own spread: an
+episode in which the robot holds still has a tiny spread of its own, and any
+wobble looks large against it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 #: a frame whose interval exceeds this many nominal periods means dropped frames
 DROP_FACTOR = 1.5
+#: at most this many frames (whole episodes) are read to measure the dataset's scales
+SAMPLE_FRAMES = 200_000
+#: a joint's usual range: between these quantiles of its frames
+RANGE_QUANTILES = (0.01, 0.99)
+#: frozen_joint measures displacement over this window (seconds): a slow joint read by
+#: an encoder may keep its count for a few frames, never for a whole second of motion
+MOTION_WINDOW_S = 1.0
+#: window length in frames when the dataset declares no fps
+MOTION_WINDOW_FRAMES = 10
+#: a joint *travels* over a window when it moves by more than this share of its usual
+#: range: more than sensor noise or encoder flicker, less than any real motion
+MOTION_SHARE = 0.02
+#: k partners joint j when j changes in at least this share of the windows k travels in
+PARTNER_RATE = 0.95
+#: the partners kept per joint (those that travel most often)
+MAX_PARTNERS = 3
+#: the partner "any joint": for a joint that changes whenever any joint travels
+ANY_PARTNER = "*"
 
 
 @dataclass(frozen=True)
@@ -55,6 +84,44 @@ class Layout:
     @property
     def joint_cols(self) -> list[str]:
         return self.state_cols + self.action_cols
+
+
+@dataclass(frozen=True)
+class Scales:
+    """Dataset-level scales the per-episode statistics are measured against."""
+
+    #: frames over which frozen_joint measures a joint's displacement
+    window: int
+    #: column -> (q01, q99) of its finite frame values in the sample
+    quantiles: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: state column -> the state columns it normally moves with (may be empty)
+    partners: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: every how many episodes the sample took one (1: all of them)
+    sample_every: int = 1
+
+    def range(self, col: str) -> float:
+        """The column's usual range (q99 - q01), 0 when unknown."""
+        lo, hi = self.quantiles.get(col, (0.0, 0.0))
+        return max(hi - lo, 0.0)
+
+    def travel(self, col: str) -> float:
+        """Displacement over the window above which the column *travels*."""
+        return MOTION_SHARE * self.range(col)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "window_frames": self.window,
+            "sample_every": self.sample_every,
+            "ranges": {c: self.range(c) for c in self.quantiles},
+            "partners": {c: list(p) for c, p in self.partners.items()},
+        }
+
+
+def motion_window(fps: float | None) -> int:
+    """Frames in ``MOTION_WINDOW_S`` at ``fps`` (``MOTION_WINDOW_FRAMES`` if unknown)."""
+    if not fps or fps <= 0:
+        return MOTION_WINDOW_FRAMES
+    return max(1, round(fps * MOTION_WINDOW_S))
 
 
 def _q(s: str) -> str:
@@ -90,13 +157,35 @@ def frames_view_sql(layout: Layout) -> str:
     return f"CREATE OR REPLACE VIEW frames AS SELECT {cols} FROM {src}"
 
 
-def profile_select_sql(layout: Layout, source: str = "frames", streaming: bool = True) -> str:
+def profile_select_sql(
+    layout: Layout,
+    scales: Scales | None = None,
+    source: str = "frames",
+    streaming: bool = True,
+) -> str:
     """The per-episode profile as one SELECT over ``source``: one window stage, one grouping.
 
     Stage ``d``: frame-to-frame differences with ``LAG`` (interval, frame_index
-    step, per-joint change flags, absolute action change), then one GROUP BY
-    episode_index with every aggregate the checks read. ``frozen_s_j`` counts
-    the *moving* frames (some state joint changed) in which joint j did not.
+    step, action changes and spikes) and each state joint's displacement over
+    the motion window (``scales.window`` frames), then one GROUP BY
+    episode_index with every aggregate the checks read:
+
+    * ``var_a_j``, ``dsq_a_j``: the action's variance and mean squared
+      frame-to-frame change (action_noise divides the latter by the *dataset's*
+      variance, suite.py);
+    * ``spike_a_j``: the largest out-and-back excursion, min(|a_t - a_{t-1}|,
+      |a_{t+1} - a_t|) where the two changes have opposite signs: a glitch of
+      one frame scores its height, a step (an on/off or saturated command
+      switching) scores 0;
+    * ``pmove_s_j``: windows in which one of joint j's partners travels
+      (``Scales.partners``, ``Scales.travel``; partner ``*``: any joint),
+      ``frozen_s_j``: those of them in which joint j kept exactly the same value;
+      ``still_s_j``: windows in which j kept exactly its value, partners or not,
+      out of ``n_windows`` (a noisy channel is never still for a whole window);
+    * ``n_motion``: frames in which some state joint travels over the window.
+
+    ``scales=None`` measures against an empty set of scales (no partners: no
+    frozen counts); :func:`build_workspace` passes :func:`dataset_scales`.
 
     ``streaming=True`` uses windows over the input order (``OVER ()``), which
     DuckDB evaluates in a streaming operator without sorting; that is valid
@@ -105,40 +194,72 @@ def profile_select_sql(layout: Layout, source: str = "frames", streaming: bool =
     (``n_unordered``) so the caller can recompute with ``streaming=False``
     (``PARTITION BY episode_index ORDER BY frame_index``, which sorts).
     """
+    scales = scales or Scales(window=motion_window(layout.fps))
     fps = layout.fps or 0.0
     period = 1.0 / fps if fps > 0 else None
     s, a = layout.state_cols, layout.action_cols
     joints = s + a
+    win = scales.window
     if streaming:
         w = "OVER ()"
-        new_ep = "(episode_index IS DISTINCT FROM lag(episode_index) OVER ())"
         wdef = ""
+
+        def new_ep(k: int = 1) -> str:
+            return f"(episode_index IS DISTINCT FROM lag(episode_index, {k}) OVER ())"
+
     else:
         w = "OVER w"
-        new_ep = "(lag(episode_index) OVER w IS NULL)"
         wdef = " WINDOW w AS (PARTITION BY episode_index ORDER BY frame_index)"
 
+        def new_ep(k: int = 1) -> str:
+            return f"(lag(episode_index, {k}) OVER w IS NULL)"
+
     def diff(expr: str) -> str:
-        return f"CASE WHEN {new_ep} THEN NULL ELSE {expr} - lag({expr}) {w} END"
+        return f"CASE WHEN {new_ep()} THEN NULL ELSE {expr} - lag({expr}) {w} END"
 
     d_cols = ["episode_index", "frame_index", '"timestamp" AS ts', "task_index"]
     d_cols.append(f"{diff(chr(34) + 'timestamp' + chr(34))} AS dt")
     d_cols.append(f"{diff('frame_index')} AS dfi")
-    d_cols.append(f"({new_ep} AND episode_index < lag(episode_index) {w}) AS unordered_ep")
+    d_cols.append(f"({new_ep()} AND episode_index < lag(episode_index) {w}) AS unordered_ep")
     d_cols += joints
-    d_cols += [f"({new_ep} OR {c} IS DISTINCT FROM lag({c}) {w}) AS c_{c}" for c in s]
-    d_cols += [f"abs({diff(c)}) AS d_{c}" for c in a]
+    for c in a:
+        f = _finite(c)
+        d_cols.append(f"CASE WHEN {new_ep()} THEN NULL ELSE {f} - lag({f}) {w} END AS d_{c}")
+        # the change into the previous frame, for the out-and-back spike
+        d_cols.append(
+            f"CASE WHEN {new_ep()} OR {new_ep(2)} THEN NULL "
+            f"ELSE lag({f}) {w} - lag({f}, 2) {w} END AS d0_{c}"
+        )
+    for c in s:
+        f = _finite(c)
+        d_cols.append(
+            f"CASE WHEN {new_ep(win)} THEN NULL ELSE abs({f} - lag({f}, {win}) {w}) END AS wd_{c}"
+        )
+    d_cols.append(f"(NOT {new_ep(win)}) AS win_ok")
     any_null = " OR ".join(
         [f"{c} IS NULL" for c in ["frame_index", '"timestamp"', "task_index", *joints]]
     )
     any_bad = " OR ".join(f"NOT isfinite({c})" for c in joints) or "false"
     d_cols.append(f"({any_null}) AS has_null")
     d_cols.append(f"coalesce({any_bad}, false) AS has_nonfinite")
-    moving = " OR ".join(f"c_{c}" for c in s) or "false"
-    d_cols.append(f"(dfi IS NOT NULL AND ({moving})) AS moving")
     stage_d = f"SELECT {', '.join(d_cols)} FROM {source}{wdef}"
 
+    def travels(c: str) -> str:
+        # a joint with no usable range never counts as travelling; nor does a leap beyond
+        # its whole usual range within one window (a glitch, which other checks judge)
+        t = scales.travel(c)
+        return f"(wd_{c} > {t!r} AND wd_{c} <= {scales.range(c)!r})" if t > 0 else "false"
+
     valid = ", ".join(str(t) for t in layout.valid_tasks) or "NULL"
+    # some state joint travels over the window: the robot moves
+    motion = " OR ".join(travels(c) for c in s) or "false"
+    watched = [c for c in s if scales.partners.get(c)]
+    m_cols = [f"coalesce({motion}, false) AS motion"]
+    for c in watched:
+        partners = scales.partners[c]
+        moving = motion if partners == (ANY_PARTNER,) else " OR ".join(map(travels, partners))
+        m_cols.append(f"coalesce({moving}, false) AS pm_{c}")
+    stage_m = f"SELECT *, {', '.join(m_cols)} FROM d"
     agg = [
         "episode_index",
         "count(*) AS n_frames",
@@ -150,7 +271,8 @@ def profile_select_sql(layout: Layout, source: str = "frames", streaming: bool =
         f"{_count(f'task_index IS NULL OR task_index NOT IN ({valid})')} AS n_task_missing",
         "min(ts) AS ts_first",
         "max(ts) - min(ts) AS duration_s",
-        f"{_count('moving')} AS n_moving",
+        f"{_count('motion')} AS n_motion",
+        f"{_count('win_ok')} AS n_windows",
     ]
     if period is not None:
         drop = DROP_FACTOR * period
@@ -169,33 +291,149 @@ def profile_select_sql(layout: Layout, source: str = "frames", streaming: bool =
     for c in s:
         agg.append(f"avg({_finite(c)}) AS mean_{c}")
         agg.append(f"stddev_pop({_finite(c)}) AS std_{c}")
-        agg.append(f"{_count(f'moving AND NOT c_{c}')} AS frozen_{c}")
+        agg.append(f"{_count(f'wd_{c} = 0')} AS still_{c}")
+        if c in watched:
+            agg.append(f"{_count(f'pm_{c}')} AS pmove_{c}")
+            agg.append(f"{_count(f'pm_{c} AND wd_{c} = 0')} AS frozen_{c}")
+        else:
+            agg += [f"0 AS pmove_{c}", f"0 AS frozen_{c}"]
     for c in a:
-        agg.append(f"max({_finite('d_' + c)}) AS jump_{c}")
-    agg.append(f"{action_roughness_sql(a)} AS action_roughness")
-    return f"WITH d AS ({stage_d}) SELECT {', '.join(agg)} FROM d GROUP BY episode_index"
+        agg.append(f"var_pop({_finite(c)}) AS var_{c}")
+        agg.append(f"avg(d_{c} * d_{c}) AS dsq_{c}")
+        agg.append(
+            f"max(CASE WHEN d0_{c} * d_{c} < 0 THEN least(abs(d0_{c}), abs(d_{c})) "
+            f"ELSE 0 END) AS spike_{c}"
+        )
+    return (
+        f"WITH d AS ({stage_d}), m AS ({stage_m}) "
+        f"SELECT {', '.join(agg)} FROM m GROUP BY episode_index"
+    )
 
 
-def action_roughness_sql(action_cols: Sequence[str]) -> str:
-    """The episode's action roughness: the median over action joints of
-    ``mean((a_t - a_{t-1})^2) / (2 var(a))``.
+def action_roughness(
+    profile: Mapping[str, np.ndarray], variance: Mapping[str, float]
+) -> np.ndarray:
+    """Each episode's action roughness in the dataset's units (one value per episode).
 
-    For a joint this is about ``1 - r1``, with ``r1`` the lag-1 autocorrelation: a
-    commanded trajectory sampled at the robot's rate moves little from frame to
-    frame compared with its range (0.001-0.03 on every shared recording), while
-    white noise, or actions shuffled across frames, give about 1. The median
-    over joints keeps one noisy sensor channel from deciding. Joints that never
-    change (variance 0) are left out; none left gives NULL.
+    The median over action joints of ``mean((a_t - a_{t-1})^2) / (2 V_j)``, where
+    ``V_j`` is the joint's variance *over the dataset* (:func:`pooled_variance`),
+    not over the episode: about ``1 - r1`` (lag-1 autocorrelation) for an
+    episode that spans the usual range, near 0 for one that holds still with a
+    little command jitter, and about ``k^2`` for noise of ``k`` times the
+    joint's usual spread. Joints with ``V_j = 0`` are left out; none left gives NaN.
     """
-    if not action_cols:
-        return "NULL::DOUBLE"
-    terms = [
-        f"CASE WHEN var_pop({_finite(c)}) > 0 "
-        f"THEN avg({_finite('d_' + c)} * {_finite('d_' + c)}) / (2 * var_pop({_finite(c)})) END"
-        for c in action_cols
-    ]
-    # list_median skips NULLs, as the median aggregate does
-    return f"list_median([{', '.join(terms)}])"
+    n = len(profile.get("episode_index", []))
+    cols = [c for c, v in variance.items() if v > 0 and f"dsq_{c}" in profile]
+    if n == 0 or not cols:
+        return np.full(n, np.nan)
+    terms = np.stack(
+        [np.asarray(profile[f"dsq_{c}"], dtype=float) / (2.0 * variance[c]) for c in cols], axis=1
+    )
+    out = np.full(n, np.nan)
+    ok = np.isfinite(terms).any(axis=1)
+    out[ok] = np.nanmedian(terms[ok], axis=1)
+    return out
+
+
+def pooled_variance(profile: Mapping[str, np.ndarray], cols: Sequence[str]) -> dict[str, float]:
+    """Each action joint's within-episode variance pooled over the dataset (frame-weighted).
+
+    Pooled *within* episodes, so that episodes parked at different rest poses do
+    not inflate it, and weighted by frames, so that many short idle episodes
+    cannot shrink it to their jitter.
+    """
+    n = np.asarray(profile.get("n_frames", []), dtype=float)
+    out: dict[str, float] = {}
+    for c in cols:
+        v = np.asarray(profile.get(f"var_{c}", np.zeros(0)), dtype=float)
+        ok = np.isfinite(v) & (n > 0) if v.size == n.size else np.zeros(0, dtype=bool)
+        out[c] = float(np.sum(v[ok] * n[ok]) / np.sum(n[ok])) if ok.any() else 0.0
+    return out
+
+
+# --- dataset scales ------------------------------------------------------------------------
+
+
+def dataset_scales(con: duckdb.DuckDBPyConnection, layout: Layout) -> Scales:
+    """Ranges and motion partners from a deterministic sample of whole episodes.
+
+    Reads every m-th episode (m chosen so that about ``SAMPLE_FRAMES`` frames are
+    read; m = 1 for smaller datasets) from the ``frames`` view of ``con``.
+    """
+    window = motion_window(layout.fps)
+    if layout.parquet_glob is None or not layout.joint_cols:
+        return Scales(window=window)
+    (total,) = con.execute("SELECT count(*) FROM frames").fetchall()[0]
+    every = max(1, math.ceil(int(total) / SAMPLE_FRAMES))
+    cols = ", ".join(layout.joint_cols)
+    tbl = con.sql(
+        f"SELECT episode_index, {cols} FROM frames WHERE episode_index % {every} = 0 "
+        "ORDER BY episode_index, frame_index"
+    ).to_arrow_table()
+    episode = tbl.column("episode_index").to_numpy(zero_copy_only=False)
+    values = {c: _floats(tbl.column(c)) for c in layout.joint_cols}
+    quantiles = {}
+    for c, v in values.items():
+        fin = v[np.isfinite(v)]
+        if fin.size:
+            lo, hi = np.quantile(fin, RANGE_QUANTILES)
+            quantiles[c] = (float(lo), float(hi))
+    scales = Scales(window=window, quantiles=quantiles, sample_every=every)
+    partners = motion_partners(episode, values, layout.state_cols, scales)
+    return Scales(window=window, quantiles=quantiles, partners=partners, sample_every=every)
+
+
+def _floats(col: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=float)
+
+
+def motion_partners(
+    episode: np.ndarray,
+    values: Mapping[str, np.ndarray],
+    state_cols: Sequence[str],
+    scales: Scales,
+) -> dict[str, tuple[str, ...]]:
+    """For each state joint j, the joints k it moves with (frozen_joint's reference).
+
+    Over windows of ``scales.window`` frames inside one episode: k is a partner
+    of j when j changed in at least ``PARTNER_RATE`` of the windows in which k
+    travelled (moved more than ``scales.travel(k)``), in at least as many
+    windows as one window's worth of frames; the ``MAX_PARTNERS`` that travel
+    most often are kept. Learnt from the data, so nothing is assumed about
+    which joints move together: a mobile base's x moves with its y, not with
+    its heading (it turns on the spot); an arm's noisy velocity estimate is no
+    partner of its encoder angles (it changes when the arm stands still).
+    """
+    w = scales.window
+    if episode.size <= w or not state_cols:
+        return {c: () for c in state_cols}
+    same = episode[w:] == episode[:-w]
+    moved, travelled = [], []
+    for c in state_cols:
+        v = values[c]
+        disp = np.abs(v[w:] - v[:-w])[same]
+        # NaN compares unequal: a window over a NaN counts as a change, never as travel
+        moved.append(~(disp == 0))
+        t = scales.travel(c)
+        travelled.append(
+            ((disp > t) & (disp <= scales.range(c))) if t > 0 else np.zeros(disp.shape, dtype=bool)
+        )
+    m = np.stack(moved, axis=1).astype(float)
+    t = np.stack(travelled, axis=1).astype(float)
+    together = m.T @ t  # [j, k]: windows where k travelled and j changed
+    n_travel = t.sum(axis=0)
+    least = max(10, w)
+    out: dict[str, tuple[str, ...]] = {}
+    for j, c in enumerate(state_cols):
+        others = [k for k in range(len(state_cols)) if k != j and n_travel[k] >= least]
+        cands = [(-n_travel[k], k) for k in others if together[j, k] >= PARTNER_RATE * n_travel[k]]
+        if cands and len(cands) == len(others):
+            # j changes whenever anything travels (a noisy or fast channel): any motion
+            # of the robot is its reference, so a stuck gyro is seen in a turn on the spot
+            out[c] = (ANY_PARTNER,)
+        else:
+            out[c] = tuple(state_cols[k] for _, k in sorted(cands)[:MAX_PARTNERS])
+    return out
 
 
 def build_workspace(
@@ -203,15 +441,16 @@ def build_workspace(
     layout: Layout,
     hashes: Sequence[tuple[int, str | None, int | None, int | None]],
     threads: int | None = None,
-) -> None:
-    """Create the workspace file at ``path`` (views, profile, hashes) and close it."""
+) -> Scales:
+    """Create the workspace file at ``path`` (views, profile, hashes), close it; its scales."""
     con = duckdb.connect(str(path))
     try:
         if threads:
             con.execute(f"SET threads = {int(threads)}")
         con.execute(frames_view_sql(layout))
+        scales = dataset_scales(con, layout)
         con.execute(
-            f"CREATE OR REPLACE TABLE episode_profile AS {profile_select_sql(layout)} "
+            f"CREATE OR REPLACE TABLE episode_profile AS {profile_select_sql(layout, scales)} "
             "ORDER BY episode_index"
         )
         (unordered,) = con.execute(
@@ -221,7 +460,7 @@ def build_workspace(
             # Parquet not in canonical order: sort per episode instead (slower, exact)
             con.execute(
                 "CREATE OR REPLACE TABLE episode_profile AS "
-                f"{profile_select_sql(layout, streaming=False)} ORDER BY episode_index"
+                f"{profile_select_sql(layout, scales, streaming=False)} ORDER BY episode_index"
             )
         # one Arrow insert: executemany of 10^4 rows into DuckDB takes seconds
         cols = list(zip(*hashes, strict=True)) if hashes else [[], [], [], []]
@@ -238,3 +477,4 @@ def build_workspace(
         con.unregister("new_hashes")
     finally:
         con.close()
+    return scales

@@ -53,6 +53,9 @@ EXPLAIN = {
     "be excluded from training (--exclude-flagged).",
     "coverage": "share of (joint, bin) cells of the state space that the data visits, from a "
     "Laplace-noised histogram (epsilon-DP per episode); a coarse, private indication of breadth.",
+    "usable_share": "share of the dataset's motion (frames in which the robot moves) that lies "
+    "in episodes without any quality flag; a run's value report credits a positive contribution "
+    "only for this share (quality_adjusted = contribution x usable_share; a negative one stays).",
     "contribution": "in a federated run, a dataset's contribution is its Shapley value over the "
     "rounds' updates (GTG-Shapley): the average drop in the server's validation loss that adding "
     "its update brings, over coalitions of the other sites. Positive = helped, negative = hurt; "

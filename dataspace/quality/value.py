@@ -1,4 +1,5 @@
-"""Intrinsic value of a dataset: volume, task diversity, state-space coverage, quality.
+"""Intrinsic value of a dataset: volume, task diversity, state-space coverage, quality;
+and how a federated contribution is credited for the dataset's quality.
 
 All computed on site. Volume and task counts are catalog metadata already;
 state-space coverage is computed from a **differentially private** histogram,
@@ -16,20 +17,36 @@ so the published coverage number carries no exact per-episode information:
 ``STATS_EPSILON`` (0.5) is the small statistics budget this release spends.
 It is not charged to a contract's training ledger (policy area): it is spent
 once per quality report, by the holder, on the holder's own data.
+
+Value that reflects quality (issue 18): a run's contribution (GTG-Shapley,
+``dataspace.federated.contribution``) measures how much a dataset's updates
+lowered the consumer's validation loss. Zero-mean noise on the actions leaves
+that gradient unbiased, so a site with wholly noisy actions can still look
+useful there (bench/RESULTS.md, value_detect with noisy actions). The quality
+report sees it: its checks flag the noisy episodes. :func:`quality_adjusted`
+combines the two: a dataset's positive contribution is credited only for its
+**usable share**, the share of its motion (frames in which the robot moves,
+profile ``n_motion``) that lies in episodes without any quality flag;
+a negative contribution stays whole (quality never excuses harm). Motion, not
+episodes, so padding a dataset with idle clean episodes does not dilute its
+flags; a clean dataset (at most 1 % of episodes flagged on clean data) keeps
+99 % or more of its credit.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
 
 STATS_EPSILON = 0.5
 BINS = 10
+
+K = TypeVar("K", bound=Hashable)
 
 
 def volume(episodes: int, frames: int, fps: float | None) -> dict[str, Any]:
@@ -122,11 +139,58 @@ def intrinsic_value(
     hist: np.ndarray,
     quality_score: float | None,
     epsilon: float = STATS_EPSILON,
+    usable: float | None = None,
 ) -> dict[str, Any]:
-    """The intrinsic-value block of the quality report."""
+    """The intrinsic-value block of the quality report (``usable``: :func:`usable_share`)."""
     return {
         "volume": volume(episodes, frames, fps),
         "diversity": task_diversity(task_counts, tasks),
         "coverage": dp_coverage(hist, epsilon),
         "quality_score": quality_score,
+        "usable_share": usable,
     }
+
+
+def usable_share(motion: np.ndarray, flagged: np.ndarray) -> float:
+    """Share of the dataset's motion in episodes without a flag (module docstring).
+
+    ``motion[i]``: frames in which the robot moves in episode i; ``flagged[i]``:
+    whether episode i has any flag. A dataset without motion falls back to the
+    share of unflagged episodes; an empty one is wholly usable. Rounded to 3
+    decimals: an aggregate like the flag rates, no per-episode value.
+    """
+    motion = np.nan_to_num(np.asarray(motion, dtype=float))
+    flagged = np.asarray(flagged, dtype=bool)
+    if motion.size == 0:
+        return 1.0
+    weights = motion if motion.sum() > 0 else np.ones_like(motion)
+    return round(float(weights[~flagged].sum() / weights.sum()), 3)
+
+
+def report_usable_share(report: Mapping[str, Any]) -> float:
+    """The usable share a (publishable) quality report states; 1.0 when it has none.
+
+    Reports from before issue 18 carry no motion-weighted share: the share of
+    unflagged episodes stands in for it.
+    """
+    value = report.get("value") or {}
+    if value.get("usable_share") is not None:
+        return float(value["usable_share"])
+    episodes = int(report.get("episodes") or 0)
+    if episodes <= 0:
+        return 1.0
+    return 1.0 - min(int(report.get("episodes_flagged") or 0), episodes) / episodes
+
+
+def quality_adjusted(contribution: Mapping[K, float], usable: Mapping[K, float]) -> dict[K, float]:
+    """Each dataset's contribution credited for its usable share (module docstring).
+
+    ``c * u`` for a positive contribution ``c``, ``c`` itself when it is zero or
+    negative; ``u`` is clipped to [0, 1] and taken as 1 for a dataset with no
+    quality report, so a missing report never lowers anyone's value.
+    """
+    out: dict[K, float] = {}
+    for k, c in contribution.items():
+        u = min(max(float(usable.get(k, 1.0)), 0.0), 1.0)
+        out[k] = float(c) * u if c > 0 else float(c)
+    return out

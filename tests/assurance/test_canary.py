@@ -121,6 +121,11 @@ def test_no_canary_leaves_the_site(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     hub = conn = None
     proxies: list[RecordingProxy] = []
     try:
+        # each proxy first: clients sign for the proxy's address, which each service is
+        # told is one of its names (--authority), as behind any reverse proxy
+        hub_port, conn_port = free_port(), free_port()
+        to_hub, to_conn = RecordingProxy(hub_port), RecordingProxy(conn_port)
+        proxies += [to_hub, to_conn]
         hub = Service(
             [
                 "hub",
@@ -128,18 +133,17 @@ def test_no_canary_leaves_the_site(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                 str(tmp_path / "hub"),
                 "--trust",
                 str(sites[0].root / "site.key.pub"),
+                "--authority",
+                to_hub.url,
             ],
-            free_port(),
+            hub_port,
             tmp_path / "hub.log",
         )
         hub.wait_ready()
-        to_hub = RecordingProxy(hub.port)
-        proxies.append(to_hub)
-        conn = Service(["connector", str(sites[0].root), "--hub", to_hub.url], free_port(),
+        conn = Service(["connector", str(sites[0].root), "--hub", to_hub.url,
+                        "--authority", to_conn.url], conn_port,
                        tmp_path / "conn.log")  # fmt: skip
         conn.wait_ready(240, until=lambda h: h["published"])  # catalog publication
-        to_conn = RecordingProxy(conn.port)
-        proxies.append(to_conn)
         agreed = request_via_connector(  # contract negotiation over HTTP
             to_conn.url, key, dataset=ids[0], purpose="robot-policy-training", epsilon=4.0,
             rounds=2, until=datetime.now(UTC) + timedelta(days=2), template="bc-mlp",

@@ -36,6 +36,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 #:   (connectors/models.py policy_body_schema), but a schema-valid policy is still refused
 #:   unless its target is the path's enrolled dataset with that fingerprint and its
 #:   constraints are the profile's: state and cross-field rules no schema can carry.
+#: POST /v1/budget (hub): the body is a statement the caller's site signed over a dataset it
+#:   published (dataspace.policy.budget_statement); no schema can carry a signature.
 _RANGE = [positive_data_acceptance]
 KNOWN: dict[tuple[str, str], list] = {
     ("GET", "/v1/log/entries"): _RANGE,
@@ -44,6 +46,7 @@ KNOWN: dict[tuple[str, str], list] = {
     ("POST", "/v1/log/append"): _RANGE,
     ("POST", "/v1/log/add-checkpoint"): [positive_data_acceptance, content_type_conformance],
     ("PUT", "/v1/admin/datasets/{dataset_id}/policy"): [positive_data_acceptance],
+    ("POST", "/v1/budget"): [positive_data_acceptance],
 }
 
 FUZZ = settings(

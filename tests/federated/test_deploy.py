@@ -76,3 +76,41 @@ def test_workers_run_only_their_own_apps(tmp_path):
     assert bundle_component(build_fab(own), "serverapp", OWN_SERVERAPPS)
     with pytest.raises(UntrustedBundleError, match="serverapp"):
         bundle_component(build_fab(own), "serverapp", frozenset({"other:app"}))
+
+
+def test_a_declined_heartbeat_never_signals_the_warm_worker():
+    """Flower's task heartbeat raises SIGINT in its process when the server declines a
+    beat (the task already ended): in a warm worker serving every task, a run refused at
+    once stopped the hub worker for all later runs. Ours only ends the beats."""
+    import signal
+    import time
+    from types import SimpleNamespace
+
+    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+
+    from dataspace.federated.superexec import TaskHeartbeat
+
+    class Ended:  # a Runtime API for which the task is over
+        calls = 0
+
+        def SendTaskHeartbeat(self, req):  # Flower's name
+            self.calls += 1
+            return SimpleNamespace(success=False)
+
+    signals: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda n, _f: signals.append(n))
+    try:
+        client = Ended()
+        ours = TaskHeartbeat(client).start()
+        time.sleep(0.5)
+        ours.stop()
+        assert client.calls == 1 and signals == []
+        flower = HeartbeatSender(make_task_heartbeat_fn_http(Ended()))  # what we replaced
+        flower.start()
+        deadline = time.monotonic() + 5
+        while not signals and time.monotonic() < deadline:
+            time.sleep(0.05)
+        flower.stop()
+        assert signals == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, old)

@@ -190,3 +190,27 @@ def test_guard_refuses_unknown_contract(federation):
     fed = federation(epsilon=2.0, rounds=1)
     with pytest.raises(RefusedError, match="no-such-contract"):
         authorize_round(fed.sites[0], "no-such-contract", "run", 1, [(1.0, 1.0, 1)])
+
+
+def test_a_site_naming_a_path_as_its_dataset_writes_no_file(federation, tmp_path):
+    """A hostile holder's reply whose dataset id is a path ("../../x") is a failed reply:
+    the server never makes a file of it (its updates are saved as updates/<dataset>.npz)."""
+    fed = federation(epsilon=4.0, rounds=1)
+
+    def hostile(message, context):
+        reply = client_app(message, context)
+        if context.node_id == 2 and not reply.has_error() and "info" in reply.content:
+            reply.content["info"]["dataset-id"] = "../../../escaped"
+        return reply
+
+    out = tmp_path / "a" / "b" / "run"
+    h = train(
+        RunSpec(contracts=fed.contract_ids, rounds=1, out_dir=out, run_id="r-h", min_nodes=2),
+        fed.sites,
+        SimulationEngine(grid=LocalGrid(hostile, [s.root for s in fed.sites])),
+    )
+    assert h["status"] == "finished"
+    assert not list(tmp_path.rglob("escaped*"))
+    assert len(list((out / "rounds" / "001" / "updates").iterdir())) == 2
+    for failed in (h["stats"]["failed"], h["rounds"][0]["failed"]):
+        assert [f["reason"] for f in failed] == ["malformed dataset id '../../../escaped'"]

@@ -177,3 +177,23 @@ def test_deploy_makes_the_superexec_secrets_private_and_keeps_them(tmp_path):
         assert len(p.read_bytes()) == 64
     assert run(cli, tls).exit_code == 0 and run(cli, site).exit_code == 0
     assert [p.read_bytes() for p in secrets] == first  # a rerun keeps them
+
+
+def test_the_hub_serves_the_runs_its_worker_writes_and_names_the_superlink():
+    """Issue 16: the hub worker confines runs to --runs-dir, the hub serves that folder
+    (the same volume, writable: the hub writes each run's registration there), and the hub
+    hands consumers the SuperLink's address and CA."""
+    hub, worker = SERVICES["hub"], SERVICES["hub-worker"]
+    runs = _opt(hub["command"], "--runs-dir")
+    assert _opt(worker["command"], "--runs-dir") == runs
+
+    def volume(service: dict, mount: str) -> str:
+        (v,) = [v for v in service["volumes"] if v.split(":")[1] == mount]
+        assert not v.endswith(":ro"), v
+        return v.split(":")[0]
+
+    assert volume(hub, runs) == volume(worker, runs)
+    assert _opt(hub["command"], "--superlink-ca") == _opt(worker["command"], "--root-certificates")
+    host, port = _opt(hub["command"], "--superlink").rsplit(":", 1)
+    assert SERVICES[host]["command"][0] == "flower-superlink"
+    assert _opt(SERVICES[host]["command"], "--port") == port

@@ -1,8 +1,9 @@
 """README.md runs as written: its ```bash blocks, in order, in one shell, in a new folder.
 
 Reference blocks (syntax, ``./dev``, ``docker compose``) are fenced ```sh and not run.
-The walkthrough's ports (8000, 8001) are replaced by free ones, so the test runs beside
-other services; everything else is the README's text.
+The walkthrough's ports (8000, 8001; the SuperLink's 9093 and the SuperNode's 9094) are
+replaced by free ones, so the test runs beside other services; everything else is the
+README's text.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def test_readme_walkthrough_runs_in_a_new_folder(tmp_path: Path):
     script = script.replace("--port 8000", f"--port {hub}").replace(
         "--port 8001", f"--port {connector}"
     )
+    for flower in ("9093", "9094"):  # the SuperLink's, the SuperNode's runtime API
+        assert flower in script
+        script = script.replace(flower, str(free_port()))
     work = tmp_path / "work"
     work.mkdir()
     env = dict(

@@ -203,3 +203,51 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/services" in str(item.fspath):
             item.add_marker(pytest.mark.filterwarnings("ignore::DeprecationWarning"))
+
+
+def signed_contract(
+    holder: Ed25519PrivateKey,
+    consumer: Ed25519PrivateKey,
+    dataset: str,
+    fingerprint: str,
+    *,
+    contract_id: str | None = None,
+    state: str = "agreed",
+    days: int = 7,
+    **terms: object,
+) -> dict:
+    """A contract as a holder's connector registers it at the hub (publisher.hub_record):
+    terms signed by ``holder`` and ``consumer`` (``terms`` overrides epsilon, purpose...)."""
+    import uuid
+
+    from dataspace.policy import contracts as pc
+
+    granted = {"purpose": "research", "epsilon": 1.0, "rounds": 3, "template": "mlp"}
+    granted |= {"delta": 1e-5, **terms}
+    t = pc.Terms(
+        **granted,  # type: ignore[arg-type]
+        until=(datetime.now(UTC) + timedelta(days=days)).replace(microsecond=0),
+        contract_id=contract_id or str(uuid.uuid4()),
+        holder=base64.b64encode(holder.public_key().public_bytes_raw()).decode(),
+        consumer=base64.b64encode(consumer.public_key().public_bytes_raw()).decode(),
+        dataset_id=dataset,
+        fingerprint=fingerprint,
+        created=datetime.now(UTC).replace(microsecond=0),
+    )
+    agreement = pc.Agreement(t, state, pc.sign_terms(t, holder), pc.sign_terms(t, consumer))
+    flat = t.to_json()
+    return {
+        "contract_id": t.contract_id,
+        "dataset_id": dataset,
+        "fingerprint": fingerprint,
+        "consumer": t.consumer,
+        "purpose": t.purpose,
+        "template": t.template,
+        "epsilon": t.epsilon,
+        "delta": t.delta,
+        "rounds": t.rounds,
+        "until": flat["until"],
+        "state": state,
+        "connector_url": None,
+        "agreement": agreement.to_json(),
+    }

@@ -40,7 +40,14 @@ from dataspace.hub.app import create_app as hub_app
 from dataspace.hub.dashboard import COOKIE, TOKEN_FILE
 from dataspace.site.folder import Site
 from dataspace.site.identity import Identity, load_private_key
-from tests.services.conftest import Party, dataset_id, make_party, set_policy, until
+from tests.services.conftest import (
+    Party,
+    dataset_id,
+    make_party,
+    set_policy,
+    signed_contract,
+    until,
+)
 
 FP = "ab" * 32
 DEEP = 900  # the depth that answered 500 in issue 14
@@ -402,16 +409,13 @@ def test_odd_content_types_never_500(hub, connector, which):
 def test_hub_round_with_huge_and_non_finite_numbers(hub):
     """Numbers reach the hub's log and DuckDB: each is refused or stored, never a 500."""
     alice: Party = hub.extra["alice"]
-    contract = {
-        "contract_id": "c-num",
-        "dataset_id": "so101",
-        "fingerprint": FP,
-        "consumer": alice.key_id,
-        "purpose": "research",
-        "epsilon": 1.0,
-        "state": "agreed",
-    }
-    hub.send("POST", "/v1/contracts", json.dumps(contract).encode(), role="holder")
+    # a contract both parties signed, on a dataset the holder published (hub.registry)
+    dcat = {"@context": {}, "@type": "dcat:Dataset"}
+    entry = {"dataset_id": "so101", "fingerprint": FP, "title": "t", "dcat": dcat}
+    hub.send("POST", "/v1/catalog", json.dumps(entry).encode(), role="holder")
+    contract = signed_contract(hub.keys["holder"], alice.key, "so101", FP, contract_id="c-num")
+    r = hub.send("POST", "/v1/contracts", json.dumps(contract).encode(), role="holder")
+    assert r.status_code == 200, r.text
     r = hub.send(
         "POST",
         "/v1/runs",
@@ -439,7 +443,7 @@ def test_hub_round_with_huge_and_non_finite_numbers(hub):
 
 
 def _signed(key, method: str, path: str, body: bytes = b"") -> dict[str, str]:
-    return sign_request(key, method, path, "", body)
+    return sign_request(key, method, path, "", body, authority="testserver")
 
 
 @pytest.mark.parametrize("which", ["hub", "connector"])

@@ -13,15 +13,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dataspace.auth import httpsig
 from dataspace.auth.nonces import FileNonceStore, MemoryNonceStore
 
+HOST = "svc.example:8000"
+
 
 def _signed(key, method="POST", path="/v1/x", query="a=1", body=b'{"x":1}', **kw):
-    return httpsig.sign_request(key, method, path, query, body, **kw)
+    return httpsig.sign_request(key, method, path, query, body, **({"authority": HOST} | kw))
 
 
 def _verify(headers, method="POST", path="/v1/x", query="a=1", body=b'{"x":1}', store=None, **kw):
-    h = httpx.Headers(headers)
+    h = httpx.Headers({"Host": HOST, **headers})
     return httpsig.verify_request(
-        method, path, query, h, body, store if store is not None else MemoryNonceStore(), **kw
+        method,
+        path,
+        query,
+        h,
+        body,
+        store if store is not None else MemoryNonceStore(),
+        **({"authorities": {HOST}} | kw),
     )
 
 
@@ -33,9 +41,10 @@ def test_sign_verify_roundtrip_names_the_key():
 
 
 def test_signature_base_is_rfc9421_shape():
-    base = httpsig.signature_base("get", "/p", "", "sha-256=:x:", "PARAMS")
+    base = httpsig.signature_base("get", "hub.example", "/p", "", "sha-256=:x:", "PARAMS")
     assert base.decode().splitlines() == [
         '"@method": GET',
+        '"@authority": hub.example',
         '"@path": /p',
         '"@query": ?',
         '"content-digest": sha-256=:x:',
@@ -130,10 +139,41 @@ def test_httpx_auth_signs_what_is_sent():
     def handler(request: httpx.Request) -> httpx.Response:
         path, _, query = request.url.raw_path.decode().partition("?")
         seen["v"] = httpsig.verify_request(
-            request.method, path, query, request.headers, request.content, MemoryNonceStore()
+            request.method,
+            path,
+            query,
+            request.headers,
+            request.content,
+            MemoryNonceStore(),
+            authorities={"x"},
         )
         return httpx.Response(200)
 
     with httpx.Client(transport=httpx.MockTransport(handler), auth=httpsig.HttpSigAuth(key)) as c:
         c.post("http://x/v1/a%20b?q=robot arm", json={"k": "v"})
     assert seen["v"].key_id == httpsig.key_id_of(key)
+
+
+def test_a_signature_is_bound_to_the_service_it_names():
+    """@authority is signed: another Host, or a service that is not the one named, refuses."""
+    key = Ed25519PrivateKey.generate()
+    h = _signed(key)
+    with pytest.raises(httpsig.MisdirectedRequestError):
+        _verify(h, authorities={"other.example:8000"})
+    with pytest.raises(httpsig.SignatureError, match="does not verify"):
+        _verify(h | {"Host": "other.example:8000"}, authorities={"other.example:8000"})
+    # the default port of the scheme and the case of the host do not matter
+    assert httpsig.normalize_authority("Hub.Example:80") == "hub.example"
+    assert httpsig.normalize_authority("hub.example:443", "https") == "hub.example"
+    assert httpsig.normalize_authority("hub.example:80", "https") == "hub.example:80"
+    v = _verify(_signed(key, authority="SVC.example:8000"))
+    assert v.key_id == httpsig.key_id_of(key)
+
+
+def test_a_signature_without_authority_is_refused_with_its_own_code():
+    key = Ed25519PrivateKey.generate()
+    h = _signed(key)
+    h["Signature-Input"] = h["Signature-Input"].replace('"@authority" ', "")
+    with pytest.raises(httpsig.UnboundSignatureError, match="@authority") as e:
+        _verify(h)
+    assert e.value.code == "unbound_signature" and e.value.http_status == 401

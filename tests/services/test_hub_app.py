@@ -15,7 +15,7 @@ from dataspace.auth.httpsig import HttpSigAuth, sign_url_request
 from dataspace.auth.service import MAX_BODY
 from dataspace.hub.app import create_app
 from dataspace.site.identity import Identity
-from tests.services.conftest import make_party
+from tests.services.conftest import make_party, signed_contract
 
 FP = "ab" * 32
 
@@ -169,7 +169,13 @@ def test_bad_input_is_a_precise_4xx(hub):
     from dataspace.auth.httpsig import sign_request
 
     old = sign_request(
-        hub[2]["alice"].key, "GET", "/v1/catalog", "", b"", created=int(time.time()) - 600
+        hub[2]["alice"].key,
+        "GET",
+        "/v1/catalog",
+        "",
+        b"",
+        authority="testserver",
+        created=int(time.time()) - 600,
     )
     r = c.get("/v1/catalog", headers=old)
     assert (r.status_code, r.json()["error"]) == (401, "stale_request")
@@ -191,15 +197,11 @@ def test_roles_and_refusals_are_logged(hub):
 
 def test_contract_registry_is_private_per_consumer(hub):
     c, auth, parties, _ = hub
-    rec = {
-        "contract_id": "c-alice",
-        "dataset_id": "so101",
-        "fingerprint": FP,
-        "consumer": parties["alice"].key_id,
-        "purpose": "research",
-        "epsilon": 1.0,
-        "state": "agreed",
-    }
+    assert c.post("/v1/catalog", json=entry(), auth=auth["holder"]).status_code == 200
+    # what both parties signed (the hub checks both signatures, dataspace.hub.registry)
+    rec = signed_contract(
+        parties["holder"].key, parties["alice"].key, "so101", FP, contract_id="c-alice"
+    )
     assert c.post("/v1/contracts", json=rec, auth=auth["holder"]).status_code == 200
     assert c.post("/v1/contracts", json=rec, auth=auth["holder"]).status_code == 200  # idempotent
     r = c.post("/v1/contracts", json=rec | {"state": "revoked"}, auth=auth["holder2"])

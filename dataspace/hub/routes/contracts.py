@@ -1,10 +1,13 @@
-"""The hub's contract registry: holders register what their connectors agreed."""
+"""The hub's contract registry: holders register what their connectors agreed, signed by
+both parties; what it checks is :mod:`dataspace.hub.registry`."""
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -13,10 +16,13 @@ from fastapi.responses import Response
 from dataspace.auth.service import AnyCaller, Caller, require
 from dataspace.errors import NotFoundError
 from dataspace.hub import models as m
+from dataspace.hub.registry import check_registration
 from dataspace.hub.state import HubDep, log_contract
 from dataspace.hub.store import now_iso
 
 router = APIRouter()
+#: held while a registration is checked against the registry and stored
+_REGISTERING = threading.Lock()
 
 
 def may_see_contract(caller: Caller, c: dict[str, Any]) -> bool:
@@ -26,17 +32,26 @@ def may_see_contract(caller: Caller, c: dict[str, Any]) -> bool:
     return caller.key_id in (c["consumer"], c["holder"])
 
 
-@router.post("/v1/contracts", response_model=m.Ack, summary="Register an agreed contract")
+@router.post(
+    "/v1/contracts",
+    response_model=m.Ack,
+    summary="Register a contract both parties signed, or its holder's change of its state",
+)
 def register_contract(
     body: m.ContractRecord, caller: Annotated[Caller, Depends(require("holder"))], hub: HubDep
 ) -> m.Ack:
+    """The terms are checked against the agreement's signatures (holder and consumer),
+    the holder is the caller, the dataset is in its catalog; registered terms never
+    change, the state moves only agreed -> revoked | expired (dataspace.hub.registry)."""
     record = body.model_dump(mode="json")
     record.update(holder=caller.key_id, registered_at=now_iso())
-    old = hub.store.contracts.get(body.contract_id)
-    if old is not None:
-        record["registered_at"] = old.get("registered_at", record["registered_at"])
-    if not hub.store.add_contract(record):
-        return m.Ack()
+    # checked and stored as one step: two moves of one contract cannot both pass the check
+    with _REGISTERING:
+        old = check_registration(record, caller.key_id, hub.store, datetime.now(UTC))
+        if old is not None:
+            record["registered_at"] = old.get("registered_at", record["registered_at"])
+        if not hub.store.add_contract(record):
+            return m.Ack()
     _fault_pause(f"contract {body.contract_id} stored")
     return m.Ack(log_index=log_contract(hub.store, hub.log, record))
 

@@ -22,8 +22,15 @@ def healthz(hub: HubDep) -> m.Health:
 
 @router.get("/v1/hub", response_model=m.HubInfo, summary="The hub's identity and log")
 async def hub_info(caller: AnyCaller, hub: HubDep) -> m.HubInfo:
+    link = hub.superlink
     return m.HubInfo(
-        name=hub.name, public_key=hub.key_id, vkey=hub.log.vkey(), log_size=hub.log.log.size
+        name=hub.name,
+        public_key=hub.key_id,
+        vkey=hub.log.vkey(),
+        log_size=hub.log.log.size,
+        superlink=m.SuperLinkInfo(address=link.address, root_certificates=link.root_certificates)
+        if link
+        else None,
     )
 
 

@@ -1,0 +1,314 @@
+"""Simulated robots with scripted experts: clean data the quality thresholds never saw.
+
+The statistical checks' thresholds were first chosen on the three shared
+recordings (so101, unitree-g1, bimanual); a check that only holds there is
+tuned to them. These generators give *other* embodiments and controllers, each
+with what real recordings have and the shared ones barely show: idle phases
+(the robot holds still under a controller with a little command jitter), slow
+motions, commands that sit at their saturation limit, on/off commands, encoder
+quantisation and sensor noise. ``tests/quality/test_heldout.py`` and
+``bench/quality_detect.py`` validate the checks on them ("held-out" sources).
+
+Each source is deterministic: :func:`episodes` with the same (source, count,
+seed) gives the same episodes. Sources:
+
+``planar_arm`` (50 fps)
+    A 3-link planar arm with an on/off gripper reaching 1-3 targets and back.
+    Action: joint torques from a PD controller tracking a minimum-jerk
+    reference (clipped at the motors' limit, with a little command jitter) and
+    a 0/1 gripper command. State: joint angles from 4096-count encoders,
+    low-passed velocity estimates, gripper opening (rate limited, saturates).
+    Some episodes only hold still ("wait"), some move three times slower.
+``mobile_base`` (10 fps)
+    A differential-drive base visiting 1-4 waypoints with stops. Action:
+    (v, omega) from a go-to-goal controller, mostly at the saturation limits,
+    joystick-like jitter. State: wheel odometry (x, y exactly constant when the
+    wheels stop), IMU heading and gyro rate (noisy), measured speed.
+``gantry`` (30 fps)
+    A 3-axis gantry doing pick-and-place with bang-bang axis commands
+    ({-v, 0, +v}, no noise: a digital drive) and an on/off gripper. State:
+    0.1 mm encoder positions of an acceleration-limited drive, gripper opening.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from dataspace.errors import DataspaceError
+from dataspace.schema import Episode
+
+
+class UnknownSourceError(DataspaceError):
+    """A synthetic source name that this module does not define."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One simulated robot: its frame rate and how to make one episode."""
+
+    name: str
+    fps: float
+    make: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
+    description: str
+
+
+def _episode(state: np.ndarray, action: np.ndarray, fps: float) -> Episode:
+    n = state.shape[0]
+    t = np.rint(np.arange(n) * 1e6 / fps).astype(np.int64)
+    return Episode(t, state.astype(np.float32), action.astype(np.float32))
+
+
+def _min_jerk(q0: np.ndarray, q1: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Position and velocity (per frame) of a minimum-jerk move over n frames."""
+    s = np.linspace(0.0, 1.0, n)[:, None]
+    pos = q0 + (q1 - q0) * (10 * s**3 - 15 * s**4 + 6 * s**5)
+    vel = (q1 - q0) * (30 * s**2 - 60 * s**3 + 30 * s**4) / max(n - 1, 1)
+    return pos, vel
+
+
+# --- planar arm ---------------------------------------------------------------------------
+
+ARM_FPS = 50.0
+_LINKS = np.array([0.4, 0.3, 0.2])
+_INERTIA = np.array([0.6, 0.3, 0.08])
+_DAMPING = np.array([0.4, 0.25, 0.08])
+_KP = np.array([60.0, 35.0, 10.0])
+_KD = np.array([8.0, 4.5, 1.2])
+_TAU_MAX = np.array([1.2, 0.8, 0.15])
+_ENCODER = 2 * np.pi / 4096
+_HOME = np.array([0.3, 1.2, -0.9])
+
+
+def _arm_ik(rng: np.random.Generator) -> np.ndarray:
+    """Joint angles reaching a random point of the workspace (2-link IK, wrist at random)."""
+    r = rng.uniform(0.25, 0.62)
+    phi = rng.uniform(-0.6, 1.6)
+    l1, l2 = _LINKS[0], _LINKS[1]
+    c2 = np.clip((r**2 - l1**2 - l2**2) / (2 * l1 * l2), -1.0, 1.0)
+    q2 = np.arccos(c2) * (1 if rng.random() < 0.8 else -1)
+    q1 = phi - np.arctan2(l2 * np.sin(q2), l1 + l2 * np.cos(q2))
+    return np.array([q1, q2, rng.uniform(-1.2, 1.2)])
+
+
+def _arm_reference(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference position and velocity per frame, and the gripper command (0/1)."""
+    fps = ARM_FPS
+    pos, vel, grip = [], [], []
+    q = _HOME.copy()
+    g = 0.0
+
+    def hold(seconds: float) -> None:
+        n = max(1, int(seconds * fps))
+        pos.append(np.repeat(q[None], n, 0))
+        vel.append(np.zeros((n, 3)))
+        grip.append(np.full(n, g))
+
+    kind = rng.random()
+    hold(rng.uniform(0.2, 1.5))
+    if kind < 0.08:  # a "wait" episode: the arm holds still throughout
+        hold(rng.uniform(2.0, 6.0))
+        return np.concatenate(pos), np.concatenate(vel), np.concatenate(grip)
+    slow = 3.0 if kind < 0.23 else 1.0
+    targets = [_arm_ik(rng) for _ in range(int(rng.integers(1, 4)))] + [_HOME.copy()]
+    for target in targets:
+        dist = float(np.max(np.abs(target - q)))
+        n = max(5, int(fps * slow * rng.uniform(0.6, 1.0) * (0.5 + 1.2 * dist)))
+        p, v = _min_jerk(q, target, n)
+        pos.append(p)
+        vel.append(v * fps)
+        grip.append(np.full(n, g))
+        q = target
+        hold(rng.uniform(0.1, 0.4))
+        g = 1.0 - g if rng.random() < 0.8 else g  # close on the object, open to release
+        hold(rng.uniform(0.2, 1.2))
+    hold(rng.uniform(0.2, 1.0))
+    return np.concatenate(pos), np.concatenate(vel), np.concatenate(grip)
+
+
+def planar_arm(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(state [n, 7], action [n, 4]) of one planar-arm episode (module docstring)."""
+    ref_q, ref_v, grip_cmd = _arm_reference(rng)
+    n = ref_q.shape[0]
+    sub = 5  # physics steps per frame
+    dt = 1.0 / (ARM_FPS * sub)
+    q, qd = _HOME + rng.normal(0, 0.002, 3), np.zeros(3)
+    q_meas_prev = np.round(q / _ENCODER) * _ENCODER
+    v_est = np.zeros(3)
+    opening = 0.08
+    jitter = 0.004 * _TAU_MAX  # the drive's command noise
+    state = np.zeros((n, 7))
+    action = np.zeros((n, 4))
+    for t in range(n):
+        q_meas = np.round(q / _ENCODER) * _ENCODER
+        v_est = 0.7 * v_est + 0.3 * (q_meas - q_meas_prev) * ARM_FPS
+        q_meas_prev = q_meas
+        tau = _KP * (ref_q[t] - q_meas) + _KD * (ref_v[t] - v_est)
+        tau = np.clip(tau + rng.normal(0, 1, 3) * jitter, -_TAU_MAX, _TAU_MAX)
+        state[t, :3], state[t, 3:6], state[t, 6] = q_meas, v_est, opening
+        action[t, :3], action[t, 3] = tau, grip_cmd[t]
+        for _ in range(sub):
+            qdd = (tau - _DAMPING * qd) / _INERTIA
+            qd = qd + qdd * dt
+            q = q + qd * dt
+        target_open = 0.0 if grip_cmd[t] > 0.5 else 0.08
+        opening += np.clip(target_open - opening, -0.1 / ARM_FPS, 0.1 / ARM_FPS)
+    return state, action
+
+
+# --- mobile base ------------------------------------------------------------------------
+
+BASE_FPS = 10.0
+_V_MAX, _W_MAX = 0.8, 1.0
+_TICK = 0.0005  # wheel odometry resolution (m)
+
+
+def mobile_base(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(state [n, 5], action [n, 2]) of one mobile-base episode (module docstring)."""
+    dt = 1.0 / BASE_FPS
+    x, y, th = rng.uniform(1, 9), rng.uniform(1, 9), rng.uniform(-np.pi, np.pi)
+    v = w = 0.0
+    odo = np.array([x, y])
+    kind = rng.random()
+    if kind < 0.05:  # waits where it is
+        plan = [("wait", rng.uniform(8, 30))]
+    elif kind < 0.15:  # turns to face a new direction, twice
+        plan = [("turn", rng.uniform(-np.pi, np.pi)), ("wait", rng.uniform(1, 4))] * 2
+    else:
+        plan = [("wait", rng.uniform(0.5, 3))]
+        for _ in range(int(rng.integers(1, 5))):
+            plan += [("goto", (rng.uniform(0.5, 9.5), rng.uniform(0.5, 9.5)))]
+            plan += [("wait", rng.uniform(1, 4))]
+    states, actions = [], []
+    for step, arg in plan:
+        steps = int(arg * BASE_FPS) if step == "wait" else int(120 * BASE_FPS)
+        for _ in range(steps):
+            if step == "wait":
+                vc, wc = 0.0, 0.0
+            elif step == "turn":
+                err = np.angle(np.exp(1j * (arg - th)))
+                if abs(err) < 0.03:
+                    break
+                vc, wc = 0.0, 2.0 * err
+            else:
+                dx, dy = arg[0] - x, arg[1] - y
+                dist = float(np.hypot(dx, dy))
+                if dist < 0.05:
+                    break
+                err = np.angle(np.exp(1j * (np.arctan2(dy, dx) - th)))
+                wc = 2.0 * err
+                vc = 0.0 if abs(err) > 0.5 else 0.8 * dist
+            # joystick-like jitter of the command channel, moving or not; the drive
+            # accepts commands up to its limits, so fast stretches sit exactly at them
+            vc_j = float(np.clip(vc + rng.normal(0, 0.004), -_V_MAX, _V_MAX))
+            wc_j = float(np.clip(wc + rng.normal(0, 0.006), -_W_MAX, _W_MAX))
+            states.append(
+                [
+                    np.round(odo[0] / _TICK) * _TICK,
+                    np.round(odo[1] / _TICK) * _TICK,
+                    np.angle(np.exp(1j * (th + rng.normal(0, 0.003)))),
+                    np.round(v / 0.002) * 0.002,
+                    w + rng.normal(0, 0.01),
+                ]
+            )
+            actions.append([vc_j, wc_j])
+            # first-order drive response; the wheels do not creep under a tiny command
+            v += (vc_j - v) * (1 - np.exp(-dt / 0.3))
+            w += (wc_j - w) * (1 - np.exp(-dt / 0.2))
+            v_eff = v if abs(v) > 0.01 else 0.0
+            w_eff = w if abs(w) > 0.02 else 0.0
+            x += v_eff * np.cos(th) * dt
+            y += v_eff * np.sin(th) * dt
+            th = float(np.angle(np.exp(1j * (th + w_eff * dt))))
+            odo = np.array([x, y])
+    return np.asarray(states), np.asarray(actions)
+
+
+# --- gantry -------------------------------------------------------------------------------
+
+GANTRY_FPS = 30.0
+_AXIS_V = np.array([0.25, 0.25, 0.12])  # m/s per axis at full command
+_AXIS_ACC = 1.5  # m/s^2
+_RES = 0.0001  # encoder resolution (m)
+
+
+def gantry(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(state [n, 4], action [n, 4]) of one gantry pick-and-place (module docstring)."""
+    dt = 1.0 / GANTRY_FPS
+    home = np.array([0.05, 0.05, 0.20])
+    pos, vel = home.copy(), np.zeros(3)
+    opening, grip = 0.04, 0.0
+    states, actions = [], []
+
+    def run(target: np.ndarray | None, grip_cmd: float, seconds: float = 0.0) -> None:
+        nonlocal pos, vel, opening, grip
+        grip = grip_cmd
+        steps = int(seconds * GANTRY_FPS) if target is None else int(60 * GANTRY_FPS)
+        # an axis within the 1 cm in-position band does not move at all: a shorter move
+        # would be a one-frame pulse of full command, which is what a glitch looks like
+        braking = np.zeros(3, dtype=bool) if target is None else np.abs(target - pos) < 0.01
+        for _ in range(steps):
+            cmd = np.zeros(3)
+            if target is not None:
+                err = target - pos
+                # bang-bang: full speed until the braking distance, then the drive stops
+                # (latched: a braking axis gets no new pulse during this move)
+                braking |= np.abs(err) <= vel**2 / (2 * _AXIS_ACC) + 0.003
+                cmd = np.where(braking, 0.0, np.sign(err))
+                if np.all(np.abs(vel) < 1e-3) and np.all(braking):
+                    break
+            states.append([*(np.round(pos / _RES) * _RES), opening])
+            actions.append([*cmd, grip])
+            want = cmd * _AXIS_V
+            vel = vel + np.clip(want - vel, -_AXIS_ACC * dt, _AXIS_ACC * dt)
+            pos = pos + vel * dt
+            opening += np.clip((0.0 if grip > 0.5 else 0.04) - opening, -0.002, 0.002)
+
+    run(None, 0.0, rng.uniform(0.2, 1.0))
+    if rng.random() < 0.06:  # no part arrived: the gantry waits
+        run(None, 0.0, rng.uniform(3, 8))
+        return np.asarray(states), np.asarray(actions)
+    pick = np.array([rng.uniform(0.1, 0.5), rng.uniform(0.1, 0.4), 0.0])
+    place = np.array([rng.uniform(0.6, 0.9), rng.uniform(0.1, 0.4), 0.0])
+    for spot in (pick, place):
+        above = spot + np.array([0, 0, 0.15])
+        run(above, grip)
+        run(spot + np.array([0, 0, rng.uniform(0.0, 0.01)]), grip)
+        run(None, 1.0 - grip, rng.uniform(0.4, 1.0))  # close on the part, or release it
+        run(above, grip)
+    run(home, grip)
+    run(None, grip, rng.uniform(0.2, 1.0))
+    return np.asarray(states), np.asarray(actions)
+
+
+SOURCES: dict[str, Source] = {
+    "planar_arm": Source(
+        "planar_arm",
+        ARM_FPS,
+        planar_arm,
+        "3-link planar arm, PD torque control, on/off gripper, 4096-count encoders",
+    ),
+    "mobile_base": Source(
+        "mobile_base",
+        BASE_FPS,
+        mobile_base,
+        "differential-drive base, saturated (v, omega) go-to-goal commands, wheel odometry",
+    ),
+    "gantry": Source(
+        "gantry",
+        GANTRY_FPS,
+        gantry,
+        "3-axis gantry, bang-bang axis commands, on/off gripper, 0.1 mm encoders",
+    ),
+}
+
+
+def episodes(source: str, count: int, seed: int) -> list[Episode]:
+    """``count`` clean episodes of ``source``; the same arguments give the same episodes."""
+    if source not in SOURCES:
+        raise UnknownSourceError(f"unknown synthetic source {source!r}; known: {sorted(SOURCES)}")
+    src = SOURCES[source]
+    rng = np.random.default_rng([seed, list(SOURCES).index(source)])
+    return [_episode(*src.make(rng), src.fps) for _ in range(count)]

@@ -32,9 +32,11 @@ dataset (dataspace.quality.check.run_checks, on site) and the value report
 combines contribution with the signed quality reports
 (``run_contributions(..., quality=...)``, dataspace.quality.value.quality_adjusted:
 a positive contribution is credited only for the dataset's usable share, the
-share of its motion in unflagged episodes). ``identified_in`` counts the seeds
-in which the bad site has the lowest quality-adjusted value; ``clean_usable_min``
-is the smallest usable share of any clean site (1.0: clean sites lose nothing).
+share of its motion in unflagged episodes, and the flagged share is charged at
+the run's mean |contribution|). ``identified_in`` counts the seeds in which the
+bad site has the lowest quality-adjusted value; ``clean_usable_min`` is the
+smallest usable share of any clean site (1.0: clean sites lose nothing).
+``SEED0`` shifts the seeds (validation on seeds the combination was not chosen on).
 
 Last stdout line: {"last_in": seeds where the bad site ranked last (contribution
 alone), "identified_in": seeds where it ranked last by quality-adjusted value,
@@ -64,7 +66,11 @@ from dataspace.site.identity import load_private_key, new_identity
 
 #: the real G1 recording committed with the tests (the same files as ../shared/data's)
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "unitree-g1-lerobot-v2.1"
-SEEDS = range(int(os.environ.get("SEEDS", "10")))
+#: seeds SEED0 .. SEED0 + SEEDS - 1
+SEEDS = range(
+    int(os.environ.get("SEED0", "0")),
+    int(os.environ.get("SEED0", "0")) + int(os.environ.get("SEEDS", "10")),
+)
 SITES = 4
 PER_SITE = int(os.environ.get("PER_SITE", "20"))
 ROUNDS = int(os.environ.get("ROUNDS", "5"))

@@ -10,11 +10,15 @@ check (the dataset-level ones too: licence stated, referenced files present,
 points, with ``points``, ``detail`` and ``fix``); ``--html`` writes the full
 on-site page.
 
-``dataspace quality contribution RUN_DIR --validation PATH [--json]`` computes
-each dataset's contribution to a finished ``dataspace train`` run (GTG-Shapley,
-:mod:`dataspace.federated.contribution`) on the consumer's own episodes at PATH,
-writes ``RUN_DIR/contribution.json`` and ``value.json`` and refreshes the run's
-``report.json`` / ``report.png``. ``--json`` prints ``value.json``'s object.
+``dataspace quality contribution RUN_DIR --validation PATH [--quality REPORT ...]
+[--json]`` computes each dataset's contribution to a finished ``dataspace train``
+run (GTG-Shapley, :mod:`dataspace.federated.contribution`) on the consumer's own
+episodes at PATH, writes ``RUN_DIR/contribution.json`` and ``value.json`` and
+refreshes the run's ``report.json`` / ``report.png``. Each ``--quality`` is a
+dataset's quality report (the JSON ``quality check --json`` prints, or the
+signed report from the catalog): the value then also credits each dataset only
+for its usable share (``quality_adjusted``, :mod:`dataspace.quality.value`).
+``--json`` prints ``value.json``'s object.
 """
 
 from __future__ import annotations
@@ -182,20 +186,52 @@ def flags_cmd(site: Path, dataset: str, as_json: bool) -> None:
     type=click.Path(exists=True, path_type=Path),
     help="The consumer's own episodes (any enrollable format), held by no site.",
 )
+@click.option(
+    "--quality",
+    "quality_reports",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A dataset's quality report JSON (repeatable): credit each dataset for its usable share.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def contribution_cmd(run_dir: Path, validation: Path, as_json: bool) -> None:
+def contribution_cmd(
+    run_dir: Path, validation: Path, quality_reports: tuple[Path, ...], as_json: bool
+) -> None:
     """Each dataset's contribution to the run in RUN_DIR and a suggested revenue split."""
     from dataspace.connectors.detect import read_episodes
     from dataspace.federated.contribution import contribution_for_run
     from dataspace.federated.report import write_report
 
-    value = contribution_for_run(run_dir, read_episodes(validation))
+    quality = _quality_reports(quality_reports) if quality_reports else None
+    value = contribution_for_run(run_dir, read_episodes(validation), quality=quality)
     write_report(run_dir)
     if as_json:
         click.echo(json.dumps(value, sort_keys=True))
         return
     mse = value["validation_mse"]
     click.echo(f"validation MSE {mse['initial']:.4f} -> {mse['final']:.4f} ({value['method']})")
+    adjusted = value.get("quality_adjusted") or {}
     for d, c in sorted(value["contribution"].items(), key=lambda kv: -kv[1]):
-        click.echo(f"  {d}  contribution {c:+.4f}  share {value['split'][d] * 100:.0f}%")
+        line = f"  {d}  contribution {c:+.4f}  share {value['split'][d] * 100:.0f}%"
+        if d in adjusted:
+            share = value["quality_adjusted_split"][d] * 100
+            line += f"  usable {value['usable_share'].get(d, 1.0):.3f}"
+            line += f"  quality-adjusted {adjusted[d]:+.4f} (share {share:.0f}%)"
+        click.echo(line)
     click.echo(value["meaning"])
+    if adjusted:
+        click.echo(value["quality_meaning"])
+
+
+def _quality_reports(paths: tuple[Path, ...]) -> dict[str, dict]:
+    """Quality reports by dataset id; a file that is not one is a usage error."""
+    out: dict[str, dict] = {}
+    for p in paths:
+        try:
+            report = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise click.BadParameter(f"{p}: not a JSON quality report ({e})") from e
+        if not isinstance(report, dict) or not isinstance(report.get("dataset_id"), str):
+            raise click.BadParameter(f"{p}: no dataset_id: not a quality report")
+        out[report["dataset_id"]] = report
+    return out

@@ -333,9 +333,10 @@ def read_run(out_dir: Path | str) -> RunUpdates:
 
 #: how the value report combines contribution and quality (dataspace.quality.value)
 QUALITY_MEANING = (
-    "quality_adjusted = contribution x usable_share for a positive contribution (usable_share: "
-    "the share of the dataset's motion in episodes its signed quality report does not flag), "
-    "the contribution itself when negative; quality_adjusted_split = shares of its positive parts"
+    "quality_adjusted = usable_share x max(contribution, 0) + min(contribution, 0) "
+    "- (1 - usable_share) x the run's mean |contribution| (usable_share: the share of the "
+    "dataset's motion in episodes its signed quality report does not flag; flagged data is "
+    "charged as a typical dataset's effect); quality_adjusted_split = shares of its positive parts"
 )
 
 

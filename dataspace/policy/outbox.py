@@ -26,8 +26,11 @@ the fault hook the crash tests use; nothing else reads it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +66,29 @@ def stage(con: duckdb.DuckDBPyConnection, kind: str, **fields: Any) -> int:
 
 def publish(site: Site, oid: int) -> int:
     """Append staged event ``oid`` to SITE/log and mark it; returns its log index."""
+    with _publishing(site):
+        return _publish_locked(site, oid)
+
+
+@contextlib.contextmanager
+def _publishing(site: Site) -> Iterator[None]:
+    """One publisher at a time per site, across threads and processes (``flock``).
+
+    Reading a row's mark, appending its entry and marking it must not interleave
+    with another publisher's: two runs charging one contract at once each flushed
+    the other's freshly committed row while its owner was publishing it, and the
+    same ``round.started`` reached the log twice (the log then said more was
+    charged than the ledger had).
+    """
+    with open(site.root / "outbox.lock", "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _publish_locked(site: Site, oid: int) -> int:
     with site.db() as con:
         row = con.execute(
             "SELECT kind, fields, log_index FROM outbox WHERE id = ?", [oid]
@@ -94,10 +120,21 @@ def flush(site: Site) -> int:
     """
     with site.db() as con:
         store.ensure_tables(con)
+        (unmarked,) = con.execute(  # type: ignore[misc]
+            "SELECT count(*) FROM outbox WHERE log_index IS NULL"
+        ).fetchone()
+    if not unmarked:
+        return 0
+    with _publishing(site):
+        return _flush_locked(site)
+
+
+def _flush_locked(site: Site) -> int:
+    with site.db() as con:
         rows = con.execute(
             "SELECT id, staged_at FROM outbox WHERE log_index IS NULL ORDER BY id"
         ).fetchall()
-    if not rows:
+    if not rows:  # another publisher completed them while this one waited
         return 0
     oldest = rows[0][1].replace(tzinfo=UTC) - SLACK
     pending = {int(r[0]) for r in rows}
@@ -121,5 +158,5 @@ def flush(site: Site) -> int:
         if oid in found:
             _mark(site, oid, found[oid])
         else:
-            publish(site, oid)
+            _publish_locked(site, oid)
     return len(pending)

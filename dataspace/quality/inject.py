@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from dataspace.quality.profile import MOTION_SHARE
 from dataspace.schema import Episode, dataset_id_for, episode_hash, fingerprint
 from dataspace.site import store
 from dataspace.site.folder import Site
@@ -123,7 +124,7 @@ def frozen_joint(
     """A live state joint sticks at its value from 15 % of the episode to its end.
 
     One of ``joints`` that still moves after that point: by more than
-    ``travel[j]`` (2 % of its usual range in :func:`corrupt_dataset`) if
+    ``travel[j]`` (``MOTION_SHARE`` of its usual range in :func:`corrupt_dataset`) if
     given, else at all. When none does (the robot holds still from there on) a
     stuck reading cannot be told from a working one and changes nothing a
     policy learns from: the episode is returned unchanged, no defect.
@@ -305,7 +306,7 @@ def corrupt_dataset(
         elif kind == "dropped_frames":
             new = dropped_frames(ep, rng)
         elif kind == "frozen_joint":
-            new = frozen_joint(ep, rng, live, 0.02 * (s_hi - s_lo))
+            new = frozen_joint(ep, rng, live, MOTION_SHARE * (s_hi - s_lo))
         elif kind == "action_jump":
             new = action_jump(ep, rng, jump_joint, float(a_lo[jump_joint]), float(a_hi[jump_joint]))
         elif kind == "action_noise":

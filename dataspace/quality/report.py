@@ -55,7 +55,7 @@ EXPLAIN = {
     "Laplace-noised histogram (epsilon-DP per episode); a coarse, private indication of breadth.",
     "usable_share": "share of the dataset's motion (frames in which the robot moves) that lies "
     "in episodes without any quality flag; a run's value report credits a positive contribution "
-    "only for this share (quality_adjusted = contribution x usable_share; a negative one stays).",
+    "only for this share and charges the rest as a typical dataset's effect on the run.",
     "contribution": "in a federated run, a dataset's contribution is its Shapley value over the "
     "rounds' updates (GTG-Shapley): the average drop in the server's validation loss that adding "
     "its update brings, over coalitions of the other sites. Positive = helped, negative = hurt; "

@@ -102,6 +102,8 @@ SPIKE_MEDIAN_FACTOR = 4.0
 LENGTH_LOG_FLOOR = math.log(2.0)
 #: near-duplicate tolerance, in units of each signature component's spread
 NEAR_DUP_TOLERANCE = 1e-3
+#: a signature component's spread is at least this share of its magnitude (float32)
+SIGNATURE_RESOLUTION = 1e-6
 
 #: checks in report order; the dimension each feeds is on the expectation class
 EPISODE_CHECKS: tuple[type[ex.EpisodeRowsExpectation], ...] = (
@@ -325,13 +327,21 @@ def length_bounds(n_frames: np.ndarray) -> tuple[float, float]:
 
 
 def signature_scales(profile: Mapping[str, np.ndarray], cols: Sequence[str]) -> dict[str, float]:
-    """Spread (std across episodes) of each near-duplicate signature component."""
+    """Spread (std across episodes) of each near-duplicate signature component.
+
+    At least float32's resolution of the component's values (about 1e-6 of
+    their magnitude, 1e-6 for values near 0): a joint that reads the same in
+    every episode (an unused hand at 0.0) has no spread, and a copy whose
+    float noise moved it by 1e-11 is still a copy (issue 18: the old absolute
+    floor of 1e-9 missed every near-copy of the bimanual recording).
+    """
     out = {}
     for c in cols:
         for kind in ("mean", "std"):
             v = _finite(profile.get(f"{kind}_{c}"))
             if v.size >= 2:
-                out[f"{kind}_{c}"] = max(float(np.std(v)), 1e-9)
+                floor = SIGNATURE_RESOLUTION * max(1.0, float(np.max(np.abs(v))))
+                out[f"{kind}_{c}"] = max(float(np.std(v)), floor)
     return out
 
 

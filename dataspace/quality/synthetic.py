@@ -28,6 +28,15 @@ seed) gives the same episodes. Sources:
     A 3-axis gantry doing pick-and-place with bang-bang axis commands
     ({-v, 0, +v}, no noise: a digital drive) and an on/off gripper. State:
     0.1 mm encoder positions of an acceleration-limited drive, gripper opening.
+    An axis within 1 cm of its target does not move at all: a shorter move
+    would be a one-frame pulse of full command, and such pulses (a chattering
+    controller) cannot be told from the one-frame glitch inject.action_jump
+    plants, by any check.
+``teleop_arm`` (15 fps)
+    A SCARA arm teleoperated with a joystick: velocity actions with hand
+    tremor, a deadzone (exact zeros) and full-deflection clipping, a 0/1
+    gripper button, pauses. Added after the checks' rules were settled on the
+    other three and run once (bench/RESULTS.md, issue 18).
 """
 
 from __future__ import annotations
@@ -283,6 +292,75 @@ def gantry(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(states), np.asarray(actions)
 
 
+# --- teleoperated arm ----------------------------------------------------------------------
+
+TELEOP_FPS = 15.0
+_SCARA = np.array([0.35, 0.30])  # link lengths (m)
+_STICK_MAX = 0.15  # m/s at full stick deflection
+
+
+def _scara_ik(p: np.ndarray) -> np.ndarray:
+    """Joint angles (shoulder, elbow) of a 2-link SCARA reaching p (elbow to the right)."""
+    r2 = float(p @ p)
+    c2 = np.clip((r2 - _SCARA[0] ** 2 - _SCARA[1] ** 2) / (2 * _SCARA[0] * _SCARA[1]), -1, 1)
+    q2 = np.arccos(c2)
+    q1 = np.arctan2(p[1], p[0]) - np.arctan2(_SCARA[1] * np.sin(q2), _SCARA[0] + _SCARA[1] * c2)
+    return np.array([q1, q2])
+
+
+def teleop_arm(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(state [n, 5], action [n, 4]) of one teleoperated SCARA pick (module docstring).
+
+    A person steers the tool with a joystick: the action is the commanded tool
+    velocity (dx, dy, dz: smooth intent, hand tremor, a deadzone that sends
+    exact zeros when the stick is released, clipped at full deflection) and a
+    0/1 gripper button. State: shoulder, elbow, lift (encoder-quantised), wrist
+    force reading (noisy), gripper closed flag.
+    """
+    dt = 1.0 / TELEOP_FPS
+    tool = np.array([rng.uniform(0.25, 0.45), rng.uniform(-0.2, 0.2), 0.12])
+    goals = [np.array([rng.uniform(0.2, 0.55), rng.uniform(-0.35, 0.35), 0.02])]
+    goals.append(np.array([rng.uniform(0.2, 0.55), rng.uniform(-0.35, 0.35), 0.05]))
+    grip, states, actions = 0.0, [], []
+    tremor = np.zeros(3)
+    careful = rng.uniform(0.4, 1.0)  # how far this operator pushes the stick
+
+    def frame(cmd: np.ndarray) -> None:
+        nonlocal tool, tremor
+        tremor = 0.6 * tremor + rng.normal(0, 0.004, 3)
+        raw = cmd + tremor
+        stick = np.where(np.abs(raw) < 0.01, 0.0, np.clip(raw, -_STICK_MAX, _STICK_MAX))
+        tool = tool + stick * dt
+        tool[2] = float(np.clip(tool[2], 0.0, 0.2))
+        q = _scara_ik(tool[:2])
+        force = 2.0 * grip + rng.normal(0, 0.05)
+        states.append(
+            [*(np.round(q / 0.001) * 0.001), np.round(tool[2] / 0.0005) * 0.0005, force, grip]
+        )
+        actions.append([*stick, grip])
+
+    for _ in range(int(rng.integers(5, 30))):  # the operator takes the stick
+        frame(np.zeros(3))
+    for goal in goals:
+        for _ in range(int(40 * TELEOP_FPS)):
+            err = goal - tool
+            if np.linalg.norm(err) < 0.01:
+                break
+            # intent: towards the goal, slower when close; a pause now and then
+            if rng.random() < 0.01:
+                for _ in range(int(rng.integers(5, 20))):
+                    frame(np.zeros(3))
+            frame(np.clip(careful * 1.5 * err, -_STICK_MAX, _STICK_MAX))
+        for _ in range(int(rng.integers(3, 12))):
+            frame(np.zeros(3))
+        grip = 1.0 - grip
+        for _ in range(int(rng.integers(3, 12))):
+            frame(np.zeros(3))
+    for _ in range(int(rng.integers(5, 20))):
+        frame(np.zeros(3))
+    return np.asarray(states), np.asarray(actions)
+
+
 SOURCES: dict[str, Source] = {
     "planar_arm": Source(
         "planar_arm",
@@ -301,6 +379,12 @@ SOURCES: dict[str, Source] = {
         GANTRY_FPS,
         gantry,
         "3-axis gantry, bang-bang axis commands, on/off gripper, 0.1 mm encoders",
+    ),
+    "teleop_arm": Source(
+        "teleop_arm",
+        TELEOP_FPS,
+        teleop_arm,
+        "SCARA arm teleoperated by joystick velocity, tremor, deadzone, 0/1 gripper button",
     ),
 }
 

@@ -22,15 +22,23 @@ Value that reflects quality (issue 18): a run's contribution (GTG-Shapley,
 ``dataspace.federated.contribution``) measures how much a dataset's updates
 lowered the consumer's validation loss. Zero-mean noise on the actions leaves
 that gradient unbiased, so a site with wholly noisy actions can still look
-useful there (bench/RESULTS.md, value_detect with noisy actions). The quality
-report sees it: its checks flag the noisy episodes. :func:`quality_adjusted`
-combines the two: a dataset's positive contribution is credited only for its
-**usable share**, the share of its motion (frames in which the robot moves,
-profile ``n_motion``) that lies in episodes without any quality flag;
-a negative contribution stays whole (quality never excuses harm). Motion, not
-episodes, so padding a dataset with idle clean episodes does not dilute its
-flags; a clean dataset (at most 1 % of episodes flagged on clean data) keeps
-99 % or more of its credit.
+useful there; its harm goes through the pooled normalisation statistics every
+site's model shares, which lowers the *other* sites' contributions and which
+no per-round attribution charges to anyone (bench/RESULTS.md, value_detect
+with noisy actions). The quality report sees it: its checks flag the noisy
+episodes. :func:`quality_adjusted` combines the two, with the dataset's
+**usable share** u, the share of its motion (frames in which the robot moves,
+profile ``n_motion``) that lies in episodes without any quality flag::
+
+    adjusted = u * max(c, 0) + min(c, 0) - (1 - u) * m
+
+with m the run's mean absolute contribution per dataset (what a typical
+dataset did to the consumer's loss): a positive contribution is credited only
+for the usable share, a negative one stays whole (quality never excuses harm),
+and the flagged share is charged as a typical dataset's effect, since the
+consumer trained on it. Motion, not episodes, so padding a dataset with idle
+clean episodes does not dilute its flags; a dataset without flags (u = 1)
+keeps its contribution exactly.
 """
 
 from __future__ import annotations
@@ -183,14 +191,16 @@ def report_usable_share(report: Mapping[str, Any]) -> float:
 
 
 def quality_adjusted(contribution: Mapping[K, float], usable: Mapping[K, float]) -> dict[K, float]:
-    """Each dataset's contribution credited for its usable share (module docstring).
+    """Each dataset's contribution combined with its usable share (module docstring).
 
-    ``c * u`` for a positive contribution ``c``, ``c`` itself when it is zero or
-    negative; ``u`` is clipped to [0, 1] and taken as 1 for a dataset with no
-    quality report, so a missing report never lowers anyone's value.
+    ``u * max(c, 0) + min(c, 0) - (1 - u) * m``; ``u`` is clipped to [0, 1] and
+    taken as 1 for a dataset with no quality report, so a missing report never
+    lowers anyone's value; ``m`` is the mean of ``|c|`` over the run's datasets.
     """
+    values = [abs(float(c)) for c in contribution.values()]
+    m = sum(values) / len(values) if values else 0.0
     out: dict[K, float] = {}
     for k, c in contribution.items():
         u = min(max(float(usable.get(k, 1.0)), 0.0), 1.0)
-        out[k] = float(c) * u if c > 0 else float(c)
+        out[k] = u * max(float(c), 0.0) + min(float(c), 0.0) - (1.0 - u) * m
     return out

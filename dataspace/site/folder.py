@@ -11,6 +11,7 @@ Layout (DESIGN.md, "The site folder")::
       store/datasets/<fingerprint-hex>/   canonical frames, Parquet (content-addressed)
       store/staging/   enrollments in progress (removed on failure and at open)
       log/             the site's transparency log (dataspace.audit)
+      outbox.lock      one publisher of staged log entries at a time (policy.outbox)
 
 DuckDB allows one writing process at a time, and a site is used by several
 (the CLI, the connector service, the SuperNode's ClientApp). So nobody holds a

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from dataspace.errors import DataspaceError
-from dataspace.policy import outbox
+from dataspace.policy import outbox, store
 from dataspace.policy.contracts import Contract, OfferRequest, negotiate, revoke
 from dataspace.policy.ledger import (
     charge_round,
@@ -209,3 +209,26 @@ def test_flush_finds_an_entry_far_back_in_a_long_log(world: World, tmp_path: Pat
         events.refused(world.site, f"noise {i}", contract_id=cid)
     assert outbox.flush(world.site) == 1
     assert len(world.events("round.started")) == 1
+
+
+def test_a_committed_row_published_by_its_owner_and_a_flush_at_once_is_logged_once(
+    world: World,
+) -> None:
+    """Two runs charging one contract at once: each action's flush found the other's
+    freshly committed row unmarked while its owner was publishing it, and both appended
+    it (the log then said more was charged than the ledger). Publishers now take turns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    w = world
+    oids = []
+    for n in range(12):
+        with w.site.db() as con:
+            store.ensure_tables(con)
+            oids.append(outbox.stage(con, "access.refused", reason=f"race {n}", refusal="Race"))
+        with ThreadPoolExecutor(2) as pool:  # the owner publishes while another flushes
+            list(pool.map(lambda f: f(), (lambda: outbox.publish(w.site, oids[-1]),
+                                          lambda: outbox.flush(w.site))))  # fmt: skip
+    logged = [e.fields["outbox"] for e in w.events("access.refused") if "outbox" in e.fields]
+    assert sorted(logged) == sorted(oids), "an outbox row reached the log twice or never"
+    assert _unmarked(w) == 0
+    _verify(w)

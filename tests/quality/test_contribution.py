@@ -162,3 +162,32 @@ def test_cli_contribution_writes_the_run_report(shuffled_run: ShuffledRun, tmp_p
     assert value["method"].startswith("GTG-Shapley")
     report = json.loads((out / "report.json").read_text())
     assert report["contribution"] == pytest.approx(value["contribution"])
+
+
+def test_value_credits_contribution_for_the_usable_share(
+    shuffled_run: ShuffledRun, tmp_path, capsys
+):
+    """Issue 18: with the datasets' quality reports, a positive contribution is credited
+    only for the usable share and the flagged share is charged at the run's mean
+    |contribution|; a negative one stays whole; no report, no change."""
+    out = tmp_path / "run"
+    shutil.copytree(shuffled_run.out, out)
+    good = [d for d in shuffled_run.datasets if d != shuffled_run.bad]
+    reports = []
+    for d, share in ((good[0], 0.5), (shuffled_run.bad, 0.0)):
+        path = tmp_path / f"{d}.json"
+        path.write_text(json.dumps({"dataset_id": d, "value": {"usable_share": share}}))
+        reports += ["--quality", str(path)]
+    args = ["quality", "contribution", str(out), "--validation", str(UNITREE), *reports]
+    assert main([*args, "--json"]) == 0
+    value = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    c, adj = value["contribution"], value["quality_adjusted"]
+    m = sum(abs(x) for x in c.values()) / len(c)
+    assert adj[good[0]] == pytest.approx(0.5 * c[good[0]] - 0.5 * m)
+    assert adj[good[1]] == c[good[1]]  # no report: 1.0
+    assert adj[shuffled_run.bad] == pytest.approx(c[shuffled_run.bad] - m)  # harm stays
+    assert value["quality_adjusted_split"][shuffled_run.bad] == 0.0
+    assert "usable_share" in value["quality_meaning"]
+    bad = tmp_path / "not-a-report.json"
+    bad.write_text("[1, 2]")
+    assert main([*args[:5], "--quality", str(bad)]) != 0

@@ -1,0 +1,312 @@
+"""Issue 18: quality checks that hold on data nobody tuned them on.
+
+The statistical checks' floors and fractions (quality/suite.py) were chosen on
+the shared recordings (so101, unitree-g1, bimanual). Here they run on simulated
+robots with scripted experts that none of them was chosen on
+(dataspace.quality.synthetic: a planar arm under PD torque control, a mobile
+base with saturated commands, a bang-bang gantry, a joystick-teleoperated arm):
+idle phases, slow motions, saturated and on/off commands and command jitter
+must raise (almost) no flag, and every planted defect must be found. The same
+sources, with more episodes and seeds, are bench/quality_detect.py's held-out
+sources (bench/RESULTS.md, issue 18).
+
+The adversary is a holder gaming its own score; what was tried is at the end,
+with the attempts that did not hold marked ``xfail(strict=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dataspace.quality import inject, synthetic
+from dataspace.quality.check import _dataset, layout_for, run_checks
+from dataspace.quality.suite import CHECKS, HARD_CHECKS, MAX_ACTION_ROUGHNESS, run_suites
+from dataspace.quality.value import quality_adjusted, report_usable_share, usable_share
+from dataspace.schema import Episode
+from dataspace.site import create_site
+
+#: a seed no benchmark run uses (bench/quality_detect.py: 0, 1, 2)
+SEED = 7
+EPISODES = 40
+STATISTICAL = [c for c in CHECKS if c not in HARD_CHECKS]
+
+
+def _plan(n: int) -> dict[int, str]:
+    """Two episodes per corruption kind, disjoint."""
+    order = [int(i) for i in np.random.default_rng(SEED).permutation(n)]
+    return {order[i]: inject.KINDS[i % len(inject.KINDS)] for i in range(2 * len(inject.KINDS))}
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    """Each held-out source: clean episodes, their check, the corrupted copy and its check."""
+    site = create_site(tmp_path_factory.mktemp("heldout") / "site", org="heldout")
+    out = {}
+    for name, src in synthetic.SOURCES.items():
+        eps = synthetic.episodes(name, EPISODES, SEED)
+        clean = run_checks(
+            site, inject.write_dataset(site, f"{name}-clean", eps, fps=src.fps), publish=False
+        )
+        bad, truth, _ = inject.corrupt_dataset(eps, _plan(len(eps)), seed=SEED)
+        checked = run_checks(
+            site, inject.write_dataset(site, f"{name}-bad", bad, fps=src.fps), publish=False
+        )
+        out[name] = {"eps": eps, "clean": clean, "truth": truth, "bad": checked}
+    return site, out
+
+
+def test_clean_heldout_data_raises_almost_no_statistical_flag(heldout):
+    """At most 1 % of clean episodes flagged by any statistical check (all sources pooled)."""
+    _, sources = heldout
+    flagged = total = 0
+    for r in sources.values():
+        total += len(r["eps"])
+        flagged += len({f.episode_index for f in r["clean"].suite.flags if f.check in STATISTICAL})
+        # nor does a deterministic check, but for duplicates: two idle episodes of a digital
+        # gantry of one length are the same bytes, which is what a duplicate is
+        assert not [f for f in r["clean"].suite.flags if f.check in HARD_CHECKS - {"duplicate"}]
+    assert total == EPISODES * len(synthetic.SOURCES)
+    assert flagged <= math.floor(0.01 * total)
+
+
+#: (kind, source) where the target is known not to hold (bench/RESULTS.md, issue 18)
+KNOWN_MISSES = {("frozen_joint", "gantry")}
+
+
+@pytest.mark.parametrize("kind", inject.KINDS)
+def test_every_planted_defect_is_found_on_heldout_sources(heldout, kind):
+    """Recall >= 0.95 per defect type, pooled over the held-out sources."""
+    _, sources = heldout
+    want = hit = 0
+    for name, r in sources.items():
+        if (kind, name) in KNOWN_MISSES:
+            continue
+        planted = {e for e, k in r["truth"].items() if k == kind}
+        want += len(planted)
+        hit += len(planted & r["bad"].suite.flagged_by(inject.CHECK_FOR[kind]))
+    # a freeze planted where the robot holds still changes nothing and is no defect
+    assert want >= len(sources) - 1
+    assert hit / want >= 0.95
+
+
+@pytest.mark.xfail(strict=True, reason="did not hold: the freeze misses half the travel")
+def test_gantry_axis_frozen_after_its_first_move_is_flagged(heldout):
+    """The gantry's x is frozen at 15 % of the cycle, when about half of its partner y's
+    travel is done: the frozen share of partner motion is 0.5-0.6, under the 60 % that
+    the shared recordings allow (a clean bimanual episode reaches 0.55)."""
+    _, sources = heldout
+    r = sources["gantry"]
+    planted = {e for e, k in r["truth"].items() if k == "frozen_joint"}
+    assert planted and planted <= r["bad"].suite.flagged_by("frozen_joint")
+
+
+@pytest.mark.xfail(strict=True, reason="did not hold: a one-frame flick is a one-frame glitch")
+def test_joystick_flicks_are_no_action_jump(tmp_path):
+    """The teleoperated arm (checked once, after the rules were settled): an operator who
+    pauses, pushes the stick for one frame and pauses again leaves a one-frame command at
+    full deflection between zeros, which is what inject.action_jump plants; 1.7 % of its
+    episodes are flagged (bench/RESULTS.md)."""
+    site = create_site(tmp_path / "site", org="teleop")
+    eps = synthetic.episodes("teleop_arm", 200, 0)
+    out = _check(site, "teleop", eps, synthetic.SOURCES["teleop_arm"].fps)
+    assert out.suite.flagged_by("action_jump") == set()
+
+
+def test_idle_episodes_with_command_jitter_are_not_noise(heldout):
+    """The issue's case: a robot holding still under a little command jitter.
+
+    Measured against the episode's own variance (the old rule) its roughness is
+    near 1; against the dataset's, near 0, and no episode is flagged.
+    """
+    _, sources = heldout
+    r = sources["planar_arm"]
+    p = r["clean"].suite.profile
+    idle = np.asarray(p["n_motion"]) == 0  # the "wait" episodes: no joint travels
+    assert idle.any() and (~idle).any()
+    own = np.array([_own_variance_roughness(e.action) for e in r["eps"]])
+    assert np.nanmin(own[idle]) > MAX_ACTION_ROUGHNESS  # what the old rule flagged
+    assert np.nanmax(p["action_roughness"][idle]) < 0.1  # far under the threshold
+    assert r["clean"].suite.flagged_by("action_noise") == set()
+
+
+def _own_variance_roughness(action: np.ndarray) -> float:
+    a = action.astype(float)
+    var = a.var(axis=0)
+    d = np.diff(a, axis=0)
+    terms = [(d[:, j] ** 2).mean() / (2 * var[j]) for j in range(a.shape[1]) if var[j] > 0]
+    return float(np.median(terms)) if terms else float("nan")
+
+
+def test_frozen_joint_learns_which_joints_move_together(heldout):
+    """A mobile base's x moves with its y, not with its heading: it turns on the spot."""
+    _, sources = heldout
+    scales = sources["mobile_base"]["clean"].suite.thresholds["dataset_scales"]
+    x_partners = scales["partners"]["s_0"]
+    assert x_partners and "s_2" not in x_partners
+    # the gyro changes whenever anything moves: any motion is its reference
+    assert scales["partners"]["s_4"] == ["*"]
+
+
+def test_synthetic_sources_are_deterministic():
+    a = synthetic.episodes("gantry", 3, 5)
+    b = synthetic.episodes("gantry", 3, 5)
+    assert all(np.array_equal(x.action, y.action) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(a[0].action, synthetic.episodes("gantry", 3, 6)[0].action)
+    with pytest.raises(synthetic.UnknownSourceError):
+        synthetic.episodes("hexapod", 1, 0)
+
+
+# --- value that reflects quality ----------------------------------------------------------
+
+
+def test_quality_adjusted_credits_the_usable_share_and_charges_the_rest():
+    c = {"clean": 0.12, "noisy": 0.15, "hurt": -0.05, "unchecked": 0.08}
+    u = {"clean": 0.99, "noisy": 0.0, "hurt": 1.0}
+    m = (0.12 + 0.15 + 0.05 + 0.08) / 4  # the run's mean |contribution|
+    adj = quality_adjusted(c, u)
+    # all flagged: no credit, charged a typical dataset's effect: below a clean site that hurt
+    assert adj["noisy"] == pytest.approx(-m) and min(adj, key=adj.get) == "noisy"
+    assert adj["hurt"] == -0.05  # no flags: its contribution, harm included, as it is
+    assert adj["clean"] == pytest.approx(0.99 * 0.12 - 0.01 * m)
+    assert adj["unchecked"] == 0.08  # no report: no change
+    # a harmful dataset is not excused by its flags either
+    assert quality_adjusted({"a": -0.2, "b": 0.2}, {"a": 0.5})["a"] == pytest.approx(-0.3)
+
+
+def test_usable_share_counts_motion_so_idle_padding_does_not_dilute():
+    motion = [120, 80, 0, 0, 0, 0]  # two noisy episodes that move, four idle ones
+    flagged = [True, True, False, False, False, False]
+    assert usable_share(motion, flagged) == 0.0
+    assert usable_share([0, 0, 0, 0], [True, False, False, False]) == 0.75
+    assert usable_share([], []) == 1.0
+    assert report_usable_share({"value": {"usable_share": 0.25}}) == 0.25
+    # a report from before issue 18: the share of unflagged episodes
+    assert report_usable_share({"episodes": 10, "episodes_flagged": 4, "value": {}}) == 0.6
+
+
+def test_report_states_the_usable_share(real_site):
+    site, ids = real_site
+    eps = list(inject.read_episodes(site, ids["unitree"]))[:12]
+    clean = run_checks(
+        site, inject.write_dataset(site, "g1-12", eps, fps=30.0, tasks=["t"]), publish=False
+    )
+    noisy = run_checks(
+        site,
+        inject.write_dataset(site, "g1-12-noisy", _noisy(eps, 1.0), fps=30.0, tasks=["t"]),
+        publish=False,
+    )
+    assert clean.public["value"]["usable_share"] == 1.0
+    assert noisy.public["value"]["usable_share"] == 0.0
+    assert "usable_share" in noisy.public["explain"]
+
+
+# --- a holder gaming its score ------------------------------------------------------------
+
+
+def _noisy(eps: list[Episode], k: float, smooth: int = 1, joints: slice = slice(None)):
+    """Gaussian noise of ``k`` x the action's spread on ``joints`` of every episode;
+    ``smooth`` > 1 averages it over that many frames (keeping its spread)."""
+    rng = np.random.default_rng(SEED)
+    std = np.concatenate([e.action for e in eps]).std(axis=0)
+    out = []
+    for e in eps:
+        n = rng.normal(size=e.action.shape) * k * std
+        if smooth > 1:
+            ker = np.ones(smooth) / math.sqrt(smooth)
+            n = np.stack([np.convolve(n[:, j], ker, mode="same") for j in range(n.shape[1])], 1)
+        a = e.action.copy()
+        a[:, joints] += n[:, joints].astype(np.float32)
+        out.append(inject._copy(e, action=a))
+    return out
+
+
+def _idle(like: Episode, n: int, fps: float, rng: np.random.Generator) -> Episode:
+    """An episode of the robot holding ``like``'s first pose, with a little jitter."""
+    action = np.repeat(like.action[:1], n, 0) + rng.normal(0, 0.002, (n, like.action.shape[1]))
+    return Episode(
+        np.rint(np.arange(n) * 1e6 / fps).astype(np.int64),
+        np.repeat(like.state[:1], n, 0),
+        action.astype(np.float32),
+    )
+
+
+@pytest.fixture(scope="module")
+def arm(heldout):
+    site, sources = heldout
+    return site, sources["planar_arm"]["eps"][:30], synthetic.SOURCES["planar_arm"].fps
+
+
+def _check(site, name, eps, fps):
+    return run_checks(site, inject.write_dataset(site, name, eps, fps=fps), publish=False)
+
+
+@pytest.mark.parametrize("k", [0.7, 1.0])
+def test_noise_on_every_episode_is_flagged(arm, k):
+    """A wholly noisy dataset: measured against its own (noisy) scale, still flagged."""
+    site, eps, fps = arm
+    out = _check(site, f"arm-noisy-{k}", _noisy(eps, k), fps)
+    assert out.suite.flagged_by("action_noise") == set(range(len(eps)))
+
+
+def test_weak_noise_on_every_episode_stays_under_the_threshold(arm):
+    """The floor, stated: noise of 0.4 x the action's spread on every episode of a dataset
+    passes (roughness about k^2 / (1 + k^2) = 0.14 < 0.25). What held: 0.55 x and more."""
+    site, eps, fps = arm
+    out = _check(site, "arm-noisy-0.4", _noisy(eps, 0.4), fps)
+    assert out.suite.flagged_by("action_noise") == set()
+
+
+def test_padding_with_idle_clean_episodes_hides_nothing(arm):
+    """Four idle clean episodes per noisy one: every noisy episode is still flagged (the
+    dataset's pooled variance shrinks, so noise stands out more) and the usable share
+    (motion-weighted) stays 0. The check's flag *rate* is diluted, as any share is."""
+    site, eps, fps = arm
+    rng = np.random.default_rng(SEED)
+    noisy = _noisy(eps, 1.0)
+    pad = [_idle(eps[i % len(eps)], 250, fps, rng) for i in range(4 * len(eps))]
+    out = _check(site, "arm-noisy-padded", noisy + pad, fps)
+    assert set(range(len(noisy))) <= out.suite.flagged_by("action_noise")
+    assert out.public["value"]["usable_share"] == 0.0
+    rate = next(c["flag_rate"] for c in out.public["checks"] if c["check"] == "action_noise")
+    assert rate == pytest.approx(0.2, abs=0.01)
+
+
+def test_declared_ranges_that_lie_cannot_hide_out_of_range(heldout, tmp_path):
+    """Declared joint ranges may narrow the robust limits, never widen them."""
+    site, sources = heldout
+    r = sources["mobile_base"]
+    did = r["bad"].dataset_id
+    ds, hashes = _dataset(site, did)
+    layout = layout_for(site, ds)
+    planted = {e for e, k in r["truth"].items() if k == "out_of_range"}
+    wide = {c: (-1e9, 1e9) for c in layout.joint_cols}
+    res = run_suites(tmp_path, layout, hashes, declared_limits=wide)
+    assert planted <= res.flagged_by("out_of_range")
+    assert res.thresholds["limits"]["s_0"][1] < 1e9
+    # an honest, tighter declaration is used: x declared within 1 m of the room's middle
+    tight = {"s_0": (4.0, 6.0)}
+    res = run_suites(tmp_path, layout, hashes, declared_limits=tight)
+    assert res.thresholds["limits"]["s_0"] == [4.0, 6.0]
+    assert len(res.flagged_by("out_of_range")) > len(planted)
+
+
+@pytest.mark.xfail(strict=True, reason="did not hold: smoothed noise is a smooth trajectory")
+def test_noise_smoothed_over_three_frames_is_flagged(arm):
+    """Noise of 1 x the spread, averaged over 3 frames, lands under the threshold
+    (roughness about 0.19): a roughness check cannot tell smooth noise from motion."""
+    site, eps, fps = arm
+    out = _check(site, "arm-noisy-smooth", _noisy(eps, 1.0, smooth=3), fps)
+    assert out.suite.flagged_by("action_noise") == set(range(len(eps)))
+
+
+@pytest.mark.xfail(strict=True, reason="did not hold: the median over joints ignores one")
+def test_noise_on_one_joint_of_four_is_flagged(arm):
+    """The median over action joints keeps one jittery channel of a real robot from
+    flagging every episode (bimanual: near-constant joints with quantisation flicker),
+    so noise on one joint of four passes."""
+    site, eps, fps = arm
+    out = _check(site, "arm-noisy-one", _noisy(eps, 1.0, joints=slice(0, 1)), fps)
+    assert out.suite.flagged_by("action_noise") == set(range(len(eps)))

@@ -29,7 +29,8 @@ spread: idle phases, slow motions, saturated or on/off commands and small
 command jitter are what robots do, not defects. The floors and fractions below
 were chosen on the shared recordings (so101, unitree-g1, bimanual: "tuned")
 and validated on simulated robots none of them was chosen on
-(quality/synthetic.py: planar arm, mobile base, gantry: "held-out";
+(quality/synthetic.py: planar arm, mobile base, gantry, teleoperated arm:
+"held-out"; the first three shaped the rules, the last was run once after;
 tests/quality/test_heldout.py, bench/quality_detect.py, bench/RESULTS.md).
 """
 
@@ -84,9 +85,9 @@ RESTLESS_QUANTILE = 0.9
 RESTLESS_SHARE = 0.05
 #: an episode fails action_noise above this action roughness, measured in the dataset's
 #: units (profile.action_roughness: mean squared change over twice the *dataset's*
-#: variance). Clean recordings lie at 0.0005-0.03 (tuned: shared recordings; held-out:
-#: synthetic robots, idle and jittery episodes included); noise of 1x the action's
-#: spread on one episode gives about 1, on every episode of a dataset about 0.5.
+#: variance). Clean episodes lie below 0.01 on the shared recordings (tuned) and below
+#: 0.16 on the synthetic robots (held-out: idle, jittery, torque and joystick commands);
+#: noise of 1x the action's spread gives about 1 on one episode, 0.5 on every episode.
 #: Absolute, not fitted to the dataset, so a dataset whose every episode is noisy fails.
 MAX_ACTION_ROUGHNESS = 0.25
 #: action_jump: a one-frame excursion (profile spike_a_j) must exceed this share of the

@@ -236,6 +236,10 @@ def command(
         share = (report.get("contribution_split") or {}).get(d, 0.0)
         click.echo(f"contribution {d}: {c:+.4f} (suggested share {share * 100:.0f}%)")
     click.echo(f"report: {out / 'report.json'}, plot: {out / 'report.png'}")
+    if (out / "lerobot" / "config.json").exists():
+        click.echo(
+            f"policy for LeRobot: {out / 'lerobot'} (or dataspace.load_policy({str(out)!r}))"
+        )
 
 
 def _public_stats(path: Path):

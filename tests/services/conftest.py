@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataspace.cli import main as cli_main
 from dataspace.site.folder import Site
-from dataspace.site.identity import load_identity, load_private_key, new_identity
+from dataspace.site.identity import Identity, load_identity, load_private_key, new_identity
 from tests.conftest import SO101
 
 #: planted in the raw frames: observation.state[0] and action[3] of a few rows
@@ -99,6 +99,22 @@ def make_party(tmp: Path, name: str, role: str) -> Party:
     path = tmp / f"{name}.key"
     new_identity(path, name=name, role=role)
     return Party(load_private_key(path), path, load_identity(path).key_b64)
+
+
+def hub_parties(keys: Path) -> tuple[dict[str, Party], list[Identity]]:
+    """The in-process hub tests' cast: two holders and an auditor the hub trusts at start,
+    two consumers (alice, bob) it does not."""
+    keys.mkdir(parents=True, exist_ok=True)
+    cast = [("holder", "site-a", "holder"), ("holder2", "site-b", "holder"),
+            ("alice", "alice", "consumer"), ("bob", "bob", "consumer"),
+            ("auditor", "auditor", "auditor")]  # fmt: skip
+    parties = {k: make_party(keys, n, r) for k, n, r in cast}
+    trust = [
+        Identity(n, r, base64.b64decode(parties[k].key_id))
+        for k, n, r in cast
+        if r != "consumer"
+    ]
+    return parties, trust
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ unsigned statement, a replayed older one, absurd numbers, the wrong role.
 
 from __future__ import annotations
 
-import base64
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,8 +23,8 @@ from dataspace.auth.httpsig import HttpSigAuth, sign_url_request
 from dataspace.hub.app import create_app
 from dataspace.hub.dashboard import COOKIE, dashboard_token
 from dataspace.policy.budget_statement import read_budget_statement
-from dataspace.site.identity import Identity, load_private_key
-from tests.services.conftest import make_party
+from dataspace.site.identity import load_private_key
+from tests.services.conftest import hub_parties
 from tests.services.test_hub_app import FP, _kinds, entry
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -73,22 +72,7 @@ def statement(
 
 @pytest.fixture
 def hub(tmp_path):
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    parties = {
-        "holder": make_party(keys, "site-a", "holder"),
-        "holder2": make_party(keys, "site-b", "holder"),
-        "alice": make_party(keys, "alice", "consumer"),
-        "auditor": make_party(keys, "auditor", "auditor"),
-    }
-    trust = [
-        Identity(n, r, base64.b64decode(parties[k].key_id))
-        for k, n, r in [
-            ("holder", "site-a", "holder"),
-            ("holder2", "site-b", "holder"),
-            ("auditor", "auditor", "auditor"),
-        ]
-    ]
+    parties, trust = hub_parties(tmp_path / "keys")
     data = tmp_path / "hub"
     app = create_app(data, trust=trust)
     with TestClient(app) as c:

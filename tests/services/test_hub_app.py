@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 
@@ -14,8 +13,7 @@ from dataspace.audit.log import TransparencyLog
 from dataspace.auth.httpsig import HttpSigAuth, sign_url_request
 from dataspace.auth.service import MAX_BODY
 from dataspace.hub.app import create_app
-from dataspace.site.identity import Identity
-from tests.services.conftest import make_party, signed_contract
+from tests.services.conftest import hub_parties, signed_contract
 
 FP = "ab" * 32
 
@@ -37,23 +35,7 @@ def entry(dataset_id="so101", **kw):
 
 @pytest.fixture
 def hub(tmp_path):
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    parties = {
-        "holder": make_party(keys, "site-a", "holder"),
-        "holder2": make_party(keys, "site-b", "holder"),
-        "alice": make_party(keys, "alice", "consumer"),
-        "bob": make_party(keys, "bob", "consumer"),
-        "auditor": make_party(keys, "auditor", "auditor"),
-    }
-    trust = [
-        Identity(n, r, base64.b64decode(parties[k].key_id))
-        for k, n, r in [
-            ("holder", "site-a", "holder"),
-            ("holder2", "site-b", "holder"),
-            ("auditor", "auditor", "auditor"),
-        ]
-    ]
+    parties, trust = hub_parties(tmp_path / "keys")
     app = create_app(tmp_path / "hub", trust=trust)
     with TestClient(app) as c:
         yield c, {k: HttpSigAuth(v.key) for k, v in parties.items()}, parties, tmp_path / "hub"

@@ -1,6 +1,7 @@
 """``dataspace demo``: the whole data space on one machine, on real robot data (issue 7).
 
-    dataspace demo [--workdir DIR] [--sites 3] [--rounds N] [--epsilon E] [--simulate]
+    dataspace demo [--workdir DIR] [--sites 3] [--rounds N] [--epsilon E]
+                   [--engine hub|deployment|simulation] [--simulate]
                    [--services] [--hub URL] [--port N] [--json]
 
 The work is :func:`dataspace.demo.run_demo`; this module shows its progress on
@@ -92,9 +93,17 @@ def _interrupt(signum: int, frame: object) -> None:
     "--epsilon", type=float, default=8.0, show_default=True, help="Epsilon of each contract."
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["hub", "deployment", "simulation"]),
+    default=None,
+    help="How to train: hub (default: the consumer trains through the hub's SuperLink, "
+    "the holders' SuperNodes train; processes on 127.0.0.1), deployment (Flower's "
+    "deployment engine without the hub; the default with --hub URL), simulation.",
+)
+@click.option(
     "--simulate",
     is_flag=True,
-    help="Train in one process (Flower simulation) instead of on the deployment engine.",
+    help="Same as --engine simulation: one process (the holder's or developer's local mode).",
 )
 @click.option(
     "--services",
@@ -130,6 +139,7 @@ def command(
     sites: int,
     rounds: int,
     epsilon: float,
+    engine: str | None,
     simulate: bool,
     services: bool,
     serve: bool,
@@ -157,6 +167,7 @@ def command(
         rounds=rounds,
         epsilon=epsilon,
         simulate=simulate,
+        engine="simulation" if simulate else engine,
         services=services or serve or bool(port),
         keep_services=serve,
         hub_url=hub_url,

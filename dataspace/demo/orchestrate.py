@@ -12,8 +12,13 @@ areas' public functions, never around them:
 3. consumer: a contract per dataset (offer, holder's signature, countersign,
    epsilon reserved from the budget), through the connector services when
    they run (:mod:`.services`), on the site folders otherwise;
-4. training: Flower ServerApp + the connectors' ClientApps with DP-SGD, in
-   simulation or on the deployment engine when it is available;
+4. training, by default the consumer's path (``engine="hub"``): the hub's
+   SuperLink and worker and each holder's SuperNode and site worker run as
+   separate processes, and the consumer trains with
+   :class:`dataspace.federated.remote.HubEngine` from its own folder, reaching
+   no site (what ``dataspace train --hub`` does); ``engine="deployment"`` runs the
+   same apps on Flower's deployment engine without the hub, ``"simulation"`` in
+   one process (the holder's or developer's local mode);
 5. value: held-out loss on the consumer's validation episodes and GTG-Shapley
    contributions (:mod:`dataspace.federated.contribution`);
 6. auditor: every log verified with only public keys (:mod:`.auditor`:
@@ -49,6 +54,7 @@ from dataspace.demo.witnessing import await_witnesses, cross_check_sites
 from dataspace.errors import DataspaceError, NotFoundError, RefusedError
 from dataspace.federated import DeploymentEngine, RunSpec, SimulationEngine
 from dataspace.federated import train as train_run
+from dataspace.federated.remote import HubEngine
 from dataspace.policy.contracts import OfferRequest, negotiate
 from dataspace.policy.ledger import budget_report
 from dataspace.policy.odrl import build_policy
@@ -71,6 +77,11 @@ class DemoError(DataspaceError):
     exit_code = 2
 
 
+#: how the demo trains: the consumer through the hub (the product's path), Flower's
+#: deployment engine driven from the holders' side, or one process
+ENGINES = ("hub", "deployment", "simulation")
+
+
 @dataclass
 class DemoOptions:
     workdir: Path
@@ -79,6 +90,9 @@ class DemoOptions:
     epsilon: float = 8.0
     delta: float = 1e-5
     simulate: bool = True
+    #: one of :data:`ENGINES`; None: "simulation" with ``simulate``, else "hub" (or
+    #: "deployment" with ``hub_url``: a hub this demo did not start has none of its sites)
+    engine: str | None = None
     #: lifetime budget of each dataset, in runs of ``epsilon``
     budget_runs: int = 10
     episodes_per_site: int | None = None
@@ -259,6 +273,53 @@ def contract_locally(site: Site, dataset_id: str, opts: DemoOptions, consumer, k
 # -- 4. training --------------------------------------------------------------------------
 
 
+def engine_of(opts: DemoOptions) -> str:
+    """The engine the options ask for (:data:`ENGINES`)."""
+    if opts.engine is not None:
+        if opts.engine not in ENGINES:
+            raise DemoError(f"--engine must be one of {', '.join(ENGINES)}, not {opts.engine!r}")
+        if opts.engine == "hub" and opts.hub_url:
+            raise DemoError(
+                "--engine hub starts its own hub with a SuperLink; with --hub URL use "
+                "--engine deployment or simulation"
+            )
+        return opts.engine
+    if opts.simulate:
+        return "simulation"
+    return "deployment" if opts.hub_url else "hub"
+
+
+def train_through_hub(
+    opts: DemoOptions, services: Services, contract_ids: list[str], out: Path, run_id: str,
+    key, step: Step,
+) -> dict[str, Any]:  # fmt: skip
+    """The consumer's path: ``dataspace train --hub`` as a library call. The consumer's
+    process gets no site folder: only the hub's URL, its own key and the contract ids."""
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+
+    def on_round(r: dict[str, Any]) -> None:
+        mse = r.get("eval_mse")
+        shown = f"held-out MSE {mse:.4f}" if isinstance(mse, float) else "trained"
+        step(f"round {r['round']}/{opts.rounds} at the hub: {shown}")
+
+    spec = RunSpec(
+        contracts=contract_ids, template=TEMPLATE, rounds=opts.rounds, out_dir=str(out),
+        run_id=run_id, seed=opts.seed, lr=opts.lr,
+    )  # fmt: skip
+    step("consumer: waiting for the connectors to register the contracts at the hub")
+    services.await_contracts(contract_ids, key)
+    step("consumer: dataspace train --hub (the hub's SuperLink, the holders' SuperNodes)")
+    try:
+        return train_run(spec, [], HubEngine(services.hub_url, key), on_round)
+    except DataspaceError as e:
+        logs = opts.workdir / "deploy" / "logs"
+        raise DemoError(
+            f"training run {run_id} through the hub did not finish: {e} (the hub's and "
+            f"holders' logs are in {logs}, the consumer's in {out / 'deploy' / 'logs'}); "
+            "`dataspace demo --simulate` runs the same apps in one process"
+        ) from e
+
+
 def train(
     opts: DemoOptions, contract_ids: list[str], sites: list[Site], out: Path, run_id: str,
     step: Step,
@@ -276,7 +337,7 @@ def train(
         contracts=contract_ids, template=TEMPLATE, rounds=opts.rounds, out_dir=str(out),
         run_id=run_id, seed=opts.seed, lr=opts.lr,
     )  # fmt: skip
-    if opts.simulate:
+    if engine_of(opts) == "simulation":
         step("training in simulation (Flower ServerApp + the connectors' ClientApps)")
         return train_run(spec, sites, SimulationEngine(), on_round), "simulation", None
     step("training on Flower's deployment engine (SuperLink + SuperNodes on 127.0.0.1)")
@@ -312,6 +373,7 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
         raise DemoError(f"--rounds must be at least 1, not {opts.rounds}")
     if not opts.epsilon > 0:
         raise DemoError(f"--epsilon must be positive, not {opts.epsilon}")
+    engine = engine_of(opts)
     if opts.hub_url or (opts.services and opts.port):
         # fail before any work: a hub that is not there, a port that is taken
         if opts.hub_url:
@@ -337,7 +399,9 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
 
     services = None
     witness_keys: list[Path] = []  # the hub's witness key, when it cosigned the sites' logs
-    if opts.services or opts.hub_url:
+    if engine == "hub":
+        services = Services.start_with_superlink(wd, sites, opts, step)
+    elif opts.services or opts.hub_url:
         services = Services.start(wd, sites, opts, step)
     try:
         contract_ids = []
@@ -356,15 +420,23 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
 
         run_id = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         out = wd / "runs" / run_id
-        history, engine, note = train(opts, contract_ids, sites, out, run_id, step)
+        note = None
+        if engine == "hub":
+            assert services is not None
+            history = train_through_hub(opts, services, contract_ids, out, run_id, ckey, step)
+        else:
+            history, engine, note = train(opts, contract_ids, sites, out, run_id, step)
 
         step("value: held-out loss on the consumer's episodes, GTG-Shapley contributions")
         val_eps, _ = read_lerobot_episodes(vdir)
         value = run_contributions(out, TEMPLATE, val_eps)
         report = write_report(out)
         if services is not None:
-            step("hub: registering the run and its rounds")
-            services.register_run(run_id, contract_ids, history, ckey)
+            # through the hub, the run, its rounds and run.finished are registered already
+            # (the contributions, which the consumer computes afterwards, are not)
+            if engine != "hub":
+                step("hub: registering the run and its rounds")
+                services.register_run(run_id, contract_ids, history, ckey)
             witness_keys = await_witnesses(services, sites, step)
     except BaseException:
         if services is not None:

@@ -8,6 +8,15 @@ connectors register them with the hub, and the consumer registers its run and
 rounds there, so the hub's dashboard shows the whole story.
 
 ``--hub URL`` uses a hub that is already running instead of starting one.
+
+:meth:`Services.start_with_superlink` is the consumer's path of the default demo:
+first what the hub operator and the holders run beside the services (a Flower
+SuperLink with TLS and SuperNode authentication, the hub's worker confined to
+``WORKDIR/hub/runs``, and per holder a SuperNode and its site worker over that
+holder's folder: :class:`dataspace.federated.deploy.Deployment`), then the hub
+service naming that SuperLink to consumers (``--superlink``, ``--superlink-ca``,
+``--runs-dir``), then the connectors. Logs are in ``WORKDIR/deploy/logs`` and
+``WORKDIR/logs``.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from dataspace.auth.client import call, signed_client
 from dataspace.connectors.client import request_via_connector
 from dataspace.demo.auditor import verify_log
 from dataspace.errors import DataspaceError, NotFoundError
+from dataspace.federated.deploy import Deployment
 from dataspace.net import bind, free_port
 from dataspace.site.folder import Site
 from dataspace.site.identity import load_identity, load_private_key, new_identity
@@ -179,6 +189,8 @@ class Services:
     connectors: dict[str, Process | Threaded] = field(default_factory=dict)
     opts: Any = None
     hub_info: dict[str, Any] = field(default_factory=dict)
+    #: the SuperLink, hub worker and holders' SuperNodes (:meth:`start_with_superlink`)
+    deployment: Deployment | None = None
 
     @property
     def dashboard_url(self) -> str:
@@ -191,8 +203,51 @@ class Services:
         return f"{self.hub_url}/dashboard{query}"
 
     @classmethod
-    def start(cls, workdir: Path, sites: list[Site], opts: Any, step: Callable[[str], None]):
-        """Start (or reach) the hub, then one connector per site; wait until all answer."""
+    def start_with_superlink(
+        cls, workdir: Path, sites: list[Site], opts: Any, step: Callable[[str], None]
+    ) -> Services:
+        """The hub with its SuperLink and worker, the holders' SuperNodes and site workers,
+        then the hub service and the connectors (module docstring), all as processes."""
+        step("hub: Flower SuperLink (TLS, SuperNode auth) and the hub worker; holders: a "
+             "SuperNode and a site worker each")  # fmt: skip
+        dep = Deployment(
+            workdir / "deploy",
+            [s.root for s in sites],
+            runs_dir=workdir / "hub" / "runs",
+            # a rerun in the same workdir starts a fresh SuperLink (new TLS and node keys)
+            database=":flwr-in-memory:",
+        )
+        dep.start()
+        try:
+            assert dep.tls is not None
+            self = cls.start(
+                workdir, sites, opts, step,
+                hub_args=["--runs-dir", str(workdir / "hub" / "runs"),
+                          "--superlink", f"127.0.0.1:{dep.control_port}",
+                          "--superlink-ca", str(dep.tls.ca_cert)],
+                threads=False,
+            )  # fmt: skip
+        except BaseException:
+            dep.stop()
+            raise
+        self.deployment = dep
+        return self
+
+    @classmethod
+    def start(
+        cls,
+        workdir: Path,
+        sites: list[Site],
+        opts: Any,
+        step: Callable[[str], None],
+        hub_args: list[str] | None = None,
+        threads: bool | None = None,
+    ) -> Services:
+        """Start (or reach) the hub, then one connector per site; wait until all answer.
+        ``hub_args``: more options of ``serve hub``; ``threads``: run the services in this
+        process (default: ``opts.services == "threads"``)."""
+        if threads is None:
+            threads = opts.services == "threads"
         logs = workdir / "logs"
         hub = None
         if opts.hub_url:
@@ -206,12 +261,12 @@ class Services:
             for s in sites:
                 args += ["--trust", str(s.root / "site.key.pub")]
             auditor = auditor_identity(workdir)
-            args += ["--trust", str(auditor) + ".pub"]
+            args += ["--trust", str(auditor) + ".pub", *(hub_args or [])]
             step(f"hub: dataspace serve hub on 127.0.0.1:{port}")
             # the holders of this one-machine demo use the hub's dashboard to approve requests
             holder_keys = os.pathsep.join(str(s.key_path) for s in sites)
             env = {"DATASPACE_DASHBOARD_HOLDER_KEYS": holder_keys}
-            hub = _spawn("hub", args, port, logs, opts.services == "threads", env)
+            hub = _spawn("hub", args, port, logs, threads, env)
             hub_url = hub.url
         self = cls(workdir, hub_url, hub, opts=opts)
         try:
@@ -224,7 +279,7 @@ class Services:
                     ["connector", str(s.root), "--hub", hub_url],
                     free_port(),
                     logs,
-                    opts.services == "threads",
+                    threads,
                 )
             for p in self.connectors.values():
                 p.wait_ready()
@@ -240,6 +295,8 @@ class Services:
             p.stop()
         if self.hub is not None:
             self.hub.stop()
+        if self.deployment is not None:
+            self.deployment.stop()
 
     def request_contract(self, site: Site, dataset_id: str, key) -> str:
         p = self.connectors[site.name]
@@ -261,6 +318,24 @@ class Services:
                 "the holder must approve it first (dashboard or `dataspace contract approve`)"
             )
         return str(c["contract_id"])
+
+    def await_contracts(self, contract_ids: list[str], key, timeout: float = 60.0) -> None:
+        """Wait until the hub's registry has every contract as agreed: the connectors copy
+        agreed contracts to the hub in the background (what the README's consumer waits for
+        with ``dataspace contract list --hub``)."""
+        deadline = time.monotonic() + timeout
+        with signed_client(self.hub_url, key) as c:
+            for cid in contract_ids:
+                while True:
+                    with contextlib.suppress(NotFoundError):
+                        if call(c, "GET", f"/v1/contracts/{cid}").get("state") == "agreed":
+                            break
+                    if time.monotonic() > deadline:
+                        raise DemoServiceError(
+                            f"contract {cid} did not reach the hub's registry as agreed within "
+                            f"{timeout:.0f} s (connector logs in {self.workdir / 'logs'})"
+                        )
+                    time.sleep(0.2)
 
     def register_run(self, run_id: str, contract_ids: list[str], history: dict, key) -> None:
         """Register the run and its rounds with the hub (aggregates only)."""

@@ -54,6 +54,41 @@ def test_demo_end_to_end_then_rerun(tmp_path, capsys):
     assert len(list((wd / "runs").iterdir())) == 2
 
 
+def test_the_default_demo_trains_through_the_hub(tmp_path, capsys):
+    """No --engine: the consumer's path (issue 16). The hub's SuperLink and worker and the
+    holders' SuperNodes run as processes; the consumer trains with the hub's URL, its key
+    and the contract ids; the hub logs run.finished with the model the consumer got."""
+    import hashlib
+
+    from dataspace.audit.events import parse_event
+    from dataspace.audit.log import TransparencyLog
+
+    wd = tmp_path / "demo"
+    args = ["demo", "--workdir", str(wd), "--rounds", "2", "--data", str(SAMPLE),
+            "--episodes-per-site", "3", "--json"]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["engine"] == "hub" and summary["verified"], summary["audit"]
+    assert summary["hub_url"] and len(summary["audit"]) == 4  # three sites and the hub
+    out = wd / "runs" / summary["run_id"]
+    # the consumer's copy came from the hub's runs folder, not from a site
+    assert (wd / "hub" / "runs" / summary["run_id"] / "history.json").exists()
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    with TransparencyLog.open(wd / "hub" / "log") as log:
+        events = [parse_event(e) for e in log.entries(0, log.size)]
+    (fin,) = [e for e in events if e.kind == "run.finished"]
+    assert fin.fields["run_id"] == summary["run_id"] and fin.fields["status"] == "finished"
+    model = hashlib.sha256((out / "final.npz").read_bytes()).hexdigest()
+    assert fin.fields["model_sha256"] == model
+    assert sorted(fin.fields["contracts"]) == sorted(s["contract_id"] for s in summary["sites"])
+    # every SuperLink, SuperNode and worker process was stopped with the demo
+    import psutil
+
+    left = [p for p in psutil.process_iter(["cmdline"])
+            if str(wd) in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+    assert not left, [p.info["cmdline"] for p in left]
+
+
 def test_contract_refused_when_the_budget_is_spent(tmp_path):
     from dataspace.errors import RefusedError
 

@@ -12,6 +12,10 @@ Site -> hub (rules, each named in the report):
 ``round-not-in-hub``     the hub has no ``round.registered`` of that (run, round); not
                          asked of round 0, the normalisation statistics (release
                          "stats"): the hub registers the run's training rounds only
+``run-finished-not-in-hub`` a site's ``run.finished`` of a run the hub's log has no
+                         ``run.finished`` for
+``run-model-mismatch``   a site's ``run.finished`` naming another model, or another hub
+                         entry, than the hub's ``run.finished`` of that run
 
 Hub -> site, for the site's own datasets and contracts (the site is known by
 the keys that signed its events, the hub names holders by key):
@@ -40,7 +44,8 @@ from dataspace.audit.events import Event, EventError, parse_event
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
-#: kinds only a hub's log holds (dataspace.hub.app)
+#: kinds a hub's log holds (dataspace.hub.app); a site's log holds run.finished too,
+#: and the site's keys are those of its other entries
 HUB_KINDS = frozenset(
     {
         "catalog.published",
@@ -113,6 +118,8 @@ def is_hub_log(events: list[tuple[int, Event]]) -> bool:
 class _Hub:
     runs: dict[str, tuple[int, set[str]]] = field(default_factory=dict)
     rounds: dict[tuple[str, Any], tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    #: run id -> (index, model_sha256) of its first run.finished
+    finished: dict[str, tuple[int, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -136,8 +143,14 @@ def released_models(hub_entries: Iterable[bytes]) -> dict[str, Released]:
             continue
         contracts = ev.get("contracts")
         ids = frozenset(map(str, contracts)) if isinstance(contracts, list) else frozenset()
+        if ev.contract_id is not None:  # a site's entry: one per (run, contract)
+            ids |= {ev.contract_id}
         run_id = str(ev.get("run_id"))
-        out.setdefault(run_id, Released(run_id, sha, ids, ev.get("status"), i))
+        first = out.get(run_id)
+        if first is None:
+            out[run_id] = Released(run_id, sha, ids, ev.get("status"), i)
+        elif first.model_sha256 == sha:  # the same release, for more of the run's contracts
+            out[run_id] = Released(run_id, sha, first.contracts | ids, first.status, first.index)
     return out
 
 
@@ -151,6 +164,8 @@ def _hub_index(hub: list[tuple[int, Event]]) -> _Hub:
             h.rounds.setdefault(
                 (str(ev.get("run_id")), ev.get("round")), (i, eps if isinstance(eps, dict) else {})
             )
+        elif ev.kind == "run.finished":
+            h.finished.setdefault(str(ev.get("run_id")), (i, ev.get("model_sha256")))
     return h
 
 
@@ -175,6 +190,33 @@ def cross_check(site_entries: Iterable[bytes], hub_entries: Iterable[bytes]) -> 
                 datasets.add(ev.dataset_id)
         elif ev.kind == "contract.agreed" and ev.contract_id:
             agreed.add(ev.contract_id)
+        elif ev.kind == "run.finished" and ev.actor_key_b64 in site_keys:
+            run_id = str(ev.get("run_id"))
+            what = {"run_id": run_id, "contract_id": ev.contract_id,
+                    "model_sha256": ev.get("model_sha256")}  # fmt: skip
+            fin = h.finished.get(run_id)
+            if fin is None:
+                r.mismatches.append(
+                    Mismatch(
+                        "run-finished-not-in-hub",
+                        "the site records a run's end that the hub never logged",
+                        i,
+                        None,
+                        what,
+                    )
+                )
+            elif fin[1] != ev.get("model_sha256") or ev.get("hub_log_index") != fin[0]:
+                r.mismatches.append(
+                    Mismatch(
+                        "run-model-mismatch",
+                        "the site's run.finished names another model (or hub entry) than "
+                        "the hub's run.finished of that run",
+                        i,
+                        fin[0],
+                        what | {"hub_model_sha256": fin[1],
+                                "hub_log_index": ev.get("hub_log_index")},
+                    )
+                )  # fmt: skip
         elif ev.kind in ("round.started", "round.finished"):
             run_id, rnd = str(ev.get("run_id")), ev.get("round")
             if ev.kind == "round.started":

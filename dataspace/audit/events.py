@@ -50,6 +50,11 @@ run.finished       (hub) run_id, consumer, contracts (list of contract ids), sta
                    ("finished" or "stopped"), rounds (training rounds completed),
                    model_sha256 (SHA-256 of the released model file: the last completed
                    round's rounds/NNN/global.npz in the hub's run directory; null if none)
+                   (site) the same, once the hub logged it: run_id, contract_id,
+                   dataset_id, status, rounds (the rounds this site trained in the run),
+                   model_sha256 and hub_log_index (the hub's run.finished entry), hub
+                   (the hub's key, BASE64): the site's own record that its rounds went
+                   into that model, which ``dataspace audit show`` links to the model
 budget.reported    a site's signed budget statement, never a log entry: the connector
                    sends it to the hub (``POST /v1/budget``), which keeps the latest per
                    dataset (dataspace.policy.budget_statement: the fields)

@@ -33,9 +33,11 @@ Step 3 of an audit (:mod:`dataspace.audit.verify`); each rule is named in the re
   charge); a ``round.evaluated`` follows its round's round.finished, once, never of
   round 0 (``round-evaluated``: a round's charge covers one evaluation, more would
   be a free oracle on the data), naming the model evaluated (``round-model``);
-* runs (the hub's log): a ``run.finished`` names a run an earlier ``run.registered``
-  of the same log registered (``run-unknown``), with a status "finished" or "stopped"
-  and a model hash that is null or 64 lower-case hex digits (``run-malformed``);
+* runs: a ``run.finished`` names a run an earlier ``run.registered`` of the same log
+  registered (the hub's log) or, in a site's log, a run whose rounds that site
+  trained under the same contract (an earlier ``round.finished``) (``run-unknown``),
+  with a status "finished" or "stopped" and a model hash that is null or 64
+  lower-case hex digits (``run-malformed``);
 * units: no round counts its epsilon per "frame" (the unit when an event names none)
   on a dataset whose first round counted it per "episode" (``round-privacy-unit``: a
   frame-level epsilon does not bound one episode; the reverse composes, as the
@@ -170,6 +172,8 @@ class RuleChecker:
         self.units: dict[str, tuple[str, int]] = {}
         #: run ids of the log's run.registered entries (rule run-unknown)
         self.runs: set[str] = set()
+        #: (run id, contract id) of the log's round.finished entries (a site's run.finished)
+        self.trained: set[tuple[str, str]] = set()
 
     def _flag(self, index: int, rule: str, msg: str, **values: Any) -> None:
         self.r.violations.append(Violation(rule, msg, index, values))
@@ -236,16 +240,21 @@ class RuleChecker:
             self._round(i, f, ok)
         elif kind == "round.finished":
             self._finished(i, f)
+            if type(f.get("run_id")) is str and cid is not None:
+                self.trained.add((f["run_id"], cid))
         elif kind == "round.evaluated":
             self._evaluated(i, f)
 
     def _run_finished(self, i: int, f: dict[str, Any]) -> None:
         run_id = f.get("run_id")
-        if type(run_id) is not str or run_id not in self.runs:
+        # a site's entry names its contract; the hub's names the run's contracts
+        site_entry = type(run_id) is str and (run_id, f.get("contract_id")) in self.trained
+        if type(run_id) is not str or not (run_id in self.runs or site_entry):
             self._flag(
                 i,
                 "run-unknown",
-                f"run.finished of run {run_id!r}, which no earlier run.registered registered",
+                f"run.finished of run {run_id!r}, which no earlier run.registered registered "
+                "and no round of this log trained",
                 run_id=run_id,
             )
         model = f.get("model_sha256")

@@ -18,6 +18,11 @@ another state (or not at all, once agreed), and budgets whose figures moved. A f
 pass also runs every :data:`REFRESH_S` s (contracts expire, and their reservations
 end, without a log entry). What the hub refuses is logged and not sent again until
 it changes; while the hub cannot be reached, the pass is retried.
+
+Each pass also reads the runs of the site's contracts at the hub (``GET /v1/runs``)
+and records in SITE/log, once, the end of each run the site trained in
+(:mod:`.runs`: ``run.finished`` with the released model's hash); while such a run is
+still open at the hub, passes run every :data:`RUNS_POLL_S` s.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -34,6 +40,7 @@ import httpx
 from dataspace import policy
 from dataspace.audit.log import TransparencyLog
 from dataspace.auth.client import ServiceError, ServiceUnavailableError, call, signed_client
+from dataspace.connectors.runs import ENDED, record_finished_runs
 from dataspace.errors import DataspaceError
 from dataspace.policy.budget_statement import figures_of, sign_budget_statement
 from dataspace.site.folder import Site
@@ -47,6 +54,10 @@ RETRY_S = (0.5, 1, 2, 5, 10, 30)
 POLL_S = 0.5
 #: seconds between full passes even when SITE/log did not grow (expiries)
 REFRESH_S = 30.0
+#: seconds between passes while a run of the site's contracts is open at the hub
+RUNS_POLL_S = 1.0
+#: how long after its registration a run that has not ended counts as open
+RUNS_OPEN_S = 6 * 3600
 #: the states in which a contract the hub never held is registered there
 REGISTERED_FROM = ("agreed",)
 
@@ -127,6 +138,15 @@ def transient(e: BaseException) -> bool:
     return isinstance(e, ServiceError) and (e.status is None or e.status >= 500 or e.status == 401)
 
 
+def _after(iso: Any, t: datetime) -> bool:
+    """``iso`` (the hub's timestamp, untrusted) is a time after ``t``."""
+    try:
+        when = datetime.fromisoformat(str(iso))
+    except ValueError:
+        return False
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)) > t
+
+
 @dataclass
 class AtHub:
     """What the hub holds of this site, as the publisher last sent it (or read it back)."""
@@ -137,6 +157,10 @@ class AtHub:
     contracts: dict[str, str] = field(default_factory=dict)
     #: dataset id -> the budget figures sent (without the log size)
     budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: run ids whose end this site has recorded (or took no part in)
+    runs_done: set[str] = field(default_factory=set)
+    #: a run of the site's contracts is open at the hub (passes every RUNS_POLL_S)
+    runs_open: bool = False
 
 
 class Publisher:
@@ -182,6 +206,7 @@ class Publisher:
             self._read_contracts(hub)
             self._publish_contracts(hub)
             self._publish_budgets(hub, size, everything=True)
+            self._record_runs(hub)
         self.published = n
         self.error = None
         self.done.set()
@@ -194,6 +219,7 @@ class Publisher:
             self._publish_catalog(hub)
             self._publish_contracts(hub)
             self._publish_budgets(hub, size)
+            self._record_runs(hub)
 
     def _publish_catalog(self, hub: httpx.Client, everything: bool = False) -> int:
         """Post the catalog entries: all (a refusal fails the publication, as at start),
@@ -242,6 +268,29 @@ class Publisher:
             body = {"statement": sign_budget_statement(self.site, row, max(size, 0))}
             self._post(hub, "/v1/budget", body, f"budget of {did}")
             self.at_hub.budgets[did] = figures
+
+    def _record_runs(self, hub: httpx.Client) -> None:
+        """Record in SITE/log the runs that ended at the hub (:mod:`.runs`); note whether
+        one is still open (the follower then looks again within RUNS_POLL_S)."""
+        body = call(hub, "GET", "/v1/runs")
+        runs = body.get("runs") if isinstance(body, dict) else None
+        if not isinstance(runs, list):
+            return
+        fresh = [
+            r for r in runs
+            if isinstance(r, dict) and r.get("run_id") not in self.at_hub.runs_done
+        ]  # fmt: skip
+        ended = [r for r in fresh if r.get("status") in ENDED]
+        if ended:
+            new = record_finished_runs(self.site, ended, self.hub_key or "")
+            if new:
+                log.info("recorded the end of %d run(s) in the site's log", len(new))
+            self.at_hub.runs_done.update(str(r.get("run_id")) for r in ended)
+        # a run registered but never ended (its consumer gave up) stops counting as open
+        horizon = datetime.now(UTC) - timedelta(seconds=RUNS_OPEN_S)
+        self.at_hub.runs_open = any(
+            r.get("status") not in ENDED and _after(r.get("created_at"), horizon) for r in fresh
+        )
 
     @staticmethod
     def _post(hub: httpx.Client, path: str, body: dict[str, Any], what: str) -> None:
@@ -293,7 +342,8 @@ class Publisher:
             if self._stop.is_set():
                 return
             size = self.log_size()
-            due = time.monotonic() - last >= self.refresh_s
+            every = RUNS_POLL_S if self.at_hub.runs_open else self.refresh_s
+            due = time.monotonic() - last >= every
             if not (woke or dirty or due or size != seen):
                 continue
             try:

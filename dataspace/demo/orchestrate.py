@@ -45,6 +45,7 @@ from typing import Any
 
 from dataspace.connectors.enroll import enroll
 from dataspace.connectors.publisher import quality_score
+from dataspace.connectors.runs import read_site_runs
 from dataspace.connectors.shards import read_lerobot_episodes
 from dataspace.demo.auditor import trusted_keys_file, verify_log
 from dataspace.demo.report import write_html
@@ -357,6 +358,27 @@ def train(
     return h, "deployment", None
 
 
+def await_site_runs(
+    sites: list[Site], run_id: str, contract_ids: list[str], step: Step, timeout: float = 30.0
+) -> None:
+    """Wait until each holder's connector has recorded the run's end in its site's log
+    (``run.finished``, :mod:`dataspace.connectors.runs`); says what is missing after
+    ``timeout`` and goes on (the auditor then sees the sites' logs without it)."""
+    step("holders: each connector records the run's end (run.finished) in its site's log")
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = [
+            s.name for s, cid in zip(sites, contract_ids, strict=True)
+            if (run_id, cid) not in read_site_runs(s).finished
+        ]  # fmt: skip
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            step(f"holders: no run.finished after {timeout:.0f} s at {', '.join(missing)}")
+            return
+        time.sleep(0.25)
+
+
 # -- the whole demo -----------------------------------------------------------------------
 
 
@@ -437,6 +459,8 @@ def run_demo(opts: DemoOptions, step: Step = lambda _m: None) -> DemoResult:
             if engine != "hub":
                 step("hub: registering the run and its rounds")
                 services.register_run(run_id, contract_ids, history, ckey)
+            else:
+                await_site_runs(sites, run_id, contract_ids, step)
             witness_keys = await_witnesses(services, sites, step)
     except BaseException:
         if services is not None:

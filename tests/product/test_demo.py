@@ -76,11 +76,26 @@ def test_the_default_demo_trains_through_the_hub(tmp_path, capsys):
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     with TransparencyLog.open(wd / "hub" / "log") as log:
         events = [parse_event(e) for e in log.entries(0, log.size)]
-    (fin,) = [e for e in events if e.kind == "run.finished"]
+    ((fin_index, fin),) = [(i, e) for i, e in enumerate(events) if e.kind == "run.finished"]
     assert fin.fields["run_id"] == summary["run_id"] and fin.fields["status"] == "finished"
     model = hashlib.sha256((out / "final.npz").read_bytes()).hexdigest()
     assert fin.fields["model_sha256"] == model
     assert sorted(fin.fields["contracts"]) == sorted(s["contract_id"] for s in summary["sites"])
+    # each holder's connector recorded the run's end in its own log, with the same model,
+    # and the auditor's cross-check of each site against the hub matched it
+    for i, site in enumerate(summary["sites"]):
+        with TransparencyLog.open(wd / "sites" / f"site-{i}" / "log") as log:
+            own = [parse_event(e) for e in log.entries(0, log.size)]
+        (mine,) = [e for e in own if e.kind == "run.finished"]
+        assert mine.fields["model_sha256"] == model and mine.contract_id == site["contract_id"]
+        assert mine.fields["rounds"][-2:] == [1, 2] and mine.fields["hub_log_index"] == fin_index
+    assert all(a["cross_check"]["ok"] for a in summary["audit"][:3]), summary["audit"]
+    # audit show on a site's log alone names the released model
+    assert main(["audit", "show", str(wd / "sites" / "site-0"), "--contract",
+                 summary["sites"][0]["contract_id"], "--json"]) == 0  # fmt: skip
+    shown = json.loads(capsys.readouterr().out)
+    assert {r["model_source"] for r in shown["rounds"]} == {"site run.finished"}
+    assert {r["model"] for r in shown["rounds"]} == {model}
     # every SuperLink, SuperNode and worker process was stopped with the demo
     import psutil
 

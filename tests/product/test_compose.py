@@ -70,6 +70,16 @@ def test_the_compose_file_has_a_hub_and_three_connectors():
         assert v in COMPOSE["volumes"]
 
 
+def test_the_consumer_step_trains_through_the_hub_and_mounts_no_site():
+    """Issue 16: the consumer's service runs `dataspace train --hub` with its own key and
+    volume only; it is a profile, so `docker compose up` does not start it."""
+    c = SERVICES["consumer"]
+    assert c["command"][:4] == ["dataspace", "train", "--hub", "http://hub:8000"]
+    assert c["profiles"] == ["consumer"]
+    assert all(not v.startswith("site-") for v in c["volumes"]), c["volumes"]
+    assert _opt(c["command"], "--key").startswith("/consumer/")
+
+
 DATASPACE = sorted(n for n, s in SERVICES.items() if s["command"][0] == "dataspace")
 FLOWER = sorted(n for n, s in SERVICES.items() if s["command"][0] != "dataspace")
 

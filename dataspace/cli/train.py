@@ -2,6 +2,7 @@
 
     dataspace train --hub URL --key KEY --contract ID[,ID...] [--template bc-mlp]
                     [--rounds N] [--out DIR] [--run-id R] [--min-sites N]
+                    [--connect-timeout SECONDS]
                     [--superlink HOST:PORT --root-certificates CA] [--seed S] [--secagg]
                     [--validation PATH] [--stats-from PATH] [--json]
     dataspace train SITE... --contract ID[,ID...] ...        (local mode)
@@ -108,6 +109,14 @@ err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: ne
     default=None,
     help="With --hub: go on with at least N sites (default: every contract's).",
 )
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(1, 86_400),
+    default=120.0,
+    show_default=True,
+    help="Seconds a round waits for the sites to be connected before it goes on with those "
+    "there (at least --min-sites) or stops, naming the others.",
+)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--lr", type=float, default=0.5, show_default=True)
@@ -143,6 +152,7 @@ def command(
     superlink: str | None,
     root_certificates: Path | None,
     min_sites: int | None,
+    connect_timeout: float,
     out_dir: Path | None,
     seed: int,
     lr: float,
@@ -209,6 +219,7 @@ def command(
             spec = RunSpec(
                 contracts=ids, template=template, rounds=rounds, out_dir=str(out), run_id=run_id,
                 seed=seed, lr=lr, secagg=secagg, public_stats=public,
+                connect_timeout=connect_timeout,
             )  # fmt: skip
             history = train(spec, list(sites), engine, on_round)
             if validation is not None:

@@ -208,3 +208,55 @@ def test_a_consumer_trains_through_the_hub_and_opens_no_site_file(federation, tm
             x = cross_check(log.entries(0, log.size), hub_entries)
         assert x.ok, x.mismatches
     print(f"\nwall: {time.monotonic() - t0:.0f} s, consumer's train: {consumer_s:.0f} s")
+
+
+@pytest.mark.slow
+def test_an_offline_holder_is_named_and_the_run_goes_on_when_the_consumer_allows(
+    federation, tmp_path
+):
+    """Three agreed contracts at the hub, but the third holder's SuperNode never connects:
+    with ``--min-sites 2`` the run finishes on the two others and the consumer is told,
+    by name, which holder took no part; that holder's log is charged nothing."""
+    fed = federation(epsilon=4.0, rounds=1)
+    online = [s.root.resolve() for s in fed.sites[:2]]
+    offline = fed.sites[2]
+    runs = tmp_path / "hub-runs"
+    hub_data = tmp_path / "hub"
+    key = fed.sites[0].root.parent / "consumer.key"
+    with Deployment(tmp_path / "deploy", online, runs_dir=runs) as dep:
+        assert dep.tls is not None
+        trust = [a for s in fed.sites for a in ("--trust", str(s.root / "site.key.pub"))]
+        hub = Service(
+            ["hub", "--data", str(hub_data), *trust, "--runs-dir", str(runs),
+             "--superlink", f"127.0.0.1:{dep.control_port}",
+             "--superlink-ca", str(dep.tls.ca_cert)],
+            free_port(),
+            tmp_path / "hub.log",
+        )  # fmt: skip
+        try:
+            hub.wait_ready()
+            for site, cid in zip(fed.sites, fed.contract_ids, strict=True):
+                with signed_client(hub.url, site.key) as c:
+                    for rec in list_datasets(site):
+                        call(c, "POST", "/v1/catalog", json=publish_request(site, rec, None))
+                    record = hub_record(load_contract(site, cid), None)
+                    call(c, "POST", "/v1/contracts", json=record)
+            r = subprocess.run(
+                [str(BIN / "dataspace"), "train", "--hub", hub.url,
+                 "--contract", ",".join(fed.contract_ids), "--key", str(key),
+                 "--rounds", "1", "--min-sites", "2", "--connect-timeout", "20",
+                 "--out", str(tmp_path / "run"), "--json"],
+                capture_output=True, text=True, timeout=900,
+            )  # fmt: skip
+        finally:
+            hub.stop()
+    assert r.returncode == 0, r.stderr[-4000:]
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["status"] == "finished"
+    assert set(report["epsilon"]) == set(fed.dataset_ids[:2])
+    err = " ".join(r.stderr.split())
+    assert "took no part" in err and offline.name in err and fed.contract_ids[2] in err
+    # nothing was charged at the holder that was offline
+    with TransparencyLog.open(offline.root / "log") as log:
+        kinds = [parse_event(e).kind for e in log.entries(0, log.size)]
+    assert "round.started" not in kinds

@@ -16,6 +16,11 @@ consistency proof, or the same size with a different root (a fork). A
 checkpoint refused with 422 is kept (``refused/``, :meth:`Witness.refused`): with
 the one the witness cosigned, it is the evidence that the log showed two histories.
 
+The state kept per log is the log-signed checkpoint with the cosignature this witness
+returned for it: tlog-witness "Monitor Retrieval Mechanism" serves it, ``GET <monitoring
+prefix>/<hex SHA-256 of the origin>/checkpoint`` (:meth:`Witness.monitor_checkpoint`).
+A witness cosigns with a key of its own, never a log's (:mod:`.witnesskey`).
+
 A log is its key, not its name: the witness trusts one key per origin (the first it
 is given: a key it was configured with, pinned, is never replaced by one learned
 later, e.g. from a catalog), and keeps its state and its evidence per (origin, key).
@@ -41,6 +46,7 @@ from dataspace.audit.cosignature import cosign, cosigner, witness_vkey
 from dataspace.audit.merkle import ProofError
 from dataspace.audit.note import NoteError, Verifier, open_note, parse_note
 from dataspace.audit.storage import atomic_write, locked
+from dataspace.audit.witnesskey import check_distinct
 from dataspace.errors import DataspaceError
 
 MAX_PROOF_LINES = 63
@@ -100,10 +106,18 @@ class Witness:
         key: Ed25519PrivateKey,
         logs: Iterable[Verifier],
         clock: Callable[[], float] = _time.time,
+        *,
+        log_keys: Iterable[bytes] = (),
     ) -> None:
+        """``log_keys``: the service's own log key(s); the witness key must not be one
+        (:class:`~dataspace.audit.witnesskey.WitnessKeyError`), nor a key it trusts as a log's."""
         self.directory = Path(directory)
+        check_distinct(key, list(log_keys))
         self.directory.mkdir(parents=True, exist_ok=True)
         self.signer = cosigner(name, key)
+        #: what ``GET .../witness-key`` answers: this key endorsed by the service's
+        #: identity (:func:`dataspace.audit.witnesskey.endorse`); set by the service
+        self.endorsement: bytes | None = None
         self.logs: dict[str, Verifier] = {}
         for v in logs:
             self.trust(v)
@@ -118,7 +132,10 @@ class Witness:
 
     def trust(self, log: Verifier) -> bool:
         """Trust ``log`` for its name, unless another key is trusted for that name already
-        (that one stays: a log is its key). Returns whether ``log`` is trusted now."""
+        (that one stays: a log is its key). Returns whether ``log`` is trusted now. A log
+        signing with this witness's own key is never trusted (one key, one role)."""
+        if log.public_key == self.signer.public_key:
+            return False
         have = self.logs.setdefault(log.name, log)
         return have.public_key == log.public_key
 
@@ -216,9 +233,40 @@ class Witness:
                 except ProofError as e:
                     self._keep_refused(cp, stored, log.public_key)
                     raise WitnessError(422, f"{cp.origin}: bad consistency proof: {e}") from e
-            # persist before answering
-            atomic_write(self.state_path(cp.origin, log.public_key), stored)
-        return cosign(parsed.text, self.signer, int(self.clock())).line()
+            # tlog-witness: persist before answering; with the cosignature returned, which
+            # the monitoring route serves ("Monitor Retrieval Mechanism")
+            line = cosign(parsed.text, self.signer, int(self.clock())).line()
+            atomic_write(self.state_path(cp.origin, log.public_key), stored + line)
+        return line
+
+    def monitor_checkpoint(self, origin_hash: str) -> bytes:
+        """tlog-witness "Monitor Retrieval Mechanism": the latest checkpoint this witness
+        cosigned of the log whose origin hashes (SHA-256, lowercase hex) to ``origin_hash``,
+        with the log's signature it verified and its own cosignature. Raises
+        :class:`WitnessError` 404 when it never cosigned one (or the hash is not one)."""
+        if len(origin_hash) != 64 or any(c not in "0123456789abcdef" for c in origin_hash):
+            raise WitnessError(404, "not a lowercase hex SHA-256 of an origin")
+        trusted = [o for o in self.logs if hashlib.sha256(o.encode()).hexdigest() == origin_hash]
+        try:
+            if trusted:
+                note = self._latest_note(trusted[0], None)
+            else:  # a log no longer trusted: its state, if exactly one key's is kept
+                kept = sorted(self.directory.glob(f"{origin_hash[:32]}.*.checkpoint"))
+                note = kept[0].read_bytes() if len(kept) == 1 else None
+        except FileNotFoundError:
+            note = None
+        if note is None:
+            raise WitnessError(404, "this witness never cosigned a checkpoint of that log")
+        parsed = parse_note(note)
+        cp = parse_checkpoint(parsed.text)
+        if hashlib.sha256(cp.origin.encode()).hexdigest() != origin_hash:
+            raise WitnessError(404, "this witness never cosigned a checkpoint of that log")
+        mine = (self.name, self.signer.key_id)
+        if any((s.name, s.key_id) == mine for s in parsed.signatures):
+            return note
+        # a state kept before cosignatures were kept with it: cosign it now (it is still
+        # the largest consistent tree this witness saw of that log, as of now)
+        return note + cosign(parsed.text, self.signer, int(self.clock())).line()
 
     # --- evidence: the log-signed checkpoints refused as inconsistent ---------------------
     def _refused_prefix(self, origin: str, key: bytes | None = None) -> str:

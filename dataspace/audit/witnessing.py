@@ -31,7 +31,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dataspace.audit.checkpoint import parse_checkpoint
@@ -47,6 +47,7 @@ from dataspace.audit.note import (
     parse_vkey,
 )
 from dataspace.audit.witness import SIZE_CONTENT_TYPE, request_body
+from dataspace.audit.witnesskey import MAX_ENDORSEMENT, WitnessKeyError, check_endorsement
 from dataspace.audit.witnesspolicy import STALE_AFTER_S, WitnessPolicy, WitnessState
 from dataspace.errors import DataspaceError
 
@@ -85,14 +86,19 @@ class BadCosignatureError(WitnessingError):
 
 @dataclass(frozen=True)
 class Peer:
-    """A witness to push to: its add-checkpoint URL and, when known, its 0x04 key."""
+    """A witness to push to: its add-checkpoint URL and, when known, its 0x04 key; or the
+    key name and identity key of a dataspace service, whose witness key is then learned
+    from the service, endorsed by that identity (:func:`resolve_peer`)."""
 
     url: str
     verifier: Verifier | None = None
+    identity: tuple[str, bytes] | None = None
 
     @property
     def name(self) -> str:
-        return self.verifier.name if self.verifier is not None else self.url
+        if self.verifier is not None:
+            return self.verifier.name
+        return self.identity[0] if self.identity is not None else self.url
 
 
 @dataclass(frozen=True)
@@ -142,8 +148,100 @@ def read_witness_key(text: str) -> Verifier:
 
 
 def peer_for_identity(url: str, name: str, public_key: bytes) -> Peer:
-    """The witness of a dataspace service: its key name and identity key, type 0x04."""
-    return Peer(add_checkpoint_url(url), witness_verifier(name, public_key))
+    """The witness of a dataspace service known by its key name and identity key: its
+    witness key is the one that identity endorses (:mod:`.witnesskey`, :func:`resolve_peer`)."""
+    return Peer(add_checkpoint_url(url), identity=(name, public_key))
+
+
+def witness_peer(url: str, key: Verifier | tuple[str, bytes] | None) -> Peer:
+    """A witness at ``url`` known by its 0x04 vkey, by (name, identity key), or not at all."""
+    if isinstance(key, tuple):
+        return peer_for_identity(url, *key)
+    return Peer(add_checkpoint_url(url), key)
+
+
+def witness_key_url(url: str) -> str:
+    """Where a dataspace witness at add-checkpoint URL ``url`` serves its endorsed key."""
+    return url.removesuffix("/add-checkpoint") + "/witness-key"
+
+
+#: url -> (HTTP status, body)
+GetFn = Callable[[str], tuple[int, bytes]]
+#: seconds a witness key learned from its service is used before it is asked again
+KEY_TTL_S = 300.0
+_keys: dict[tuple[str, str, bytes], tuple[float, Verifier]] = {}
+_keys_lock = threading.Lock()
+
+
+def http_get(timeout: float = 10.0) -> GetFn:
+    """GET with the standard library; unreachable services raise."""
+
+    def get(url: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                return r.status, r.read(MAX_ENDORSEMENT + 1)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(MAX_ENDORSEMENT + 1)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise WitnessUnreachableError(url, f"cannot reach it: {e}") from e
+
+    return get
+
+
+def resolve_peer(peer: Peer, get: GetFn | None = None, refresh: bool = False) -> Peer:
+    """``peer`` with its witness key: as given, or, for a service known by its identity,
+    the key that identity endorses at ``.../witness-key`` (kept :data:`KEY_TTL_S` s).
+
+    A service that answers 404 there predates witness keys and cosigns with its identity
+    key (type 0x04); only that identity's holder can make such cosignatures, so falling
+    back gives a hostile network nothing. An endorsement that does not verify raises
+    :class:`BadCosignatureError`.
+    """
+    if peer.verifier is not None or peer.identity is None:
+        return peer
+    name, ident = peer.identity
+    k = (peer.url, name, ident)
+    now = time.monotonic()
+    with _keys_lock:
+        kept = _keys.get(k)
+    if kept is not None and not refresh and now - kept[0] < KEY_TTL_S:
+        return replace(peer, verifier=kept[1])
+    try:
+        status, body = (get or http_get())(witness_key_url(peer.url))
+    except WitnessUnreachableError as e:
+        raise WitnessUnreachableError(name, f"{peer.url}: {e.detail}", e.status) from e
+    if status == 200:
+        try:
+            v = check_endorsement(body, name, ident).witness
+        except WitnessKeyError as e:
+            raise BadCosignatureError(name, f"its witness key: {e}") from e
+    elif status == 404:
+        v = witness_verifier(name, ident)
+    else:
+        raise WitnessUnreachableError(name, f"witness key: HTTP {status}", status)
+    with _keys_lock:
+        _keys[k] = (now, v)
+    return replace(peer, verifier=v)
+
+
+def known_witness_keys(peer: Peer) -> list[Verifier]:
+    """The keys ``peer``'s cosignatures may verify with, without asking it (for request
+    paths, e.g. the hub's dashboard, while the pusher's thread learns them): the key given,
+    or, for a service known by its identity, the witness key learned from it, if any, and
+    the identity's own 0x04 key, which cosigned before witness keys (one witness, by name)."""
+    if peer.verifier is not None or peer.identity is None:
+        return [] if peer.verifier is None else [peer.verifier]
+    with _keys_lock:
+        kept = _keys.get((peer.url, *peer.identity))
+    legacy = witness_verifier(*peer.identity)
+    return [legacy] if kept is None or kept[1] == legacy else [kept[1], legacy]
+
+
+def forget_peer_key(peer: Peer) -> None:
+    """Drop the witness key learned for ``peer`` (it cosigned with another: ask again)."""
+    if peer.identity is not None:
+        with _keys_lock:
+            _keys.pop((peer.url, *peer.identity), None)
 
 
 def build_request(log: TransparencyLog, note: bytes, old_size: int) -> bytes:
@@ -215,14 +313,17 @@ def witness_once(
     known_size: int | None = None,
     post: PostFn | None = None,
     note: bytes | None = None,
+    get: GetFn | None = None,
 ) -> Cosigned:
     """Have ``peer`` cosign ``log``'s latest checkpoint (or ``note``, one this log
     signed); keep and return its cosignature.
 
     ``known_size`` is the size this witness cosigned last, if remembered (0 for a
-    first contact); a wrong guess costs one 409 round trip.
+    first contact); a wrong guess costs one 409 round trip. A peer known by its
+    identity gets its witness key first (:func:`resolve_peer`, ``get``).
     """
     post = post or http_post()
+    peer = resolve_peer(peer, get)
     note = log.checkpoint() if note is None else note
     old = known_size or 0
     seen: set[int] = set()
@@ -237,7 +338,11 @@ def witness_once(
             # the transport knows only the URL: name the witness (its key name) as well
             raise WitnessUnreachableError(peer.name, f"{peer.url}: {e.detail}", e.status) from e
         if status == 200:
-            sig, verified = check_cosignature(resp, body, peer)
+            try:
+                sig, verified = check_cosignature(resp, body, peer)
+            except BadCosignatureError:
+                forget_peer_key(peer)  # its key may have changed: learn it again next time
+                raise
             log.keep_cosignature(body, sig.line(), signed=note)
             ts = int.from_bytes(sig.sig[:8], "big")
             return Cosigned(sig.name, peer.url, cp.origin, cp.size, ts, sig.line(), verified)
@@ -271,6 +376,7 @@ def witness_all(
     peers: Iterable[Peer],
     known: dict[str, int] | None = None,
     post: PostFn | None = None,
+    get: GetFn | None = None,
 ) -> tuple[list[Cosigned], list[WitnessingError]]:
     """Push to every peer; one failing witness never stops the others.
 
@@ -287,7 +393,9 @@ def witness_all(
         note = None
     for peer in peers:
         try:
-            c = witness_once(log, peer, known_size=known.get(peer.url), post=post, note=note)
+            c = witness_once(
+                log, peer, known_size=known.get(peer.url), post=post, note=note, get=get
+            )
         except DataspaceError as e:  # a refusal, no answer, or our own log failed us
             err = e if isinstance(e, WitnessingError) else WitnessingError(peer.name, str(e))
             err.url = peer.url
@@ -393,6 +501,8 @@ class WitnessPusher:
     debounce: float = 0.2
     max_backoff: float = 30.0
     post: PostFn | None = None
+    #: how witness keys are fetched from peers known by identity (:func:`resolve_peer`)
+    get: GetFn | None = None
     quorum: int | None = None
     stale_after: float = STALE_AFTER_S
     #: wall clock (UNIX seconds) of the policy's failing_since; tests pass their own
@@ -480,7 +590,7 @@ class WitnessPusher:
             errors: list[WitnessingError] = []
             if due:
                 known = {p.url: self.state[p.url].size or 0 for p in due}
-                got, errors = witness_all(self.log, due, known, self.post)
+                got, errors = witness_all(self.log, due, known, self.post, self.get)
                 self._record(got, errors, now)
             self._write_policy(peers)
             return got, errors

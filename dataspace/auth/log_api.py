@@ -15,8 +15,21 @@ GET  /witnesses                        the witness set: per witness the size it 
                                        whether it is stale (and since which size), why
 GET  /proof/inclusion?index=I&size=N   {"index","size","leaf_hash","hashes"} (hex)
 GET  /proof/consistency?from=M&size=N  {"from","size","hashes"} (hex)
+GET  /tile/L/N[.p/W]                   C2SP tlog-tiles: level L tile N (W hashes if partial)
+GET  /tile/entries/N[.p/W]             C2SP tlog-tiles: entry bundle N (signed readers only)
 POST /add-checkpoint                   C2SP tlog-witness (when a witness is given)
+GET  /<hex sha256(origin)>/checkpoint  C2SP tlog-witness "Monitor Retrieval Mechanism":
+                                       the latest checkpoint of that log this witness cosigned
+GET  /witness-key                      the witness's 0x04 vkey, endorsed by the service's
+                                       identity key (dataspace.audit.witnesskey)
 =====================================  ==============================================
+
+Caching (tlog-tiles): the checkpoint is mutable, cacheable for a few seconds at most
+(:data:`CHECKPOINT_CACHE`); a tile, full or partial, never changes once the tree holds
+it (:data:`TILE_CACHE`); entry bundles too, but they answer signed readers only, so no
+shared cache may keep them (:data:`BUNDLE_CACHE`). Errors are never cached: a tile not
+there yet will be. The tiles served are those of the latest checkpoint, so every tile
+a client fetches is covered by a checkpoint it can fetch.
 
 It lives with the services' shared set-up, not in ``dataspace.audit`` (standard
 library, cryptography and rfc8785 only): it is the log as both services serve it over
@@ -27,6 +40,7 @@ as clients have always read them.
 
 from __future__ import annotations
 
+import gzip
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -35,13 +49,30 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from dataspace.audit.checkpoint import checkpoint_of_note
 from dataspace.audit.events import EventError, verify_event
 from dataspace.audit.log import TransparencyLog
+from dataspace.audit.tiles import (
+    CHECKPOINT_CONTENT_TYPE,
+    TILE_CONTENT_TYPE,
+    parse_tile_path,
+    read_tile,
+)
 from dataspace.audit.witness import SIZE_CONTENT_TYPE, Witness, WitnessError
 from dataspace.errors import DataspaceError
 
 #: most entries one GET /entries answers
 PAGE = 1000
+#: tlog-tiles "Checkpoints": mutable, "SHOULD prevent caching beyond a few seconds"
+CHECKPOINT_CACHE = "public, max-age=5"
+#: tlog-tiles "Merkle Tree": "immutable, so its caching headers SHOULD be long-lived"
+TILE_CACHE = "public, max-age=31536000, immutable"
+#: entry bundles are immutable too, but only for signed readers: no shared cache
+BUNDLE_CACHE = "private, max-age=31536000, immutable"
+#: tlog-witness monitoring: "SHOULD NOT delay for more than an hour"; a minute at most here
+MONITOR_CACHE = "public, max-age=60"
+#: error answers: a tile not there yet, a witness refusal; never kept by a cache
+NO_STORE = "no-store"
 
 
 def _provider(p: Any) -> Callable[[], Any]:
@@ -49,7 +80,19 @@ def _provider(p: Any) -> Callable[[], Any]:
 
 
 def _error(e: DataspaceError) -> JSONResponse:
-    return JSONResponse({"error": type(e).__name__, "detail": str(e)}, status_code=e.http_status)
+    return JSONResponse(
+        {"error": type(e).__name__, "detail": str(e)},
+        status_code=e.http_status,
+        headers={"cache-control": NO_STORE},
+    )
+
+
+def exact_response(body: bytes, status: int, content_type: str, **headers: str) -> Response:
+    """A response whose Content-Type is exactly ``content_type``: Starlette appends
+    ``; charset=utf-8`` to a ``text/*`` media type, which tlog-witness's 409 must not
+    have ("MUST have a Content-Type of text/x.tlog.size"), so the header is given as is."""
+    h = {"content-type": content_type, **{k.replace("_", "-"): v for k, v in headers.items()}}
+    return Response(body, status_code=status, headers=h)
 
 
 def log_router(
@@ -117,7 +160,7 @@ def log_router(
             note = log.witnessed_checkpoint() if witnessed else log.checkpoint()
         except DataspaceError as e:
             return _error(e)
-        return PlainTextResponse(note, media_type="text/plain; charset=utf-8")
+        return exact_response(note, 200, CHECKPOINT_CONTENT_TYPE, cache_control=CHECKPOINT_CACHE)
 
     @router.get("/witnesses")
     def witnesses() -> Response:
@@ -163,17 +206,105 @@ def log_router(
     async def add_checkpoint(request: Request) -> Response:
         witness = get_witness()
         if witness is None:
-            return PlainTextResponse("this service is not a witness\n", status_code=404)
+            return _witness_error(WitnessError(404, "this service is not a witness"))
         body = await request.body()
         try:
             line = witness.add_checkpoint(body)
         except WitnessError as e:
             if e.status == 409 and e.body is not None:
-                return Response(e.body, status_code=409, media_type=SIZE_CONTENT_TYPE)
-            return PlainTextResponse(str(e) + "\n", status_code=e.status)
-        return Response(line, media_type="text/plain; charset=utf-8")
+                # tlog-witness add-checkpoint: exactly text/x.tlog.size, no charset
+                return exact_response(e.body, 409, SIZE_CONTENT_TYPE, cache_control=NO_STORE)
+            return _witness_error(e)
+        return exact_response(line, 200, "text/plain; charset=utf-8", cache_control=NO_STORE)
+
+    @router.get(
+        "/tile/{path:path}",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "C2SP tlog-tiles: a tile (hashes) or an entry bundle",
+                "content": {TILE_CONTENT_TYPE: {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    def tile(path: str, request: Request) -> Response:
+        """C2SP tlog-tiles: ``tile/L/N[.p/W]`` and ``tile/entries/N[.p/W]`` of the tree
+        of the latest checkpoint (404 beyond it, 400 for a path not in the spec's form)."""
+        try:
+            ref = parse_tile_path("tile/" + path)
+            log = get_log()
+            size = checkpoint_of_note(log.checkpoint()).size
+            data = read_tile(log, ref, size)
+        except DataspaceError as e:
+            return _error(e)
+        if ref.level is not None:
+            return exact_response(data, 200, TILE_CONTENT_TYPE, cache_control=TILE_CACHE)
+        # tlog-tiles "Log entries": bundles SHOULD be compressed at the HTTP layer
+        headers = {"cache_control": BUNDLE_CACHE, "vary": "Accept-Encoding"}
+        if _accepts_gzip(request.headers.get("accept-encoding", "")):
+            data = gzip.compress(data, mtime=0)
+            headers["content_encoding"] = "gzip"
+        return exact_response(data, 200, TILE_CONTENT_TYPE, **headers)
+
+    @router.get(
+        "/witness-key",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "the witness key, endorsed by the identity key",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    def witness_key() -> Response:
+        witness = get_witness()
+        if witness is None or witness.endorsement is None:
+            return _error(WitnessError(404, "this service is not a witness"))
+        return exact_response(witness.endorsement, 200, "text/plain; charset=utf-8")
+
+    @router.get(
+        "/{origin_hash}/checkpoint",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "C2SP tlog-witness: a log's checkpoint, cosigned",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    def monitor(origin_hash: str) -> Response:
+        """tlog-witness "Monitor Retrieval Mechanism": the latest checkpoint of the log
+        whose origin's SHA-256 is ``origin_hash`` (lowercase hex) this witness cosigned."""
+        witness = get_witness()
+        try:
+            if witness is None:
+                raise WitnessError(404, "this service is not a witness")
+            note = witness.monitor_checkpoint(origin_hash)
+        except WitnessError as e:
+            return _error(e)
+        return exact_response(note, 200, CHECKPOINT_CONTENT_TYPE, cache_control=MONITOR_CACHE)
 
     return router
+
+
+def _witness_error(e: WitnessError) -> Response:
+    """A tlog-witness error status with its reason as text."""
+    return exact_response(
+        (str(e) + "\n").encode(), e.status, "text/plain; charset=utf-8", cache_control=NO_STORE
+    )
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    """Whether ``Accept-Encoding`` lists gzip with a non-zero weight (RFC 9110 12.5.3)."""
+    for item in accept_encoding.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "x-gzip"):
+            p = params.strip()
+            try:
+                return float(p[2:] if p.startswith("q=") else "1") > 0
+            except ValueError:
+                return False
+    return False
 
 
 def http_post(url: str, timeout: float = 30.0) -> Callable[[bytes], tuple[int, bytes]]:

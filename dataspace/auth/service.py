@@ -70,6 +70,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
+from dataspace.audit.tiles import TILE_PATH_RE
 from dataspace.auth.httpsig import (
     WINDOW_S,
     NonceStore,
@@ -96,9 +97,30 @@ MAX_JSON_DIGITS = 300
 
 #: paths that need no signature (health, the API description)
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"})
+#: DSP 2025-1: the version endpoint "MUST be unversioned and unauthenticated"; and the
+#: connector's robot vocabulary (dataspace.connectors.routes.dsp)
+PUBLIC_DSP = frozenset({"/.well-known/dspace-version", "/vocab/robot.ttl"})
+#: the ODRL profile's ontology and JSON-LD context (dataspace.connectors.routes.vocab)
+PUBLIC_VOCAB = frozenset({"/odrl", "/odrl/v1", "/odrl/v1/profile.ttl", "/odrl/v1/context.jsonld"})
 #: log routes anyone may call: the checkpoint is a size and a root, and a C2SP
-#: witness request is authenticated by the log signature it carries
-PUBLIC_LOG = frozenset({"/v1/log/checkpoint", "/v1/log/add-checkpoint"})
+#: witness request is authenticated by the log signature it carries; the witness key
+#: is signed by the service's identity (dataspace.audit.witnesskey)
+PUBLIC_LOG = frozenset({"/v1/log/checkpoint", "/v1/log/add-checkpoint", "/v1/log/witness-key"})
+#: and by pattern: C2SP tlog-tiles hash tiles (hashes, like the checkpoint's root; entry
+#: bundles are the entries, for signed readers only) and the witness's monitoring route
+#: (C2SP tlog-witness: cosigned checkpoints); the log router checks each path strictly
+PUBLIC_LOG_RE = re.compile(r"/v1/log/[0-9a-f]{64}/checkpoint")
+
+
+def public_log(path: str) -> bool:
+    """Whether ``path`` is a log route anyone may call (:data:`PUBLIC_LOG`, ``PUBLIC_LOG_RE``,
+    a hash tile in tlog-tiles' path grammar: ``dataspace.audit.tiles.TILE_PATH_RE``)."""
+    if path in PUBLIC_LOG or PUBLIC_LOG_RE.fullmatch(path) is not None:
+        return True
+    if not path.startswith("/v1/log/"):
+        return False
+    m = TILE_PATH_RE.fullmatch(path.removeprefix("/v1/log/"))
+    return m is not None and m["level"] != "entries"
 
 SIGNATURE_DOC = f"""
 **Authentication.** Every request except `/healthz` and the API description is
@@ -459,7 +481,9 @@ class SignedRequests:
             await send_error(scope, receive, send, MalformedJsonError(problem))
             return
 
-        if scope["path"] not in self.public_paths:
+        if scope["path"] not in self.public_paths and not (
+            self.public_paths >= PUBLIC_LOG and public_log(scope["path"])
+        ):
             raw_path = scope.get("raw_path") or scope["path"].encode()
             path = raw_path.split(b"?")[0].decode("latin-1")
             query = scope.get("query_string", b"").decode("latin-1")
@@ -585,7 +609,7 @@ def log_access(appender: str) -> Callable[[Request], Awaitable[None]]:
         path = request.url.path
         if path.endswith("/append"):
             await append(request)
-        elif path not in PUBLIC_LOG:
+        elif not public_log(path):
             await read(request)
 
     return dependency
@@ -756,7 +780,7 @@ def service_app(
                 nonces=FileNonceStore(nonces),
                 directory=directory,
                 on_refused=refusals,
-                public_paths=PUBLIC_PATHS | PUBLIC_LOG,
+                public_paths=PUBLIC_PATHS | PUBLIC_LOG | PUBLIC_VOCAB | PUBLIC_DSP,
                 window_s=window_s,
                 authorities=authorities,
                 body_timeout_s=limits.body_timeout_s,

@@ -58,19 +58,17 @@ from dataspace.audit import (
     verify_source,
     write_bundle,
 )
-from dataspace.audit.cosignature import witness_verifier
 from dataspace.audit.note import Note, parse_note, parse_signature_lines
 from dataspace.audit.report import stale_witness_text
 from dataspace.audit.source import open_source
 from dataspace.audit.storage import META
 from dataspace.audit.witnessing import (
-    Peer,
     WitnessPusher,
-    add_checkpoint_url,
     http_post,
     policy_settings,
     read_witness_key,
     witness_all,
+    witness_peer,
 )
 from dataspace.auth.httpsig import sign_url_request
 from dataspace.cli._ui import Col, escape, out_console, print_table
@@ -375,6 +373,8 @@ def show_cmd(
     trusted = load_trusted_keys(trusted_keys) if trusted_keys else TrustedKeys()
     report = _shown_report(source, trusted, trusted_keys is not None, "verifying")
     hub = None if hub_source is None else _hub_releases(hub_source, trusted, trusted_keys)
+    # the site's own run.finished entries: the released models its rounds went into
+    own = released_models(_open(source).iter_entries(0, report.size)) if report.ok else {}
     names = {c: (info.get("consumer")) for c, info in report.contracts.items()}
 
     def keep(r) -> bool:
@@ -399,7 +399,7 @@ def show_cmd(
             "round": r.round,
             "epsilon": r.epsilon,
             "model_sha256": r.model_sha256,
-            **_model_of(r, hub),
+            **_model_of(r, hub, own),
             "privacy_unit": r.privacy_unit,
             "verifies": r.ok and r.index not in bad and report.ok,
         }
@@ -463,7 +463,11 @@ def show_cmd(
 
 
 #: the ``model of`` column: where the model hash of a round comes from
-MODEL_OF = {"run.finished": "released model", "round.finished": "round update"}
+MODEL_OF = {
+    "run.finished": "released model",
+    "site run.finished": "released model (site's record)",
+    "round.finished": "round update",
+}
 
 
 def _shown_report(source: str, trusted: TrustedKeys, checked: bool, label: str) -> AuditReport:
@@ -506,13 +510,20 @@ def _hub_releases(source: str, trusted: TrustedKeys, trusted_keys: Path | None) 
     return _HubReleases(source, report, released)
 
 
-def _model_of(r: RoundRecord, hub: _HubReleases | None) -> dict[str, object]:
-    """The model a row shows: the run's released model, else the round's update."""
-    rel = None if hub is None else hub.model(r)
+def _model_of(
+    r: RoundRecord, hub: _HubReleases | None, own: dict[str, Released]
+) -> dict[str, object]:
+    """The model a row shows: the run's released model as the hub's log says it (--hub),
+    else as the site's own run.finished records it, else the round's update."""
+    rel, source = None if hub is None else hub.model(r), "run.finished"
+    if rel is None:
+        mine = own.get(str(r.run_id))
+        if mine is not None and r.contract_id in mine.contracts:
+            rel, source = mine, "site run.finished"
     return {
         "released_model_sha256": None if rel is None else rel.model_sha256,
         "model": r.model_sha256 if rel is None else rel.model_sha256,
-        "model_source": "round.finished" if rel is None else "run.finished",
+        "model_source": "round.finished" if rel is None else source,
     }
 
 
@@ -524,7 +535,10 @@ def _model_note(hub: _HubReleases | None) -> str:
         "(the site's round.finished)"
     )
     if hub is None:
-        return base + "; give --hub HUB_LOG to show released models"
+        return base + (
+            "; 'released model (site's record)' is the site's own run.finished, which "
+            "repeats the hub's: give --hub HUB_LOG to check it against the hub's log"
+        )
     rep = hub.report
     if not rep.ok:
         return base + f"; the hub's log does NOT verify ({rep.first}), so none is shown"
@@ -540,11 +554,12 @@ class WitnessingFailed(DataspaceError):
 
 
 def _witness_key(path: Path):
-    """A witness key file: vkey text (type 0x04), or an identity file (X.pub, JSON)."""
+    """A witness key file: vkey text (type 0x04), or an identity file (X.pub, JSON): then
+    the witness key is the one that identity endorses (dataspace.audit.witnesskey)."""
     text = path.read_text()
     if text.lstrip().startswith("{"):
         obj = json.loads(text)
-        return witness_verifier(str(obj["name"]), base64.b64decode(obj["public_key"]))
+        return (str(obj["name"]), base64.b64decode(obj["public_key"]))
     return read_witness_key(text)
 
 
@@ -602,10 +617,7 @@ def witness_cmd(
     if not (folder / META).is_file():
         raise LogError(f"{p} is not a site folder or a log folder")
     keys = [_witness_key(k) for k in witness_keys]
-    peers = [
-        Peer(add_checkpoint_url(u), keys[i] if i < len(keys) else None)
-        for i, u in enumerate(witnesses)
-    ]
+    peers = [witness_peer(u, keys[i] if i < len(keys) else None) for i, u in enumerate(witnesses)]
     with TransparencyLog.open(folder) as log:
         if record_policy:  # the pusher of the services, one pass: it writes the policy
             pusher = WitnessPusher(log, lambda: peers, post=http_post(timeout), **policy_settings())

@@ -29,6 +29,14 @@ robot:sourceFormat       string         the format it was enrolled from
 
 Only dataset-level aggregates appear: never a row, and never a per-episode
 length, hash or statistic.
+
+This stored entry (in the site's ``datasets`` table, and as the ``dcat`` field of the
+hub's JSON catalog) keeps the licence as the holder's text. What the standards' tools
+read is built from the same record when asked, by :mod:`dataspace.connectors.dcat`: the
+DCAT-AP 3.0.1 catalogs (licence IRIs, DQV quality, the federated-training distribution)
+of ``GET /v1/dcat`` at the connector and the hub, and the DSP catalog
+(docs/dsp.md). The robot terms are declared in Turtle in ``robot.ttl`` beside this module,
+served by the connector at ``GET /vocab/robot.ttl``.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from dataspace.auth.httpsig import WINDOW_S
 from dataspace.auth.limits import DEFAULT_LIMITS, ConnectionLimits
 from dataspace.auth.log_api import log_router
 from dataspace.auth.service import Refusals, log_access, service_app
-from dataspace.connectors.routes import admin, contracts, datasets
+from dataspace.connectors.routes import admin, contracts, datasets, dsp, vocab
 from dataspace.connectors.state import Connector
 from dataspace.connectors.witnesses import site_pusher
 from dataspace.site.folder import Site
@@ -107,8 +107,9 @@ def create_app(
     site_log = open_site_log(site)
     # the hub and the other holders cosign SITE/log (dataspace.connectors.witnesses)
     app.state.witnessing = site_pusher(site_log, conn.publisher, conn.holders)
-    for group in (datasets, contracts, admin):
+    for group in (datasets, contracts, admin, vocab):
         app.include_router(group.router)
+    dsp.install(app)  # Dataspace Protocol 2025-1: catalog, negotiation, their error shapes
     # the audit area's log endpoints over SITE/log, and the site's witness
     app.include_router(
         log_router(site_log, conn.witness),

@@ -12,8 +12,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from dataspace.audit.note import Verifier
+from dataspace.audit.note import ALG_COSIGNATURE_V1, Verifier
 from dataspace.audit.witness import Witness
+from dataspace.audit.witnesskey import endorse, load_or_create_witness_key
 from dataspace.auth.service import Caller
 from dataspace.connectors.publisher import Publisher
 from dataspace.connectors.witnesses import Holders
@@ -21,7 +22,7 @@ from dataspace.errors import DataspaceError
 from dataspace.policy import ContractError
 from dataspace.site.folder import Site
 from dataspace.site.identity import Identity
-from dataspace.site.log import record
+from dataspace.site.log import open_site_log, record
 
 
 class Connector:
@@ -48,6 +49,12 @@ class Connector:
         self.publisher = Publisher(site, hub_url, public_url) if hub_url else None
         #: the other holders of the data space, as the hub's catalog names them
         self.holders = Holders(site, self.publisher)
+        #: the key this site cosigns others' checkpoints with, never its log key
+        #: (SITE/witness.key, made on first start: dataspace.audit.witnesskey)
+        self.witness_key = load_or_create_witness_key(site.root, site.name)
+        with open_site_log(site, writable=False) as log:
+            self.log_verifier = log.verifier
+        self._endorsed: tuple[bytes, bytes] | None = None
 
     def directory(self, key_id: str) -> tuple[str, str] | None:
         """(name, role) of a key this connector knows, None for any other key."""
@@ -69,12 +76,24 @@ class Connector:
         if p is None or p.hub_key is None or p.hub_name is None:
             return None
         hub = Verifier(p.hub_name, base64.b64decode(p.hub_key))
-        return Witness(
+        w = Witness(
             self.site.root / "witness",
             self.site.name,
-            self.site.key,
+            self.witness_key,
             [hub, *self.holders.log_verifiers()],
+            log_keys=[self.log_verifier.public_key],
         )
+        w.endorsement = self.endorsement(w)
+        return w
+
+    def endorsement(self, w: Witness) -> bytes:
+        """The witness key and log key, endorsed by the site's identity key (the one the
+        hub's registry and catalog name): what ``GET /v1/log/witness-key`` answers."""
+        ident = self.site.identity.key_b64.encode()
+        if self._endorsed is None or self._endorsed[0] != ident:
+            v = Verifier(w.name, w.signer.public_key, ALG_COSIGNATURE_V1)
+            self._endorsed = (ident, endorse(self.site.key, v, self.log_verifier))
+        return self._endorsed[1]
 
 
 async def connector_of(request: Request) -> Connector:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dataspace.audit import verify_source
+from dataspace.audit.witnesskey import WITNESS_VKEY
 from dataspace.site import Site
 
 
@@ -17,7 +18,11 @@ def trusted_keys_file(workdir: Path, sites: list[Site], extra: list[Path]) -> Pa
     lines = ["# written by dataspace demo: log keys (vkey) and actor keys (X.pub)"]
     for s in sites:
         lines += [str(s.vkey_path.resolve()), f"actor {(s.root / 'site.key.pub').resolve()}"]
-        lines.append(f"witness {(s.root / 'site.key.pub').resolve()}")  # it cosigns the hub's
+        # it cosigns the hub's log: with its witness key (SITE/witness.vkey, made when its
+        # connector first started), and before witness keys with its identity key
+        lines.append(f"witness {(s.root / 'site.key.pub').resolve()}")
+        if (s.root / WITNESS_VKEY).is_file():
+            lines.append(f"witness {(s.root / WITNESS_VKEY).resolve()}")
     for p in extra:
         lines.append(f"actor {p.resolve()}" if p.suffix == ".pub" else str(p.resolve()))
     path.write_text("\n".join(lines) + "\n")

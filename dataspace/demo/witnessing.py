@@ -23,6 +23,7 @@ from dataspace.audit.crosscheck import cross_check
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.note import parse_note
 from dataspace.audit.source import open_source
+from dataspace.audit.witnesskey import WITNESS_VKEY
 from dataspace.errors import DataspaceError
 from dataspace.site.folder import Site
 
@@ -50,8 +51,13 @@ def await_witnesses(
         return []
     hub_name = str(services.hub_info["name"])
     vkey = services.workdir / "auditor" / "hub-witness.vkey"
-    raw = base64.b64decode(services.hub_info["public_key"])
-    vkey.write_text(witness_vkey(hub_name, raw) + "\n")
+    # the hub cosigns with its witness key (DATA/witness.vkey), not its identity key
+    hub_vkey = services.workdir / "hub" / WITNESS_VKEY
+    if hub_vkey.is_file():
+        vkey.write_text(hub_vkey.read_text())
+    else:  # a hub from before witness keys cosigns with its identity key
+        raw = base64.b64decode(services.hub_info["public_key"])
+        vkey.write_text(witness_vkey(hub_name, raw) + "\n")
     names = {s.name for s in sites}
     logs = {hub_name: (services.workdir / "hub" / "log", names)}
     logs |= {s.name: (s.log_dir, {hub_name} | (names - {s.name})) for s in sites}

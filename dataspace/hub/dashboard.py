@@ -48,6 +48,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dataspace.audit import TrustedKeys, Verifier, checkpoint_of_note, verify_source
 from dataspace.audit.note import raw_public
+from dataspace.audit.witnessing import known_witness_keys
 from dataspace.auth.client import (
     ServiceRefusedError,
     ServiceUnavailableError,
@@ -283,7 +284,8 @@ class Views:
         without any, only the log's self-consistency can be checked, and ``anchored``
         and ``detail`` say so.
         """
-        witnesses = [p.verifier for p in holder_peers(self.store) if p.verifier is not None]
+        peers = holder_peers(self.store)
+        witnesses = [v for p in peers for v in known_witness_keys(p)]
         log = self.hub_log.log
         if size and witnesses:  # what they cosigned (it may trail the latest checkpoint)
             note = log.witnessed_checkpoint()

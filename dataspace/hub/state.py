@@ -21,8 +21,9 @@ from fastapi import Depends, Request
 
 from dataspace.audit.events import make_event, parse_event
 from dataspace.audit.log import TransparencyLog
-from dataspace.audit.note import Verifier, raw_public, vkey_text
+from dataspace.audit.note import ALG_COSIGNATURE_V1, Verifier, raw_public, vkey_text
 from dataspace.audit.witness import Witness
+from dataspace.audit.witnesskey import endorse, load_or_create_witness_key
 from dataspace.auth.service import Caller
 from dataspace.errors import DataspaceError
 from dataspace.federated.rundir import MAX_RUN_FILE
@@ -112,6 +113,14 @@ class Hub:
         self.store = HubStore(self.data_dir)
         register_participants(self.store, self.key_id, name, trust)
         self.log = HubLog(self.data_dir / "log", name, key)
+        #: the key the hub cosigns site logs with, never its log key (DATA/witness.key,
+        #: made on first start: dataspace.audit.witnesskey)
+        self.witness_key = load_or_create_witness_key(self.data_dir, name)
+        self._endorsement = endorse(
+            key,
+            Verifier(name, raw_public(self.witness_key), ALG_COSIGNATURE_V1),
+            self.log.log.verifier,
+        )
         recover_contracts(self.store, self.log)
         self.publications = GroupCommit(
             self._commit_publications, name="hub-publications", burst=self.store.burst
@@ -137,7 +146,15 @@ class Hub:
             for k, p in self.store.participants.items()
             if p["role"] == "holder"
         ]
-        return Witness(self.data_dir / "witness", self.log.origin, self.log.key, holders)
+        w = Witness(
+            self.data_dir / "witness",
+            self.name,
+            self.witness_key,
+            holders,
+            log_keys=[self.log.log.public_key],
+        )
+        w.endorsement = self._endorsement
+        return w
 
 
 def register_participants(

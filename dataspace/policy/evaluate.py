@@ -6,10 +6,12 @@ docs/odrl-profile.md ("Evaluation"). In short:
 1. A malformed request (unknown action, epsilon <= 0, rounds < 1, an end in
    the past, ...) is denied.
 2. A request for another dataset, or for other data (fingerprint), is denied.
-3. Any prohibition for the requested action whose constraints all hold at
-   *some* instant of the requested period denies (``conflict: prohibit``).
+3. Any prohibition for the requested action (and, if it names an assignee, for
+   the requesting consumer) whose constraints all hold at *some* instant of the
+   requested period denies (``conflict: prohibit``).
 4. Otherwise the request is permitted by the first permission for the action
-   whose constraints *all* hold for the *whole* period [now, until) (AND).
+   (and the consumer, or no assignee) whose constraints *all* hold for the
+   *whole* period [now, until) (AND).
    The budget constraints hold when what the dataset has already committed
    (reserved by live contracts plus spent) plus what is asked stays within
    the permission's epsilon and delta.
@@ -105,16 +107,23 @@ def evaluate(
             ),
         )
     for i, rule in enumerate(policy.prohibitions):
-        if rule.action == request.terms.action and all(
-            _prohibition_holds(c, request, now) for c in rule.constraints
+        if (
+            rule.action == request.terms.action
+            and _assigned(rule, request)
+            and all(_prohibition_holds(c, request, now) for c in rule.constraints)
         ):
             what = ", ".join(_describe(c) for c in rule.constraints) or "always"
+            if rule.assignee is not None:
+                what = f"assignee {rule.assignee}" + ("" if not rule.constraints else ", " + what)
             return Decision(False, (f"prohibition[{i}] forbids {rule.action} ({what})",))
     reasons: list[str] = []
     action = request.terms.action
-    candidates = [(i, r) for i, r in enumerate(policy.permissions) if r.action == action]
-    if not candidates:
+    for_action = [(i, r) for i, r in enumerate(policy.permissions) if r.action == action]
+    if not for_action:
         return Decision(False, (f"the policy permits no {action!r} action",))
+    candidates = [(i, r) for i, r in for_action if _assigned(r, request)]
+    if not candidates:
+        return Decision(False, (f"consumer {request.consumer} is not an assignee of this policy",))
     for i, rule in candidates:
         failures, delta = _permission_failures(rule, request, now, used, check_budget)
         if not failures:
@@ -143,6 +152,12 @@ def _malformed(r: Request, now: datetime) -> list[str]:
     elif t.until <= now:
         bad.append(f"until {format_datetime(t.until)} is not after now ({format_datetime(now)})")
     return bad
+
+
+def _assigned(rule: Rule, r: Request) -> bool:
+    """Is the rule for the requesting consumer? (ODRL 2.2 IM, "Party": a rule with an
+    assignee is for that party only; without one, for anyone.)"""
+    return rule.assignee is None or rule.assignee == r.consumer
 
 
 def _le(a: float, b: float) -> bool:
@@ -196,8 +211,6 @@ def _permission_holds(c: Constraint, r: Request, now: datetime) -> bool:
     """Does ``c`` hold at every instant of [now, until)?"""
     if c.left == "purpose":
         return _in(c, r.terms.purpose)
-    if c.left == "assignee":
-        return _in(c, r.consumer)
     if c.left == "modelTemplate":
         return _in(c, r.terms.template)
     if c.left == "maxRounds":
@@ -251,8 +264,6 @@ def _describe(c: Constraint) -> str:
 def _failure(c: Constraint, r: Request, now: datetime) -> str:
     if c.left == "purpose":
         return f"purpose {r.terms.purpose!r} is not permitted ({_one_of(_allowed(c))})"
-    if c.left == "assignee":
-        return f"consumer {r.consumer} is not an assignee of this policy"
     if c.left == "modelTemplate":
         return f"model template {r.terms.template!r} is not permitted ({_one_of(_allowed(c))})"
     if c.left == "maxRounds":

@@ -2,15 +2,27 @@
 
 A dataset's usage policy is one ODRL ``Offer`` (or ``Set``) whose target is the
 dataset (id and fingerprint) and whose assigner is the holder's key. The
-profile (docs/odrl-profile.md, context in ``context.jsonld``) allows exactly:
+profile (docs/odrl-profile.md; ontology ``profile.ttl``, context ``context.jsonld``,
+both served by the connector) allows exactly:
 
-* actions ``train`` and ``compute-statistics``;
-* constraint left operands ``purpose``, ``assignee``, ``dateTime``,
-  ``epsilon``, ``delta``, ``maxRounds``, ``modelTemplate``, ``aggregation``
-  (``eq secure``: every round under SecAgg+), each with a fixed set of
-  operators (:data:`OPERATORS`);
+* actions ``train`` and ``compute-statistics`` (both ``odrl:includedIn odrl:use``);
+* constraint left operands ``purpose``, ``dateTime`` (ODRL's), ``epsilon``,
+  ``delta``, ``maxRounds``, ``modelTemplate``, ``aggregation`` (``eq secure``:
+  every round under SecAgg+), each with a fixed set of operators (:data:`OPERATORS`);
+* at most one ``assignee`` per rule (ODRL 2.2 IM, "Party" and "Rule": the party a rule is
+  for; a key URN): the consumer restriction. A policy for several consumers has
+  one permission per consumer;
 * permissions and prohibitions; no duties, no logical constraints, no
   refinements, no policy inheritance.
+
+``assignee`` is not a left operand in ODRL 2.2 (it is a property of a rule), but
+versions of this project before the profile was published wrote it as one
+(``{"leftOperand": "assignee", "operator": "isAnyOf", "rightOperand": [keys]}``).
+:func:`parse_usage_policy` refuses that form in new documents
+(:class:`LegacyAssigneeError`); a policy a site stored earlier is read as the
+equivalent rule-level assignees (:func:`upgrade_legacy_assignee`: by
+``store.current_policy_row``, or ``parse_usage_policy(doc, stored=True)``). Nothing
+here writes it.
 
 Anything else is a :class:`PolicyError` naming the JSON path at fault: ODRL
 processors are told to reject what they do not understand (ODRL 2.2 IM §2.1,
@@ -48,10 +60,15 @@ DATASET_URN = "urn:dataspace:dataset:"
 ACTIONS = ("train", "compute-statistics")
 POLICY_TYPES = ("Offer", "Set")
 
-#: left operand -> operators the profile defines for it
+#: the profile's ontology (bundled as ``policy/profile.ttl``; served at ``/odrl/v1``)
+PROFILE_TTL = "profile.ttl"
+#: where the terms of the profile live (``ds:`` in ``profile.ttl`` and the context)
+NAMESPACE = "https://w3id.org/dataspace/odrl#"
+
+#: left operand -> operators the profile defines for it (``purpose`` and ``dateTime`` are
+#: ODRL's; the others the profile's, declared in ``profile.ttl`` with the same operators)
 OPERATORS: dict[str, tuple[str, ...]] = {
     "purpose": ("isAnyOf", "eq"),
-    "assignee": ("isAnyOf", "eq"),
     "dateTime": ("lt", "lteq", "gt", "gteq"),
     "epsilon": ("lteq",),
     "delta": ("lteq",),
@@ -63,7 +80,7 @@ OPERATORS: dict[str, tuple[str, ...]] = {
 #: the values of ``aggregation`` (``plain``: what a round without SecAgg+ is)
 AGGREGATIONS = ("secure",)
 #: a prohibition describes *who/what/when* is forbidden; budgets make no sense there
-PROHIBITION_OPERANDS = ("purpose", "assignee", "dateTime", "modelTemplate")
+PROHIBITION_OPERANDS = ("purpose", "dateTime", "modelTemplate")
 #: a permission must say what privacy it may cost (the profile's one requirement)
 REQUIRED_IN_PERMISSION = ("epsilon", "delta")
 
@@ -80,12 +97,19 @@ _TOP_KEYS = {
     "conflict",
     "approval",
 }
-_RULE_KEYS = {"action", "constraint"}
+_RULE_KEYS = {"action", "assignee", "constraint"}
+#: what pre-profile versions wrote as a left operand (read back from stored policies only)
+LEGACY_ASSIGNEE = "assignee"
 _CONSTRAINT_KEYS = {"leftOperand", "operator", "rightOperand"}
 
 
 class PolicyError(DataspaceError):
     """A policy document that is malformed or outside the profile (names the JSON path)."""
+
+
+class LegacyAssigneeError(PolicyError):
+    """A new document that writes ``assignee`` as a left operand (ODRL 2.2 has it as a
+    rule property); only stored policies of earlier versions are read in that form."""
 
 
 RightOperand = tuple[str, ...] | str | float | int | datetime
@@ -96,8 +120,7 @@ class Constraint:
     """One ``leftOperand operator rightOperand`` triple.
 
     ``right`` is a tuple of strings for ``isAnyOf``, a string for ``eq``, a
-    timezone-aware datetime for ``dateTime``, a number otherwise. Assignees
-    are held as base64 public keys (the identity id), written as key URNs.
+    timezone-aware datetime for ``dateTime``, a number otherwise.
     """
 
     left: str
@@ -107,10 +130,15 @@ class Constraint:
 
 @dataclass(frozen=True)
 class Rule:
-    """A permission or a prohibition: one action and the constraints that all must hold."""
+    """A permission or a prohibition: one action and the constraints that all must hold.
+
+    ``assignee``: the one party the rule is for (ODRL 2.2 IM, "Party"), a base64 public key
+    (the identity id, written as a key URN); None: anyone.
+    """
 
     action: str
     constraints: tuple[Constraint, ...] = ()
+    assignee: str | None = None
 
     def get(self, left: str) -> tuple[Constraint, ...]:
         return tuple(c for c in self.constraints if c.left == left)
@@ -193,18 +221,19 @@ def build_policy(
 
     Empty ``purposes``/``consumers``/``templates`` and ``None`` mean "no
     constraint". ``until`` becomes ``dateTime lteq until``; ``secure_aggregation``
-    adds ``aggregation eq secure`` (the sites refuse a round without SecAgg+). Built through
+    adds ``aggregation eq secure`` (the sites refuse a round without SecAgg+). Each
+    consumer gets its own permissions, with the consumer's key as their ``assignee``
+    (ODRL has one assignee per rule), in the order action, then consumer. Built through
     :func:`parse_usage_policy` so flags and files obey exactly the same checks.
     """
     if not actions:
         raise PolicyError("a policy needs at least one permitted action")
     rules = []
+    assignees: list[str | None] = [KEY_URN + k for k in consumers] if consumers else [None]
     for action in actions:
         cs: list[dict[str, Any]] = []
         if purposes:
             cs.append(_c("purpose", "isAnyOf", list(purposes)))
-        if consumers:
-            cs.append(_c("assignee", "isAnyOf", [KEY_URN + k for k in consumers]))
         if until is not None:
             cs.append(_c("dateTime", "lteq", _dt_value(until)))
         cs.append(_c("epsilon", "lteq", epsilon))
@@ -215,7 +244,11 @@ def build_policy(
             cs.append(_c("modelTemplate", "isAnyOf", list(templates)))
         if secure_aggregation and action == "train":
             cs.append(_c("aggregation", "eq", "secure"))
-        rules.append({"action": action, "constraint": cs})
+        for who in assignees:
+            rule: dict[str, Any] = {"action": action, "constraint": list(cs)}
+            if who is not None:
+                rule["assignee"] = who
+            rules.append(rule)
     doc: dict[str, Any] = {
         "@context": [ODRL_CONTEXT, PROFILE_CONTEXT],
         "@type": "Offer" if assigner else "Set",
@@ -241,17 +274,29 @@ def _now_tag() -> str:
 # --- parsing -------------------------------------------------------------------
 
 
+def context_bytes() -> bytes:
+    """The profile's JSON-LD context document, byte for byte as bundled and served."""
+    return resources.files("dataspace.policy").joinpath("context.jsonld").read_bytes()
+
+
 def load_context() -> dict[str, Any]:
     """The profile's JSON-LD context (the bundled copy of :data:`PROFILE_CONTEXT`)."""
-    text = resources.files("dataspace.policy").joinpath("context.jsonld").read_text()
-    return json.loads(text)
+    return json.loads(context_bytes())
 
 
-def parse_usage_policy(doc: dict[str, Any] | str | bytes) -> UsagePolicy:
+def profile_turtle() -> bytes:
+    """The profile's ontology in Turtle (``profile.ttl``), byte for byte as served."""
+    return resources.files("dataspace.policy").joinpath(PROFILE_TTL).read_bytes()
+
+
+def parse_usage_policy(doc: dict[str, Any] | str | bytes, *, stored: bool = False) -> UsagePolicy:
     """Parse and check an ODRL JSON-LD usage policy (a dict or its JSON text).
 
     Raises :class:`PolicyError` naming the JSON path (``$.permission[0]...``)
-    of the first thing that is malformed or outside the profile.
+    of the first thing that is malformed or outside the profile; a ``leftOperand``
+    ``assignee`` raises :class:`LegacyAssigneeError`, unless ``stored``: a policy this
+    site stored before the profile was published, read as the rule-level assignees it
+    means (:func:`upgrade_legacy_assignee`).
     """
     if isinstance(doc, str | bytes):
         try:
@@ -262,6 +307,8 @@ def parse_usage_policy(doc: dict[str, Any] | str | bytes) -> UsagePolicy:
             raise PolicyError(f"$: not UTF-8 text: {e}") from e
     if not isinstance(doc, dict):
         raise PolicyError(f"$: a policy is a JSON object, got {_kind(doc)}")
+    if stored:
+        doc = upgrade_legacy_assignee(doc)
     _unknown_keys(doc, _TOP_KEYS, "$")
     _check_context(doc.get("@context"), "$['@context']")
     if "@type" in doc and "type" in doc:
@@ -398,6 +445,14 @@ def _rule(v: Any, path: str, prohibition: bool) -> Rule:
     if not isinstance(v, dict):
         raise PolicyError(f"{path}: expected a rule object, got {_kind(v)}")
     _unknown_keys(v, _RULE_KEYS, path)
+    assignee = None
+    if "assignee" in v:  # one party (the W3C shapes: odrl:RuleShape, sh:maxCount 1)
+        if isinstance(v["assignee"], list):
+            raise PolicyError(
+                f"{path}.assignee: a rule has at most one assignee in ODRL 2.2; "
+                f"give each consumer its own rule"
+            )
+        assignee = _key_urn(v["assignee"], f"{path}.assignee")
     action = v.get("action")
     if not isinstance(action, str):
         raise PolicyError(
@@ -430,7 +485,7 @@ def _rule(v: Any, path: str, prohibition: bool) -> Rule:
                     f"{path}.constraint: a permission must bound the privacy cost: "
                     f"missing a {req!r} constraint"
                 )
-    return Rule(action=action, constraints=cs)
+    return Rule(action=action, constraints=cs, assignee=assignee)
 
 
 def _constraint(v: Any, path: str) -> Constraint:
@@ -438,6 +493,11 @@ def _constraint(v: Any, path: str) -> Constraint:
         raise PolicyError(f"{path}: expected a constraint object, got {_kind(v)}")
     _unknown_keys(v, _CONSTRAINT_KEYS, path)
     left = v.get("leftOperand")
+    if left == LEGACY_ASSIGNEE:
+        raise LegacyAssigneeError(
+            f"{path}.leftOperand: 'assignee' is not a left operand in ODRL 2.2; name the "
+            f"consumer as the rule's 'assignee' (one key URN per rule, one rule per consumer)"
+        )
     if not isinstance(left, str) or left not in OPERATORS:
         raise PolicyError(
             f"{path}.leftOperand: unknown left operand {left!r} "
@@ -456,13 +516,12 @@ def _constraint(v: Any, path: str) -> Constraint:
 
 
 def _right(left: str, op: str, v: Any, path: str) -> RightOperand:
-    if left in ("purpose", "modelTemplate", "assignee"):
-        one = _key_urn if left == "assignee" else _string
+    if left in ("purpose", "modelTemplate"):
         if op == "eq":
-            return one(v, path)
+            return _string(v, path)
         if not isinstance(v, list) or not v:
             raise PolicyError(f"{path}: 'isAnyOf' needs a non-empty list, got {v!r}")
-        return tuple(one(x, f"{path}[{i}]") for i, x in enumerate(v))
+        return tuple(_string(x, f"{path}[{i}]") for i, x in enumerate(v))
     if left == "dateTime":
         return _datetime(v, path)
     if left == "aggregation":
@@ -514,16 +573,80 @@ def _dt_value(dt: datetime) -> dict[str, str]:
 
 
 def _rule_to_jsonld(rule: Rule) -> dict[str, Any]:
-    constraints = [_constraint_to_jsonld(c) for c in rule.constraints]
-    return {"action": rule.action, "constraint": constraints}
+    out: dict[str, Any] = {"action": rule.action}
+    if rule.assignee is not None:
+        out["assignee"] = KEY_URN + rule.assignee
+    out["constraint"] = [_constraint_to_jsonld(c) for c in rule.constraints]
+    return out
 
 
 def _constraint_to_jsonld(c: Constraint) -> dict[str, Any]:
     right: Any = c.right
-    if c.left == "assignee":
-        right = KEY_URN + right if isinstance(right, str) else [KEY_URN + k for k in right]
-    elif isinstance(right, tuple):
+    if isinstance(right, tuple):
         right = list(right)
     elif isinstance(right, datetime):
         right = _dt_value(right)
     return _c(c.left, c.operator, right)
+
+
+# --- documents of earlier versions ------------------------------------------------
+
+
+def upgrade_legacy_assignee(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with each ``assignee`` left operand turned into rule-level assignees.
+
+    Versions before the profile was published wrote the consumer restriction as a
+    constraint, ``{"leftOperand": "assignee", "operator": "isAnyOf" | "eq",
+    "rightOperand": key URN(s)}``; ODRL 2.2 has ``assignee`` as a property of a rule,
+    with one value (the W3C shapes: odrl:RuleShape). A rule with that constraint becomes
+    one rule per key, each with the other constraints: for a permission, "some
+    permission permits" then holds for exactly the requests it held for before; for a
+    prohibition, "some prohibition applies" likewise. A document without the form is
+    returned unchanged (the same object); anything malformed is left for the parser.
+    """
+    changed = False
+    out = dict(doc)
+    for kind in ("permission", "prohibition"):
+        rules = doc.get(kind)
+        if not isinstance(rules, list):
+            continue
+        new_rules: list[Any] = []
+        for rule in rules:
+            split = _split_legacy_rule(rule)
+            changed = changed or split is not None
+            new_rules.extend([rule] if split is None else split)
+        out[kind] = new_rules
+    return out if changed else doc
+
+
+def upgrade_stored_text(text: str) -> str:
+    """A stored policy document (JSON text) with :func:`upgrade_legacy_assignee` applied;
+    the same text when there is nothing to translate or it is not a JSON object."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(doc, dict):
+        return text
+    new = upgrade_legacy_assignee(doc)
+    return text if new is doc else json.dumps(new)
+
+
+def _split_legacy_rule(rule: Any) -> list[dict[str, Any]] | None:
+    """The rules a rule with one ``assignee`` constraint means (None: not that form)."""
+    if not isinstance(rule, dict) or "assignee" in rule:
+        return None
+    cs = rule.get("constraint")
+    if not isinstance(cs, list):
+        return None
+    legacy = [c for c in cs if isinstance(c, dict) and c.get("leftOperand") == LEGACY_ASSIGNEE]
+    if len(legacy) != 1 or set(legacy[0]) != _CONSTRAINT_KEYS:
+        return None  # none, or not what an earlier version wrote: the parser says why
+    c = legacy[0]
+    keys = c["rightOperand"]
+    if c["operator"] == "eq" and isinstance(keys, str):
+        keys = [keys]
+    elif c["operator"] != "isAnyOf" or not isinstance(keys, list) or not keys:
+        return None
+    rest = [x for x in cs if x is not c]
+    return [{**rule, "assignee": k, "constraint": list(rest)} for k in keys]

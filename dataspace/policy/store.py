@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from dataspace.errors import NotFoundError
 from dataspace.policy.evaluate import Usage
+from dataspace.policy.odrl import upgrade_stored_text
 
 if TYPE_CHECKING:
     import duckdb
@@ -181,13 +182,17 @@ def dataset_ref(con: duckdb.DuckDBPyConnection, dataset_id: str) -> DatasetRef:
 
 
 def current_policy_row(con: duckdb.DuckDBPyConnection, dataset_id: str) -> tuple[str, str] | None:
-    """(policy_sha256, document JSON) of the policy in force, or None."""
+    """(policy_sha256, document JSON) of the policy in force, or None.
+
+    A document stored before the ODRL profile was published, with ``assignee`` as a left
+    operand, comes back as the rule-level assignees it means (odrl.upgrade_stored_text);
+    the sha256 stays the one of the document as published and logged."""
     row = con.execute(
         "SELECT policy_sha256, document FROM policies WHERE dataset_id = ? "
         "ORDER BY published_at DESC LIMIT 1",
         [dataset_id],
     ).fetchone()
-    return None if row is None else (row[0], row[1])
+    return None if row is None else (row[0], upgrade_stored_text(row[1]))
 
 
 def expire_contracts(con: duckdb.DuckDBPyConnection, now: datetime) -> None:

@@ -32,6 +32,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 #:   by the log's size. On POST /v1/log/append an empty body is refused (400).
 #: POST /v1/log/add-checkpoint is C2SP tlog-witness: its answers are text/plain as the spec
 #:   says (a connector is no witness: 404 text/plain), its body a signed note in text.
+#: GET /v1/log/tile/{path} and GET /v1/log/{origin_hash}/checkpoint (C2SP tlog-tiles,
+#:   tlog-witness monitoring): a tile exists only within the log's current tree, a cosigned
+#:   checkpoint only for a log this witness cosigned; the tile path's grammar is checked by
+#:   the route (400, tests/audit/test_c2sp_exact.py), which no path schema can say.
 #: PUT .../policy (connector): the body's schema is the ODRL profile's shape now
 #:   (connectors/models.py policy_body_schema), but a schema-valid policy is still refused
 #:   unless its target is the path's enrolled dataset with that fingerprint and its
@@ -45,6 +49,8 @@ KNOWN: dict[tuple[str, str], list] = {
     ("GET", "/v1/log/proof/consistency"): _RANGE,
     ("POST", "/v1/log/append"): _RANGE,
     ("POST", "/v1/log/add-checkpoint"): [positive_data_acceptance, content_type_conformance],
+    ("GET", "/v1/log/tile/{path}"): _RANGE,
+    ("GET", "/v1/log/{origin_hash}/checkpoint"): _RANGE,
     ("PUT", "/v1/admin/datasets/{dataset_id}/policy"): [positive_data_acceptance],
     ("POST", "/v1/budget"): [positive_data_acceptance],
 }

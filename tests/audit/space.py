@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from dataspace.audit.checkpoint import checkpoint_of_note
-from dataspace.audit.cosignature import witness_vkey
 from dataspace.audit.note import parse_note
+from dataspace.audit.witnesskey import WITNESS_VKEY
 from dataspace.cli import main
 from dataspace.net import free_port
 from dataspace.site.folder import Site
@@ -104,11 +104,12 @@ def running_space(tmp: Path, env: dict[str, str] | None = None) -> Iterator[dict
         hub_pub = tmp / "hub" / "hub.key.pub"
         trusted = tmp / "trusted-keys"
         lines = [f"log {hub_pub}", *(str(s.vkey_path) for s in sites)]
-        lines += [f"witness {s.root / 'site.key.pub'}" for s in sites]
-        lines += [f"witness {hub_pub}"]
+        # the services cosign with their witness keys (made on first start), not their
+        # identity keys: the auditor lists those (dataspace.audit.witnesskey)
+        lines += [f"witness {s.root / WITNESS_VKEY}" for s in sites]
+        lines += [f"witness {tmp / 'hub' / WITNESS_VKEY}"]
         trusted.write_text("\n".join(lines) + "\n")
-        hub_witness = tmp / "hub-witness.vkey"
-        hub_witness.write_text(witness_vkey(hub_id.name, hub_id.public_key) + "\n")
+        hub_witness = tmp / "hub" / WITNESS_VKEY
         yield {
             "tmp": tmp,
             "hub": started[0],

@@ -313,9 +313,7 @@ TABLE: list[tuple[str, UsagePolicy, dict, datetime, Usage, bool, str]] = [
     ),
     (
         "prohibition on assignee",
-        with_rules(
-            None, [{"action": "train", "constraint": [c("assignee", "eq", KEY_URN + ALICE)]}]
-        ),
+        with_rules(None, [{"action": "train", "assignee": KEY_URN + ALICE, "constraint": []}]),
         {},
         NOW,
         Usage(),

@@ -39,13 +39,9 @@ def doc() -> dict[str, Any]:
         "permission": [
             {
                 "action": "train",
+                "assignee": KEY_URN + OTHER,
                 "constraint": [
                     {"leftOperand": "purpose", "operator": "isAnyOf", "rightOperand": ["research"]},
-                    {
-                        "leftOperand": "assignee",
-                        "operator": "isAnyOf",
-                        "rightOperand": [KEY_URN + OTHER],
-                    },
                     {
                         "leftOperand": "dateTime",
                         "operator": "lteq",
@@ -89,7 +85,7 @@ def test_parse_reads_every_part() -> None:
     assert [r.action for r in p.permissions] == ["train", "compute-statistics"]
     train = p.permissions[0]
     assert train.value("purpose") == ("research",)
-    assert train.value("assignee") == (OTHER,)
+    assert train.assignee == OTHER and p.permissions[1].assignee is None
     assert train.value("dateTime") == datetime(2027, 1, 1, tzinfo=UTC)
     assert train.value("maxRounds") == 10 and train.value("modelTemplate") == ("mlp",)
     assert p.budget_epsilon == 8.0 and p.budget_delta == 1e-5
@@ -155,7 +151,7 @@ BAD = [
         "$.permission[0].constraint[0].operator",
         "not defined for 'purpose'",
     ),
-    ([*C, 3, "operator"], "gteq", "$.permission[0].constraint[3].operator", "'epsilon'"),
+    ([*C, 2, "operator"], "gteq", "$.permission[0].constraint[2].operator", "'epsilon'"),
     (["permission", 0, "action"], "use", "$.permission[0].action", "unknown action 'use'"),
     (
         ["permission", 0, "action"],
@@ -172,49 +168,62 @@ BAD = [
         "cannot constrain a prohibition",
     ),
     (
-        [*C, 3],
+        [*C, 2],
         _DELETE,
         "$.permission[0].constraint",
         "missing a 'epsilon'",
-    ),  # index 3 removed: epsilon
+    ),  # index 2 removed: epsilon
     (
-        [*C, 1, "rightOperand"],
-        ["urn:dataspace:key:bm90IGEga2V5"],
-        "$.permission[0].constraint[1].rightOperand[0]",
+        ["permission", 0, "assignee"],
+        "urn:dataspace:key:bm90IGEga2V5",
+        "$.permission[0].assignee",
         "bytes",
     ),
-    ([*C, 1, "rightOperand"], [OTHER], "$.permission[0].constraint[1].rightOperand[0]", KEY_URN),
+    (["permission", 0, "assignee"], OTHER, "$.permission[0].assignee", KEY_URN),
     (
-        [*C, 2, "rightOperand"],
+        ["permission", 0, "assignee"],
+        [KEY_URN + OTHER, KEY_URN + KEY],
+        "$.permission[0].assignee",
+        "at most one assignee",
+    ),
+    # ODRL 2.2 has no left operand "assignee": new documents may not write it so
+    (
+        [*C, 5],
+        {"leftOperand": "assignee", "operator": "isAnyOf", "rightOperand": [KEY_URN + OTHER]},
+        "$.permission[0].constraint[5].leftOperand",
+        "not a left operand in ODRL 2.2",
+    ),
+    (
+        [*C, 1, "rightOperand"],
         "2027-01-01T00:00:00",
-        "$.permission[0].constraint[2].rightOperand",
+        "$.permission[0].constraint[1].rightOperand",
         "no time zone",
     ),
     (
-        [*C, 2, "rightOperand"],
+        [*C, 1, "rightOperand"],
         "next year",
-        "$.permission[0].constraint[2].rightOperand",
+        "$.permission[0].constraint[1].rightOperand",
         "ISO 8601",
     ),
     (
-        [*C, 3, "rightOperand"],
+        [*C, 2, "rightOperand"],
         -1,
-        "$.permission[0].constraint[3].rightOperand",
+        "$.permission[0].constraint[2].rightOperand",
         "epsilon must be > 0",
     ),
-    ([*C, 3, "rightOperand"], "8", "$.permission[0].constraint[3].rightOperand", "number"),
+    ([*C, 2, "rightOperand"], "8", "$.permission[0].constraint[2].rightOperand", "number"),
     (
-        [*C, 4, "rightOperand"],
+        [*C, 3, "rightOperand"],
         1.5,
-        "$.permission[0].constraint[4].rightOperand",
+        "$.permission[0].constraint[3].rightOperand",
         "delta must be in",
     ),
-    ([*C, 5, "rightOperand"], 2.5, "$.permission[0].constraint[5].rightOperand", "whole number"),
+    ([*C, 4, "rightOperand"], 2.5, "$.permission[0].constraint[4].rightOperand", "whole number"),
     ([*C, 0, "rightOperand"], [], "$.permission[0].constraint[0].rightOperand", "non-empty list"),
     (
-        [*C, 6],
+        [*C, 5],
         {"leftOperand": "purpose", "operator": "eq", "rightOperand": "x"},
-        "$.permission[0].constraint[6].leftOperand",
+        "$.permission[0].constraint[5].leftOperand",
         "constrained twice",
     ),
     (["target", "fingerprint"], "abc", "$.target.fingerprint", "64 lowercase hex"),
@@ -260,7 +269,7 @@ def test_not_json_reports_line_and_column() -> None:
 
 def test_context_file_defines_every_profile_term() -> None:
     ctx = load_context()["@context"]
-    # the profile's own terms are in our context; purpose, assignee and dateTime are ODRL's
+    # the profile's own terms are in our context; purpose and dateTime are ODRL's
     for term in [
         *ACTIONS,
         "epsilon",
@@ -271,7 +280,7 @@ def test_context_file_defines_every_profile_term() -> None:
         "approval",
     ]:
         assert term in ctx, term
-    assert set(OPERATORS) - set(ctx) == {"purpose", "assignee", "dateTime"}
+    assert set(OPERATORS) - set(ctx) == {"purpose", "dateTime"}
     # the inline context is accepted in place of its URL
     d = doc()
     d["@context"] = ["http://www.w3.org/ns/odrl.jsonld", ctx]
@@ -285,3 +294,54 @@ def test_example_in_docs_parses() -> None:
     block = text.split("```json\n", 1)[1].split("```", 1)[0]
     p = parse_usage_policy(block)
     assert p.permissions and p.budget_epsilon > 0
+
+
+def test_each_consumer_is_a_rule_level_assignee_and_decides_alone() -> None:
+    """ODRL 2.2: one assignee per rule; --consumer A,B makes one permission per consumer."""
+    from datetime import timedelta
+
+    from dataspace.policy.evaluate import Request, evaluate
+    from dataspace.policy.terms import ContractTerms
+
+    third = "A" * 43 + "="
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    p = build_policy(
+        dataset_id="ds-1",
+        fingerprint=FP,
+        assigner=KEY,
+        epsilon=4.0,
+        delta=1e-6,
+        purposes=["research"],
+        consumers=[OTHER, KEY],
+        actions=["train", "compute-statistics"],
+    )
+    doc = p.to_jsonld()
+    assert [(r["action"], r["assignee"]) for r in doc["permission"]] == [
+        ("train", KEY_URN + OTHER),
+        ("train", KEY_URN + KEY),
+        ("compute-statistics", KEY_URN + OTHER),
+        ("compute-statistics", KEY_URN + KEY),
+    ]
+    assert all(c["leftOperand"] != "assignee" for r in doc["permission"] for c in r["constraint"])
+
+    def ask(who: str, action: str = "train", purpose: str = "research"):
+        until = now + timedelta(days=1)
+        t = ContractTerms(purpose=purpose, epsilon=1.0, rounds=2, until=until, action=action)
+        return evaluate(p, Request("ds-1", who, t), now)
+
+    assert ask(OTHER).allowed and ask(KEY, "compute-statistics").allowed
+    refused = ask(third)
+    assert not refused.allowed
+    assert refused.reasons == (f"consumer {third} is not an assignee of this policy",)
+    # the consumer's own permission's reasons, not the other consumers'
+    assert ask(OTHER, purpose="ads").reasons == (
+        "permission[0]: purpose 'ads' is not permitted (allowed: research)",
+    )
+    # a prohibition with an assignee forbids that consumer only
+    d = p.to_jsonld()
+    d["prohibition"] = [{"action": "train", "assignee": KEY_URN + KEY, "constraint": []}]
+    q = parse_usage_policy(d)
+    t = ContractTerms(purpose="research", epsilon=1.0, rounds=2, until=now + timedelta(days=1))
+    assert not evaluate(q, Request("ds-1", KEY, t), now).allowed
+    assert "assignee " + KEY in evaluate(q, Request("ds-1", KEY, t), now).reason
+    assert evaluate(q, Request("ds-1", OTHER, t), now).allowed

@@ -59,7 +59,7 @@ def train(train_fr, held, unit: str, length: int | None, lr: float) -> tuple[flo
     x, y = tmpl.pairs(xs, ys, train_fr.episode)
     ep = pseudo(train_fr.episode, length)
     n_units = int(torch.unique_consecutive(ep).numel())
-    s = dp.TrainingSettings(batch_size=BATCH, max_epochs=EPOCHS, privacy_unit=unit)
+    s = dp.TrainingSettings(batch_size=BATCH, max_epochs=EPOCHS, privacy_unit=unit, local_steps=0)
     plan = dp.make_plan(8.0, 1e-5, ROUNDS, x.shape[0], s, episodes=n_units)
     gen = NoiseSource.seeded(0)
     for _ in range(ROUNDS):

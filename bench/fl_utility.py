@@ -4,10 +4,14 @@ Three sites hold contiguous thirds of the Unitree G1 recording (100 episodes:
 different sessions and operators, non-IID). Each site's held-out episodes are
 chosen by episode hash (dataspace.federated.data.split_episodes). Models:
 
-* central: pooled train episodes of all sites, exact normalisation, no DP
-  (Adam, 20 epochs) -- the baseline;
-* federated: the real apps in the one-process engine, DP-SGD per site with
-  epsilon 8 (also 2 and 1), delta 1e-5, FedAvg over ROUNDS rounds;
+* central: pooled train episodes of all sites, exact normalisation, no DP, Adam,
+  tuned as a practitioner would (bench/baseline.py: learning rate from a grid and
+  epochs by early stopping, both on a validation split of the *training* episodes,
+  never the held-out ones) -- the baseline;
+* federated: the real apps in the one-process engine with the data space's default
+  recipe (DP-Adam, ``LOCAL_STEPS`` steps a round, cosine schedule: no site.toml
+  [training], no RunSpec options), epsilon 8 (also 2 and 1), delta 1e-5, FedAvg over
+  ROUNDS rounds;
 * alone: each site trains by itself with the same DP budget.
 
 MSE is over all sites' held-out frames, in raw action units. Last stdout line:
@@ -16,7 +20,9 @@ MSE is over all sites' held-out frames, in raw action units. Last stdout line:
 ``--privacy-unit episode`` makes every holder protect whole episodes
 (``site.toml [training] privacy_unit = "episode"``, user-level DP-SGD, see
 dataspace.federated.dp) instead of frames (the default); ``--epsilons`` and
-``--no-alone`` shorten a run; ``--lr`` sets the learning rate. The output adds
+``--no-alone`` shorten a run; ``--lr`` sets the learning rate (default: the recipe's);
+``--legacy`` runs the recipe of before issue 17 (DP-SGD, lr 2.0, batch 1024, 4 epochs
+a round) for comparison. The output adds
 ``mean_action_mse`` (held-out MSE of always predicting the mean train action, a
 reference), ``privacy_unit``, ``frames_per_episode``, ``plan_site0`` (site 0's noise multiplier,
 sample rate, expected batch and steps per round, per epsilon) and ``federated_seconds``.
@@ -43,6 +49,10 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import baseline
+
 from dataspace.demo.federation import make_federation
 from dataspace.federated import RunSpec, normalize, public_stats, train
 from dataspace.federated import data as fdata
@@ -53,10 +63,10 @@ torch.set_num_threads(1)
 #: the real G1 recording committed with the tests (the same files as ../shared/data's)
 UNITREE = Path(__file__).resolve().parents[1] / "tests" / "data" / "unitree-g1-lerobot-v2.1"
 ROUNDS = 10
-LR = 2.0
-#: the holders' own settings (site.toml [training]): large Poisson batches, several
-#: local epochs a round; the noise multiplier follows from these and the contract
-TRAINING = {"batch_size": 1024, "max_epochs": 4}
+#: the recipe of before issue 17 (``--legacy``): the holders' settings (site.toml
+#: [training]) of large Poisson batches and 4 local epochs a round, DP-SGD at lr 2.0
+LEGACY_TRAINING = {"batch_size": 1024, "max_epochs": 4, "local_steps": 0}
+LEGACY_SPEC = {"optimizer": "sgd", "lr": 2.0, "lr_schedule": "constant", "warmup": 0.0}
 
 
 def log(*a) -> None:
@@ -87,20 +97,9 @@ def mse(policy: Policy, fr: fdata.Frames) -> float:
     return float(((pred - fr.action) ** 2).mean())
 
 
-def central(train: fdata.Frames, epochs: int = 20) -> Policy:
-    tmpl = get_template("bc-mlp")
-    policy = tmpl.build(train.state.shape[1], train.action.shape[1], seed=0)
-    normalize.apply_stats(policy, normalize.exact_stats(train.state, train.action))
-    xs, ys = normalize.normalised(policy, train.state, train.action)
-    x, y = tmpl.pairs(xs, ys, train.episode)
-    opt = torch.optim.Adam(policy.net.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        for idx in torch.randperm(x.shape[0], generator=g).split(256):
-            opt.zero_grad()
-            ((policy(x[idx]) - y[idx]) ** 2).mean().backward()
-            opt.step()
-    return policy
+def central(train: fdata.Frames) -> baseline.Tuned:
+    """The practitioner's tuned baseline (bench/baseline.py)."""
+    return baseline.tuned_central(train, max_epochs=100, patience=8, log=log)
 
 
 def _toml(v: object) -> str:
@@ -112,12 +111,12 @@ def federated(
     eps: float,
     sites: list[int] | None = None,
     training: dict | None = None,
-    lr: float = LR,
+    spec_kw: dict | None = None,
     public: normalize.Stats | None = None,
 ) -> tuple[Policy, float, dict]:
-    training = training or TRAINING
+    training = training or {}
     fed = make_federation(root, UNITREE, epsilon=eps, rounds=ROUNDS)
-    for site in fed.sites:
+    for site in fed.sites if training else []:  # the defaults: no [training] section
         with open(site.config_path, "a") as f:
             f.write("\n[training]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in training.items()))
     idx = sites if sites is not None else [0, 1, 2]
@@ -129,10 +128,9 @@ def federated(
             rounds=ROUNDS,
             out_dir=root / "run",
             seed=0,
-            lr=lr,
             min_nodes=1,
-            local_epochs=training["max_epochs"],
             public_stats=public,
+            **(spec_kw or {}),
         ),
         [fed.sites[i] for i in idx],
         "simulation",
@@ -170,7 +168,8 @@ def main() -> None:
     )
     ap.add_argument("--epsilons", default="8,2,1", help="comma-separated; 8 gives `ratio`")
     ap.add_argument("--no-alone", action="store_true", help="skip the sites-alone runs")
-    ap.add_argument("--lr", type=float, default=LR)
+    ap.add_argument("--lr", type=float, default=None, help="default: the recipe's")
+    ap.add_argument("--legacy", action="store_true", help="the recipe of before issue 17")
     ap.add_argument(
         "--public-stats",
         action="store_true",
@@ -178,7 +177,10 @@ def main() -> None:
     )
     args = ap.parse_args()
     epsilons = [float(e) for e in args.epsilons.split(",") if e]
-    training = dict(TRAINING)
+    training = dict(LEGACY_TRAINING) if args.legacy else {}
+    spec_kw = dict(LEGACY_SPEC) if args.legacy else {}
+    if args.lr is not None:
+        spec_kw["lr"] = args.lr
     if args.privacy_unit != "frame":  # the default run writes exactly the old settings
         training.update(privacy_unit=args.privacy_unit, frames_per_episode=args.frames_per_episode)
         if args.episodes_per_batch:
@@ -188,8 +190,9 @@ def main() -> None:
         ref = make_federation(tmp / "ref", UNITREE, epsilon=1.0, rounds=1)
         train, held = frames(ref, "train"), frames(ref, "heldout")
         log(f"train frames {len(train)}, held-out frames {len(held)}")
-        base = mse(central(train), held)
-        log(f"central non-private: {base:.5f}")
+        tuned = central(train)
+        base = mse(tuned.policy, held)
+        log(f"central non-private (lr {tuned.lr:g}, {tuned.epochs} epochs): {base:.5f}")
         out: dict = {"central_mse": base, "federated_mse": {}, "alone_mse": {}}
         # a reference point: always predicting the pooled train episodes' mean action
         mean_mse = float(((held.action - train.action.mean(0)) ** 2).mean())
@@ -201,9 +204,12 @@ def main() -> None:
         noise: dict = {}
         seconds: dict = {}
         for eps in epsilons:
-            pol, secs, _ = federated(
-                tmp / f"fed{eps}", eps, training=training, lr=args.lr, public=public
+            pol, secs, hist = federated(
+                tmp / f"fed{eps}", eps, training=training, spec_kw=spec_kw, public=public
             )
+            out.setdefault("heldout_mse_per_round", {})[str(eps)] = [
+                r.get("eval_mse") for r in hist.get("rounds", [])
+            ]
             out["federated_mse"][str(eps)] = mse(pol, held)
             noise[str(eps)] = _noise(tmp / f"fed{eps}", eps, public is not None)
             seconds[str(eps)] = round(secs, 1)
@@ -213,7 +219,7 @@ def main() -> None:
             )
         for i in range(0 if args.no_alone else 3):
             pol, _, _ = federated(
-                tmp / f"alone{i}", 8.0, [i], training=training, lr=args.lr, public=public
+                tmp / f"alone{i}", 8.0, [i], training=training, spec_kw=spec_kw, public=public
             )
             out["alone_mse"][f"site-{i}"] = mse(pol, held)
             log(f"site {i} alone eps 8: {out['alone_mse'][f'site-{i}']:.5f}")
@@ -223,7 +229,9 @@ def main() -> None:
         out["ratio_alone"] = {k: round(v / base, 3) for k, v in out["alone_mse"].items()}
         out.update(
             rounds=ROUNDS,
-            lr=args.lr,
+            recipe="legacy" if args.legacy else "default",
+            spec=spec_kw,
+            central_tuning={"lr": tuned.lr, "epochs": tuned.epochs, "grid": tuned.grid},
             delta=1e-5,
             sites=3,
             training=training,

@@ -123,7 +123,8 @@ def audit_frames(state: torch.Tensor, action: torch.Tensor, cfg: AuditConfig) ->
     accountant, sigma = None, None
     if cfg.epsilon is not None:
         settings = dp.TrainingSettings(
-            clip_norm=cfg.clip_norm, batch_size=cfg.batch_size, max_epochs=cfg.epochs
+            clip_norm=cfg.clip_norm, batch_size=cfg.batch_size, max_epochs=cfg.epochs,
+            local_steps=0,  # the audit counts epochs (as its non-private twin trains)
         )
         plan = dp.make_plan(cfg.epsilon, cfg.delta, cfg.rounds, x.shape[0], settings)
         for _ in range(cfg.rounds):

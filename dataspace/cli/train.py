@@ -119,7 +119,12 @@ err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: ne
 )
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--lr", type=float, default=0.5, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(0, 100, min_open=True),
+    default=None,
+    help="Peak learning rate of the recipe's optimizer (default: DP-Adam's 1e-3).",
+)
 @click.option("--run-id", default=None, help="Resume this run (its OUT must exist).")
 @click.option(
     "--secagg",
@@ -155,7 +160,7 @@ def command(
     connect_timeout: float,
     out_dir: Path | None,
     seed: int,
-    lr: float,
+    lr: float | None,
     run_id: str | None,
     secagg: bool,
     validation: Path | None,

@@ -108,6 +108,8 @@ class Job:
     lr: float
     #: the run's public normalisation statistics (checked), None when they are DP
     public: normalize.Stats | None = None
+    #: optimizer and learning-rate schedule (post-processing; :class:`.dp.Recipe`)
+    recipe: dp.Recipe = dataclasses.field(default_factory=dp.Recipe)
 
     @property
     def stats_source(self) -> str:
@@ -293,7 +295,12 @@ def resolve(message: Message, context: Context, kind: str) -> Job:
                 f"the message plans {_short(rounds)} rounds; contract {terms.contract_id} "
                 f"allows 1..{terms.rounds}, and its noise is planned for {terms.rounds}"
             )
-        lr = cfg.get("lr", 0.5)
+        # a message without the recipe's keys is an older server's: SGD, constant rate
+        optimizer = cfg.get("optimizer", "sgd")
+        schedule = cfg.get("lr-schedule", "constant")
+        warmup = cfg.get("warmup", 0.0)
+        dp.check_recipe(optimizer, schedule, warmup)
+        lr = cfg.get("lr", dp.DEFAULT_LR[optimizer])
         if type(lr) not in (int, float) or not (math.isfinite(lr) and 0 < lr <= MAX_LR):
             raise MessageRefusedError(
                 f"learning rate must be in (0, {MAX_LR:g}], got {_short(lr)}"
@@ -315,6 +322,16 @@ def resolve(message: Message, context: Context, kind: str) -> Job:
         err = e if isinstance(e, RefusedError) else MessageRefusedError(str(e))
         log_refusal(site, contract, run_id, round_no, err)
         raise err from None
+    # the schedule spans the run's rounds (as the message plans them, within the contract's)
+    run_rounds = rounds if rounds is not None else int(terms.rounds)
+    recipe = dp.Recipe(
+        optimizer=optimizer,
+        lr=float(lr),
+        schedule=schedule,
+        warmup=float(warmup),
+        total_steps=run_rounds * plan.steps_per_round,
+        offset=max(0, round_no - 1) * plan.steps_per_round,
+    )
     return Job(
         site=site,
         run_id=run_id,
@@ -327,6 +344,7 @@ def resolve(message: Message, context: Context, kind: str) -> Job:
         plan=plan,
         lr=float(lr),
         public=public,
+        recipe=recipe,
     )
 
 
@@ -520,7 +538,8 @@ def _authorize(job: Job, release: str, releases: list, secure: bool = False) -> 
         job.round_no,
         releases,
         release=release,
-        mechanism=job.plan.mechanism() | {"lr": job.lr, "stats": job.stats_source},
+        mechanism=job.plan.mechanism()
+        | {"lr": job.lr, "optimizer": job.recipe.optimizer, "stats": job.stats_source},
         privacy_unit=job.settings.privacy_unit,
         secure_aggregation=secure,
         noise=noise_kind(),
@@ -635,6 +654,7 @@ def train(message: Message, context: Context) -> Message:
         rng=rng,
         mode=job.settings.grad_sample_mode,
         episode=fr.episode,
+        recipe=job.recipe,
     )
     # the loss reported is a DP release too (the step losses would leak)
     loss = dp.noisy_mean_loss(

@@ -41,6 +41,14 @@ released, in all its runs, and refuses the release that would cross the contract
 (epsilon, delta). A plan whose statistics and rounds all happen spends at most the
 contract's epsilon (``epsilon_after(rounds)``).
 
+The recipe (issue 17; bench/RESULTS.md, "closed loop"): a round is ``local_steps``
+DP steps (``site.toml [training]``, default :data:`LOCAL_STEPS`; steps, not epochs, so
+the accountant counts exactly the steps taken, whatever a site's size), and the noisy
+clipped mean gradient of each step goes to the run's optimizer (:class:`Recipe`:
+DP-Adam by default, as Opacus's ``DPOptimizer`` around ``torch.optim.Adam``; or plain
+SGD) at the learning rate of a cosine schedule over the run's steps. Optimizer and
+schedule are post-processing of the DP releases: they change no charge.
+
 Training modes (``site.toml [training] grad_sample_mode``):
 ``"bk"`` (default) is our book-keeping clipping for the Linear/activation
 MLPs of :mod:`.templates` (Bu et al. 2023): per-sample gradient norms from
@@ -76,9 +84,22 @@ PRIVACY_UNITS = ("frame", "episode")
 
 HistoryEntry = tuple[float, float, int]
 
+#: the training recipe's defaults (bench/RESULTS.md, "closed loop": tuned on the
+#: simulated ``reacher`` task, checked on ``reacher-long`` and the Unitree G1 sample)
+LOCAL_STEPS = 100
+STATS_SHARE = 0.05
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "constant")
+#: the default learning rate of each optimizer (peak of the schedule)
+DEFAULT_LR = {"adam": 1e-3, "sgd": 0.5}
+
 
 class PrivacyPlanError(DataspaceError):
     """A budget that no amount of noise within reason can meet."""
+
+
+class RecipeError(RefusedError):
+    """A message naming an optimizer, schedule or warm-up this site does not know."""
 
 
 class MechanismError(RefusedError):
@@ -95,10 +116,15 @@ class TrainingSettings:
 
     clip_norm: float = 1.0
     batch_size: int = 256
+    #: local DP steps a round (the accountant counts them); 0: ``max_epochs`` passes
+    #: over the site's units. Steps, not epochs: the number of optimisation steps a
+    #: round needs depends on the model and the task, not on how much data a site
+    #: holds (bench/RESULTS.md, "closed loop": 1 epoch of a 4k-frame site is 13 steps)
+    local_steps: int = LOCAL_STEPS
     max_epochs: int = 1
     grad_sample_mode: str = "bk"
     heldout_fraction: float = 0.2
-    stats_share: float = 0.05
+    stats_share: float = STATS_SHARE
     #: clip bound of the normalisation sums; None: chosen by the site with DP
     #: (:func:`dataspace.federated.normalize.dp_bound`, one more release)
     stats_bound: float | None = None
@@ -118,6 +144,10 @@ class TrainingSettings:
             raise PrivacyUnitError(
                 f"site.toml [training] privacy_unit={self.privacy_unit!r}: "
                 f"expected one of {', '.join(PRIVACY_UNITS)}"
+            )
+        if int(self.local_steps) < 0:
+            raise PrivacyPlanError(
+                f"site.toml [training] local_steps={self.local_steps!r}: expected >= 0"
             )
         if int(self.frames_per_episode) < 1 or int(self.episodes_per_batch) < 0:
             raise PrivacyPlanError(
@@ -281,7 +311,7 @@ def make_plan(
         float(epsilon), float(delta), int(rounds), int(frames), settings.clip_norm,
         settings.units_per_batch, settings.max_epochs, settings.stats_share,
         settings.eval_share, 3 if settings.stats_bound is not None else 4, unit, units,
-        settings.frames_per_episode if unit == "episode" else 0,
+        settings.frames_per_episode if unit == "episode" else 0, int(settings.local_steps),
     )  # fmt: skip
 
 
@@ -290,6 +320,7 @@ def _make_plan(
     epsilon: float, delta: float, rounds: int, frames: int, clip_norm: float, batch_size: int,
     max_epochs: int, stats_share: float, eval_share: float, stats_releases: int = 3,
     privacy_unit: str = "frame", units: int = 0, frames_per_episode: int = 0,
+    local_steps: int = 0,
 ) -> PrivacyPlan:  # fmt: skip
     settings = TrainingSettings(
         clip_norm=clip_norm, batch_size=batch_size, max_epochs=max_epochs,
@@ -303,7 +334,8 @@ def _make_plan(
     # batch_size is in privacy units (frames, or episodes: TrainingSettings.units_per_batch)
     batches = math.ceil(units / settings.batch_size)
     q = 1.0 / batches
-    steps = batches * settings.max_epochs
+    # a fixed number of steps a round when the site says so (the default), else epochs
+    steps = local_steps if local_steps > 0 else batches * settings.max_epochs
     stats_noise = _solve(
         lambda z: epsilon_of([(z, 1.0, stats_releases)], delta),
         settings.stats_share * epsilon,
@@ -442,6 +474,63 @@ def poisson_batches(n: int, q: float, steps: int, rng: NoiseSource):
         yield rng.bernoulli(n, q).nonzero().squeeze(1)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How the noisy gradients become weights: the optimizer and its learning rate at
+    each local step. Post-processing of the DP releases (every step's noisy gradient is
+    already private), so the run chooses it; the site checks only that the names are
+    known and the rate finite (:func:`check_recipe`).
+
+    ``schedule`` "cosine": linear warm-up over the first ``warmup`` of the run's
+    steps, then cosine decay to ``FLOOR`` x ``lr`` at the run's last step (Loshchilov
+    and Hutter 2017). The run's steps are ``total_steps`` (its rounds times the site's
+    steps a round); ``offset`` is the steps of the rounds before this one. The
+    optimizer's state (Adam's moments) starts afresh each round: it would otherwise be
+    a second model state the server never sees, and FedAvg averages the weights only.
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 0.5
+    schedule: str = "constant"
+    warmup: float = 0.0
+    total_steps: int = 0
+    offset: int = 0
+
+    FLOOR = 0.05
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of this round's local step ``step`` (from 0)."""
+        t = self.offset + step
+        total = max(1, self.total_steps)
+        if self.schedule == "constant" or self.total_steps <= 0:
+            return self.lr
+        warm = int(self.warmup * total)
+        if t < warm:
+            return self.lr * (t + 1) / warm
+        frac = min(1.0, (t - warm) / max(1, total - warm))
+        return self.lr * (self.FLOOR + (1 - self.FLOOR) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def make(self, params) -> torch.optim.Optimizer | None:
+        """The torch optimizer over ``params`` (None for plain SGD: the update in place)."""
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.lr)
+        return None
+
+
+def check_recipe(optimizer: Any, schedule: Any, warmup: Any) -> None:
+    """Refuse names this site does not know (:class:`RecipeError`)."""
+    if optimizer not in OPTIMIZERS:
+        raise RecipeError(
+            f"unknown optimizer {str(optimizer)[:40]!r} (known: {', '.join(OPTIMIZERS)})"
+        )
+    if schedule not in SCHEDULES:
+        raise RecipeError(
+            f"unknown lr schedule {str(schedule)[:40]!r} (known: {', '.join(SCHEDULES)})"
+        )
+    if type(warmup) not in (int, float) or not (math.isfinite(warmup) and 0 <= warmup < 1):
+        raise RecipeError(f"warmup must be a fraction in [0, 1), got {str(warmup)[:40]!r}")
+
+
 def train_dp(
     net: nn.Sequential,
     x: torch.Tensor,
@@ -453,6 +542,7 @@ def train_dp(
     noise_multiplier: float | None = None,
     steps: int | None = None,
     episode: torch.Tensor | None = None,
+    recipe: Recipe | None = None,
 ) -> StepResult:
     """One round of DP-SGD on ``net`` in place (``noise_multiplier`` overrides for tests).
 
@@ -462,16 +552,17 @@ def train_dp(
     """
     sigma = plan.noise_multiplier if noise_multiplier is None else noise_multiplier
     steps = plan.steps_per_round if steps is None else steps
+    recipe = Recipe(lr=lr) if recipe is None else recipe
     if plan.privacy_unit == "episode":
         if episode is None or episode.shape[0] != x.shape[0]:
             raise PrivacyPlanError("privacy_unit 'episode' needs each frame's episode index")
         if mode not in MODES:
             raise PrivacyPlanError(f"unknown grad_sample_mode {mode!r}")
-        return _train_episodes(net, x, y, episode, plan, sigma, lr, rng, steps, mode)
+        return _train_episodes(net, x, y, episode, plan, sigma, recipe, rng, steps, mode)
     if mode == "bk":
-        return _train_bk(net, x, y, plan, sigma, lr, rng, steps)
+        return _train_bk(net, x, y, plan, sigma, recipe, rng, steps)
     if mode in ("hooks", "functorch", "ghost"):
-        return _train_opacus(net, x, y, plan, sigma, lr, rng, steps, mode)
+        return _train_opacus(net, x, y, plan, sigma, recipe, rng, steps, mode)
     raise PrivacyPlanError(f"unknown grad_sample_mode {mode!r}")
 
 
@@ -502,6 +593,7 @@ def bk_step(
     lr: float,
     expected_batch: float,
     rng: NoiseSource,
+    opt: torch.optim.Optimizer | None = None,
 ) -> float:
     """One DP-SGD step with book-keeping clipping (Bu et al. 2023) on a Linear MLP.
 
@@ -534,7 +626,7 @@ def bk_step(
                 sw += gs.T @ a
                 sb += gs.sum(0)
         loss = float(per.detach().mean())
-    _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, rng)
+    _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, rng, opt)
     return loss
 
 
@@ -562,8 +654,10 @@ def _zero_rows(tensors: list[torch.Tensor], rows: torch.Tensor) -> list[torch.Te
     return [torch.where(keep, t, torch.zeros_like(t)) for t in tensors]
 
 
-def _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, rng) -> None:
-    """Add ``N(0, (sigma C)^2)`` to each clipped sum, step by ``lr * sum / expected_batch``."""
+def _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, rng, opt=None) -> None:
+    """Add ``N(0, (sigma C)^2)`` to each clipped sum, step by ``lr * sum / expected_batch``
+    (plain SGD), or hand ``sum / expected_batch`` to ``opt`` as the gradient (e.g. DP-Adam:
+    Adam on the noisy gradient, post-processing)."""
     pairs = [(p, s) for m, (sw, sb) in zip(linears, sums, strict=True)
              for p, s in ((m.weight, sw), (m.bias, sb))]  # fmt: skip
     with torch.no_grad():
@@ -576,8 +670,15 @@ def _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, rng) -> N
             for _, s in pairs:
                 s += noise[at : at + s.numel()].view_as(s)
                 at += s.numel()
+        if opt is None:
+            for p, s in pairs:
+                p -= lr * s / expected_batch
+            return
         for p, s in pairs:
-            p -= lr * s / expected_batch
+            p.grad = s / expected_batch
+        for group in opt.param_groups:
+            group["lr"] = lr
+    opt.step()
 
 
 def episode_clipped_sums(
@@ -650,13 +751,14 @@ def bk_episode_step(
     lr: float,
     expected_batch: float,
     rng: NoiseSource,
+    opt: torch.optim.Optimizer | None = None,
 ) -> float:
     """One user-level DP-SGD step: :func:`episode_clipped_sums`, then noise and update
     as in :func:`bk_step` (``N(0, (sigma C)^2)``, divided by the expected number of
     episodes). Returns the mean episode loss (not released)."""
     linears = [m for m in net if isinstance(m, nn.Linear)]
     sums, losses = episode_clipped_sums(net, xb, yb, weight, clip_norm)
-    _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, rng)
+    _noisy_update(linears, sums, clip_norm, sigma, lr, expected_batch, rng, opt)
     return float(losses.mean()) if losses.numel() else float("nan")
 
 
@@ -675,7 +777,7 @@ class EpisodeMSE(nn.Module):
         return per.sum() if self.reduction == "sum" else per.mean()
 
 
-def _train_episodes(net, x, y, episode, plan, sigma, lr, rng, steps, mode) -> StepResult:
+def _train_episodes(net, x, y, episode, plan, sigma, recipe, rng, steps, mode) -> StepResult:
     """User-level DP-SGD over episodes (module docstring), in any of :data:`MODES`."""
     index = EpisodeIndex.of(episode)
     if len(index) != plan.units:
@@ -694,23 +796,27 @@ def _train_episodes(net, x, y, episode, plan, sigma, lr, rng, steps, mode) -> St
         if any(not isinstance(mod, nn.Linear | nn.ReLU | nn.Tanh | nn.GELU) for mod in net):
             raise PrivacyPlanError("book-keeping clipping supports Linear + activation MLPs only")
         total, count, losses = 0, 0, []
+        opt = recipe.make(net.parameters())
         for xb, yb, w in batches():
-            loss = bk_episode_step(net, xb, yb, w, plan.clip_norm, sigma, lr, expected, rng)
+            lr = recipe.lr_at(count)
+            loss = bk_episode_step(net, xb, yb, w, plan.clip_norm, sigma, lr, expected, rng, opt)
             if w.shape[0]:
                 losses.append(loss)
                 total += int(w.shape[0])
             count += 1
         return StepResult(loss=sum(losses) / max(len(losses), 1), steps=count, samples=total)
-    return _opacus_loop(net, plan, sigma, lr, rng, mode, expected, batches(), EpisodeMSE)
+    return _opacus_loop(net, plan, sigma, recipe, rng, mode, expected, batches(), EpisodeMSE)
 
 
-def _train_bk(net, x, y, plan, sigma, lr, rng, steps) -> StepResult:
+def _train_bk(net, x, y, plan, sigma, recipe, rng, steps) -> StepResult:
     if any(not isinstance(m, nn.Linear | nn.ReLU | nn.Tanh | nn.GELU) for m in net):
         raise PrivacyPlanError("book-keeping clipping supports Linear + activation MLPs only")
     expected = plan.sample_rate * x.shape[0]
     total, count, losses = 0, 0, []
+    opt = recipe.make(net.parameters())
     for idx in poisson_batches(x.shape[0], plan.sample_rate, steps, rng):
-        loss = bk_step(net, x[idx], y[idx], plan.clip_norm, sigma, lr, expected, rng)
+        lr = recipe.lr_at(count)
+        loss = bk_step(net, x[idx], y[idx], plan.clip_norm, sigma, lr, expected, rng, opt)
         if idx.numel():
             losses.append(loss)
             total += int(idx.numel())
@@ -718,14 +824,14 @@ def _train_bk(net, x, y, plan, sigma, lr, rng, steps) -> StepResult:
     return StepResult(loss=sum(losses) / max(len(losses), 1), steps=count, samples=total)
 
 
-def _train_opacus(net, x, y, plan, sigma, lr, rng, steps, mode) -> StepResult:
+def _train_opacus(net, x, y, plan, sigma, recipe, rng, steps, mode) -> StepResult:
     expected = plan.sample_rate * x.shape[0]
 
     def batches():
         for idx in poisson_batches(x.shape[0], plan.sample_rate, steps, rng):
             yield x[idx], y[idx], None
 
-    return _opacus_loop(net, plan, sigma, lr, rng, mode, expected, batches(), PerSampleMSE)
+    return _opacus_loop(net, plan, sigma, recipe, rng, mode, expected, batches(), PerSampleMSE)
 
 
 def _secret_noise_optimizer(base: type, rng: NoiseSource, sanitise: bool) -> type:
@@ -763,7 +869,7 @@ def _secret_noise_optimizer(base: type, rng: NoiseSource, sanitise: bool) -> typ
     return SecretNoiseOptimizer
 
 
-def _opacus_loop(net, plan, sigma, lr, rng, mode, expected, batches, loss_cls) -> StepResult:
+def _opacus_loop(net, plan, sigma, recipe, rng, mode, expected, batches, loss_cls) -> StepResult:
     """DP-SGD with Opacus's GradSampleModule / ghost clipping over ``batches``.
 
     A batch is ``(x, y, weight)``: frames (``weight`` None, :class:`PerSampleMSE`)
@@ -792,7 +898,9 @@ def _opacus_loop(net, plan, sigma, lr, rng, mode, expected, batches, loss_cls) -
         )
         opt_cls = _secret_noise_optimizer(DPOptimizer, rng, sanitise=True)
     opt = opt_cls(
-        torch.optim.SGD(gsm.parameters(), lr=lr),
+        # DP-Adam is Opacus's DPOptimizer around torch's Adam (the noisy gradient in, Adam's
+        # update out); plain SGD as before
+        recipe.make(gsm.parameters()) or torch.optim.SGD(gsm.parameters(), lr=recipe.lr),
         noise_multiplier=sigma,
         max_grad_norm=plan.clip_norm,
         expected_batch_size=max(1, round(expected)),
@@ -810,6 +918,8 @@ def _opacus_loop(net, plan, sigma, lr, rng, mode, expected, batches, loss_cls) -
 
     total, count, losses = 0, 0, []
     for xb, yb, w in batches:
+        for group in opt.param_groups:
+            group["lr"] = recipe.lr_at(count)
         opt.zero_grad(set_to_none=True)
         if xb.shape[0]:
             loss = backward(xb, yb, w)

@@ -11,8 +11,11 @@ from typing import Any
 
 from flwr.app import ConfigRecord
 
-from dataspace.federated import public_stats
+from dataspace.federated import dp, public_stats
 from dataspace.federated.normalize import Stats
+
+#: the training recipe's defaults (bench/RESULTS.md, "closed loop")
+RECIPE_DEFAULTS: dict[str, Any] = {"optimizer": "adam", "lr-schedule": "cosine", "warmup": 0.05}
 
 
 def new_run_id() -> str:
@@ -34,7 +37,13 @@ class RunSpec:
     out_dir: str  # out-dir
     run_id: str = field(default_factory=new_run_id)  # run-id
     seed: int = 0  # seed
-    lr: float = 0.5  # lr
+    #: the training recipe (:class:`.dp.Recipe`; post-processing of the sites' DP releases,
+    #: so the run's choice): DP-Adam, peak learning rate (None: the optimizer's default,
+    #: :data:`.dp.DEFAULT_LR`), cosine schedule over the run's local steps with a warm-up
+    optimizer: str = RECIPE_DEFAULTS["optimizer"]  # optimizer
+    lr: float | None = None  # lr
+    lr_schedule: str = RECIPE_DEFAULTS["lr-schedule"]  # lr-schedule
+    warmup: float = RECIPE_DEFAULTS["warmup"]  # warmup (fraction of the run's local steps)
     #: the sites' local epochs: 0 says nothing (each site trains its own site.toml
     #: max_epochs); a number is checked by every site, which refuses a mismatch
     local_epochs: int = 0  # local-epochs
@@ -60,6 +69,9 @@ class RunSpec:
     def __post_init__(self) -> None:
         self.contracts = list(self.contracts)
         self.out_dir = str(self.out_dir)
+        dp.check_recipe(self.optimizer, self.lr_schedule, self.warmup)
+        if self.lr is None:
+            self.lr = dp.DEFAULT_LR[self.optimizer]
         if self.public_stats is not None:
             given: Stats | Mapping[str, Sequence[float]] = self.public_stats
             self.public_stats = public_stats.to_lists(public_stats.check_stats(given))
@@ -93,7 +105,11 @@ class RunSpec:
             rounds=int(c.get("num-rounds", 3)),
             out_dir=str(c["out-dir"]),
             seed=int(c.get("seed", 0)),
-            lr=float(c.get("lr", 0.5)),
+            # run_config() leaves out the recipe's keys at their defaults (below)
+            optimizer=str(c.get("optimizer", RECIPE_DEFAULTS["optimizer"])),
+            lr=float(c["lr"]) if c.get("lr") is not None else None,
+            lr_schedule=str(c.get("lr-schedule", RECIPE_DEFAULTS["lr-schedule"])),
+            warmup=float(c.get("warmup", RECIPE_DEFAULTS["warmup"])),
             local_epochs=int(c.get("local-epochs", 0)),
             min_nodes=int(c.get("min-nodes", 1)),
             expected_nodes=int(c.get("expected-nodes", 0)),
@@ -129,6 +145,11 @@ class RunSpec:
         }
         if self.local_epochs:
             cfg["local-epochs"] = self.local_epochs
+        # the recipe, always (the deployment engine's app config, :mod:`.deploy`, declares
+        # these keys: Flower refuses a run config naming an undeclared one)
+        cfg.update(
+            {"optimizer": self.optimizer, "lr-schedule": self.lr_schedule, "warmup": self.warmup}
+        )
         if self.public_stats is not None:
             cfg["public-stats"] = json.dumps(self.public_stats, separators=(",", ":"))
         return cfg
@@ -146,7 +167,10 @@ class RunSpec:
                 "num-rounds": self.rounds,
                 "server-round": server_round,
                 "seed": self.seed,
+                "optimizer": self.optimizer,
                 "lr": self.lr,
+                "lr-schedule": self.lr_schedule,
+                "warmup": self.warmup,
                 **({"local-epochs": self.local_epochs} if self.local_epochs else {}),
             }
         )

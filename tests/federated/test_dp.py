@@ -150,7 +150,9 @@ def test_a_unit_that_overflows_contributes_nothing_and_decides_for_no_other():
     everyone, _ = dp.episode_clipped_sums(net, x[idx], y[idx], w, 1.0)
     without, _ = dp.episode_clipped_sums(net, x[idx[1:]], y[idx[1:]], w[1:], 1.0)
     assert torch.isfinite(flat(everyone)).all()
-    assert torch.equal(flat(everyone), flat(without))
+    # equal up to float summation order (a batch of another shape may block its matmuls
+    # differently: last-bit differences); a contribution of the bad unit would be >= 1e-3
+    assert torch.allclose(flat(everyone), flat(without), rtol=1e-4, atol=1e-6)
     # per frame (m = 1): the bad frame alone is left out
     ones = torch.ones(9, 1)
     frames, _ = dp.episode_clipped_sums(net, x[:, None], y[:, None], ones, 1.0)

@@ -154,7 +154,7 @@ def test_noise_is_sigma_c_over_the_expected_episodes(g1):
 
 
 def test_accountant_counts_episodes_and_meets_the_contract():
-    s = _settings(batch_size=256, frames_per_episode=32)  # 8 episodes a batch expected
+    s = _settings(batch_size=256, frames_per_episode=32, local_steps=0)  # 8 a batch, by epochs
     plan = dp.make_plan(8.0, 1e-5, 4, 36_000, s, episodes=80)
     assert (plan.privacy_unit, plan.units, plan.batch_size) == ("episode", 80, 8)
     assert plan.sample_rate == pytest.approx(8 / 80) and plan.steps_per_round == 10

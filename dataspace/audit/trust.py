@@ -3,7 +3,10 @@
 The trusted-keys file holds one item per line; ``#`` starts a comment::
 
     NAME+HEX+BASE64             a vkey: type 0x01 is a log key, type 0x04 a witness key
-    log NAME+HEX+BASE64|PATH    a log key (PATH: an identity .pub file, or a .vkey file)
+    log NAME+HEX+BASE64|PATH    a log key (PATH: an identity .pub file, or a .vkey file;
+                                an identity is trusted for its name, the origin of logs
+                                made before URL origins, and for the origins derived
+                                from its key: dataspace.audit.witnesskey.log_origin)
     witness NAME+HEX+BASE64|PATH  a witness key (an identity .pub gives its 0x04 key)
     actor PATH | PATH.pub       an identity file {"name","role","public_key"} of an actor
     {"name":..,"public_key":..}  an inline identity (an actor)
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataspace.audit.note import ALG_COSIGNATURE_V1, ALG_ED25519, NoteError, Verifier, parse_vkey
+from dataspace.audit.witnesskey import ORIGIN_KINDS, log_origin
 from dataspace.errors import DataspaceError
 
 #: NAME+HEX(keyID)+BASE64(type || key): a vkey, as opposed to a path
@@ -105,7 +109,13 @@ def parse_trusted_keys(text: str, base: Path = Path()) -> TrustedKeys:
             name, raw = _identity(obj, where)
             tk.actors[raw] = name
         elif word == "log":
-            tk.logs.append(_key_item(rest, ALG_ED25519, base, where))
+            v = _key_item(rest, ALG_ED25519, base, where)
+            tk.logs.append(v)
+            if not VKEY_RE.fullmatch(rest) and Path(base, rest).suffix != ".vkey":
+                # an identity: its key under the URL origins derived from it as well
+                tk.logs += [
+                    Verifier(log_origin(k, v.public_key), v.public_key) for k in ORIGIN_KINDS
+                ]
         elif word == "witness":
             tk.witnesses.append(_key_item(rest, ALG_COSIGNATURE_V1, base, where))
         elif word == "actor":

@@ -46,8 +46,14 @@ from dataspace.audit.note import (
     parse_signature_line,
     parse_vkey,
 )
-from dataspace.audit.witness import SIZE_CONTENT_TYPE, request_body
-from dataspace.audit.witnesskey import MAX_ENDORSEMENT, WitnessKeyError, check_endorsement
+from dataspace.audit.witness import SIZE_CONTENT_TYPE, Witness, request_body
+from dataspace.audit.witnesskey import (
+    MAX_ENDORSEMENT,
+    WitnessKeyError,
+    bound_origin,
+    check_endorsement,
+    log_origin,
+)
 from dataspace.audit.witnesspolicy import STALE_AFTER_S, WitnessPolicy, WitnessState
 from dataspace.errors import DataspaceError
 
@@ -170,6 +176,8 @@ GetFn = Callable[[str], tuple[int, bytes]]
 #: seconds a witness key learned from its service is used before it is asked again
 KEY_TTL_S = 300.0
 _keys: dict[tuple[str, str, bytes], tuple[float, Verifier]] = {}
+#: (name, identity key) -> the log verifier that identity endorsed last (its origin, its key)
+_logs: dict[tuple[str, bytes], Verifier] = {}
 _keys_lock = threading.Lock()
 
 
@@ -212,9 +220,13 @@ def resolve_peer(peer: Peer, get: GetFn | None = None, refresh: bool = False) ->
         raise WitnessUnreachableError(name, f"{peer.url}: {e.detail}", e.status) from e
     if status == 200:
         try:
-            v = check_endorsement(body, name, ident).witness
+            endorsed = check_endorsement(body, name, ident)
         except WitnessKeyError as e:
             raise BadCosignatureError(name, f"its witness key: {e}") from e
+        v = endorsed.witness
+        if endorsed.log is not None:
+            with _keys_lock:
+                _logs[(name, ident)] = endorsed.log
     elif status == 404:
         v = witness_verifier(name, ident)
     else:
@@ -235,6 +247,56 @@ def known_witness_keys(peer: Peer) -> list[Verifier]:
         kept = _keys.get((peer.url, *peer.identity))
     legacy = witness_verifier(*peer.identity)
     return [legacy] if kept is None or kept[1] == legacy else [kept[1], legacy]
+
+
+def endorsed_log(name: str, identity: bytes) -> Verifier | None:
+    """The log verifier (origin and key) that the service (``name``, ``identity``) endorsed
+    in the witness key it served last (:func:`resolve_peer`), if any was learned."""
+    with _keys_lock:
+        return _logs.get((name, identity))
+
+
+def service_logs(
+    witness: Witness, name: str, identity: bytes, kind: str, endorsed: Verifier | None = None
+) -> list[Verifier]:
+    """The logs ``witness`` trusts for the service known by ``name`` and ``identity`` key:
+    one origin per log key (:mod:`.witnesskey`, "Log origins").
+
+    Candidates: the log made before URL origins (origin ``name``, key ``identity``) and the
+    new one (:func:`~.witnesskey.log_origin` of ``identity``). The one this witness has
+    cosigned before is the log's, the other is never trusted: a log witnessed under one
+    origin cannot start a fresh history under the other. Else the one the service
+    endorses (``endorsed``, default :func:`endorsed_log`), else both, until one is
+    cosigned. An endorsed log with another key (the site's identity key rotated after
+    its log was made) is trusted as well, under the origin bound to that key only.
+    """
+    legacy = Verifier(name, identity)
+    new = Verifier(log_origin(kind, identity), identity)
+    endorsed = endorsed_log(name, identity) if endorsed is None else endorsed
+    extra = []
+    if (
+        endorsed is not None
+        and endorsed.public_key != identity
+        and bound_origin(endorsed.name, endorsed.public_key, (kind,))
+    ):
+        extra = [Verifier(endorsed.name, endorsed.public_key)]
+    for v in (new, legacy):
+        if _has_state(witness, v.name, identity):
+            return [v, *extra]
+    for v in (new, legacy):
+        if endorsed is not None and (endorsed.name, endorsed.public_key) == (v.name, identity):
+            return [v, *extra]
+    return [legacy, new, *extra]
+
+
+def _has_state(witness: Witness, origin: str, key: bytes) -> bool:
+    """Whether ``witness`` has cosigned a checkpoint of ``origin`` signed by ``key``."""
+    if witness.state_path(origin, key).exists():
+        return True
+    try:
+        return witness.latest(origin, key) is not None  # a state kept by name only
+    except NoteError:
+        return False
 
 
 def forget_peer_key(peer: Peer) -> None:

@@ -19,6 +19,31 @@ key it already trusts for that peer (the hub's registry, the hub's catalog):
 ``GET <witness prefix>/witness-key`` answers an :func:`endorse` text, the witness
 vkey (and the peer's log vkey) signed by the identity key under a fixed header, so
 the signature means nothing else (not an event, not a request, not a note).
+
+Log origins (C2SP tlog-checkpoint: "a schema-less URL containing neither Unicode spaces
+nor plus"). A log made from now on is named :func:`log_origin`:
+``dataspace.invalid/site/HEX`` for a site log, ``dataspace.invalid/hub/HEX`` for a hub's,
+HEX the first 16 bytes of SHA-256 of the log's public key (lowercase hex). Why so:
+
+* the origin is fixed when the log is made (``dataspace site create``, a hub's first
+  start), before any service URL is known, and it never changes, while a
+  ``--public-url`` moves with hosts and ports; the key does not;
+* it is self-certifying: anyone who knows a log's key computes its origin, so a witness
+  that trusts a service by (name, identity key) trusts that service's new log without
+  being told its origin (a site with no connector URL announces nothing and is still
+  witnessed), and an origin derived from one key cannot be claimed for another
+  (:func:`bound_origin`): no first-come pinning, no squatting another's origin;
+* ``.invalid`` (RFC 2606) never resolves: nobody takes it for an endpoint (the spec:
+  clients MUST NOT assume it is one), and it collides with no real domain's logs;
+* it is not secret: the public key is public already.
+
+Logs made before keep their origin (the holder's name, the hub's name). A witness
+trusts, per service known by (name, identity key), one log origin per key: the one it
+has cosigned before, else the one the service endorses (the ``log`` line, checked by
+:func:`check_endorsement`: the service's own name or an origin bound to the endorsed
+key), else both the old and the new form until the first is cosigned
+(:func:`dataspace.audit.witnessing.service_logs`). So a log that was witnessed under its
+old origin cannot start a second, fresh history under the new one, nor the other way.
 """
 
 from __future__ import annotations
@@ -26,7 +51,9 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +79,16 @@ WITNESS_VKEY = "witness.vkey"
 HEADER = b"dataspace/witness-key/v1"
 #: longest endorsement read (two vkeys and a signature fit in far less)
 MAX_ENDORSEMENT = 4096
+#: the host of every new log's origin (RFC 2606: never resolves)
+ORIGIN_HOST = "dataspace.invalid"
+#: what a log is of, the path's first segment
+ORIGIN_KINDS = ("site", "hub")
+#: bytes of SHA-256(log public key) in a new origin (hex: twice as many characters)
+ORIGIN_HASH_BYTES = 16
+#: longest origin (or key name) accepted in an endorsement
+MAX_ORIGIN = 255
+#: printable ASCII without space and "+": what an origin read from a peer may hold
+_ORIGIN_CHARS = re.compile(r"[!-*,-~]+")
 
 
 class WitnessKeyError(DataspaceError):
@@ -103,6 +140,30 @@ def witness_vkey_text(name: str, key: Ed25519PrivateKey | bytes) -> str:
     return Verifier(name, pub, ALG_COSIGNATURE_V1).vkey()
 
 
+def log_origin(kind: str, public_key: bytes) -> str:
+    """The origin of a new log of ``kind`` ("site" or "hub") signed by ``public_key``:
+    ``dataspace.invalid/KIND/HEX(SHA-256(public_key)[:16])`` (see the module docstring)."""
+    if kind not in ORIGIN_KINDS or len(public_key) != 32:
+        raise WitnessKeyError(f"no log origin for a {kind!r} log of a {len(public_key)}-byte key")
+    digest = hashlib.sha256(public_key).hexdigest()[: 2 * ORIGIN_HASH_BYTES]
+    return f"{ORIGIN_HOST}/{kind}/{digest}"
+
+
+def bound_origin(origin: str, public_key: bytes, kinds: tuple[str, ...] = ORIGIN_KINDS) -> bool:
+    """Whether ``origin`` is the :func:`log_origin` of ``public_key`` (for one of ``kinds``)."""
+    return len(public_key) == 32 and any(origin == log_origin(k, public_key) for k in kinds)
+
+
+def check_origin_text(origin: str) -> str:
+    """An origin (or key name) read from a peer: non-empty, printable ASCII, no space, no
+    "+", at most :data:`MAX_ORIGIN` characters; raises :class:`WitnessKeyError`."""
+    if not isinstance(origin, str) or len(origin) > MAX_ORIGIN:
+        raise WitnessKeyError("log origin is not a string of at most 255 characters")
+    if not _ORIGIN_CHARS.fullmatch(origin):
+        raise WitnessKeyError(f"log origin {origin[:60]!r} is not printable ASCII without spaces")
+    return origin
+
+
 def check_distinct(witness_key: Ed25519PrivateKey, log_keys: list[bytes]) -> None:
     """Raise :class:`WitnessKeyError` when the witness key is one of the log keys
     (signed-note: a key is not reused across signature types)."""
@@ -144,7 +205,9 @@ def check_endorsement(text: bytes, name: str, identity: bytes) -> Endorsement:
     """The witness key (and log key) that ``identity`` endorses in ``text``, for the
     witness named ``name``. Raises :class:`WitnessKeyError` unless the text is an
     endorsement by exactly that identity key, its signature verifies, and its witness key
-    is a 0x04 key named ``name`` that is not the identity key itself."""
+    is a 0x04 key named ``name`` that is not the identity key itself, and its log key
+    (if any) is a 0x01 key whose origin is ``name`` (a log made before URL origins) or
+    the :func:`log_origin` of that very key (no service endorses another's origin)."""
     if len(text) > MAX_ENDORSEMENT:
         raise WitnessKeyError(f"witness key endorsement of {len(text)} bytes is too long")
     lines = text.split(b"\n")
@@ -173,6 +236,13 @@ def check_endorsement(text: bytes, name: str, identity: bytes) -> Endorsement:
         raise WitnessKeyError("endorsed witness key is the identity key itself")
     if log is not None and log.alg != ALG_ED25519:
         raise WitnessKeyError("endorsed log key is not a 0x01 key")
+    if log is not None:
+        check_origin_text(log.name)
+        if log.name != name and not bound_origin(log.name, log.public_key):
+            raise WitnessKeyError(
+                f"endorsed log origin {log.name[:60]!r} is neither {name!r} nor the "
+                "origin of the endorsed log key"
+            )
     signed = text[: text.rindex(b"\nsignature ") + 1]
     if signed != _message(ident, witness, log):  # one encoding: what is signed is what is read
         raise WitnessKeyError("witness key endorsement is not in its canonical form")

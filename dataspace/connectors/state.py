@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 
 from dataspace.audit.note import ALG_COSIGNATURE_V1, Verifier
 from dataspace.audit.witness import Witness
+from dataspace.audit.witnessing import service_logs
 from dataspace.audit.witnesskey import endorse, load_or_create_witness_key
 from dataspace.auth.service import Caller
 from dataspace.connectors.publisher import Publisher
@@ -75,14 +76,20 @@ class Connector:
         p = self.publisher
         if p is None or p.hub_key is None or p.hub_name is None:
             return None
-        hub = Verifier(p.hub_name, base64.b64decode(p.hub_key))
         w = Witness(
             self.site.root / "witness",
             self.site.name,
             self.witness_key,
-            [hub, *self.holders.log_verifiers()],
+            [],
             log_keys=[self.log_verifier.public_key],
         )
+        # the hub's log first (pinned), under its old origin (its name) or its new one,
+        # as it endorsed or as cosigned before (dataspace.audit.witnessing.service_logs)
+        for v in [
+            *service_logs(w, p.hub_name, base64.b64decode(p.hub_key), "hub"),
+            *self.holders.log_verifiers(w),
+        ]:
+            w.trust(v)
         w.endorsement = self.endorsement(w)
         return w
 

@@ -5,7 +5,9 @@ tlog-witness at ``HUB/v1/log/add-checkpoint`` under its name and identity key
 (type 0x04); the connector learns both when it publishes its catalog
 (``GET /v1/hub``). Every connector runs one too (``/v1/log/add-checkpoint``,
 state in ``SITE/witness``), which trusts the hub's log and the logs of the other
-holders in the hub's catalog (key name = the holder's name, key = its identity).
+holders in the hub's catalog (key = the holder's identity; origin = the holder's name
+for a log made before URL origins, else ``dataspace.invalid/site/HEX`` derived from
+the key: dataspace.audit.witnesskey, "Log origins"; the hub's likewise).
 A log is its key: the hub's key, learned first, is pinned for the hub's name, and a
 catalog name that is the hub's, this site's or held by two keys is trusted for none
 of them (the hub keeps names unique; a catalog that does not is not believed).
@@ -37,7 +39,14 @@ import httpx
 
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.note import Verifier
-from dataspace.audit.witnessing import Peer, WitnessPusher, peer_for_identity, policy_settings
+from dataspace.audit.witness import Witness
+from dataspace.audit.witnessing import (
+    Peer,
+    WitnessPusher,
+    peer_for_identity,
+    policy_settings,
+    service_logs,
+)
 from dataspace.auth.client import call, signed_client
 from dataspace.connectors.publisher import Publisher
 from dataspace.errors import DataspaceError
@@ -96,9 +105,9 @@ class Holders:
             self.holders = sorted(found.values(), key=lambda h: h.name)
         return self.holders
 
-    def log_verifiers(self) -> list[Verifier]:
-        """The other holders' log keys (what this connector's witness trusts besides the
-        hub): never under the hub's name or this site's, nor a name two keys claim."""
+    def trusted(self) -> list[Holder]:
+        """The other holders whose logs this connector's witness trusts besides the hub's:
+        never one under the hub's name or this site's, nor a name two keys claim."""
         with self._lock:
             holders = list(self.holders)
         keys: dict[str, set[bytes]] = {}
@@ -107,11 +116,13 @@ class Holders:
         taken = {self.site.name}
         if self.publisher is not None and self.publisher.hub_name is not None:
             taken.add(self.publisher.hub_name)
-        return [
-            Verifier(h.name, h.key)
-            for h in holders
-            if h.name not in taken and len(keys[h.name]) == 1
-        ]
+        return [h for h in holders if h.name not in taken and len(keys[h.name]) == 1]
+
+    def log_verifiers(self, witness: Witness) -> list[Verifier]:
+        """The other holders' logs ``witness`` trusts: for each :meth:`trusted` holder, its
+        site log under its old origin (its name) or its new one, as it endorsed or as
+        ``witness`` cosigned before (:func:`dataspace.audit.witnessing.service_logs`)."""
+        return [v for h in self.trusted() for v in service_logs(witness, h.name, h.key, "site")]
 
 
 def hub_peers(publisher: Publisher | None) -> list[Peer]:

@@ -23,7 +23,8 @@ from dataspace.audit.events import make_event, parse_event
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.note import ALG_COSIGNATURE_V1, Verifier, raw_public, vkey_text
 from dataspace.audit.witness import Witness
-from dataspace.audit.witnesskey import endorse, load_or_create_witness_key
+from dataspace.audit.witnessing import service_logs
+from dataspace.audit.witnesskey import endorse, load_or_create_witness_key, log_origin
 from dataspace.auth.service import Caller
 from dataspace.errors import DataspaceError
 from dataspace.federated.rundir import MAX_RUN_FILE
@@ -46,25 +47,37 @@ def hub_key(data_dir: Path, name: str) -> Ed25519PrivateKey:
 
 
 class HubLog:
-    """The hub's transparency log and the events it appends (dataspace.audit)."""
+    """The hub's transparency log and the events it appends (dataspace.audit).
 
-    def __init__(self, directory: Path, origin: str, key: Ed25519PrivateKey) -> None:
+    ``name`` is the hub's name, the events' actor. A log made now has the origin
+    ``dataspace.invalid/hub/HEX`` (:func:`dataspace.audit.witnesskey.log_origin`: HEX
+    from SHA-256 of the hub key; stable, not secret, computable by every connector that
+    knows the hub's key, unlike the hub's name or a URL); one made before keeps its
+    origin, the hub's name.
+    """
+
+    def __init__(self, directory: Path, name: str, key: Ed25519PrivateKey) -> None:
         self.key = key
-        self.origin = origin
+        self.name = name
         self._lock = threading.Lock()
         if directory.exists() and any(directory.iterdir()):
             self.log = TransparencyLog.open(directory, key=key)
         else:
-            self.log = TransparencyLog.create(directory, origin, key)
+            self.log = TransparencyLog.create(directory, log_origin("hub", raw_public(key)), key)
+
+    @property
+    def origin(self) -> str:
+        """The log's origin (its checkpoints' first line, its key name)."""
+        return self.log.origin
 
     def record(self, kind: str, **fields: Any) -> int:
-        entry = make_event(kind, self.key, self.origin, **fields)
+        entry = make_event(kind, self.key, self.name, **fields)
         with self._lock:
             return self.log.append(entry)
 
     def record_many(self, events: list[tuple[str, dict[str, Any]]]) -> list[int]:
         """Several events in one ``append_many`` (one commit, one signed checkpoint)."""
-        entries = [make_event(kind, self.key, self.origin, **f) for kind, f in events]
+        entries = [make_event(kind, self.key, self.name, **f) for kind, f in events]
         with self._lock:
             return self.log.append_many(entries)
 
@@ -141,18 +154,19 @@ class Hub:
 
     def witness(self) -> Witness:
         """The hub's C2SP witness for the registered holders' site logs (DATA/witness)."""
-        holders = [
-            Verifier(p["name"], base64.b64decode(k))
-            for k, p in self.store.participants.items()
-            if p["role"] == "holder"
-        ]
         w = Witness(
             self.data_dir / "witness",
             self.name,
             self.witness_key,
-            holders,
+            [],
             log_keys=[self.log.log.public_key],
         )
+        # each holder's site log, under its old origin (its name) or its new one, as
+        # endorsed or as cosigned before (dataspace.audit.witnessing.service_logs)
+        for k, p in list(self.store.participants.items()):
+            if p["role"] == "holder":
+                for v in service_logs(w, p["name"], base64.b64decode(k), "site"):
+                    w.trust(v)
         w.endorsement = self._endorsement
         return w
 

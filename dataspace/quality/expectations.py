@@ -222,7 +222,11 @@ class ExpectEpisodeNoFrozenJoint(EpisodeRowsExpectation):
     (joints that move when their partners do), its frozen share of partner
     motion reaches the joint's threshold (at least 60 %), or, for a joint in
     ``still`` (channels that are never constant over a window: noise, fast
-    joints), its still share does; once there are ``min_windows`` windows.
+    joints), its still share does; once there are ``min_windows`` windows; or, for a
+    joint in ``commanded`` (a joint some action drives: a velocity, torque or
+    on/off command), when it stays put in at least that many windows that start
+    with its command away from 0 (``cfrozen_s_j``): an absolute duration, since a
+    drive moves when commanded and a joint that sticks late leaves a small share.
     Holding still is no partner motion, so idle phases do not count on the
     first reference; a slow joint changes its encoder count within a second,
     so slow motions do not either.
@@ -233,7 +237,11 @@ class ExpectEpisodeNoFrozenJoint(EpisodeRowsExpectation):
 
     @classmethod
     def build(
-        cls, partners: Mapping[str, float], still: Mapping[str, float], min_windows: int
+        cls,
+        partners: Mapping[str, float],
+        still: Mapping[str, float],
+        min_windows: int,
+        commanded: Mapping[str, float] | None = None,
     ) -> ExpectEpisodeNoFrozenJoint:
         least = int(min_windows)
         by_joint: dict[str, list[str]] = {}
@@ -245,6 +253,8 @@ class ExpectEpisodeNoFrozenJoint(EpisodeRowsExpectation):
             by_joint.setdefault(c, []).append(
                 f"(n_windows >= {least} AND still_{c} >= {t!r} * n_windows)"
             )
+        for c, t in (commanded or {}).items():
+            by_joint.setdefault(c, []).append(f"(cfrozen_{c} >= {t!r})")
         conds = {c: " OR ".join(x) for c, x in sorted(by_joint.items())}
         names = [f"CASE WHEN {x} THEN '{c}' END" for c, x in conds.items()]
         where = " OR ".join(f"({x})" for x in conds.values()) or "false"

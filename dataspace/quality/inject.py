@@ -48,8 +48,9 @@ CHECK_FOR = {
 }
 
 #: checks that a kind of corruption may rightly trip besides its own: noise on every
-#: action also makes frame-to-frame jumps larger than the joint's usual ones
-ALSO_FLAGGED_BY = {"action_noise": ("action_jump",)}
+#: action also makes frame-to-frame jumps larger than the joint's usual ones, and
+#: commands a drive away from 0 while its joint holds still (frozen_joint's commands)
+ALSO_FLAGGED_BY = {"action_noise": ("action_jump", "frozen_joint")}
 
 
 def read_episodes(site: Site, dataset_id: str) -> Iterator[Episode]:

@@ -61,6 +61,10 @@ PARTNER_RATE = 0.95
 MAX_PARTNERS = 3
 #: the partner "any joint": for a joint that changes whenever any joint travels
 ANY_PARTNER = "*"
+#: k commands j only if j also rests (keeps exactly its value over a window) in at least
+#: this share of the windows in which all of j's commands stay at 0: a drive command,
+#: not a position target (chosen a priori: a drive at rest mostly stays put)
+REST_RATE = 0.5
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,9 @@ class Scales:
     partners: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: every how many episodes the sample took one (1: all of them)
     sample_every: int = 1
+    #: state column -> the action columns that command it (it changes whenever one of
+    #: them is away from 0 at the start of a window), learnt from the data
+    commands: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def range(self, col: str) -> float:
         """The column's usual range (q99 - q01), 0 when unknown."""
@@ -108,12 +115,17 @@ class Scales:
         """Displacement over the window above which the column *travels*."""
         return MOTION_SHARE * self.range(col)
 
+    def active(self, col: str) -> float:
+        """|action| above which the action column *commands* motion (0 when unknown)."""
+        return MOTION_SHARE * self.range(col)
+
     def to_json(self) -> dict[str, object]:
         return {
             "window_frames": self.window,
             "sample_every": self.sample_every,
             "ranges": {c: self.range(c) for c in self.quantiles},
             "partners": {c: list(p) for c, p in self.partners.items()},
+            "commands": {c: list(p) for c, p in self.commands.items() if p},
         }
 
 
@@ -236,6 +248,13 @@ def profile_select_sql(
             f"CASE WHEN {new_ep(win)} THEN NULL ELSE abs({f} - lag({f}, {win}) {w}) END AS wd_{c}"
         )
     d_cols.append(f"(NOT {new_ep(win)}) AS win_ok")
+    # an action column commands motion over the window: away from 0 at its start
+    commanding = sorted({k for p in scales.commands.values() for k in p if k in a})
+    for k in commanding:
+        d_cols.append(
+            f"(NOT {new_ep(win)} AND coalesce(abs(lag({_finite(k)}, {win}) {w}) > "
+            f"{scales.active(k)!r}, false)) AS act_{k}"
+        )
     any_null = " OR ".join(
         [f"{c} IS NULL" for c in ["frame_index", '"timestamp"', "task_index", *joints]]
     )
@@ -254,11 +273,22 @@ def profile_select_sql(
     # some state joint travels over the window: the robot moves
     motion = " OR ".join(travels(c) for c in s) or "false"
     watched = [c for c in s if scales.partners.get(c)]
+    commanded = [
+        c
+        for c in s
+        if c in scales.quantiles and [k for k in scales.commands.get(c, ()) if k in commanding]
+    ]
     m_cols = [f"coalesce({motion}, false) AS motion"]
     for c in watched:
         partners = scales.partners[c]
         moving = motion if partners == (ANY_PARTNER,) else " OR ".join(map(travels, partners))
         m_cols.append(f"coalesce({moving}, false) AS pm_{c}")
+    for c in commanded:
+        cmd = " OR ".join(f"act_{k}" for k in scales.commands[c] if k in commanding)
+        # a joint held at an end of its usual range is at a stop (a tilt at its limit
+        # with the controller asking for more), not stuck: such windows do not count
+        lo, hi = scales.quantiles.get(c, (-math.inf, math.inf))
+        m_cols.append(f"(({cmd}) AND {_finite(c)} > {lo!r} AND {_finite(c)} < {hi!r}) AS cm_{c}")
     stage_m = f"SELECT *, {', '.join(m_cols)} FROM d"
     agg = [
         "episode_index",
@@ -297,6 +327,11 @@ def profile_select_sql(
             agg.append(f"{_count(f'pm_{c} AND wd_{c} = 0')} AS frozen_{c}")
         else:
             agg += [f"0 AS pmove_{c}", f"0 AS frozen_{c}"]
+        if c in commanded:
+            agg.append(f"{_count(f'cm_{c}')} AS cmove_{c}")
+            agg.append(f"{_count(f'cm_{c} AND wd_{c} = 0')} AS cfrozen_{c}")
+        else:
+            agg += [f"0 AS cmove_{c}", f"0 AS cfrozen_{c}"]
     for c in a:
         agg.append(f"var_pop({_finite(c)}) AS var_{c}")
         agg.append(f"avg(d_{c} * d_{c}) AS dsq_{c}")
@@ -380,7 +415,14 @@ def dataset_scales(con: duckdb.DuckDBPyConnection, layout: Layout) -> Scales:
             quantiles[c] = (float(lo), float(hi))
     scales = Scales(window=window, quantiles=quantiles, sample_every=every)
     partners = motion_partners(episode, values, layout.state_cols, scales)
-    return Scales(window=window, quantiles=quantiles, partners=partners, sample_every=every)
+    commands = command_partners(episode, values, layout.state_cols, layout.action_cols, scales)
+    return Scales(
+        window=window,
+        quantiles=quantiles,
+        partners=partners,
+        sample_every=every,
+        commands=commands,
+    )
 
 
 def _floats(col: pa.ChunkedArray) -> np.ndarray:
@@ -433,6 +475,79 @@ def motion_partners(
             out[c] = (ANY_PARTNER,)
         else:
             out[c] = tuple(state_cols[k] for _, k in sorted(cands)[:MAX_PARTNERS])
+    return out
+
+
+def command_partners(
+    episode: np.ndarray,
+    values: Mapping[str, np.ndarray],
+    state_cols: Sequence[str],
+    action_cols: Sequence[str],
+    scales: Scales,
+) -> dict[str, tuple[str, ...]]:
+    """For each state joint j, the action columns k that command it (frozen_joint).
+
+    k commands j when j changed in at least ``PARTNER_RATE`` of the windows
+    that start with k away from 0 (``|a_k| > Scales.active(k)``) while every
+    other action stays at 0 throughout (k alone: co-occurrence is not cause),
+    and j kept exactly its value in at least ``REST_RATE`` of the windows in
+    which all of its commands stay at 0; each over at least one window's worth
+    of windows: a velocity or on/off drive command, which is 0 when the joint
+    rests. A position target is away from 0 while the robot holds still, and a
+    robot that never rests has no rest to check, so they command nothing here;
+    such joints keep the partner reference. Against its commands a stuck joint is
+    seen however little of the episode is left after it stuck: a drive that keeps
+    being commanded and does not move is what a stuck reading looks like.
+    """
+    w = scales.window
+    if episode.size <= w or not state_cols or not action_cols:
+        return {c: () for c in state_cols}
+    same = episode[w:] == episode[:-w]
+    active, resting = [], []
+    for k in action_cols:
+        lvl = scales.active(k)
+        if lvl <= 0:
+            active.append(np.zeros(int(same.sum()), dtype=bool))
+            resting.append(np.zeros(int(same.sum()), dtype=bool))
+            continue
+        a = np.abs(values[k])
+        away = ~(a <= lvl)  # NaN counts as away from 0
+        # at 0 throughout the window (a pause shorter than the window is no rest): no
+        # frame of frames r-w .. r away, from a running count (one pass, not a window max)
+        run = np.concatenate([[0], np.cumsum(away)])
+        active.append((a[:-w] > lvl)[same])
+        resting.append((run[w + 1 :] - run[: -w - 1] == 0)[same])
+    act = np.stack(active, axis=1)
+    rest = np.stack(resting, axis=1)
+    changed = np.stack(
+        [~(np.abs(values[c][w:] - values[c][:-w])[same] == 0) for c in state_cols], axis=1
+    ).astype(float)
+    # k alone: k away from 0 at the window's start, every other action at 0 throughout
+    # (an operator moving x and y together does not make y's command drive x)
+    others_rest = [
+        np.delete(rest, k, axis=1).all(axis=1) if rest.shape[1] > 1 else np.ones(len(rest), bool)
+        for k in range(len(action_cols))
+    ]
+    alone = np.stack([act[:, k] & others_rest[k] for k in range(len(action_cols))], axis=1)
+    together = changed.T @ alone.astype(float)  # [j, k]: windows k alone and j changed
+    n_alone = alone.sum(axis=0)
+    least = max(10, w)
+    out: dict[str, tuple[str, ...]] = {}
+    for j, c in enumerate(state_cols):
+        cands = [
+            k
+            for k in range(len(action_cols))
+            if n_alone[k] >= least and together[j, k] >= PARTNER_RATE * n_alone[k]
+        ]
+        # and j rests when all of them are at 0 (a joint several commands drive, an arm's
+        # shoulder under x and y velocities, moves whenever any of them is away from 0)
+        idle = rest[:, cands].all(axis=1) if cands else np.zeros(0, dtype=bool)
+        if idle.sum() < least or (1.0 - changed[idle, j]).sum() < REST_RATE * idle.sum():
+            out[c] = ()
+            continue
+        out[c] = tuple(action_cols[k] for k in sorted(cands, key=lambda k: -n_alone[k]))[
+            :MAX_PARTNERS
+        ]
     return out
 
 

@@ -29,9 +29,12 @@ spread: idle phases, slow motions, saturated or on/off commands and small
 command jitter are what robots do, not defects. The floors and fractions below
 were chosen on the shared recordings (so101, unitree-g1, bimanual: "tuned")
 and validated on simulated robots none of them was chosen on
-(quality/synthetic.py: planar arm, mobile base, gantry, teleoperated arm:
-"held-out"; the first three shaped the rules, the last was run once after;
-tests/quality/test_heldout.py, bench/quality_detect.py, bench/RESULTS.md).
+(quality/synthetic.py: planar arm, mobile base, gantry, teleoperated arm,
+pan-tilt head: "held-out"; the first three shaped the session-4 rules, the
+gantry's missed freezes the session-5 command reference of frozen_joint, the
+pan-tilt head was written after that and run once, and its hard stop then
+shaped the range-end exclusion; tests/quality/test_heldout.py,
+bench/quality_detect.py, bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -302,6 +305,29 @@ def frozen_thresholds(
     return partners, still
 
 
+def commanded_thresholds(
+    profile: Mapping[str, np.ndarray], cols: Sequence[str], min_windows: int
+) -> dict[str, float]:
+    """Per commanded state joint, the windows it may stay put in while commanded.
+
+    ``cfrozen_s_j`` (profile) counts the windows that start with one of j's
+    commands away from 0 (profile.command_partners) and in which j kept
+    exactly its value. A drive moves when commanded: clean data have (almost)
+    none, so the threshold is an absolute duration, ``min_windows`` (one second
+    of windows, at least 10), or the far-out fence of the episodes' counts if
+    higher; not a share of the episode, which a joint that sticks late keeps small.
+    """
+    out: dict[str, float] = {}
+    for c in cols:
+        moving = np.asarray(profile.get(f"cmove_{c}", np.zeros(0)), dtype=float)
+        frozen = np.asarray(profile.get(f"cfrozen_{c}", np.zeros(0)), dtype=float)
+        if frozen.size == 0 or frozen.size != moving.size or not (moving > 0).any():
+            continue
+        q1, q3 = (float(x) for x in np.quantile(frozen, [0.25, 0.75]))
+        out[c] = max(float(min_windows), q3 + FENCE_K * (q3 - q1))
+    return out
+
+
 def _frozen_threshold(
     count: np.ndarray, total: np.ndarray, least: int, restless: bool = False
 ) -> float | None:
@@ -362,6 +388,7 @@ class Thresholds:
     spikes: dict[str, float]
     frozen: dict[str, float]
     still: dict[str, float]
+    commanded: dict[str, float]
     min_moving: int
     action_variance: dict[str, float]
     signature: dict[str, float]
@@ -385,6 +412,7 @@ class Thresholds:
             spikes=spike_thresholds(profile, layout.action_cols, scales),
             frozen=frozen,
             still=still,
+            commanded=commanded_thresholds(profile, layout.state_cols, min_moving),
             min_moving=min_moving,
             action_variance=pooled_variance(profile, layout.action_cols),
             signature=signature_scales(profile, layout.state_cols),
@@ -399,9 +427,13 @@ class Thresholds:
             "limits_source": "declared+robust" if declared else "robust",
             "episode_length": list(self.length),
             "action_jump": self.spikes,
-            "live_joints": sorted(set(self.frozen) | set(self.still)),
+            "live_joints": sorted(set(self.frozen) | set(self.still) | set(self.commanded)),
             "frozen_fraction": FROZEN_FRACTION,
-            "frozen_joint": {"partners": self.frozen, "still": self.still},
+            "frozen_joint": {
+                "partners": self.frozen,
+                "still": self.still,
+                "commanded": self.commanded,
+            },
             "frozen_min_windows": self.min_moving,
             "max_action_roughness": MAX_ACTION_ROUGHNESS,
             "action_variance": self.action_variance,
@@ -486,7 +518,7 @@ def run_suites(
             "episode_length": lambda: ex.ExpectEpisodeLengthBetween.build(*t.length),
             "out_of_range": lambda: ex.ExpectEpisodeJointsWithinLimits.build(t.limits),
             "frozen_joint": lambda: ex.ExpectEpisodeNoFrozenJoint.build(
-                t.frozen, t.still, t.min_moving
+                t.frozen, t.still, t.min_moving, t.commanded
             ),
             "action_jump": lambda: ex.ExpectEpisodeNoActionJump.build(t.spikes),
             "action_noise": lambda: ex.ExpectEpisodeActionsNotNoise.build(

@@ -37,6 +37,13 @@ seed) gives the same episodes. Sources:
     tremor, a deadzone (exact zeros) and full-deflection clipping, a 0/1
     gripper button, pauses. Added after the checks' rules were settled on the
     other three and run once (bench/RESULTS.md, issue 18).
+``pan_tilt`` (20 fps)
+    A camera head tracking targets by visual servoing: pan/tilt velocity
+    commands from a P controller on the measured pixel error, with a deadband
+    (exact zeros when fixating), saturation, saccades and smooth pursuit, a
+    tilt that stops at its mechanical limit while the controller keeps asking
+    for more, and a 0/1 laser pointer. Written in session 5 after the rules
+    of that session were settled, and run once (bench/RESULTS.md, issue 18).
 """
 
 from __future__ import annotations
@@ -361,6 +368,60 @@ def teleop_arm(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(states), np.asarray(actions)
 
 
+# --- pan-tilt camera head ---------------------------------------------------------------
+
+PAN_TILT_FPS = 20.0
+_PT_VMAX = 2.0  # rad/s
+_PT_TICK = 2 * np.pi / 8192
+_TILT_LIMITS = (-0.8, 0.6)
+_FOCAL = 600.0  # px per rad (small-angle camera model)
+
+
+def pan_tilt(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(state [n, 5], action [n, 3]) of one pan-tilt tracking episode (module docstring).
+
+    State: pan and tilt encoder angles, the measured pixel error (x, y; exactly 0
+    when no target is visible) and the target-visible flag. Action: pan and
+    tilt velocity commands and the laser pointer (0/1, on while locked on).
+    """
+    dt = 1.0 / PAN_TILT_FPS
+    q = np.array([rng.uniform(-1.0, 1.0), rng.uniform(-0.3, 0.3)])
+    qd = np.zeros(2)
+    gain = rng.uniform(3.0, 6.0)
+    states, actions = [], []
+    plan: list[tuple[str, float]] = [("idle", rng.uniform(0.5, 3.0))]
+    for _ in range(int(rng.integers(1, 4))):
+        plan += [("track", rng.uniform(2.0, 8.0)), ("idle", rng.uniform(0.5, 3.0))]
+    for phase, seconds in plan:
+        # a target somewhere (now and then above the tilt limit) drifting slowly
+        target = np.array([rng.uniform(-2.0, 2.0), rng.uniform(-0.9, 0.7)])
+        drift = rng.normal(0, 0.08, 2) if rng.random() < 0.5 else np.zeros(2)
+        locked = 0
+        for _ in range(max(1, int(seconds * PAN_TILT_FPS))):
+            if phase == "track":
+                target = target + drift * dt
+                err = (target - q) * _FOCAL + rng.normal(0, 1.5, 2)  # pixels
+                visible = bool(np.all(np.abs(err) < 900))
+            else:
+                err, visible = np.zeros(2), False
+            if visible:
+                cmd = np.clip(gain * err / _FOCAL, -_PT_VMAX, _PT_VMAX)
+                cmd[np.abs(err) < 2.0] = 0.0  # deadband: fixating
+                locked = locked + 1 if np.all(np.abs(err) < 6.0) else 0
+            else:
+                cmd, locked = np.zeros(2), 0
+            laser = 1.0 if locked >= 5 else 0.0
+            meas = np.round(err, 1) if visible else np.zeros(2)
+            states.append([*(np.round(q / _PT_TICK) * _PT_TICK), *meas, float(visible)])
+            actions.append([*cmd, laser])
+            qd = qd + (cmd - qd) * (1 - np.exp(-dt / 0.05))
+            q = q + qd * dt
+            if q[1] <= _TILT_LIMITS[0] or q[1] >= _TILT_LIMITS[1]:  # the hard stop
+                q[1] = float(np.clip(q[1], *_TILT_LIMITS))
+                qd[1] = 0.0
+    return np.asarray(states), np.asarray(actions)
+
+
 SOURCES: dict[str, Source] = {
     "planar_arm": Source(
         "planar_arm",
@@ -385,6 +446,12 @@ SOURCES: dict[str, Source] = {
         TELEOP_FPS,
         teleop_arm,
         "SCARA arm teleoperated by joystick velocity, tremor, deadzone, 0/1 gripper button",
+    ),
+    "pan_tilt": Source(
+        "pan_tilt",
+        PAN_TILT_FPS,
+        pan_tilt,
+        "camera head, visual-servo velocity commands, deadband, tilt hard stop, 0/1 laser",
     ),
 }
 

@@ -1,9 +1,20 @@
 """A site's transparency log: SITE/log, SITE/public.vkey, and ``record`` (issue 3).
 
 Every connector keeps the log of everything done with its data at ``SITE/log``
-(a :class:`dataspace.audit.log.TransparencyLog` whose origin and key name are
-the site's name, signed with the site's key). ``SITE/public.vkey`` holds the
-log's verifier key in the C2SP signed-note vkey text form, one line.
+(a :class:`dataspace.audit.log.TransparencyLog` signed with the site's key).
+``SITE/public.vkey`` holds the log's verifier key in the C2SP signed-note vkey
+text form, one line; its key name is the log's origin.
+
+The origin (C2SP tlog-checkpoint: a schema-less URL) of a log made now is
+``dataspace.invalid/site/HEX``, HEX the first 16 bytes of SHA-256 of the log's
+public key (:func:`dataspace.audit.witnesskey.log_origin`). Not the site's name,
+which is no URL, nor its connector's ``--public-url``, which is not known when
+the site is made (``dataspace site create``) and moves with hosts, while an
+origin is forever; derived from the key, it is stable, not secret, and
+self-certifying: a witness that knows the site by name and identity key computes
+it, so even a site with no connector URL is witnessed without announcing it.
+A log made before keeps its origin, the site's name: it opens, verifies, is
+witnessed and served as before.
 
 :func:`record` is the one way anything at a site logs an event; values are made
 JSON-friendly by :func:`dataspace.audit.events.make_event` (one rule for all).
@@ -19,6 +30,7 @@ from dataspace.audit.events import make_event
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.note import raw_public, vkey_text
 from dataspace.audit.storage import META, atomic_write
+from dataspace.audit.witnesskey import log_origin
 from dataspace.site.folder import Site
 from dataspace.site.identity import load_private_key
 
@@ -27,9 +39,11 @@ from dataspace.site.identity import load_private_key
 MAX_REASON_CHARS = 2000
 
 
-def site_vkey(site: Site) -> str:
-    """The site log's verifier key text: NAME+HEX(keyID)+BASE64(0x01 || pub32)."""
-    return vkey_text(site.name, raw_public(log_key(site)))
+def site_vkey(site: Site, origin: str | None = None) -> str:
+    """The site log's verifier key text: ORIGIN+HEX(keyID)+BASE64(0x01 || pub32);
+    ``origin``: the log's (default: what a new log of this site is named)."""
+    pub = raw_public(log_key(site))
+    return vkey_text(origin or log_origin("site", pub), pub)
 
 
 def log_key(site: Site) -> Ed25519PrivateKey:
@@ -41,16 +55,18 @@ def log_key(site: Site) -> Ed25519PrivateKey:
 
 
 def init_site_log(site: Site) -> TransparencyLog:
-    """Create SITE/log (origin = site name, key = site key) and write SITE/public.vkey.
+    """Create SITE/log (origin :func:`~dataspace.audit.witnesskey.log_origin` of the
+    site's log key, the site key) and write SITE/public.vkey.
 
     Idempotent: an existing log is opened, and the vkey file rewritten if missing.
     """
     if (site.log_dir / META).exists():
         log = TransparencyLog.open(site.log_dir, key=log_key(site))
     else:
-        log = TransparencyLog.create(site.log_dir, site.name, log_key(site))
+        key = log_key(site)
+        log = TransparencyLog.create(site.log_dir, log_origin("site", raw_public(key)), key)
     if not site.vkey_path.exists():
-        atomic_write(site.vkey_path, (site_vkey(site) + "\n").encode())
+        atomic_write(site.vkey_path, (site_vkey(site, log.origin) + "\n").encode())
     return log
 
 

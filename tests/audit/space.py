@@ -30,9 +30,10 @@ from tests.services.conftest import Service, make_party, run_cli
 SITES = ("site-a", "site-b")
 
 
-def witnesses_of(note: bytes, origin: str) -> set[str]:
-    """The names that cosigned ``note`` (all its signatures but the log's own)."""
-    return {s.name for s in parse_note(note).signatures} - {origin}
+def witnesses_of(note: bytes, origin: str | None = None) -> set[str]:
+    """The names that cosigned ``note`` (all its signatures but the log's own, named
+    after its origin: a URL-style origin for new logs, not the holder's name)."""
+    return {s.name for s in parse_note(note).signatures} - {checkpoint_of_note(note).origin}
 
 
 def size_of(note: bytes) -> int:

@@ -145,7 +145,11 @@ def test_site_folder_source(tmp_path: Path, capsysbinary) -> None:
 
     site = create_site(tmp_path / "site", "acme")
     v = parse_vkey(site.vkey_path.read_text())
-    assert v.name == site.name and v.public_key == site.identity.public_key
+    # a new site log's origin is URL-style, derived from its key (not the site's name)
+    from dataspace.audit.witnesskey import log_origin
+
+    assert v.name == log_origin("site", v.public_key) and v.public_key == site.identity.public_key
+    assert v.name.startswith("dataspace.invalid/site/")
     i = record(site, "dataset.enrolled", dataset_id="d1", fingerprint="ab" * 32, episodes=2)
     j = record(site, "quality.reported", dataset_id="d1", fingerprint="ab" * 32, score=0.8)
     assert (i, j) == (0, 1) or (i, j) == (i, i + 1)

@@ -113,6 +113,7 @@ def test_a_forked_hub_log_is_refused_by_the_witnesses_and_named_by_auditors(spac
     (tmp / "early").write_bytes(early)
     (tmp / "kept").write_bytes(kept)
     real = TransparencyLog.open(tmp / "hub" / "log")
+    origin = real.origin  # a URL-style origin (dataspace.audit.witnesskey.log_origin)
     entries = real.entries(0, n)
     assert json.loads(entries[0])["kind"] == "catalog.published"
 
@@ -120,7 +121,7 @@ def test_a_forked_hub_log_is_refused_by_the_witnesses_and_named_by_auditors(spac
     key = load_private_key(tmp / "hub" / "hub.key")
     forged = _rewritten(entries[0], key, hub_name, quality_score=3.0)
     assert forged != entries[0]
-    same = TransparencyLog.create(tmp / "fork-same" / "log", hub_name, key)
+    same = TransparencyLog.create(tmp / "fork-same" / "log", origin, key)
     same.append_many([forged, *entries[1:]])
     fork_cp = checkpoint_of_note(same.checkpoint())
     assert fork_cp.size == n and fork_cp.root != checkpoint_of_note(kept).root
@@ -136,9 +137,9 @@ def test_a_forked_hub_log_is_refused_by_the_witnesses_and_named_by_auditors(spac
     assert e["status"] == 422 and e["witness"] == "site-a", e
     assert "fork" in e["error"] and f"size {n}" in e["error"], e
     # the witness keeps the real checkpoint it cosigned last, and the refused one as evidence
-    latest = _witness_latest(site_a, hub_name)
+    latest = _witness_latest(site_a, origin)
     assert latest.size >= n and latest.root == real.root(latest.size)
-    evidence = Witness(site_a.root / "witness", site_a.name, site_a.key, []).refused(hub_name)
+    evidence = Witness(site_a.root / "witness", site_a.name, site_a.key, []).refused(origin)
     assert [checkpoint_of_note(e) for e in evidence] == [fork_cp]
     (tmp / "evidence").write_bytes(evidence[0])
     # which any auditor checks against the real log: two signed roots for one size
@@ -150,7 +151,7 @@ def test_a_forked_hub_log_is_refused_by_the_witnesses_and_named_by_auditors(spac
     shutil.copytree(
         tmp / "hub", fork_dir, ignore=shutil.ignore_patterns("log", "witness", "nonces")
     )
-    grown = TransparencyLog.create(fork_dir / "log", hub_name, key)
+    grown = TransparencyLog.create(fork_dir / "log", origin, key)
     extra = [
         make_event("access.refused", key, hub_name, reason="forged", caller="nobody")
         for _ in range(2)
@@ -179,7 +180,7 @@ def test_a_forked_hub_log_is_refused_by_the_witnesses_and_named_by_auditors(spac
         served = hub_checkpoint(fork_hub.url)
         assert size_of(served) == n + 2 and witnesses_of(served, hub_name) == set()
         for site in (site_a, site_b):
-            w = _witness_latest(site, hub_name)
+            w = _witness_latest(site, origin)
             assert w.size >= n and w.root == real.root(w.size), site.name
 
         # --- the auditors name the fork
@@ -201,7 +202,7 @@ def test_a_forked_hub_log_is_refused_by_the_witnesses_and_named_by_auditors(spac
         assert code == 4 and _rules(rep) == ["fork"], rep["violations"]
         assert rep["violations"][0]["values"]["size"] == size_of(early)
         # with a witness's own kept checkpoint (its state file: the log-signed note)
-        state = Witness(site_b.root / "witness", site_b.name, site_b.key, []).state_path(hub_name)
+        state = Witness(site_b.root / "witness", site_b.name, site_b.key, []).state_path(origin)
         code, rep = _verify(capsys, fork_hub.url, space, "--previous-checkpoint", str(state))
         assert code == 4 and _rules(rep) == ["fork"], rep["violations"]
         # the same-size fork (a folder), against the checkpoint kept: two roots for size n

@@ -147,10 +147,11 @@ def _a_forked_site_log_is_refused_and_fails_verification(space, capsys) -> None:
     kept = real.witnessed_checkpoint()  # what the auditor kept from last time
     n = checkpoint_of_note(kept).size
     assert space["hub_name"] in _witnesses(kept, site.name)
-    # the site rewrites its history in a copy: same key and origin, entry 1 dropped
+    # the site rewrites its history in a copy: same key and origin (a URL-style one), entry
+    # 1 dropped
     fork_root = space["tmp"] / "fork"
     shutil.copytree(site.root, fork_root, ignore=shutil.ignore_patterns("log"))
-    forked = TransparencyLog.create(fork_root / "log", site.name, log_key(site))
+    forked = TransparencyLog.create(fork_root / "log", real.origin, log_key(site))
     entries = real.entries(0, n)
     forked.append_many([entries[0], *entries[2:]])
     key = load_private_key(site.key_path)

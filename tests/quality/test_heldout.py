@@ -4,7 +4,8 @@ The statistical checks' floors and fractions (quality/suite.py) were chosen on
 the shared recordings (so101, unitree-g1, bimanual). Here they run on simulated
 robots with scripted experts that none of them was chosen on
 (dataspace.quality.synthetic: a planar arm under PD torque control, a mobile
-base with saturated commands, a bang-bang gantry, a joystick-teleoperated arm):
+base with saturated commands, a bang-bang gantry, a joystick-teleoperated arm, a
+visual-servo pan-tilt head):
 idle phases, slow motions, saturated and on/off commands and command jitter
 must raise (almost) no flag, and every planted defect must be found. The same
 sources, with more episodes and seeds, are bench/quality_detect.py's held-out
@@ -58,13 +59,24 @@ def heldout(tmp_path_factory):
     return site, out
 
 
+#: (source, check) pairs known to break the false-alarm bound (bench/RESULTS.md, issue 18)
+KNOWN_FALSE_ALARMS = {("pan_tilt", "action_jump")}
+
+
 def test_clean_heldout_data_raises_almost_no_statistical_flag(heldout):
-    """At most 1 % of clean episodes flagged by any statistical check (all sources pooled)."""
+    """At most 1 % of clean episodes flagged by any statistical check (all sources pooled),
+    the known false alarms left out (asserted apart, below)."""
     _, sources = heldout
     flagged = total = 0
-    for r in sources.values():
+    for name, r in sources.items():
         total += len(r["eps"])
-        flagged += len({f.episode_index for f in r["clean"].suite.flags if f.check in STATISTICAL})
+        flagged += len(
+            {
+                f.episode_index
+                for f in r["clean"].suite.flags
+                if f.check in STATISTICAL and (name, f.check) not in KNOWN_FALSE_ALARMS
+            }
+        )
         # nor does a deterministic check, but for duplicates: two idle episodes of a digital
         # gantry of one length are the same bytes, which is what a duplicate is
         assert not [f for f in r["clean"].suite.flags if f.check in HARD_CHECKS - {"duplicate"}]
@@ -72,8 +84,33 @@ def test_clean_heldout_data_raises_almost_no_statistical_flag(heldout):
     assert flagged <= math.floor(0.01 * total)
 
 
+@pytest.mark.xfail(strict=True, reason="did not hold: on/off chatter is a one-frame pulse")
+def test_on_off_chatter_is_no_action_jump(heldout):
+    """The pan-tilt head (written after session 5's rules were settled, run once): its
+    laser pointer turns on after 5 frames locked on the target and off when the pixel
+    error leaves 6 px, and with 1.5 px of measurement noise it chatters, on for one
+    frame between offs: a one-frame pulse of the whole range of a 0/1 channel, which is
+    what inject.action_jump plants, and the state does not observe the laser. 8 % of its
+    episodes are flagged (bench/RESULTS.md), with the rules before session 5 too."""
+    _, sources = heldout
+    assert sources["pan_tilt"]["clean"].suite.flagged_by("action_jump") == set()
+
+
 #: (kind, source) where the target is known not to hold (bench/RESULTS.md, issue 18)
-KNOWN_MISSES = {("frozen_joint", "gantry")}
+KNOWN_MISSES = {("out_of_range", "pan_tilt")}
+
+
+@pytest.mark.xfail(strict=True, reason="did not hold: per-episode extremes spread too widely")
+def test_pixel_error_far_out_of_range_is_flagged(heldout):
+    """The pan-tilt head's widest channel is its pixel error: exactly 0 in episodes
+    that never see a target, up to +-890 px in others. inject.out_of_range puts it at
+    q99 + 4 x (q99 - q01) + 1 (about 3,400 px); the robust limits are the episodes'
+    extremes' quartiles +- 5 spreads, and with extremes this spread out the limit lies
+    beyond that. A declared range (the image is 1,280 px wide) would catch it."""
+    _, sources = heldout
+    r = sources["pan_tilt"]
+    planted = {e for e, k in r["truth"].items() if k == "out_of_range"}
+    assert planted and planted <= r["bad"].suite.flagged_by("out_of_range")
 
 
 @pytest.mark.parametrize("kind", inject.KINDS)
@@ -92,23 +129,73 @@ def test_every_planted_defect_is_found_on_heldout_sources(heldout, kind):
     assert hit / want >= 0.95
 
 
-@pytest.mark.xfail(strict=True, reason="did not hold: the freeze misses half the travel")
 def test_gantry_axis_frozen_after_its_first_move_is_flagged(heldout):
     """The gantry's x is frozen at 15 % of the cycle, when about half of its partner y's
     travel is done: the frozen share of partner motion is 0.5-0.6, under the 60 % that
-    the shared recordings allow (a clean bimanual episode reaches 0.55)."""
+    the shared recordings allow (a clean bimanual episode reaches 0.55). Its *command*
+    sees it: x's drive is commanded (a_0 away from 0) for seconds in which x's reading
+    does not change (profile.command_partners), which a working drive never does."""
     _, sources = heldout
     r = sources["gantry"]
+    commands = r["clean"].suite.thresholds["dataset_scales"]["commands"]
+    assert commands.get("s_0") == ["a_0"]  # learnt: x's drive command drives x
     planted = {e for e, k in r["truth"].items() if k == "frozen_joint"}
     assert planted and planted <= r["bad"].suite.flagged_by("frozen_joint")
 
 
+def test_position_targets_command_nothing(real_site):
+    """A robot driven by position targets (the real G1: the action is where the joint
+    should be, away from 0 while it holds still) gets no command reference: only the
+    partner and restless references judge its joints, as before."""
+    site, ids = real_site
+    out = run_checks(site, ids["unitree"], publish=False)
+    assert out.suite.thresholds["dataset_scales"]["commands"] == {}
+
+
+@pytest.mark.xfail(strict=True, reason="did not hold: dither breaks 'kept exactly its value'")
+def test_stuck_axis_with_dither_is_flagged(heldout):
+    """A holder hides a stuck gantry axis by adding one encoder count of dither to it:
+    every frozen reference counts windows in which the joint kept *exactly* its value,
+    so a dithered stuck joint changes in every window and passes. A tolerance would
+    need the joint's resolution (here 0.1 mm) and is defeated by a larger dither;
+    what remains is a joint that does not travel when commanded, not measured yet."""
+    site, sources = heldout
+    r = sources["gantry"]
+    rng = np.random.default_rng(SEED)
+    bad = list(r["eps"])
+    planted = []
+    for i, e in enumerate(r["eps"]):
+        stuck = inject.frozen_joint(e, rng, [0], [1e-3] * e.state.shape[1])
+        if inject._same(stuck, e):
+            continue
+        t = int(0.15 * e.frames)
+        dither = rng.choice([-1e-4, 0.0, 1e-4], size=e.frames - t).astype(np.float32)
+        stuck.state[t:, 0] += dither
+        bad[i] = stuck
+        planted.append(i)
+        if len(planted) == 4:
+            break
+    out = _check(site, "gantry-dither", bad, synthetic.SOURCES["gantry"].fps)
+    assert set(planted) <= out.suite.flagged_by("frozen_joint")
+
+
 @pytest.mark.xfail(strict=True, reason="did not hold: a one-frame flick is a one-frame glitch")
 def test_joystick_flicks_are_no_action_jump(tmp_path):
-    """The teleoperated arm (checked once, after the rules were settled): an operator who
-    pauses, pushes the stick for one frame and pauses again leaves a one-frame command at
-    full deflection between zeros, which is what inject.action_jump plants; 1.7 % of its
-    episodes are flagged (bench/RESULTS.md)."""
+    """The teleoperated arm: an operator who pauses, pushes the stick for one frame and
+    pauses again leaves a one-frame command at full deflection between zeros, which is
+    what inject.action_jump plants; 1.7 % of its episodes are flagged (bench/RESULTS.md).
+    On the action alone the two are the same values; only the state tells them apart
+    (the arm moves with a flick, not with a recorded glitch). Two response tests were
+    tried in session 5 and taken out, each for losing planted glitches on the *tuned*
+    recordings: (1) some state joint kinks by 2 % of its range and 10 x its median kink
+    at the frame or the next (teleop 0.17 %; recall unitree 0.33, bimanual 0.0: their
+    joints kink while moving); (2) a joint that rests exactly steps once, by 3 counts and
+    a quarter of its fast one-frame motion, and rests again (teleop 0.17 %, recall kept
+    on the simulated robots; unitree 0.33: its hand joints, and bimanual's arm joints,
+    repeat values in 70-100 % of frames, a sensor slower than the recording, so
+    "isolated steps" are everywhere). What would hold: a response in the joints *this*
+    action drives, which needs an action-to-state model (profile.command_partners
+    learns one only for joints a command drives alone, none on this arm)."""
     site = create_site(tmp_path / "site", org="teleop")
     eps = synthetic.episodes("teleop_arm", 200, 0)
     out = _check(site, "teleop", eps, synthetic.SOURCES["teleop_arm"].fps)
@@ -296,7 +383,12 @@ def test_declared_ranges_that_lie_cannot_hide_out_of_range(heldout, tmp_path):
 @pytest.mark.xfail(strict=True, reason="did not hold: smoothed noise is a smooth trajectory")
 def test_noise_smoothed_over_three_frames_is_flagged(arm):
     """Noise of 1 x the spread, averaged over 3 frames, lands under the threshold
-    (roughness about 0.19): a roughness check cannot tell smooth noise from motion."""
+    (roughness about 0.19): a roughness check cannot tell smooth noise from motion.
+    What would: a check that the actions agree with the states (an inverse model fitted
+    on the dataset, its residual per episode), since noise in the commands is not in
+    the motion; its residual scale differs per robot (a position target is nearly the
+    next state, a torque or a joystick velocity is not), so an absolute threshold for a
+    wholly noisy dataset would be tuned again. Not built."""
     site, eps, fps = arm
     out = _check(site, "arm-noisy-smooth", _noisy(eps, 1.0, smooth=3), fps)
     assert out.suite.flagged_by("action_noise") == set(range(len(eps)))
@@ -306,7 +398,43 @@ def test_noise_smoothed_over_three_frames_is_flagged(arm):
 def test_noise_on_one_joint_of_four_is_flagged(arm):
     """The median over action joints keeps one jittery channel of a real robot from
     flagging every episode (bimanual: near-constant joints with quantisation flicker),
-    so noise on one joint of four passes."""
+    so noise on one joint of four passes. Judging each joint against the robot's other
+    joints (the median pooled variance as a floor) would hide the flicker, but a joint
+    in other units (a gripper 0/1 next to torques of 0.15 N m) is then judged on the
+    wrong scale: without declared ranges there is no common scale. Not built."""
     site, eps, fps = arm
     out = _check(site, "arm-noisy-one", _noisy(eps, 1.0, joints=slice(0, 1)), fps)
     assert out.suite.flagged_by("action_noise") == set(range(len(eps)))
+
+
+# --- replayed episodes ------------------------------------------------------------------
+
+
+def test_replayed_episodes_are_flagged_as_copies(arm):
+    """A holder pads its dataset with replays: an exact copy (duplicate) and a copy with
+    noise of 1e-5 x each joint's spread on the states (near_duplicate) are both caught."""
+    site, eps, fps = arm
+    rng = np.random.default_rng(SEED)
+    padded = [*eps, inject._copy(eps[3]), inject.near_duplicate(eps[5], rng)]
+    out = _check(site, "arm-replayed", padded, fps)
+    assert len(eps) in out.suite.flagged_by("duplicate")
+    assert len(eps) + 1 in out.suite.flagged_by("near_duplicate")
+
+
+@pytest.mark.xfail(strict=True, reason="did not hold: a trimmed replay has other statistics")
+def test_replay_trimmed_by_one_frame_is_flagged(arm):
+    """A replay with its first frame cut off: a new hash, and its per-joint mean and spread
+    (the near-duplicate signature) move by more than 1e-3 of their spread across
+    episodes, so it passes. Catching it needs an alignment of frames between episodes
+    (a sliding comparison), which the per-episode profile does not make."""
+    site, eps, fps = arm
+    e = eps[5]
+    trimmed = inject._copy(
+        e,
+        timestamps_us=e.timestamps_us[1:] - e.timestamps_us[1],
+        state=e.state[1:],
+        action=e.action[1:],
+    )
+    out = _check(site, "arm-replay-trimmed", [*eps, trimmed], fps)
+    flagged = out.suite.flagged_by("near_duplicate") | out.suite.flagged_by("duplicate")
+    assert len(eps) in flagged

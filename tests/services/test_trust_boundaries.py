@@ -28,6 +28,7 @@ from dataspace.audit.events import make_event, parse_event
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.note import Verifier
 from dataspace.audit.witness import Witness, WitnessError, local_post, witness_log
+from dataspace.audit.witnesskey import log_origin
 from dataspace.auth.httpsig import HttpSigAuth, sign_url_request
 from dataspace.connectors.service import create_app as connector_app
 from dataspace.connectors.witnesses import Holder
@@ -282,9 +283,18 @@ def test_a_catalog_name_held_by_two_keys_or_the_hubs_is_not_trusted(site):
         Holder(site.name, k4, "http://w"),
         Holder("site-y", k5, "http://v"),
     ]
-    assert [(v.name, v.public_key) for v in conn.holders.log_verifiers()] == [("site-y", k5)]
-    logs = conn.witness().logs
-    assert logs[HUB].public_key == hub_key and set(logs) == {HUB, "site-y"}
+    assert [(h.name, h.key) for h in conn.holders.trusted()] == [("site-y", k5)]
+    w = conn.witness()
+    assert {(v.name, v.public_key) for v in conn.holders.log_verifiers(w)} == {
+        ("site-y", k5),
+        (log_origin("site", k5), k5),
+    }
+    # each log under its old origin (its name) and its new one (from its key), until cosigned
+    logs = w.logs
+    assert (
+        logs[HUB].public_key == hub_key and logs[log_origin("hub", hub_key)].public_key == hub_key
+    )
+    assert set(logs) == {HUB, log_origin("hub", hub_key), "site-y", log_origin("site", k5)}
 
 
 # --- 3. a request is bound to one service ---------------------------------------------------
@@ -343,7 +353,9 @@ def test_unsigned_and_replayed_requests_stay_refused(space):
     assert c.get("/v1/contracts", headers=h).status_code == 200
     assert c.get("/v1/contracts", headers=h).json()["error"] == "replayed_request"
     assert json.loads(c.get("/healthz").content)["status"] == "ok"
-    assert checkpoint_of_note(c.get("/v1/log/checkpoint").content).origin == HUB
+    # a new hub log: a URL-style origin (dataspace.audit.witnesskey.log_origin)
+    origin = checkpoint_of_note(c.get("/v1/log/checkpoint").content).origin
+    assert origin.startswith("dataspace.invalid/hub/")
 
 
 def test_a_witness_state_kept_by_name_only_is_kept_for_the_key_that_signed_it(tmp_path):

@@ -9,7 +9,8 @@ both services share (signatures, limits, errors, refusals) in
     DATA/hub.key, hub.key.pub   the hub's Ed25519 identity (role operator), made on first start
     DATA/hub.duckdb             participants, catalog, contracts, runs, budget reports
                                 (dataspace.hub.store)
-    DATA/log/                   the hub's transparency log (dataspace.audit), origin = hub name
+    DATA/log/                   the hub's transparency log (dataspace.audit); origin
+                                dataspace.invalid/hub/HEX (the hub's name for older logs)
     DATA/nonces                 nonces of signed requests seen within the window (replay guard)
     DATA/refusals.jsonl         requests refused before a caller was authenticated
     DATA/runs/<run-id>/         run directories (``--runs-dir``, shared with the hub worker):

@@ -48,7 +48,11 @@ class SuperLinkInfo(BaseModel):
 
 
 class HubInfo(BaseModel):
-    name: str = Field(description="the hub's key name and its log's origin")
+    name: str = Field(
+        description="the hub's name (the actor of its log's events); its log's origin is "
+        "the key name in ``vkey`` (``dataspace.invalid/hub/HEX`` for a log made since "
+        "URL-style origins, the hub's name for an older one)"
+    )
     public_key: str = Field(description="the hub's Ed25519 key (base64): its operator identity")
     vkey: str | None = Field(None, description="the hub log's verifier key (C2SP vkey text)")
     log_size: int | None = None

@@ -125,6 +125,9 @@ def _interrupted_enrollment(tmp_path: Path, big: Path, sig: int) -> tuple[Site, 
             stderr=subprocess.PIPE,
             text=True,
             env=ENV,
+            # as from a terminal: an xdist worker ignores SIGINT, and a child that inherits
+            # SIG_IGN never gets Python's KeyboardInterrupt handler
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 600
         while proc.poll() is None and time.monotonic() < deadline:

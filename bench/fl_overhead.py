@@ -30,15 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from dataspace.auth.client import call, signed_client
-from dataspace.connectors.publisher import hub_record, publish_request
-from dataspace.demo.federation import Federation, make_federation
+from dataspace.demo.federation import Federation, make_federation, publish_to_hub
 from dataspace.demo.services import Process
 from dataspace.federated import DeploymentEngine, RunSpec, train
 from dataspace.federated.deploy import Deployment
 from dataspace.net import free_port
-from dataspace.policy.contracts import load_contract
-from dataspace.site.store import list_datasets
 
 #: the real G1 recording committed with the tests (the same files as ../shared/data's)
 UNITREE = Path(__file__).resolve().parents[1] / "tests" / "data" / "unitree-g1-lerobot-v2.1"
@@ -63,13 +59,7 @@ def through_hub(tmp: Path, fed: Federation, database: str | None) -> dict:
         )  # fmt: skip
         try:
             hub.wait_ready()
-            # what each holder's connector sends the hub: its catalog entry, its contract
-            for site, cid in zip(fed.sites, fed.contract_ids, strict=True):
-                with signed_client(hub.url, site.key) as c:
-                    for rec in list_datasets(site):
-                        call(c, "POST", "/v1/catalog", json=publish_request(site, rec, None))
-                    record = hub_record(load_contract(site, cid), None)
-                    call(c, "POST", "/v1/contracts", json=record)
+            publish_to_hub(hub.url, fed)
             start = time.perf_counter() - t0
             consumer = tmp / "consumer"
             consumer.mkdir()

@@ -15,13 +15,16 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dataspace.auth.client import call, signed_client
+from dataspace.connectors.publisher import hub_record, publish_request
 from dataspace.connectors.shards import shard_to_sites
-from dataspace.policy.contracts import OfferRequest, negotiate
+from dataspace.policy.contracts import OfferRequest, load_contract, negotiate
 from dataspace.policy.odrl import build_policy
 from dataspace.policy.policies import publish_policy
 from dataspace.policy.terms import ContractTerms
 from dataspace.site import Site, create_site
 from dataspace.site.identity import Identity, load_private_key, new_identity
+from dataspace.site.store import list_datasets
 
 
 @dataclass(frozen=True)
@@ -110,3 +113,13 @@ def make_federation(
         for s, d in zip(sites, ids, strict=True)
     ]
     return Federation(sites, ids, cids, consumer, key)
+
+
+def publish_to_hub(hub_url: str, fed: Federation) -> None:
+    """What each holder's connector sends the hub at start, without running one: its
+    catalog entries and its agreed contract (signed with the site's key)."""
+    for site, cid in zip(fed.sites, fed.contract_ids, strict=True):
+        with signed_client(hub_url, site.key) as c:
+            for rec in list_datasets(site):
+                call(c, "POST", "/v1/catalog", json=publish_request(site, rec, None))
+            call(c, "POST", "/v1/contracts", json=hub_record(load_contract(site, cid), None))

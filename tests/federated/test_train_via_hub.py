@@ -27,12 +27,9 @@ from dataspace.audit.crosscheck import cross_check
 from dataspace.audit.events import parse_event
 from dataspace.audit.log import TransparencyLog
 from dataspace.audit.verify import verify_source
-from dataspace.auth.client import call, signed_client
-from dataspace.connectors.publisher import hub_record, publish_request
+from dataspace.demo.federation import publish_to_hub
 from dataspace.federated.deploy import Deployment, write_app
 from dataspace.net import free_port
-from dataspace.policy.contracts import load_contract
-from dataspace.site.store import list_datasets
 from tests.services.conftest import Service
 
 BIN = Path(sys.executable).parent
@@ -123,12 +120,7 @@ def test_a_consumer_trains_through_the_hub_and_opens_no_site_file(federation, tm
             hub.wait_ready()
             # each holder's connector publishes its dataset and copies its agreed contract
             # to the hub (what dataspace.connectors.publisher sends)
-            for site, cid in zip(fed.sites, fed.contract_ids, strict=True):
-                with signed_client(hub.url, site.key) as c:
-                    for rec in list_datasets(site):
-                        call(c, "POST", "/v1/catalog", json=publish_request(site, rec, None))
-                    record = hub_record(load_contract(site, cid), None)
-                    call(c, "POST", "/v1/contracts", json=record)
+            publish_to_hub(hub.url, fed)
             t_consumer = time.monotonic()
             out = consumer / "runs" / "first"
             r = subprocess.run(
@@ -235,12 +227,7 @@ def test_an_offline_holder_is_named_and_the_run_goes_on_when_the_consumer_allows
         )  # fmt: skip
         try:
             hub.wait_ready()
-            for site, cid in zip(fed.sites, fed.contract_ids, strict=True):
-                with signed_client(hub.url, site.key) as c:
-                    for rec in list_datasets(site):
-                        call(c, "POST", "/v1/catalog", json=publish_request(site, rec, None))
-                    record = hub_record(load_contract(site, cid), None)
-                    call(c, "POST", "/v1/contracts", json=record)
+            publish_to_hub(hub.url, fed)
             r = subprocess.run(
                 [str(BIN / "dataspace"), "train", "--hub", hub.url,
                  "--contract", ",".join(fed.contract_ids), "--key", str(key),

@@ -11,6 +11,19 @@ data space's DP statistics cost 5 % of epsilon and move the result little). Scor
 by closed-loop success over ``--rollouts`` rollouts of targets over the whole
 workspace (seeded apart from the demonstrations and from closed_loop.py's test
 targets). Last stdout line: JSON, one entry per grid point.
+
+Options beyond the recipe (issue 17, session 7):
+
+* ``width`` in the grid: the MLP's hidden sizes (``256x256`` is ``bc-mlp``);
+* ``--stats``: ``exact`` (pooled, not private: isolates the training recipe), ``dp``
+  (each site's DP statistics at the plan's ``stats_noise``, per-coordinate bounds,
+  :mod:`dataspace.federated.normalize`, what the sites release), or ``public`` (exact
+  statistics of the consumer's own ``--consumer-demos`` episodes, as
+  ``dataspace train --stats-from`` sends);
+* ``--warm N``: a public warm start: the consumer trains on its own N episodes
+  centrally (:func:`baseline.tuned_central`: lr and epochs on a validation split of
+  those episodes), the federation fine-tunes from that model with the consumer's
+  statistics; the warm start alone is scored too (``warm_success``).
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ import sim_reacher as sr
 
 from dataspace.federated import dp, normalize
 from dataspace.federated.noise import NoiseSource
-from dataspace.federated.templates import get_template
+from dataspace.federated.templates import REGISTRY, get_template
 
 torch.set_num_threads(1)
 
@@ -51,12 +64,46 @@ def site_data(task: sr.Task, demos: int, seed: int):
     return out
 
 
-def federated(data, eps, rounds, steps, batch, clip, optimizer, lr, schedule, seed=0, private=True):
-    tmpl = get_template("bc-mlp")
+def consumer_data(task: sr.Task, demos: int, seed: int = 0):
+    """The consumer's own expert episodes (targets over the whole workspace), as in
+    closed_loop.consumer_stats, with each frame's episode index."""
+    sim = sr.Sim(task)
+    goals = sr.sector_goals(task, demos, None, 3, np.random.default_rng(50_000 + seed))
+    eps = sr.record(sim, goals, seed=700_000 + seed)
+    s = torch.from_numpy(np.concatenate([e[0] for e in eps]))
+    a = torch.from_numpy(np.concatenate([e[1] for e in eps]))
+    ep = torch.cat([torch.full((len(e[0]),), i, dtype=torch.long) for i, e in enumerate(eps)])
+    return s, a, ep
+
+
+def template_of(width: str):
+    """bc-mlp with hidden sizes ``width`` ("128x128")."""
+    hidden = tuple(int(w) for w in width.split("x"))
+    return dataclasses.replace(get_template("bc-mlp"), hidden=hidden)
+
+
+def dp_stats(data, eps: float, rounds: int, settings: dp.TrainingSettings, seed: int):
+    """The sites' DP statistics, as their ClientApps release them (per-coordinate bounds):
+    (pooled, each site's own)."""
+    parts = []
+    for k, (s, a) in enumerate(data):
+        plan = dp.make_plan(eps, 1e-5, rounds, s.shape[0], settings)
+        rng = NoiseSource.seeded(f"stats/{seed}/{k}")
+        bound = normalize.dp_bound(s, a, plan.stats_noise, rng)
+        parts.append(normalize.dp_sums(s, a, bound, plan.stats_noise, rng))
+    dim = data[0][0].shape[1]
+    return normalize.combine(parts, dim), [normalize.combine([p], dim) for p in parts]
+
+
+def federated(data, eps, rounds, steps, batch, clip, optimizer, lr, schedule, seed=0,
+              private=True, width="256x256", stats=None, init=None, own=None):  # fmt: skip
+    tmpl = template_of(width)
     s_all = torch.cat([s for s, _ in data])
     a_all = torch.cat([a for _, a in data])
-    stats = normalize.exact_stats(s_all, a_all)
+    stats = normalize.exact_stats(s_all, a_all) if stats is None else stats
     glob = tmpl.build(s_all.shape[1], a_all.shape[1], seed=seed)
+    if init is not None:  # a warm start: its weights (its buffers are replaced below)
+        glob.load_state_dict(init.state_dict())
     normalize.apply_stats(glob, stats)
     settings = dp.TrainingSettings(batch_size=batch, clip_norm=clip, local_steps=steps)
     for r in range(1, rounds + 1):
@@ -64,6 +111,8 @@ def federated(data, eps, rounds, steps, batch, clip, optimizer, lr, schedule, se
         for k, (s, a) in enumerate(data):
             plan = dp.make_plan(eps, 1e-5, rounds, s.shape[0], settings)
             pol = copy.deepcopy(glob)
+            if own is not None:  # the site trains in its own statistics' units
+                normalize.apply_stats(pol, own[k])
             xs, ys = normalize.normalised(pol, s, a)
             recipe = dp.Recipe(optimizer, lr, schedule, 0.05, rounds * plan.steps_per_round,
                                (r - 1) * plan.steps_per_round)  # fmt: skip
@@ -81,6 +130,7 @@ def federated(data, eps, rounds, steps, batch, clip, optimizer, lr, schedule, se
             for k in states[0]
         }
         glob.load_state_dict(avg)
+        normalize.apply_stats(glob, stats)  # the server keeps round 0's buffers
     return glob
 
 
@@ -93,6 +143,23 @@ def act_of(p):
     return act
 
 
+def warm_start(task: sr.Task, demos: int, width: str, seed: int = 0):
+    """The consumer's central policy on its own episodes, and their exact statistics."""
+    import baseline
+
+    from dataspace.federated import data as fdata
+
+    s, a, ep = consumer_data(task, demos, seed)
+    # tuned_central takes a template name: register this width under a bench-only name
+    name = f"tune-{width}"
+    REGISTRY.setdefault(name, dataclasses.replace(template_of(width), name=name))
+    tuned = baseline.tuned_central(fdata.Frames(s, a, ep), template=name, seed=seed)
+    p = tuned.policy  # the statistics it was trained with (its train split's, exact)
+    fields = ("state_mean", "state_std", "action_mean", "action_std")
+    stats = normalize.Stats(*(getattr(p, f).numpy().copy() for f in fields))
+    return tuned, stats
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", default="reacher", choices=sorted(sr.TASKS))
@@ -101,26 +168,54 @@ def main() -> None:
     ap.add_argument("--epsilon", type=float, default=8.0)
     ap.add_argument("--rollouts", type=int, default=50)
     ap.add_argument("--no-dp", action="store_true", help="FedAvg without clipping or noise")
+    ap.add_argument("--stats", choices=["exact", "dp", "dp-own", "public"], default="exact",
+                    help="dp-own: each site trains with its own DP statistics (the ClientApp "
+                    "today), the global model carries the pooled ones")  # fmt: skip
+    ap.add_argument("--consumer-demos", type=int, default=20)
+    ap.add_argument("--warm", action="store_true", help="start from the consumer's own policy")
+    ap.add_argument("--seed", type=int, default=0, help="the model's initialisation and noise")
     ap.add_argument("--grid", default="steps=100;lr=1e-3;opt=adam;sched=cosine;batch=256;clip=1.0",
-                    help="key=v1,v2;... over steps, lr, opt, sched, batch, clip")  # fmt: skip
+                    help="key=v1,v2;... over steps lr opt sched batch clip width")  # fmt: skip
     a = ap.parse_args()
     grid = {k: v.split(",") for k, v in (p.split("=") for p in a.grid.split(";"))}
+    grid.setdefault("width", ["256x256"])
     task = sr.TASKS[a.task]
     data = site_data(task, a.demos, seed=1)
     sim = sr.Sim(task)
     goals = sr.sector_goals(task, a.rollouts, None, 3, np.random.default_rng(555))
     results = []
-    keys = ["steps", "lr", "opt", "sched", "batch", "clip"]
+    keys = ["steps", "lr", "opt", "sched", "batch", "clip", "width"]
+    warm: dict[str, tuple] = {}
     for combo in itertools.product(*(grid[k] for k in keys)):
         c = dict(zip(keys, combo, strict=True))
         t = time.perf_counter()
+        settings = dp.TrainingSettings(batch_size=int(c["batch"]), clip_norm=float(c["clip"]),
+                                       local_steps=int(c["steps"]))  # fmt: skip
+        init, extra = None, {}
+        if a.warm:
+            if c["width"] not in warm:
+                tuned, st = warm_start(task, a.consumer_demos, c["width"], a.seed)
+                k0, _ = sr.success_rate(sim, act_of(tuned.policy), goals, 777_000)
+                warm[c["width"]] = (tuned, st, k0 / len(goals), tuned.lr, tuned.epochs)
+            init, stats, w_succ, w_lr, w_ep = warm[c["width"]]
+            init = init.policy
+            extra = {"warm_success": w_succ, "warm_lr": w_lr, "warm_epochs": w_ep}
+        elif a.stats in ("dp", "dp-own"):
+            stats, own_stats = dp_stats(data, a.epsilon, a.rounds, settings, a.seed)
+            extra = {"own": own_stats} if a.stats == "dp-own" else {}
+        elif a.stats == "public":
+            s_c, a_c, _ = consumer_data(task, a.consumer_demos, a.seed)
+            stats = normalize.exact_stats(s_c, a_c)
+        else:
+            stats = None
         pol = federated(
             data, a.epsilon, a.rounds, int(c["steps"]), int(c["batch"]), float(c["clip"]),
-            c["opt"], float(c["lr"]), c["sched"], private=not a.no_dp,
+            c["opt"], float(c["lr"]), c["sched"], seed=a.seed, private=not a.no_dp,
+            width=c["width"], stats=stats, init=init, own=extra.pop("own", None),
         )  # fmt: skip
         k, d = sr.success_rate(sim, act_of(pol), goals, 777_000)
         res = {**c, "success": k / len(goals), "median_distance": round(float(np.median(d)), 4),
-               "seconds": round(time.perf_counter() - t, 1)}  # fmt: skip
+               **extra, "seconds": round(time.perf_counter() - t, 1)}  # fmt: skip
         print(json.dumps(res), file=sys.stderr, flush=True)
         results.append(res)
     print(
@@ -129,6 +224,9 @@ def main() -> None:
                 "task": a.task,
                 "epsilon": None if a.no_dp else a.epsilon,
                 "rounds": a.rounds,
+                "stats": "warm" if a.warm else a.stats,
+                "seed": a.seed,
+                "rollouts": a.rollouts,
                 "results": results,
             }
         )

@@ -302,9 +302,7 @@ def resolve(message: Message, context: Context, kind: str) -> Job:
         dp.check_recipe(optimizer, schedule, warmup)
         lr = cfg.get("lr", dp.DEFAULT_LR[optimizer])
         if type(lr) not in (int, float) or not (math.isfinite(lr) and 0 < lr <= MAX_LR):
-            raise MessageRefusedError(
-                f"learning rate must be in (0, {MAX_LR:g}], got {_short(lr)}"
-            )
+            raise MessageRefusedError(f"learning rate must be in (0, {MAX_LR:g}], got {_short(lr)}")
         exclude = flagged_episodes if settings.exclude_flagged else None
         key = (str(site.root), contract.terms.dataset_id, settings.heldout_fraction, bool(exclude))
         if key not in _META or exclude:  # flags can change between rounds: re-read them
@@ -390,13 +388,16 @@ def _site_stats(job: Job) -> normalize.Stats:
                 "statistics at this site: the run must ask for them (query.stats) first"
             ),
         )
-    sums = normalize.NoisySums(
-        count=float(released["count"]),
-        sum=np.asarray(released["sum"], dtype=np.float64),
-        sumsq=np.asarray(released["sumsq"], dtype=np.float64),
-        bound=float(released["bound"]),
-        noise_multiplier=float(released["noise"]),
-    )
+    try:  # a release of the older format (one scalar bound) reads as that bound everywhere
+        sums = normalize.NoisySums.from_lists(released, job.ref.state_dim + job.ref.action_dim)
+    except normalize.StatsFormatError as e:
+        raise _refuse(
+            job,
+            MessageRefusedError(
+                f"contract {job.contract.terms.contract_id}: the statistics this site released "
+                f"do not fit dataset {job.ref.dataset_id} ({e})"
+            ),
+        ) from None
     return normalize.combine([sums], job.ref.state_dim)
 
 
@@ -427,9 +428,7 @@ def _policy_from(arrays: Any, job: Job) -> Policy:
                 raise ValueError(f"{k}: its bytes are not what its metadata says")
         if set(arrays.keys()) != set(want):
             raise ValueError(f"keys {_short(sorted(arrays.keys()))} are not the template's")
-        state = (
-            packing.unpack_state_dict(arrays, own) if packed else arrays.to_torch_state_dict()
-        )
+        state = packing.unpack_state_dict(arrays, own) if packed else arrays.to_torch_state_dict()
         params = {k for k, _ in policy.named_parameters()}
         if not all(bool(torch.isfinite(state[k]).all()) for k in params):
             raise ValueError("weights that are not finite")

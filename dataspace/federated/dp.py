@@ -76,7 +76,7 @@ from torch import nn
 from dataspace import accountant
 from dataspace.errors import DataspaceError, RefusedError
 from dataspace.federated.noise import NoiseSource
-from dataspace.federated.normalize import per_episode_mean
+from dataspace.federated.normalize import BOUND_RANGE, per_episode_mean
 
 ACCOUNTANT = "rdp"
 MODES = ("bk", "hooks", "functorch", "ghost")
@@ -125,7 +125,8 @@ class TrainingSettings:
     grad_sample_mode: str = "bk"
     heldout_fraction: float = 0.2
     stats_share: float = STATS_SHARE
-    #: clip bound of the normalisation sums; None: chosen by the site with DP
+    #: clip bound of the normalisation sums, the same for every coordinate; None: one
+    #: bound per coordinate, chosen by the site with DP
     #: (:func:`dataspace.federated.normalize.dp_bound`, one more release)
     stats_bound: float | None = None
     eval_share: float = 0.05
@@ -173,6 +174,15 @@ class TrainingSettings:
             raise PrivacyPlanError(
                 f"site.toml [training] grad_sample_mode={s.grad_sample_mode!r}: "
                 f"expected one of {', '.join(MODES)}"
+            )
+        lo, hi = BOUND_RANGE
+        b = s.stats_bound
+        if b is not None and (
+            type(b) not in (int, float) or not math.isfinite(b) or not lo <= b <= hi
+        ):  # checked here, before any charge, not when the statistics are computed
+            raise PrivacyPlanError(
+                f"site.toml [training] stats_bound={b!r}: a number within [{lo:g}, {hi:g}] "
+                "(one clip bound for every coordinate), or absent (chosen with DP)"
             )
         return s
 

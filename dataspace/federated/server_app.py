@@ -58,7 +58,13 @@ from flwr.serverapp.strategy import FedAvg
 from dataspace.errors import DataspaceError
 from dataspace.federated import packing, public_stats, rundir, secagg
 from dataspace.federated.latency import fast_object_pulls
-from dataspace.federated.normalize import NoisySums, Stats, apply_stats, combine
+from dataspace.federated.normalize import (
+    NoisySums,
+    Stats,
+    StatsFormatError,
+    apply_stats,
+    combine,
+)
 from dataspace.federated.spec import RunSpec
 from dataspace.federated.templates import get_template
 
@@ -302,15 +308,14 @@ def _stats_round(grid, spec, template, out, history) -> ArrayRecord:
     for m in ok:
         s = m.content["sums"]
         dims.add((int(s["state-dim"]), int(s["action-dim"])))
-        parts.append(
-            NoisySums(
-                count=float(s["count"]),
-                sum=np.asarray(s["sum"], dtype=np.float64),
-                sumsq=np.asarray(s["sumsq"], dtype=np.float64),
-                bound=float(s["bound"]),
-                noise_multiplier=float(s["noise"]),
-            )
-        )
+        try:  # a site's reply is checked, never trusted: widths, finite numbers, bounds
+            parts.append(NoisySums.from_lists(s, int(s["state-dim"]) + int(s["action-dim"])))
+        except StatsFormatError as e:
+            raise RunError(
+                f"site {_dataset_of(m)!r} sent malformed statistics: {e}",
+                replied=[_site_of(r) for r in ok],
+                failed=failed,
+            ) from None
         site = _site_of(m) | {
             "epsilon": float(m.content["metrics"]["epsilon-spent"]),
             "count": float(s["count"]),  # DP count: sizes SecAgg+'s weight range

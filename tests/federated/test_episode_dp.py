@@ -143,9 +143,7 @@ def test_noise_is_sigma_c_over_the_expected_episodes(g1):
     for sigma in (1.7, 0.0):
         net = get_template("bc-mlp").build(x.shape[1], y.shape[1], seed=1).net
         gen = NoiseSource.seeded(11)
-        dp.train_dp(
-            net, x, y, plan, lr=0.1, rng=gen, noise_multiplier=sigma, steps=1, episode=ep
-        )
+        dp.train_dp(net, x, y, plan, lr=0.1, rng=gen, noise_multiplier=sigma, steps=1, episode=ep)
         out[sigma] = torch.cat([p.detach().flatten() for p in net.parameters()])
     diff = out[1.7] - out[0.0]
     expected = 0.1 * 1.7 * plan.clip_norm / (plan.sample_rate * len(EPISODES))
@@ -190,11 +188,22 @@ def test_statistics_and_losses_are_bounded_per_episode(g1):
         assert abs(loss_full * len(EPISODES) - loss_part * (len(EPISODES) - 1)) <= 1.0 + 1e-9
     # the bound's histogram counts each episode once, in the bin of its largest |x|: one
     # glitched frame is 1 of ~5,000 frames (ignored) but makes its episode 1 of 12
+    # (per coordinate: the glitched coordinate's bound only, every other keeps its own)
     glitch = state.clone()
     glitch[5, 0] = 900.0
-    assert normalize.dp_bound(glitch, action, 0.0, zero) <= 4.0
-    assert normalize.dp_bound(glitch, action, 0.0, zero, episode=ep) == 1024.0
-    assert normalize.dp_bound(state, action, 0.0, zero, episode=ep) <= 4.0
+    clean = normalize.dp_bound(state, action, 0.0, zero, episode=ep)
+    assert clean.shape == (d,) and clean.max() <= 4.0
+    assert normalize.dp_bound(glitch, action, 0.0, zero).max() <= 4.0
+    per_episode = normalize.dp_bound(glitch, action, 0.0, zero, episode=ep)
+    assert per_episode[0] == 1024.0 and (per_episode[1:] == clean[1:]).all()
+    # each episode counts once in each coordinate's histogram: removing one moves the
+    # D histograms by exactly sqrt(D) in L2, whatever its length (290-504 frames)
+    hist = normalize.bound_histograms(state, action, ep)
+    assert (hist.sum(1) == len(EPISODES)).all()
+    for e in EPISODES[:3]:
+        rest = ep != e
+        part = normalize.bound_histograms(state[rest], action[rest], ep[rest])
+        assert float((hist - part).norm()) == pytest.approx(math.sqrt(d))
     stats = normalize.combine([full], x.shape[1])
     assert abs(stats.state_mean - (state.mean(0)).numpy()).max() < 0.2  # episodes weigh equally
 

@@ -108,8 +108,9 @@ def test_two_identical_statistics_queries_differ_by_noise_of_the_stated_scale(ho
     a, b = s.stats("r1"), other.stats("r2")
     assert s.stats("r3").content["sums"]["sum"] == a.content["sums"]["sum"]  # same answer
     sa, sb = a.content["sums"], b.content["sums"]
-    z, bound, d = float(sa["noise"]), float(sa["bound"]), S_DIM + A_DIM
-    assert float(sb["noise"]) == z and float(sb["bound"]) == bound == 4.0
+    z, d = float(sa["noise"]), S_DIM + A_DIM
+    bound = np.array(sa["bound"])  # one per coordinate: site.toml's 4.0 for each
+    assert float(sb["noise"]) == z and sb["bound"] == sa["bound"] == [4.0] * d
     scaled = np.concatenate(
         [
             (np.array(sa["sum"]) - np.array(sb["sum"])) / (math.sqrt(2) * z * bound * math.sqrt(d)),

@@ -22,9 +22,11 @@ that matters for privacy itself (docs/threat-model.md):
   contract (revoked or expired means nothing more leaves);
 * **evaluation** is at most once per round trained here
   (:func:`dataspace.policy.ledger.claim_evaluation`), logged as ``round.evaluated``;
-* **normalisation** is always the site's own: its DP statistics as it released
-  them, or the run's checked public ones; the server's buffers are never used
-  (the reply echoes them unchanged, so nothing of the site's enters them).
+* **normalisation** is checked, never the server's buffers: the run's public
+  statistics, or in a DP-stats run the pooled DP statistics the server sends after
+  round 0 (:func:`.public_stats.pooled_from_config`; before this site released its
+  own, refused; an older server sends none and the site uses its own release);
+  the reply echoes the server's buffers unchanged, so nothing of the site's enters them.
 
 Per message (Flower 1.42 Message API):
 
@@ -108,6 +110,8 @@ class Job:
     lr: float
     #: the run's public normalisation statistics (checked), None when they are DP
     public: normalize.Stats | None = None
+    #: a DP-stats run's pooled statistics from the server (checked), None before them
+    pooled: normalize.Stats | None = None
     #: optimizer and learning-rate schedule (post-processing; :class:`.dp.Recipe`)
     recipe: dp.Recipe = dataclasses.field(default_factory=dp.Recipe)
 
@@ -312,6 +316,7 @@ def resolve(message: Message, context: Context, kind: str) -> Job:
         ref, split = _META[key]
         # checked before anything is charged: finite, this dataset's dims, positive scales
         public = public_stats.from_config(cfg, ref.state_dim, ref.action_dim)
+        pooled = public_stats.pooled_from_config(cfg, ref.state_dim, ref.action_dim)
         try:
             plan = _plan(contract, split, settings, public is not None)
         except dp.PrivacyPlanError as e:  # e.g. a contract whose delta is 0: no plan meets it
@@ -342,6 +347,7 @@ def resolve(message: Message, context: Context, kind: str) -> Job:
         plan=plan,
         lr=float(lr),
         public=public,
+        pooled=pooled,
         recipe=recipe,
     )
 
@@ -376,7 +382,9 @@ def _noise(job: Job, purpose: str, round_no: int | None = None) -> NoiseSource:
 
 def _site_stats(job: Job) -> normalize.Stats:
     """The normalisation this site trains and evaluates with: the run's checked public
-    statistics, or its own DP statistics exactly as its contract released them."""
+    statistics; in a DP-stats run, once this site has released its own statistics, the
+    run's checked pooled ones (:func:`.public_stats.pooled_from_config`), else its own
+    exactly as its contract released them (an older server sends no pooled ones)."""
     if job.public is not None:
         return job.public
     released = ledger.released_stats(job.site, job.contract.terms.contract_id)
@@ -388,6 +396,8 @@ def _site_stats(job: Job) -> normalize.Stats:
                 "statistics at this site: the run must ask for them (query.stats) first"
             ),
         )
+    if job.pooled is not None:
+        return job.pooled
     try:  # a release of the older format (one scalar bound) reads as that bound everywhere
         sums = normalize.NoisySums.from_lists(released, job.ref.state_dim + job.ref.action_dim)
     except normalize.StatsFormatError as e:
@@ -491,6 +501,10 @@ def _info(job: Job) -> ConfigRecord:
             "fingerprint": job.ref.fingerprint,
             "privacy-unit": job.settings.privacy_unit,
             "stats": job.stats_source,
+            # which normalisation this reply was computed with (the server's record)
+            "normalisation": (
+                "public" if job.public is not None else "pooled" if job.pooled else "own"
+            ),
         }
     )
 

@@ -65,8 +65,11 @@ METRICS: dict[str, frozenset[str]] = {
     "evaluate": frozenset({"num-examples", "eval-mse", "eval-frames"}),
     "query.stats": frozenset({"epsilon-round", "epsilon-spent"}),
 }
-#: "stats": which normalisation statistics the site used, "dp" or "public"
-INFO = frozenset({"site", "dataset-id", "contract-id", "fingerprint", "privacy-unit", "stats"})
+#: "stats": the run's stats source, "dp" or "public"; "normalisation": what the site
+#: normalised with, "public", "pooled" (a DP-stats run's pooled statistics) or "own"
+INFO = frozenset(
+    {"site", "dataset-id", "contract-id", "fingerprint", "privacy-unit", "stats", "normalisation"}
+)
 SUMS = frozenset({"sum", "sumsq", "count", "bound", "noise", "state-dim", "action-dim"})
 #: longest string an info field may carry (names and hex ids, nothing more)
 MAX_INFO_CHARS = 200

@@ -177,10 +177,11 @@ def to_lists(stats: Stats) -> dict[str, list[float]]:
     return {f: [float(v) for v in getattr(stats, f)] for f in FIELDS}
 
 
-def to_config(stats: Stats) -> dict[str, Any]:
-    """The entries a message's ConfigRecord carries in a public-stats run."""
+def to_config(stats: Stats, source: str = "public") -> dict[str, Any]:
+    """The entries a message's ConfigRecord carries: a public-stats run's statistics, or
+    (``source="dp"``) a DP-stats run's pooled statistics (:func:`pooled_from_config`)."""
     lists = {f"stats-{f.replace('_', '-')}": v for f, v in to_lists(stats).items()}
-    return {"stats": "public", **lists}
+    return {"stats": source, **lists}
 
 
 # ------------------------------------------------------------------ site side
@@ -208,6 +209,36 @@ def from_config(cfg: Mapping[str, Any], state_dim: int, action_dim: int) -> Stat
     values = {k: v for k, v in values.items() if v is not None}
     try:
         return check_stats(values, state_dim, action_dim, where="the run's public statistics")
+    except PublicStatsError as e:
+        raise RefusedPublicStatsError(str(e)) from e
+
+
+def pooled_from_config(cfg: Mapping[str, Any], state_dim: int, action_dim: int) -> Stats | None:
+    """The pooled DP statistics of a DP-stats run's message, checked for the dataset;
+    None when the message carries none (its statistics round, or an older server).
+
+    After the statistics round the server adds the sites' noisy sums
+    (:func:`.normalize.combine`) and sends the pooled means and scales with every
+    train and evaluate message, so that every site trains in the coordinates of
+    the one global model: with each site normalising by its own statistics,
+    non-IID sites train in different coordinates and FedAvg averages models that
+    do not agree (closed-loop success 0.02 against 0.17 with the pooled ones,
+    bench/RESULTS.md, closed loop, session 7). The site cannot check that they are
+    the pool of the releases, and need not: they are numbers from the server, like
+    public statistics, and get the same checks (finite, the dataset's dimensions,
+    positive scales; else :class:`RefusedPublicStatsError`, nothing charged).
+    Normalisation comes before the per-unit clipping, so whatever they are, each
+    unit still moves a release by at most its clip: DP-SGD's and the evaluation's
+    guarantees hold for any normalisation the server chooses, adaptively too.
+    """
+    if source_of(cfg) != "dp":
+        return None
+    values = {f: cfg.get(f"stats-{f.replace('_', '-')}") for f in FIELDS}
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+        return None
+    try:
+        return check_stats(values, state_dim, action_dim, where="the run's pooled DP statistics")
     except PublicStatsError as e:
         raise RefusedPublicStatsError(str(e)) from e
 

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
@@ -197,6 +197,7 @@ def _site_of(m: Message) -> dict[str, str]:
     # the site's privacy unit (its own setting, dataspace.federated.dp); older sites: frame
     site["privacy_unit"] = str(info.get("privacy-unit", "frame"))
     site["stats"] = str(info.get("stats", "dp"))
+    site["normalisation"] = str(info.get("normalisation", "own"))
     return site
 
 
@@ -331,6 +332,7 @@ def _stats_round(grid, spec, template, out, history) -> ArrayRecord:
             f"{_MIXED_SECAGG} (refused after the statistics query, before any training: "
             "each site has charged its statistics, round 0)"
         )
+    pooled = combine(parts, s_dim)
     record = {
         "source": "dp",
         "state_dim": s_dim,
@@ -338,8 +340,10 @@ def _stats_round(grid, spec, template, out, history) -> ArrayRecord:
         "sites": sites,
         "failed": failed,
         "epsilon": {s["dataset-id"]: s["epsilon"] for s in sites},
+        # sent with every later message: the sites train in the global model's coordinates
+        "pooled": public_stats.to_lists(pooled),
     }
-    return _initial_model(spec, template, combine(parts, s_dim), record, out, history)
+    return _initial_model(spec, template, pooled, record, out, history)
 
 
 def _initial_model(spec, template, stats: Stats, record: dict, out, history) -> ArrayRecord:
@@ -468,9 +472,23 @@ def _set_eval(out: Path, history: dict, rnd: int, ev_ok: list[Message], ev_faile
     _write_json(out / "history.json", history)
 
 
+def _round_config(spec: RunSpec, rnd: int, history: dict[str, Any]) -> ConfigRecord:
+    """A train or evaluate message's config: the spec's, and in a DP-stats run the pooled
+    statistics of its statistics round (:func:`.public_stats.pooled_from_config`)."""
+    config = spec.config(rnd)
+    pooled = (history.get("stats") or {}).get("pooled")
+    if spec.stats_source == "dp" and pooled:
+        stats = public_stats.check_stats(pooled, where="stats.json pooled")
+        for k, v in public_stats.to_config(stats, source="dp").items():
+            config[k] = v
+    return config
+
+
 def _evaluate_round(grid, spec, arrays, rnd, out, history) -> None:
     """The last round's evaluation when evaluation is folded into train messages."""
-    content = RecordDict({"arrays": _wire(spec, arrays), "config": spec.config(rnd)})
+    content = RecordDict(
+        {"arrays": _wire(spec, arrays), "config": _round_config(spec, rnd, history)}
+    )
     try:
         ev_ok, ev_failed = _exchange(grid, spec, "evaluate", content, rnd)
         for m in ev_ok:  # plain evaluate replies weigh by num-examples
@@ -512,7 +530,7 @@ def _train_round(grid, spec, strategy, arrays, rnd, out, history) -> ArrayRecord
     t0 = time.perf_counter()
     rdir = out / "rounds" / f"{rnd:03d}"
     attempted = rdir / "attempted"  # a resume never sends this round again
-    config = spec.config(rnd)
+    config = _round_config(spec, rnd, history)
     folded = spec.fold_evaluate and any(r["round"] == rnd - 1 for r in history["rounds"])
     if folded:
         config["evaluate-round"] = rnd - 1
@@ -564,7 +582,9 @@ def _train_round(grid, spec, strategy, arrays, rnd, out, history) -> ArrayRecord
     t_train = time.perf_counter() - t0
     eval_mse, per_site_mse, ev_failed, eval_weights = float("nan"), {}, [], {}
     if not spec.fold_evaluate:
-        eval_content = RecordDict({"arrays": _wire(spec, new_arrays), "config": spec.config(rnd)})
+        eval_content = RecordDict(
+            {"arrays": _wire(spec, new_arrays), "config": _round_config(spec, rnd, history)}
+        )
         try:
             ev_ok, ev_failed = _exchange(grid, spec, "evaluate", eval_content, rnd)
             eval_mse, eval_weights = _eval_mse(ev_ok, "num-examples")

@@ -25,7 +25,7 @@ from dataspace.federated import DeploymentEngine, RunSpec, SimulationEngine, dp,
 from dataspace.federated import data as fdata
 from dataspace.federated.client_app import app as client_app
 from dataspace.federated.local_grid import LocalGrid
-from dataspace.federated.normalize import Stats
+from dataspace.federated.normalize import NoisySums, Stats, combine
 from dataspace.federated.server_app import RunError
 from dataspace.site.folder import Site
 from tests.conftest import UNITREE
@@ -85,14 +85,21 @@ class SpyGrid(LocalGrid):
         super().__init__(*a, **k)
         self.sent: list[str] = []
         self.reply_records: list[set[str]] = []
+        self.configs: list[tuple[str, dict]] = []
+        self.sums: list[dict] = []  # the statistics replies' noisy sums
 
     def push_messages(self, messages):
         messages = list(messages)
         self.sent += [m.metadata.message_type for m in messages]
+        for m in messages:
+            cfg = m.content.get("config", {})
+            self.configs.append((m.metadata.message_type, dict(cfg)))
         ids = super().push_messages(messages)
         for i in ids:
             r = self._replies[i]
             self.reply_records.append(set() if r.has_error() else set(r.content.keys()))
+            if not r.has_error() and "sums" in r.content:
+                self.sums.append(dict(r.content["sums"]))
         return ids
 
 
@@ -234,6 +241,63 @@ def test_public_stats_run_releases_no_statistics_and_uses_them_exactly(federatio
                 assert np.array_equal(z[f], getattr(stats, f)), (path.name, f)
     report = write_report(out)
     assert report["stats_source"] == "public"
+
+
+def test_pooled_statistics_are_read_only_from_a_dp_run_and_checked():
+    good = public_stats.to_lists(_g1_stats())
+    cfg = public_stats.to_config(public_stats.check_stats(good), source="dp")
+    pooled = public_stats.pooled_from_config(cfg, S_DIM, A_DIM)
+    assert pooled is not None and pooled.action_std.tolist() == pytest.approx(good["action_std"])
+    # the statistics round (no lists), an older server, a public run: none
+    assert public_stats.pooled_from_config({"stats": "dp"}, S_DIM, A_DIM) is None
+    assert public_stats.pooled_from_config({}, S_DIM, A_DIM) is None
+    assert public_stats.pooled_from_config({**cfg, "stats": "public"}, S_DIM, A_DIM) is None
+    for key, value in (
+        ("stats-action-std", [0.0] * A_DIM),  # a gate: division by zero
+        ("stats-state-mean", [math.inf] * S_DIM),
+        ("stats-state-std", good["state_std"][:-1]),
+        ("stats-action-mean", "1,2,3"),
+    ):
+        with pytest.raises(public_stats.RefusedPublicStatsError):
+            public_stats.pooled_from_config({**cfg, key: value}, S_DIM, A_DIM)
+    # half the lists is malformed too, not "no pooled statistics"
+    with pytest.raises(public_stats.RefusedPublicStatsError, match="missing"):
+        public_stats.pooled_from_config(
+            {"stats": "dp", "stats-state-mean": good["state_mean"]}, S_DIM, A_DIM
+        )
+
+
+@pytest.mark.slow
+def test_a_dp_run_trains_every_site_with_the_pooled_statistics(federation, tmp_path):
+    """Each site normalises with the pool of the sites' DP releases (the global model's
+    coordinates), not its own: every later message carries them, every reply says so,
+    and they are exactly the noisy sums' combination the run recorded in stats.json."""
+    fed = federation(epsilon=3.0, rounds=2, n_sites=2, episodes_per_site=TWO)
+    grid = SpyGrid(client_app, [s.root for s in fed.sites])
+    out = tmp_path / "run"
+    h = train(
+        RunSpec(contracts=fed.contract_ids, template="bc-mlp", rounds=2, out_dir=out, seed=4),
+        fed.sites,
+        SimulationEngine(grid=grid),
+    )
+    assert h["status"] == "finished" and h["stats_source"] == "dp"
+    pooled = json.loads((out / "stats.json").read_text())["pooled"]
+    assert len(grid.sums) == 2
+    parts = [NoisySums.from_lists(s, S_DIM + A_DIM) for s in grid.sums]
+    again = public_stats.to_lists(combine(parts, S_DIM))
+    for f in public_stats.FIELDS:
+        assert pooled[f] == pytest.approx(again[f], rel=1e-6), f
+    later = [(t, c) for t, c in grid.configs if t != "query.stats"]
+    assert later and {t for t, _ in later} == {"train", "evaluate"}
+    for _, cfg in later:
+        assert cfg["stats"] == "dp"
+        for f in public_stats.FIELDS:
+            assert list(cfg[f"stats-{f.replace('_', '-')}"]) == pytest.approx(pooled[f])
+    assert all("stats-state-mean" not in c for t, c in grid.configs if t == "query.stats")
+    assert {s["normalisation"] for r in h["rounds"] for s in r["sites"]} == {"pooled"}
+    with np.load(out / "final.npz") as z:  # the released model normalises the same way
+        for f in public_stats.FIELDS:
+            assert z[f].tolist() == pytest.approx(pooled[f], rel=1e-6), f
 
 
 @pytest.mark.slow

@@ -325,6 +325,49 @@ def test_the_servers_buffers_are_never_used_and_overflow_never_leaks_nan(hostile
     assert math.isfinite(float(reply.content["metrics"]["train-loss"]))
 
 
+def _pooled(**change: list[float]) -> dict[str, list[float]]:
+    """Config entries of pooled statistics (well formed for the sample's dimensions, as
+    an honest server sends them after round 0), with ``change`` applied."""
+    buffers = model().to_torch_state_dict()
+    s_dim, a_dim = len(buffers["state_mean"]), len(buffers["action_mean"])
+    lists = {
+        "state_mean": [0.1] * s_dim,
+        "state_std": [0.5] * s_dim,
+        "action_mean": [0.0] * a_dim,
+        "action_std": [0.3] * a_dim,
+    } | change
+    return {"stats": "dp"} | {f"stats-{k.replace('_', '-')}": v for k, v in lists.items()}
+
+
+def test_pooled_statistics_are_checked_need_a_release_first_and_leak_nothing(hostile):
+    """A DP-stats run's pooled statistics come from the server: before this site released
+    its own they are refused (the plan charges the statistics with round 1), malformed
+    ones are refused and logged with nothing charged, and a crafted gate (a scale of
+    1e-30 on one coordinate, a mean of 1e9) still releases a finite update within the
+    contract (normalisation comes before the per-unit clipping)."""
+    s = hostile(epsilon=3.0)
+    s.stats("p")
+    good = _pooled()
+    fresh = hostile(epsilon=3.0)
+    assert "query.stats" in refusal(fresh.train("p", 1, **good))
+    assert ledger(fresh.site) == [] and refusals(fresh) == ["MessageRefusedError"]
+    before = ledger(s.site)
+    width = len(good["stats-action-std"])
+    for bad in ({"stats-action-std": [0.0] * width}, {"stats-state-mean": [math.nan] * 3}):
+        assert "PublicStatsError" in refusal(s.train("p", 1, **{**good, **bad}))
+    assert ledger(s.site) == before
+    assert refusals(s)[-2:] == ["RefusedPublicStatsError"] * 2
+    state_std = list(good["stats-state-std"])
+    state_std[0] = 1e-30
+    gate = {**good, "stats-state-std": state_std, "stats-state-mean": [1e9] * len(state_std)}
+    reply = s.train("p", 1, **gate)
+    assert not reply.has_error()
+    assert reply.content["info"]["normalisation"] == "pooled"
+    assert np.isfinite(weights(reply)).all()
+    assert math.isfinite(float(reply.content["metrics"]["train-loss"]))
+    assert_within_contract(s, all_evaluated=False)
+
+
 @pytest.mark.parametrize(
     "mtype", ["query.frames", "query.sql", "train.raw", "reconnect", "evaluate.all", "query"]
 )

@@ -216,6 +216,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--local-steps", type=int, help="site.toml [training] local_steps")
     ap.add_argument("--batch-size", type=int, help="site.toml [training] batch_size")
     ap.add_argument("--clip-norm", type=float, help="site.toml [training] clip_norm")
+    ap.add_argument("--stats-share", type=float, help="site.toml [training] stats_share")
     a = ap.parse_args(argv)
     if a.quick:
         a.demos, a.rounds, a.rollouts = min(a.demos, 20), min(a.rounds, 3), min(a.rollouts, 30)
@@ -231,6 +232,7 @@ def run(a: argparse.Namespace) -> dict:
             ("local_steps", a.local_steps),
             ("batch_size", a.batch_size),
             ("clip_norm", a.clip_norm),
+            ("stats_share", a.stats_share),
         )
         if v is not None
     }

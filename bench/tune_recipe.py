@@ -24,6 +24,14 @@ Options beyond the recipe (issue 17, session 7):
   centrally (:func:`baseline.tuned_central`: lr and epochs on a validation split of
   those episodes), the federation fine-tunes from that model with the consumer's
   statistics; the warm start alone is scored too (``warm_success``).
+
+Session 7, part 2:
+
+* ``srv`` and ``slr`` in the grid: a server optimizer on FedAvg's pseudo-gradient
+  (:class:`ServerOpt`: ``fedavg``, ``fedavgm`` with momentum 0.9, ``fedadam``; Reddi et
+  al. 2021), post-processing at the server; ``slr`` its learning rate;
+* ``--stats-file F``: normalise with the statistics in F (a JSON object of lists, or a
+  run's ``stats.json``, whose ``pooled`` is read), e.g. a real run's pooled DP ones.
 """
 
 from __future__ import annotations
@@ -95,8 +103,48 @@ def dp_stats(data, eps: float, rounds: int, settings: dp.TrainingSettings, seed:
     return normalize.combine(parts, dim), [normalize.combine([p], dim) for p in parts]
 
 
+class ServerOpt:
+    """A server optimizer on FedAvg's pseudo-gradient ``delta = avg - global`` (Reddi et
+    al. 2021, "Adaptive Federated Optimization"): ``fedavg`` (x += delta), ``fedavgm``
+    (m = beta m + delta; x += lr m), ``fedadam`` (m = b1 m + (1-b1) delta,
+    v = b2 v + (1-b2) delta^2, x += lr m / (sqrt(v) + tau); no bias correction).
+    Post-processing of the sites' DP updates: no privacy cost. The normalisation buffers
+    are left out (the server keeps round 0's)."""
+
+    def __init__(self, kind: str, lr: float = 1.0, momentum: float = 0.9, b2: float = 0.99,
+                 tau: float = 1e-3):  # fmt: skip
+        self.kind, self.lr, self.momentum, self.b2, self.tau = kind, lr, momentum, b2, tau
+        self.m: dict[str, torch.Tensor] = {}
+        self.v: dict[str, torch.Tensor] = {}
+
+    def step(self, glob: dict, avg: dict) -> dict:
+        if self.kind == "fedavg":
+            return avg
+        out = dict(avg)
+        for k, x in glob.items():
+            if k in normalize_fields or not torch.is_floating_point(x):
+                continue
+            d = avg[k] - x
+            if self.kind == "fedavgm":
+                self.m[k] = self.momentum * self.m.get(k, torch.zeros_like(d)) + d
+                out[k] = x + self.lr * self.m[k]
+            elif self.kind == "fedadam":
+                self.m[k] = (
+                    self.momentum * self.m.get(k, torch.zeros_like(d)) + (1 - self.momentum) * d
+                )
+                self.v[k] = self.b2 * self.v.get(k, torch.zeros_like(d)) + (1 - self.b2) * d * d
+                out[k] = x + self.lr * self.m[k] / (self.v[k].sqrt() + self.tau)
+            else:
+                raise ValueError(f"unknown server optimizer {self.kind!r}")
+        return out
+
+
+normalize_fields = ("state_mean", "state_std", "action_mean", "action_std")
+
+
 def federated(data, eps, rounds, steps, batch, clip, optimizer, lr, schedule, seed=0,
-              private=True, width="256x256", stats=None, init=None, own=None):  # fmt: skip
+              private=True, width="256x256", stats=None, init=None, own=None,
+              server=None, stats_share=dp.STATS_SHARE):  # fmt: skip
     tmpl = template_of(width)
     s_all = torch.cat([s for s, _ in data])
     a_all = torch.cat([a for _, a in data])
@@ -105,7 +153,9 @@ def federated(data, eps, rounds, steps, batch, clip, optimizer, lr, schedule, se
     if init is not None:  # a warm start: its weights (its buffers are replaced below)
         glob.load_state_dict(init.state_dict())
     normalize.apply_stats(glob, stats)
-    settings = dp.TrainingSettings(batch_size=batch, clip_norm=clip, local_steps=steps)
+    settings = dp.TrainingSettings(batch_size=batch, clip_norm=clip, local_steps=steps,
+                                   stats_share=stats_share)  # fmt: skip
+    server = server or ServerOpt("fedavg")
     for r in range(1, rounds + 1):
         states, weights = [], []
         for k, (s, a) in enumerate(data):
@@ -129,7 +179,7 @@ def federated(data, eps, rounds, steps, batch, clip, optimizer, lr, schedule, se
             k: sum(w * st[k] for w, st in zip(weights, states, strict=True)) / total
             for k in states[0]
         }
-        glob.load_state_dict(avg)
+        glob.load_state_dict(server.step(glob.state_dict(), avg))
         normalize.apply_stats(glob, stats)  # the server keeps round 0's buffers
     return glob
 
@@ -168,29 +218,39 @@ def main() -> None:
     ap.add_argument("--epsilon", type=float, default=8.0)
     ap.add_argument("--rollouts", type=int, default=50)
     ap.add_argument("--no-dp", action="store_true", help="FedAvg without clipping or noise")
-    ap.add_argument("--stats", choices=["exact", "dp", "dp-own", "public"], default="exact",
+    ap.add_argument("--stats", default="exact",
+                    choices=["exact", "dp", "dp-own", "public"],
                     help="dp-own: each site trains with its own DP statistics (the ClientApp "
                     "today), the global model carries the pooled ones")  # fmt: skip
+    ap.add_argument("--stats-file", type=Path,
+                    help="normalise with these statistics (a JSON object of lists, e.g. a "
+                    "run's stats.json 'pooled'), overriding --stats")  # fmt: skip
+    ap.add_argument("--stats-share", type=float, default=dp.STATS_SHARE,
+                    help="epsilon share of the DP statistics (site.toml stats_share)")  # fmt: skip
     ap.add_argument("--consumer-demos", type=int, default=20)
     ap.add_argument("--warm", action="store_true", help="start from the consumer's own policy")
     ap.add_argument("--seed", type=int, default=0, help="the model's initialisation and noise")
     ap.add_argument("--grid", default="steps=100;lr=1e-3;opt=adam;sched=cosine;batch=256;clip=1.0",
-                    help="key=v1,v2;... over steps lr opt sched batch clip width")  # fmt: skip
+                    help="key=v1,v2;... over steps lr opt sched batch clip width srv slr "
+                    "(srv: fedavg, fedavgm, fedadam; slr: the server's lr)")  # fmt: skip
     a = ap.parse_args()
     grid = {k: v.split(",") for k, v in (p.split("=") for p in a.grid.split(";"))}
     grid.setdefault("width", ["256x256"])
+    grid.setdefault("srv", ["fedavg"])
+    grid.setdefault("slr", ["1.0"])
     task = sr.TASKS[a.task]
     data = site_data(task, a.demos, seed=1)
     sim = sr.Sim(task)
     goals = sr.sector_goals(task, a.rollouts, None, 3, np.random.default_rng(555))
     results = []
-    keys = ["steps", "lr", "opt", "sched", "batch", "clip", "width"]
+    keys = ["steps", "lr", "opt", "sched", "batch", "clip", "width", "srv", "slr"]
     warm: dict[str, tuple] = {}
     for combo in itertools.product(*(grid[k] for k in keys)):
         c = dict(zip(keys, combo, strict=True))
         t = time.perf_counter()
         settings = dp.TrainingSettings(batch_size=int(c["batch"]), clip_norm=float(c["clip"]),
-                                       local_steps=int(c["steps"]))  # fmt: skip
+                                       local_steps=int(c["steps"]),
+                                       stats_share=a.stats_share)  # fmt: skip
         init, extra = None, {}
         if a.warm:
             if c["width"] not in warm:
@@ -208,10 +268,16 @@ def main() -> None:
             stats = normalize.exact_stats(s_c, a_c)
         else:
             stats = None
+        if a.stats_file is not None:
+            from dataspace.federated import public_stats
+
+            doc = json.loads(a.stats_file.read_text())
+            stats = public_stats.check_stats(doc.get("pooled", doc))
         pol = federated(
             data, a.epsilon, a.rounds, int(c["steps"]), int(c["batch"]), float(c["clip"]),
             c["opt"], float(c["lr"]), c["sched"], seed=a.seed, private=not a.no_dp,
             width=c["width"], stats=stats, init=init, own=extra.pop("own", None),
+            server=ServerOpt(c["srv"], float(c["slr"])), stats_share=a.stats_share,
         )  # fmt: skip
         k, d = sr.success_rate(sim, act_of(pol), goals, 777_000)
         res = {**c, "success": k / len(goals), "median_distance": round(float(np.median(d)), 4),
@@ -224,7 +290,7 @@ def main() -> None:
                 "task": a.task,
                 "epsilon": None if a.no_dp else a.epsilon,
                 "rounds": a.rounds,
-                "stats": "warm" if a.warm else a.stats,
+                "stats": str(a.stats_file) if a.stats_file else "warm" if a.warm else a.stats,
                 "seed": a.seed,
                 "rollouts": a.rollouts,
                 "results": results,

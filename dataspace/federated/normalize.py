@@ -44,7 +44,7 @@ of its frames' ``u`` and ``u^2`` (each coordinate still within [-1, 1] and
 The releases (three, four with the histograms) are entered in the run's
 accountant history as ``(z, 1.0, n)`` (sample rate 1, n steps) and charged with
 round 1, inside the contract's budget; ``z`` is set so that they cost about
-``stats_share`` (5 %) of the run's epsilon. The server adds the sites' noisy
+``stats_share`` (20 %, :data:`.dp.STATS_SHARE`) of the run's epsilon. The server adds the sites' noisy
 sums; nobody sees a site's exact statistics.
 """
 

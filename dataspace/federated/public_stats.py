@@ -1,7 +1,7 @@
 """Public normalisation statistics: given by the consumer, never released by a site.
 
-The DP statistics of :mod:`.normalize` cost the holders privacy (5 % of the
-contract's epsilon) and, with the episode as privacy unit and tens of episodes
+The DP statistics of :mod:`.normalize` cost the holders privacy (20 % of the
+contract's epsilon, ``dp.STATS_SHARE``) and, with the episode as privacy unit and tens of episodes
 a site, their noise swamps the data (bench/RESULTS.md, "fl_utility with the
 episode as privacy unit"). The standard remedy in DP ML is normalisation from
 *public* information: constants that reveal nothing about any holder's data.

@@ -44,8 +44,8 @@ of its frames' ``u`` and ``u^2`` (each coordinate still within [-1, 1] and
 The releases (three, four with the histograms) are entered in the run's
 accountant history as ``(z, 1.0, n)`` (sample rate 1, n steps) and charged with
 round 1, inside the contract's budget; ``z`` is set so that they cost about
-``stats_share`` (20 %, :data:`.dp.STATS_SHARE`) of the run's epsilon. The server adds the sites' noisy
-sums; nobody sees a site's exact statistics.
+``stats_share`` (20 %, :data:`.dp.STATS_SHARE`) of the run's epsilon. The server
+adds the sites' noisy sums; nobody sees a site's exact statistics.
 """
 
 from __future__ import annotations

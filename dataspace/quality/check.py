@@ -32,7 +32,13 @@ from dataspace.quality import flags as fl
 from dataspace.quality import report as rp
 from dataspace.quality import value as val
 from dataspace.quality.profile import Layout, frames_view_sql
-from dataspace.quality.suite import CHECKS, SuiteResult, run_suites
+from dataspace.quality.suite import (
+    CHECKS,
+    DECLARED_RANGES_KEY,
+    SuiteResult,
+    declared_ranges,
+    run_suites,
+)
 from dataspace.site.folder import Site
 
 #: progress(step_done, steps_total, message)
@@ -121,6 +127,12 @@ def run_checks(
         layout,
         hashes,
         declared_frames=ds.get("frames"),
+        # a robot's declared feature ranges (catalog), which may only narrow the fences
+        declared_limits=declared_ranges(
+            (ds.get("catalog") or {}).get(DECLARED_RANGES_KEY),
+            ds.get("state_names") or [],
+            ds.get("action_names") or [],
+        ),
         exclude=exclude,
     )
 

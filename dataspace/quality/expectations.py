@@ -18,7 +18,7 @@ workspace (quality/profile.py) or its ``episode_hashes`` table.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from great_expectations.core.metric_domain_types import MetricDomainTypes
@@ -188,8 +188,9 @@ class ExpectEpisodeLengthBetween(EpisodeRowsExpectation):
 class ExpectEpisodeJointsWithinLimits(EpisodeRowsExpectation):
     """Every finite joint value (state and action) inside its limits.
 
-    Limits are declared ones when the dataset has them, else robust ones from
-    quantiles of the per-episode extremes (quality/suite.py, ``robust_limits``).
+    Limits are robust ones from quantiles of the per-episode extremes
+    (quality/suite.py, ``robust_limits``), narrowed by the ranges the dataset
+    declares in its catalog (``suite.declared_ranges``), never widened by them.
     """
 
     check: ClassVar[str] = "out_of_range"
@@ -273,14 +274,28 @@ class ExpectEpisodeNoActionJump(EpisodeRowsExpectation):
     and comes back at the next frame; a step (a gripper closing, a saturated or
     bang-bang command switching) is none. The threshold (suite.spike_thresholds)
     is relative to the joint's usual range and to the dataset's own excursions.
+    ``excused`` lists, per joint, episodes whose every such excursion the state's
+    response explains (an operator's flick moves the robot; quality/response.py),
+    or that only toggle a discrete channel no state joint observes.
     """
 
     check: ClassVar[str] = "action_jump"
     dimension: ClassVar[str] = "accuracy"
 
     @classmethod
-    def build(cls, thresholds: Mapping[str, float]) -> ExpectEpisodeNoActionJump:
-        conds = [f"spike_{c} > {t!r}" for c, t in thresholds.items()]
+    def build(
+        cls,
+        thresholds: Mapping[str, float],
+        excused: Mapping[str, Sequence[int]] | None = None,
+    ) -> ExpectEpisodeNoActionJump:
+        excused = excused or {}
+        conds = []
+        for c, t in thresholds.items():
+            cond = f"spike_{c} > {t!r}"
+            if excused.get(c):
+                ids = ", ".join(str(int(e)) for e in sorted(excused[c]))
+                cond += f" AND episode_index NOT IN ({ids})"
+            conds.append(f"({cond})")
         names = [f"CASE WHEN {x} THEN '{c}' END" for x, c in zip(conds, thresholds, strict=True)]
         where = " OR ".join(conds) or "false"
         q = (

@@ -9,7 +9,7 @@ enrollment validator on purpose: the point is to store data that is wrong.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from dataspace.quality.profile import MOTION_SHARE
+from dataspace.quality.suite import DECLARED_RANGES_KEY
 from dataspace.schema import Episode, dataset_id_for, episode_hash, fingerprint
 from dataspace.site import store
 from dataspace.site.folder import Site
@@ -48,9 +49,10 @@ CHECK_FOR = {
 }
 
 #: checks that a kind of corruption may rightly trip besides its own: noise on every
-#: action also makes frame-to-frame jumps larger than the joint's usual ones, and
-#: commands a drive away from 0 while its joint holds still (frozen_joint's commands)
-ALSO_FLAGGED_BY = {"action_noise": ("action_jump", "frozen_joint")}
+#: action also makes frame-to-frame jumps larger than the joint's usual ones, commands
+#: a drive away from 0 while its joint holds still (frozen_joint's commands), and
+#: pushes a command that sits at its limit beyond the range a robot declares for it
+ALSO_FLAGGED_BY = {"action_noise": ("action_jump", "frozen_joint", "out_of_range")}
 
 
 def read_episodes(site: Site, dataset_id: str) -> Iterator[Episode]:
@@ -203,8 +205,13 @@ def write_dataset(
     state_names: Sequence[str] | None = None,
     action_names: Sequence[str] | None = None,
     license: str | None = None,
+    declared_ranges: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
 ) -> str:
-    """Store ``episodes`` as a new dataset (no validation); returns its dataset_id."""
+    """Store ``episodes`` as a new dataset (no validation); returns its dataset_id.
+
+    ``declared_ranges`` ({"observation.state": {name: [lo, hi]}, "action": ...})
+    goes into the catalog, where quality/check.py reads a robot's declared ranges.
+    """
     hashes = [episode_hash(ep) for ep in episodes]
     fp = fingerprint(hashes).hex() if hashes else "00" * 32
     dataset_id = dataset_id_for(bytes.fromhex(fp)) if hashes else f"ds-empty-{name}"
@@ -232,7 +239,11 @@ def write_dataset(
             "tasks": list(tasks),
             "license": license,
             "source_path": None,
-            "catalog": {},
+            "catalog": (
+                {DECLARED_RANGES_KEY: {f: {n: list(b) for n, b in r.items()} for f, r in d.items()}}
+                if (d := declared_ranges)
+                else {}
+            ),
             "attachments": [],
         }
         table = pa.table(

@@ -41,6 +41,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from dataspace.quality.response import ResponseModel, fit_response
+
 #: a frame whose interval exceeds this many nominal periods means dropped frames
 DROP_FACTOR = 1.5
 #: at most this many frames (whole episodes) are read to measure the dataset's scales
@@ -105,6 +107,8 @@ class Scales:
     #: state column -> the action columns that command it (it changes whenever one of
     #: them is away from 0 at the start of a window), learnt from the data
     commands: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: the action-to-state response model (quality/response.py): None when too few frames
+    response: ResponseModel | None = field(default=None, compare=False)
 
     def range(self, col: str) -> float:
         """The column's usual range (q99 - q01), 0 when unknown."""
@@ -126,6 +130,10 @@ class Scales:
             "ranges": {c: self.range(c) for c in self.quantiles},
             "partners": {c: list(p) for c, p in self.partners.items()},
             "commands": {c: list(p) for c, p in self.commands.items() if p},
+            "discrete_actions": {
+                c: {"levels": list(lv), "observed": self.response.observed(c)}
+                for c, lv in (self.response.levels.items() if self.response else ())
+            },
         }
 
 
@@ -422,6 +430,7 @@ def dataset_scales(con: duckdb.DuckDBPyConnection, layout: Layout) -> Scales:
         partners=partners,
         sample_every=every,
         commands=commands,
+        response=fit_response(episode, values, layout.state_cols, layout.action_cols),
     )
 
 

@@ -44,12 +44,22 @@ seed) gives the same episodes. Sources:
     tilt that stops at its mechanical limit while the controller keeps asking
     for more, and a 0/1 laser pointer. Written in session 5 after the rules
     of that session were settled, and run once (bench/RESULTS.md, issue 18).
+``quadruped_leg`` (100 fps)
+    One leg of a quadruped (hip abduction, hip flexion, knee) under joint
+    impedance control: the action is the gait planner's joint position targets
+    (with a little balance-controller noise, clipped at the joint limits when
+    it sits down) and a 0/1 stance flag that switches the controller's gains
+    every half gait cycle. State: 14-bit encoder angles, noisy filtered joint
+    velocities, a 0/1 foot contact switch and the knee motor current, which
+    saturates under load. Stands, walks (trot at 1.5-3 Hz), sits down and
+    stands up. Written in session 7 before that session changed any rule, and
+    run once with the rules as they were (bench/RESULTS.md, issue 18).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -63,12 +73,17 @@ class UnknownSourceError(DataspaceError):
 
 @dataclass(frozen=True)
 class Source:
-    """One simulated robot: its frame rate and how to make one episode."""
+    """One simulated robot: its frame rate and how to make one episode.
+
+    ``declared``: the feature ranges its maker would state (inject.write_dataset's
+    ``declared_ranges``, names are the column numbers), e.g. a camera's image size.
+    """
 
     name: str
     fps: float
     make: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
     description: str
+    declared: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
 
 
 def _episode(state: np.ndarray, action: np.ndarray, fps: float) -> Episode:
@@ -375,6 +390,7 @@ _PT_VMAX = 2.0  # rad/s
 _PT_TICK = 2 * np.pi / 8192
 _TILT_LIMITS = (-0.8, 0.6)
 _FOCAL = 600.0  # px per rad (small-angle camera model)
+_PIXELS = 900.0  # a target is in view within this many pixels of the image centre
 
 
 def pan_tilt(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -401,7 +417,7 @@ def pan_tilt(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
             if phase == "track":
                 target = target + drift * dt
                 err = (target - q) * _FOCAL + rng.normal(0, 1.5, 2)  # pixels
-                visible = bool(np.all(np.abs(err) < 900))
+                visible = bool(np.all(np.abs(err) < _PIXELS))
             else:
                 err, visible = np.zeros(2), False
             if visible:
@@ -420,6 +436,114 @@ def pan_tilt(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
                 q[1] = float(np.clip(q[1], *_TILT_LIMITS))
                 qd[1] = 0.0
     return np.asarray(states), np.asarray(actions)
+
+
+# --- quadruped leg --------------------------------------------------------------------
+
+LEG_FPS = 100.0
+_LEG_KP = np.array([40.0, 40.0, 50.0])  # N m / rad, stance gains
+_LEG_KD = np.array([0.8, 0.8, 1.0])
+_LEG_SWING = 0.5  # the swing gains are half the stance gains
+_LEG_INERTIA = np.array([0.02, 0.03, 0.02])
+_LEG_TAU_MAX = np.array([12.0, 12.0, 18.0])
+_LEG_LIMITS = np.array([[-0.6, 0.6], [-1.2, 1.8], [-2.7, -0.6]])
+_LEG_TICK = 2 * np.pi / 16384
+_STAND = np.array([0.0, 0.8, -1.6])
+_SIT = np.array([0.0, 1.6, -2.7])  # the knee target sits at its limit
+_KT = 0.12  # N m per A (through the gearbox)
+_I_MAX = 110.0  # the driver's current limit (A)
+
+
+def _leg_plan(rng: np.random.Generator) -> list[tuple[str, float]]:
+    """A sequence of (phase, seconds): stand, walk, sit, rise."""
+    plan = [("stand", rng.uniform(0.3, 1.5))]
+    kind = rng.random()
+    if kind < 0.1:  # the robot stands the whole episode (waits for an order)
+        plan.append(("stand", rng.uniform(2.0, 6.0)))
+        return plan
+    for _ in range(int(rng.integers(1, 4))):
+        plan.append(("walk", rng.uniform(1.5, 5.0)))
+        plan.append(("stand", rng.uniform(0.3, 2.0)))
+    if rng.random() < 0.3:
+        plan += [("sit", 1.5), ("stand_still_sitting", rng.uniform(0.5, 2.0)), ("rise", 1.5)]
+        plan.append(("stand", rng.uniform(0.3, 1.0)))
+    return plan
+
+
+def _leg_targets(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Joint position targets [n, 3] and the stance flag [n] from a gait planner."""
+    fps = LEG_FPS
+    targets, stance = [], []
+    q = _STAND.copy()
+    for phase, seconds in _leg_plan(rng):
+        n = max(1, int(seconds * fps))
+        if phase in ("stand", "stand_still_sitting"):
+            targets.append(np.repeat(q[None], n, 0))
+            stance.append(np.ones(n))
+        elif phase in ("sit", "rise"):
+            goal = _SIT if phase == "sit" else _STAND
+            p, _ = _min_jerk(q, goal, n)
+            targets.append(p)
+            stance.append(np.ones(n))
+            q = goal.copy()
+        else:  # a trot: swing (foot lifted and brought forward), then stance (pushed back)
+            freq = rng.uniform(1.5, 3.0)
+            stride = rng.uniform(0.15, 0.45)  # hip flexion amplitude (rad)
+            lift = rng.uniform(0.3, 0.7)  # extra knee flexion in swing (rad)
+            side = rng.normal(0, 0.05)  # a little abduction when turning
+            phi = (np.arange(n) * freq / fps + rng.uniform(0, 1)) % 1.0
+            swing = phi < 0.5
+            s = np.where(swing, phi / 0.5, (phi - 0.5) / 0.5)
+            hip = np.where(swing, -stride * np.cos(np.pi * s), stride * np.cos(np.pi * s))
+            knee = np.where(swing, -lift * np.sin(np.pi * s), 0.0)
+            p = np.stack([np.full(n, side), _STAND[1] + hip, _STAND[2] + knee], 1)
+            targets.append(p)
+            stance.append((~swing).astype(float))
+            q = _STAND.copy()
+    return np.concatenate(targets), np.concatenate(stance)
+
+
+def quadruped_leg(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(state [n, 8], action [n, 4]) of one quadruped-leg episode (module docstring)."""
+    ref, stance_cmd = _leg_targets(rng)
+    n = ref.shape[0]
+    sub = 4
+    dt = 1.0 / (LEG_FPS * sub)
+    q, qd = _STAND + rng.normal(0, 0.01, 3), np.zeros(3)
+    v_est = np.zeros(3)
+    q_prev = np.round(q / _LEG_TICK) * _LEG_TICK
+    balance = np.zeros(3)
+    load = rng.uniform(0.8, 1.2)  # the robot's payload, as a share of its nominal weight
+    state = np.zeros((n, 8))
+    action = np.zeros((n, 4))
+    for t in range(n):
+        # the balance controller's small corrections ride on the planner's targets
+        balance = 0.95 * balance + rng.normal(0, 0.0015, 3)
+        target = np.clip(ref[t] + balance, _LEG_LIMITS[:, 0], _LEG_LIMITS[:, 1])
+        gains = 1.0 if stance_cmd[t] > 0.5 else _LEG_SWING
+        q_meas = np.round(q / _LEG_TICK) * _LEG_TICK
+        v_est = 0.6 * v_est + 0.4 * (q_meas - q_prev) * LEG_FPS
+        q_prev = q_meas
+        tau = gains * (_LEG_KP * (target - q_meas) - _LEG_KD * v_est)
+        # the body's weight on a leg in contact bends the knee and the hip
+        contact = stance_cmd[t] > 0.5 and q[2] < -0.9
+        gravity = np.array([0.0, -2.0, 6.0]) * load if contact else np.zeros(3)
+        tau = np.clip(tau, -_LEG_TAU_MAX, _LEG_TAU_MAX)
+        current = float(np.clip(tau[2] / _KT + rng.normal(0, 0.8), -_I_MAX, _I_MAX))
+        state[t, :3] = q_meas
+        state[t, 3:6] = v_est + rng.normal(0, 0.02, 3)
+        state[t, 6] = 1.0 if contact else 0.0
+        state[t, 7] = np.round(current, 1)
+        action[t, :3] = target
+        action[t, 3] = stance_cmd[t]
+        for _ in range(sub):
+            qdd = (tau + gravity - 0.05 * qd) / _LEG_INERTIA
+            qd = qd + qdd * dt
+            q = q + qd * dt
+            hit = (q < _LEG_LIMITS[:, 0]) | (q > _LEG_LIMITS[:, 1])  # mechanical stops
+            q = np.clip(q, _LEG_LIMITS[:, 0], _LEG_LIMITS[:, 1])
+            qd[hit] = 0.0
+    return state, action
 
 
 SOURCES: dict[str, Source] = {
@@ -452,6 +576,22 @@ SOURCES: dict[str, Source] = {
         PAN_TILT_FPS,
         pan_tilt,
         "camera head, visual-servo velocity commands, deadband, tilt hard stop, 0/1 laser",
+        # what its maker states: the tilt's hard stops, the pixel error's extent (a
+        # target counts as seen within 900 px of the image centre), the commands' limits
+        declared={
+            "observation.state": {
+                "1": _TILT_LIMITS,
+                "2": (-_PIXELS, _PIXELS),
+                "3": (-_PIXELS, _PIXELS),
+            },
+            "action": {"0": (-_PT_VMAX, _PT_VMAX), "1": (-_PT_VMAX, _PT_VMAX), "2": (0.0, 1.0)},
+        },
+    ),
+    "quadruped_leg": Source(
+        "quadruped_leg",
+        LEG_FPS,
+        quadruped_leg,
+        "quadruped leg, impedance control on position targets, trot gait, 0/1 stance gains",
     ),
 }
 

@@ -227,7 +227,10 @@ class ExpectEpisodeNoFrozenJoint(EpisodeRowsExpectation):
     joint in ``commanded`` (a joint some action drives: a velocity, torque or
     on/off command), when it stays put in at least that many windows that start
     with its command away from 0 (``cfrozen_s_j``): an absolute duration, since a
-    drive moves when commanded and a joint that sticks late leaves a small share.
+    drive moves when commanded and a joint that sticks late leaves a small share;
+    or, for a joint in ``off_rest`` (a channel that rests only at one value and is
+    otherwise never constant over a window), when it keeps its value in at least
+    its threshold's share of the ``n_off_s_j`` windows that end off that value.
     Holding still is no partner motion, so idle phases do not count on the
     first reference; a slow joint changes its encoder count within a second,
     so slow motions do not either.
@@ -243,6 +246,7 @@ class ExpectEpisodeNoFrozenJoint(EpisodeRowsExpectation):
         still: Mapping[str, float],
         min_windows: int,
         commanded: Mapping[str, float] | None = None,
+        off_rest: Mapping[str, float] | None = None,
     ) -> ExpectEpisodeNoFrozenJoint:
         least = int(min_windows)
         by_joint: dict[str, list[str]] = {}
@@ -256,6 +260,10 @@ class ExpectEpisodeNoFrozenJoint(EpisodeRowsExpectation):
             )
         for c, t in (commanded or {}).items():
             by_joint.setdefault(c, []).append(f"(cfrozen_{c} >= {t!r})")
+        for c, t in (off_rest or {}).items():
+            by_joint.setdefault(c, []).append(
+                f"(n_off_{c} >= {least} AND still_off_{c} >= {t!r} * n_off_{c})"
+            )
         conds = {c: " OR ".join(x) for c, x in sorted(by_joint.items())}
         names = [f"CASE WHEN {x} THEN '{c}' END" for c, x in conds.items()]
         where = " OR ".join(f"({x})" for x in conds.values()) or "false"

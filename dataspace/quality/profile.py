@@ -67,6 +67,14 @@ ANY_PARTNER = "*"
 #: this share of the windows in which all of j's commands stay at 0: a drive command,
 #: not a position target (chosen a priori: a drive at rest mostly stays put)
 REST_RATE = 0.5
+#: a state channel's *rest value*: the one value that holds most (more than this share) of
+#: the sample's windows in which it kept its value, at least one window's worth: a
+#: velocity that reads exactly 0 at rest, a pixel error that reads 0 with nothing in view.
+#: A majority, not 95 %: the sample includes the defective episodes, and a few stuck
+#: ones (every window kept, at their own value) must not hide it; a wrong rest value
+#: costs nothing, since frozen_joint watches the windows off it only if the channel is
+#: (almost) never constant there in 90 % of the episodes (suite.frozen_thresholds)
+REST_VALUE_RATE = 0.5
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,9 @@ class Scales:
     #: state column -> the action columns that command it (it changes whenever one of
     #: them is away from 0 at the start of a window), learnt from the data
     commands: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: state column -> the one value it rests at (REST_VALUE_RATE); frozen_joint asks
+    #: whether it is ever constant elsewhere (profile ``still_off_s_j``, ``n_off_s_j``)
+    rest: dict[str, float] = field(default_factory=dict)
     #: the action-to-state response model (quality/response.py): None when too few frames
     response: ResponseModel | None = field(default=None, compare=False)
 
@@ -130,6 +141,7 @@ class Scales:
             "ranges": {c: self.range(c) for c in self.quantiles},
             "partners": {c: list(p) for c, p in self.partners.items()},
             "commands": {c: list(p) for c, p in self.commands.items() if p},
+            "rest_values": dict(self.rest),
             "discrete_actions": {
                 c: {"levels": list(lv), "observed": self.response.observed(c)}
                 for c, lv in (self.response.levels.items() if self.response else ())
@@ -202,6 +214,8 @@ def profile_select_sql(
       ``frozen_s_j``: those of them in which joint j kept exactly the same value;
       ``still_s_j``: windows in which j kept exactly its value, partners or not,
       out of ``n_windows`` (a noisy channel is never still for a whole window);
+      ``n_off_s_j``, ``still_off_s_j``: the windows that end off j's rest value
+      (``Scales.rest``) and those of them in which j kept its value (0 without one);
     * ``n_motion``: frames in which some state joint travels over the window.
 
     ``scales=None`` measures against an empty set of scales (no partners: no
@@ -335,6 +349,12 @@ def profile_select_sql(
             agg.append(f"{_count(f'pm_{c} AND wd_{c} = 0')} AS frozen_{c}")
         else:
             agg += [f"0 AS pmove_{c}", f"0 AS frozen_{c}"]
+        if c in scales.rest:
+            off = f"{_finite(c)} <> {scales.rest[c]!r}"
+            agg.append(f"{_count(f'win_ok AND {off}')} AS n_off_{c}")
+            agg.append(f"{_count(f'wd_{c} = 0 AND {off}')} AS still_off_{c}")
+        else:
+            agg += [f"0 AS n_off_{c}", f"0 AS still_off_{c}"]
         if c in commanded:
             agg.append(f"{_count(f'cm_{c}')} AS cmove_{c}")
             agg.append(f"{_count(f'cm_{c} AND wd_{c} = 0')} AS cfrozen_{c}")
@@ -430,6 +450,7 @@ def dataset_scales(con: duckdb.DuckDBPyConnection, layout: Layout) -> Scales:
         partners=partners,
         sample_every=every,
         commands=commands,
+        rest=rest_values(episode, values, layout.state_cols, window),
         response=fit_response(episode, values, layout.state_cols, layout.action_cols),
     )
 
@@ -484,6 +505,38 @@ def motion_partners(
             out[c] = (ANY_PARTNER,)
         else:
             out[c] = tuple(state_cols[k] for _, k in sorted(cands)[:MAX_PARTNERS])
+    return out
+
+
+def rest_values(
+    episode: np.ndarray, values: Mapping[str, np.ndarray], state_cols: Sequence[str], w: int
+) -> dict[str, float]:
+    """For each state channel that rests at one value, that value (frozen_joint).
+
+    Over windows of ``w`` frames inside one episode: the windows in which the
+    channel kept exactly its value (at least ``max(10, w)`` of them) hold one
+    value in more than ``REST_VALUE_RATE`` of them. Such a channel (a velocity
+    estimate at 0 while the robot holds still, a tracking error at 0 with no
+    target in view) rests only there; constant anywhere else, it is stuck. A
+    joint that holds still wherever it stopped has no rest value. The frozen
+    reference for it counts only the windows that end off that value, so the
+    episodes (or stretches) spent at rest do not dilute it.
+    """
+    out: dict[str, float] = {}
+    if episode.size <= w:
+        return out
+    same = episode[w:] == episode[:-w]
+    least = max(10, w)
+    for c in state_cols:
+        v = values[c]
+        end = v[w:][same]
+        kept = end[(v[w:] == v[:-w])[same] & np.isfinite(end)]
+        if kept.size < least:
+            continue
+        vals, counts = np.unique(kept, return_counts=True)
+        top = int(np.argmax(counts))
+        if counts[top] > REST_VALUE_RATE * kept.size:
+            out[c] = float(vals[top])
     return out
 
 

@@ -326,7 +326,7 @@ def spike_thresholds(
 
 def frozen_thresholds(
     profile: Mapping[str, np.ndarray], cols: Sequence[str], min_windows: int
-) -> tuple[dict[str, float], dict[str, float]]:
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Per watched state joint, the share of windows it may stay put in; two references.
 
     * ``partners``: share of the windows in which its partners travel (profile
@@ -334,18 +334,25 @@ def frozen_thresholds(
       of them: a joint that moves when its partners do;
     * ``still``: share of all windows (``still_s_j / n_windows``): a channel
       that never rests (noise, a gyro) is stuck when it is constant for a
-      whole window, whether the robot moves or holds still.
+      whole window, whether the robot moves or holds still;
+    * ``off_rest``: share of the windows that end off the channel's rest value
+      (``still_off_s_j / n_off_s_j``, profile.Scales.rest): a channel that rests
+      only at one value (a velocity at 0, a tracking error with nothing in view)
+      is restless everywhere else, and stuck when it is constant there. The
+      windows spent at rest, and the episodes spent wholly there, are left out
+      of this reference instead of making the channel look resting.
 
     A joint is watched on a reference when its median share there is below
     ``LIVE_MEDIAN`` (and, on ``still``, when in ``RESTLESS_QUANTILE`` of the
     episodes it is still in under ``RESTLESS_SHARE`` of the windows: a
     velocity estimate that reads exactly 0 whenever the robot rests is no
-    restless channel); its threshold is ``FROZEN_FRACTION`` or its far-out
+    restless channel; likewise on ``off_rest``); its threshold is ``FROZEN_FRACTION`` or its far-out
     fence over the episodes, if higher (and below 1).
     """
     windows = np.asarray(profile.get("n_windows", np.zeros(0)), dtype=float)
     partners: dict[str, float] = {}
     still: dict[str, float] = {}
+    off_rest: dict[str, float] = {}
     for c in cols:
         moving = np.asarray(profile.get(f"pmove_{c}", np.zeros(0)), dtype=float)
         frozen = np.asarray(profile.get(f"frozen_{c}", np.zeros(0)), dtype=float)
@@ -356,7 +363,12 @@ def frozen_thresholds(
         t = _frozen_threshold(kept, windows, min_windows, restless=True)
         if t is not None:
             still[c] = t
-    return partners, still
+        kept = np.asarray(profile.get(f"still_off_{c}", np.zeros(0)), dtype=float)
+        off = np.asarray(profile.get(f"n_off_{c}", np.zeros(0)), dtype=float)
+        t = _frozen_threshold(kept, off, min_windows, restless=True)
+        if t is not None:
+            off_rest[c] = t
+    return partners, still, off_rest
 
 
 def commanded_thresholds(
@@ -497,6 +509,8 @@ class Thresholds:
     min_moving: int
     action_variance: dict[str, float]
     signature: dict[str, float]
+    #: frozen_joint's off-rest reference (frozen_thresholds)
+    off_rest: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def measure(
@@ -508,7 +522,7 @@ class Thresholds:
     ) -> Thresholds:
         # one second of windows (at least 10) before frozen_joint judges
         min_moving = max(10, scales.window)
-        frozen, still = frozen_thresholds(profile, layout.state_cols, min_moving)
+        frozen, still, off_rest = frozen_thresholds(profile, layout.state_cols, min_moving)
         return cls(
             limits=effective_limits(
                 robust_limits(profile, layout.joint_cols, scales), declared_limits
@@ -521,6 +535,7 @@ class Thresholds:
             min_moving=min_moving,
             action_variance=pooled_variance(profile, layout.action_cols),
             signature=signature_scales(profile, layout.state_cols),
+            off_rest=off_rest,
         )
 
     def to_json(self, layout: Layout, scales: Scales, declared: bool) -> dict[str, Any]:
@@ -538,6 +553,7 @@ class Thresholds:
                 "partners": self.frozen,
                 "still": self.still,
                 "commanded": self.commanded,
+                "off_rest": self.off_rest,
             },
             "frozen_min_windows": self.min_moving,
             "max_action_roughness": MAX_ACTION_ROUGHNESS,
@@ -632,7 +648,7 @@ def run_suites(
             "episode_length": lambda: ex.ExpectEpisodeLengthBetween.build(*t.length),
             "out_of_range": lambda: ex.ExpectEpisodeJointsWithinLimits.build(t.limits),
             "frozen_joint": lambda: ex.ExpectEpisodeNoFrozenJoint.build(
-                t.frozen, t.still, t.min_moving, t.commanded
+                t.frozen, t.still, t.min_moving, t.commanded, t.off_rest
             ),
             "action_jump": lambda: ex.ExpectEpisodeNoActionJump.build(t.spikes, excused),
             "action_noise": lambda: ex.ExpectEpisodeActionsNotNoise.build(

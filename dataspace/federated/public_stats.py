@@ -205,10 +205,19 @@ def from_config(cfg: Mapping[str, Any], state_dim: int, action_dim: int) -> Stat
     """
     if source_of(cfg) != "public":
         return None
+    return _checked(_lists_of(cfg), state_dim, action_dim, "the run's public statistics")
+
+
+def _lists_of(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``stats-*`` entries of a message's config, by Stats field (absent ones left out)."""
     values = {f: cfg.get(f"stats-{f.replace('_', '-')}") for f in FIELDS}
-    values = {k: v for k, v in values.items() if v is not None}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _checked(values: Mapping[str, Any], state_dim: int, action_dim: int, where: str) -> Stats:
+    """:func:`check_stats` at the site: a malformed value is a refusal (nothing charged)."""
     try:
-        return check_stats(values, state_dim, action_dim, where="the run's public statistics")
+        return check_stats(values, state_dim, action_dim, where=where)
     except PublicStatsError as e:
         raise RefusedPublicStatsError(str(e)) from e
 
@@ -231,16 +240,10 @@ def pooled_from_config(cfg: Mapping[str, Any], state_dim: int, action_dim: int) 
     unit still moves a release by at most its clip: DP-SGD's and the evaluation's
     guarantees hold for any normalisation the server chooses, adaptively too.
     """
-    if source_of(cfg) != "dp":
-        return None
-    values = {f: cfg.get(f"stats-{f.replace('_', '-')}") for f in FIELDS}
-    values = {k: v for k, v in values.items() if v is not None}
+    values = _lists_of(cfg) if source_of(cfg) == "dp" else {}
     if not values:
         return None
-    try:
-        return check_stats(values, state_dim, action_dim, where="the run's pooled DP statistics")
-    except PublicStatsError as e:
-        raise RefusedPublicStatsError(str(e)) from e
+    return _checked(values, state_dim, action_dim, "the run's pooled DP statistics")
 
 
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:

@@ -11,7 +11,9 @@ This benchmark measures it end to end, through the real data space:
    angle), so no site alone has seen the whole workspace;
 3. **holders**: three real sites (``create_site``), each file enrolled with the HDF5
    connector, a usage policy and an agreed contract at ``--epsilon`` (default 8,
-   delta 1e-5) for ``--rounds`` rounds;
+   delta 1e-5) for ``--rounds`` rounds (default 100: sites whose data differ need many
+   short rounds, and the sites' ``run_steps`` cap makes them 20 DP steps each, at the
+   noise of a 20-round run; bench/RESULTS.md, "Session 8");
 4. **training** through the data space as a consumer-side developer would:
    ``dataspace.federated.train(RunSpec(...), sites, "simulation")`` (the real
    ServerApp and the connectors' ClientApps in one process), with the recipe's
@@ -196,7 +198,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--task", choices=sorted(sr.TASKS), default="reacher")
     ap.add_argument("--demos", type=int, default=80, help="demonstrations per site")
     ap.add_argument("--rollouts", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--epsilon", type=float, default=8.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-alone", action="store_true", help="skip the sites-alone runs")

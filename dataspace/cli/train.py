@@ -123,7 +123,7 @@ err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: ne
     "--lr",
     type=click.FloatRange(0, 100, min_open=True),
     default=None,
-    help="Peak learning rate of the recipe's optimizer (default: DP-Adam's 1e-3).",
+    help="Peak learning rate of the recipe's optimizer (default: DP-Adam's 3e-3).",
 )
 @click.option("--run-id", default=None, help="Resume this run (its OUT must exist).")
 @click.option(

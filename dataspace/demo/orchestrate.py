@@ -106,7 +106,7 @@ class DemoOptions:
     keep_services: bool = False
     hub_url: str | None = None
     port: int = 0
-    #: the recipe's peak learning rate; None: its optimizer's default (DP-Adam: 1e-3)
+    #: the recipe's peak learning rate; None: its optimizer's default (DP-Adam: 3e-3)
     lr: float | None = None
     #: seconds the deployment-engine run may take before the demo gives up
     deploy_timeout: float = 600.0

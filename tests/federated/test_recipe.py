@@ -80,6 +80,25 @@ def test_local_steps_are_what_the_accountant_counts_and_meet_the_contract():
         dp.TrainingSettings(local_steps=-1)
 
 
+def test_a_run_of_many_rounds_takes_at_most_run_steps_and_its_noise_does_not_grow():
+    """A contract of many short rounds (what non-IID sites need) is capped at
+    ``run_steps`` in all, so its noise is that of a 20-round run, not five times it;
+    the accountant counts the capped steps and the contract is still met."""
+    s = dp.TrainingSettings()  # local_steps 100, run_steps 2000
+    ten, hundred = dp.make_plan(8.0, 1e-5, 10, 3100, s), dp.make_plan(8.0, 1e-5, 100, 3100, s)
+    assert ten.steps_per_round == dp.LOCAL_STEPS  # short runs keep local_steps
+    assert hundred.steps_per_round == math.ceil(dp.RUN_STEPS / 100) == 20
+    uncapped = dp.make_plan(8.0, 1e-5, 100, 3100, dp.TrainingSettings(run_steps=0))
+    assert uncapped.steps_per_round == 100
+    assert hundred.noise_multiplier < 0.6 * uncapped.noise_multiplier  # 2.41 against 5.14
+    acc = RDPAccountant()
+    acc.history = hundred.history(100)
+    assert acc.get_epsilon(1e-5, alphas=list(dp.ALPHAS)) <= 8.0
+    assert dp.make_plan(8.0, 1e-5, 7, 3100, dp.TrainingSettings(run_steps=30)).steps_per_round == 5
+    with pytest.raises(dp.PrivacyPlanError):
+        dp.TrainingSettings(run_steps=-1)
+
+
 def test_spec_sends_the_recipe_and_reads_it_back():
     spec = RunSpec(contracts=["c"], out_dir="o").completed(1, False, False)
     assert (spec.optimizer, spec.lr, spec.lr_schedule) == ("adam", dp.DEFAULT_LR["adam"], "cosine")

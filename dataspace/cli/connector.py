@@ -36,6 +36,12 @@ ENROLL_FIELDS = (
     "fingerprint",
 )
 
+RANGES_HELP = (
+    'A JSON file of the robot\'s feature ranges, {"observation.state": {NAME: [LO, HI]}, '
+    '"action": {NAME: [LO, HI]}} by the dataset\'s own names; the quality check may only '
+    "narrow its out-of-range limits to them."
+)
+
 err = Console(stderr=True, soft_wrap=True)  # messages name paths and hashes: never split them
 
 LICENCE_HELP = (
@@ -107,6 +113,13 @@ def init_cmd(site: Path, org: str, name: str | None, as_json: bool) -> None:
 @click.option("--frame-column", default=None, help="Parquet/CSV: frame column.")
 @click.option("--timestamp-column", default=None, help="Parquet/CSV: timestamp column (s).")
 @click.option("--licence", "--license", "licence", default=None, help=LICENCE_HELP)
+@click.option(
+    "--ranges",
+    "ranges_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=RANGES_HELP,
+)
 def enroll_cmd(
     site: Path,
     path: Path,
@@ -115,6 +128,7 @@ def enroll_cmd(
     as_json: bool,
     no_quality: bool,
     licence: str | None,
+    ranges_file: Path | None,
     **options: object,
 ) -> None:
     """Read, validate, fingerprint and store the dataset at PATH in SITE.
@@ -122,12 +136,17 @@ def enroll_cmd(
     A newly enrolled dataset is quality-checked at once (issue: enrollment runs
     the check automatically); the dataset stays enrolled if the check fails.
     --licence states its licence (else the one the source names, if any).
+
+    --ranges declares the robot's feature ranges (a JSON file; the catalog entry
+    carries them and the quality check narrows its out-of-range limits to them).
     """
     from dataspace.connectors.enroll import enroll
     from dataspace.connectors.metadata import check_license, set_license
+    from dataspace.connectors.ranges import load_ranges
 
     if licence is not None:
         licence = check_license(licence)  # before the (long) enrollment
+    declared = load_ranges(ranges_file) if ranges_file is not None else None
     s = _open(site)
     with Progress(
         TextColumn("[bold]enrolling[/bold] {task.description}"),
@@ -143,7 +162,15 @@ def enroll_cmd(
         def progress(done: int, total: int | None, episodes: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        result = enroll(s, path, format=fmt, name=name, progress=progress, **options)
+        result = enroll(
+            s,
+            path,
+            format=fmt,
+            name=name,
+            progress=progress,
+            declared_ranges=declared,
+            **options,
+        )
     relicensed = False
     if licence is not None:
         from dataspace.site.store import get_dataset

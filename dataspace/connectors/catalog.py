@@ -25,7 +25,15 @@ robot:hours              xsd:decimal    total recorded time, rounded to 0.01 h
 robot:fingerprint        string         hex RFC 9162 Merkle root over episode hashes
 robot:fingerprintScheme  string         how the fingerprint is computed
 robot:sourceFormat       string         the format it was enrolled from
+robot:declaredRanges     rdf:JSON       the holder's declared feature ranges, if any
 =======================  =============  =============================================
+
+``robot:declaredRanges`` is present only when the holder declared ranges at enrollment
+(``dataspace connector enroll --ranges FILE``, :mod:`.ranges`): ``{"observation.state":
+{name: [lo, hi]}, "action": {...}}`` with the dataset's own names, a claim about the
+robot (its joint limits), not a statistic of the data. The quality check reads it and
+lets it narrow, never widen, its out-of-range limits. Its value is a JSON literal
+(JSON-LD 1.1 ``@json``), so the feature and joint names are not read as terms.
 
 Only dataset-level aggregates appear: never a row, and never a per-episode
 length, hash or statistic.
@@ -41,8 +49,11 @@ served by the connector at ``GET /vocab/robot.ttl``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+from dataspace.connectors.ranges import DECLARED_RANGES_KEY
 
 ROBOT_NS = "https://w3id.org/dataspace/robot#"
 
@@ -63,6 +74,7 @@ CONTEXT: dict[str, Any] = {
     "robot:episodes": {"@type": "xsd:integer"},
     "robot:frames": {"@type": "xsd:integer"},
     "robot:hours": {"@type": "xsd:decimal"},
+    "robot:declaredRanges": {"@type": "@json"},
 }
 
 FINGERPRINT_SCHEME = (
@@ -89,8 +101,13 @@ def catalog_entry(
     license: str | None,
     publisher: str | None = None,
     issued: datetime | None = None,
+    declared_ranges: Mapping[str, Mapping[str, list[float]]] | None = None,
 ) -> dict[str, Any]:
-    """The DCAT-AP JSON-LD entry of one dataset (see module docstring)."""
+    """The DCAT-AP JSON-LD entry of one dataset (see module docstring).
+
+    ``declared_ranges`` is stored as given: :func:`dataspace.connectors.ranges.check_ranges`
+    has checked and normalised it against the dataset's names.
+    """
     issued = issued or datetime.now(UTC)
     entry: dict[str, Any] = {
         "@context": CONTEXT,
@@ -119,6 +136,11 @@ def catalog_entry(
         "robot:fingerprintScheme": FINGERPRINT_SCHEME,
         "robot:sourceFormat": source_format,
     }
+    if declared_ranges:
+        entry[DECLARED_RANGES_KEY] = {
+            f: {n: [float(b) for b in r] for n, r in ranges.items()}
+            for f, ranges in declared_ranges.items()
+        }
     if publisher:
         entry["dct:publisher"] = {"@type": "foaf:Agent", "foaf:name": publisher}
     return entry

@@ -7,6 +7,11 @@ One pass over the source, one episode in memory at a time::
     schema.fingerprint(hashes) -> catalog entry -> store.commit (rename + one DB transaction)
                                -> sitelog "dataset.enrolled" (only when newly created)
 
+A holder's declared feature ranges (``declared_ranges``, :mod:`.ranges`) are checked
+for shape before the source is opened and against the dataset's names once the first
+episode gives its dimensions; they go into the catalog entry as ``robot:declaredRanges``,
+where the quality check reads them.
+
 Any error, Ctrl-C or kill -9 before the commit leaves nothing visible: the
 staging folder is removed (or swept by the next enrollment), and no row exists.
 """
@@ -14,7 +19,7 @@ staging folder is removed (or swept by the next enrollment), and no row exists.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,13 @@ import pyarrow as pa
 
 from dataspace.connectors.catalog import catalog_entry
 from dataspace.connectors.detect import open_reader
+from dataspace.connectors.ranges import (
+    Ranges,
+    RangesError,
+    check_ranges,
+    check_shape,
+    stored_ranges,
+)
 from dataspace.connectors.reader import (
     CorruptFileError,
     DimensionError,
@@ -74,6 +86,7 @@ def enroll(
     format: str = "auto",
     name: str | None = None,
     progress: Progress | None = None,
+    declared_ranges: Mapping[str, Any] | None = None,
     **reader_options: Any,
 ) -> EnrollResult:
     """Enroll the dataset at ``path`` into ``site``; idempotent on content.
@@ -81,9 +94,15 @@ def enroll(
     ``reader_options`` are the format's options (``state_column``,
     ``action_column``, ``state_keys``, ``fps``, ``state_topic``, ``action_topic``,
     ``episode_gap``, ``episode_column``, ...); ``None`` values are ignored.
-    Raises an :class:`EnrollError` subclass naming the file, episode and problem.
+    ``declared_ranges`` (``{"observation.state": {name: [lo, hi]}, "action": {...}}``,
+    the dataset's own names) goes into the catalog entry for the quality check.
+    Raises an :class:`EnrollError` subclass naming the file, episode and problem
+    (:class:`~dataspace.connectors.ranges.RangesError` for a declaration that cannot
+    be applied; nothing is stored then).
     """
     path = Path(path)
+    if declared_ranges is not None:
+        check_shape(declared_ranges)  # before the (long) read
     if not path.exists():
         raise NotFoundError(f"{path}: no such file or folder")
     try:
@@ -92,7 +111,14 @@ def enroll(
         raise
     except (*_UNFORESEEN, OSError) as e:
         raise CorruptFileError(f"cannot be read ({type(e).__name__}: {_first(e)})", path) from e
-    return enroll_reader(site, reader, str(path.resolve()), name=name, progress=progress)
+    return enroll_reader(
+        site,
+        reader,
+        str(path.resolve()),
+        name=name,
+        progress=progress,
+        declared_ranges=declared_ranges,
+    )
 
 
 @dataclass
@@ -115,6 +141,7 @@ def enroll_episodes(
     name: str | None = None,
     source: str = "",
     progress: Progress | None = None,
+    declared_ranges: Mapping[str, Any] | None = None,
 ) -> EnrollResult:
     """Enroll episodes that are already canonical (shards of a dataset, generated data)
     through the same validation, staging, atomic commit and log entry as :func:`enroll`.
@@ -123,7 +150,9 @@ def enroll_episodes(
     ``info.source_format`` becomes the dataset's ``format``.
     """
     reader = _Episodes(info.source_format, info, episodes)
-    return enroll_reader(site, reader, source, name=name, progress=progress)
+    return enroll_reader(
+        site, reader, source, name=name, progress=progress, declared_ranges=declared_ranges
+    )
 
 
 def enroll_reader(
@@ -133,11 +162,15 @@ def enroll_reader(
     *,
     name: str | None = None,
     progress: Progress | None = None,
+    declared_ranges: Mapping[str, Any] | None = None,
 ) -> EnrollResult:
     """The enrollment pipeline over any :class:`Reader` (module docstring)."""
     path = source or reader.info.name
     info = reader.info
+    if declared_ranges is not None:
+        check_shape(declared_ranges, path)  # before anything is read or staged
     store.sweep(site)
+    ranges: Ranges | None = None
 
     validator = Validator(fps=info.fps)
     hashes: list[bytes] = []
@@ -149,6 +182,8 @@ def enroll_reader(
         for index, ep in enumerate(_guarded(reader.episodes(), path)):
             validator.check(ep, index)
             if writer is None:
+                if declared_ranges is not None:  # the names are known from here on
+                    ranges = _ranges(declared_ranges, info, validator, path)
                 writer = store.FrameWriter(st.directory, ep.state.shape[1], ep.action.shape[1])
             hashes.append(episode_hash(ep))
             writer.add(index, ep)
@@ -188,6 +223,7 @@ def enroll_reader(
             seconds=seconds,
             license=info.license,
             publisher=_org(site),
+            declared_ranges=ranges,
         )
         row = {
             "dataset_id": dataset_id,
@@ -222,6 +258,18 @@ def enroll_reader(
 
     # created or not: an enrollment whose entry a crash left unwritten is completed here
     _log_enrolled(site, record)
+    if not created and ranges is not None and stored_ranges(record.catalog) != ranges:
+        raise RangesError(
+            f"already enrolled as {record.dataset_id} ({record.name!r}) "
+            + (
+                "with other declared ranges"
+                if stored_ranges(record.catalog) is not None
+                else "without declared ranges"
+            )
+            + ": a dataset's declaration is part of its catalog entry from enrollment, and "
+            "this one was not stored (nothing changed)",
+            path,
+        )
     return EnrollResult(
         dataset_id=record.dataset_id,
         name=record.name,
@@ -271,6 +319,22 @@ def _check_declared(
         raise DimensionError(f"declares {episodes} episodes, the data has {got_episodes}", path)
     if frames is not None and frames != got_frames:
         raise DimensionError(f"declares {frames} frames, the data has {got_frames}", path)
+
+
+def _ranges(declared: Mapping[str, Any], info: DatasetInfo, v: Validator, path: str) -> Ranges:
+    """The declaration checked against the dataset's names (RangesError), then read by the
+    quality check's own reader, so that what is stored is what the check applies."""
+    s_names = _names(info.state_names, int(v.state_dim or 0))
+    a_names = _names(info.action_names, int(v.action_dim or 0))
+    ranges = check_ranges(declared, s_names, a_names, path)
+    # heavy (Great Expectations, DuckDB): loaded only when a holder declares ranges
+    from dataspace.quality.suite import QualityError, declared_ranges
+
+    try:
+        declared_ranges(ranges, s_names, a_names)
+    except QualityError as e:
+        raise RangesError(str(e), path) from e
+    return ranges
 
 
 def _names(names: list[str], dim: int) -> list[str]:

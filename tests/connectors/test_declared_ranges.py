@@ -1,0 +1,294 @@
+"""A holder declares its robot's feature ranges at enrollment (``enroll --ranges FILE``):
+the catalog entry carries them as ``robot:declaredRanges`` and the quality check narrows
+its out-of-range limits to them; a declaration that cannot be applied refuses the
+enrollment and leaves nothing behind; one that tries to widen the limits hides nothing.
+
+The data is the SO-101 stand-in (4 episodes, real joint names) with a gripper value
+planted in one episode: within the data's own robust fences (so only a declared range
+catches it), or far beyond them (so a declaration of +-1e9 must not hide it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from rdflib import Graph, Literal, URIRef
+from rdflib.namespace import RDF, RDFS
+
+from dataspace.cli import main
+from dataspace.connectors.catalog import ROBOT_NS
+from dataspace.connectors.enroll import enroll
+from dataspace.connectors.ranges import (
+    DECLARED_RANGES_KEY,
+    RangesError,
+    check_ranges,
+    load_ranges,
+)
+from dataspace.quality import suite
+from dataspace.quality.check import run_checks
+from dataspace.site import Site, create_site, store
+from dataspace.site.log import open_site_log
+from tests.conftest import SO101, UNITREE
+from tests.connectors.conftest import small_v21, snapshot
+
+GRIPPER = "gripper.pos"  # observation.state column 5; clean values 0.8 .. 37.7
+PLANTED_EPISODE = 2
+#: what the holder declares: the gripper opens 0 .. 40 (every clean value is inside)
+HONEST = {"observation.state": {GRIPPER: [0.0, 40.0]}}
+
+
+def _planted(dst: Path, value: float, episode: int = PLANTED_EPISODE) -> Path:
+    """A copy of the SO-101 stand-in whose gripper reads ``value`` for 10 frames of one
+    episode (written back into the LeRobot data file; the metadata stays as it was)."""
+    shutil.copytree(SO101, dst)
+    f = dst / "data" / "chunk-000" / "file-000.parquet"
+    t = pq.read_table(f)
+    s = np.stack(t["observation.state"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    rows = np.flatnonzero(t["episode_index"].to_numpy() == episode)[100:110]
+    s[rows, 5] = value
+    i = t.schema.get_field_index("observation.state")
+    col = pa.FixedSizeListArray.from_arrays(pa.array(s.reshape(-1)), s.shape[1])
+    pq.write_table(t.set_column(i, t.schema.field(i), col), f)
+    return dst
+
+
+def _write(path: Path, text: str | bytes) -> Path:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A site that already holds a dataset (so a refusal has something to disturb)."""
+    tmp = tmp_path_factory.mktemp("tpl")
+    site = create_site(tmp / "site", org="Holder")
+    enroll(site, small_v21(tmp / "g1", n=2))
+    return site.root
+
+
+@pytest.fixture
+def busy_site(template: Path, tmp_path: Path) -> Site:
+    return Site.open(shutil.copytree(template, tmp_path / "busy"))
+
+
+def _everything(site: Site) -> tuple[Any, int]:
+    """What a refused enrollment must leave as it was: files, rows, and the site's log."""
+    return snapshot(site), open_site_log(site).size
+
+
+def _cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    assert main(list(args)) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_key_is_the_one_the_quality_check_reads() -> None:
+    assert DECLARED_RANGES_KEY == suite.DECLARED_RANGES_KEY
+
+
+def test_declared_range_reaches_the_catalog_and_the_check(site, tmp_path, capsys) -> None:
+    """Happy path, through the CLI: enroll --ranges -> catalog entry -> quality check.
+    The planted 45 is inside the data's own fences: without the declaration the same data
+    passes out_of_range, with it the planted episode (and only it) is flagged."""
+    data = _planted(tmp_path / "so101", 45.0)
+    ranges = _write(tmp_path / "ranges.json", '{"observation.state": {"gripper.pos": [0, 40]}}')
+    root = str(site.root)
+    out = _cli_json(
+        capsys, "connector", "enroll", root, str(data), "--ranges", str(ranges), "--json"
+    )
+    assert out["created"] and "out_of_range" in out["quality_shortfalls"]
+    cat = store.get_dataset(site, out["dataset_id"]).catalog
+    assert cat[DECLARED_RANGES_KEY] == HONEST  # normalised to floats
+    assert cat["@context"][DECLARED_RANGES_KEY] == {"@type": "@json"}
+
+    check = _cli_json(capsys, "quality", "check", root, out["dataset_id"], "--json")
+    assert "out_of_range" in [s["check"] for s in check["shortfalls"]]
+    res = run_checks(site, out["dataset_id"], publish=False).suite
+    assert res.flagged_by("out_of_range") == {PLANTED_EPISODE}
+    assert res.thresholds["limits_source"] == "declared+robust"
+    assert res.thresholds["limits"]["s_5"] == [0.0, 40.0]
+
+    # the control: the same data, no declaration, nothing out of range
+    other = tmp_path / "other"
+    assert main(["connector", "init", str(other), "--org", "Other"]) == 0
+    capsys.readouterr()
+    plain = _cli_json(capsys, "connector", "enroll", str(other), str(data), "--json")
+    assert plain["dataset_id"] == out["dataset_id"]  # the declaration is no part of the data
+    assert "out_of_range" not in plain["quality_shortfalls"]
+    other_entry = store.get_dataset(Site.open(other), plain["dataset_id"]).catalog
+    assert DECLARED_RANGES_KEY not in other_entry
+
+
+def test_a_declaration_that_widens_hides_nothing(site, tmp_path) -> None:
+    """A holder declaring every joint within +-1e9 cannot hide a gross value: the
+    declaration only narrows the data's own limits (suite.effective_limits). Ten episodes
+    of the real Unitree G1 recording, the left shoulder at 50 rad in one of them."""
+    data = small_v21(tmp_path / "g1", n=10)
+    f = data / "data" / "chunk-000" / "episode_000004.parquet"
+    t = pq.read_table(f)
+    i = t.schema.get_field_index("observation.state")
+    s = np.stack(t["observation.state"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    s[100:110, 0] = 50.0
+    col = pa.array(list(s), type=t.schema.field(i).type)
+    pq.write_table(t.set_column(i, t.schema.field(i), col), f)
+
+    names = json.loads((UNITREE / "meta/info.json").read_text())["features"]["action"]["names"]
+    names = names[0] if isinstance(names[0], list) else names
+    lie = {feat: {n: [-1e9, 1e9] for n in names} for feat in ("observation.state", "action")}
+    r = enroll(site, data, declared_ranges=lie)
+    rec = store.get_dataset(site, r.dataset_id)
+    assert rec.state_names == names and rec.catalog[DECLARED_RANGES_KEY] == lie
+    res = run_checks(site, r.dataset_id, publish=False).suite
+    assert res.flagged_by("out_of_range") == {4}
+    assert res.thresholds["limits_source"] == "declared+robust"
+    assert res.thresholds["limits"]["s_0"][1] < 1.0  # the data's own fence, not the claim
+
+
+def test_a_declaration_that_misses_the_data_still_applies(site, tmp_path) -> None:
+    """A declared range that no clean value fits (a lie the other way, or the wrong units)
+    is not dropped: every episode leaves it, so every episode is flagged."""
+    r = enroll(site, SO101, declared_ranges={"observation.state": {GRIPPER: [100.0, 200.0]}})
+    res = run_checks(site, r.dataset_id, publish=False).suite
+    assert res.flagged_by("out_of_range") == {0, 1, 2, 3}
+
+
+BAD_DECLARATIONS = {
+    "unknown joint": ({"observation.state": {"elbow": [0, 1]}}, "observation.state has no 'elbow'"),
+    "action name as state": ({"action": {"state_0": [0, 1]}}, "action has no 'state_0'"),
+    "lo > hi": ({"observation.state": {GRIPPER: [40, 0]}}, "needs lo < hi"),
+    "lo == hi": ({"observation.state": {GRIPPER: [1, 1]}}, "needs lo < hi"),
+    "NaN": ({"observation.state": {GRIPPER: [float("nan"), 1]}}, "finite"),
+    "infinity": ({"observation.state": {GRIPPER: [0, float("inf")]}}, "finite"),
+    "string bounds": ({"observation.state": {GRIPPER: "12"}}, "must be [lo, hi]"),
+    "string numbers": ({"observation.state": {GRIPPER: ["0", "1"]}}, "is not a number"),
+    "booleans": ({"observation.state": {GRIPPER: [False, True]}}, "is not a number"),
+    "three numbers": ({"observation.state": {GRIPPER: [0, 1, 2]}}, "must be [lo, hi]"),
+    "a mapping": ({"observation.state": {GRIPPER: {"lo": 0, "hi": 1}}}, "must be [lo, hi]"),
+    "unknown feature": ({"observation.images": {GRIPPER: [0, 1]}}, "unknown feature"),
+    "feature not a map": ({"action": [[0, 1]]}, "must map names"),
+    "not an object": ([["gripper.pos", 0, 1]], "must be a JSON object"),
+    "nothing declared": ({}, "no range declared"),
+    "empty feature": ({"action": {}}, "no range declared"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DECLARATIONS))
+def test_a_bad_declaration_refuses_and_leaves_nothing(busy_site, case) -> None:
+    site = busy_site
+    declared, why = BAD_DECLARATIONS[case]
+    before = _everything(site)
+    with pytest.raises(RangesError, match=why.replace("[", r"\[").replace("]", r"\]")):
+        enroll(site, SO101, declared_ranges=declared)
+    assert _everything(site) == before
+    assert len(store.list_datasets(site)) == 1
+
+
+BAD_FILES = {
+    "not JSON": ("{'observation.state': {}}", "is not JSON"),
+    "truncated": ('{"observation.state": {"gripper.pos": [0, ', "is not JSON"),
+    "NaN literal": ('{"observation.state": {"gripper.pos": [NaN, 1]}}', "NaN is not a number"),
+    "Infinity literal": (
+        '{"observation.state": {"gripper.pos": [0, Infinity]}}',
+        "Infinity is not a number",
+    ),
+    "overflow to infinity": ('{"observation.state": {"gripper.pos": [0, 1e999]}}', "finite"),
+    # json would keep the second silently: which range did the holder mean?
+    "a name twice": (
+        '{"observation.state": {"gripper.pos": [0, 40], "gripper.pos": [-1e9, 1e9]}}',
+        "names 'gripper.pos' twice",
+    ),
+    "not UTF-8": (b'{"action": {"\xff": [0, 1]}}', "not UTF-8"),
+    "deeply nested": ("[" * 100_000 + "]" * 100_000, "not JSON|must be a JSON object"),
+    "unknown joint": ('{"action": {"wrist": [0, 1]}}', "action has no 'wrist'"),
+    "yaml": ("observation.state:\n  gripper.pos: [0, 40]\n", "is not JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_a_bad_ranges_file_is_a_clear_error_and_leaves_nothing(busy_site, tmp_path, capsys, case):
+    site = busy_site
+    text, why = BAD_FILES[case]
+    f = _write(tmp_path / "ranges.json", text)
+    before = _everything(site)
+    rc = main(["connector", "enroll", str(site.root), str(SO101), "--ranges", str(f)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err and "error:" in err
+    assert re.search(why, err), err
+    assert _everything(site) == before
+    assert len(store.list_datasets(site)) == 1
+
+
+def test_a_missing_ranges_file_or_a_folder_is_refused(busy_site, tmp_path, capsys) -> None:
+    site = busy_site
+    before = _everything(site)
+    for f in (tmp_path / "absent.json", tmp_path):
+        rc = main(["connector", "enroll", str(site.root), str(SO101), "--ranges", str(f)])
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err, err
+    assert _everything(site) == before
+
+
+def test_a_name_two_columns_share_is_ambiguous() -> None:
+    with pytest.raises(RangesError, match="ambiguous: the dataset has 2 columns"):
+        check_ranges({"action": {"x": [0, 1]}}, ["x"], ["x", "y", "x"])
+    assert check_ranges({"action": {"y": (0, 1)}}, ["x"], ["x", "y", "x"]) == {
+        "action": {"y": [0.0, 1.0]}
+    }
+
+
+def test_a_huge_file_is_not_read_whole(tmp_path) -> None:
+    f = _write(tmp_path / "big.json", " " * (2 << 20) + "{}")
+    with pytest.raises(RangesError, match="larger than"):
+        load_ranges(f)
+
+
+def test_re_enrolling_with_another_declaration_is_refused(site) -> None:
+    """The content is enrolled once; a second declaration is not silently dropped (the
+    holder would believe the check applies it) nor silently replaces the first."""
+    first = enroll(site, SO101, declared_ranges=HONEST)
+    before = _everything(site)
+    other = {"observation.state": {GRIPPER: [0.0, 50.0]}}
+    with pytest.raises(RangesError, match=r"already enrolled .* with other declared ranges"):
+        enroll(site, SO101, declared_ranges=other)
+    assert _everything(site) == before
+    # the same declaration (as ints), or none at all: the idempotent re-enrollment
+    same = {"observation.state": {GRIPPER: [0, 40]}}
+    assert not enroll(site, SO101, declared_ranges=same).created
+    assert not enroll(site, SO101).created
+    assert _everything(site) == before
+    assert store.get_dataset(site, first.dataset_id).catalog[DECLARED_RANGES_KEY] == HONEST
+
+
+def test_declaring_ranges_for_content_enrolled_without_is_refused(site) -> None:
+    enroll(site, SO101)
+    before = _everything(site)
+    with pytest.raises(RangesError, match="without declared ranges"):
+        enroll(site, SO101, declared_ranges=HONEST)
+    assert _everything(site) == before
+
+
+def test_the_entry_is_json_ld_with_a_json_literal_and_the_term_is_declared(site) -> None:
+    """The declaration is one rdf:JSON literal (its names are not read as terms), and
+    robot.ttl declares every robot: term the stored entry uses."""
+    r = enroll(site, SO101, declared_ranges=HONEST)
+    cat = store.get_dataset(site, r.dataset_id).catalog
+    g = Graph().parse(data=json.dumps(cat), format="json-ld")
+    term = URIRef(ROBOT_NS + "declaredRanges")
+    (value,) = list(g.objects(None, term))
+    assert isinstance(value, Literal) and value.datatype == RDF.JSON
+    assert json.loads(str(value)) == HONEST
+    vocab = Graph().parse(Path(__file__).parents[2] / "dataspace/connectors/robot.ttl")
+    assert (term, RDFS.range, RDF.JSON) in vocab
+    used = {k.split(":", 1)[1] for k in cat if k.startswith("robot:")}
+    assert all((URIRef(ROBOT_NS + t), RDF.type, None) in vocab for t in used), used

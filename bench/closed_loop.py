@@ -37,6 +37,7 @@ Last stdout line: one JSON object with ``success_federated``, ``success_central`
 ``task``, ``epsilon`` (contract) and ``epsilon_spent`` (per dataset, what the sites'
 ledgers charged), the plan's noise, the recipe, and ``seconds`` per stage.
 ``--quick``: 20 demonstrations a site, 3 rounds, 30 rollouts (a smoke run).
+``--plot FILE``: also draw the success rates with their intervals (PNG, :func:`plot`).
 Progress (rich) goes to stderr.
 """
 
@@ -205,6 +206,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-central", action="store_true", help="skip the central baseline")
     ap.add_argument("--quick", action="store_true", help="20 demos a site, 3 rounds, 30 rollouts")
     ap.add_argument("--workdir", type=Path, help="keep the sites and runs here")
+    ap.add_argument("--plot", type=Path, help="draw the success rates here (PNG)")
     ap.add_argument(
         "--dp-stats",
         action="store_true",
@@ -351,10 +353,49 @@ def policy_spec(run: Path, key: str):
     return json.loads((run / "history.json").read_text())["spec"].get(key)
 
 
+def plot(out: dict, path: Path) -> Path:
+    """Each policy's success rate with its Wilson 95 % interval (a bar chart, PNG), the
+    goal's line at 0.8 x central, from :func:`run`'s result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [("expert", out.get("success_expert"), None)]
+    if out.get("success_central") is not None:
+        bars.append(("central\nnon-private", out["success_central"], out["success_central_ci"]))
+    bars.append((f"federated\nDP eps {out['epsilon']:g}", out["success_federated"],
+                 out["success_federated_ci"]))  # fmt: skip
+    for k, v in out.get("success_alone", {}).items():
+        bars.append((f"{k}\nalone, DP", v, out["success_alone_ci"][k]))
+    fig, ax = plt.subplots(figsize=(1.6 * len(bars) + 1, 4))
+    xs = range(len(bars))
+    ax.bar(xs, [b[1] for b in bars], color=["0.6", "tab:blue", "tab:orange"] + ["0.8"] * 9)
+    for x, (_, y, ci) in zip(xs, bars, strict=True):
+        if ci:
+            ax.errorbar(x, y, yerr=[[y - ci[0]], [ci[1] - y]], color="k", capsize=4)
+    if out.get("success_central"):
+        goal = 0.8 * out["success_central"]
+        ax.axhline(goal, ls="--", color="tab:red", label="goal: 0.8 x central")
+        ax.legend(loc="upper right")
+    ax.set_xticks(list(xs), [b[0] for b in bars])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(f"success over {out['rollouts']} rollouts")
+    ax.set_title(f"{out['task']}: {out['demos_per_site']} demos a site, {out['rounds']} rounds")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     t = time.perf_counter()
-    out = run(parse(argv))
+    a = parse(argv)
+    out = run(a)
     out["seconds"]["total"] = round(time.perf_counter() - t, 1)
+    if a.plot is not None:
+        log(f"plot: {plot(out, a.plot)}")
     print(json.dumps(out))
 
 

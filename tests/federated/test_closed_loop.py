@@ -92,3 +92,18 @@ def test_a_tiny_closed_loop_run_goes_end_to_end(tmp_path):
     assert all(0 < e <= 8.0 for e in out["epsilon_spent"].values())
     assert out["recipe"]["spec"]["optimizer"] == "adam"
     assert (tmp_path / "w" / "federated" / "lerobot" / "config.json").exists()
+
+
+def test_the_plot_draws_every_policy_with_its_interval(tmp_path):
+    """From a real run's result (bench/RESULTS.md, session 8, reacher with defaults)."""
+    out = {"task": "reacher", "epsilon": 8.0, "rounds": 100, "demos_per_site": 80,
+           "rollouts": 100, "success_expert": 1.0, "success_central": 0.8,
+           "success_central_ci": [0.7112, 0.8666], "success_federated": 0.37,
+           "success_federated_ci": [0.2818, 0.4678],
+           "success_alone": {"site-0": 0.34, "site-1": 0.18, "site-2": 0.04},
+           "success_alone_ci": {"site-0": [0.2546, 0.4372], "site-1": [0.117, 0.2667],
+                                "site-2": [0.0157, 0.0984]}}  # fmt: skip
+    png = closed_loop.plot(out, tmp_path / "p" / "success.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    out.pop("success_central")  # --no-central: no goal line, still a chart
+    assert closed_loop.plot(out, tmp_path / "q.png").exists()

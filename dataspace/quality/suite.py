@@ -56,6 +56,7 @@ import secrets
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -289,13 +290,25 @@ def declared_ranges(
         for name, bounds in ranges.items():
             if name not in names[feature]:
                 raise QualityError(f"{DECLARED_RANGES_KEY}: {feature} has no {name!r}")
-            try:
-                lo, hi = (float(b) for b in bounds)
-            except (TypeError, ValueError) as e:
-                raise QualityError(f"{DECLARED_RANGES_KEY}: {feature}.{name}: {e}") from e
-            if math.isnan(lo) or math.isnan(hi) or not lo < hi:
+            # exactly two real numbers: a string ("12" would unpack as 1, 2) or a bool
+            # is a malformed declaration, not a range
+            if (
+                isinstance(bounds, str | bytes | Mapping)
+                or not isinstance(bounds, Sequence)
+                or len(bounds) != 2
+                or any(isinstance(b, bool) or not isinstance(b, Real) for b in bounds)
+            ):
                 raise QualityError(
-                    f"{DECLARED_RANGES_KEY}: {feature}.{name} needs lo < hi, got {lo}, {hi}"
+                    f"{DECLARED_RANGES_KEY}: {feature}.{name}: want [lo, hi], two numbers"
+                )
+            lo, hi = float(bounds[0]), float(bounds[1])
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise QualityError(
+                    f"{DECLARED_RANGES_KEY}: {feature}.{name} needs finite lo < hi, got {lo}, {hi}"
+                )
+            if names[feature].count(name) > 1:
+                raise QualityError(
+                    f"{DECLARED_RANGES_KEY}: {feature}.{name} names more than one column"
                 )
             out[f"{_FEATURES[feature]}{names[feature].index(name)}"] = (lo, hi)
     return out

@@ -476,11 +476,22 @@ def test_declared_ranges_in_the_catalog_only_narrow(heldout):
         {"observation.state": {"2": (float("nan"), 1.0)}},
         {"observation.state": {"elbow": (0.0, 1.0)}},  # no such name
         {"observation.images": {"2": (0.0, 1.0)}},  # no such feature
+        {"observation.state": {"2": "12"}},  # a string would unpack as (1, 2)
+        {"observation.state": {"2": ("0", "1")}},
+        {"observation.state": {"2": (False, True)}},
+        {"observation.state": {"2": (0.0, 1.0, 2.0)}},
+        {"observation.state": {"2": (0.0, float("inf"))}},
+        {"observation.state": {"2": {"lo": 0, "hi": 1}}},
     ):
         with pytest.raises(QualityError):
             declared_ranges(broken, [str(i) for i in range(5)], [str(i) for i in range(3)])
     named = declared_ranges({"action": {"2": (0, 1)}}, ["2"], ["0", "1", "2"])
     assert named == {"a_2": (0.0, 1.0)}  # by the action's own names, not the state's
+    with pytest.raises(QualityError):  # a name two columns share cannot say which
+        declared_ranges({"action": {"x": (0, 1)}}, ["s"], ["x", "x"])
+    assert declared_ranges({"action": {"x": [np.float32(0), np.int64(2)]}}, [], ["x"]) == {
+        "a_0": (0.0, 2.0)
+    }
 
 
 def test_off_level_value_on_a_discrete_channel_is_a_jump(heldout):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from dataspace.connectors.enroll import enroll
 from dataspace.site import Site, create_site, store
 from tests.conftest import SO101, UNITREE
 
@@ -26,6 +27,19 @@ def snapshot(site: Site) -> tuple[list[str], list[tuple], list[tuple]]:
         ds = con.execute("SELECT * FROM datasets ORDER BY dataset_id").fetchall()
         eps = con.execute("SELECT * FROM episodes ORDER BY dataset_id, episode_index").fetchall()
     return files, ds, eps
+
+
+def site_holding_one(root: Path, source: Path) -> Path:
+    """A site under ``root`` that already holds the dataset at ``source`` (so a refused
+    enrollment has something to disturb): its folder, a template for :func:`fresh_copy`."""
+    site = create_site(root / "site", org="Holder")
+    enroll(site, source)
+    return site.root
+
+
+def fresh_copy(template: Path, dst: Path) -> Site:
+    """A copy of the template site at ``dst``, for one test to disturb."""
+    return Site.open(shutil.copytree(template, dst))
 
 
 def small_v21(dst: Path, n: int = 3) -> Path:

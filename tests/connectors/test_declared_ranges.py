@@ -34,10 +34,10 @@ from dataspace.connectors.ranges import (
 )
 from dataspace.quality import suite
 from dataspace.quality.check import run_checks
-from dataspace.site import Site, create_site, store
+from dataspace.site import Site, store
 from dataspace.site.log import open_site_log
 from tests.conftest import SO101, UNITREE
-from tests.connectors.conftest import small_v21, snapshot
+from tests.connectors.conftest import fresh_copy, site_holding_one, small_v21, snapshot
 
 GRIPPER = "gripper.pos"  # observation.state column 5; clean values 0.8 .. 37.7
 PLANTED_EPISODE = 2
@@ -72,14 +72,12 @@ def _write(path: Path, text: str | bytes) -> Path:
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A site that already holds a dataset (so a refusal has something to disturb)."""
     tmp = tmp_path_factory.mktemp("tpl")
-    site = create_site(tmp / "site", org="Holder")
-    enroll(site, small_v21(tmp / "g1", n=2))
-    return site.root
+    return site_holding_one(tmp, small_v21(tmp / "g1", n=2))
 
 
 @pytest.fixture
 def busy_site(template: Path, tmp_path: Path) -> Site:
-    return Site.open(shutil.copytree(template, tmp_path / "busy"))
+    return fresh_copy(template, tmp_path / "busy")
 
 
 def _everything(site: Site) -> tuple[Any, int]:

@@ -43,7 +43,7 @@ from dataspace.connectors.reader import (
 from dataspace.connectors.synthetic import write_lerobot_v3
 from dataspace.errors import DataspaceError
 from dataspace.site import Site, create_site
-from tests.connectors.conftest import snapshot
+from tests.connectors.conftest import fresh_copy, site_holding_one, snapshot
 from tests.connectors.writers import RawEpisode, write_mcap
 
 SAMPLE = Path(dataspace.__file__).resolve().parent / "data" / "unitree-g1-sample"
@@ -135,14 +135,12 @@ def mcap_records(data: bytes) -> list[tuple[int, int, int]]:
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A site that already holds one dataset (so a failure has something to disturb)."""
     root = tmp_path_factory.mktemp("tpl")
-    site = create_site(root / "site", org="Holder")
-    enroll(site, tiny_v3(root / "held", seed=1))
-    return site.root
+    return site_holding_one(root, tiny_v3(root / "held", seed=1))
 
 
 @pytest.fixture
 def site(template: Path, tmp_path: Path) -> Site:
-    return Site.open(shutil.copytree(template, tmp_path / "site"))
+    return fresh_copy(template, tmp_path / "site")
 
 
 def refused(site: Site, path: Path, kind: type[EnrollError], *words: str, **options) -> str:

@@ -16,7 +16,10 @@ and its ``dcat:dataset``\\s; each ``dcat:Dataset`` with
   ``dcat:DataService``) and whose ``dct:format`` is ``robot:FederatedTraining``: the frames
   are never downloadable, the distribution describes the federated-training service
   reached through a contract (DSP negotiation at the connector);
-* the robot terms of :mod:`dataspace.connectors.catalog` (``robot.ttl`` declares them).
+* the robot terms of :mod:`dataspace.connectors.catalog` (``robot.ttl`` declares them),
+  among them the holder's declared feature ranges, ``robot:declaredRanges``, when the
+  dataset was enrolled with them: one JSON literal (``"@type": "@json"``), checked again
+  by the one check of the format (:mod:`dataspace.quality.ranges`) before it is carried.
 
 Nodes are written with explicit ``@id``/``@type``/``@value`` so that the document means
 the same to any JSON-LD processor; the context only declares prefixes. Built from
@@ -28,12 +31,13 @@ into the hub's catalog.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dataspace.connectors.catalog import FINGERPRINT_SCHEME, ROBOT_NS
 from dataspace.quality.dimensions import DIMENSIONS
+from dataspace.quality.ranges import DECLARED_RANGES_KEY, Ranges, RangesError, check_declaration
 
 #: JSON-LD prefixes of every DCAT-AP document here (terms are written as compact IRIs)
 CONTEXT: dict[str, str] = {
@@ -88,6 +92,26 @@ class DatasetFacts:
     quality: Mapping[str, float | None] = field(default_factory=dict)
     quality_overall: float | None = None
     connector_url: str | None = None
+    #: the holder's declared feature ranges (:func:`declared_ranges_of`; None: none)
+    declared_ranges: Mapping[str, Mapping[str, list[float]]] | None = None
+
+
+def declared_ranges_of(
+    entry: Any,
+    state_names: Sequence[str] | None = None,
+    action_names: Sequence[str] | None = None,
+) -> Ranges | None:
+    """The feature ranges a catalog entry declares (``robot:declaredRanges``), checked
+    and normalised by :func:`dataspace.quality.ranges.check_declaration` (against the
+    dataset's names when given); None when it declares none or one that check refuses
+    (a catalog carries no declaration the quality check could not apply)."""
+    declared = entry.get(DECLARED_RANGES_KEY) if isinstance(entry, Mapping) else None
+    if declared is None:
+        return None
+    try:
+        return check_declaration(declared, state_names, action_names)
+    except RangesError:
+        return None
 
 
 def license_node(text: str | None) -> dict[str, Any] | None:
@@ -207,6 +231,16 @@ def dataset_node(f: DatasetFacts) -> dict[str, Any]:
         node["robot:hours"] = _dec(round(f.frames / f.fps / 3600.0, 2))
     if f.source_format:
         node["robot:sourceFormat"] = f.source_format
+    if f.declared_ranges:
+        # a JSON literal (rdf:JSON, as robot.ttl and the stored entry's context declare it):
+        # its names are data, not terms
+        node[DECLARED_RANGES_KEY] = {
+            "@value": {
+                feature: {n: [float(b) for b in r] for n, r in ranges.items()}
+                for feature, ranges in f.declared_ranges.items()
+            },
+            "@type": "@json",
+        }
     if f.issued:
         node["dct:issued"] = {"@value": f.issued, "@type": "xsd:dateTime"}
     lic = license_node(f.license)

@@ -10,40 +10,34 @@ put it there. The format, with the dataset's own state and action names::
     {"observation.state": {"shoulder_pan.pos": [-110, 110], ...},
      "action": {"gripper.pos": [0, 100]}}
 
-A declaration is checked before anything is stored, strictly: a JSON object, only
-the two features above, each name one the dataset has, each range exactly two finite
-numbers (no strings, no booleans, no NaN or infinity) with ``lo < hi``, no name given
-twice in the file, at least one range. A declaration the check could not apply must
-not read as one it applied, so a bad one refuses the enrollment (:class:`RangesError`)
-instead of being dropped. The quality package's own reader
-(``dataspace.quality.suite.declared_ranges``) then accepts what is stored.
+The format and its one strict check are :mod:`dataspace.quality.ranges` (light: no
+Great Expectations); this module reads the holder's file (a size cap, UTF-8, no name
+given twice, no NaN or Infinity literal, not nested too deeply) and applies that check
+before anything is stored. A declaration the check could not apply must not read as
+one it applied, so a bad one refuses the enrollment (:class:`RangesError`, exit code 2)
+instead of being dropped. The quality check applies the same check to what is stored.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
 from dataspace.connectors.reader import EnrollError
+from dataspace.quality import ranges as shared
+from dataspace.quality.ranges import DECLARED_RANGES_KEY, FEATURES, Ranges
 
-#: the catalog key (the same as ``dataspace.quality.suite.DECLARED_RANGES_KEY``; a test
-#: holds them equal: importing the quality suite here would load Great Expectations)
-DECLARED_RANGES_KEY = "robot:declaredRanges"
-#: the features a declaration may name, in the order they are stored
-FEATURES = ("observation.state", "action")
 #: the largest declaration file read (a few names per joint: kilobytes)
 MAX_RANGES_BYTES = 1 << 20
 
-Ranges = dict[str, dict[str, list[float]]]
 
-
-class RangesError(EnrollError):
+class RangesError(shared.RangesError, EnrollError):
     """A declaration of feature ranges that cannot be applied (malformed, unknown name,
-    empty or reversed range, or not the one the dataset was enrolled with)."""
+    empty or reversed range, or not the one the dataset was enrolled with), naming the
+    file: the shared check's :class:`dataspace.quality.ranges.RangesError` (a
+    ``QualityError``) that is also an :class:`EnrollError` (exit code 2)."""
 
     exit_code = 2
 
@@ -74,41 +68,12 @@ def load_ranges(path: Path | str) -> Ranges:
 
 
 def check_shape(declared: Any, where: Path | str | None = None) -> Ranges:
-    """``declared`` normalised (``{feature: {name: [lo, hi]}}``, floats, features in the
-    order of :data:`FEATURES`, empty features left out); RangesError naming the first
-    fault. Names are not checked here (the dataset's are not known yet)."""
-    want = ", ".join(f'"{f}": {{name: [lo, hi]}}' for f in FEATURES)
-    want = f"{{{want}}}"
-    if not isinstance(declared, Mapping):
-        raise RangesError(f"declared ranges must be a JSON object {want}", where)
-    unknown = [k for k in declared if k not in FEATURES]
-    if unknown:
-        raise RangesError(
-            f"declared ranges: unknown feature {unknown[0]!r} (the features are "
-            f"{', '.join(FEATURES)}: {want})",
-            where,
-        )
-    out: Ranges = {}
-    for feature in FEATURES:
-        ranges = declared.get(feature)
-        if ranges is None:
-            continue
-        if not isinstance(ranges, Mapping):
-            raise RangesError(
-                f"declared ranges: {feature} must map names to [lo, hi], "
-                f"got {type(ranges).__name__}",
-                where,
-            )
-        checked: dict[str, list[float]] = {}
-        for name, bounds in ranges.items():
-            if not isinstance(name, str) or not name:
-                raise RangesError(f"declared ranges: {feature}: a name must be text", where)
-            checked[name] = _bounds(feature, name, bounds, where)
-        if checked:
-            out[feature] = checked
-    if not out:
-        raise RangesError(f"declared ranges: no range declared ({want})", where)
-    return out
+    """``declared`` checked and normalised by :func:`dataspace.quality.ranges.check_declaration`
+    (names not yet: the dataset's are not known); RangesError naming ``where``."""
+    try:
+        return shared.check_declaration(declared)
+    except shared.RangesError as e:
+        raise RangesError(str(e), where) from e
 
 
 def check_ranges(
@@ -117,25 +82,12 @@ def check_ranges(
     action_names: Sequence[str],
     where: Path | str | None = None,
 ) -> Ranges:
-    """``declared`` normalised (:func:`check_shape`), every name one of the dataset's own
-    state (action) names, and only one column's; RangesError naming the fault and the
-    names there are."""
-    out = check_shape(declared, where)
-    names = {"observation.state": list(state_names), "action": list(action_names)}
-    for feature, ranges in out.items():
-        for name in ranges:
-            if name not in names[feature]:
-                have = ", ".join(names[feature]) or "none"
-                raise RangesError(
-                    f"declared ranges: {feature} has no {name!r} (its names: {have})", where
-                )
-            if names[feature].count(name) > 1:
-                raise RangesError(
-                    f"declared ranges: {feature} {name!r} is ambiguous: the dataset has "
-                    f"{names[feature].count(name)} columns of that name",
-                    where,
-                )
-    return out
+    """``declared`` checked and normalised, every name one of the dataset's own state
+    (action) names, and only one column's; RangesError naming ``where`` and the fault."""
+    try:
+        return shared.check_declaration(declared, state_names, action_names)
+    except shared.RangesError as e:
+        raise RangesError(str(e), where) from e
 
 
 def stored_ranges(catalog: Mapping[str, Any] | None) -> Any:
@@ -160,42 +112,10 @@ def _no_constant(name: str) -> Any:
     raise _Refused(f"is not JSON: {name} is not a number (bounds are finite numbers)")
 
 
-def _bounds(feature: str, name: str, bounds: Any, where: Path | str | None) -> list[float]:
-    what = f"declared ranges: {feature} {name!r}"
-    if (
-        isinstance(bounds, (str, bytes, Mapping))
-        or not isinstance(bounds, Sequence)
-        or len(bounds) != 2
-    ):
-        raise RangesError(f"{what} must be [lo, hi] (two numbers), got {_show(bounds)}", where)
-    out = []
-    for b in bounds:
-        if isinstance(b, bool) or not isinstance(b, Real):
-            raise RangesError(f"{what}: {_show(b)} is not a number", where)
-        try:
-            v = float(b)
-        except OverflowError:
-            v = math.inf
-        if not math.isfinite(v):
-            raise RangesError(
-                f"{what}: bounds must be finite numbers, got {_show(b)} (a declared range "
-                "only narrows the data's own limits: a wide finite bound stands for none)",
-                where,
-            )
-        out.append(v)
-    if not out[0] < out[1]:
-        raise RangesError(f"{what} needs lo < hi, got [{out[0]:g}, {out[1]:g}]", where)
-    return out
-
-
-def _show(v: Any) -> str:
-    text = json.dumps(v) if isinstance(v, (list, tuple, str, int, float, bool)) else repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 __all__ = [
     "DECLARED_RANGES_KEY",
     "FEATURES",
+    "Ranges",
     "RangesError",
     "check_ranges",
     "check_shape",

@@ -32,9 +32,9 @@ from dataspace.quality import flags as fl
 from dataspace.quality import report as rp
 from dataspace.quality import value as val
 from dataspace.quality.profile import Layout, frames_view_sql
+from dataspace.quality.ranges import DECLARED_RANGES_KEY
 from dataspace.quality.suite import (
     CHECKS,
-    DECLARED_RANGES_KEY,
     SuiteResult,
     declared_ranges,
     run_suites,

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from dataspace.quality.profile import MOTION_SHARE
-from dataspace.quality.suite import DECLARED_RANGES_KEY
+from dataspace.quality.ranges import DECLARED_RANGES_KEY
 from dataspace.schema import Episode, dataset_id_for, episode_hash, fingerprint
 from dataspace.site import store
 from dataspace.site.folder import Site

@@ -56,7 +56,6 @@ import secrets
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +65,7 @@ import numpy as np
 from dataspace.errors import DataspaceError
 from dataspace.quality import expectations as ex
 from dataspace.quality import response as resp
+from dataspace.quality.errors import QualityError
 from dataspace.quality.profile import (
     Layout,
     Scales,
@@ -73,6 +73,8 @@ from dataspace.quality.profile import (
     build_workspace,
     pooled_variance,
 )
+from dataspace.quality.ranges import DECLARED_RANGES_KEY as DECLARED_RANGES_KEY
+from dataspace.quality.ranges import FEATURES, check_declaration
 
 #: LeRobot v2 timestamp tolerance (check_timestamps_sync), seconds
 JITTER_TOLERANCE_S = 1e-4
@@ -155,10 +157,6 @@ HARD_CHECKS = frozenset(
 )
 
 log = logging.getLogger(__name__)
-
-
-class QualityError(DataspaceError):
-    """A quality check that could not run (unreadable data, GE failure)."""
 
 
 @dataclass(frozen=True)
@@ -258,60 +256,34 @@ def effective_limits(
     return out
 
 
-#: the catalog key under which a dataset declares its features' ranges (quality/check.py)
-DECLARED_RANGES_KEY = "robot:declaredRanges"
-#: the features a declaration names, and the workspace's column prefix for each
-_FEATURES = {"observation.state": "s_", "action": "a_"}
+#: the workspace's column prefix of each feature a declaration names (quality/ranges.py)
+_FEATURES = dict(zip(FEATURES, ("s_", "a_"), strict=True))
 
 
 def declared_ranges(
     declared: Any, state_names: Sequence[str], action_names: Sequence[str]
 ) -> dict[str, tuple[float, float]]:
-    """Column -> (lo, hi) from a dataset's declaration; QualityError when malformed.
+    """Column -> (lo, hi) from a dataset's declaration (None: none); ``RangesError`` (a
+    QualityError) when it cannot be applied.
 
     ``declared`` is ``{"observation.state": {name: [lo, hi]}, "action": {...}}``
     (LeRobot's feature keys and the dataset's own state/action names: a robot's
-    joint limits, a camera's image size). An unknown feature or name, a bound
-    that is NaN, or lo >= hi is an error, not silently dropped: a declaration the
-    check cannot apply must not read as one it applied. A declaration may only
-    narrow the data's robust limits (:func:`effective_limits`).
+    joint limits, a camera's image size), checked by the one strict check of the format
+    (:func:`dataspace.quality.ranges.check_declaration`, the one enrollment applies): an
+    unknown feature or name, a bound that is not a finite number, or lo >= hi is an
+    error, not silently dropped: a declaration the check cannot apply must not read as
+    one it applied. A declaration may only narrow the data's robust limits
+    (:func:`effective_limits`).
     """
     if declared is None:
         return {}
-    if not isinstance(declared, Mapping):
-        raise QualityError(f"{DECLARED_RANGES_KEY} must map features to ranges")
     names = {"observation.state": list(state_names), "action": list(action_names)}
-    out: dict[str, tuple[float, float]] = {}
-    for feature, ranges in declared.items():
-        if feature not in _FEATURES or not isinstance(ranges, Mapping):
-            raise QualityError(
-                f"{DECLARED_RANGES_KEY}: unknown feature {feature!r} (want {sorted(_FEATURES)})"
-            )
-        for name, bounds in ranges.items():
-            if name not in names[feature]:
-                raise QualityError(f"{DECLARED_RANGES_KEY}: {feature} has no {name!r}")
-            # exactly two real numbers: a string ("12" would unpack as 1, 2) or a bool
-            # is a malformed declaration, not a range
-            if (
-                isinstance(bounds, str | bytes | Mapping)
-                or not isinstance(bounds, Sequence)
-                or len(bounds) != 2
-                or any(isinstance(b, bool) or not isinstance(b, Real) for b in bounds)
-            ):
-                raise QualityError(
-                    f"{DECLARED_RANGES_KEY}: {feature}.{name}: want [lo, hi], two numbers"
-                )
-            lo, hi = float(bounds[0]), float(bounds[1])
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-                raise QualityError(
-                    f"{DECLARED_RANGES_KEY}: {feature}.{name} needs finite lo < hi, got {lo}, {hi}"
-                )
-            if names[feature].count(name) > 1:
-                raise QualityError(
-                    f"{DECLARED_RANGES_KEY}: {feature}.{name} names more than one column"
-                )
-            out[f"{_FEATURES[feature]}{names[feature].index(name)}"] = (lo, hi)
-    return out
+    checked = check_declaration(declared, state_names, action_names)
+    return {
+        f"{_FEATURES[feature]}{names[feature].index(name)}": (lo, hi)
+        for feature, ranges in checked.items()
+        for name, (lo, hi) in ranges.items()
+    }
 
 
 def spike_thresholds(

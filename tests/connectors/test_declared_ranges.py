@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +27,23 @@ from rdflib.namespace import RDF, RDFS
 
 from dataspace.cli import main
 from dataspace.connectors.catalog import ROBOT_NS
+from dataspace.connectors.dcat import catalog_document
+from dataspace.connectors.dsp.catalog import dcat_catalog
 from dataspace.connectors.enroll import enroll
+from dataspace.connectors.publisher import publish_request
 from dataspace.connectors.ranges import (
     DECLARED_RANGES_KEY,
     RangesError,
     check_ranges,
     load_ranges,
 )
+from dataspace.connectors.reader import EnrollError
+from dataspace.hub.models import PublishRequest
+from dataspace.hub.routes.catalog import _facts as hub_facts
+from dataspace.quality import ranges as shared
 from dataspace.quality import suite
 from dataspace.quality.check import run_checks
+from dataspace.quality.errors import QualityError
 from dataspace.site import Site, store
 from dataspace.site.log import open_site_log
 from tests.conftest import SO101, UNITREE
@@ -290,3 +300,107 @@ def test_the_entry_is_json_ld_with_a_json_literal_and_the_term_is_declared(site)
     assert (term, RDFS.range, RDF.JSON) in vocab
     used = {k.split(":", 1)[1] for k in cat if k.startswith("robot:")}
     assert all((URIRef(ROBOT_NS + t), RDF.type, None) in vocab for t in used), used
+
+
+# --- one format, one check: dataspace.quality.ranges ---------------------------------------
+
+
+def test_the_format_module_loads_no_heavy_library() -> None:
+    """Enrollment reads a declaration without Great Expectations (the quality suite's ~4 s);
+    the shared format module loads none of GE, pandas, DuckDB or pyarrow."""
+    heavy = ("great_expectations", "pandas", "duckdb", "pyarrow")
+    for module, banned in (
+        ("dataspace.connectors.ranges", heavy[:1]),
+        ("dataspace.quality.ranges", heavy),
+    ):
+        code = f"import {module}, sys; print([m for m in {banned!r} if m in sys.modules])"
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        assert out.strip() == "[]", (module, out)
+
+
+def test_one_check_one_error_both_callers_keep_their_types() -> None:
+    """The connector's RangesError is the shared check's (a QualityError) and an
+    EnrollError (exit code 2); the quality reader raises the shared one (exit code 1)."""
+    assert issubclass(RangesError, shared.RangesError)
+    assert issubclass(RangesError, suite.QualityError) and issubclass(RangesError, EnrollError)
+    assert RangesError.exit_code == 2 and shared.RangesError.exit_code == 1
+    assert suite.QualityError is QualityError
+    bad = {"observation.state": {"x": [1, 0]}}
+    with pytest.raises(shared.RangesError, match="needs lo < hi") as got:
+        suite.declared_ranges(bad, ["x"], [])
+    assert not isinstance(got.value, EnrollError)
+    with pytest.raises(RangesError, match=r"^here\.json: declared ranges: .* needs lo < hi"):
+        check_ranges(bad, ["x"], [], "here.json")
+    # what the one check accepts, both callers accept, normalised the same
+    ok = {"action": {"y": (0, 1)}, "observation.state": {"x": [np.float32(-1), np.int64(2)]}}
+    want = {"observation.state": {"x": [-1.0, 2.0]}, "action": {"y": [0.0, 1.0]}}
+    assert shared.check_declaration(ok, ["x"], ["x", "y"]) == want
+    assert check_ranges(ok, ["x"], ["x", "y"]) == want
+    assert suite.declared_ranges(ok, ["x"], ["x", "y"]) == {"s_0": (-1.0, 2.0), "a_1": (0.0, 1.0)}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DECLARATIONS))
+def test_the_quality_reader_refuses_what_enrollment_refuses(case) -> None:
+    declared, why = BAD_DECLARATIONS[case]
+    names = json.loads((SO101 / "meta/info.json").read_text())["features"]
+    s_names = names["observation.state"]["names"]
+    a_names = names["action"]["names"]
+    with pytest.raises(shared.RangesError, match=re.escape(why)):
+        suite.declared_ranges(declared, s_names, a_names)
+
+
+# --- the DCAT-AP catalogs carry the declaration ----------------------------------------------
+
+
+def _declared_in(doc: dict[str, Any]) -> dict[str, Any]:
+    """dataset id -> its robot:declaredRanges (a JSON literal, parsed) in a DCAT document."""
+    g = Graph().parse(data=json.dumps(doc), format="json-ld")
+    out = {}
+    for ds, value in g.subject_objects(URIRef(ROBOT_NS + "declaredRanges")):
+        assert isinstance(value, Literal) and value.datatype == RDF.JSON
+        out[str(ds).rsplit(":", 1)[1]] = json.loads(str(value))
+    return out
+
+
+def test_the_connector_dcat_catalog_carries_the_declaration(busy_site) -> None:
+    site = busy_site
+    (plain,) = store.list_datasets(site)
+    r = enroll(site, SO101, declared_ranges={"observation.state": {GRIPPER: [0, 40]}})
+    doc = dcat_catalog(site, "http://connector.example/")
+    assert {n["dct:identifier"] for n in doc["dcat:dataset"]} == {r.dataset_id, plain.dataset_id}
+    assert _declared_in(doc) == {r.dataset_id: HONEST}  # floats; none for the other dataset
+
+
+def test_the_hub_dcat_catalog_carries_a_checked_declaration(busy_site) -> None:
+    """The hub's catalog takes the declaration from the entry the holder published, and
+    only one that passes the format's check (the hub has no state names: shape only)."""
+    site = busy_site
+    r = enroll(site, SO101, declared_ranges=HONEST)
+    (plain,) = [d for d in store.list_datasets(site) if d.dataset_id != r.dataset_id]
+
+    def hub_entry(rec: Any, declared: Any = None) -> dict[str, Any]:
+        req = publish_request(site, rec, "http://connector.example/")
+        if declared is not None:
+            req["dcat"] = {**req["dcat"], DECLARED_RANGES_KEY: declared}
+        e = PublishRequest(**req).model_dump(mode="json")  # what the hub stores
+        return {**e, "holder": site.identity.key_b64, "holder_name": site.org}
+
+    rec = store.get_dataset(site, r.dataset_id)
+    doc = catalog_document(
+        catalog_id="urn:test",
+        title="t",
+        description="d",
+        publisher={"@id": "urn:test:hub"},
+        datasets=[hub_facts(hub_entry(rec)), hub_facts(hub_entry(plain))],
+    )
+    assert _declared_in(doc) == {r.dataset_id: HONEST}
+    for tampered in (
+        {"observation.state": {GRIPPER: [40, 0]}},
+        {"observation.state": {GRIPPER: ["0", "40"]}},
+        {"observation.images": {GRIPPER: [0, 40]}},
+        {},
+        "0..40",
+    ):
+        assert hub_facts(hub_entry(rec, tampered)).declared_ranges is None, tampered

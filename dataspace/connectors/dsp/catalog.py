@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 
 from dataspace import policy
-from dataspace.connectors.dcat import DatasetFacts, catalog_document
+from dataspace.connectors.dcat import DatasetFacts, catalog_document, declared_ranges_of
 from dataspace.connectors.dcat import agent as dcat_agent
 from dataspace.connectors.dcat import data_service as dcat_data_service
 from dataspace.connectors.dsp.messages import DSP_CONTEXT
@@ -87,6 +87,8 @@ def facts(site: Site, rec: DatasetRecord, connector_url: str | None) -> DatasetF
         quality=dims,
         quality_overall=overall,
         connector_url=connector_url,
+        # stored at enrollment, checked against these names then and again here
+        declared_ranges=declared_ranges_of(rec.catalog, rec.state_names, rec.action_names),
     )
 
 

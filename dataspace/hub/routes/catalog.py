@@ -23,7 +23,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from dataspace.auth.service import AnyCaller, Caller, require
-from dataspace.connectors.dcat import DatasetFacts, agent, catalog_document, data_service
+from dataspace.connectors.dcat import (
+    DatasetFacts,
+    agent,
+    catalog_document,
+    data_service,
+    declared_ranges_of,
+)
 from dataspace.connectors.dsp.messages import DSP_CONTEXT, DspError, catalog_error
 from dataspace.connectors.dsp.messages import parse_catalog_request as check_catalog_request
 from dataspace.errors import DataspaceError, NotFoundError
@@ -135,8 +141,16 @@ def search(
 
 
 def _facts(e: dict[str, Any]) -> DatasetFacts:
-    """What the hub's DCAT-AP catalog says of one registry entry (its validated fields)."""
-    issued = e.get("dcat", {}).get("dct:issued") if isinstance(e.get("dcat"), dict) else None
+    """What the hub's DCAT-AP catalog says of one registry entry (its validated fields).
+
+    From the entry the holder sent (``dcat``) only its issue date and its declared
+    feature ranges, each checked: a string, and a declaration that passes the format's one
+    check (:func:`dataspace.connectors.dcat.declared_ranges_of`; the hub does not hold
+    the dataset's state and action names, so its shape only). Either is a value of this
+    holder's own dataset node, never a triple about another's.
+    """
+    dcat = e.get("dcat") if isinstance(e.get("dcat"), dict) else {}
+    issued = dcat.get("dct:issued")
     return DatasetFacts(
         dataset_id=e["dataset_id"],
         title=e.get("title") or e["dataset_id"],
@@ -155,6 +169,7 @@ def _facts(e: dict[str, Any]) -> DatasetFacts:
         issued=issued if isinstance(issued, str) else None,
         quality_overall=e.get("quality_score"),
         connector_url=e.get("connector_url"),
+        declared_ranges=declared_ranges_of(dcat),
     )
 
 

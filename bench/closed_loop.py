@@ -332,7 +332,11 @@ def run(a: argparse.Namespace) -> dict:
                     "lr_schedule": policy_spec(root / "federated", "lr_schedule"),
                 },
                 "site": {
+                    # what ran a round (the name is older than run_steps' cap; kept for
+                    # scripts): min(the site's local_steps, ceil(run_steps / rounds))
                     "local_steps": plan.steps_per_round,
+                    "local_steps_setting": settings.local_steps,
+                    "run_steps": settings.run_steps,
                     "batch_size": settings.batch_size,
                     "clip_norm": settings.clip_norm,
                 },

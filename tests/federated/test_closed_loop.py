@@ -91,6 +91,10 @@ def test_a_tiny_closed_loop_run_goes_end_to_end(tmp_path):
     assert len(out["epsilon_spent"]) == 3
     assert all(0 < e <= 8.0 for e in out["epsilon_spent"].values())
     assert out["recipe"]["spec"]["optimizer"] == "adam"
+    # a round's steps are the site's setting capped by its run_steps over the run's rounds
+    site = out["recipe"]["site"]
+    assert site["local_steps"] == min(site["local_steps_setting"], -(-site["run_steps"] // 1))
+    assert site["local_steps"] == out["plan_site0"]["steps_per_round"]
     assert (tmp_path / "w" / "federated" / "lerobot" / "config.json").exists()
 
 

@@ -19,6 +19,10 @@ the areas that write events and :mod:`dataspace.audit.verify`, which checks them
 
 =================  ================================================================
 dataset.enrolled   dataset_id, fingerprint; episodes, frames, format, license
+dataset.ranges     dataset_id, fingerprint; ranges (the feature ranges the holder now
+                   declares, {feature: {name: [lo, hi]}}, or null: cleared), previous
+                   (the declaration it replaces, or null): logged before the catalog
+                   entry changes (dataspace.connectors.metadata.set_declared_ranges)
 policy.published   dataset_id, fingerprint; epsilon, delta (the dataset's total
                    privacy budget), purposes (list), policy (ODRL JSON-LD or its hash)
 contract.agreed    contract_id, dataset_id, fingerprint, purpose; consumer (BASE64
@@ -88,6 +92,7 @@ from dataspace.errors import DataspaceError
 VERSION = 1
 KINDS = (
     "dataset.enrolled",
+    "dataset.ranges",
     "policy.published",
     "contract.agreed",
     "round.started",

@@ -1,5 +1,5 @@
 """``dataspace connector``: a data holder's site (issue 2: init, enroll, list, show;
-issue 14: licence, attachments).
+issue 14: licence, attachments; declared ranges after enrollment: ranges).
 
 Other areas add their own subcommands (``policy``, ``budget``) to :data:`group`
 from their own modules. Errors are typed (``DataspaceError``) and turned into a
@@ -323,6 +323,75 @@ group.add_command(
     )
 )
 site_alias(note=None)(group.commands["license"])
+
+
+@site_alias()
+@group.command(name="ranges")
+@click.argument("site", type=click.Path(path_type=Path))
+@click.argument("dataset")
+@click.option(
+    "--ranges",
+    "ranges_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=RANGES_HELP,
+)
+@click.option("--clear", is_flag=True, help="Withdraw the declaration (the data's own limits).")
+@click.option(
+    "--no-quality",
+    is_flag=True,
+    help="Do not re-run the quality check (it applies the ranges from its next run).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def ranges_cmd(
+    site: Path,
+    dataset: str,
+    ranges_file: Path | None,
+    clear: bool,
+    no_quality: bool,
+    as_json: bool,
+) -> None:
+    """Declare (--ranges FILE) or withdraw (--clear) the feature ranges of DATASET at SITE.
+
+    The file is checked as `enroll --ranges` checks it, against the dataset's own
+    names; the site's log records the change (dataset.ranges) before the catalog
+    entry carries it. The quality check, re-run here when the declaration changed,
+    narrows its out-of-range limits to the declared ranges.
+    """
+    from dataspace.connectors.metadata import set_declared_ranges
+    from dataspace.connectors.ranges import load_ranges, stored_ranges
+    from dataspace.site.store import get_dataset
+
+    if (ranges_file is None) == (not clear):
+        raise click.UsageError("give one of --ranges FILE or --clear")
+    declared = load_ranges(ranges_file) if ranges_file is not None else None
+    s = _open(site)
+    before = stored_ranges(get_dataset(s, dataset).catalog)
+    rec = set_declared_ranges(s, dataset, declared, ranges_file)
+    now = stored_ranges(rec.catalog)
+    changed = now != before
+    quality, quality_error = None, None
+    if changed and not no_quality:
+        quality, quality_error = _quality_after_enroll(s, rec.dataset_id)
+    if as_json:
+        out = {
+            "dataset_id": rec.dataset_id,
+            "declared_ranges": now,
+            "changed": changed,
+            "quality": quality,
+        }
+        if quality is not None:  # the checks that cost points (dataspace quality check: why)
+            out["quality_shortfalls"] = _SHORTFALLS.get(rec.dataset_id, [])
+        if quality_error:
+            out["quality_error"] = quality_error
+        click.echo(json.dumps(out))
+        return
+    what = "no declared ranges" if now is None else f"declared ranges {json.dumps(now)}"
+    click.echo(f"{rec.dataset_id} ({rec.name}): {what}" + ("" if changed else " (unchanged)"))
+    if quality is not None:
+        click.echo(_quality_line(quality, site, rec.dataset_id))
+    elif quality_error:
+        err.print(f"quality check failed: {quality_error}", highlight=False, markup=False)
 
 
 @site_alias()

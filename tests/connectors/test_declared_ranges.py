@@ -25,11 +25,15 @@ import pytest
 from rdflib import Graph, Literal, URIRef
 from rdflib.namespace import RDF, RDFS
 
+from dataspace.audit.events import verify_event
+from dataspace.audit.log import TransparencyLog
+from dataspace.audit.storage import LogError
 from dataspace.cli import main
 from dataspace.connectors.catalog import ROBOT_NS
 from dataspace.connectors.dcat import catalog_document
 from dataspace.connectors.dsp.catalog import dcat_catalog
 from dataspace.connectors.enroll import enroll
+from dataspace.connectors.metadata import set_declared_ranges
 from dataspace.connectors.publisher import publish_request
 from dataspace.connectors.ranges import (
     DECLARED_RANGES_KEY,
@@ -38,6 +42,7 @@ from dataspace.connectors.ranges import (
     load_ranges,
 )
 from dataspace.connectors.reader import EnrollError
+from dataspace.errors import NotFoundError
 from dataspace.hub.models import PublishRequest
 from dataspace.hub.routes.catalog import _facts as hub_facts
 from dataspace.quality import ranges as shared
@@ -45,6 +50,7 @@ from dataspace.quality import suite
 from dataspace.quality.check import run_checks
 from dataspace.quality.errors import QualityError
 from dataspace.site import Site, store
+from dataspace.site import log as sitelog
 from dataspace.site.log import open_site_log
 from tests.conftest import SO101, UNITREE
 from tests.connectors.conftest import fresh_copy, site_holding_one, small_v21, snapshot
@@ -404,3 +410,211 @@ def test_the_hub_dcat_catalog_carries_a_checked_declaration(busy_site) -> None:
         "0..40",
     ):
         assert hub_facts(hub_entry(rec, tampered)).declared_ranges is None, tampered
+
+
+# --- declared, changed or cleared after enrollment: connector ranges --------------------------
+
+
+def _log_kinds(site: Site) -> list[str]:
+    return [json.loads(e)["kind"] for e in open_site_log(site).entries()]
+
+
+def _ranges_entries(site: Site) -> list[dict[str, Any]]:
+    """The site log's ``dataset.ranges`` entries, signature checked."""
+    return [
+        ev.fields
+        for ev in map(verify_event, open_site_log(site).entries())
+        if ev.kind == "dataset.ranges"
+    ]
+
+
+def _verify_log(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    """``dataspace audit verify`` of the site's log, trusting the site's own key."""
+    trusted = _write(site.root.parent / "trusted", f"{site.vkey_path}\n")
+    args = ["audit", "verify", str(site.root), "--trusted-keys", str(trusted)]
+    assert main([*args, "--allow-unanchored"]) == 0, capsys.readouterr()
+    capsys.readouterr()
+
+
+def test_ranges_declared_after_enrollment_reach_catalog_check_and_log(site, tmp_path, capsys):
+    """Enrolled without ranges, the planted 45 passes (inside the data's own fences);
+    declared afterwards through the CLI, the catalog carries the declaration, the re-run
+    quality check flags the planted episode, and the log records it before the check."""
+    data = _planted(tmp_path / "so101", 45.0)
+    r = enroll(site, data)
+    assert run_checks(site, r.dataset_id, publish=False).suite.flagged_by("out_of_range") == set()
+    ranges = _write(tmp_path / "ranges.json", '{"observation.state": {"gripper.pos": [0, 40]}}')
+    n = open_site_log(site).size
+    out = _cli_json(
+        capsys, "connector", "ranges", str(site.root), r.dataset_id, "--ranges", str(ranges),
+        "--json",
+    )  # fmt: skip
+    assert out["dataset_id"] == r.dataset_id and out["declared_ranges"] == HONEST
+    assert out["changed"] and out["quality"] is not None
+    assert "out_of_range" in out["quality_shortfalls"]
+    cat = store.get_dataset(site, r.dataset_id).catalog
+    assert cat[DECLARED_RANGES_KEY] == HONEST
+    res = run_checks(site, r.dataset_id, publish=False).suite
+    assert res.flagged_by("out_of_range") == {PLANTED_EPISODE}
+    assert res.thresholds["limits_source"] == "declared+robust"
+    # the log: the declaration first, then the quality report that applied it
+    assert _log_kinds(site)[n:] == ["dataset.ranges", "quality.reported"]
+    (entry,) = _ranges_entries(site)
+    assert entry["dataset_id"] == r.dataset_id and entry["fingerprint"] == r.fingerprint
+    assert entry["ranges"] == HONEST and entry["previous"] is None
+    assert entry["actor"]["key"] == site.identity.key_b64
+    _verify_log(site, capsys)
+
+
+def test_ranges_changed_then_cleared(site, capsys) -> None:
+    r = enroll(site, SO101, declared_ranges=HONEST)
+    wider = {"observation.state": {GRIPPER: [-5, 50]}, "action": {GRIPPER: [0, 60]}}
+    rec = set_declared_ranges(site, r.dataset_id, wider)
+    want = {"observation.state": {GRIPPER: [-5.0, 50.0]}, "action": {GRIPPER: [0.0, 60.0]}}
+    assert rec.catalog[DECLARED_RANGES_KEY] == want
+    assert store.get_dataset(site, r.dataset_id).catalog[DECLARED_RANGES_KEY] == want
+    res = run_checks(site, r.dataset_id, publish=False).suite
+    assert res.thresholds["limits"]["s_5"][1] <= 50.0
+
+    out = _cli_json(
+        capsys, "connector", "ranges", str(site.root), r.dataset_id, "--clear", "--no-quality",
+        "--json",
+    )  # fmt: skip
+    assert out == {"dataset_id": r.dataset_id, "declared_ranges": None, "changed": True,
+                   "quality": None}  # fmt: skip
+    cat = store.get_dataset(site, r.dataset_id).catalog
+    assert DECLARED_RANGES_KEY not in cat
+    assert cat["dct:identifier"] == r.dataset_id  # the rest of the entry as it was
+    res = run_checks(site, r.dataset_id, publish=False).suite
+    assert res.thresholds["limits_source"] != "declared+robust"
+    assert [(e["previous"], e["ranges"]) for e in _ranges_entries(site)] == [
+        (HONEST, want),
+        (want, None),
+    ]
+    # clearing what is not declared changes nothing and logs nothing
+    n = open_site_log(site).size
+    assert set_declared_ranges(site, r.dataset_id, None).catalog == cat
+    assert open_site_log(site).size == n
+    _verify_log(site, capsys)
+
+
+def test_the_same_declaration_again_logs_nothing(site, tmp_path, capsys) -> None:
+    """The stored declaration (floats) given again (as ints, as a tuple): no write, no
+    log entry, no quality re-run."""
+    r = enroll(site, SO101, declared_ranges=HONEST)
+    before = _everything(site)
+    same = _write(tmp_path / "same.json", '{"observation.state": {"gripper.pos": [0, 40]}}')
+    out = _cli_json(
+        capsys, "connector", "ranges", str(site.root), r.dataset_id, "--ranges", str(same), "--json"
+    )
+    assert out["declared_ranges"] == HONEST and not out["changed"] and out["quality"] is None
+    assert set_declared_ranges(site, r.dataset_id, {"observation.state": {GRIPPER: (0, 40)}})
+    assert _everything(site) == before
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_a_bad_ranges_file_declares_nothing(busy_site, tmp_path, capsys, case) -> None:
+    site = busy_site
+    (rec,) = store.list_datasets(site)
+    text, why = BAD_FILES[case]
+    f = _write(tmp_path / "ranges.json", text)
+    before = _everything(site)
+    rc = main(["connector", "ranges", str(site.root), rec.dataset_id, "--ranges", str(f)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err and err.startswith("error:") and len(err.splitlines()) == 1
+    assert re.search(why, err), err
+    assert _everything(site) == before
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DECLARATIONS))
+def test_a_bad_declaration_declares_nothing(busy_site, case) -> None:
+    site = busy_site
+    (rec,) = store.list_datasets(site)
+    declared, why = BAD_DECLARATIONS[case]
+    before = _everything(site)
+    with pytest.raises(RangesError, match=re.escape(why)):
+        set_declared_ranges(site, rec.dataset_id, declared)
+    assert _everything(site) == before
+
+
+def test_names_are_the_datasets_own(busy_site) -> None:
+    """SO-101's gripper is no joint of the Unitree G1 dataset the site holds; its own
+    names are, and only in their own feature."""
+    site = busy_site
+    (rec,) = store.list_datasets(site)
+    before = _everything(site)
+    with pytest.raises(RangesError, match=r"observation\.state has no 'gripper\.pos'"):
+        set_declared_ranges(site, rec.dataset_id, HONEST)
+    assert _everything(site) == before
+    g1 = {"action": {rec.action_names[4]: [-2, 2]}}
+    assert set_declared_ranges(site, rec.dataset_id, g1).catalog[DECLARED_RANGES_KEY] == {
+        "action": {rec.action_names[4]: [-2.0, 2.0]}
+    }
+
+
+def test_a_declaration_the_log_cannot_record_is_not_applied(site, monkeypatch) -> None:
+    """The log entry comes first: when it cannot be written (the record call fails, or
+    the log's storage does: a full disk), the catalog entry is as it was."""
+    r = enroll(site, SO101)
+    before = _everything(site)
+
+    def refuse(*args: Any, **kwargs: Any) -> int:
+        raise LogError("the log cannot be written")
+
+    with monkeypatch.context() as m:
+        m.setattr(sitelog, "record", refuse)
+        with pytest.raises(LogError):
+            set_declared_ranges(site, r.dataset_id, HONEST)
+    assert _everything(site) == before
+
+    def disk_full(self: Any, *args: Any, **kwargs: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(TransparencyLog, "append", disk_full)
+        with pytest.raises(OSError, match="No space"):
+            set_declared_ranges(site, r.dataset_id, HONEST)
+    assert _everything(site) == before
+    assert DECLARED_RANGES_KEY not in store.get_dataset(site, r.dataset_id).catalog
+    # the log working again, the same declaration is applied (and logged once)
+    set_declared_ranges(site, r.dataset_id, HONEST)
+    assert len(_ranges_entries(site)) == 1
+
+
+def test_an_unknown_dataset_or_no_choice_is_a_clear_error(busy_site, tmp_path, capsys) -> None:
+    site = busy_site
+    (rec,) = store.list_datasets(site)
+    f = _write(tmp_path / "r.json", '{"action": {"kLeftElbow": [-2, 2]}}')
+    before = _everything(site)
+    for how in (["--ranges", str(f)], ["--clear"]):
+        rc = main(["connector", "ranges", str(site.root), "no-such-dataset", *how])
+        err = capsys.readouterr().err
+        assert rc == NotFoundError.exit_code, err
+        assert "'no-such-dataset' is not enrolled" in err and "Traceback" not in err
+    for how in (["--ranges", str(f), "--clear"], []):
+        rc = main(["connector", "ranges", str(site.root), rec.dataset_id, *how])
+        err = capsys.readouterr().err
+        assert rc == 2 and "give one of --ranges FILE or --clear" in err, err
+    with pytest.raises(NotFoundError):
+        set_declared_ranges(site, "no-such-dataset", None)
+    assert _everything(site) == before
+
+
+def test_an_entry_made_before_the_term_gets_it(site) -> None:
+    """A catalog entry whose JSON-LD context does not name robot:declaredRanges (made
+    before the term existed) gets the term with the declaration: still one JSON literal."""
+    r = enroll(site, SO101)
+    cat = store.get_dataset(site, r.dataset_id).catalog
+    cat["@context"] = {k: v for k, v in cat["@context"].items() if k != DECLARED_RANGES_KEY}
+    with site.db() as con:
+        con.execute(
+            "UPDATE datasets SET catalog = ? WHERE dataset_id = ?",
+            [json.dumps(cat), r.dataset_id],
+        )
+    entry = set_declared_ranges(site, r.dataset_id, HONEST).catalog
+    assert entry["@context"][DECLARED_RANGES_KEY] == {"@type": "@json"}
+    g = Graph().parse(data=json.dumps(entry), format="json-ld")
+    (value,) = list(g.objects(None, URIRef(ROBOT_NS + "declaredRanges")))
+    assert isinstance(value, Literal) and value.datatype == RDF.JSON
+    assert json.loads(str(value)) == HONEST

@@ -202,10 +202,7 @@ def enroll_cmd(
         f"state {result.state_dim} / action {result.action_dim}, {result.fps:g} fps"
     )
     click.echo(f"fingerprint {result.fingerprint}")
-    if quality is not None:
-        click.echo(_quality_line(quality, site, result.dataset_id))
-    elif quality_error:
-        err.print(f"quality check failed: {quality_error}", highlight=False, markup=False)
+    _print_quality(quality, quality_error, site, result.dataset_id)
 
 
 def result_license(site: Site, dataset_id: str) -> str | None:
@@ -306,10 +303,7 @@ def licence_cmd(site: Path, dataset: str, licence: str, no_quality: bool, as_jso
         click.echo(json.dumps(out))
         return
     click.echo(f"licence of {rec.dataset_id} ({rec.name}): {rec.license}")
-    if quality is not None:
-        click.echo(_quality_line(quality, site, rec.dataset_id))
-    elif quality_error:
-        err.print(f"quality check failed: {quality_error}", highlight=False, markup=False)
+    _print_quality(quality, quality_error, site, rec.dataset_id)
 
 
 # the US spelling, as the JSON field is spelt: same command, not listed twice
@@ -388,10 +382,7 @@ def ranges_cmd(
         return
     what = "no declared ranges" if now is None else f"declared ranges {json.dumps(now)}"
     click.echo(f"{rec.dataset_id} ({rec.name}): {what}" + ("" if changed else " (unchanged)"))
-    if quality is not None:
-        click.echo(_quality_line(quality, site, rec.dataset_id))
-    elif quality_error:
-        err.print(f"quality check failed: {quality_error}", highlight=False, markup=False)
+    _print_quality(quality, quality_error, site, rec.dataset_id)
 
 
 @site_alias()
@@ -457,10 +448,7 @@ def attachments_cmd(
     )
     for a in rec.attachments:
         click.echo(f"  {'present' if a.get('present') else 'ABSENT '} {a.get('path')}")
-    if quality is not None:
-        click.echo(_quality_line(quality, site, rec.dataset_id))
-    elif quality_error:
-        err.print(f"quality check failed: {quality_error}", highlight=False, markup=False)
+    _print_quality(quality, quality_error, site, rec.dataset_id)
 
 
 #: the last quality check's checks that cost points, by dataset id (for _quality_line)
@@ -478,6 +466,17 @@ def _quality_after_enroll(site: Site, dataset_id: str) -> tuple[float | None, st
             return None, str(e)
     _SHORTFALLS[dataset_id] = [s["check"] for s in out.full.get("shortfalls") or []]
     return out.score, None
+
+
+def _print_quality(
+    quality: float | None, quality_error: str | None, site: Path, dataset_id: str
+) -> None:
+    """The re-run quality check's line (:func:`_quality_line`), or why it failed (stderr);
+    nothing when it was not run."""
+    if quality is not None:
+        click.echo(_quality_line(quality, site, dataset_id))
+    elif quality_error:
+        err.print(f"quality check failed: {quality_error}", highlight=False, markup=False)
 
 
 def _quality_line(quality: float, site: Path, dataset_id: str) -> str:

@@ -352,18 +352,15 @@ def ranges_cmd(
     entry carries it. The quality check, re-run here when the declaration changed,
     narrows its out-of-range limits to the declared ranges.
     """
-    from dataspace.connectors.metadata import set_declared_ranges
+    from dataspace.connectors.metadata import declare_ranges
     from dataspace.connectors.ranges import load_ranges, stored_ranges
-    from dataspace.site.store import get_dataset
 
     if (ranges_file is None) == (not clear):
         raise click.UsageError("give one of --ranges FILE or --clear")
     declared = load_ranges(ranges_file) if ranges_file is not None else None
     s = _open(site)
-    before = stored_ranges(get_dataset(s, dataset).catalog)
-    rec = set_declared_ranges(s, dataset, declared, ranges_file)
+    rec, changed = declare_ranges(s, dataset, declared, ranges_file)
     now = stored_ranges(rec.catalog)
-    changed = now != before
     quality, quality_error = None, None
     if changed and not no_quality:
         quality, quality_error = _quality_after_enroll(s, rec.dataset_id)

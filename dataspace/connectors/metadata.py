@@ -127,7 +127,19 @@ def set_declared_ranges(
     declared: Mapping[str, Any] | None,
     where: Path | str | None = None,
 ) -> DatasetRecord:
-    """Declare (``None``: clear) ``dataset``'s feature ranges; returns the updated record.
+    """Declare (``None``: clear) ``dataset``'s feature ranges; returns the updated record
+    (:func:`declare_ranges`, which also says whether it changed)."""
+    return declare_ranges(site, dataset, declared, where)[0]
+
+
+def declare_ranges(
+    site: Site,
+    dataset: str,
+    declared: Mapping[str, Any] | None,
+    where: Path | str | None = None,
+) -> tuple[DatasetRecord, bool]:
+    """Declare (``None``: clear) ``dataset``'s feature ranges: (the updated record,
+    whether the declaration changed), both decided under one open database.
 
     The declaration is checked as enrollment checks it, against the dataset's own state
     and action names (:func:`dataspace.connectors.ranges.check_ranges`; RangesError,
@@ -152,7 +164,7 @@ def set_declared_ranges(
         )
         previous = stored_ranges(rec.catalog)
         if previous == ranges:
-            return rec
+            return rec, False
         catalog = _with_ranges(rec, ranges)
         sitelog.record(
             site,
@@ -166,7 +178,7 @@ def set_declared_ranges(
             "UPDATE datasets SET catalog = ? WHERE dataset_id = ?",
             [json.dumps(catalog), rec.dataset_id],
         )
-    return get_dataset(site, rec.dataset_id)
+    return get_dataset(site, rec.dataset_id), True
 
 
 def _with_ranges(rec: DatasetRecord, ranges: Mapping[str, Any] | None) -> dict[str, Any]:

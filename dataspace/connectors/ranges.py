@@ -70,10 +70,7 @@ def load_ranges(path: Path | str) -> Ranges:
 def check_shape(declared: Any, where: Path | str | None = None) -> Ranges:
     """``declared`` checked and normalised by :func:`dataspace.quality.ranges.check_declaration`
     (names not yet: the dataset's are not known); RangesError naming ``where``."""
-    try:
-        return shared.check_declaration(declared)
-    except shared.RangesError as e:
-        raise RangesError(str(e), where) from e
+    return _checked(declared, None, None, where)
 
 
 def check_ranges(
@@ -84,6 +81,11 @@ def check_ranges(
 ) -> Ranges:
     """``declared`` checked and normalised, every name one of the dataset's own state
     (action) names, and only one column's; RangesError naming ``where`` and the fault."""
+    return _checked(declared, state_names, action_names, where)
+
+
+def _checked(declared, state_names, action_names, where) -> Ranges:
+    """The shared check; its error re-raised as this module's, naming ``where``."""
     try:
         return shared.check_declaration(declared, state_names, action_names)
     except shared.RangesError as e:
